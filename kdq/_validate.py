@@ -1,0 +1,21 @@
+"""Small helpers for validating frozen config dataclasses with ValueError (never assert)."""
+from __future__ import annotations
+
+
+def check_choice(cls: str, field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{cls}.{field} must be one of {sorted(map(str, allowed))}, got {value!r}")
+
+
+def check_range(cls: str, field: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False, kind=(int, float)) -> None:
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"{cls}.{field} must be a {names} in {rng}, got {value!r}")

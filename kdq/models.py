@@ -1,0 +1,182 @@
+"""Loading classifiers (full folders, PEFT adapters, in-memory models) and fingerprinting them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .template import LABELS
+
+ID2LABEL = dict(enumerate(LABELS))
+LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+
+
+@dataclass
+class LoadedModel:
+    """A classifier with its tokenizer and where it came from."""
+
+    model: object
+    tokenizer: object
+    source: str | None
+    fingerprint: str
+
+
+def is_adapter_dir(path) -> bool:
+    return Path(path, "adapter_config.json").is_file()
+
+
+def prepare_tokenizer(tokenizer):
+    """Give the tokenizer a pad token (Llama tokenizers ship without one) and pad on the right."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ValueError("tokenizer has no pad, eos or unk token to pad with; set tokenizer.pad_token first.")
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def prepare_classifier(model, tokenizer):
+    """Make the model pool the last real token and name its three arena labels."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.id2label = dict(ID2LABEL)
+    model.config.label2id = dict(LABEL2ID)
+    return model
+
+
+def load_tokenizer(*candidates):
+    from transformers import AutoTokenizer
+
+    errors = []
+    for c in candidates:
+        if c is None:
+            continue
+        try:
+            return prepare_tokenizer(AutoTokenizer.from_pretrained(str(c)))
+        except (OSError, ValueError) as err:
+            errors.append(f"{c}: {err}")
+    raise ValueError("could not load a tokenizer from " + "; ".join(errors or ["no source"]) +
+                     ". Pass tokenizer=... explicitly or save one into the model folder.")
+
+
+def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, device=None,
+                    base_model=None, merge_adapter: bool = True) -> LoadedModel:
+    """Load a sequence classifier from a folder, a PEFT adapter folder, or take a model object.
+
+    Args:
+        src: folder path (a full model, or a PEFT/LoRA adapter with ``adapter_config.json``),
+            or an in-memory ``PreTrainedModel`` / ``PeftModel``.
+        tokenizer: tokenizer object or path; defaults to the one saved with ``src``
+            (or with the adapter's base model).
+        base_model: overrides ``base_model_name_or_path`` of an adapter folder.
+        merge_adapter: merge a LoRA adapter into its base (faster inference, and required
+            before quantization).
+    """
+    from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_dir():
+            raise ValueError(f"model folder {str(path)!r} does not exist; pass a saved model folder or a model object.")
+        kwargs = {"num_labels": num_labels}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if is_adapter_dir(path):
+            from peft import PeftModel
+
+            base = base_model or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+            model = AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+            tokenizer = tokenizer or load_tokenizer(path, base)
+            prepare_classifier(model, tokenizer)
+            model = PeftModel.from_pretrained(model, str(path))
+            if merge_adapter:
+                model = model.merge_and_unload()
+            fp = fingerprint_path(path) + ":" + (fingerprint_path(base) if Path(str(base)).is_dir() else str(base))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+            tokenizer = tokenizer or load_tokenizer(path)
+            fp = fingerprint_path(path)
+        source = str(path.resolve())
+    elif isinstance(src, torch.nn.Module):
+        model = src
+        if hasattr(model, "merge_and_unload") and merge_adapter:
+            model = model.merge_and_unload()
+        if tokenizer is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", None)
+            tokenizer = load_tokenizer(name if name and Path(name).is_dir() else None)
+        fp = fingerprint_module(model)
+        source = None
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(f"model object must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    else:
+        raise ValueError(f"model must be a folder path or a transformers model, got {type(src).__name__}.")
+    tokenizer = prepare_tokenizer(tokenizer)
+    prepare_classifier(model, tokenizer)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+def fingerprint_path(path) -> str:
+    """Cheap identity of a model folder: its resolved path plus every file's size and mtime.
+
+    Hashing the weights of a 4B model costs seconds per run; size+mtime changes whenever
+    a file is rewritten, which is what a cache must notice.
+    """
+    path = Path(path).resolve()
+    h = hashlib.sha256(str(path).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return "path:" + h.hexdigest()[:16]
+
+
+def fingerprint_module(model) -> str:
+    """Identity of an in-memory model: a hash of every parameter and buffer (and their names)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "weights:" + h.hexdigest()[:16]
+
+
+def model_dtype_for(device) -> torch.dtype:
+    """fp16 on CUDA (T4 has no bf16), fp32 on CPU (fp16 matmuls are slow or missing there)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+TEMPLATE_KEY = "kdq_template"
+
+
+def attach_template(model, template) -> None:
+    """Record the row template in ``config.json`` so every later stage renders rows the same way.
+
+    Stock transformers keeps unknown config keys, so the folder still loads without kdq.
+    """
+    setattr(model.config, TEMPLATE_KEY, template.to_dict())
+
+
+def template_of(model_or_path):
+    """The :class:`~kdq.template.TemplateConfig` recorded in a model (object or folder), or ``None``."""
+    from .template import TemplateConfig
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        cfg_file = Path(model_or_path, "config.json")
+        raw = json.loads(cfg_file.read_text()).get(TEMPLATE_KEY) if cfg_file.is_file() else None
+    else:
+        raw = getattr(getattr(model_or_path, "config", None), TEMPLATE_KEY, None)
+    return TemplateConfig(**raw) if raw else None

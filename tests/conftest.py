@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny random Llama classifiers and a tokenizer, built offline in code."""
+from __future__ import annotations
+
+import os
+
+# Safe CPU defaults for gptqmodel, set before anything imports it (kdq.quantize does the same
+# with setdefault); tests stay single-threaded per process so parallel runs do not thrash.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from kdq.testing import make_tiny_classifier, make_tokenizer, write_arena_csv
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved random 2-layer LlamaForSequenceClassification (hidden 64) with its tokenizer."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_classifier(d, tiny_tokenizer, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def arena_csv(tmp_path_factory):
+    """64 labelled synthetic arena rows in the competition CSV format (long-tailed lengths)."""
+    return write_arena_csv(tmp_path_factory.mktemp("arena") / "train.csv", 64, seed=1, max_words=200)
