@@ -25,6 +25,8 @@ REQUIRED = ("id",) + TEXT_COLUMNS
 def _read_table(source) -> datasets.Dataset:
     if isinstance(source, datasets.Dataset):
         return source
+    if isinstance(source, dict):  # columns → lists, as kdq.testing.make_arena_rows returns
+        return datasets.Dataset.from_dict(source)
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
         return datasets.Dataset.from_pandas(source, preserve_index=False)
     if isinstance(source, (str, os.PathLike)):
@@ -42,7 +44,7 @@ def _read_table(source) -> datasets.Dataset:
             return datasets.Dataset.from_parquet(str(path))
         raise ValueError(f"arena data file {str(path)!r}: unsupported suffix {suffix!r}; use .csv or .parquet.")
     raise ValueError(f"arena data: cannot read a {type(source).__name__}; pass a CSV or parquet path, "
-                     "a pandas DataFrame or a datasets.Dataset.")
+                     "a pandas DataFrame, a dict of columns or a datasets.Dataset.")
 
 
 def load_arena(source, *, require_labels: bool = False) -> datasets.Dataset:

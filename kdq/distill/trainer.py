@@ -1,0 +1,114 @@
+"""Student training on Hugging Face ``Trainer``: only the loss is ours.
+
+AMP, gradient accumulation, checkpoints, resumption and DDP (``accelerate launch`` /
+``torchrun``) all come from ``Trainer``; :class:`KDTrainer` overrides ``compute_loss`` to
+mix hard-label CE with a divergence to cached teacher logits, and logs ``ce`` and ``kd``
+separately.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..batching import pad_batch
+from .config import DistillConfig
+from .losses import distillation_loss
+
+
+class ArenaCollator:
+    """Pad ``input_ids`` on the right; stack ``labels`` ``(B,)`` and, when present, ``teacher_logits`` ``(B, C)``."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features):
+        ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
+        if "teacher_logits" in features[0]:
+            batch["teacher_logits"] = torch.tensor([f["teacher_logits"] for f in features], dtype=torch.float32)
+        return batch
+
+
+class KDTrainer(Trainer):
+    """``Trainer`` whose loss is :func:`kdq.distill.losses.distillation_loss`."""
+
+    def __init__(self, *args, kd_config: DistillConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kd_config = kd_config
+        self._parts = {"ce": [], "kd": []}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        teacher_logits = inputs.pop("teacher_logits", None)
+        outputs = model(**inputs)
+        cfg = self.kd_config
+        parts = distillation_loss(outputs.logits, teacher_logits, labels, divergence=cfg.divergence,
+                                  alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.jsd_beta)
+        if model.training:
+            self._parts["ce"].append(parts.ce.detach())
+            if parts.kd is not None:
+                self._parts["kd"].append(parts.kd.detach())
+        return (parts.loss, outputs) if return_outputs else parts.loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log line: add the mean ce / kd since the last one
+            for name, vals in self._parts.items():
+                if vals:
+                    mean = torch.stack(vals).mean().reshape(1).to(self.args.device)
+                    logs[name] = round(float(self.accelerator.gather(mean).mean()), 6)
+                vals.clear()
+        super().log(logs, start_time)
+
+
+def compute_metrics(eval_pred):
+    """Eval log loss (= mean CE of the softmax, the competition metric) and accuracy."""
+    logits = torch.as_tensor(eval_pred.predictions).float()
+    labels = torch.as_tensor(eval_pred.label_ids).long()
+    return {"log_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+            "accuracy": float((logits.argmax(-1) == labels).float().mean())}
+
+
+def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) -> TrainingArguments:
+    """Map :class:`DistillConfig` onto ``TrainingArguments`` (one place, no kwargs soup)."""
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":  # fp16 AMP on GPUs without bf16 (T4), bf16 where it exists, fp32 on CPU
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    strategy = "epoch" if has_eval else "no"
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        eval_strategy=strategy,
+        save_strategy="epoch",
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="log_loss" if has_eval else None,
+        greater_is_better=False,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=not cuda,
+        # CPU DDP (accelerate launch / torchrun without GPUs) needs gloo; naming a backend in a
+        # single process would make accelerate look for a process group that does not exist.
+        ddp_backend="gloo" if (not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        save_only_model=False,
+        dataloader_num_workers=0,
+    )

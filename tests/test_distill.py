@@ -1,0 +1,185 @@
+"""kdq.distill end to end on tiny models: cache, Trainer, LoRA, resume, DDP, and that KD transfers."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import kdq
+from kdq.data import load_arena
+from kdq.distill import cache as cache_mod
+from kdq.distill.cache import cache_teacher_logits
+from kdq.models import load_classifier, template_of
+from kdq.testing import make_arena_rows, make_tiny_classifier
+
+TEMPLATE = kdq.TemplateConfig(max_length=64)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_tokenizer):
+    d = tmp_path_factory.mktemp("models")
+    make_tiny_classifier(d / "teacher", tiny_tokenizer, seed=1)
+    make_tiny_classifier(d / "student", tiny_tokenizer, seed=2, num_layers=1)
+    return d
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), template=TEMPLATE, epochs=1, batch_size=8, logging_steps=1)
+    base.update(kw)
+    return kdq.DistillConfig(**base)
+
+
+def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
+    res = kdq.distill(str(models / "student"), arena_csv, eval_data=arena_csv, teacher=str(models / "teacher"),
+                      config=_cfg(tmp_path, epochs=2, teacher_tta=True, swap_augment=True))
+    assert res.student_dir == tmp_path / "run" / "student"
+    assert res.cache_path.is_dir() and (res.cache_path / "fingerprint.json").is_file()
+    assert res.metrics["teacher_pass"]["computed"] == 64
+    evals = [h for h in res.metrics["history"] if "eval_log_loss" in h]
+    assert [round(h["epoch"]) for h in evals] == [1, 2]  # eval log loss every epoch
+    assert res.metrics["best_eval_log_loss"] == min(h["eval_log_loss"] for h in evals)
+    train_logs = [h for h in res.metrics["history"] if "ce" in h]
+    assert train_logs and all("kd" in h for h in train_logs)  # ce and kd logged separately
+    # The saved student is a plain folder: stock transformers loads it and it remembers its template.
+    m = AutoModelForSequenceClassification.from_pretrained(res.student_dir)
+    assert m.config.num_labels == 3 and m.config.id2label[2] == "winner_tie"
+    assert template_of(res.student_dir) == TEMPLATE
+    assert json.loads((res.student_dir / "kdq-distill.json").read_text())["config"]["teacher_tta"] is True
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        kdq.distill(str(models / "student"), arena_csv, teacher=str(models / "teacher"), config=_cfg(tmp_path))
+
+
+def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
+    teacher = load_classifier(str(models / "teacher"))
+    rows = load_arena(make_arena_rows(40, seed=7, max_words=60))
+    kw = dict(cache_dir=tmp_path / "c", template=TEMPLATE, batch_size=8, chunk_rows=10)
+
+    real = cache_mod.predict_logits
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):  # simulate Ctrl-C during the third shard
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_mod, "predict_logits", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache_teacher_logits(teacher, rows, **kw)
+    monkeypatch.setattr(cache_mod, "predict_logits", real)
+    folder = next((tmp_path / "c").iterdir())
+    assert len(list((folder / "shards").glob("part-*"))) == 2
+    assert not [p for p in (folder / "shards").iterdir() if p.name.startswith(".")]  # no half-written shard
+
+    resumed = cache_teacher_logits(teacher, rows, **kw)
+    assert (resumed.reused, resumed.computed) == (20, 20)
+    fresh = cache_teacher_logits(teacher, rows, **{**kw, "cache_dir": tmp_path / "fresh"})
+    np.testing.assert_allclose(resumed.logits, fresh.logits, atol=1e-5)
+    again = cache_teacher_logits(teacher, rows, **kw)
+    assert again.computed == 0 and again.path == resumed.path
+
+    tta = cache_teacher_logits(teacher, rows, **{**kw, "tta": True})
+    assert tta.path != resumed.path and tta.computed == 40  # another fingerprint, another table
+    longer = cache_teacher_logits(teacher, rows, **{**kw, "template": kdq.TemplateConfig(max_length=96)})
+    assert longer.path not in (resumed.path, tta.path)
+
+    changed = rows.map(lambda r: {"prompt": ["something else entirely"]} if r["id"] == "3" else {})
+    with pytest.raises(ValueError, match="row id '3': its text differs"):
+        cache_teacher_logits(teacher, changed, **kw)
+
+
+def test_tta_cache_is_the_unswapped_average(tmp_path, models):
+    from kdq.batching import predict_logits
+    from kdq.data import encode
+
+    teacher = load_classifier(str(models / "teacher"))
+    rows = load_arena(make_arena_rows(12, seed=8, max_words=40))
+    got = cache_teacher_logits(teacher, rows, cache_dir=tmp_path, template=TEMPLATE, tta=True).logits
+    pad = teacher.tokenizer.pad_token_id
+    p = predict_logits(teacher.model, encode(rows, teacher.tokenizer, TEMPLATE)["input_ids"], pad).softmax(-1)
+    q = predict_logits(teacher.model, encode(rows, teacher.tokenizer, TEMPLATE, swap=True)["input_ids"], pad).softmax(-1)
+    expected = (p + q[:, [1, 0, 2]]) / 2
+    np.testing.assert_allclose(np.exp(got), expected.numpy(), atol=1e-5)
+
+
+def test_peft_adapter_teacher_is_loaded_on_its_base(tmp_path, models):
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForSequenceClassification.from_pretrained(models / "teacher")
+    peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = load_classifier(tmp_path / "adapter")
+    ids = torch.tensor([[1, 20, 30, 40]])
+    expected = peft_model.eval()(input_ids=ids).logits
+    assert torch.allclose(loaded.model(input_ids=ids).logits, expected, atol=1e-5)
+    assert not any("lora" in n for n, _ in loaded.model.named_parameters())  # merged
+
+
+def test_lora_student_trains_the_head_and_saves_merged(tmp_path, models):
+    rows = make_arena_rows(32, seed=9, max_words=40)
+    before = AutoModelForSequenceClassification.from_pretrained(models / "student").score.weight.clone()
+    res = kdq.distill(str(models / "student"), rows, teacher=None,
+                      config=_cfg(tmp_path, lora=kdq.LoraSettings(r=4), learning_rate=1e-2))
+    after = AutoModelForSequenceClassification.from_pretrained(res.student_dir)
+    assert not torch.allclose(after.score.weight, before)
+    assert not any("lora" in k for k in after.state_dict())
+    assert res.cache_path is None and "teacher_pass" not in res.metrics
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, models):
+    rows = make_arena_rows(32, seed=10, max_words=40)
+    first = kdq.distill(str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, epochs=1))
+    steps_one = first.metrics["train"]["epoch"]
+    second = kdq.distill(str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, epochs=2, resume=True))
+    epochs_logged = [round(h["epoch"]) for h in second.metrics["history"] if "eval_log_loss" in h]
+    assert steps_one == 1 and epochs_logged == [1, 2]  # epoch 1 came from the checkpoint's history
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'reverse_kl'\]"):
+        kdq.DistillConfig(divergence="kl")
+    with pytest.raises(ValueError, match="DistillConfig.alpha"):
+        kdq.DistillConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="LoraSettings.r"):
+        kdq.LoraSettings(r=0)
+    with pytest.raises(Exception):
+        kdq.DistillConfig().alpha = 0.1  # frozen
+
+
+def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
+    make_tiny_classifier(tmp_path / "t", tiny_tokenizer, seed=3, num_layers=7)
+    out = kdq.shrink(str(tmp_path / "t"), every=3, out_dir=tmp_path / "s")
+    m = AutoModelForSequenceClassification.from_pretrained(out)
+    assert m.config.num_hidden_layers == 3
+    assert m.config.kdq_shrink["kept_layers"] == [0, 3, 6]
+    assert [l.self_attn.layer_idx for l in m.model.layers] == [0, 1, 2]
+    t = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t")
+    assert torch.equal(m.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight)
+    assert torch.equal(m.score.weight, t.score.weight)
+    full = kdq.shrink(t, keep=range(7))
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert torch.allclose(full(input_ids=ids).logits, t(input_ids=ids).logits)
+    assert t.config.num_hidden_layers == 7  # the source object is untouched
+
+
+def test_two_process_ddp_with_accelerate_launch(tmp_path, models):
+    for name in ("teacher", "student"):
+        os.symlink(models / name, tmp_path / name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_distill.py")),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(i["world_size"] == 2 and i["backend"] == "gloo" for i in infos)
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+    # 64 rows, 8 per device, 2 devices: 4 optimizer steps per epoch, not 8.
+    assert infos[0]["metrics"]["train"]["epoch"] == 1 and infos[0]["metrics"]["history"][-1]["step"] == 4
