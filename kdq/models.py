@@ -85,7 +85,10 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_dir():
-            raise ValueError(f"model folder {str(path)!r} does not exist; pass a saved model folder or a model object.")
+            if is_hub_id(src):
+                return _load_hub(str(src), tokenizer, num_labels, dtype, device)
+            raise ValueError(f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
+                             "such as 'h2oai/h2o-danube3-500m-base', or a model object.")
         kwargs = {"num_labels": num_labels}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -124,6 +127,26 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+def is_hub_id(src) -> bool:
+    """``"org/name"``: one slash, not a local path (which would exist or start with . / ~)."""
+    text = str(src)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
+    """Load ``org/name`` from the Hugging Face Hub (GPU machines with network; never in tests)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"num_labels": num_labels, **({"dtype": dtype} if dtype is not None else {})}
+    model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
+    tokenizer = prepare_tokenizer(tokenizer or load_tokenizer(repo_id))
+    prepare_classifier(model, tokenizer)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, source=repo_id, fingerprint=f"hub:{repo_id}")
 
 
 def fingerprint_path(path) -> str:

@@ -94,10 +94,22 @@ def parse_turns(value, *, row=None, column=None) -> list:
         if t is None:
             out.append("")
         elif isinstance(t, str):
-            out.append(t)
+            out.append(_valid_unicode(t))
         else:
             raise ValueError(f"{where}: turn {t!r} is {type(t).__name__}, expected a string or null.")
     return out
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (JSON escapes of a cut emoji, e.g. ``\\ud83d``) made U+FFFD.
+
+    Such strings cannot be encoded as UTF-8, and the fast tokenizers reject them mid-run.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def water_fill(lengths, budget: int, floor: int = 0) -> list:

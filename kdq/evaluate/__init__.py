@@ -1,15 +1,20 @@
-# placeholder until the evaluate stage lands (issue 4)
-class EvalConfig:  # noqa: D101
-    pass
+"""Evaluate stage: score variants on held-out rows, measure their cost, check them against a budget.
 
+    kdq.evaluate(model, rows, EvalConfig(...)) -> Metrics
+    kdq.compare({"teacher-fp16": path, ...}, rows, out_dir=..., teacher=..., baseline=..., student=...)
 
-class Metrics:  # noqa: D101
-    pass
+Light on import: torch, transformers and matplotlib load only when a verb runs.
+"""
+from .budget import BudgetProfile, available_budgets, load_budget, project
+from .config import EvalConfig, Metrics
+from .evaluate import evaluate
+from .metrics import accuracy, ece, log_loss
+from .modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, weight_bytes, weight_format_of
+from .report import CompareResult, compare, gap_closed
 
-
-def evaluate(*a, **k):
-    raise NotImplementedError
-
-
-def compare(*a, **k):
-    raise NotImplementedError
+__all__ = [
+    "EvalConfig", "Metrics", "evaluate", "compare", "CompareResult", "gap_closed",
+    "BudgetProfile", "load_budget", "available_budgets", "project",
+    "ModelSpec", "WeightFormat", "param_counts", "flops_per_token", "weight_bytes", "weight_format_of",
+    "log_loss", "accuracy", "ece",
+]

@@ -1,0 +1,215 @@
+"""Will a variant fit the notebook? Budget profiles and the runtime/memory verdict.
+
+Budget profiles are data: JSON files in ``kdq/budgets/`` (or any path a user passes), loaded
+into a frozen :class:`BudgetProfile`. :func:`project` turns a model's shape, weight format and
+the token lengths measured on real rows into a fits / does-not-fit verdict with margins.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .._validate import check_range
+from .modelspec import ModelSpec, WeightFormat, activation_bytes, batch_flops, weight_bytes
+
+BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
+GPU_PEAKS_FILE = BUDGET_DIR / "_gpu_peaks.json"
+GB = 1e9  # budgets speak decimal gigabytes, as GPU datasheets do
+
+
+# --------------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class BudgetProfile:
+    """A notebook's hardware and limits. Ship as JSON in ``kdq/budgets/`` or pass a path.
+
+    Units: GB are 10^9 bytes, TFLOP/s dense fp16 tensor-core peak, GB/s memory bandwidth.
+    ``compute_efficiency``: the fraction of ``peak_tflops`` a forward pass reaches;
+    ``compute_slowdown``: per weight format (``fp16``, ``gptq-8``, ``bnb-nf4``...), how much
+    slower its kernels are than fp16 (dequantization). Both are stated assumptions; a
+    throughput measured on CUDA replaces them.
+    """
+
+    name: str
+    description: str
+    gpus: int
+    gpu_name: str
+    gpu_memory_gb: float
+    reserved_gb_per_gpu: float
+    peak_tflops: float
+    bandwidth_gbs: float
+    compute_efficiency: float
+    bandwidth_efficiency: float
+    time_limit_hours: float
+    overhead_hours: float
+    rows: int
+    ram_gb: float
+    host_overhead_gb: float
+    batch_size: int
+    tta_factor: float
+    compute_capability: str = ""
+    bf16: bool = True
+    offline: bool = False
+    compute_slowdown: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def __post_init__(self):
+        c = "BudgetProfile"
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{c}.name must be a non-empty string, got {self.name!r}")
+        for f in ("gpus", "rows", "batch_size"):
+            check_range(c, f, getattr(self, f), 1, kind=int)
+        for f in ("gpu_memory_gb", "peak_tflops", "bandwidth_gbs", "time_limit_hours", "ram_gb"):
+            check_range(c, f, getattr(self, f), 0, lo_open=True)
+        for f in ("reserved_gb_per_gpu", "overhead_hours", "host_overhead_gb"):
+            check_range(c, f, getattr(self, f), 0)
+        for f in ("compute_efficiency", "bandwidth_efficiency"):
+            check_range(c, f, getattr(self, f), 0, 1, lo_open=True)
+        check_range(c, "tta_factor", self.tta_factor, 1)
+        if not isinstance(self.compute_slowdown, dict):
+            raise ValueError(f"{c}.compute_slowdown must be a dict of weight format -> factor >= 1, "
+                             f"got {type(self.compute_slowdown).__name__}")
+        for k, v in self.compute_slowdown.items():
+            check_range(c, f"compute_slowdown[{k!r}]", v, 1)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "budget profile") -> "BudgetProfile":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {unknown}; BudgetProfile fields are {sorted(known)}.")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as err:  # a required field is missing
+            raise ValueError(f"{source}: {err}; see kdq/budgets/lmsys-2xt4.json for a complete profile.") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def slowdown(self, fmt: WeightFormat) -> float:
+        return float(self.compute_slowdown.get(fmt.name, 1.0))
+
+
+def available_budgets() -> list:
+    """Names of the profiles shipped in ``kdq/budgets/`` (files starting with ``_`` are not profiles)."""
+    return sorted(p.stem for p in BUDGET_DIR.glob("*.json") if not p.name.startswith("_"))
+
+
+def load_budget(name_or_path) -> BudgetProfile:
+    """A :class:`BudgetProfile` from a shipped name (``"lmsys-2xt4"``), a JSON path, or a profile."""
+    if isinstance(name_or_path, BudgetProfile):
+        return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"budget must be a profile name, a JSON path or a BudgetProfile, got "
+                         f"{type(name_or_path).__name__}")
+    path = Path(name_or_path)
+    if not path.is_file():
+        if str(name_or_path) not in available_budgets():
+            raise ValueError(f"budget {str(name_or_path)!r} is neither a shipped profile {available_budgets()} "
+                             "nor an existing JSON file; pass one of those names or the path of your own profile.")
+        path = BUDGET_DIR / f"{name_or_path}.json"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"budget file {str(path)!r} is not valid JSON: {err}") from None
+    return BudgetProfile.from_dict(data, source=f"budget file {str(path)!r}")
+
+
+def gpu_peak_tflops(device_name: str) -> tuple:
+    """``(key, peak fp16 TFLOP/s)`` for a CUDA device name, from ``kdq/budgets/_gpu_peaks.json``.
+
+    A key matches as a whole word of the name, case-insensitively ("L4" does not match
+    "L40S", nor "A10" "A10G"); the longest match wins (so "H100 PCIe" beats "H100").
+    Returns ``(None, None)`` for an unknown GPU.
+    """
+    table = json.loads(GPU_PEAKS_FILE.read_text())["gpus"]
+    hits = sorted((k for k in table if re.search(rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])",
+                                                   device_name.lower())), key=len, reverse=True)
+    return (hits[0], float(table[hits[0]]["fp16_tflops"])) if hits else (None, None)
+
+
+# --------------------------------------------------------------------------- verdict
+def _padded_batches(lengths, batch_size: int):
+    """``(rows, longest)`` per batch, as length-sorted batching (longest first) would form them."""
+    ordered = sorted((int(x) for x in lengths), reverse=True)
+    return [(len(ordered[s:s + batch_size]), ordered[s]) for s in range(0, len(ordered), batch_size)]
+
+
+def project(spec: ModelSpec, fmt: WeightFormat, lengths, profile: BudgetProfile, *, max_length: int | None = None,
+            tta: bool = True, measured: dict | None = None) -> dict:
+    """Project a variant onto a budget profile; return the verdict dict.
+
+    Args:
+        spec, fmt: the model's shape and weight format.
+        lengths: token lengths of the evaluated rows (``(n,)``): they stand in for the
+            notebook's rows, scaled to ``profile.rows``.
+        max_length: the template's row budget, for the worst-case memory batch
+            (default: the longest measured row).
+        tta: the notebook scores every row twice (``profile.tta_factor``).
+        measured: ``{"device": "cuda:0 (NVIDIA ...)", "tokens_per_s": float}`` from a CUDA
+            run; when given (and the GPU's peak is known), it replaces the FLOP estimate.
+    Returns:
+        dict with ``fits`` (bool), ``fits_time``, ``fits_gpu_memory``, ``fits_ram``,
+        ``projected_hours``, ``margin_hours``, ``gpu_memory_gb`` (need per GPU),
+        ``margin_gb``, ``basis`` (``"flops-estimate"`` or ``"measured-cuda"``) and the terms.
+    """
+    lengths = [int(x) for x in lengths]
+    if not lengths:
+        raise ValueError("budget projection needs the token lengths of at least one row.")
+    p = profile
+    scale = p.rows / len(lengths)
+    tta_factor = p.tta_factor if tta else 1.0
+    notes = []
+
+    # ---- time: FLOP estimate, roofline per padded batch
+    w_bytes = weight_bytes(spec, fmt)
+    compute_s = bandwidth_s = est_s = 0.0
+    slow = p.slowdown(fmt)
+    for b, longest in _padded_batches(lengths, p.batch_size):
+        c = batch_flops(spec, b, longest) / (p.peak_tflops * 1e12 * p.compute_efficiency) * slow
+        m = w_bytes / (p.bandwidth_gbs * GB * p.bandwidth_efficiency)  # every batch streams all weights once
+        compute_s += c
+        bandwidth_s += m
+        est_s += max(c, m)
+    est_hours = est_s * scale * tta_factor / p.gpus / 3600
+    basis, run_hours, ratio = "flops-estimate", est_hours, None
+    if measured is not None and str(measured.get("device", "")).startswith("cuda"):
+        key, peak = gpu_peak_tflops(measured["device"])
+        if peak is None:
+            notes.append(f"measured on {measured['device']} but its peak is not in _gpu_peaks.json: "
+                         "used the FLOP estimate (add the GPU to use the measurement)")
+        else:
+            ratio = p.peak_tflops / peak
+            t4_tok_s = float(measured["tokens_per_s"]) * ratio
+            run_hours = sum(lengths) * scale * tta_factor / (t4_tok_s * p.gpus) / 3600
+            basis = "measured-cuda"
+            notes.append(f"throughput measured on {key} scaled by peak ratio {p.peak_tflops:g}/{peak:g}")
+    projected = run_hours + p.overhead_hours
+
+    # ---- memory per GPU: every GPU holds a full copy (data parallel over rows)
+    L = int(max_length or max(lengths))
+    act = activation_bytes(spec, p.batch_size, L)
+    need = w_bytes + act["total"] + p.reserved_gb_per_gpu * GB
+    ram_need = w_bytes + p.host_overhead_gb * GB  # weights pass through host RAM while loading
+    fits_time = projected <= p.time_limit_hours
+    fits_gpu = need <= p.gpu_memory_gb * GB
+    fits_ram = ram_need <= p.ram_gb * GB
+    if fmt.needs and p.offline:
+        notes.append(f"offline notebook: bring a {fmt.needs} wheel built for sm_{p.compute_capability.replace('.', '')}")
+    if not fits_gpu:
+        notes.append("a full copy does not fit one GPU; splitting layers over the GPUs is not modelled")
+    return {
+        "profile": p.name, "fits": bool(fits_time and fits_gpu and fits_ram),
+        "fits_time": bool(fits_time), "fits_gpu_memory": bool(fits_gpu), "fits_ram": bool(fits_ram),
+        "basis": basis, "projected_hours": projected, "estimate_hours": est_hours + p.overhead_hours,
+        "limit_hours": p.time_limit_hours, "margin_hours": p.time_limit_hours - projected,
+        "gpu_memory_gb": need / GB, "gpu_limit_gb": p.gpu_memory_gb, "margin_gb": p.gpu_memory_gb - need / GB,
+        "ram_gb": ram_need / GB, "ram_margin_gb": p.ram_gb - ram_need / GB,
+        "weights_gb": w_bytes / GB, "activations_gb": act["activations"] / GB, "mask_gb": act["mask"] / GB,
+        "kv_cache_gb": act["kv_cache"] / GB, "weight_format": fmt.name, "bound": "compute" if compute_s >= bandwidth_s
+        else "bandwidth", "compute_slowdown": slow, "peak_ratio": ratio, "tta_factor": tta_factor,
+        "rows": p.rows, "batch_size": p.batch_size, "max_length": L,
+        "mean_tokens": sum(lengths) / len(lengths), "notes": notes,
+    }

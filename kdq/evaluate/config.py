@@ -1,0 +1,121 @@
+"""The evaluate stage's config (:class:`EvalConfig`) and result (:class:`Metrics`)."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from .._validate import check_choice, check_range
+from ..template import TemplateConfig
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to score a variant.
+
+    Args:
+        batch_size: rows per forward pass (length-sorted, dynamically padded).
+        max_batch_tokens: optional cap on ``rows x longest`` per batch.
+        tta: also score every row with A and B swapped and report the averaged metrics.
+        template: row rendering; default: the template recorded in the model's config
+            (``kdq_template``), else ``TemplateConfig()``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        dtype: weights dtype when loading an unquantized folder; ``"auto"`` is fp16 on CUDA
+            and fp32 on CPU. Model objects are scored as given.
+        ece_bins: confidence bins of the expected calibration error.
+        budget: budget profile (shipped name, JSON path or ``BudgetProfile``) to project the
+            variant onto, or ``None`` for no verdict.
+        progress: show tqdm progress bars.
+    """
+
+    batch_size: int = 8
+    max_batch_tokens: int | None = None
+    tta: bool = True
+    template: TemplateConfig | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    ece_bins: int = 15
+    budget: object = "lmsys-2xt4"
+    progress: bool = True
+
+    def __post_init__(self):
+        c = "EvalConfig"
+        check_range(c, "batch_size", self.batch_size, 1, kind=int)
+        if self.max_batch_tokens is not None:
+            check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
+        for f in ("tta", "progress"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{c}.{f} must be True or False, got {getattr(self, f)!r}")
+        if self.template is not None and not isinstance(self.template, TemplateConfig):
+            raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"{c}.device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        check_choice(c, "dtype", self.dtype, DTYPES)
+        check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
+        from .budget import BudgetProfile
+
+        if self.budget is not None and not isinstance(self.budget, (str, os.PathLike, BudgetProfile)):
+            raise ValueError(f"{c}.budget must be None, a profile name, a JSON path or a BudgetProfile, "
+                             f"got {type(self.budget).__name__}")
+
+
+# Arrays kept on Metrics but left out of to_dict() (JSON reports stay small).
+ARRAY_FIELDS = ("probs", "probs_tta", "lengths")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one variant scored and cost on a set of held-out rows.
+
+    Quality: ``log_loss`` (competition definition), ``accuracy``, ``ece``, and the same with
+    swap TTA (``*_tta``; ``None`` when TTA was off). Cost: ``size_bytes`` (weight files on
+    disk, or parameter bytes in memory for a model object: see ``size_source``),
+    ``peak_memory_bytes`` (``peak_memory_kind``: process RSS on CPU, max allocated on
+    CUDA), ``rows_per_s`` / ``tokens_per_s`` over every scored sequence (a TTA row counts
+    twice) on ``device``. ``budget``: the verdict dict of :func:`kdq.evaluate.budget.project`.
+
+    Arrays: ``probs`` / ``probs_tta`` ``(N, 3)`` in row order; ``lengths`` ``(N,)`` tokens per row.
+    """
+
+    n_rows: int
+    log_loss: float
+    accuracy: float
+    ece: float
+    log_loss_tta: float | None
+    accuracy_tta: float | None
+    ece_tta: float | None
+    size_bytes: int
+    size_source: str
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    rows_per_s: float
+    tokens_per_s: float
+    seconds: float
+    device: str
+    n_params: int
+    weight_format: str
+    weight_format_spec: dict
+    mean_tokens: float
+    padding_efficiency: float
+    max_length: int
+    rows_fingerprint: str
+    model_fingerprint: str
+    source: str | None
+    spec: dict
+    budget: dict | None
+    probs: np.ndarray = field(repr=False)
+    probs_tta: np.ndarray | None = field(repr=False)
+    lengths: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """Every scalar field (JSON-able), without the arrays."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ARRAY_FIELDS}

@@ -1,0 +1,279 @@
+"""``kdq.evaluate``: score one variant on held-out rows and measure what it costs."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import EvalConfig, Metrics
+from .metrics import accuracy, ece, log_loss, softmax
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+# --------------------------------------------------------------------------- peak memory
+def _read_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory while the ``with`` block runs.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors
+    only; the CUDA context is not counted). CPU: the process's peak resident set. On Linux
+    the kernel's high-water mark ``VmHWM`` is reset on entry (``/proc/self/clear_refs``) so
+    earlier work does not count; a 10 ms sampling thread of ``VmRSS`` backs it up where the
+    reset is not allowed. ``kind`` says which was used.
+    """
+
+    def __init__(self, device):
+        import torch
+
+        self.device = torch.device(device)
+        self.peak = 0
+        self.kind = ""
+        self._stop = threading.Event()
+        self._thread = None
+        self._hwm_reset = False
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            rss = _read_status_kb("VmRSS")
+            if rss is not None:
+                self.peak = max(self.peak, rss)
+
+    def __enter__(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda-max-allocated"
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # 5 = reset the peak RSS (Linux >= 4.0)
+            self._hwm_reset = True
+        except OSError:
+            self._hwm_reset = False
+        self.peak = _read_status_kb("VmRSS") or 0
+        self._thread = threading.Thread(target=self._sample, name="kdq-rss-sampler", daemon=True)
+        self._thread.start()
+        self.kind = "rss-peak" if self._hwm_reset else "rss-sampled"
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return False
+        self._stop.set()
+        self._thread.join()
+        rss = _read_status_kb("VmRSS") or 0
+        hwm = _read_status_kb("VmHWM") if self._hwm_reset else None
+        self.peak = int(max(self.peak, rss, hwm or 0))
+        if not self.peak:  # no /proc (macOS...): lifetime peak from getrusage
+            import resource
+            import sys
+
+            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.peak = int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+            self.kind = "rss-lifetime"
+        return False
+
+
+# --------------------------------------------------------------------------- helpers
+def device_name(device) -> str:
+    """``"cuda:0 (Tesla T4)"`` or ``"cpu (<cpu model>, N threads)"``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu ({model + ', ' if model else ''}{torch.get_num_threads()} threads)"
+
+
+def folder_weight_bytes(path) -> int:
+    """Bytes of the weight files in a model folder (all files when none has a weight suffix)."""
+    files = [p for p in Path(path).rglob("*") if p.is_file()]
+    weights = [p for p in files if p.name.endswith(WEIGHT_SUFFIXES)]
+    return sum(p.stat().st_size for p in (weights or files))
+
+
+def module_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers in memory (packed quantized tensors as stored)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def rows_fingerprint(rows) -> str:
+    """Identity of an evaluation set: a hash of its ids and labels, in order."""
+    h = hashlib.sha256()
+    for i, lab in zip(rows["id"], rows["label"]):
+        h.update(f"{i}\t{lab}\n".encode())
+    return "rows:" + h.hexdigest()[:16]
+
+
+def _is_quantized_folder(path) -> bool:
+    import json
+
+    cfg = Path(path, "config.json")
+    return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text())
+
+
+def _resolve(model, config: EvalConfig, device):
+    """Load or adopt the model; return ``(LoadedModel, size_bytes, size_source)``."""
+    import torch
+
+    from ..models import LoadedModel, is_adapter_dir, load_classifier, model_dtype_for
+
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, (str, os.PathLike)):
+        quantized = Path(model).is_dir() and _is_quantized_folder(model)
+        dtype = None
+        if not quantized:  # quantized folders bring their own compute dtype
+            dtype = model_dtype_for(device) if config.dtype == "auto" else getattr(torch, config.dtype)
+        loaded = load_classifier(model, dtype=dtype, device=None if quantized else device)
+    else:
+        loaded = load_classifier(model)
+    current = next(loaded.model.parameters()).device
+    if current != device and not (current.type == device.type and device.index is None):
+        try:
+            loaded.model.to(device)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"cannot move the model from {current} to {device} ({err}); load it on "
+                             f"{device} yourself or set EvalConfig.device={str(current)!r}.") from None
+    if loaded.source is not None:
+        src = Path(loaded.source)
+        size = folder_weight_bytes(src)
+        if is_adapter_dir(src):  # an adapter alone is not what ships: add its base's weights
+            import json
+
+            base = json.loads((src / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if base and Path(base).is_dir():
+                size += folder_weight_bytes(base)
+        return loaded, size, "disk"
+    return loaded, module_bytes(loaded.model), "memory"
+
+
+def _score(loaded, sequences, config: EvalConfig, desc: str):
+    """Logits ``(N, 3)`` and timing stats for token sequences."""
+    from tqdm.auto import tqdm
+
+    from ..batching import predict_logits
+
+    pad_id = loaded.tokenizer.pad_token_id
+    with tqdm(total=len(sequences), desc=desc, unit="row", disable=not config.progress, leave=False) as bar:
+        stats = {}
+        logits = predict_logits(loaded.model, sequences, pad_id, batch_size=config.batch_size,
+                                max_batch_tokens=config.max_batch_tokens, progress=bar, stats=stats)
+    return logits, stats
+
+
+def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
+    """Score a variant on labelled arena rows and measure its cost.
+
+    Args:
+        model: a model folder (full or PEFT adapter; GPTQ and bitsandbytes folders load
+            through transformers), a ``PreTrainedModel``, or a ``kdq.models.LoadedModel``.
+        rows: anything :func:`kdq.load_arena` accepts; every row needs a label.
+        config: :class:`EvalConfig`.
+    Returns:
+        :class:`Metrics`; ``probs`` is ``(N, 3)`` in row order.
+    """
+    import torch
+
+    from ..batching import combine_swap_tta
+    from ..data import encode, labels_of, load_arena
+    from ..models import default_device, template_of
+    from ..template import TemplateConfig
+    from .budget import load_budget, project
+    from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
+
+    if not isinstance(config, EvalConfig):
+        raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
+    rows = load_arena(rows)
+    labels = labels_of(rows)
+    if (labels < 0).any():
+        r = int(np.flatnonzero(labels < 0)[0])
+        raise ValueError(f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows (the one-hot "
+                         "winner_model_a / winner_model_b / winner_tie columns). Drop unlabelled rows first.")
+    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
+    device = torch.device(config.device) if config.device else default_device()
+
+    with PeakMemory(device) as peak:
+        loaded, size_bytes, size_source = _resolve(model, config, device)
+        template = config.template or template_of(loaded.model) or TemplateConfig()
+        enc = encode(rows, loaded.tokenizer, template)
+        sequences = enc["input_ids"]
+        # one untimed pass on the shortest row: lazy initialisation (kernels, allocator) is not throughput
+        shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
+        _score(loaded, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
+        logits, stats = _score(loaded, sequences, config, "score")
+        swapped, stats_sw = None, None
+        if config.tta:
+            enc_sw = encode(rows, loaded.tokenizer, template, swap=True, desc="render swapped rows")
+            swapped, stats_sw = _score(loaded, enc_sw["input_ids"], config, "score swapped")
+
+    probs = softmax(logits.numpy())
+    probs_tta = np.exp(combine_swap_tta(logits, swapped).double().numpy()) if swapped is not None else None
+    all_stats = [s for s in (stats, stats_sw) if s is not None]
+    seconds = sum(s["seconds"] for s in all_stats)
+    real = sum(s["real_tokens"] for s in all_stats)
+    padded = sum(s["padded_tokens"] for s in all_stats)
+    scored_rows = sum(s["rows"] for s in all_stats)
+
+    spec = ModelSpec.from_config(loaded.model.config)
+    fmt = weight_format_of(loaded.model.config)
+    dev_name = device_name(device)
+    lengths = np.asarray(enc["length"], dtype=np.int64)
+    verdict = None
+    if profile is not None:
+        measured = None
+        if device.type == "cuda":
+            measured = {"device": dev_name, "tokens_per_s": real / max(seconds, 1e-9)}
+        verdict = project(spec, fmt, lengths, profile, max_length=template.max_length, tta=config.tta,
+                          measured=measured)
+        dtype = next(loaded.model.parameters()).dtype
+        if measured is not None and fmt is FP16 and dtype != torch.float16:
+            verdict["notes"].append(f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
+                                    "throughput is pessimistic for a fp16 T4 run")
+
+    return Metrics(
+        n_rows=len(rows), log_loss=log_loss(probs, labels), accuracy=accuracy(probs, labels),
+        ece=ece(probs, labels, config.ece_bins),
+        log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
+        accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
+        ece_tta=ece(probs_tta, labels, config.ece_bins) if probs_tta is not None else None,
+        size_bytes=int(size_bytes), size_source=size_source,
+        peak_memory_bytes=int(peak.peak), peak_memory_kind=peak.kind,
+        rows_per_s=scored_rows / max(seconds, 1e-9), tokens_per_s=real / max(seconds, 1e-9), seconds=seconds,
+        device=dev_name, n_params=int(param_counts(spec)["total"]), weight_format=fmt.name,
+        weight_format_spec=dataclasses.asdict(fmt),
+        mean_tokens=float(lengths.mean()), padding_efficiency=real / max(padded, 1),
+        max_length=template.max_length, rows_fingerprint=rows_fingerprint(rows),
+        model_fingerprint=loaded.fingerprint, source=loaded.source, spec=spec.to_dict(), budget=verdict,
+        probs=probs, probs_tta=probs_tta, lengths=lengths,
+    )

@@ -1,0 +1,303 @@
+"""kdq.export: pack a classifier into a self-contained Kaggle dataset folder."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_dir
+from .config import ExportConfig, dataset_metadata_problems
+from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
+from .manifest import MANIFEST_VERSION, jsonable, library_versions, metrics_record, utc_now, write_json
+from .script import SCRIPT_NAME, load_predict_module, render_script
+
+PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
+
+
+class ExportError(RuntimeError):
+    """The exported folder would not reproduce the model; nothing was written."""
+
+
+@dataclass
+class _Staged:
+    """The model files copied into the export folder, and the in-memory model they must match."""
+
+    loaded: object  # kdq.models.LoadedModel: the reference for the probe
+    source: str | None
+    fingerprint: str
+    weights_sha256: dict
+
+
+def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str | None = None,
+           tokenizer=None) -> Path:
+    """Write a Kaggle dataset folder for ``model`` at ``out_dir`` and return its path.
+
+    Args:
+        model: a model folder (full model, quantized model, or PEFT adapter), a
+            ``transformers`` classifier object, or a :class:`kdq.models.LoadedModel`.
+        out_dir: the folder to create; an existing one is an error unless
+            ``config.overwrite``. Written in a temporary sibling and renamed into place, so
+            an error or Ctrl-C leaves nothing behind.
+        config: :class:`ExportConfig`.
+        metrics: a ``kdq.Metrics`` (or its ``to_dict()``) from ``kdq.evaluate``; recorded with
+            its budget verdict in the manifest and the model card.
+        table_md: the trade-off table (markdown, e.g. from ``kdq.compare``'s report.md) for the card.
+        tokenizer: tokenizer object or folder, when ``model`` has none saved with it.
+
+    The folder holds the weights (safetensors), config and tokenizer; ``predict.py``;
+    ``kdq-predict.json``; ``README.md``; ``dataset-metadata.json``; optional ``wheels/``; and
+    ``kdq-manifest.json`` with every file's sha256. Before the rename, the exported predict.py
+    scores a probe batch from the folder and must match kdq's pipeline on the source model
+    within ``config.probe_atol``.
+    """
+    if not isinstance(config, ExportConfig):
+        raise ValueError(f"config must be a kdq.ExportConfig, got {type(config).__name__}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not config.overwrite:  # fail before loading anything
+        raise FileExistsError(f"{out_dir} already exists; pass ExportConfig(overwrite=True) or choose another folder.")
+    metrics_dict, budget = metrics_record(metrics)
+    from tqdm.auto import tqdm
+
+    steps = ["stage model files", "write predict.py", "wheels", "probe batch", "card and manifest"]
+    bar = tqdm(total=len(steps), desc="export", unit="step")
+    try:
+        with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
+            bar.set_postfix_str(steps[0])
+            staged = _stage_model(model, tmp, tokenizer)
+            template = _resolve_template(config, staged.loaded.model)
+            quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer)
+            bar.update(1)
+
+            bar.set_postfix_str(steps[1])
+            write_json(tmp / SETTINGS_FILE, {"tta": config.tta, "batch_size": config.batch_size,
+                                             "max_batch_tokens": config.max_batch_tokens})
+            from .. import __version__ as kdq_version
+
+            (tmp / SCRIPT_NAME).write_text(render_script(title=config.title, slug=config.slug, kdq_version=kdq_version,
+                                                         quant_method=quant_method), encoding="utf-8")
+            bar.update(1)
+
+            bar.set_postfix_str(steps[2])
+            wheels = _wheels(tmp, config, quant_method) if config.wheels else None
+            bar.update(1)
+
+            bar.set_postfix_str(steps[3])
+            probe = _probe(tmp, staged.loaded, config)
+            bar.update(1)
+
+            bar.set_postfix_str(steps[4])
+            _write_card_and_manifest(tmp, config, staged, template, quant_method, probe, wheels,
+                                     metrics_dict, budget, table_md)
+            bar.update(1)
+    finally:
+        bar.close()
+    return out_dir
+
+
+# kdq.export is this function once kdq/__init__ binds it, so the documented spelling
+# ``kdq.export.VerificationError`` needs the class on the function too.
+from .verify import VerificationError  # noqa: E402
+
+export.VerificationError = VerificationError
+export.ExportError = ExportError
+
+
+def _stage_model(model, tmp: Path, tokenizer) -> _Staged:
+    """Copy (or save) the files the notebook needs into ``tmp``; load the reference model."""
+    import torch
+
+    from ..models import LoadedModel, fingerprint_path, is_adapter_dir, load_classifier, load_tokenizer
+    from .files import model_files, model_role, sha256_file
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_dir():
+            raise ValueError(f"model folder {str(path)!r} does not exist; pass a saved model folder or a model object.")
+        has_safetensors = any(p.suffix == ".safetensors" for p in model_files(path))
+        if has_safetensors and not is_adapter_dir(path):
+            # A complete folder: copy its bytes (no re-save that could alter a quantized layout)
+            # and load it the way predict.py will on CPU, in fp32, as the reference.
+            has_tokenizer = any(model_role(p.name) == "tokenizer" for p in model_files(path))
+            if tokenizer is None and not has_tokenizer:
+                raise ValueError(f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
+                                 "(an object or a folder) so the notebook can render rows.")
+            loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu")
+            # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
+            copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
+            if tokenizer is not None:
+                _copy_saved_tokenizer(loaded.tokenizer, tmp)
+            weights = {p.name: sha256_file(p) for p in model_files(path) if p.suffix == ".safetensors"}
+            return _Staged(loaded, str(path.resolve()), fingerprint_path(path), weights)
+    if isinstance(model, LoadedModel):
+        loaded = model
+        if tokenizer is not None:
+            loaded = LoadedModel(model.model, load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike))
+                                 else tokenizer, model.source, model.fingerprint)
+    else:
+        # Adapter folders are merged, .bin folders and model objects re-saved as safetensors.
+        loaded = load_classifier(model, tokenizer=tokenizer)
+    with tempfile.TemporaryDirectory(prefix=".kdq-export-save-", dir=tmp.parent) as scratch:
+        loaded.model.save_pretrained(scratch)
+        copy_model_files(scratch, tmp, skip_roles=("tokenizer",))
+    _copy_saved_tokenizer(loaded.tokenizer, tmp)
+    weights = {p.name: sha256_file(p) for p in model_files(tmp) if p.suffix == ".safetensors"}
+    if not weights:
+        raise ExportError(f"saving {type(loaded.model).__name__} produced no .safetensors file; "
+                          "the notebook loads safetensors only.")
+    return _Staged(loaded, loaded.source, loaded.fingerprint, weights)
+
+
+def _copy_saved_tokenizer(tokenizer, tmp: Path):
+    """Save ``tokenizer`` and copy only its tokenizer files into ``tmp``."""
+    with tempfile.TemporaryDirectory(prefix=".kdq-export-tok-", dir=tmp.parent) as scratch:
+        tokenizer.save_pretrained(scratch)
+        if not copy_model_files(scratch, tmp, skip_roles=("weights", "config", "quantization")):
+            raise ExportError(f"saving the tokenizer ({type(tokenizer).__name__}) produced no tokenizer files.")
+
+
+def _resolve_template(config: ExportConfig, model):
+    from ..models import template_of
+    from ..template import TemplateConfig
+
+    recorded = template_of(model)
+    if config.template is not None and recorded is not None and config.template != recorded:
+        raise ValueError(f"ExportConfig.template={config.template} differs from the template recorded in the model "
+                         f"(config.json kdq_template={recorded}); the notebook must render rows as training did. "
+                         "Drop ExportConfig.template to use the recorded one.")
+    if config.template is None and recorded is None:
+        warnings.warn("the model records no row template (config.json 'kdq_template'); exporting with the default "
+                      f"{TemplateConfig()}. Pass ExportConfig(template=...) if it was trained otherwise.", stacklevel=3)
+    return config.template or recorded or TemplateConfig()
+
+
+def _finish_config_json(tmp: Path, template, tokenizer) -> str | None:
+    """Record the template, pad id and labels in the exported config.json; return the quant method."""
+    from ..models import ID2LABEL, LABEL2ID, TEMPLATE_KEY
+
+    path = tmp / "config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg[TEMPLATE_KEY] = template.to_dict()
+    # kdq pools the tokenizer's pad id (kdq.models.prepare_classifier); the notebook must too.
+    cfg["pad_token_id"] = tokenizer.pad_token_id
+    cfg.setdefault("id2label", {str(k): v for k, v in ID2LABEL.items()})
+    cfg.setdefault("label2id", dict(LABEL2ID))
+    write_json(path, cfg)
+    return (cfg.get("quantization_config") or {}).get("quant_method")
+
+
+def _wheels(tmp: Path, config: ExportConfig, quant_method):
+    from .wheels import WheelError, default_packages, fill_wheels
+
+    roots = config.wheel_packages if config.wheel_packages is not None else default_packages(quant_method)
+    try:
+        return fill_wheels(tmp / WHEELS_DIR, roots=roots, python_versions=config.wheel_python_versions,
+                           platforms=config.wheel_platforms, with_deps=config.wheel_deps,
+                           extra_files=config.wheel_files)
+    except WheelError as err:
+        raise ExportError(f"wheels: {err} Nothing was written.") from err
+
+
+def probe_rows(n: int):
+    """``(ids, rows)`` of ``n`` fixed synthetic arena rows (rows as predict.py's read_rows returns them)."""
+    from ..template import parse_turns
+    from ..testing import make_arena_rows
+
+    raw = make_arena_rows(n, seed=PROBE_SEED, labelled=False, max_words=120)
+    rows = [tuple(parse_turns(raw[c][i]) for c in ("prompt", "response_a", "response_b")) for i in range(n)]
+    return list(raw["id"]), rows
+
+
+def kdq_probs(loaded, rows, template, *, tta: bool, batch_size: int):
+    """kdq's own pipeline (template + batching) on the in-memory model: probabilities ``(N, 3)`` float64."""
+    import torch
+
+    from ..batching import combine_swap_tta, predict_logits
+    from ..template import encode_row
+
+    model, tok = loaded.model, loaded.tokenizer
+    seqs = [encode_row(tok, p, a, b, template) for p, a, b in rows]
+    logits = predict_logits(model, seqs, model.config.pad_token_id, batch_size=batch_size)
+    if tta:
+        swapped = [encode_row(tok, p, b, a, template) for p, a, b in rows]
+        logits = combine_swap_tta(logits, predict_logits(model, swapped, model.config.pad_token_id, batch_size=batch_size))
+    return torch.softmax(logits.double(), dim=-1)
+
+
+def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
+    """Score fixed rows twice: kdq on the source model, and the exported predict.py on the folder.
+
+    The two must agree: a missing tokenizer file, a lossy re-save (the bnb nf4 reload trap), a
+    wrong dtype or a template mismatch shows up here, before the folder exists.
+    """
+    from ..models import template_of
+
+    device = str(next(loaded.model.parameters()).device)
+    ids, rows = probe_rows(config.probe_rows)
+    expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size)
+    module = load_predict_module(tmp / SCRIPT_NAME)
+    got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device])
+    diff = float((got - expected).abs().max())
+    if not diff <= config.probe_atol:
+        raise ExportError(f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
+                          f"source model by up to {diff:.3g} (ExportConfig.probe_atol={config.probe_atol:g}) on "
+                          f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written.")
+    return {"ids": ids, "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
+            "tta": config.tta, "batch_size": config.batch_size, "device": device, "atol": config.probe_atol,
+            "max_abs_diff_vs_source": diff, "probs": got.tolist()}
+
+
+def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant_method, probe, wheels,
+                             metrics, budget, table_md):
+    from .card import render_card
+
+    versions = library_versions()
+    sources = {"model": {"path": staged.source, "fingerprint": staged.fingerprint,
+                         "weights_sha256": staged.weights_sha256}}
+    sources.update(_user_sources(config.sources))
+    flat_sources = {k: (v["fingerprint"] if isinstance(v, dict) else v) for k, v in sources.items()}
+    card = render_card(config=config, quant_method=quant_method, template=template.to_dict(), files=list_files(tmp),
+                       metrics=metrics, budget=budget, table_md=table_md, wheels=wheels, versions=versions,
+                       sources=flat_sources)
+    (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+    meta = config.dataset_metadata(description=card)
+    problems = dataset_metadata_problems(meta)
+    if problems:  # ExportConfig validates the same rules; this guards the file itself
+        raise ExportError("dataset-metadata.json would be rejected by Kaggle: " + "; ".join(problems))
+    write_json(tmp / METADATA_FILE, meta)
+    cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    manifest = {
+        "kdq_manifest_version": MANIFEST_VERSION,
+        "created_utc": utc_now(),
+        "dataset": config.dataset_metadata(),
+        "export_config": config.to_dict(),
+        "model": {"architectures": cfg.get("architectures"), "quant_method": quant_method,
+                  "num_labels": len(cfg.get("id2label") or {}), "id2label": cfg.get("id2label"),
+                  "pad_token_id": cfg.get("pad_token_id"), "template": template.to_dict()},
+        "sources": sources,
+        "configs": jsonable(config.configs),
+        "metrics": metrics,
+        "budget": budget,
+        "trade_off_table": table_md,
+        "probe": probe,
+        "wheels": wheels,
+        "versions": versions,
+        "files": list_files(tmp),
+    }
+    write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _user_sources(sources) -> dict:
+    from ..models import fingerprint_path
+
+    out = {}
+    for name, fp in sources.items():
+        if fp is None:
+            if not Path(name).is_dir():
+                raise ValueError(f"ExportConfig.sources[{name!r}] is None but {name!r} is not a folder to fingerprint; "
+                                 "give its fingerprint as the value.")
+            fp = fingerprint_path(name)
+        out[str(name)] = str(fp)
+    return out

@@ -1,0 +1,110 @@
+"""The README model card of an exported folder (markdown)."""
+from __future__ import annotations
+
+from .files import WHEELS_DIR
+
+# Metrics worth a line on the card, in order: (key in Metrics.to_dict(), label, format).
+_CARD_METRICS = (
+    ("log_loss", "log loss", "{:.4f}"),
+    ("log_loss_tta", "log loss (swap TTA)", "{:.4f}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("size_bytes", "size on disk (MB)", "{:.1f}"),
+    ("peak_memory_bytes", "peak memory (MB)", "{:.0f}"),
+    ("rows_per_s", "rows/s", "{:.1f}"),
+    ("device", "measured on", "{}"),
+    ("n_rows", "held-out rows", "{}"),
+)
+
+
+def _fmt(key, fmt, value):
+    if value is None:
+        return "n/a"
+    if key.endswith("_bytes"):
+        value = value / 1e6
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def metrics_table(metrics: dict) -> str:
+    rows = [(label, _fmt(key, fmt, metrics.get(key))) for key, label, fmt in _CARD_METRICS if key in metrics]
+    if not rows:
+        return ""
+    return "\n".join(["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def budget_lines(budget: dict) -> str:
+    if not budget:
+        return ""
+    fits = budget.get("fits")
+    verdict = "fits" if fits else ("does NOT fit" if fits is not None else "unknown")
+    details = ", ".join(f"{k}: {v}" for k, v in budget.items() if k != "fits" and not isinstance(v, (dict, list)))
+    return f"**Kaggle budget: {verdict}.** {details}"
+
+
+def install_line(slug: str, wheels: dict | None) -> str | None:
+    if not wheels:
+        return None
+    return (f"pip install --no-index --find-links /kaggle/input/{slug}/{WHEELS_DIR} "
+            + " ".join(f"'{a}'" if any(c in a for c in "<>") else a for a in wheels["install_args"]))
+
+
+def render_card(*, config, quant_method, template: dict, files: dict, metrics: dict | None, budget: dict | None,
+                table_md: str | None, wheels: dict | None, versions: dict, sources: dict) -> str:
+    """README.md: what the model is, how it scores, how to upload it and run it offline."""
+    slug = config.slug
+    install = install_line(slug, wheels)
+    lines = [f"# {config.title}", ""]
+    if config.description:
+        lines += [config.description, ""]
+    lines += [
+        "A sequence classifier for the LMSYS Chatbot Arena competition (winner_model_a / winner_model_b / "
+        "winner_tie), packed by kdq for an offline Kaggle notebook.", "",
+        f"- quantization: **{quant_method or 'none'}**",
+        f"- row template: `{template}`",
+        f"- predict.py defaults: tta={config.tta}, batch_size={config.batch_size}",
+        f"- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
+        "",
+    ]
+    if table_md:
+        lines += ["## Trade-offs", "", table_md.strip(), ""]
+    if metrics:
+        lines += ["## This model", "", metrics_table(metrics), ""]
+    if budget:
+        lines += [budget_lines(budget), ""]
+    lines += [
+        "## Upload to Kaggle", "",
+        "```bash",
+        "pip install kaggle            # and put your API token in ~/.kaggle/kaggle.json",
+        "kdq verify THIS_FOLDER        # or: python -m kdq.export verify THIS_FOLDER",
+        f"kaggle datasets create -p THIS_FOLDER --dir-mode zip   # later versions: kaggle datasets version -p THIS_FOLDER --dir-mode zip -m 'notes'",
+        "```", "",
+        "`--dir-mode zip` uploads the `wheels/` folder (Kaggle unpacks it); without it the CLI skips folders. "
+        "The CLI reads `dataset-metadata.json` but does not upload it.", "",
+        "## Use it in the notebook (internet off)", "",
+        f"Add the dataset `{config.dataset_id}` to the notebook, then:", "",
+        "```python",
+    ]
+    if install:
+        lines += [f"!{install}"]
+    lines += [
+        f"!python /kaggle/input/{slug}/predict.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv "
+        "--out /kaggle/working/submission.csv",
+        "```", "",
+        "predict.py checks the model files against `kdq-manifest.json`, splits the rows over the visible GPUs "
+        "(one thread per GPU, falls back to CPU) and writes `submission.csv` with rows summing to 1.", "",
+    ]
+    if wheels:
+        lines += ["## Wheels", "",
+                  f"`{WHEELS_DIR}/` holds wheels for CPython {', '.join(wheels['python_versions'])} on Linux x86_64 "
+                  "(torch is not included: the Kaggle image provides it). Install line:", "",
+                  "```bash", install, "```", ""]
+    if sources:
+        lines += ["## Sources", "", "| source | fingerprint |", "|---|---|"]
+        lines += [f"| `{k}` | `{v}` |" for k, v in sources.items()] + [""]
+    lines += ["## Files", "", "| file | role | bytes | sha256 |", "|---|---|---|---|"]
+    lines += [f"| `{rel}` | {e['role']} | {e['size']} | `{e['sha256'][:16]}…` |" for rel, e in files.items()]
+    lines += ["", "Full checksums, configs and metrics: `kdq-manifest.json`.", ""]
+    return "\n".join(lines)

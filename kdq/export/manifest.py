@@ -1,0 +1,79 @@
+"""The ``kdq-manifest.json`` record: where the model came from, how it was made, what it weighs."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST_VERSION = 1
+# Libraries whose versions decide whether the folder loads and predicts the same way.
+VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "huggingface-hub",
+             "peft", "optimum", "gptqmodel", "bitsandbytes", "numpy")
+
+
+def library_versions() -> dict:
+    """Installed versions of :data:`VERSIONED` (absent packages left out) plus Python's."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def jsonable(value):
+    """Best-effort conversion to JSON types: dataclasses, mappings, tuples, paths, dtypes, numpy."""
+    # to_dict first: kdq's Metrics.to_dict() leaves out the per-row probability arrays.
+    if hasattr(value, "to_dict") and callable(value.to_dict) and not isinstance(value, type):
+        return jsonable(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(value.tolist())
+    return str(value)  # torch.dtype, devices, anything else: readable, not lossless
+
+
+def metrics_record(metrics) -> tuple:
+    """``(metrics dict or None, budget verdict or None)`` from a Metrics object or a dict."""
+    if metrics is None:
+        return None, None
+    record = jsonable(metrics)
+    if not isinstance(record, dict):
+        raise ValueError(f"metrics must be a kdq Metrics object or a dict, got {type(metrics).__name__}")
+    budget = record.get("budget")
+    return record, budget
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json(path, data) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(folder) -> dict:
+    from .files import MANIFEST_FILE
+
+    return json.loads(Path(folder, MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,190 @@
+"""Fill ``wheels/`` with ``pip download`` for the Kaggle platform (Linux x86_64, CPython 3.10/3.11).
+
+The notebook has no internet, so every package its image may lack travels in the dataset,
+pinned to the version that exported (and verified) the model. Dependencies are read from
+the installed packages' metadata and downloaded one by one with ``--no-deps``: letting pip
+resolve them would drag in a multi-GB CUDA torch, which the Kaggle image already has and
+which must not be replaced.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+# Never shipped: the image's CUDA build of torch (and its stack) must stay in place.
+IMAGE_PROVIDED = ("torch", "triton", "pytorch-triton", "nvidia-*")
+# Always shipped: the exported config and tokenizer files are written by this transformers.
+BASE_PACKAGES = ("transformers", "accelerate")
+# What transformers needs to load each quantization method (config.json "quant_method").
+BACKEND_PACKAGES = {
+    None: (),
+    "gptq": ("gptqmodel", "optimum"),
+    "bitsandbytes": ("bitsandbytes",),
+}
+
+
+class WheelError(RuntimeError):
+    """pip could not download a wheel for the target platform."""
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def default_packages(quant_method) -> tuple:
+    """The root packages for a model quantized with ``quant_method`` (``None``: not quantized)."""
+    if quant_method not in BACKEND_PACKAGES:
+        raise ValueError(f"no wheel list for quantization method {quant_method!r}; known: "
+                         f"{sorted(map(str, BACKEND_PACKAGES))}. Pass ExportConfig(wheel_packages=...).")
+    return BACKEND_PACKAGES[quant_method] + BASE_PACKAGES
+
+
+def _requirement(text):
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        return Requirement(text)
+    except InvalidRequirement as err:
+        raise ValueError(f"wheel package {text!r} is not a valid requirement ({err}); write e.g. 'bitsandbytes==0.50.2'.") from None
+
+
+def _installed(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def pin(text: str) -> str:
+    """``name==version``: the installed version unless ``text`` pins one already.
+
+    Raises ``ValueError`` for a package that is neither pinned nor installed here: an
+    unpinned wheel could differ from the one the model was verified with.
+    """
+    req = _requirement(text)
+    if req.specifier:
+        return f"{req.name}{req.specifier}"
+    version = _installed(req.name)
+    if version is None:
+        raise ValueError(f"wheel package {text!r} has no version and is not installed here; pin it, "
+                         f"e.g. '{req.name}==X.Y.Z'.")
+    return f"{req.name}=={version}"
+
+
+def is_image_provided(name: str) -> bool:
+    return any(fnmatch.fnmatch(canonical(name), canonical(p)) for p in IMAGE_PROVIDED)
+
+
+def closure(roots, python_version: str, *, with_deps: bool = True) -> list:
+    """Requirements to download for ``python_version``: the pinned roots and, with
+    ``with_deps``, every installed dependency (markers evaluated for that Python), pinned to
+    the installed version, minus :data:`IMAGE_PROVIDED`.
+
+    A dependency that is not installed here (say a backport only older Pythons need) is kept
+    with its own specifier and downloaded without its dependencies.
+    """
+    env = {"python_version": python_version, "python_full_version": python_version + ".0", "extra": ""}
+    out, seen = [], set()
+    queue = [_requirement(pin(r)) for r in roots]
+    while queue:
+        req = queue.pop(0)
+        key = canonical(req.name)
+        if key in seen or is_image_provided(key):
+            continue
+        seen.add(key)
+        installed = _installed(req.name)
+        if req.specifier:
+            out.append(f"{req.name}{req.specifier}")
+        elif installed is not None:
+            out.append(f"{req.name}=={installed}")
+        else:
+            out.append(req.name)
+        if not with_deps or installed is None:
+            continue
+        for dep_text in metadata.requires(req.name) or ():
+            dep = _requirement(dep_text)
+            if dep.marker is not None and not dep.marker.evaluate(env):
+                continue
+            if canonical(dep.name) not in seen:
+                # Pin to what is installed here when it satisfies the dependency's range.
+                dep_version = _installed(dep.name)
+                if dep_version is not None and dep.specifier.contains(dep_version, prereleases=True):
+                    queue.append(_requirement(f"{dep.name}=={dep_version}"))
+                else:
+                    queue.append(_requirement(f"{dep.name}{dep.specifier}"))
+    return out
+
+
+def wheel_name(path) -> str:
+    """The canonical project name of a ``.whl`` file (its name up to the first ``-``)."""
+    return canonical(Path(path).name.split("-")[0])
+
+
+def download(requirements, dest, *, python_version: str, platforms, timeout: float = 1800) -> list:
+    """``pip download --no-deps --only-binary=:all:`` of ``requirements`` into ``dest`` for
+    CPython ``python_version`` on ``platforms``. Returns the wheel files now in ``dest``.
+
+    Raises :class:`WheelError` naming the package pip could not find and how to fix it.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if not requirements:
+        return sorted(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
+           "--python-version", python_version, "--disable-pip-version-check", "--progress-bar", "off",
+           "--dest", str(dest)]
+    for p in platforms:
+        cmd += ["--platform", p]
+    cmd += list(requirements)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WheelError(f"pip download for Python {python_version} took more than {timeout:.0f} s; "
+                         "check the network or the package index.") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        found = [ln for ln in lines if "No matching distribution found for" in ln or ln.startswith("ERROR")]
+        detail = re.sub(r"\(from versions: [^)]{60,}\)", "(from versions: ...)", "; ".join(found[-2:] or lines[-3:]))
+        missing = re.search(r"No matching distribution found for (\S+)", detail)
+        what = missing.group(1) if missing else "a package"
+        raise WheelError(
+            f"pip could not download a wheel of {what} for CPython {python_version} on {list(platforms)}: {detail}. "
+            f"Fixes: pin a version that ships binary wheels; or build one on Linux x86_64 with Python {python_version} "
+            f"(pip wheel --no-deps '{what}' -w DIR) and pass it in ExportConfig(wheel_files=...); "
+            f"or leave it out of ExportConfig(wheel_packages=...).")
+    return sorted(dest.glob("*.whl"))
+
+
+def fill_wheels(dest, *, roots, python_versions, platforms, with_deps: bool, extra_files=()) -> dict:
+    """Copy ``extra_files`` and download the closure of ``roots`` for every Python version.
+
+    Returns the manifest record: requirements per version, the files, and the
+    ``pip install --no-index --find-links`` arguments (the roots, pinned).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    provided = set()
+    for f in extra_files:
+        f = Path(f)
+        if not f.is_file():
+            raise ValueError(f"ExportConfig.wheel_files: {str(f)!r} does not exist.")
+        shutil.copy2(f, dest / f.name)
+        provided.add(wheel_name(f))
+    pinned_roots = [pin(r) for r in roots]
+    per_version = {}
+    for pv in python_versions:
+        reqs = [r for r in closure(roots, pv, with_deps=with_deps) if canonical(_requirement(r).name) not in provided]
+        download(reqs, dest, python_version=pv, platforms=platforms)
+        per_version[pv] = reqs
+    return {
+        "python_versions": list(python_versions),
+        "platforms": list(platforms),
+        "requirements": per_version,
+        "provided_files": sorted(Path(f).name for f in extra_files),
+        "install_args": pinned_roots,
+    }

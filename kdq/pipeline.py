@@ -1,0 +1,159 @@
+"""The whole job after the teacher exists: distil, baseline, quantize, compare, export, verify.
+
+``run_pipeline`` is what ``examples/demo.py`` (SmolLM2 on VADER pairs) and
+``examples/lmsys_danube3.py`` (Danube3-4B → 500M on the competition data) share, and what
+``kdq run`` drives from a config file. Each step is a public kdq verb; this module only
+wires their outputs together and names the variants consistently:
+
+* ``teacher`` and ``teacher-<method>`` for each quantization method;
+* ``student-kd`` (distilled) and ``student-kd-<method>``;
+* ``student-hard`` (same init, same rows, hard labels only: the no-distillation baseline).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._validate import check_range
+from .atomic import atomic_dir
+from .distill import DistillConfig, distill
+from .evaluate import EvalConfig, compare
+from .export import ExportConfig, export, verify
+from .quantize import QuantConfig, quantize
+from .quantize.config import VARIANTS
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What to run after the teacher exists.
+
+    Args:
+        out_dir: run folder; every stage writes a subfolder of it.
+        distill: base :class:`DistillConfig` of the student runs (``output_dir`` is set per run).
+        baseline: also train the hard-label student (needed for "gap closed").
+        quant_methods: short variant names (``QuantConfig.from_name``) applied to teacher and student.
+        quantize_teacher: quantize the teacher too (the student always is).
+        calibration_samples, gptq_group_size: GPTQ settings (rows rendered with the model's template).
+        eval: :class:`EvalConfig` used for every variant.
+        export_variants: variant names to export, or ``"recommended"``: the lowest log loss
+            among the variants that fit the budget.
+        dataset_owner: Kaggle user or organisation for ``dataset-metadata.json`` ids.
+        wheels: put the pip wheels the notebook needs into each export (``pip download``).
+    """
+
+    out_dir: str = "runs/pipeline"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    baseline: bool = True
+    quant_methods: tuple = ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4")
+    quantize_teacher: bool = True
+    calibration_samples: int = 128
+    gptq_group_size: int = 128
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export_variants: tuple = ("recommended",)
+    dataset_owner: str = "your-kaggle-name"
+    wheels: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        unknown = [m for m in self.quant_methods if m not in VARIANTS]
+        if unknown:
+            raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {sorted(VARIANTS)}")
+        object.__setattr__(self, "quant_methods", tuple(self.quant_methods))
+        object.__setattr__(self, "export_variants", tuple(self.export_variants))
+        check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
+        check_range("PipelineConfig", "gptq_group_size", self.gptq_group_size, -1, kind=int)
+
+
+@dataclass
+class PipelineResult:
+    variants: dict  # name -> model folder
+    report: object  # kdq.evaluate.CompareResult
+    exports: dict  # name -> export folder
+    distill_metrics: dict
+
+    def summary(self) -> str:
+        r = self.report
+        lines = [Path(r.paths["md"]).read_text(), "", f"plot: {r.paths['png']}"]
+        if r.gap_closed is not None:
+            lines.append(f"gap closed by distillation: {r.gap_closed:.1%} of the teacher-vs-hard-label log-loss gap")
+        lines += [f"export: {name} -> {path}" for name, path in self.exports.items()]
+        return "\n".join(lines)
+
+
+def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: PipelineConfig) -> PipelineResult:
+    """Distil ``student_init`` from ``teacher`` and ship the best artifact.
+
+    Args:
+        teacher: fine-tuned teacher folder (or PEFT adapter folder / Hub id).
+        student_init: student starting point (folder, e.g. from :func:`kdq.shrink`, or Hub id).
+        train, eval_rows, test_rows: arena rows; ``eval_rows`` selects checkpoints,
+            ``test_rows`` only measures (never seen by training or calibration).
+    """
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = dataclasses.replace(config.distill, overwrite=config.overwrite or config.distill.overwrite)
+    variants = {"teacher": str(teacher)}
+    metrics = {}
+
+    kd = distill(student_init, train, eval_rows, teacher=teacher,
+                 config=dataclasses.replace(base, output_dir=str(out / "student-kd")))
+    variants["student-kd"] = str(kd.student_dir)
+    metrics["student-kd"] = kd.metrics
+    if config.baseline:
+        hard = distill(student_init, train, eval_rows, teacher=None,
+                       config=dataclasses.replace(base, output_dir=str(out / "student-hard")))
+        variants["student-hard"] = str(hard.student_dir)
+        metrics["student-hard"] = hard.metrics
+
+    sources = ["teacher", "student-kd"] if config.quantize_teacher else ["student-kd"]
+    for src in sources:
+        for method in config.quant_methods:
+            qcfg = QuantConfig.from_name(method, **_quant_overrides(method, config))
+            name = f"{src}-{method}"
+            variants[name] = str(quantize(variants[src], qcfg, calibration=train, out_dir=out / "quantized" / name,
+                                          overwrite=config.overwrite))
+
+    report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
+                     baseline="student-hard" if config.baseline else None, student="student-kd",
+                     overwrite=True)
+    exports = {}
+    for name in _export_names(config.export_variants, report):
+        folder = export(variants[name], out / "export" / name,
+                        ExportConfig(title=_title(name), dataset_id=f"{config.dataset_owner}/kdq-{name}",
+                                     overwrite=config.overwrite, wheels=config.wheels,
+                                     configs={"distill": base.to_dict(), "eval": config.eval}),
+                        metrics=report.metrics[name], table_md=Path(report.paths["md"]).read_text())
+        verify(folder)
+        exports[name] = str(folder)
+    with atomic_dir(out / "pipeline", overwrite=True) as tmp:
+        (tmp / "summary.json").write_text(json.dumps(
+            {"variants": variants, "exports": exports, "gap_closed": report.gap_closed,
+             "gap_closed_tta": report.gap_closed_tta, "report": {k: str(v) for k, v in report.paths.items()}},
+            indent=2))
+    return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
+
+
+def _quant_overrides(method: str, config: PipelineConfig) -> dict:
+    if VARIANTS[method]["method"] != "gptq":
+        return {}
+    return {"num_samples": config.calibration_samples, "group_size": config.gptq_group_size}
+
+
+def _export_names(wanted, report) -> list:
+    names = []
+    for w in wanted:
+        if w == "recommended":
+            fitting = [r for r in report.rows if (r.get("budget") or {}).get("fits")]
+            pool = fitting or report.rows
+            names.append(min(pool, key=lambda r: r["log_loss"])["variant"])
+        elif w not in report.metrics:
+            raise ValueError(f"export variant {w!r} is not among {sorted(report.metrics)}")
+        else:
+            names.append(w)
+    return list(dict.fromkeys(names))
+
+
+def _title(name: str) -> str:
+    return f"kdq arena classifier {name}"[:50]

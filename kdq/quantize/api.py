@@ -1,0 +1,189 @@
+"""``kdq.quantize``: source model → quantized folder that reloads exactly and loads without kdq."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .config import QuantConfig
+from .registry import get_quantizer
+
+log = logging.getLogger("kdq.quantize")
+
+_STAGES = ("load source", "render rows", "probe source", "quantize", "save", "verify reload")
+
+
+def _resolve_device(config):
+    import torch
+
+    from ..models import default_device
+
+    device = torch.device(config.device) if config.device else default_device()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _resolve_dtype(config, device):
+    import torch
+
+    from ..models import model_dtype_for
+
+    return getattr(torch, config.dtype) if config.dtype else model_dtype_for(device)
+
+
+def _release(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer=None,
+             overwrite: bool = False) -> Path:
+    """Quantize a sequence classifier into ``out_dir`` and prove the folder reloads to the same model.
+
+    Args:
+        model: a saved classifier folder, a PEFT/LoRA adapter folder (merged into its base
+            first), or an in-memory ``PreTrainedModel`` / ``PeftModel``.
+        config: :class:`QuantConfig` (e.g. ``QuantConfig.from_name("gptq-4")``).
+        calibration: arena rows (CSV/parquet path, DataFrame, ``datasets.Dataset``, dict of
+            competition columns) or a ``list[str]``. Rows are rendered with the model's
+            template and ``max_length``. Required for GPTQ; for bitsandbytes only the probe
+            uses it (synthetic arena rows otherwise).
+        out_dir: output folder, written atomically; loads with stock
+            ``AutoModelForSequenceClassification.from_pretrained`` and holds the tokenizer and
+            ``kdq-quantize.json`` (the :class:`~kdq.quantize.QuantReport` plus the probe).
+        tokenizer: tokenizer object or folder; defaults to the one saved with the model.
+        overwrite: replace an existing ``out_dir`` (only once the new folder is verified).
+
+    Returns:
+        ``Path`` of ``out_dir``.
+
+    Raises:
+        ValueError: bad arguments or calibration rows. ImportError: missing extra (names it).
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        QuantizationError / ReloadMismatchError: the head was quantized, the folder does not
+        reload, or it reloads to different logits; nothing is written then.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..atomic import atomic_dir
+    from ..models import attach_template, is_adapter_dir, load_classifier, prepare_classifier, template_of
+    from ..template import TemplateConfig
+    from .calibration import prepare_calibration
+    from .verify import (QuantReport, check_head, compare_reload, cpu_has_avx512_bf16, kl_divergence,
+                         library_versions, max_abs_delta, probe_logits, weights_bytes, write_report)
+
+    if not isinstance(config, QuantConfig):
+        raise ValueError(f"config must be a kdq.QuantConfig, got {type(config).__name__}; "
+                         "e.g. QuantConfig.from_name('gptq-4').")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another output folder.")
+    method = get_quantizer(config.method)
+    device = _resolve_device(config)
+    dtype = _resolve_dtype(config, device)
+    method.prepare(device)  # missing extras fail here, before any heavy work
+    name = config.name
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    bar = tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step")
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch:
+        # 1. Source: the unquantized model, merged if it is an adapter, saved as a folder
+        #    because transformers quantizes while loading (from_pretrained).
+        bar.set_postfix_str(_STAGES[0])
+        is_path = isinstance(model, (str, os.PathLike))
+        loaded = load_classifier(model, tokenizer=tokenizer, dtype=dtype if is_path else None,
+                                 device=device if is_path else None)
+        tok = loaded.tokenizer
+        if is_path and not is_adapter_dir(model):
+            source_dir = Path(model)
+        else:
+            source_dir = Path(scratch, "source")
+            loaded.model.save_pretrained(str(source_dir))
+            tok.save_pretrained(str(source_dir))
+        template = config.template or template_of(loaded.model) or template_of(source_dir) or TemplateConfig()
+        bar.update()
+
+        # 2. Rows: calibration and probe, rendered with the same template as training.
+        bar.set_postfix_str(_STAGES[1])
+        rows = prepare_calibration(calibration, tok, template, num_samples=config.num_samples,
+                                   probe_rows=config.probe_rows, seed=config.seed,
+                                   needs_calibration=method.needs_calibration)
+        bar.update()
+
+        # 3. Reference logits of the unquantized model; free it before quantizing (a 4B teacher).
+        bar.set_postfix_str(_STAGES[2])
+        source_logits = probe_logits(loaded.model, rows.probe, tok.pad_token_id)
+        source_bytes = weights_bytes(source_dir) if source_dir.is_dir() else None
+        source_name = loaded.source
+        del loaded
+        _release(device)
+        bar.update()
+
+        # 4. Quantize. The model must not run forward before it is saved: bitsandbytes 4-bit
+        #    (AVX512-BF16 CPUs) and gptqmodel's CPU kernels repack weights in place on the first
+        #    forward pass, and a folder saved afterwards reloads wrong or not at all.
+        bar.set_postfix_str(_STAGES[3])
+        t_quant = time.perf_counter()
+        qmodel = method.quantize(source_dir, config, calibration=rows.calibration, tokenizer=tok,
+                                 device=device, dtype=dtype)
+        quantize_seconds = time.perf_counter() - t_quant
+        check_head(qmodel, name)
+        method.finalize_config(qmodel, config, device)
+        prepare_classifier(qmodel, tok)
+        attach_template(qmodel, template)
+        details = method.describe(qmodel, config, device)
+        bar.update()
+
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            # 5. Save first, then run the in-memory model.
+            bar.set_postfix_str(_STAGES[4])
+            qmodel.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            bar.update()
+
+            # 6. Verify: the reloaded folder against the in-memory model, and both against the source.
+            bar.set_postfix_str(_STAGES[5])
+            t_verify = time.perf_counter()
+            qmodel.eval()  # optimum leaves the new quantized linears in training mode
+            with torch.inference_mode():
+                memory_logits = probe_logits(qmodel, rows.probe, tok.pad_token_id)
+            del qmodel
+            _release(device)
+            reloaded = compare_reload(name, tmp, probe=rows.probe, pad_id=tok.pad_token_id,
+                                      memory_logits=memory_logits, tolerance=config.reload_tolerance,
+                                      device=device, dtype=dtype)
+            kl = kl_divergence(source_logits, memory_logits)
+            report = QuantReport(
+                variant=name, method=config.method, bits=config.bits, device=str(device),
+                dtype=str(dtype).replace("torch.", ""), calibration_rows=len(rows.calibration),
+                probe_rows=len(rows.probe), probe_source=rows.probe_source,
+                reload_max_abs_delta=max_abs_delta(reloaded, memory_logits),
+                reload_tolerance=float(config.reload_tolerance), kl_to_source=kl,
+                source_max_abs_delta=max_abs_delta(source_logits, memory_logits),
+                argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
+                weights_bytes=weights_bytes(tmp), source_weights_bytes=source_bytes,
+                quantize_seconds=quantize_seconds, verify_seconds=time.perf_counter() - t_verify,
+                cpu_avx512_bf16=cpu_has_avx512_bf16(), details=details, config=config.to_dict(),
+                versions=library_versions(), source=source_name)
+            if config.max_kl is not None and not kl <= config.max_kl:
+                from .verify import QuantizationError
+
+                raise QuantizationError(f"{name}: mean KL(source || quantized) = {kl:.4g} nats on {len(rows.probe)} "
+                                        f"probe rows exceeds max_kl={config.max_kl:g}; try more bits, a smaller "
+                                        "group_size or more calibration rows.")
+            write_report(tmp, report, probe=rows.probe, memory_logits=memory_logits, source_logits=source_logits)
+            bar.update()
+    bar.close()
+    log.info("kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, "
+             "%.1f MB, %.1fs", name, out_dir, report.reload_max_abs_delta, report.reload_tolerance, kl,
+             report.weights_bytes / 1e6, time.perf_counter() - t_start)
+    return out_dir

@@ -1,0 +1,61 @@
+"""bitsandbytes LLM.int8 and 4-bit (nf4 / fp4, optional double quant), saved serialized: ``kdq[bnb]``."""
+from __future__ import annotations
+
+from .registry import HEAD_MODULES, QuantMethod, register_quantizer
+
+
+class _BnbMethod(QuantMethod):
+    requires = ("bitsandbytes",)
+    quant_type = ""
+
+    def bnb_config(self, config, dtype):
+        raise NotImplementedError
+
+    def quantize(self, source_dir, config, *, calibration, tokenizer, device, dtype):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(source_dir), quantization_config=self.bnb_config(config, dtype), dtype=dtype,
+            device_map={"": str(device)})
+
+    def describe(self, model, config, device) -> dict:
+        qc = model.config.quantization_config
+        return {"quant_type": self.quant_type,
+                "double_quant": bool(qc.load_in_4bit and qc.bnb_4bit_use_double_quant),
+                "skip_modules": list(qc.llm_int8_skip_modules or [])}
+
+
+@register_quantizer("bnb-int8")
+class BnbInt8(_BnbMethod):
+    allowed_bits = (8,)
+    quant_type = "int8"
+
+    def bnb_config(self, config, dtype):
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_MODULES))
+
+
+class _Bnb4bit(_BnbMethod):
+    allowed_bits = (4,)
+    uses_fields = frozenset({"double_quant"})
+
+    def variant_name(self, config) -> str:
+        return self.name if config.double_quant else f"{self.name}-nodq"
+
+    def bnb_config(self, config, dtype):
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,
+                                  bnb_4bit_use_double_quant=config.double_quant,
+                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(HEAD_MODULES))
+
+
+@register_quantizer("bnb-nf4")
+class BnbNF4(_Bnb4bit):
+    quant_type = "nf4"
+
+
+@register_quantizer("bnb-fp4")
+class BnbFP4(_Bnb4bit):
+    quant_type = "fp4"

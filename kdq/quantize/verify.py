@@ -1,0 +1,222 @@
+"""Every quantized folder proves itself: reload it, run a fixed probe batch, compare.
+
+Two comparisons on the same probe rows (token ids rendered with the model's template):
+
+* reloaded folder vs the quantized model still in memory: ``max |Δlogit|``. Same machine,
+  same kernels, so anything above ``reload_tolerance`` means the folder is not the model
+  (a repacked or half-restored layout, a corrupted file). This is the gate.
+* quantized vs the unquantized source: mean KL(source || quantized) in nats, the cost of
+  quantization. Reported, and a gate only when ``QuantConfig.max_kl`` is set.
+
+The probe ids and both logit sets are stored in ``kdq-quantize.json`` so :func:`recheck`
+can repeat the reload check later (after a copy, an upload, a download).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPORT_FILE = "kdq-quantize.json"
+
+
+class QuantizationError(RuntimeError):
+    """A quantized model failed a check (head quantized, reload failed, too far from the source)."""
+
+
+class ReloadMismatchError(QuantizationError):
+    """The saved folder reloads into a model whose logits differ from the one that was saved."""
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What :func:`kdq.quantize` measured; written to ``<out_dir>/kdq-quantize.json``."""
+
+    variant: str
+    method: str
+    bits: int
+    device: str
+    dtype: str
+    calibration_rows: int
+    probe_rows: int
+    probe_source: str
+    reload_max_abs_delta: float
+    reload_tolerance: float
+    kl_to_source: float
+    source_max_abs_delta: float
+    argmax_agreement: float
+    weights_bytes: int
+    source_weights_bytes: int | None
+    quantize_seconds: float
+    verify_seconds: float
+    cpu_avx512_bf16: bool
+    details: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_logits(model, probe, pad_id: int):
+    """Logits for the probe rows, ``(N, num_labels)`` fp32 on CPU, in row order (one batch)."""
+    from ..batching import predict_logits
+
+    return predict_logits(model, probe, pad_id, batch_size=max(len(probe), 1))
+
+
+def kl_divergence(p_logits, q_logits) -> float:
+    """Mean over rows of KL(softmax(p) || softmax(q)), in nats, computed in float64."""
+    import torch
+
+    lp = torch.log_softmax(p_logits.double(), -1)
+    lq = torch.log_softmax(q_logits.double(), -1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+def max_abs_delta(a, b) -> float:
+    d = (a.double() - b.double()).abs().max()
+    return float(d) if d.numel() else 0.0
+
+
+def check_head(model, where: str) -> str:
+    """Raise :class:`QuantizationError` unless the classification head is a plain floating-point Linear.
+
+    Returns the head's module name.
+    """
+    import torch
+
+    from .registry import HEAD_MODULES
+
+    for name in HEAD_MODULES:
+        head = getattr(model, name, None)
+        if head is None:
+            continue
+        # bitsandbytes' Linear8bitLt / Linear4bit subclass nn.Linear, so check the exact type.
+        for layer in head.modules():
+            weight = getattr(layer, "weight", None)
+            if list(layer.children()) or weight is None:
+                continue
+            if type(layer) is not torch.nn.Linear or not weight.dtype.is_floating_point:
+                raise QuantizationError(f"{where}: the classification head {name!r} was quantized "
+                                        f"({type(layer).__name__}, {weight.dtype}); it must stay a "
+                                        "floating-point nn.Linear. Exclude it from quantization.")
+        return name
+    raise QuantizationError(f"{where}: no classification head ({' / '.join(HEAD_MODULES)}) found on "
+                            f"{type(model).__name__}; kdq quantizes *ForSequenceClassification models.")
+
+
+def reload_folder(folder, device, dtype):
+    """Load a saved folder the stock way: ``AutoModelForSequenceClassification.from_pretrained``."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=dtype, device_map={"": str(device)})
+    model.eval()
+    return model
+
+
+def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logits, tolerance: float,
+                   device, dtype):
+    """Reload ``folder`` into a fresh model, run ``probe`` and compare with ``memory_logits``.
+
+    Returns the reloaded logits ``(N, C)``. Raises :class:`QuantizationError` when the folder
+    does not load or loses its head, :class:`ReloadMismatchError` beyond ``tolerance``.
+    """
+    import gc
+
+    try:
+        model = reload_folder(folder, device, dtype)
+    except Exception as err:  # any failure to reload is a failed artifact, whatever its type
+        raise QuantizationError(f"{method_name}: the saved folder does not reload with "
+                                f"AutoModelForSequenceClassification.from_pretrained: {type(err).__name__}: "
+                                f"{str(err)[:500]}") from err
+    check_head(model, f"{method_name} (reloaded)")
+    logits = probe_logits(model, probe, pad_id)
+    del model
+    gc.collect()
+    delta = max_abs_delta(logits, memory_logits)
+    if not math.isfinite(delta) or delta > tolerance:
+        raise ReloadMismatchError(
+            f"{method_name}: the reloaded folder does not reproduce the quantized model: max |Δlogit| = "
+            f"{delta:.4g} > reload_tolerance={tolerance:g} on {len(probe)} probe rows "
+            f"(reloaded logits span [{float(logits.min()):.3g}, {float(logits.max()):.3g}]). "
+            "The artifact was not written. Reloading on other hardware or kernels may need a larger "
+            "reload_tolerance; a large delta on the same machine means the saved layout is wrong.")
+    return logits
+
+
+def weights_bytes(folder) -> int:
+    folder = Path(folder)
+    return sum(f.stat().st_size for f in folder.iterdir()
+               if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt"))
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU advertises AVX512-BF16 (bitsandbytes' repacking CPU 4-bit path)."""
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def library_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("torch", "transformers", "optimum", "gptqmodel", "bitsandbytes"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_report(folder, report: QuantReport, *, probe, memory_logits, source_logits) -> Path:
+    path = Path(folder, REPORT_FILE)
+    payload = {**report.to_dict(), "probe": {
+        "input_ids": [list(map(int, ids)) for ids in probe],
+        "logits_memory": memory_logits.tolist(),
+        "logits_source": source_logits.tolist(),
+    }}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def read_report(folder) -> QuantReport:
+    """The :class:`QuantReport` stored in a quantized folder."""
+    path = Path(folder, REPORT_FILE)
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r} has no {REPORT_FILE}; it was not written by kdq.quantize.")
+    raw = json.loads(path.read_text())
+    raw.pop("probe", None)
+    return QuantReport(**raw)
+
+
+def recheck(folder, *, tolerance: float | None = None, device=None) -> float:
+    """Reload a quantized folder and replay its stored probe; return ``max |Δlogit|``.
+
+    Compares with the logits the model produced in memory when it was quantized, so use the
+    same kind of machine (CPU vs GPU kernels differ). ``tolerance`` defaults to the one
+    recorded at quantization time. Raises :class:`ReloadMismatchError` beyond it.
+    """
+    import torch
+
+    from ..models import load_tokenizer
+    from .env import prepare_gptq
+
+    folder = Path(folder)
+    raw = json.loads(Path(folder, REPORT_FILE).read_text()) if Path(folder, REPORT_FILE).is_file() else None
+    if raw is None:
+        raise ValueError(f"{str(folder)!r} has no {REPORT_FILE}; it was not written by kdq.quantize.")
+    device = torch.device(device or raw["device"])
+    if raw["method"] == "gptq":
+        prepare_gptq(device)
+    pad_id = load_tokenizer(folder).pad_token_id
+    memory = torch.tensor(raw["probe"]["logits_memory"])
+    tol = raw["reload_tolerance"] if tolerance is None else tolerance
+    logits = compare_reload(raw["variant"], folder, probe=raw["probe"]["input_ids"], pad_id=pad_id,
+                            memory_logits=memory, tolerance=tol, device=device,
+                            dtype=getattr(torch, raw["dtype"]))
+    return max_abs_delta(logits, memory)

@@ -1,0 +1,283 @@
+"""Export stage end to end: a tiny model exported, predicted through its own predict.py with kdq
+out of reach, compared with kdq.evaluate; verify catches tampering; failures leave nothing behind."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kdq
+from kdq.export import ExportConfig, ExportError, VerificationError, dataset_metadata_problems, export, verify
+from kdq.export.cli import main as cli_main
+from kdq.export.script import load_predict_module
+from kdq.template import LABELS, TemplateConfig
+from kdq.testing import make_tiny_classifier, write_arena_csv
+
+TEMPLATE = TemplateConfig(max_length=160)
+
+
+def _config(**kw):
+    base = dict(title="Tiny arena classifier", dataset_id="kdq-tests/tiny-arena", template=TEMPLATE, batch_size=4)
+    base.update(kw)
+    return ExportConfig(**base)
+
+
+def _isolated_python(args, cwd, timeout=300):
+    """Run this venv's interpreter with site processing off (-S): the editable install's
+    finder (a .pth hook) never runs, so kdq cannot be imported; site-packages is put back on
+    the path as a plain directory so torch and transformers still import."""
+    paths = sysconfig.get_paths()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    env["PYTHONNOUSERSITE"] = "1"
+    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _leftovers(parent: Path, name: str):
+    return [p.name for p in parent.iterdir() if p.name != name and (name in p.name or p.name.startswith(".kdq-export"))]
+
+
+@pytest.fixture(scope="module")
+def test_csv(tmp_path_factory):
+    # Labelled so kdq.evaluate accepts the same file; predict.py ignores the winner columns.
+    return write_arena_csv(tmp_path_factory.mktemp("csv") / "test.csv", 12, seed=7, max_words=150)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("export") / "tiny-arena"
+    metrics = {"log_loss": 1.05, "accuracy": 0.41, "n_rows": 12, "budget": {"fits": True, "projected_hours": 1.5}}
+    return export(tiny_model_dir, out, _config(configs={"template": TEMPLATE}), metrics=metrics,
+                  table_md="| variant | log loss |\n|---|---|\n| tiny | 1.05 |")
+
+
+@pytest.fixture
+def exported_copy(exported, tmp_path):
+    return Path(shutil.copytree(exported, tmp_path / "copy"))
+
+
+def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_model_dir):
+    names = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*"))
+    assert names == ["README.md", "config.json", "dataset-metadata.json", "kdq-manifest.json", "kdq-predict.json",
+                     "model.safetensors", "predict.py", "tokenizer.json", "tokenizer_config.json"]
+    manifest = json.loads((exported / "kdq-manifest.json").read_text())
+    assert set(manifest["files"]) == set(names) - {"kdq-manifest.json"}
+    assert manifest["files"]["model.safetensors"]["role"] == "weights"
+    # the weights were copied byte for byte and the source's content hash is recorded
+    src_sha = manifest["sources"]["model"]["weights_sha256"]["model.safetensors"]
+    assert src_sha == manifest["files"]["model.safetensors"]["sha256"]
+    assert manifest["sources"]["model"]["fingerprint"].startswith("path:")
+    assert manifest["configs"]["template"] == TEMPLATE.to_dict()
+    assert manifest["metrics"]["log_loss"] == 1.05 and manifest["budget"]["fits"] is True
+    assert manifest["versions"]["transformers"] and manifest["versions"]["torch"]
+    assert json.loads((exported / "config.json").read_text())["kdq_template"] == TEMPLATE.to_dict()
+    card = (exported / "README.md").read_text()
+    assert "| tiny | 1.05 |" in card and "kaggle datasets create -p" in card and "fits" in card
+
+
+def test_dataset_metadata_is_valid_for_the_kaggle_cli(exported):
+    meta = json.loads((exported / "dataset-metadata.json").read_text())
+    assert 6 <= len(meta["title"]) <= 50
+    owner, slug = meta["id"].split("/")
+    assert owner == "kdq-tests" and 3 <= len(slug) <= 50 and slug == slug.lower()
+    assert meta["licenses"] == [{"name": "apache-2.0"}]
+    assert dataset_metadata_problems(meta) == []
+    assert dataset_metadata_problems({**meta, "title": "short"})  # 5 characters
+    assert dataset_metadata_problems({**meta, "id": "no-owner"})
+    assert dataset_metadata_problems({**meta, "licenses": [{"name": "MIT-ish"}]})
+    assert dataset_metadata_problems({**meta, "licenses": [{"name": "CC0-1.0"}, {"name": "MIT"}]})
+
+
+def test_predict_py_runs_without_kdq_and_matches_evaluate(exported, test_csv, tmp_path):
+    # The interpreter configuration used below really cannot import kdq.
+    probe = _isolated_python(["-c", "import kdq"], cwd=tmp_path)
+    assert probe.returncode != 0 and "No module named 'kdq'" in probe.stderr
+
+    out = tmp_path / "submission.csv"
+    run = _isolated_python([str(exported / "predict.py"), "--test-csv", str(test_csv), "--out", str(out),
+                            "--devices", "cpu,cpu", "--quiet"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on cpu,cpu; tta=True" in run.stderr
+
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["id", *LABELS]
+    with open(test_csv, newline="") as f:
+        assert [r[0] for r in table[1:]] == [r["id"] for r in csv.DictReader(f)]
+    probs = np.array([[float(x) for x in r[1:]] for r in table[1:]])
+    assert probs.shape == (12, 3) and (probs > 0).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-12)
+
+    metrics = kdq.evaluate(str(exported), kdq.load_arena(test_csv),
+                           kdq.EvalConfig(tta=True, device="cpu", budget=None, progress=False, batch_size=4))
+    np.testing.assert_allclose(probs, metrics.probs_tta, atol=1e-5)
+    assert not np.allclose(probs, metrics.probs, atol=1e-5)  # TTA really changed something
+
+
+def test_verify_passes_on_the_fresh_export(exported):
+    report = verify(exported)
+    assert report.files_checked == 8 and report.probe_rows == 6
+    assert report.probe_max_abs_diff <= 1e-6
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("flip", "model.safetensors: sha256 mismatch"),
+    ("truncate", "tokenizer.json: size mismatch"),
+    ("delete", "predict.py: missing"),
+])
+def test_verify_names_the_altered_file(exported_copy, damage, expected):
+    if damage == "flip":
+        path = exported_copy / "model.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-10] ^= 0xFF  # same size, different bytes
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path = exported_copy / "tokenizer.json"
+        path.write_bytes(path.read_bytes()[:-5])
+    else:
+        (exported_copy / "predict.py").unlink()
+    with pytest.raises(kdq.export.VerificationError) as err:
+        verify(exported_copy)
+    assert expected in str(err.value)
+    assert err.value.problems[0][0] in str(err.value)
+    # the CLI says the same and exits non-zero
+    assert cli_main(["verify", str(exported_copy), "--no-probe"]) == 1
+
+
+def test_predict_py_refuses_altered_weights_before_inference(exported_copy):
+    path = exported_copy / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    module = load_predict_module(exported_copy / "predict.py")
+    with pytest.raises(RuntimeError, match="model.safetensors: sha256 differs"):
+        module.check_files(exported_copy)
+
+
+def test_verify_probe_catches_consistent_but_wrong_weights(exported_copy):
+    """Weights changed *and* the manifest updated to match: only the probe batch can tell."""
+    from safetensors.torch import load_file, save_file
+
+    from kdq.export.files import sha256_file
+
+    path = exported_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["score.weight"] = tensors["score.weight"] * 3.0
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    manifest_path = exported_copy / "kdq-manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.safetensors"].update(sha256=sha256_file(path), size=path.stat().st_size)
+    manifest_path.write_text(json.dumps(manifest))
+    assert verify(exported_copy, probe=False).files_checked == 8
+    with pytest.raises(VerificationError, match="probe: probabilities differ"):
+        verify(exported_copy)
+
+
+def test_extra_file_and_missing_kaggle_metadata_only_warn(exported_copy, capsys):
+    (exported_copy / "notes.txt").write_text("scratch")
+    (exported_copy / "dataset-metadata.json").unlink()  # the Kaggle CLI never uploads it
+    with pytest.warns(UserWarning, match="notes.txt: not listed"):
+        report = verify(exported_copy, probe=False)
+    assert any("dataset-metadata.json" in w for w in report.warnings)
+    assert cli_main(["verify", str(exported_copy)]) == 0
+    assert "OK:" in capsys.readouterr().out
+
+
+def test_cli_export_then_verify(tmp_path, tiny_model_dir, capsys):
+    record = tmp_path / "quantize.json"
+    record.write_text(json.dumps({"method": "bnb-int8"}))
+    out = tmp_path / "cli-out"
+    args = ["export", str(tiny_model_dir), "--out", str(out), "--title", "Tiny arena via CLI", "--id", "kdq-tests/cli-x",
+            "--set", "template.max_length=96", "--set", "tta=false", "--set", "probe_rows=2",
+            "--record", f"quantize={record}"]
+    assert cli_main(args) == 0
+    manifest = json.loads((out / "kdq-manifest.json").read_text())
+    assert manifest["configs"]["quantize"] == {"method": "bnb-int8"} and manifest["probe"]["tta"] is False
+    assert cli_main(["verify", str(out)]) == 0 and "OK:" in capsys.readouterr().out
+    assert cli_main(args) == 2  # exists: bad input, says how to overwrite
+    assert "overwrite" in capsys.readouterr().err
+    assert cli_main(["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--title", "Tiny arena via CLI",
+                     "--id", "Bad Id"]) == 2
+    assert "ExportConfig.dataset_id" in capsys.readouterr().err
+
+
+def test_existing_folder_is_refused_then_replaced_on_request(exported, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export(tiny_model_dir, out, _config())
+    assert (out / "keep.txt").read_text() == "mine"
+    export(tiny_model_dir, out, _config(overwrite=True, tta=False))
+    assert not (out / "keep.txt").exists() and (out / "predict.py").is_file()
+    assert json.loads((out / "kdq-predict.json").read_text())["tta"] is False
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib
+
+    build = importlib.import_module("kdq.export.build")  # kdq.export itself is the function
+
+    def interrupt(*a, **k):  # Ctrl-C after the weights, predict.py and the probe are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_write_card_and_manifest", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_model_dir, tmp_path / "out", _config())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reload_that_differs_from_memory_fails_the_export(tmp_path, tiny_tokenizer):
+    """A model whose in-memory state is not in its saved files (here a non-persistent rotary
+    buffer, as with bnb nf4's post-forward state) must not be exported."""
+    model = make_tiny_classifier(tokenizer=tiny_tokenizer, seed=3)
+    model.model.rotary_emb.inv_freq.mul_(7.0)  # not saved by save_pretrained
+    with pytest.raises(ExportError, match="differ from the source model"):
+        export(model, tmp_path / "out", _config(), tokenizer=tiny_tokenizer)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_template_conflicting_with_the_recorded_one_is_refused(exported, tmp_path):
+    with pytest.raises(ValueError, match="differs from the template recorded"):
+        export(exported, tmp_path / "again", _config(template=TemplateConfig(max_length=512)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model_dir):
+    """The issue's scenario: a tiny 4-bit (bnb nf4) student, exported, scored by its own predict.py.
+
+    nf4 is also the format whose reload can go wrong on AVX512-BF16 CPUs: export's probe
+    compares the folder's predict.py with the model loaded by kdq."""
+    template = TemplateConfig(max_length=96)  # short rows: bitsandbytes is slow on CPU
+    qdir = kdq.quantize(str(tiny_model_dir), kdq.QuantConfig.from_name("bnb-nf4", template=template),
+                        out_dir=tmp_path / "q")
+    # no template given: the one quantize recorded in config.json is used
+    out = export(qdir, tmp_path / "export", _config(tta=False, title="Tiny arena nf4", template=None, probe_rows=3))
+    manifest = json.loads((out / "kdq-manifest.json").read_text())
+    assert manifest["model"]["quant_method"] == "bitsandbytes"
+    assert manifest["model"]["template"] == template.to_dict()
+    assert "bitsandbytes" in (out / "predict.py").read_text().split('"""')[1]  # header names the backend
+    assert verify(out).probe_rows == 3
+
+    test_csv = write_arena_csv(tmp_path / "test.csv", 6, seed=11, max_words=60)
+    sub = tmp_path / "submission.csv"
+    run = _isolated_python([str(out / "predict.py"), "--test-csv", str(test_csv), "--out", str(sub), "--quiet"],
+                           cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "quantization=bitsandbytes" in run.stderr
+    with open(sub, newline="") as f:
+        probs = np.array([[float(x) for x in r[1:]] for r in list(csv.reader(f))[1:]])
+    metrics = kdq.evaluate(str(out), kdq.load_arena(test_csv),
+                           kdq.EvalConfig(tta=False, device="cpu", budget=None, progress=False, batch_size=4))
+    assert probs.shape == (6, 3)
+    np.testing.assert_allclose(probs, metrics.probs, atol=1e-4)
