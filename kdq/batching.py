@@ -74,7 +74,9 @@ def predict_logits(model, sequences, pad_id: int, batch_size: int = 8, device=No
     start = time.perf_counter()
     for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
         ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        # use_cache=False: a classifier never decodes, and the KV cache would cost ~0.75 GB
+        # for a 4B model at batch 8 x 1024 tokens.
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float().cpu()
         for row, i in enumerate(batch):
             out[i] = logits[row]
         real += int(mask.sum())

@@ -176,6 +176,135 @@ def _shrink_args(p):
 cmd_shrink.add_arguments = _shrink_args
 
 
+@command("quantize", "quantize a classifier (GPTQ 8/4-bit, bitsandbytes int8/nf4/fp4) and verify the reload")
+def cmd_quantize(args) -> int:
+    from .quantize import QuantConfig, quantize
+
+    data = load_config_dict(args.config, args.overrides)
+    if args.method:
+        data = {**_variant_fields(args.method), **data}
+    if "method" not in data:
+        raise ValueError("quantize needs --method (e.g. gptq-8, gptq-4, bnb-int8, bnb-nf4) or method: in --config")
+    cfg = build_config(QuantConfig, data)
+    out = quantize(args.model, cfg, calibration=args.calibration, out_dir=args.out, overwrite=args.overwrite)
+    print(out)
+    return EXIT_OK
+
+
+def _variant_fields(name: str) -> dict:
+    from .quantize.config import VARIANTS
+
+    if name not in VARIANTS:
+        raise ValueError(f"--method {name!r}: choose one of {sorted(VARIANTS)}")
+    return dict(VARIANTS[name])
+
+
+def _quantize_args(p):
+    p.add_argument("model", help="classifier folder (or PEFT adapter folder: merged first)")
+    p.add_argument("--method", help="gptq-8 | gptq-4 | bnb-int8 | bnb-nf4 | bnb-fp4")
+    p.add_argument("--calibration", help="arena CSV/parquet for GPTQ calibration and the probe batch")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    _config_args(p)
+
+
+cmd_quantize.add_arguments = _quantize_args
+
+
+@command("evaluate", "score one model on labelled rows: log loss, accuracy, ECE (± TTA), size, memory, speed, budget")
+def cmd_evaluate(args) -> int:
+    from .evaluate import EvalConfig, evaluate
+
+    cfg = build_config(EvalConfig, load_config_dict(args.config, args.overrides))
+    metrics = evaluate(args.model, args.data, cfg)
+    _print_json(metrics.to_dict())
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics.to_dict(), indent=2, default=str))
+    return EXIT_OK
+
+
+def _evaluate_args(p):
+    p.add_argument("model", help="model folder (fp, GPTQ, bitsandbytes or PEFT adapter)")
+    p.add_argument("--data", required=True, help="labelled arena CSV/parquet")
+    p.add_argument("--json", help="also write the metrics to this file")
+    _config_args(p)
+
+
+cmd_evaluate.add_arguments = _evaluate_args
+
+
+@command("compare", "evaluate several variants on the same rows; write report.md/json/png with budget verdicts")
+def cmd_compare(args) -> int:
+    from .evaluate import EvalConfig, compare
+
+    variants = {}
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--variant {item!r}: write NAME=FOLDER, e.g. --variant teacher=runs/teacher")
+        variants[name] = path
+    cfg = build_config(EvalConfig, load_config_dict(args.config, args.overrides))
+    result = compare(variants, args.data, cfg, out_dir=args.out, teacher=args.teacher, baseline=args.baseline,
+                     student=args.student, overwrite=args.overwrite)
+    print(Path(result.paths["md"]).read_text())
+    print(f"report: {result.paths['md']}\nplot: {result.paths['png']}")
+    return EXIT_OK
+
+
+def _compare_args(p):
+    p.add_argument("--variant", action="append", required=True, metavar="NAME=FOLDER",
+                   help="a model to compare (repeatable)")
+    p.add_argument("--data", required=True, help="labelled held-out arena CSV/parquet")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--teacher", help="variant the deltas are measured against (default: the first)")
+    p.add_argument("--baseline", help="the hard-label student variant (for 'gap closed')")
+    p.add_argument("--student", help="the distilled student variant (for 'gap closed')")
+    p.add_argument("--overwrite", action="store_true")
+    _config_args(p)
+
+
+cmd_compare.add_arguments = _compare_args
+
+
+def _register_export_commands():
+    from .export import cli as export_cli
+
+    for name, (help_text, run, add_arguments) in export_cli.COMMANDS.items():
+        run.add_arguments = add_arguments
+        command(name, help_text)(run)
+
+
+_register_export_commands()
+
+
+@command("run", "the whole job from a fine-tuned teacher: distil, baseline, quantize, compare, export, verify")
+def cmd_run(args) -> int:
+    from .data import load_arena
+    from .pipeline import PipelineConfig, run_pipeline
+
+    data = load_config_dict(args.config, args.overrides)
+    if args.out:
+        data["out_dir"] = args.out
+    cfg = build_config(PipelineConfig, data)
+    result = run_pipeline(args.teacher, args.student, load_arena(args.train), load_arena(args.eval),
+                          load_arena(args.test), cfg)
+    print(result.summary())
+    return EXIT_OK
+
+
+def _run_args(p):
+    p.add_argument("--teacher", required=True, help="fine-tuned teacher folder (or adapter folder / Hub id)")
+    p.add_argument("--student", required=True, help="student starting point (e.g. from kdq shrink, or a Hub id)")
+    p.add_argument("--train", required=True)
+    p.add_argument("--eval", required=True, help="rows for checkpoint selection")
+    p.add_argument("--test", required=True, help="held-out rows for the trade-off table")
+    p.add_argument("--out", help="run folder (config field out_dir)")
+    _config_args(p)
+
+
+cmd_run.add_arguments = _run_args
+
+
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__

@@ -22,6 +22,7 @@ from kdq.template import LABELS, TemplateConfig
 from kdq.testing import make_tiny_classifier, write_arena_csv
 
 TEMPLATE = TemplateConfig(max_length=160)
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "kaggle_notebook.py"
 
 
 def _config(**kw):
@@ -185,9 +186,11 @@ def test_verify_probe_catches_consistent_but_wrong_weights(exported_copy):
 def test_extra_file_and_missing_kaggle_metadata_only_warn(exported_copy, capsys):
     (exported_copy / "notes.txt").write_text("scratch")
     (exported_copy / "dataset-metadata.json").unlink()  # the Kaggle CLI never uploads it
-    with pytest.warns(UserWarning, match="notes.txt: not listed"):
+    with pytest.warns(UserWarning) as caught:
         report = verify(exported_copy, probe=False)
-    assert any("dataset-metadata.json" in w for w in report.warnings)
+    messages = sorted(str(w.message) for w in caught)
+    assert "dataset-metadata.json: missing" in messages[0] and "notes.txt: not listed" in messages[1]
+    assert len(report.warnings) == 2
     assert cli_main(["verify", str(exported_copy)]) == 0
     assert "OK:" in capsys.readouterr().out
 
@@ -241,10 +244,12 @@ def test_reload_that_differs_from_memory_fails_the_export(tmp_path, tiny_tokeniz
     """A model whose in-memory state is not in its saved files (here a non-persistent rotary
     buffer, as with bnb nf4's post-forward state) must not be exported."""
     model = make_tiny_classifier(tokenizer=tiny_tokenizer, seed=3)
+    good = export(model, tmp_path / "good", _config(probe_rows=2), tokenizer=tiny_tokenizer)  # saved as safetensors
+    assert json.loads((good / "kdq-manifest.json").read_text())["sources"]["model"]["fingerprint"].startswith("weights:")
     model.model.rotary_emb.inv_freq.mul_(7.0)  # not saved by save_pretrained
     with pytest.raises(ExportError, match="differ from the source model"):
-        export(model, tmp_path / "out", _config(), tokenizer=tiny_tokenizer)
-    assert list(tmp_path.iterdir()) == []
+        export(model, tmp_path / "out", _config(probe_rows=2), tokenizer=tiny_tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]
 
 
 def test_template_conflicting_with_the_recorded_one_is_refused(exported, tmp_path):
@@ -266,15 +271,19 @@ def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model
     manifest = json.loads((out / "kdq-manifest.json").read_text())
     assert manifest["model"]["quant_method"] == "bitsandbytes"
     assert manifest["model"]["template"] == template.to_dict()
+    # provenance from kdq.quantize's report: the variant and the model it was quantized from
+    assert manifest["configs"]["quantize_report"]["variant"] == "bnb-nf4"
+    assert manifest["sources"]["quantized_from"]["path"] == str(tiny_model_dir)
     assert "bitsandbytes" in (out / "predict.py").read_text().split('"""')[1]  # header names the backend
     assert verify(out).probe_rows == 3
 
     test_csv = write_arena_csv(tmp_path / "test.csv", 6, seed=11, max_words=60)
     sub = tmp_path / "submission.csv"
-    run = _isolated_python([str(out / "predict.py"), "--test-csv", str(test_csv), "--out", str(sub), "--quiet"],
-                           cwd=tmp_path)
+    # through the notebook example, which runs the folder's predict.py in-process (still no kdq)
+    run = _isolated_python([str(NOTEBOOK), "--dataset-dir", str(out), "--test-csv", str(test_csv), "--out", str(sub),
+                            "--", "--quiet"], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "quantization=bitsandbytes" in run.stderr
+    assert "quantization=bitsandbytes" in run.stderr and "submission ok: 6 rows" in run.stdout
     with open(sub, newline="") as f:
         probs = np.array([[float(x) for x in r[1:]] for r in list(csv.reader(f))[1:]])
     metrics = kdq.evaluate(str(out), kdq.load_arena(test_csv),

@@ -5,7 +5,6 @@ import dataclasses
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np

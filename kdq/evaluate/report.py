@@ -5,7 +5,6 @@ import dataclasses
 import gc
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,13 +184,14 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
                 raise ValueError(f"variant {name!r}: its Metrics were measured on other rows ({v.rows_fingerprint}, "
                                  f"these are {fingerprint}); every variant must see the same held-out rows. "
                                  "Pass the model instead so it is re-scored.")
-            if profile is not None and (v.budget is None or v.budget.get("profile") != profile.name):
+            # re-project on this comparison's profile (cheap arithmetic), so every row answers the same budget
+            verdict = None
+            if profile is not None:
                 measured = ({"device": v.device, "tokens_per_s": v.tokens_per_s}
                             if v.device.startswith("cuda") else None)
-                fmt = WeightFormat(**v.weight_format_spec)
-                v = dataclasses.replace(v, budget=project(ModelSpec(**v.spec), fmt, v.lengths, profile,
-                                                          max_length=v.max_length, tta=v.log_loss_tta is not None,
-                                                          measured=measured))
+                verdict = project(ModelSpec(**v.spec), WeightFormat(**v.weight_format_spec), v.lengths, profile,
+                                  max_length=v.max_length, tta=v.log_loss_tta is not None, measured=measured)
+            v = dataclasses.replace(v, budget=verdict)
             metrics[name] = v
         else:
             metrics[name] = evaluate(v, rows, config)

@@ -234,6 +234,17 @@ class _SharedProgress:
             self._bar.set_postfix(**kwargs)
 
 
+def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
+    if torch.device(device).type == "cuda":
+        # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which
+        # is per thread: make it this shard's GPU.
+        with torch.cuda.device(torch.device(device)):
+            return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
+                                  max_batch_tokens=max_batch_tokens, progress=progress)
+    return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
+                          max_batch_tokens=max_batch_tokens, progress=progress)
+
+
 def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
     """Logits ``(N, num_labels)`` fp32 for ``sequences``, in their order.
 
@@ -244,12 +255,10 @@ def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tok
     bounds = shard_bounds([len(s) for s in sequences], len(models))
     if len(bounds) == 1:
         device, model = models[0]
-        return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
-                              max_batch_tokens=max_batch_tokens, progress=progress)
+        return _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress)
     shared = _SharedProgress(progress) if progress is not None else None
     with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
-        futures = [pool.submit(predict_logits, model, sequences[a:b], pad_id, batch_size=batch_size, device=device,
-                               max_batch_tokens=max_batch_tokens, progress=shared)
+        futures = [pool.submit(_score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, shared)
                    for (device, model), (a, b) in zip(models, bounds)]
         parts = [f.result() for f in futures]  # re-raises a worker's exception here
     return torch.cat(parts)

@@ -99,7 +99,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
 
 # kdq.export is this function once kdq/__init__ binds it, so the documented spelling
 # ``kdq.export.VerificationError`` needs the class on the function too.
-from .verify import VerificationError  # noqa: E402
+from .verify import VerificationError, prepare_backend  # noqa: E402
 
 export.VerificationError = VerificationError
 export.ExportError = ExportError
@@ -124,6 +124,7 @@ def _stage_model(model, tmp: Path, tokenizer) -> _Staged:
             if tokenizer is None and not has_tokenizer:
                 raise ValueError(f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
                                  "(an object or a folder) so the notebook can render rows.")
+            prepare_backend(path, "cpu")
             loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu")
             # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
             copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
@@ -237,6 +238,7 @@ def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
     device = str(next(loaded.model.parameters()).device)
     ids, rows = probe_rows(config.probe_rows)
     expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size)
+    prepare_backend(tmp, device)
     module = load_predict_module(tmp / SCRIPT_NAME)
     got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device])
     diff = float((got - expected).abs().max())
@@ -256,8 +258,10 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
     versions = library_versions()
     sources = {"model": {"path": staged.source, "fingerprint": staged.fingerprint,
                          "weights_sha256": staged.weights_sha256}}
+    configs = jsonable(config.configs)
+    _add_quantize_record(staged.source, configs, sources)
     sources.update(_user_sources(config.sources))
-    flat_sources = {k: (v["fingerprint"] if isinstance(v, dict) else v) for k, v in sources.items()}
+    flat_sources = {k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()}
     card = render_card(config=config, quant_method=quant_method, template=template.to_dict(), files=list_files(tmp),
                        metrics=metrics, budget=budget, table_md=table_md, wheels=wheels, versions=versions,
                        sources=flat_sources)
@@ -277,7 +281,7 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
                   "num_labels": len(cfg.get("id2label") or {}), "id2label": cfg.get("id2label"),
                   "pad_token_id": cfg.get("pad_token_id"), "template": template.to_dict()},
         "sources": sources,
-        "configs": jsonable(config.configs),
+        "configs": configs,
         "metrics": metrics,
         "budget": budget,
         "trade_off_table": table_md,
@@ -287,6 +291,26 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
         "files": list_files(tmp),
     }
     write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _add_quantize_record(source, configs: dict, sources: dict) -> None:
+    """Provenance from kdq.quantize: its report (minus the bulky probe) and the model it quantized."""
+    from ..models import fingerprint_path
+
+    report_path = Path(source, "kdq-quantize.json") if source else None
+    if report_path is None or not report_path.is_file():
+        return
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        warnings.warn(f"{report_path} is not valid JSON; not recorded in the manifest.", stacklevel=3)
+        return
+    report.pop("probe", None)
+    configs.setdefault("quantize_report", report)
+    origin = report.get("source")
+    if isinstance(origin, str) and origin not in sources:
+        sources["quantized_from"] = {"path": origin,
+                                     "fingerprint": fingerprint_path(origin) if Path(origin).is_dir() else None}
 
 
 def _user_sources(sources) -> dict:

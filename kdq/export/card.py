@@ -89,6 +89,9 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
     ]
     if install:
         lines += [f"!{install}"]
+    elif quant_method:
+        lines += [f"# this {quant_method} model needs its backend in the notebook: export with ExportConfig(wheels=True),",
+                  "# or attach a dataset holding the wheels and pip install --no-index --find-links from it"]
     lines += [
         f"!python /kaggle/input/{slug}/predict.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv "
         "--out /kaggle/working/submission.csv",
@@ -102,7 +105,7 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
                   "(torch is not included: the Kaggle image provides it). Install line:", "",
                   "```bash", install, "```", ""]
     if sources:
-        lines += ["## Sources", "", "| source | fingerprint |", "|---|---|"]
+        lines += ["## Sources", "", "| source | path (fingerprint) |", "|---|---|"]
         lines += [f"| `{k}` | `{v}` |" for k, v in sources.items()] + [""]
     lines += ["## Files", "", "| file | role | bytes | sha256 |", "|---|---|---|---|"]
     lines += [f"| `{rel}` | {e['role']} | {e['size']} | `{e['sha256'][:16]}…` |" for rel, e in files.items()]

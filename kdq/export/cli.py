@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,15 +29,16 @@ def add_verify_arguments(p) -> None:
 def run_verify(args) -> int:
     from .verify import VerificationError, verify
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        # verify's own notes are printed below from the report, once
+        warnings.filterwarnings("ignore", message=re.escape(str(Path(args.folder))), category=UserWarning)
         try:
             report = verify(args.folder, probe=not args.no_probe, atol=args.atol, device=args.device)
         except VerificationError as err:
             print(f"FAILED: {err}", file=sys.stderr)
             return EXIT_CHECK_FAILED
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    for note in report.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     probe = (f"; probe: {report.probe_rows} rows, max |Δp| = {report.probe_max_abs_diff:.2g}"
              if report.probe_max_abs_diff is not None else "")
     print(f"OK: {report.folder}: {report.files_checked} files, {report.bytes_checked / 1e6:.1f} MB verified{probe}")

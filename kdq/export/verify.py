@@ -35,6 +35,17 @@ class VerifyReport:
     warnings: list = field(default_factory=list)
 
 
+def prepare_backend(folder, device) -> None:
+    """Before loading a GPTQ folder in this process: kdq's gptqmodel CPU defaults, and an
+    import of gptqmodel that leaves the environment (HF_HOME...) as it was."""
+    config = Path(folder, "config.json")
+    quant = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}) if config.is_file() else {}
+    if quant.get("quant_method") == "gptq":
+        from ..quantize.env import prepare_gptq
+
+        prepare_gptq(device)
+
+
 def check_checksums(folder) -> tuple:
     """Compare every file listed in the manifest; returns ``(problems, warnings, n_files, n_bytes)``."""
     folder = Path(folder)
@@ -109,6 +120,7 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
 
     rows = [(r["prompt"], r["response_a"], r["response_b"]) for r in stored["rows"]]
     try:
+        prepare_backend(folder, device)
         module = load_predict_module(folder / SCRIPT_NAME)
         got = module.predict_probs(folder, rows, tta=stored["tta"], batch_size=stored["batch_size"], devices=[device])
     except Exception as err:  # any load or scoring failure is a verification failure

@@ -43,6 +43,21 @@ def _release(device) -> None:
         torch.cuda.empty_cache()
 
 
+def _refuse_quantized(model) -> None:
+    """Quantizing twice compounds the error and no method supports it: refuse up front."""
+    import json
+
+    if isinstance(model, (str, os.PathLike)):
+        cfg = Path(model, "config.json")
+        qc = json.loads(cfg.read_text()).get("quantization_config") if cfg.is_file() else None
+    else:
+        qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    if qc:
+        kind = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", "?")
+        raise ValueError(f"model is already quantized ({kind}); pass the unquantized (fp16/fp32) classifier "
+                         "or its PEFT adapter folder.")
+
+
 def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer=None,
              overwrite: bool = False) -> Path:
     """Quantize a sequence classifier into ``out_dir`` and prove the folder reloads to the same model.
@@ -87,6 +102,10 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another output folder.")
     method = get_quantizer(config.method)
+    if calibration is None and method.needs_calibration:
+        raise ValueError(f"method {config.method!r} needs calibration data: pass calibration= arena rows (CSV/parquet "
+                         "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows.")
+    _refuse_quantized(model)
     device = _resolve_device(config)
     dtype = _resolve_dtype(config, device)
     method.prepare(device)  # missing extras fail here, before any heavy work

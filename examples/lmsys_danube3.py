@@ -1,0 +1,107 @@
+"""The real recipe: H2O Danube3-4B teacher → Danube3-500M student on the LMSYS arena data.
+
+Run on a GPU machine with the Hub and the competition's ``train.csv``::
+
+    python examples/lmsys_danube3.py --train /kaggle/input/lmsys-chatbot-arena/train.csv \\
+        --teacher path/to/your-finetuned-danube3-4b (folder or QLoRA adapter folder) \\
+        --out runs/lmsys
+
+    # no fine-tuned teacher yet? fine-tune the base first (LoRA), then distil:
+    python examples/lmsys_danube3.py --train train.csv --fine-tune-teacher --out runs/lmsys
+
+    # multi-GPU training: accelerate launch --num_processes 2 examples/lmsys_danube3.py ...
+
+Every model argument takes a Hub id or a local folder; CI runs this exact script with tiny
+local models (``--teacher DIR --student DIR --max-length 64 ...``). Steps: split off
+held-out rows by id → (optionally) fine-tune the teacher → cache its logits with swap TTA →
+distil the student and train the hard-label baseline → quantize both → compare on the
+held-out rows against the LMSYS 2xT4 budget → export the recommended variant.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kdq  # noqa: E402
+from kdq.data import load_arena  # noqa: E402
+from kdq.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+
+TEACHER_BASE = "h2oai/h2o-danube3-4b-base"
+STUDENT_BASE = "h2oai/h2o-danube3-500m-base"
+
+
+def split_by_id(rows, eval_frac: float, test_frac: float):
+    """Deterministic split on a hash of the id: the same row always lands in the same split."""
+    def bucket(i):
+        return int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 16**8
+
+    buckets = [bucket(i) for i in rows["id"]]
+    test = [k for k, b in enumerate(buckets) if b < test_frac]
+    ev = [k for k, b in enumerate(buckets) if test_frac <= b < test_frac + eval_frac]
+    train = [k for k, b in enumerate(buckets) if b >= test_frac + eval_frac]
+    return rows.select(train), rows.select(ev), rows.select(test)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True, help="the competition's train.csv (or parquet)")
+    ap.add_argument("--teacher", default=TEACHER_BASE, help="fine-tuned teacher: folder, PEFT adapter folder or Hub id")
+    ap.add_argument("--fine-tune-teacher", action="store_true",
+                    help="treat --teacher as a base model and fine-tune it (LoRA) on the training rows first")
+    ap.add_argument("--student", default=STUDENT_BASE, help="student starting point: Hub id or folder")
+    ap.add_argument("--out", default="runs/lmsys-danube3")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=None, help="use only the first N rows (smoke runs)")
+    ap.add_argument("--eval-frac", type=float, default=0.02)
+    ap.add_argument("--test-frac", type=float, default=0.03)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--grad-accum", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank for the student (0 = full fine-tuning)")
+    ap.add_argument("--no-tta", action="store_true", help="score the teacher without swap TTA")
+    ap.add_argument("--quant", nargs="*", default=["gptq-8", "gptq-4", "bnb-int8", "bnb-nf4"])
+    ap.add_argument("--calibration-samples", type=int, default=128)
+    ap.add_argument("--dataset-owner", default="your-kaggle-name")
+    ap.add_argument("--wheels", action="store_true", help="ship pip wheels in the export (needs network)")
+    ap.add_argument("--overwrite", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    rows = load_arena(args.train, require_labels=True)
+    if args.rows:
+        rows = rows.select(range(min(args.rows, len(rows))))
+    train, ev, test = split_by_id(rows, args.eval_frac, args.test_frac)
+    print(f"rows: {len(train)} train / {len(ev)} eval / {len(test)} held-out test")
+    template = kdq.TemplateConfig(max_length=args.max_length)
+    lora = kdq.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r > 0 else None
+    base = kdq.DistillConfig(template=template, epochs=args.epochs, batch_size=args.batch_size,
+                             grad_accum=args.grad_accum, eval_batch_size=2 * args.batch_size, learning_rate=args.lr,
+                             warmup_ratio=0.05, lora=lora, teacher_tta=not args.no_tta, teacher_batch_size=8,
+                             alpha=0.5, temperature=2.0, divergence="forward_kl", logging_steps=20,
+                             overwrite=args.overwrite)
+
+    teacher = args.teacher
+    if args.fine_tune_teacher:
+        tuned = kdq.distill(teacher, train, ev, teacher=None,
+                            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False))
+        teacher = str(tuned.student_dir)
+        print(f"teacher fine-tuned: eval log loss {tuned.metrics.get('best_eval_log_loss')}")
+
+    cfg = PipelineConfig(out_dir=str(out), distill=base, quant_methods=tuple(args.quant),
+                         calibration_samples=args.calibration_samples, eval=kdq.EvalConfig(batch_size=8),
+                         dataset_owner=args.dataset_owner, wheels=args.wheels, overwrite=args.overwrite)
+    result = run_pipeline(teacher, args.student, train, ev, test, cfg)
+    print(result.summary())
+    return result
+
+
+if __name__ == "__main__":
+    main()

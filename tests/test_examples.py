@@ -1,0 +1,47 @@
+"""The example scripts run end to end: the Danube3 recipe and the demo, on tiny local models."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from kdq.testing import make_arena_rows, make_tiny_classifier
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer):
+    make_tiny_classifier(tmp_path / "teacher-base", tiny_tokenizer, seed=1, num_layers=2)
+    make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1)
+    pd.DataFrame(make_arena_rows(120, seed=11, max_words=40)).to_csv(tmp_path / "train.csv", index=False)
+    recipe = _load("lmsys_danube3")
+    result = recipe.main(["--train", str(tmp_path / "train.csv"), "--teacher", str(tmp_path / "teacher-base"),
+                          "--fine-tune-teacher", "--student", str(tmp_path / "student"), "--out", str(tmp_path / "run"),
+                          "--max-length", "64", "--batch-size", "8", "--grad-accum", "1", "--lora-r", "4",
+                          "--eval-frac", "0.15", "--test-frac", "0.2", "--quant", "bnb-int8",
+                          "--calibration-samples", "8"])
+    assert set(result.variants) == {"teacher", "student-kd", "student-hard", "teacher-bnb-int8", "student-kd-bnb-int8"}
+    assert Path(result.report.paths["png"]).is_file()
+    (name, folder), = result.exports.items()
+    assert (Path(folder) / "predict.py").is_file() and (Path(folder) / "kdq-manifest.json").is_file()
+    summary = json.loads((tmp_path / "run" / "pipeline" / "summary.json").read_text())
+    assert summary["exports"] == result.exports
+
+
+def test_demo_tiny_mode_runs_every_stage(tmp_path):
+    demo = _load("demo")
+    result = demo.main(["--tiny", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
+                        "--quant", "gptq-8"])
+    assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
+    text = result.summary()
+    assert "| student-kd" in text and "export:" in text
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["mode"] == "tiny"
