@@ -13,6 +13,7 @@ from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
 from .manifest import MANIFEST_VERSION, jsonable, library_versions, metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, load_predict_module, render_script
+from .verify import VerificationError, prepare_backend
 
 PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
 
@@ -99,8 +100,6 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
 
 # kdq.export is this function once kdq/__init__ binds it, so the documented spelling
 # ``kdq.export.VerificationError`` needs the class on the function too.
-from .verify import VerificationError, prepare_backend  # noqa: E402
-
 export.VerificationError = VerificationError
 export.ExportError = ExportError
 
@@ -235,7 +234,8 @@ def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
     """
     from ..models import template_of
 
-    device = str(next(loaded.model.parameters()).device)
+    first = next(loaded.model.parameters())
+    device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
     ids, rows = probe_rows(config.probe_rows)
     expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size)
     prepare_backend(tmp, device)
@@ -245,7 +245,9 @@ def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
     if not diff <= config.probe_atol:
         raise ExportError(f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
                           f"source model by up to {diff:.3g} (ExportConfig.probe_atol={config.probe_atol:g}) on "
-                          f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written.")
+                          f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written. "
+                          f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {dtype}: if that "
+                          "explains the gap, raise probe_atol.)")
     return {"ids": ids, "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
             "tta": config.tta, "batch_size": config.batch_size, "device": device, "atol": config.probe_atol,
             "max_abs_diff_vs_source": diff, "probs": got.tolist()}
