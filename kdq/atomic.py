@@ -26,6 +26,7 @@ def atomic_dir(final, *, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _normal_permissions(tmp)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -36,3 +37,14 @@ def atomic_dir(final, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes the folder 0700 and some writers (gptqmodel) make 0600 files; give the
+    result the modes an ordinary ``mkdir``/``open`` would, so it can be shared and uploaded."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

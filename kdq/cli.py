@@ -18,6 +18,8 @@ import types
 import typing
 from pathlib import Path
 
+from .errors import CheckFailed
+
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_MISSING_DEP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 COMMANDS: dict = {}
@@ -335,6 +337,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("kdq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except CheckFailed as err:
+        print(f"kdq {args.command}: FAILED: {err}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except ImportError as err:
         print(f"kdq: {err}", file=sys.stderr)
         return EXIT_MISSING_DEP

@@ -195,6 +195,13 @@ def load_model(model_dir, device):
     if dev.type == "cuda":
         # Place the weights at load time: quantized layers cannot always be moved afterwards.
         kwargs["device_map"] = {"": str(dev)}
+        qc = _read_json(Path(model_dir) / "config.json").get("quantization_config") or {}
+        if qc.get("quant_method") == "gptq" and qc.get("backend") in (None, "torch"):
+            # kdq quantizes on CPU with gptqmodel's portable torch kernel and records it; on a GPU
+            # let gptqmodel pick its fastest kernel for this card (same checkpoint format).
+            from transformers import GPTQConfig
+
+            kwargs["quantization_config"] = GPTQConfig(bits=qc["bits"], backend="auto")
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
     if model.config.pad_token_id is None:
         raise ValueError(f"{model_dir}/config.json has no pad_token_id: the classifier could not find each row's "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_dir
+from ..errors import CheckFailed
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
 from .manifest import MANIFEST_VERSION, jsonable, library_versions, metrics_record, utc_now, write_json
@@ -18,7 +19,7 @@ from .verify import VerificationError, prepare_backend
 PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
 
 
-class ExportError(RuntimeError):
+class ExportError(CheckFailed):
     """The exported folder would not reproduce the model; nothing was written."""
 
 

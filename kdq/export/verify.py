@@ -6,10 +6,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CheckFailed
 from .files import MANIFEST_FILE, OPTIONAL_ROLES, sha256_file
 
 
-class VerificationError(RuntimeError):
+class VerificationError(CheckFailed):
     """An exported folder is incomplete or altered, or no longer predicts what it did at export.
 
     ``problems`` lists ``(file, what is wrong)`` pairs; the message names them all.

@@ -16,6 +16,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from ..errors import CheckFailed
+
 # Never shipped: the image's CUDA build of torch (and its stack) must stay in place.
 IMAGE_PROVIDED = ("torch", "triton", "pytorch-triton", "nvidia-*")
 # Always shipped: the exported config and tokenizer files are written by this transformers.
@@ -28,7 +30,7 @@ BACKEND_PACKAGES = {
 }
 
 
-class WheelError(RuntimeError):
+class WheelError(CheckFailed):
     """pip could not download a wheel for the target platform."""
 
 

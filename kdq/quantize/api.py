@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import QuantConfig
@@ -89,15 +90,12 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
         QuantizationError / ReloadMismatchError: the head was quantized, the folder does not
         reload, or it reloads to different logits; nothing is written then.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from ..atomic import atomic_dir
-    from ..models import attach_template, is_adapter_dir, load_classifier, prepare_classifier, template_of
-    from ..template import TemplateConfig
+    from ..models import attach_template, prepare_classifier
     from .calibration import prepare_calibration
-    from .verify import (QuantReport, check_head, compare_reload, cpu_has_avx512_bf16, kl_divergence,
-                         library_versions, max_abs_delta, probe_logits, weights_bytes, write_report)
+    from .verify import check_head, probe_logits
 
     if not isinstance(config, QuantConfig):
         raise ValueError(f"config must be a kdq.QuantConfig, got {type(config).__name__}; "
@@ -116,97 +114,117 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
     name = config.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step")
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch:
-        # 1. Source: the unquantized model, merged if it is an adapter, saved as a folder
-        #    because transformers quantizes while loading (from_pretrained).
-        bar.set_postfix_str(_STAGES[0])
-        is_path = isinstance(model, (str, os.PathLike))
-        loaded = load_classifier(model, tokenizer=tokenizer, dtype=dtype if is_path else None,
-                                 device=device if is_path else None)
-        tok = loaded.tokenizer
-        if is_path and not is_adapter_dir(model):
-            source_dir = Path(model)
-        else:
-            source_dir = Path(scratch, "source")
-            loaded.model.save_pretrained(str(source_dir))
-            tok.save_pretrained(str(source_dir))
-        template = config.template or template_of(loaded.model) or template_of(source_dir) or TemplateConfig()
-        bar.update()
+    with tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step") as bar, \
+            tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch:
+        def stage(i):
+            bar.update(1 if i else 0)
+            bar.set_postfix_str(_STAGES[i])
 
-        # 2. Rows: calibration and probe, rendered with the same template as training.
-        bar.set_postfix_str(_STAGES[1])
+        stage(0)
+        source = _load_source(model, tokenizer, dtype, device, Path(scratch))
+        template = config.template or source.template
+        tok = source.tokenizer
+
+        stage(1)  # calibration and probe rows, rendered with the same template as training
         rows = prepare_calibration(calibration, tok, template, num_samples=config.num_samples,
                                    probe_rows=config.probe_rows, seed=config.seed,
                                    needs_calibration=method.needs_calibration)
-        bar.update()
 
-        # 3. Reference logits of the unquantized model; free it before quantizing (a 4B teacher).
-        bar.set_postfix_str(_STAGES[2])
-        source_logits = probe_logits(loaded.model, rows.probe, tok.pad_token_id)
-        source_bytes = weights_bytes(source_dir) if source_dir.is_dir() else None
-        source_name = loaded.source
-        del loaded
+        stage(2)  # reference logits; then free the source before quantizing (a 4B teacher)
+        source_logits = probe_logits(source.model, rows.probe, tok.pad_token_id)
+        source.model = None
         _release(device)
-        bar.update()
 
-        # 4. Quantize. The model must not run forward before it is saved: bitsandbytes 4-bit
-        #    (AVX512-BF16 CPUs) and gptqmodel's CPU kernels repack weights in place on the first
-        #    forward pass, and a folder saved afterwards reloads wrong or not at all.
-        bar.set_postfix_str(_STAGES[3])
-        t_quant = time.perf_counter()
-        qmodel = method.quantize(source_dir, config, calibration=rows.calibration, tokenizer=tok,
+        # The quantized model must not run forward before it is saved: bitsandbytes 4-bit
+        # (AVX512-BF16 CPUs) and gptqmodel's CPU kernels repack weights in place on the first
+        # forward pass, and a folder saved afterwards reloads wrong or not at all.
+        stage(3)
+        t0 = time.perf_counter()
+        qmodel = method.quantize(source.folder, config, calibration=rows.calibration, tokenizer=tok,
                                  device=device, dtype=dtype)
-        quantize_seconds = time.perf_counter() - t_quant
+        quantize_seconds = time.perf_counter() - t0
         check_head(qmodel, name)
         method.finalize_config(qmodel, config, device)
         prepare_classifier(qmodel, tok)
         attach_template(qmodel, template)
         details = method.describe(qmodel, config, device)
-        bar.update()
 
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            # 5. Save first, then run the in-memory model.
-            bar.set_postfix_str(_STAGES[4])
+            stage(4)
             qmodel.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
-            bar.update()
 
-            # 6. Verify: the reloaded folder against the in-memory model, and both against the source.
-            bar.set_postfix_str(_STAGES[5])
-            t_verify = time.perf_counter()
+            stage(5)
+            t0 = time.perf_counter()
             qmodel.eval()  # optimum leaves the new quantized linears in training mode
-            with torch.inference_mode():
-                memory_logits = probe_logits(qmodel, rows.probe, tok.pad_token_id)
+            memory_logits = probe_logits(qmodel, rows.probe, tok.pad_token_id)
             del qmodel
             _release(device)
-            reloaded = compare_reload(name, tmp, probe=rows.probe, pad_id=tok.pad_token_id,
-                                      memory_logits=memory_logits, tolerance=config.reload_tolerance,
-                                      device=device, dtype=dtype)
-            kl = kl_divergence(source_logits, memory_logits)
-            report = QuantReport(
-                variant=name, method=config.method, bits=config.bits, device=str(device),
-                dtype=str(dtype).replace("torch.", ""), calibration_rows=len(rows.calibration),
-                probe_rows=len(rows.probe), probe_source=rows.probe_source,
-                reload_max_abs_delta=max_abs_delta(reloaded, memory_logits),
-                reload_tolerance=float(config.reload_tolerance), kl_to_source=kl,
-                source_max_abs_delta=max_abs_delta(source_logits, memory_logits),
-                argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
-                weights_bytes=weights_bytes(tmp), source_weights_bytes=source_bytes,
-                quantize_seconds=quantize_seconds, verify_seconds=time.perf_counter() - t_verify,
-                cpu_avx512_bf16=cpu_has_avx512_bf16(), details=details, config=config.to_dict(),
-                versions=library_versions(), source=source_name)
-            if config.max_kl is not None and not kl <= config.max_kl:
-                from .verify import QuantizationError
-
-                raise QuantizationError(f"{name}: mean KL(source || quantized) = {kl:.4g} nats on {len(rows.probe)} "
-                                        f"probe rows exceeds max_kl={config.max_kl:g}; try more bits, a smaller "
-                                        "group_size or more calibration rows.")
-            write_report(tmp, report, probe=rows.probe, memory_logits=memory_logits, source_logits=source_logits)
+            report = _verify(tmp, config, rows, source, device=device, dtype=dtype, source_logits=source_logits,
+                             memory_logits=memory_logits, quantize_seconds=quantize_seconds, verify_start=t0,
+                             details=details, pad_id=tok.pad_token_id)
             bar.update()
-    bar.close()
-    log.info("kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, "
-             "%.1f MB, %.1fs", name, out_dir, report.reload_max_abs_delta, report.reload_tolerance, kl,
-             report.weights_bytes / 1e6, time.perf_counter() - t_start)
+    log.info("kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, %.1f MB",
+             name, out_dir, report.reload_max_abs_delta, report.reload_tolerance, report.kl_to_source,
+             report.weights_bytes / 1e6)
     return out_dir
+
+
+@dataclass
+class _Source:
+    model: object          # the unquantized classifier (dropped after the probe)
+    tokenizer: object
+    folder: Path           # a saved full-precision folder for from_pretrained(quantization_config=...)
+    template: object
+    name: str | None       # the folder it came from, for the report
+    weights_bytes: int
+
+
+def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
+    """Load (and merge) the source; a folder to quantize from: the input folder, or a saved copy."""
+    from ..models import is_adapter_dir, load_classifier, template_of
+    from ..template import TemplateConfig
+    from .verify import weights_bytes
+
+    is_path = isinstance(model, (str, os.PathLike))
+    loaded = load_classifier(model, tokenizer=tokenizer, dtype=dtype if is_path else None,
+                             device=device if is_path else None)
+    if is_path and not is_adapter_dir(model):
+        folder = Path(model)
+    else:  # transformers quantizes while loading, so adapters and objects become plain folders first
+        folder = scratch / "source"
+        loaded.model.save_pretrained(str(folder))
+        loaded.tokenizer.save_pretrained(str(folder))
+    template = template_of(loaded.model) or template_of(folder) or TemplateConfig()
+    return _Source(model=loaded.model, tokenizer=loaded.tokenizer, folder=folder, template=template,
+                   name=loaded.source, weights_bytes=weights_bytes(folder))
+
+
+def _verify(folder, config, rows, source, *, device, dtype, source_logits, memory_logits, pad_id,
+            quantize_seconds, verify_start, details):
+    """Reload ``folder``, compare with the in-memory logits, gate on KL, write ``kdq-quantize.json``."""
+    from .verify import (QuantizationError, QuantReport, compare_reload, cpu_has_avx512_bf16, kl_divergence,
+                         library_versions, max_abs_delta, weights_bytes, write_report)
+
+    name = config.name
+    reloaded = compare_reload(name, folder, probe=rows.probe, pad_id=pad_id, memory_logits=memory_logits,
+                              tolerance=config.reload_tolerance, device=device, dtype=dtype)
+    kl = kl_divergence(source_logits, memory_logits)
+    if config.max_kl is not None and not kl <= config.max_kl:
+        raise QuantizationError(f"{name}: mean KL(source || quantized) = {kl:.4g} nats on {len(rows.probe)} "
+                                f"probe rows exceeds max_kl={config.max_kl:g}; try more bits, a smaller "
+                                "group_size or more calibration rows.")
+    report = QuantReport(
+        variant=name, method=config.method, bits=config.bits, device=str(device),
+        dtype=str(dtype).replace("torch.", ""), calibration_rows=len(rows.calibration),
+        probe_rows=len(rows.probe), probe_source=rows.probe_source,
+        reload_max_abs_delta=max_abs_delta(reloaded, memory_logits),
+        reload_tolerance=float(config.reload_tolerance), kl_to_source=kl,
+        source_max_abs_delta=max_abs_delta(source_logits, memory_logits),
+        argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
+        weights_bytes=weights_bytes(folder), source_weights_bytes=source.weights_bytes,
+        quantize_seconds=quantize_seconds, verify_seconds=time.perf_counter() - verify_start,
+        cpu_avx512_bf16=cpu_has_avx512_bf16(), details=details, config=config.to_dict(),
+        versions=library_versions(), source=source.name)
+    write_report(folder, report, probe=rows.probe, memory_logits=memory_logits, source_logits=source_logits)
+    return report

@@ -18,10 +18,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import CheckFailed
+
 REPORT_FILE = "kdq-quantize.json"
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(CheckFailed):
     """A quantized model failed a check (head quantized, reload failed, too far from the source)."""
 
 
