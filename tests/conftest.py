@@ -29,3 +29,15 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 def arena_csv(tmp_path_factory):
     """64 labelled synthetic arena rows in the competition CSV format (long-tailed lengths)."""
     return write_arena_csv(tmp_path_factory.mktemp("arena") / "train.csv", 64, seed=1, max_words=200)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 10-100x slower
+    when other processes share the two cores (GPTQ on tiny models especially)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

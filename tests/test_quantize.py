@@ -28,14 +28,7 @@ CASES = {  # variant name -> QuantConfig overrides on top of QuantConfig.from_na
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 10-100x slower
-    # when other test processes share the two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config_for(case, **extra):

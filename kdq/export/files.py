@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import shutil
 from pathlib import Path
+
+from ._predict_main import sha256_file  # one implementation, also pasted into predict.py
 
 MANIFEST_FILE = "kdq-manifest.json"
 SETTINGS_FILE = "kdq-predict.json"
@@ -73,12 +74,6 @@ def copy_model_files(src_dir, dst_dir, *, skip_roles=()) -> list:
     return names
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def list_files(folder, *, exclude=(MANIFEST_FILE,)) -> dict:
