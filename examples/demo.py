@@ -34,7 +34,7 @@ from kdq.pipeline import PipelineConfig, run_pipeline  # noqa: E402
 
 # rows: train / eval / test; epochs: teacher / student
 SIZES = {
-    "default": dict(train=640, eval=160, test=240, teacher_epochs=2, student_epochs=2, calib=32, max_length=96),
+    "default": dict(train=800, eval=160, test=200, teacher_epochs=1, student_epochs=1, calib=16, max_length=96),
     "full": dict(train=4000, eval=600, test=1500, teacher_epochs=3, student_epochs=3, calib=128, max_length=128),
     "tiny": dict(train=96, eval=32, test=48, teacher_epochs=1, student_epochs=1, calib=8, max_length=64),
 }
@@ -106,7 +106,7 @@ def main(argv=None):
     with clock("teacher: fine-tune the base on hard labels"):
         teacher = kdq.distill(str(base), train, ev, teacher=None, config=kdq.DistillConfig(
             output_dir=str(out / "teacher"), template=template, epochs=size["teacher_epochs"], batch_size=16,
-            eval_batch_size=32, learning_rate=1e-4, warmup_ratio=0.1, logging_steps=10, seed=args.seed))
+            eval_batch_size=32, learning_rate=2e-4, warmup_ratio=0.1, logging_steps=10, seed=args.seed))
         print(f"teacher best eval log loss {teacher.metrics.get('best_eval_log_loss'):.4f}")
     with clock("student: keep every third teacher layer"):
         student_init = kdq.shrink(str(teacher.student_dir), every=3, out_dir=out / "student-init")

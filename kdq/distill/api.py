@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 
+from .._json import jsonable
 from ..atomic import atomic_dir
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
@@ -167,17 +167,7 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
     with atomic_dir(student_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        record = {"config": cfg.to_dict(), "metrics": _jsonable(metrics), "student_source": fingerprint,
+        record = {"config": cfg.to_dict(), "metrics": jsonable(metrics), "student_source": fingerprint,
                   "teacher_cache": str(cache.path) if cache else None}
         (tmp / "kdq-distill.json").write_text(json.dumps(record, indent=2, default=str))
     return student_dir
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj

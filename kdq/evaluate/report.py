@@ -103,7 +103,7 @@ def _plot(rows: list, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(11, 4.5), dpi=110)
     FigureCanvasAgg(fig)  # a private canvas: no pyplot, no global backend switch
@@ -117,6 +117,8 @@ def _plot(rows: list, path: Path, title: str) -> None:
             ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if min(r[key] for r in rows) > 0:
             ax.set_xscale("log")
+            # 1-2-5 ticks: a range inside one decade (100-600 MB) would otherwise get no labels
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)

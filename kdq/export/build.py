@@ -8,11 +8,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._json import jsonable
 from ..atomic import atomic_dir
 from ..errors import CheckFailed
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
-from .manifest import MANIFEST_VERSION, jsonable, library_versions, metrics_record, utc_now, write_json
+from .manifest import MANIFEST_VERSION, library_versions, metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, load_predict_module, render_script
 from .verify import VerificationError, prepare_backend
 
