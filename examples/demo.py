@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU, in about 15 minutes.
+"""kdq's main job on real weights and real human labels, on a CPU (22 minutes measured on 2 cores).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
@@ -13,7 +13,7 @@
    GPTQ-4, bnb-int8, bnb-nf4), compare every variant on held-out pairs against the LMSYS
    2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 
-``--full`` trains on 6x more pairs for longer (about an hour on 2 cores). ``--tiny`` swaps
+``--full`` trains on 5x more pairs for 3 epochs (estimated 1.5-2 h on 2 cores; not yet measured). ``--tiny`` swaps
 in tiny random models and synthetic rows: a smoke test of the wiring in about a minute.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def tiny_inputs(size, cache: Path, seed: int):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true", help="more pairs, more epochs (about an hour on 2 cores)")
+    mode.add_argument("--full", action="store_true", help="more pairs, more epochs (estimated 1.5-2 h on 2 cores)")
     mode.add_argument("--tiny", action="store_true", help="tiny random models and synthetic rows (a wiring smoke test)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="run folder (replaced on every run)")
     ap.add_argument("--cache", default=os.environ.get("KDQ_CACHE", str(ROOT / ".cache" / "kdq")),

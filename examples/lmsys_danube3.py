@@ -49,7 +49,8 @@ def split_by_id(rows, eval_frac: float, test_frac: float):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="the competition's train.csv (or parquet)")
-    ap.add_argument("--teacher", default=TEACHER_BASE, help="fine-tuned teacher: folder, PEFT adapter folder or Hub id")
+    ap.add_argument("--teacher", help="fine-tuned teacher: folder, PEFT adapter folder or Hub id (required unless "
+                                      f"--fine-tune-teacher, which defaults it to {TEACHER_BASE})")
     ap.add_argument("--fine-tune-teacher", action="store_true",
                     help="treat --teacher as a base model and fine-tune it (LoRA) on the training rows first")
     ap.add_argument("--student", default=STUDENT_BASE, help="student starting point: Hub id or folder")
@@ -69,7 +70,13 @@ def parse_args(argv=None):
     ap.add_argument("--dataset-owner", default="your-kaggle-name")
     ap.add_argument("--wheels", action="store_true", help="ship pip wheels in the export (needs network)")
     ap.add_argument("--overwrite", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.teacher is None:
+        if not args.fine_tune_teacher:
+            ap.error("--teacher is required: pass your fine-tuned teacher, or --fine-tune-teacher to train "
+                     f"one from {TEACHER_BASE} first (a base model's random head would distil noise)")
+        args.teacher = TEACHER_BASE
+    return args
 
 
 def main(argv=None):

@@ -40,9 +40,9 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def load_config_dict(path=None, overrides=()) -> dict:
-    """Merge a YAML/JSON file with ``field=value`` overrides into a (nested) dict."""
-    data = {}
+def load_config_dict(path=None, overrides=(), *, base=None) -> dict:
+    """Merge a YAML/JSON file (or ``base``) with ``field=value`` overrides into a (nested) dict."""
+    data = dict(base or {})
     if path:
         import yaml
 
@@ -57,7 +57,9 @@ def load_config_dict(path=None, overrides=()) -> dict:
         node = data
         *parents, leaf = key.strip().split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if not isinstance(node.get(p), dict):  # absent, or null in the file (e.g. lora: null)
+                node[p] = {}
+            node = node[p]
         node[leaf] = _parse_value(value)
     return data
 
@@ -182,15 +184,20 @@ cmd_shrink.add_arguments = _shrink_args
 def cmd_quantize(args) -> int:
     from .quantize import QuantConfig, quantize
 
-    data = load_config_dict(args.config, args.overrides)
-    if args.method:
-        data = {**_variant_fields(args.method), **data}
+    data = _quantize_fields(args)
     if "method" not in data:
         raise ValueError("quantize needs --method (e.g. gptq-8, gptq-4, bnb-int8, bnb-nf4) or method: in --config")
     cfg = build_config(QuantConfig, data)
     out = quantize(args.model, cfg, calibration=args.calibration, out_dir=args.out, overwrite=args.overwrite)
     print(out)
     return EXIT_OK
+
+
+def _quantize_fields(args) -> dict:
+    data = load_config_dict(args.config)
+    if args.method:  # the flag wins over the file; --set wins over both
+        data.update(_variant_fields(args.method))
+    return load_config_dict(None, args.overrides, base=data)
 
 
 def _variant_fields(name: str) -> dict:
@@ -247,7 +254,7 @@ def cmd_compare(args) -> int:
         variants[name] = path
     cfg = build_config(EvalConfig, load_config_dict(args.config, args.overrides))
     result = compare(variants, args.data, cfg, out_dir=args.out, teacher=args.teacher, baseline=args.baseline,
-                     student=args.student, overwrite=args.overwrite)
+                     student=args.student, budget=cfg.budget, overwrite=args.overwrite)
     print(Path(result.paths["md"]).read_text())
     print(f"report: {result.paths['md']}\nplot: {result.paths['png']}")
     return EXIT_OK

@@ -141,7 +141,11 @@ def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"num_labels": num_labels, **({"dtype": dtype} if dtype is not None else {})}
-    model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
+    except OSError as err:  # a mistyped local path looks like "org/name" too
+        raise ValueError(f"{repo_id!r} is neither a local model folder nor a reachable Hub model ({err}). "
+                         "Check the path, or the network and the Hub id.") from None
     tokenizer = prepare_tokenizer(tokenizer or load_tokenizer(repo_id))
     prepare_classifier(model, tokenizer)
     if device is not None:

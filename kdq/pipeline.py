@@ -21,6 +21,7 @@ from .atomic import atomic_dir
 from .distill import DistillConfig, distill
 from .evaluate import EvalConfig, compare
 from .export import ExportConfig, export, verify
+from .models import is_hub_id
 from .quantize import QuantConfig, quantize
 from .quantize.config import VARIANTS
 
@@ -63,7 +64,24 @@ class PipelineConfig:
         object.__setattr__(self, "quant_methods", tuple(self.quant_methods))
         object.__setattr__(self, "export_variants", tuple(self.export_variants))
         check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
-        check_range("PipelineConfig", "gptq_group_size", self.gptq_group_size, -1, kind=int)
+        # Everything that would only fail after hours of training is checked now.
+        for method in self.quant_methods:
+            self.quant_config(method)
+        names = set(self.variant_names()) | {"recommended"}
+        bad = [v for v in self.export_variants if v not in names]
+        if bad:
+            raise ValueError(f"PipelineConfig.export_variants: {bad} will not exist; choose from {sorted(names)}")
+
+    def quant_config(self, method: str) -> QuantConfig:
+        overrides = {}
+        if VARIANTS[method]["method"] == "gptq":
+            overrides = {"num_samples": self.calibration_samples, "group_size": self.gptq_group_size}
+        return QuantConfig.from_name(method, **overrides)
+
+    def variant_names(self) -> list:
+        names = ["teacher", "student-kd"] + (["student-hard"] if self.baseline else [])
+        sources = ["teacher", "student-kd"] if self.quantize_teacher else ["student-kd"]
+        return names + [f"{src}-{m}" for src in sources for m in self.quant_methods]
 
 
 @dataclass
@@ -75,6 +93,8 @@ class PipelineResult:
 
     def summary(self) -> str:
         r = self.report
+        if r is None:
+            return "(not the main process: the report is written by rank 0)"
         lines = [Path(r.paths["md"]).read_text(), "", f"plot: {r.paths['png']}"]
         if r.gap_closed is not None:
             lines.append(f"gap closed by distillation: {r.gap_closed:.1%} of the teacher-vs-hard-label log-loss gap")
@@ -91,8 +111,12 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         train, eval_rows, test_rows: arena rows; ``eval_rows`` selects checkpoints,
             ``test_rows`` only measures (never seen by training or calibration).
     """
+    from accelerate import PartialState
+
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
+        teacher = _save_local(teacher, out / "teacher-local", config.overwrite)
     base = dataclasses.replace(config.distill, overwrite=config.overwrite or config.distill.overwrite)
     variants = {"teacher": str(teacher)}
     metrics = {}
@@ -107,17 +131,23 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         variants["student-hard"] = str(hard.student_dir)
         metrics["student-hard"] = hard.metrics
 
+    # Training ran on every process (DDP); the rest runs once, on the main process.
+    state = PartialState()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return PipelineResult(variants=variants, report=None, exports={}, distill_metrics=metrics)
+
     sources = ["teacher", "student-kd"] if config.quantize_teacher else ["student-kd"]
     for src in sources:
         for method in config.quant_methods:
-            qcfg = QuantConfig.from_name(method, **_quant_overrides(method, config))
+            qcfg = config.quant_config(method)
             name = f"{src}-{method}"
             variants[name] = str(quantize(variants[src], qcfg, calibration=train, out_dir=out / "quantized" / name,
                                           overwrite=config.overwrite))
 
     report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
                      baseline="student-hard" if config.baseline else None, student="student-kd",
-                     overwrite=True)
+                     budget=config.eval.budget, overwrite=True)
     exports = {}
     for name in _export_names(config.export_variants, report):
         folder = export(variants[name], out / "export" / name,
@@ -132,20 +162,27 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
             {"variants": variants, "exports": exports, "gap_closed": report.gap_closed,
              "gap_closed_tta": report.gap_closed_tta, "report": {k: str(v) for k, v in report.paths.items()}},
             indent=2))
+    state.wait_for_everyone()
     return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
 
 
-def _quant_overrides(method: str, config: PipelineConfig) -> dict:
-    if VARIANTS[method]["method"] != "gptq":
-        return {}
-    return {"num_samples": config.calibration_samples, "group_size": config.gptq_group_size}
+def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:
+    from .models import load_classifier
+
+    if folder.exists() and not overwrite:
+        return str(folder)
+    loaded = load_classifier(repo_id)
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        loaded.model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+    return str(folder)
 
 
 def _export_names(wanted, report) -> list:
     names = []
     for w in wanted:
         if w == "recommended":
-            fitting = [r for r in report.rows if (r.get("budget") or {}).get("fits")]
+            fitting = [r for r in report.rows if r.get("fits")]
             pool = fitting or report.rows
             names.append(min(pool, key=lambda r: r["log_loss"])["variant"])
         elif w not in report.metrics:

@@ -73,3 +73,16 @@ def _last_json(capsys):
     out = capsys.readouterr().out
     start = out.rfind("\n{")
     return out[start + 1:] if start >= 0 else out[out.find("{"):]
+
+
+def test_flags_beat_the_file_and_set_beats_both(tmp_path):
+    from kdq.cli import _quantize_fields, build_parser
+
+    f = tmp_path / "q.yaml"
+    f.write_text("method: bnb-int8\nlora: null\n")
+    data = load_config_dict(f, ["lora.r=4"])
+    assert data["lora"] == {"r": 4}  # a null parent becomes a mapping instead of a crash
+    args = build_parser().parse_args(["quantize", "m", "--method", "gptq-4", "--out", "o", "--config", str(f),
+                                      "--set", "group_size=32"])
+    fields = _quantize_fields(args)
+    assert (fields["method"], fields["bits"], fields["group_size"]) == ("gptq", 4, 32)

@@ -183,3 +183,11 @@ def test_two_process_ddp_with_accelerate_launch(tmp_path, models):
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
     # 64 rows, 8 per device, 2 devices: 4 optimizer steps per epoch, not 8.
     assert infos[0]["metrics"]["train"]["epoch"] == 1 and infos[0]["metrics"]["history"][-1]["step"] == 4
+
+
+def test_gradient_accumulation_does_not_inflate_the_loss(tmp_path, models):
+    rows = make_arena_rows(32, seed=12, max_words=40)
+    res = kdq.distill(str(models / "student"), rows, config=_cfg(tmp_path, batch_size=4, grad_accum=2))
+    logged = [h for h in res.metrics["history"] if "loss" in h and "ce" in h]
+    # With hard labels the loss is the CE; unscaled accumulation would log ~2x it.
+    assert logged and all(abs(h["loss"] - h["ce"]) < 0.15 * h["ce"] for h in logged)

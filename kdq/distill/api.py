@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,12 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
             cache = _teacher_pass(teacher, train_rows, cfg, out)
         metrics["teacher_pass"] = {"reused": cache.reused, "computed": cache.computed, **cache.stats}
 
+    if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    state.wait_for_everyone()
     loaded = load_classifier(student, tokenizer=tokenizer, dtype=torch.float32)
-    model, tok = loaded.model, loaded.tokenizer
+    # fp32 master weights (AMP casts per op); dtype= only reaches folders, so cast objects too
+    model, tok = loaded.model.float(), loaded.tokenizer
     attach_template(model, cfg.template)
     train_set = _training_table(train_rows, tok, cfg, cache)
     eval_set = None

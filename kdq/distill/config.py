@@ -86,7 +86,7 @@ class DistillConfig:
         check_range(cls, "epochs", self.epochs, 0.0, lo_open=True)
         check_range(cls, "learning_rate", self.learning_rate, 0.0, lo_open=True)
         check_range(cls, "weight_decay", self.weight_decay, 0.0)
-        check_range(cls, "warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range(cls, "warmup_ratio", self.warmup_ratio, 0.0, 1.0, hi_open=True)  # transformers reads >= 1 as steps
         for name in ("batch_size", "grad_accum", "eval_batch_size", "teacher_batch_size", "logging_steps",
                      "save_total_limit"):
             check_range(cls, name, getattr(self, name), 1, kind=int)

@@ -44,8 +44,10 @@ def shrink(model, *, keep: Sequence[int] | None = None, every: int = 3, out_dir=
     The kept layers are renumbered (``self_attn.layer_idx``) and ``config.num_hidden_layers``
     (and ``layer_types`` when present) updated, so the copy saves and reloads as a normal model.
     """
-    loaded = load_classifier(model, tokenizer=tokenizer, merge_adapter=True)
-    src = loaded.model if isinstance(model, (str, Path)) else copy.deepcopy(loaded.model)
+    # Copy an object before load_classifier touches it (it merges adapters and sets pad ids in place).
+    loaded = load_classifier(model if isinstance(model, (str, Path)) else copy.deepcopy(model),
+                             tokenizer=tokenizer, merge_adapter=True)
+    src = loaded.model
     base, layers = _decoder_layers(src)
     n = len(layers)
     keep = list(keep) if keep is not None else select_layers(n, every)

@@ -35,6 +35,10 @@ class ArenaCollator:
 class KDTrainer(Trainer):
     """``Trainer`` whose loss is :func:`kdq.distill.losses.distillation_loss`."""
 
+    # compute_loss returns a batch mean; Trainer must still divide it by the accumulation steps
+    # (it would assume otherwise because the Llama forward accepts loss kwargs).
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, kd_config: DistillConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd_config = kd_config
@@ -76,7 +80,7 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
     cuda = torch.cuda.is_available()
     precision = cfg.precision
     if precision == "auto":  # fp16 AMP on GPUs without bf16 (T4), bf16 where it exists, fp32 on CPU
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        precision = ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16") if cuda else "fp32"
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
