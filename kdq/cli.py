@@ -109,11 +109,11 @@ def cmd_cache_teacher(args) -> int:
     from .data import load_arena
     from .distill import DistillConfig
     from .distill.cache import cache_teacher_logits
-    from .models import default_device, load_classifier, model_dtype_for
+    from .models import LazyClassifier, default_device, model_dtype_for
 
     cfg = build_config(DistillConfig, load_config_dict(args.config, args.overrides))
     device = default_device()
-    teacher = load_classifier(args.teacher, dtype=model_dtype_for(device), device=device)
+    teacher = LazyClassifier(args.teacher, dtype=model_dtype_for(device), device=device)
     cache = cache_teacher_logits(teacher, load_arena(args.data), cache_dir=args.cache_dir or cfg.cache_dir or
                                  Path(cfg.output_dir) / "teacher-cache", template=cfg.template, tta=cfg.teacher_tta,
                                  batch_size=cfg.teacher_batch_size, device=device)

@@ -95,19 +95,18 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
         if is_adapter_dir(path):
             from peft import PeftModel
 
-            base = base_model or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-            model = AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+            base = _adapter_base(path, base_model)
+            model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
             tokenizer = tokenizer or load_tokenizer(path, base)
             prepare_classifier(model, tokenizer)
             model = PeftModel.from_pretrained(model, str(path))
             if merge_adapter:
                 model = model.merge_and_unload()
-            fp = fingerprint_path(path) + ":" + (fingerprint_path(base) if Path(str(base)).is_dir() else str(base))
         else:
             prepare_quantized_folder(path, device)
             model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
             tokenizer = tokenizer or load_tokenizer(path)
-            fp = fingerprint_path(path)
+        fp = source_fingerprint(path, base_model)
         source = str(path.resolve())
     elif isinstance(src, torch.nn.Module):
         model = src
@@ -128,6 +127,43 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+def _adapter_base(path, base_model=None) -> str:
+    return str(base_model or json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"])
+
+
+def source_fingerprint(src, base_model=None) -> str:
+    """Fingerprint of a folder, adapter folder (plus its base) or Hub id, without loading weights."""
+    if is_hub_id(src):
+        return f"hub:{src}"
+    if is_adapter_dir(src):
+        base = _adapter_base(src, base_model)
+        return fingerprint_path(src) + ":" + (fingerprint_path(base) if Path(base).is_dir() else base)
+    return fingerprint_path(src)
+
+
+class LazyClassifier:
+    """A :class:`LoadedModel` look-alike whose weights load on the first use of ``.model``.
+
+    The teacher pass needs only the tokenizer and the fingerprint to find what is cached
+    already; a 4B teacher is loaded only when some row still has to be scored (a rerun, or
+    every DDP rank but the first, loads nothing).
+    """
+
+    def __init__(self, src, *, base_model=None, **load_kwargs):
+        self.source = str(src)
+        self.fingerprint = source_fingerprint(src, base_model)
+        adapter_base = _adapter_base(src, base_model) if is_adapter_dir(src) else None
+        self.tokenizer = prepare_tokenizer(load_kwargs.pop("tokenizer", None) or load_tokenizer(src, adapter_base))
+        self._load = dict(load_kwargs, base_model=base_model)
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_classifier(self.source, tokenizer=self.tokenizer, **self._load).model
+        return self._model
 
 
 def is_hub_id(src) -> bool:

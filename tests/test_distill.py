@@ -14,7 +14,7 @@ import kdq
 from kdq.data import load_arena
 from kdq.distill import cache as cache_mod
 from kdq.distill.cache import cache_teacher_logits
-from kdq.models import load_classifier, template_of
+from kdq.models import LazyClassifier, load_classifier, template_of
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
@@ -82,6 +82,9 @@ def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
     np.testing.assert_allclose(resumed.logits, fresh.logits, atol=1e-5)
     again = cache_teacher_logits(teacher, rows, **kw)
     assert again.computed == 0 and again.path == resumed.path
+    lazy = LazyClassifier(str(models / "teacher"))
+    assert lazy.fingerprint == teacher.fingerprint
+    assert cache_teacher_logits(lazy, rows, **kw).computed == 0 and lazy._model is None  # a hit loads no weights
 
     tta = cache_teacher_logits(teacher, rows, **{**kw, "tta": True})
     assert tta.path != resumed.path and tta.computed == 40  # another fingerprint, another table

@@ -108,11 +108,12 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
 
 
 def _teacher_pass(teacher, rows, cfg: DistillConfig, out: Path):
-    from ..models import default_device, model_dtype_for
+    from ..models import LazyClassifier, default_device, model_dtype_for
     from .cache import cache_teacher_logits
 
     device = default_device()
-    t = load_classifier(teacher, dtype=model_dtype_for(device), device=device)
+    load = dict(dtype=model_dtype_for(device), device=device)
+    t = LazyClassifier(teacher, **load) if isinstance(teacher, (str, Path)) else load_classifier(teacher, **load)
     try:
         return cache_teacher_logits(t, rows, cache_dir=cfg.cache_dir or out / "teacher-cache",
                                     template=cfg.template, tta=cfg.teacher_tta, batch_size=cfg.teacher_batch_size,

@@ -27,7 +27,7 @@ import numpy as np
 from ..atomic import atomic_dir
 from ..batching import combine_swap_tta, predict_logits
 from ..data import encode
-from ..template import TemplateConfig
+from ..template import LABELS, TemplateConfig
 
 CACHE_FORMAT = 1
 
@@ -67,7 +67,7 @@ def _load_shards(folder: Path):
 
 def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template: TemplateConfig, tta: bool = False,
                          batch_size: int = 16, chunk_rows: int = 1024, device=None) -> TeacherCache:
-    """Score ``rows`` with ``teacher`` (a :class:`~kdq.models.LoadedModel`), reusing the cache.
+    """Score ``rows`` with ``teacher`` (a :class:`~kdq.models.LoadedModel` or ``LazyClassifier``), reusing the cache.
 
     Args:
         rows: canonical arena rows (:func:`kdq.data.load_arena`).
@@ -78,9 +78,8 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
     """
     from tqdm.auto import tqdm
 
-    model, tok = teacher.model, teacher.tokenizer
-    num_labels = model.config.num_labels
-    fp = cache_fingerprint(teacher.fingerprint, template, tta, num_labels)
+    tok = teacher.tokenizer  # teacher.model is touched only if a row needs scoring (it may load lazily)
+    fp = cache_fingerprint(teacher.fingerprint, template, tta, len(LABELS))
     folder = Path(cache_dir) / f"teacher-{_key(fp)}"
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "fingerprint.json"
@@ -101,6 +100,7 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
     todo = [k for k, i in enumerate(enc["id"]) if i not in cached]
     stats = {"rows": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
     if todo:
+        model = teacher.model
         swapped = encode(rows.select(todo), tok, template, swap=True, desc="render swapped rows") if tta else None
         # Longest rows first across the whole pass, so shards are length-homogeneous.
         todo_sorted = sorted(range(len(todo)), key=lambda k: -enc[todo[k]]["length"])
