@@ -116,7 +116,9 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
-        teacher = _save_local(teacher, out / "teacher-local", config.overwrite)
+        state = PartialState()
+        with state.main_process_first():  # rank 0 writes it, the others then find it
+            teacher = _save_local(teacher, out / "teacher-local", config.overwrite and state.is_main_process)
     base = dataclasses.replace(config.distill, overwrite=config.overwrite or config.distill.overwrite)
     variants = {"teacher": str(teacher)}
     metrics = {}
