@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU (22 minutes measured on 2 cores).
+"""kdq's main job on real weights and real human labels, on a CPU (26 minutes measured on 2 cores).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 

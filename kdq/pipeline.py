@@ -19,6 +19,7 @@ from pathlib import Path
 from ._validate import check_range
 from .atomic import atomic_dir
 from .distill import DistillConfig, distill
+from .errors import CheckFailed
 from .evaluate import EvalConfig, compare
 from .export import ExportConfig, export, verify
 from .models import is_hub_id
@@ -150,18 +151,29 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
                      baseline="student-hard" if config.baseline else None, student="student-kd",
                      budget=config.eval.budget, overwrite=True)
-    exports = {}
-    for name in _export_names(config.export_variants, report):
-        folder = export(variants[name], out / "export" / name,
-                        ExportConfig(title=_title(name), dataset_id=f"{config.dataset_owner}/kdq-{name}",
-                                     overwrite=config.overwrite, wheels=config.wheels,
-                                     configs={"distill": base.to_dict(), "eval": config.eval}),
-                        metrics=report.metrics[name], table_md=Path(report.paths["md"]).read_text())
-        verify(folder)
-        exports[name] = str(folder)
+    exports, failures = {}, {}
+    for candidates in _export_names(config.export_variants, report):
+        # "recommended" walks down the ranking: the best variant that also passes its own export
+        # checks is shipped; a named variant has one candidate, and its failure is raised.
+        for name in candidates:
+            try:
+                folder = export(variants[name], out / "export" / name,
+                                ExportConfig(title=_title(name), dataset_id=f"{config.dataset_owner}/kdq-{name}",
+                                             overwrite=config.overwrite, wheels=config.wheels,
+                                             configs={"distill": base.to_dict(), "eval": config.eval}),
+                                metrics=report.metrics[name], table_md=Path(report.paths["md"]).read_text())
+                verify(folder)
+            except CheckFailed as err:
+                if len(candidates) == 1:
+                    raise
+                failures[name] = str(err)
+                print(f"kdq: export of {name} failed its checks, trying the next variant: {err}")
+                continue
+            exports[name] = str(folder)
+            break
     with atomic_dir(out / "pipeline", overwrite=True) as tmp:
         (tmp / "summary.json").write_text(json.dumps(
-            {"variants": variants, "exports": exports, "gap_closed": report.gap_closed,
+            {"variants": variants, "exports": exports, "export_failures": failures, "gap_closed": report.gap_closed,
              "gap_closed_tta": report.gap_closed_tta, "report": {k: str(v) for k, v in report.paths.items()}},
             indent=2))
     state.wait_for_everyone()
@@ -181,17 +193,18 @@ def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:
 
 
 def _export_names(wanted, report) -> list:
-    names = []
+    """One list of candidates per wanted export: ``"recommended"`` ranks the variants that fit the
+    budget by log loss (all variants when none fits); a name stands for itself."""
+    out = []
     for w in wanted:
         if w == "recommended":
-            fitting = [r for r in report.rows if r.get("fits")]
-            pool = fitting or report.rows
-            names.append(min(pool, key=lambda r: r["log_loss"])["variant"])
+            pool = [r for r in report.rows if r.get("fits")] or report.rows
+            out.append([r["variant"] for r in sorted(pool, key=lambda r: r["log_loss"])])
         elif w not in report.metrics:
             raise ValueError(f"export variant {w!r} is not among {sorted(report.metrics)}")
         else:
-            names.append(w)
-    return list(dict.fromkeys(names))
+            out.append([w])
+    return out
 
 
 def _title(name: str) -> str:

@@ -24,5 +24,5 @@ def test_recommended_is_the_best_variant_that_fits():
         {"variant": "student", "log_loss": 0.95, "fits": True},
         {"variant": "student-q", "log_loss": 0.96, "fits": True},
     ])
-    assert _export_names(["recommended"], report) == ["student"]
-    assert _export_names(["recommended", "student", "teacher"], report) == ["student", "teacher"]
+    assert _export_names(["recommended"], report) == [["student", "student-q"]]  # best first, then fallbacks
+    assert _export_names(["recommended", "teacher"], report) == [["student", "student-q"], ["teacher"]]
