@@ -108,7 +108,3 @@ def combine_swap_tta(logits, swapped_logits):
     p = torch.softmax(logits.float(), -1)
     q = torch.softmax(swapped_logits.float(), -1)[:, list(SWAP_PERMUTATION)]
     return torch.log((p + q) / 2)
-
-
-def tokens_per_second(stats: dict) -> float:
-    return stats["real_tokens"] / max(stats["seconds"], 1e-9)

@@ -21,7 +21,3 @@ def require(module: str, *, purpose: str = ""):
         hint = f"pip install 'kdq[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
         what = f" for {purpose}" if purpose else ""
         raise ImportError(f"{module} is needed{what} but could not be imported ({err}). Install it with: {hint}") from err
-
-
-def is_available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

@@ -193,8 +193,3 @@ def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig
             ids += part_ids[j] + seg[3 * t + j][: seg_allow[3 * t + j]]
         ids += end_ids
     return ids[: config.max_length]
-
-
-def swap_row_labels(probs):
-    """Reorder a length-3 probability/label vector as if A and B were exchanged."""
-    return [probs[i] for i in SWAP_PERMUTATION]
