@@ -140,7 +140,8 @@ def cmd_distill(args) -> int:
     if args.output_dir:
         data["output_dir"] = args.output_dir
     cfg = build_config(DistillConfig, data)
-    result = distill(args.student, args.train, eval_data=args.eval, teacher=args.teacher, config=cfg)
+    result = distill(args.student, args.train, eval_data=args.eval, teacher=args.teacher, config=cfg,
+                     transfer_data=args.transfer)
     _print_json({"student_dir": str(result.student_dir), "cache": str(result.cache_path) if result.cache_path else None,
                  "best_eval_log_loss": result.metrics.get("best_eval_log_loss"),
                  "best_eval_accuracy": result.metrics.get("best_eval_accuracy")})
@@ -152,6 +153,7 @@ def _distill_args(p):
     p.add_argument("--train", required=True, help="training rows: CSV or parquet in the competition format")
     p.add_argument("--eval", help="held-out rows for per-epoch log loss and best-checkpoint selection")
     p.add_argument("--teacher", help="teacher folder; omit to train on hard labels alone")
+    p.add_argument("--transfer", help="unlabelled arena rows (a transfer set) the teacher labels; needs --teacher")
     p.add_argument("--output-dir", help="run folder (config field output_dir)")
     _config_args(p)
 
@@ -159,12 +161,13 @@ def _distill_args(p):
 cmd_distill.add_arguments = _distill_args
 
 
-@command("shrink", "make a student by keeping every N-th decoder layer of a model")
+@command("shrink", "make a student by keeping some decoder layers of a model (uniform or block-influence)")
 def cmd_shrink(args) -> int:
     from .distill import shrink
 
     keep = [int(i) for i in args.keep.split(",")] if args.keep else None
-    out = shrink(args.model, keep=keep, every=args.every, out_dir=args.out, overwrite=args.overwrite)
+    out = shrink(args.model, keep=keep, every=args.every, strategy=args.strategy, num_layers=args.num_layers,
+                 calibration=args.calibration, out_dir=args.out, overwrite=args.overwrite)
     print(out)
     return EXIT_OK
 
@@ -174,6 +177,10 @@ def _shrink_args(p):
     p.add_argument("--out", required=True, help="student folder to write")
     p.add_argument("--every", type=int, default=3, help="keep every N-th layer plus the last (default 3)")
     p.add_argument("--keep", help="explicit comma-separated layer indices, e.g. 0,4,8,11")
+    p.add_argument("--strategy", default="uniform", choices=("uniform", "block-influence"),
+                   help="which layers to keep: uniform (every N-th) or block-influence (needs --calibration)")
+    p.add_argument("--num-layers", type=int, help="layers to keep (default: as many as --every gives)")
+    p.add_argument("--calibration", help="arena rows to score layers on (block-influence)")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -296,7 +303,7 @@ def cmd_run(args) -> int:
         data["out_dir"] = args.out
     cfg = build_config(PipelineConfig, data)
     result = run_pipeline(args.teacher, args.student, load_arena(args.train), load_arena(args.eval),
-                          load_arena(args.test), cfg)
+                          load_arena(args.test), cfg, transfer=load_arena(args.transfer) if args.transfer else None)
     print(result.summary())
     return EXIT_OK
 
@@ -307,6 +314,7 @@ def _run_args(p):
     p.add_argument("--train", required=True)
     p.add_argument("--eval", required=True, help="rows for checkpoint selection")
     p.add_argument("--test", required=True, help="held-out rows for the trade-off table")
+    p.add_argument("--transfer", help="unlabelled arena rows (a transfer set) for the distilled student")
     p.add_argument("--out", help="run folder (config field out_dir)")
     _config_args(p)
 

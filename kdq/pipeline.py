@@ -103,7 +103,8 @@ class PipelineResult:
         return "\n".join(lines)
 
 
-def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: PipelineConfig) -> PipelineResult:
+def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: PipelineConfig, *,
+                 transfer=None) -> PipelineResult:
     """Distil ``student_init`` from ``teacher`` and ship the best artifact.
 
     Args:
@@ -111,6 +112,8 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         student_init: student starting point (folder, e.g. from :func:`kdq.shrink`, or Hub id).
         train, eval_rows, test_rows: arena rows; ``eval_rows`` selects checkpoints,
             ``test_rows`` only measures (never seen by training or calibration).
+        transfer: unlabelled arena rows (a transfer set) for the distilled student; the
+            hard-label baseline never sees them (they have no labels).
     """
     from accelerate import PartialState
 
@@ -124,13 +127,15 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     variants = {"teacher": str(teacher)}
     metrics = {}
 
-    kd = distill(student_init, train, eval_rows, teacher=teacher,
+    kd = distill(student_init, train, eval_rows, teacher=teacher, transfer_data=transfer,
                  config=dataclasses.replace(base, output_dir=str(out / "student-kd")))
     variants["student-kd"] = str(kd.student_dir)
     metrics["student-kd"] = kd.metrics
     if config.baseline:
+        # the baseline: same init, same labelled rows, hard labels only (no teacher terms)
         hard = distill(student_init, train, eval_rows, teacher=None,
-                       config=dataclasses.replace(base, output_dir=str(out / "student-hard")))
+                       config=dataclasses.replace(base, output_dir=str(out / "student-hard"), cosine_weight=0.0,
+                                                  hidden_weight=0.0))
         variants["student-hard"] = str(hard.student_dir)
         metrics["student-hard"] = hard.metrics
 

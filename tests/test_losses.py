@@ -77,3 +77,55 @@ def test_mixture_with_hard_labels(logits):
     assert hard.kd is None and hard.loss.item() == pytest.approx(ce.item())
     with pytest.raises(ValueError, match="registered"):
         distillation_loss(s, t, y, divergence="nope")
+
+
+def test_forward_and_reverse_kl_differ_by_hand():
+    # p = (0.8, 0.1, 0.1) teacher, q = (0.4, 0.4, 0.2) student: KL(p‖q) = 0.5 ln 2, KL(q‖p) = 0.6 ln 2.
+    t, s = torch.log(torch.tensor([[0.8, 0.1, 0.1]])), torch.log(torch.tensor([[0.4, 0.4, 0.2]]))
+    assert forward_kl(s, t).item() == pytest.approx(0.5 * math.log(2), abs=1e-6)
+    assert reverse_kl(s, t).item() == pytest.approx(0.6 * math.log(2), abs=1e-6)
+    # swapping the arguments swaps the two: each is the other's mirror, not itself symmetric
+    assert forward_kl(t, s).item() == pytest.approx(0.6 * math.log(2), abs=1e-6)
+
+
+def test_prob_cosine_by_hand():
+    from kdq.distill.losses import prob_cosine
+
+    t, s = torch.log(torch.tensor([[0.8, 0.1, 0.1]])), torch.log(torch.tensor([[0.4, 0.4, 0.2]]))
+    cos = 0.38 / (0.6 * math.sqrt(0.66))
+    assert prob_cosine(s, t).item() == pytest.approx(1 - cos, abs=1e-6)
+    assert prob_cosine(s, t, temperature=1.0).item() == pytest.approx(prob_cosine(t, s).item(), abs=1e-7)  # symmetric
+
+
+def test_cosine_weight_and_transfer_rows_by_hand():
+    from kdq.distill.losses import IGNORE_LABEL, prob_cosine
+
+    t = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]]))
+    s = torch.log(torch.tensor([[0.4, 0.4, 0.2], [0.5, 0.25, 0.25]]))
+    y = torch.tensor([0, IGNORE_LABEL])  # the second row is a transfer row: no CE term
+    parts = distillation_loss(s, t, y, alpha=0.25, temperature=1.0, cosine_weight=0.5)
+    ce0 = -math.log(0.4)
+    kd = forward_kl(s, t)
+    cs = prob_cosine(s, t)
+    rows = [0.25 * ce0 + 0.75 * kd[0] + 0.5 * cs[0], 0.75 * kd[1] + 0.5 * cs[1]]
+    assert parts.loss.item() == pytest.approx(float(sum(rows) / 2), abs=1e-6)
+    assert parts.ce.item() == pytest.approx(ce0, abs=1e-6)  # mean over labelled rows only
+    assert parts.kd.item() == pytest.approx(kd.mean().item(), abs=1e-6)
+    only_transfer = distillation_loss(s, t, torch.full((2,), IGNORE_LABEL), alpha=0.5)
+    assert only_transfer.ce is None and only_transfer.loss.item() == pytest.approx(0.5 * kd.mean().item(), abs=1e-6)
+    with pytest.raises(ValueError, match="need teacher logits"):
+        distillation_loss(s, None, y)
+
+
+def test_hidden_state_loss_masks_padding_and_matches_hand_values():
+    from kdq.distill.losses import hidden_state_loss
+
+    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (B=1, L=3, H=2); the last token is padding
+    t = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [-9.0, 1.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # cosine: token 0 → 0, token 1 → 1 (orthogonal); mean over the 2 real tokens = 0.5
+    assert hidden_state_loss([s], [t], mask).item() == pytest.approx(0.5, abs=1e-6)
+    # mse: token 0 → 0, token 1 → ((0-1)² + (1-0)²)/2 = 1; mean = 0.5; two identical layers average the same
+    assert hidden_state_loss([s, s], [t, t], mask, kind="mse").item() == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="hidden-state loss"):
+        hidden_state_loss([s], [t], mask, kind="l1")

@@ -35,7 +35,7 @@ class DistillResult:
 
 
 def distill(student, train_data, eval_data=None, teacher=None, config: DistillConfig | None = None, *,
-            tokenizer=None) -> DistillResult:
+            transfer_data=None, tokenizer=None) -> DistillResult:
     """Train ``student`` on arena rows, distilling from ``teacher`` when given.
 
     Args:
@@ -45,6 +45,9 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
         teacher: folder, PEFT adapter folder or model; ``None`` trains on hard labels only
             (the no-distillation baseline, and the way to fine-tune a teacher).
         config: :class:`DistillConfig`.
+        transfer_data: extra arena rows without labels (a transfer set; label columns, if
+            present, are ignored) that the teacher scores through the same cache and the
+            student learns from through the teacher terms only. Needs a teacher.
         tokenizer: needed only when ``student`` is an object saved without one.
     Returns:
         :class:`DistillResult`; ``student_dir`` is ``<output_dir>/student``, a full model
@@ -64,13 +67,19 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     state = PartialState()
     train_rows = load_arena(train_data, require_labels=True)
     eval_rows = load_arena(eval_data, require_labels=True) if eval_data is not None else None
-    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows) if eval_rows is not None else 0}
+    transfer_rows = _transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
+    if cfg.hidden_weight > 0 and teacher is None:
+        raise ValueError("DistillConfig.hidden_weight > 0 matches the teacher's hidden states and needs a teacher; "
+                         "pass teacher=... or set hidden_weight=0.")
+    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows) if eval_rows is not None else 0,
+                     "n_transfer": len(transfer_rows) if transfer_rows is not None else 0}
+    scored = train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
 
     cache = None
     if teacher is not None:
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
-            cache = _teacher_pass(teacher, train_rows, cfg, out)
+            cache = _teacher_pass(teacher, scored, cfg, out)
         metrics["teacher_pass"] = {"reused": cache.reused, "computed": cache.computed, **cache.stats}
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
@@ -80,12 +89,13 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     # fp32 master weights (AMP casts per op); dtype= only reaches folders, so cast objects too
     model, tok = loaded.model.float(), loaded.tokenizer
     attach_template(model, cfg.template)
-    train_set = _training_table(train_rows, tok, cfg, cache)
+    train_set = _training_table(scored, tok, cfg, cache)
     eval_set = None
     if eval_rows is not None:
         eval_set = encode(eval_rows, tok, cfg.template, desc="render eval rows").rename_column("label", "labels")
         eval_set = eval_set.select_columns(["input_ids", "labels", "length"])
-    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args)
+    hidden_teacher = _hidden_state_teacher(teacher, model, cfg) if cfg.hidden_weight > 0 else None
+    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, hidden_teacher)
 
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     start = time.perf_counter()
@@ -125,24 +135,64 @@ def _teacher_pass(teacher, rows, cfg: DistillConfig, out: Path):
             torch.cuda.empty_cache()
 
 
+def _transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
+    """Unlabelled transfer rows (label -1), checked against the training rows' ids."""
+    if teacher is None:
+        raise ValueError("transfer_data needs a teacher: transfer rows have no labels, only the teacher's logits "
+                         "teach from them. Pass teacher=... or drop transfer_data.")
+    rows = load_arena(transfer_data)
+    rows = rows.map(lambda b: {"label": [-1] * len(b["id"])}, batched=True, desc="drop transfer labels")
+    train_ids = set(train_rows["id"])
+    clash = next((i for i in rows["id"] if i in train_ids), None)
+    if clash is not None:
+        raise ValueError(f"transfer_data: id {clash!r} is also a training row id; the teacher cache is keyed by id, "
+                         "so give transfer rows their own ids (e.g. prefix them with 'transfer-').")
+    return rows
+
+
 def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Dataset:
-    """``input_ids``, ``labels``, ``length`` and (with a teacher) ``teacher_logits`` per row.
+    """``input_ids``, ``labels`` (-1: a transfer row), ``length`` and (with a teacher) ``teacher_logits`` per row.
 
     With ``swap_augment`` the A/B-swapped copy of every row joins the table, its label and
-    teacher distribution permuted to match (a↔b; tie stays).
+    teacher distribution permuted to match (a↔b; tie stays): as rows of their own (``True``)
+    or as ``*_swap`` columns of the same row (``"paired"``; the collator unpacks them).
     """
     table = encode(rows, tokenizer, cfg.template, desc="render train rows")
-    parts = [table]
-    if cfg.swap_augment:
-        parts.append(encode(swap_ab(rows, id_suffix=":swap"), tokenizer, cfg.template, desc="render swapped rows"))
     if cache is not None:
-        t = cache.logits
-        parts[0] = parts[0].add_column("teacher_logits", t.tolist())
-        if cfg.swap_augment:
-            parts[1] = parts[1].add_column("teacher_logits", t[:, list(SWAP_PERMUTATION)].tolist())
-    table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        table = table.add_column("teacher_logits", cache.logits.tolist())
     keep = ["input_ids", "labels", "length"] + (["teacher_logits"] if cache is not None else [])
-    return table.rename_column("label", "labels").select_columns(keep)
+    table = table.rename_column("label", "labels")
+    if not cfg.swap_augment:
+        return table.select_columns(keep)
+    swapped = encode(swap_ab(rows, id_suffix=":swap"), tokenizer, cfg.template, desc="render swapped rows")
+    swapped = swapped.rename_column("label", "labels")
+    if cache is not None:
+        swapped = swapped.add_column("teacher_logits", cache.logits[:, list(SWAP_PERMUTATION)].tolist())
+    if cfg.swap_augment == "paired":
+        paired = [c for c in keep if c != "length"]
+        for col in paired:
+            table = table.add_column(col + "_swap", swapped[col])
+        return table.select_columns(keep + [c + "_swap" for c in paired])
+    return datasets.concatenate_datasets([table.select_columns(keep), swapped.select_columns(keep)])
+
+
+def _hidden_state_teacher(teacher, student_model, cfg: DistillConfig):
+    """The live teacher for the hidden-state term, and the student→teacher layer map from ``kdq.shrink``."""
+    from ..models import default_device, model_dtype_for
+
+    info = getattr(student_model.config, "kdq_shrink", None)
+    if not info or "kept_layers" not in info:
+        raise ValueError("DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
+                         "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
+                         "hidden_weight=0.")
+    device = default_device()
+    t = load_classifier(teacher, dtype=model_dtype_for(device), device=device).model
+    n_t, h_t = t.config.num_hidden_layers, t.config.hidden_size
+    if n_t != info["source_layers"] or h_t != student_model.config.hidden_size:
+        raise ValueError(f"hidden_weight > 0: the student was shrunk from a {info['source_layers']}-layer model, but "
+                         f"the teacher has {n_t} layers and hidden size {h_t} (student {student_model.config.hidden_size}). "
+                         "Distil from the model the student was shrunk from, or set hidden_weight=0.")
+    return t, list(info["kept_layers"])
 
 
 def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
@@ -151,7 +201,7 @@ def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
     return training_arguments(cfg, out / "checkpoints", has_eval=has_eval)
 
 
-def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args):
+def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, hidden_teacher=None):
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
     if cfg.lora is not None:
@@ -163,7 +213,9 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
                                                  target_modules=list(cfg.lora.target_modules)))
     return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                      data_collator=ArenaCollator(tokenizer.pad_token_id), compute_metrics=compute_metrics,
-                     processing_class=tokenizer, kd_config=cfg)
+                     processing_class=tokenizer, kd_config=cfg,
+                     teacher_model=hidden_teacher[0] if hidden_teacher else None,
+                     layer_map=hidden_teacher[1] if hidden_teacher else None)
 
 
 def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metrics: dict, fingerprint: str, cache):

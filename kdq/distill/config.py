@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from .._validate import check_choice, check_range
 from ..template import TemplateConfig
-from .losses import DIVERGENCES
+from .losses import DIVERGENCES, HIDDEN_LOSSES
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+SWAP_AUGMENT = (False, True, "paired")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -34,8 +35,18 @@ class LoraSettings:
 class DistillConfig:
     """Everything :func:`kdq.distill` needs besides the models and the data.
 
-    Loss: ``α·CE + (1−α)·divergence(student, teacher)`` at temperature ``T`` (see
-    :mod:`kdq.distill.losses`). With ``teacher=None`` the loss is plain CE.
+    Loss per row: ``α·CE + (1−α)·divergence(student, teacher) + γ·(1 − cos(p_S, p_T))`` at
+    temperature ``T`` (``γ = cosine_weight``; see :mod:`kdq.distill.losses`); transfer rows
+    (no label) drop the CE term. With ``teacher=None`` the loss is plain CE. With
+    ``hidden_weight > 0`` (students made by :func:`kdq.shrink` from the same teacher) the batch
+    loss adds ``hidden_weight ·`` :func:`~kdq.distill.losses.hidden_state_loss` between each
+    student layer and the teacher layer it was copied from.
+
+    ``swap_augment``: ``False``; ``True`` adds every row's A/B-swapped copy to the table
+    (shuffled independently); ``"paired"`` puts each row and its swapped copy in the same
+    batch (``batch_size`` rows = ``batch_size / 2`` pairs; it must be even).
+    ``deterministic``: ``Trainer``'s ``full_determinism`` (the same seed on the same machine
+    gives the same figures); turn it off on a GPU whose kernels lack a deterministic variant.
     """
 
     output_dir: str = "runs/distill"
@@ -45,12 +56,15 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5
     jsd_beta: float = 0.5
+    cosine_weight: float = 0.0
+    hidden_weight: float = 0.0
+    hidden_loss: str = "cosine"
     # teacher pass
     teacher_tta: bool = False
     teacher_batch_size: int = 16
     cache_dir: str | None = None
     # data
-    swap_augment: bool = False
+    swap_augment: bool | str = False
     # optimisation (forwarded to transformers.TrainingArguments)
     epochs: float = 1.0
     max_steps: int = -1
@@ -64,6 +78,7 @@ class DistillConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
+    deterministic: bool = True
     logging_steps: int = 10
     save_total_limit: int = 2
     # run management
@@ -83,6 +98,16 @@ class DistillConfig:
         check_range(cls, "temperature", self.temperature, 0.0, lo_open=True)
         check_range(cls, "alpha", self.alpha, 0.0, 1.0)
         check_range(cls, "jsd_beta", self.jsd_beta, 0.0, 1.0)
+        check_range(cls, "cosine_weight", self.cosine_weight, 0.0)
+        check_range(cls, "hidden_weight", self.hidden_weight, 0.0)
+        check_choice(cls, "hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        if isinstance(self.swap_augment, str) and self.swap_augment.lower() in ("true", "false"):  # --set from the CLI
+            object.__setattr__(self, "swap_augment", self.swap_augment.lower() == "true")
+        if not any(self.swap_augment is v or (isinstance(v, str) and self.swap_augment == v) for v in SWAP_AUGMENT):
+            raise ValueError(f"{cls}.swap_augment must be False, True or 'paired', got {self.swap_augment!r}")
+        if self.swap_augment == "paired" and self.batch_size % 2:
+            raise ValueError(f"{cls}.batch_size must be even with swap_augment='paired' (each pair fills two rows), "
+                             f"got {self.batch_size}")
         check_range(cls, "epochs", self.epochs, 0.0, lo_open=True)
         check_range(cls, "learning_rate", self.learning_rate, 0.0, lo_open=True)
         check_range(cls, "weight_decay", self.weight_decay, 0.0)

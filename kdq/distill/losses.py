@@ -73,29 +73,98 @@ def generalized_jsd(student_logits, teacher_logits, *, temperature: float = 1.0,
     return temperature ** 2 * (beta * _kl(t, m) + (1.0 - beta) * _kl(s, m))
 
 
+@register_divergence("prob_cosine")
+def prob_cosine(student_logits, teacher_logits, *, temperature: float = 1.0, beta: float = 0.5):
+    """``T² · (1 − cos(p_S, p_T))`` on the probability vectors; bounded by ``T²``. ``(B,)``.
+
+    The third term of the LMSYS 1st-place loss (CE + KL + cosine at T=1). Usable alone as a
+    divergence or, more usually, beside one through ``DistillConfig.cosine_weight``.
+    """
+    s = F.softmax(student_logits.float() / temperature, dim=-1)
+    t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * (1.0 - F.cosine_similarity(s, t, dim=-1))
+
+
+IGNORE_LABEL = -1  # a row without a human label (a transfer-set row; kdq.data's "unknown"): no CE term
+
+
 @dataclass
 class LossParts:
-    """The combined loss and its two parts, each a scalar fp32 tensor (batch means)."""
+    """The combined loss and its parts, each a scalar fp32 tensor.
+
+    ``ce`` is the mean over labelled rows (``None`` when the batch has none); ``kd`` and
+    ``cos`` are means over all rows (``None`` when unused).
+    """
 
     loss: torch.Tensor
-    ce: torch.Tensor
+    ce: torch.Tensor | None
     kd: torch.Tensor | None
+    cos: torch.Tensor | None = None
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, divergence: str = "forward_kl",
-                      alpha: float = 0.5, temperature: float = 1.0, beta: float = 0.5) -> LossParts:
-    """``L = α · CE(z_S, y) + (1 − α) · D(z_S, z_T)``, averaged over the batch.
+                      alpha: float = 0.5, temperature: float = 1.0, beta: float = 0.5,
+                      cosine_weight: float = 0.0) -> LossParts:
+    """Per row ``ℓ_i = α · m_i · CE(z_S, y)_i + (1 − α) · D(z_S, z_T)_i + γ · COS_i``; the loss is the batch mean of ``ℓ``.
+
+    ``m_i`` is 1 for a labelled row and 0 for a transfer row (label :data:`IGNORE_LABEL`):
+    transfer rows contribute the teacher terms only, with the same per-row weight as
+    labelled rows, so a batch without transfer rows gives ``α·CE + (1−α)·D + γ·COS``.
+    ``γ`` is ``cosine_weight`` (:func:`prob_cosine` at the same temperature).
 
     Args:
         student_logits: ``(B, C)`` any float dtype.
-        teacher_logits: ``(B, C)`` or ``None`` (hard labels only: ``L = CE``).
-        labels: ``(B,)`` int64 class ids.
+        teacher_logits: ``(B, C)`` or ``None`` (hard labels only: ``L = CE``; every row needs a label).
+        labels: ``(B,)`` int64 class ids, or :data:`IGNORE_LABEL` (any negative id) for rows without one.
         divergence: a key of :data:`DIVERGENCES`.
     """
-    ce = F.cross_entropy(student_logits.float(), labels)
+    z = student_logits.float()
+    labelled = labels >= 0
+    ce_rows = F.cross_entropy(z, labels.clamp(min=0), reduction="none") * labelled
+    n_lab = int(labelled.sum())
+    ce = ce_rows.sum() / n_lab if n_lab else None
     if teacher_logits is None:
+        if n_lab != len(labels):
+            raise ValueError("rows without labels (transfer rows) need teacher logits; pass a teacher")
         return LossParts(loss=ce, ce=ce, kd=None)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; registered: {sorted(DIVERGENCES)}")
-    kd = DIVERGENCES[divergence](student_logits, teacher_logits, temperature=temperature, beta=beta).mean()
-    return LossParts(loss=alpha * ce + (1.0 - alpha) * kd, ce=ce, kd=kd)
+    kd_rows = DIVERGENCES[divergence](student_logits, teacher_logits, temperature=temperature, beta=beta)
+    rows = alpha * ce_rows + (1.0 - alpha) * kd_rows
+    cos = None
+    if cosine_weight:
+        cos_rows = prob_cosine(student_logits, teacher_logits, temperature=temperature)
+        rows = rows + cosine_weight * cos_rows
+        cos = cos_rows.mean()
+    return LossParts(loss=rows.mean(), ce=ce, kd=kd_rows.mean(), cos=cos)
+
+
+HIDDEN_LOSSES = ("cosine", "mse")
+
+
+def hidden_state_loss(student_states, teacher_states, mask: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean over layer pairs of a per-token distance between hidden states, over real tokens only.
+
+    Args:
+        student_states, teacher_states: sequences of ``(B, L, H)`` tensors, paired by position
+            (student layer ``k`` with the teacher layer it was copied from).
+        mask: ``(B, L)`` attention mask; padded positions do not count.
+        kind: ``"cosine"`` (``1 − cos`` per token; scale-free, DistilBERT's choice) or ``"mse"``
+            (mean squared difference over the hidden size).
+    Returns a scalar fp32 tensor.
+    """
+    if kind not in HIDDEN_LOSSES:
+        raise ValueError(f"unknown hidden-state loss {kind!r}; choose from {HIDDEN_LOSSES}")
+    if len(student_states) != len(teacher_states) or not student_states:
+        raise ValueError(f"need the same, non-zero number of student and teacher states, got "
+                         f"{len(student_states)} and {len(teacher_states)}")
+    m = mask.float()
+    per_layer = []
+    for s, t in zip(student_states, teacher_states):
+        s, t = s.float(), t.float()
+        if kind == "cosine":
+            d = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-6)
+        else:
+            d = (s - t).pow(2).mean(-1)
+        per_layer.append((d * m).sum() / m.sum().clamp(min=1.0))
+    return torch.stack(per_layer).mean()

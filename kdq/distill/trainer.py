@@ -2,8 +2,9 @@
 
 AMP, gradient accumulation, checkpoints, resumption and DDP (``accelerate launch`` /
 ``torchrun``) all come from ``Trainer``; :class:`KDTrainer` overrides ``compute_loss`` to
-mix hard-label CE with a divergence to cached teacher logits, and logs ``ce`` and ``kd``
-separately.
+mix hard-label CE with a divergence to cached teacher logits (plus, optionally, a cosine term
+and a hidden-state term against a live teacher), and logs ``ce``, ``kd``, ``cos`` and
+``hidden`` separately.
 """
 from __future__ import annotations
 
@@ -14,16 +15,26 @@ from transformers import Trainer, TrainingArguments
 
 from ..batching import pad_batch
 from .config import DistillConfig
-from .losses import distillation_loss
+from .losses import distillation_loss, hidden_state_loss
 
 
 class ArenaCollator:
-    """Pad ``input_ids`` on the right; stack ``labels`` ``(B,)`` and, when present, ``teacher_logits`` ``(B, C)``."""
+    """Pad ``input_ids`` on the right; stack ``labels`` ``(B,)`` and, when present, ``teacher_logits`` ``(B, C)``.
+
+    A feature that also carries ``input_ids_swap`` (``swap_augment="paired"``) becomes two
+    rows, the original and its A/B-swapped copy, side by side in the same batch.
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, features):
+        if "input_ids_swap" in features[0]:
+            rows = []
+            for f in features:
+                rows.append({k: f[k] for k in ("input_ids", "labels", "teacher_logits") if k in f})
+                rows.append({k: f[k + "_swap"] for k in ("input_ids", "labels", "teacher_logits") if k + "_swap" in f})
+            features = rows
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id)
         batch = {"input_ids": ids, "attention_mask": mask,
                  "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
@@ -39,23 +50,43 @@ class KDTrainer(Trainer):
     # (it would assume otherwise because the Llama forward accepts loss kwargs).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, kd_config: DistillConfig, **kwargs):
+    def __init__(self, *args, kd_config: DistillConfig, teacher_model=None, layer_map=None, **kwargs):
+        """``teacher_model`` and ``layer_map`` (teacher layer index per student layer) are needed
+        only for the hidden-state term; the teacher is frozen and runs under ``torch.no_grad()``."""
         super().__init__(*args, **kwargs)
         self.kd_config = kd_config
-        self._parts = {"ce": [], "kd": []}
+        self.teacher_model = teacher_model
+        self.layer_map = list(layer_map) if layer_map is not None else None
+        if teacher_model is not None:
+            teacher_model.eval().requires_grad_(False)
+            teacher_model.to(self.args.device)
+        self._parts = {"ce": [], "kd": [], "cos": [], "hidden": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         teacher_logits = inputs.pop("teacher_logits", None)
-        outputs = model(**inputs)
         cfg = self.kd_config
+        hidden = cfg.hidden_weight > 0 and self.teacher_model is not None and model.training
+        outputs = model(**inputs, output_hidden_states=hidden)
         parts = distillation_loss(outputs.logits, teacher_logits, labels, divergence=cfg.divergence,
-                                  alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.jsd_beta)
+                                  alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.jsd_beta,
+                                  cosine_weight=cfg.cosine_weight)
+        loss = parts.loss
+        logged = {"ce": parts.ce, "kd": parts.kd, "cos": parts.cos}
+        if hidden:
+            with torch.no_grad():
+                t_states = self.teacher_model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
+            # hidden_states[k + 1] is the output of layer k (the last entry is after the final norm, for both)
+            s_states = outputs.hidden_states[1:]
+            h = hidden_state_loss(s_states, [t_states[j + 1] for j in self.layer_map], inputs["attention_mask"],
+                                  kind=cfg.hidden_loss)
+            loss = loss + cfg.hidden_weight * h
+            logged["hidden"] = h
         if model.training:
-            self._parts["ce"].append(parts.ce.detach())
-            if parts.kd is not None:
-                self._parts["kd"].append(parts.kd.detach())
-        return (parts.loss, outputs) if return_outputs else parts.loss
+            for name, value in logged.items():
+                if value is not None:
+                    self._parts[name].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
         if "loss" in logs:  # a training log line: add the mean ce / kd since the last one
@@ -84,7 +115,8 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=cfg.batch_size,
+        # "paired" swap: the collator turns each table row into two (the row and its swapped copy)
+        per_device_train_batch_size=cfg.batch_size // 2 if cfg.swap_augment == "paired" else cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
@@ -101,6 +133,7 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        full_determinism=cfg.deterministic,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not cuda,

@@ -30,6 +30,8 @@ class EvalConfig:
         budget: budget profile (shipped name, JSON path or ``BudgetProfile``) to project the
             variant onto, or ``None`` for no verdict.
         progress: show tqdm progress bars.
+        bootstrap_samples, bootstrap_seed: the paired bootstrap behind :func:`kdq.compare`'s
+            95% intervals (rows resampled jointly across variants; the seed makes reruns equal).
     """
 
     batch_size: int = 8
@@ -41,6 +43,8 @@ class EvalConfig:
     ece_bins: int = 15
     budget: object = "lmsys-2xt4"
     progress: bool = True
+    bootstrap_samples: int = 2000
+    bootstrap_seed: int = 0
 
     def __post_init__(self):
         c = "EvalConfig"
@@ -61,6 +65,8 @@ class EvalConfig:
                 raise ValueError(f"{c}.device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
         check_choice(c, "dtype", self.dtype, DTYPES)
         check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
+        check_range(c, "bootstrap_samples", self.bootstrap_samples, 1, kind=int)
+        check_range(c, "bootstrap_seed", self.bootstrap_seed, 0, kind=int)
         from .budget import BudgetProfile
 
         if self.budget is not None and not isinstance(self.budget, (str, os.PathLike, BudgetProfile)):

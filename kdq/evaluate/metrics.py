@@ -29,6 +29,14 @@ def _check(probs, labels):
     return probs, labels.astype(np.int64)
 
 
+def row_log_losses(probs, labels, eps: float = COMPETITION_EPS) -> np.ndarray:
+    """``-log p[label]`` per row, ``(N,)``, clipped and renormalized as the competition does (see :func:`log_loss`)."""
+    probs, labels = _check(probs, labels)
+    p = np.clip(probs, eps, 1 - eps)
+    p = p / p.sum(axis=1, keepdims=True)
+    return -np.log(p[np.arange(len(labels)), labels])
+
+
 def log_loss(probs, labels, eps: float = COMPETITION_EPS) -> float:
     """Multiclass log loss as the competition computes it.
 
@@ -36,10 +44,7 @@ def log_loss(probs, labels, eps: float = COMPETITION_EPS) -> float:
     to one before taking ``-mean(log p[label])``. Clipping bounds the cost of one confident
     mistake at ``-log(1e-15) ~ 34.5``.
     """
-    probs, labels = _check(probs, labels)
-    p = np.clip(probs, eps, 1 - eps)
-    p = p / p.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+    return float(np.mean(row_log_losses(probs, labels, eps)))
 
 
 def accuracy(probs, labels) -> float:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .config import EvalConfig, Metrics
 
+from .stats import GAP_EPS, Interval, paired_intervals
+
 MB = 1e6
-GAP_EPS = 1e-6  # a teacher-vs-baseline gap below this is noise: "gap closed" is undefined
 
 
 @dataclass
@@ -21,7 +22,8 @@ class CompareResult:
     ``rows``: one dict per variant (the table's cells, unformatted); ``metrics``: name ->
     :class:`Metrics`; ``paths``: ``{"md", "json", "png"}`` -> file; ``gap_closed`` /
     ``gap_closed_tta``: fraction of the teacher-vs-baseline log-loss gap the student closed
-    (``None`` when undefined, see ``notes``).
+    (``None`` when undefined, see ``notes``); ``intervals`` / ``intervals_tta``: the paired
+    bootstrap 95% intervals (:func:`kdq.evaluate.stats.paired_intervals`).
     """
 
     rows: list
@@ -30,6 +32,8 @@ class CompareResult:
     gap_closed: float | None
     gap_closed_tta: float | None
     notes: list
+    intervals: dict | None = None
+    intervals_tta: dict | None = None
 
 
 def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float) -> tuple:
@@ -60,12 +64,16 @@ def _fits_cell(v: dict | None) -> str:
     return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"
 
 
-def _table_rows(metrics: dict, teacher: str, roles: dict) -> list:
+def _table_rows(metrics: dict, teacher: str, roles: dict, intervals=None, intervals_tta=None) -> list:
     t = metrics[teacher]
     out = []
     for name, m in metrics.items():
         v = m.budget
+        ci = intervals["delta"][name] if intervals else None
+        ci_tta = intervals_tta["delta"][name] if intervals_tta else None
         out.append({
+            "delta_ci": [ci.low, ci.high] if ci else None,
+            "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
             "variant": name, "role": roles.get(name, ""), "log_loss": m.log_loss,
             "delta_vs_teacher": m.log_loss - t.log_loss, "accuracy": m.accuracy, "ece": m.ece,
             "log_loss_tta": m.log_loss_tta,
@@ -83,13 +91,16 @@ def _table_rows(metrics: dict, teacher: str, roles: dict) -> list:
 def markdown_table(rows: list, profile_name: str | None, profile_rows: int | None) -> str:
     """The trade-off table as GitHub markdown (one line per variant)."""
     hours = f"T4 h ({profile_rows / 1000:g}k rows)" if profile_rows else "T4 h"
-    head = ["variant", "format", "log loss", "Δ vs teacher", "accuracy", "ECE", "log loss (TTA)", "size MB",
+    head = ["variant", "format", "log loss", "Δ vs teacher [95% CI]", "accuracy", "ECE", "log loss (TTA)", "size MB",
             "peak mem MB", "rows/s", "device", hours, "fits " + (profile_name or "")]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 9 + ["---", "---:", "---"]) + "|"]
     for r in rows:
         name = f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
         basis = {"measured-cuda": " (meas.)", "flops-estimate": " (est.)"}.get(r["basis"], "")
-        cells = [name, r["weight_format"], _fmt(r["log_loss"]), _fmt(r["delta_vs_teacher"], "+.4f"),
+        delta = _fmt(r["delta_vs_teacher"], "+.4f")
+        if r.get("delta_ci") and r["role"] != "teacher":
+            delta += f" [{_fmt(r['delta_ci'][0], '+.4f')}, {_fmt(r['delta_ci'][1], '+.4f')}]"
+        cells = [name, r["weight_format"], _fmt(r["log_loss"]), delta,
                  _fmt(r["accuracy"], ".3f"), _fmt(r["ece"], ".3f"), _fmt(r["log_loss_tta"]),
                  _fmt(r["size_mb"], ".1f") + ("" if r["size_source"] == "disk" else " (mem)"),
                  _fmt(r["peak_memory_mb"], ".0f"), _fmt(r["rows_per_s"], ".1f"), r["device"].split(" (")[0],
@@ -99,31 +110,45 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
 
 
 def _plot(rows: list, path: Path, title: str) -> None:
-    """Two panels, one labelled point per variant: log loss vs size, log loss vs rows/s."""
+    """A forest plot, one line per variant (names on the y axis, so labels never overlap).
+
+    Left: log loss with its 95% paired-bootstrap interval (teacher's log loss + Δ interval);
+    middle: size on disk; right: projected T4 hours for the budget's rows (or measured rows/s
+    when no budget was given). Green fits the budget, red does not, grey: no verdict.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    fig = Figure(figsize=(11, 4.5), dpi=110)
+    rows = sorted(rows, key=lambda r: r["log_loss"], reverse=True)  # best at the top
+    names = [f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
+             for r in rows]
+    colours = [{True: "tab:green", False: "tab:red"}.get(r["fits"], "tab:gray") for r in rows]
+    y = list(range(len(rows)))
+    fig = Figure(figsize=(12, 1.2 + 0.38 * len(rows)), dpi=110)
     FigureCanvasAgg(fig)  # a private canvas: no pyplot, no global backend switch
-    for ax, key, label in zip(fig.subplots(1, 2), ("size_mb", "rows_per_s"), ("size on disk (MB)", "rows/s (measured)")):
-        points = {}  # variants on the same spot share one label instead of overprinting
-        for r in rows:
-            colour = {True: "tab:green", False: "tab:red"}.get(r["fits"], "tab:gray")
-            ax.scatter(r[key], r["log_loss"], color=colour, s=40, zorder=3)
-            points.setdefault((round(r[key], 6), round(r["log_loss"], 6)), []).append(r["variant"])
-        for (x, y), names in points.items():
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        if min(r[key] for r in rows) > 0:
-            ax.set_xscale("log")
-            # 1-2-5 ticks: a range inside one decade (100-600 MB) would otherwise get no labels
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(label)
-        ax.set_ylabel("log loss (lower is better)")
-        ax.grid(True, alpha=0.3)
+    ax_ll, ax_size, ax_time = fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    for yi, r, c in zip(y, rows, colours):
+        ci = r.get("delta_ci")
+        if ci and all(v is not None and math.isfinite(v) for v in ci):
+            base = r["log_loss"] - r["delta_vs_teacher"]  # the teacher's log loss
+            ax_ll.plot([base + ci[0], base + ci[1]], [yi, yi], color=c, lw=2, alpha=0.6)
+        ax_ll.scatter([r["log_loss"]], [yi], color=c, s=30, zorder=3)
+    teacher = next((r for r in rows if r["role"] == "teacher"), None)
+    if teacher is not None:
+        ax_ll.axvline(teacher["log_loss"], color="k", lw=0.8, ls="--", alpha=0.6)
+    ax_ll.set_xlabel("log loss, 95% paired-bootstrap CI (lower is better)")
+    ax_size.barh(y, [r["size_mb"] for r in rows], color=colours, alpha=0.7)
+    ax_size.set_xlabel("size on disk (MB)")
+    if all(r.get("t4_hours") is not None for r in rows):
+        ax_time.barh(y, [r["t4_hours"] for r in rows], color=colours, alpha=0.7)
+        ax_time.set_xlabel("projected T4 hours (budget rows)")
+    else:
+        ax_time.barh(y, [r["rows_per_s"] for r in rows], color=colours, alpha=0.7)
+        ax_time.set_xlabel("rows/s (measured here)")
+    ax_ll.set_yticks(y)
+    ax_ll.set_yticklabels(names, fontsize=8)
+    for ax in (ax_ll, ax_size, ax_time):
+        ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title + "   (green: fits the budget, red: does not)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -204,7 +229,8 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
         roles[baseline] = "baseline"
     if student:
         roles[student] = "student"
-    table = _table_rows(metrics, teacher, roles)
+    intervals, intervals_tta = _intervals(metrics, rows, teacher, baseline, student, config)
+    table = _table_rows(metrics, teacher, roles, intervals, intervals_tta)
     notes, gap, gap_tta = [], None, None
     if baseline and student:
         gap, note = gap_closed(metrics[teacher].log_loss, metrics[baseline].log_loss, metrics[student].log_loss)
@@ -224,10 +250,12 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
             by_note.setdefault(n, []).append(name)
     notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
 
-    md = _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows))
+    md = _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows),
+                   intervals, intervals_tta)
     report = _json_safe({
         "rows": len(rows), "rows_fingerprint": fingerprint, "teacher": teacher, "baseline": baseline,
         "student": student, "gap_closed": gap, "gap_closed_tta": gap_tta, "notes": notes,
+        "intervals": _intervals_dict(intervals), "intervals_tta": _intervals_dict(intervals_tta),
         "profile": profile.to_dict() if profile else None,
         "variants": [{**r, "metrics": metrics[r["variant"]].to_dict()} for r in table],
     })
@@ -236,10 +264,41 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         _plot(table, tmp / "report.png", f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else ""))
     paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
-    return CompareResult(rows=table, metrics=metrics, paths=paths, gap_closed=gap, gap_closed_tta=gap_tta, notes=notes)
+    return CompareResult(rows=table, metrics=metrics, paths=paths, gap_closed=gap, gap_closed_tta=gap_tta, notes=notes,
+                         intervals=intervals, intervals_tta=intervals_tta)
 
 
-def _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows) -> str:
+def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConfig):
+    """Paired-bootstrap intervals without and (when every variant has it) with TTA."""
+    from ..data import labels_of
+    from .metrics import row_log_losses
+
+    labels = labels_of(rows)
+    if (labels < 0).any():
+        return None, None
+    kw = dict(baseline=baseline, student=student, n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed)
+    plain = paired_intervals({n: row_log_losses(m.probs, labels) for n, m in metrics.items()}, teacher, **kw)
+    tta = None
+    if all(m.probs_tta is not None for m in metrics.values()):
+        tta = paired_intervals({n: row_log_losses(m.probs_tta, labels) for n, m in metrics.items()}, teacher, **kw)
+    return plain, tta
+
+
+def _intervals_dict(iv):
+    if iv is None:
+        return None
+    return {"delta": {k: v.to_dict() for k, v in iv["delta"].items()},
+            **{k: (v.to_dict() if isinstance(v, Interval) else v) for k, v in iv.items() if k != "delta"}}
+
+
+def _difference_sentence(iv: Interval, what: str) -> str:
+    verdict = ("no measurable difference" if not iv.excludes_zero else
+               "measurably better" if iv.high < 0 else "measurably worse")
+    return f"{what}: Δ log loss {iv.fmt()} (95% paired bootstrap): {verdict}."
+
+
+def _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows,
+              intervals=None, intervals_tta=None) -> str:
     lines = [f"# Variant trade-offs on {n_rows} held-out rows", ""]
     if profile is not None:
         lines += [f"Budget **{profile.name}**: {profile.description}. Projected hours are for "
@@ -251,13 +310,25 @@ def _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta,
     lines += [markdown_table(table, profile.name if profile else None, profile.rows if profile else None), ""]
     if baseline and student:
         t, b, s = (metrics[n].log_loss for n in (teacher, baseline, student))
+        def ci(iv, key):
+            g = iv[key] if iv else None
+            return f" [95% CI {g.low:.0%}, {g.high:.0%}]" if g is not None and math.isfinite(g.low) else ""
+
         if gap is not None:
-            lines.append(f"**Gap closed: {gap:.0%}** of the teacher-vs-baseline log-loss gap "
-                         f"(baseline {b:.4f} → student {s:.4f}; teacher {t:.4f})"
-                         + (f"; with TTA {gap_tta:.0%}." if gap_tta is not None else "."))
+            lines.append(f"**Gap closed: {gap:.0%}**{ci(intervals, 'gap_closed')} of the teacher-vs-baseline "
+                         f"log-loss gap (baseline {b:.4f} → student {s:.4f}; teacher {t:.4f})"
+                         + (f"; with TTA {gap_tta:.0%}{ci(intervals_tta, 'gap_closed')}." if gap_tta is not None
+                            else "."))
         else:
             lines.append("**Gap closed: undefined** (see notes).")
+        if intervals and intervals.get("student_vs_baseline") is not None:
+            lines += ["", _difference_sentence(intervals["student_vs_baseline"],
+                                               f"Distilled student ({student}) vs hard-label baseline ({baseline})")]
         lines.append("")
+    if intervals:
+        lines += [f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {n_rows} rows "
+                  f"(seed {intervals['seed']}), the same resample for every variant; an interval that contains 0 "
+                  "is no measurable difference.", ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("Peak memory is process RSS on CPU (everything the process holds, tokenizer and data included) "

@@ -1,0 +1,175 @@
+"""Issue 9 recipes on tiny models: transfer set, paired swap, cosine term, block-influence
+shrink, hidden-state distillation and reproducible reruns."""
+import numpy as np
+import pytest
+import torch
+
+import kdq
+from kdq.batching import predict_logits
+from kdq.data import encode, load_arena
+from kdq.distill.api import _training_table
+from kdq.distill.losses import forward_kl
+from kdq.distill.shrink import block_influence, select_by_influence
+from kdq.distill.trainer import ArenaCollator
+from kdq.models import load_classifier
+from kdq.testing import make_arena_rows, make_tiny_classifier
+from kdq.template import SWAP_PERMUTATION
+
+TEMPLATE = kdq.TemplateConfig(max_length=64)
+COMMON = dict(template=TEMPLATE, batch_size=16, learning_rate=2e-3, logging_steps=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory, tiny_tokenizer):
+    d = tmp_path_factory.mktemp("recipes")
+    make_tiny_classifier(d / "t0", tiny_tokenizer, seed=4, num_layers=4)
+    train = make_arena_rows(256, seed=20, max_words=40)
+    t = kdq.distill(str(d / "t0"), train, teacher=None,
+                    config=kdq.DistillConfig(output_dir=str(d / "teacher"), epochs=4, **COMMON))
+    return d, t.student_dir
+
+
+def _held_out_logits(model_dir, rows):
+    m = load_classifier(model_dir)
+    enc = encode(rows, m.tokenizer, TEMPLATE)
+    return predict_logits(m.model, enc["input_ids"], m.tokenizer.pad_token_id, batch_size=32)
+
+
+def test_transfer_set_brings_the_student_closer_to_the_teacher(tmp_path, trained_teacher, tiny_tokenizer):
+    d, teacher = trained_teacher
+    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
+    labelled = make_arena_rows(32, seed=30, max_words=40)  # few labels ...
+    transfer = make_arena_rows(256, seed=31, max_words=40, labelled=False, id_offset=50_000)  # ... many unlabelled rows
+    held = load_arena(make_arena_rows(96, seed=21, max_words=40, id_offset=10_000))
+    cfg = dict(epochs=3, alpha=0.5, temperature=1.0, cache_dir=str(tmp_path / "cache"), **COMMON)
+    plain = kdq.distill(str(tmp_path / "s0"), labelled, teacher=str(teacher),
+                        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), **cfg))
+    more = kdq.distill(str(tmp_path / "s0"), labelled, teacher=str(teacher), transfer_data=transfer,
+                       config=kdq.DistillConfig(output_dir=str(tmp_path / "kd-transfer"), **cfg))
+    assert more.metrics["n_transfer"] == 256 and more.metrics["teacher_pass"]["computed"] == 256  # 32 reused
+    logs = [h for h in more.metrics["history"] if "kd" in h]
+    assert logs and all("ce" in h for h in logs)  # ce (labelled rows) and kd (all rows) logged separately
+    t = _held_out_logits(teacher, held)
+    kl_plain = forward_kl(_held_out_logits(plain.student_dir, held), t).mean().item()
+    kl_more = forward_kl(_held_out_logits(more.student_dir, held), t).mean().item()
+    assert kl_more < kl_plain, f"held-out KL to teacher: with transfer {kl_more:.4f} vs without {kl_plain:.4f}"
+
+
+def test_transfer_set_errors_name_the_fix(tmp_path, trained_teacher):
+    d, teacher = trained_teacher
+    train = make_arena_rows(16, seed=1, max_words=20)
+    clash = make_arena_rows(8, seed=2, max_words=20, labelled=False, id_offset=5)
+    cfg = kdq.DistillConfig(output_dir=str(tmp_path / "x"), **COMMON)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        kdq.distill(str(teacher), train, teacher=None, transfer_data=clash, config=cfg)
+    with pytest.raises(ValueError, match="id '5' is also a training row id"):
+        kdq.distill(str(teacher), train, teacher=str(teacher), transfer_data=clash, config=cfg)
+
+
+class _Cache:  # the table builder only reads .logits
+    def __init__(self, logits):
+        self.logits = logits
+
+
+@pytest.mark.parametrize("mode", [True, "paired"])
+def test_swapped_rows_get_permuted_teacher_logits(tiny_tokenizer, mode):
+    rows = load_arena(make_arena_rows(6, seed=3, max_words=20))
+    logits = np.arange(18, dtype=np.float32).reshape(6, 3)
+    cfg = kdq.DistillConfig(template=TEMPLATE, swap_augment=mode, batch_size=4)
+    table = _training_table(rows, tiny_tokenizer, cfg, _Cache(logits))
+    if mode is True:
+        assert len(table) == 12
+        swapped = np.asarray(table["teacher_logits"][6:])
+        swapped_labels = table["labels"][6:]
+    else:
+        assert len(table) == 6
+        batch = ArenaCollator(tiny_tokenizer.pad_token_id)([table[i] for i in range(2)])
+        # the collator puts each row next to its own swapped copy, in the same batch
+        assert batch["input_ids"].shape[0] == 4
+        assert torch.equal(batch["teacher_logits"][1], torch.tensor(logits[0][list(SWAP_PERMUTATION)]))
+        swapped = np.asarray(table["teacher_logits_swap"])
+        swapped_labels = table["labels_swap"]
+    np.testing.assert_array_equal(swapped, logits[:, list(SWAP_PERMUTATION)])  # a ↔ b, tie stays
+    assert swapped_labels == [SWAP_PERMUTATION[y] for y in rows["label"]]
+
+
+def test_swap_augment_values_are_validated():
+    kdq.DistillConfig(swap_augment="paired", batch_size=8)
+    with pytest.raises(ValueError, match="swap_augment must be False, True or 'paired'"):
+        kdq.DistillConfig(swap_augment="both")
+    with pytest.raises(ValueError, match="must be even"):
+        kdq.DistillConfig(swap_augment="paired", batch_size=7)
+
+
+def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher, tiny_tokenizer):
+    d, teacher = trained_teacher
+    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
+    rows = make_arena_rows(48, seed=8, max_words=30)
+    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), config=kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"), swap_augment="paired", cosine_weight=0.5, epochs=1,
+        **{**COMMON, "batch_size": 8, "logging_steps": 2}))
+    logs = [h for h in res.metrics["history"] if "ce" in h]
+    assert logs and all("cos" in h and "kd" in h for h in logs)
+    assert max(h["step"] for h in logs) == 12  # 48 pairs = 96 rows, 8 rows (4 pairs) per step
+
+
+def _near_identity_layers(model, layers):
+    """Make some decoder layers add (almost) nothing to the residual stream: their input ≈ output."""
+    for i in layers:
+        layer = model.model.layers[i]
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+
+
+def test_block_influence_drops_the_layers_that_do_nothing(tmp_path, tiny_tokenizer):
+    model = make_tiny_classifier(None, tiny_tokenizer, seed=9, num_layers=8)
+    _near_identity_layers(model, [2, 5])
+    rows = make_arena_rows(24, seed=4, max_words=30)
+    scores = block_influence(model, tiny_tokenizer, rows, template=TEMPLATE)
+    assert len(scores) == 8 and scores[2] == pytest.approx(0.0, abs=1e-6) and scores[5] == pytest.approx(0.0, abs=1e-6)
+    assert min(scores[i] for i in (1, 3, 4, 6)) > 1e-3
+    assert select_by_influence(scores, 6) == [0, 1, 3, 4, 6, 7]
+    model.save_pretrained(tmp_path / "src")
+    tiny_tokenizer.save_pretrained(tmp_path / "src")
+    out = kdq.shrink(str(tmp_path / "src"), strategy="block-influence", num_layers=6, calibration=rows,
+                     out_dir=tmp_path / "student")
+    cfg = load_classifier(out).model.config
+    assert cfg.num_hidden_layers == 6
+    assert cfg.kdq_shrink["kept_layers"] == [0, 1, 3, 4, 6, 7] and cfg.kdq_shrink["strategy"] == "block-influence"
+    uniform = kdq.shrink(str(tmp_path / "src"), every=2)  # same depth by default: 0,2,4,6 + last
+    assert uniform.config.kdq_shrink["kept_layers"] == [0, 2, 4, 6, 7]
+    with pytest.raises(ValueError, match="calibration"):
+        kdq.shrink(str(tmp_path / "src"), strategy="block-influence")
+    with pytest.raises(ValueError, match="strategy"):
+        kdq.shrink(str(tmp_path / "src"), strategy="random")
+
+
+def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
+    d, teacher = trained_teacher
+    rows = make_arena_rows(64, seed=12, max_words=30)
+    student = kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "s0")
+    res = kdq.distill(str(student), rows, teacher=str(teacher), config=kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"), hidden_weight=1.0, epochs=3, **{**COMMON, "logging_steps": 2}))
+    hidden = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
+    assert len(hidden) >= 3 and hidden[-1] < hidden[0], hidden  # the student's states move toward the teacher's
+    not_shrunk = tmp_path / "plain"
+    make_tiny_classifier(not_shrunk, load_classifier(str(teacher)).tokenizer, seed=3, num_layers=2)
+    with pytest.raises(ValueError, match="kdq.shrink"):
+        kdq.distill(str(not_shrunk), rows, teacher=str(teacher), config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "bad"), hidden_weight=1.0, **COMMON))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        kdq.distill(str(student), rows, teacher=None, config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "bad2"), hidden_weight=1.0, **COMMON))
+
+
+def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
+    d, teacher = trained_teacher
+    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
+    rows = make_arena_rows(48, seed=13, max_words=30)
+    held = make_arena_rows(32, seed=14, max_words=30, id_offset=9000)
+    runs = [kdq.distill(str(tmp_path / "s0"), rows, eval_data=held, teacher=str(teacher), config=kdq.DistillConfig(
+        output_dir=str(tmp_path / f"run{k}"), swap_augment="paired", epochs=2, cache_dir=str(tmp_path / "c"),
+        **COMMON)) for k in range(2)]
+    assert runs[0].metrics["best_eval_log_loss"] == runs[1].metrics["best_eval_log_loss"]
+    a, b = (_held_out_logits(r.student_dir, load_arena(held)) for r in runs)
+    assert torch.equal(a, b)
