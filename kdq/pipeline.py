@@ -98,7 +98,13 @@ class PipelineResult:
             return "(not the main process: the report is written by rank 0)"
         lines = [Path(r.paths["md"]).read_text(), "", f"plot: {r.paths['png']}"]
         if r.gap_closed is not None:
-            lines.append(f"gap closed by distillation: {r.gap_closed:.1%} of the teacher-vs-hard-label log-loss gap")
+            g = (r.intervals or {}).get("gap_closed")
+            ci = f" (95% CI {g.low:.1%} to {g.high:.1%})" if g is not None else ""
+            lines.append(f"gap closed by distillation: {r.gap_closed:.1%}{ci} of the teacher-vs-hard-label log-loss gap")
+        shrink = _shrink_map(self.variants.get("student-kd"))
+        if shrink:
+            lines.append(f"student layers: {shrink['strategy']} shrink kept teacher layers {shrink['kept_layers']} "
+                         f"of {shrink['source_layers']}")
         lines += [f"export: {name} -> {path}" for name, path in self.exports.items()]
         return "\n".join(lines)
 
@@ -179,10 +185,24 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     with atomic_dir(out / "pipeline", overwrite=True) as tmp:
         (tmp / "summary.json").write_text(json.dumps(
             {"variants": variants, "exports": exports, "export_failures": failures, "gap_closed": report.gap_closed,
-             "gap_closed_tta": report.gap_closed_tta, "report": {k: str(v) for k, v in report.paths.items()}},
+             "gap_closed_tta": report.gap_closed_tta,
+             "gap_closed_ci": _ci((report.intervals or {}).get("gap_closed")),
+             "gap_closed_tta_ci": _ci((report.intervals_tta or {}).get("gap_closed")),
+             "student_vs_baseline_ci": _ci((report.intervals or {}).get("student_vs_baseline")),
+             "student_layers": _shrink_map(variants.get("student-kd")),
+             "report": {k: str(v) for k, v in report.paths.items()}},
             indent=2))
     state.wait_for_everyone()
     return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
+
+
+def _shrink_map(folder) -> dict | None:
+    """The ``kdq_shrink`` layer map recorded in a student's config.json (``None`` for other students)."""
+    cfg = Path(folder, "config.json") if folder else None
+    if cfg is None or not cfg.is_file():
+        return None
+    info = json.loads(cfg.read_text()).get("kdq_shrink")
+    return {"strategy": info.get("strategy", "uniform"), **info} if info else None
 
 
 def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:
@@ -210,6 +230,10 @@ def _export_names(wanted, report) -> list:
         else:
             out.append([w])
     return out
+
+
+def _ci(interval):
+    return [interval.low, interval.high] if interval is not None else None
 
 
 def _title(name: str) -> str:

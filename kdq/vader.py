@@ -103,15 +103,8 @@ def _pairs(sentences, n, rng, id_prefix):
     return pairs
 
 
-def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0, tie_threshold: float | None = None,
-                split_fractions=(0.7, 0.15, 0.15)):
-    """Build competition-format train / eval / test tables (dicts of columns) from real ratings.
-
-    Returns ``(train, eval, test, info)``; ``info`` records the tie threshold, the class
-    balance per split and the citation. Sentences never cross splits.
-    """
-    rng = random.Random(seed)
-    sentences = load_sentences(sdist)
+def _split_pools(sentences, rng, split_fractions) -> dict:
+    """Sentences split into train / eval / test pools, per source (no sentence in two pools)."""
     pools = {"train": [], "eval": [], "test": []}
     by_source = {}
     for s in sentences:
@@ -124,6 +117,37 @@ def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0,
         pools["train"] += group[:a]
         pools["eval"] += group[a:b]
         pools["test"] += group[b:]
+    return pools
+
+
+def transfer_pairs(sdist, n: int, *, seed: int = 0, split_fractions=(0.7, 0.15, 0.15)) -> dict:
+    """``n`` unlabelled pairs (a transfer set) drawn from the *train* sentence pool of :func:`arena_pairs`
+    with the same ``seed``: no sentence of the eval or test pairs appears in them. Ids ``transfer-<k>``;
+    no winner columns (the teacher labels them)."""
+    sentences = load_sentences(sdist)
+    pools = _split_pools(sentences, random.Random(seed), split_fractions)
+    held_out = {x.text for x in pools["eval"] + pools["test"]}  # VADER repeats a few texts across records
+    pool = [x for x in pools["train"] if x.text not in held_out]
+    pairs = _pairs(pool, n, random.Random(f"transfer-{seed}"), "transfer-")
+    cols = {c: [] for c in ("id", "prompt", "response_a", "response_b")}
+    for pid, a, b in pairs:
+        cols["id"].append(pid)
+        cols["prompt"].append(json.dumps([PROMPTS[a.source]]))
+        cols["response_a"].append(json.dumps([a.text]))
+        cols["response_b"].append(json.dumps([b.text]))
+    return cols
+
+
+def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0, tie_threshold: float | None = None,
+                split_fractions=(0.7, 0.15, 0.15)):
+    """Build competition-format train / eval / test tables (dicts of columns) from real ratings.
+
+    Returns ``(train, eval, test, info)``; ``info`` records the tie threshold, the class
+    balance per split and the citation. Sentences never cross splits.
+    """
+    rng = random.Random(seed)
+    sentences = load_sentences(sdist)
+    pools = _split_pools(sentences, rng, split_fractions)
     raw = {name: _pairs(pools[name], n, rng, f"{name}-") for name, n in
            (("train", n_train), ("eval", n_eval), ("test", n_test))}
     if tie_threshold is None:

@@ -173,3 +173,28 @@ def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
     assert runs[0].metrics["best_eval_log_loss"] == runs[1].metrics["best_eval_log_loss"]
     a, b = (_held_out_logits(r.student_dir, load_arena(held)) for r in runs)
     assert torch.equal(a, b)
+
+
+def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d, teacher = trained_teacher
+    os.symlink(teacher, tmp_path / "teacher")
+    kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "student")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_recipes.py")),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(i["world_size"] == 2 for i in infos)
+    # 32 labelled + 32 transfer rows as pairs = 64 table rows, 4 pairs per device, 2 devices: 8 steps
+    history = infos[0]["metrics"]["history"]
+    assert history[-1]["step"] == 8 and all("hidden" in h and "kd" in h for h in history if "ce" in h)
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()

@@ -89,11 +89,15 @@ class KDTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if "loss" in logs:  # a training log line: add the mean ce / kd since the last one
+        if "loss" in logs:  # a training log line: add the mean ce / kd / cos / hidden since the last one
             for name, vals in self._parts.items():
-                if vals:
-                    mean = torch.stack(vals).mean().reshape(1).to(self.args.device)
-                    logs[name] = round(float(self.accelerator.gather(mean).mean()), 6)
+                # (sum, count) from every process, gathered unconditionally: a process whose batches held
+                # only transfer rows has no "ce" values, and a gather that only some processes join hangs.
+                local = torch.stack(vals).sum() if vals else torch.zeros(())
+                pair = torch.stack([local.float(), torch.tensor(float(len(vals)))]).to(self.args.device)
+                total = self.accelerator.gather(pair.reshape(1, 2)).reshape(-1, 2).sum(0)
+                if total[1] > 0:
+                    logs[name] = round(float(total[0] / total[1]), 6)
                 vals.clear()
         super().log(logs, start_time)
 
