@@ -8,7 +8,9 @@ epochs with one of these recipes:
 * ``kd``: cached teacher logits (swap TTA) mixed with CE;
 * ``kd+transfer``: plus a transfer set of unlabelled pairs the teacher labels;
 * ``kd+transfer+paired``: plus both answer orders of a row in the same batch;
-* ``kd+transfer+hidden``: plus the hidden-state term against the live teacher.
+* ``kd+transfer+hidden``: plus the hidden-state term against the live teacher;
+* ``live+transfer+hidden``: the same terms, but the KD logits come from the live teacher forward
+  (no cache pass, no TTA) and without swap copies: half the steps (the demo's recipe).
 
 for each shrink strategy (``uniform``, ``block-influence``) and temperature. It records the
 log loss of each student right after shrinking, the training curves (when does CE leave the
@@ -48,6 +50,10 @@ RECIPES = {
     "kd+transfer": dict(transfer=True),
     "kd+transfer+paired": dict(transfer=True, swap_augment="paired"),
     "kd+transfer+hidden": dict(transfer=True, hidden=True),
+    # the demo's time-boxed variant: teacher logits from the live forward the hidden term needs anyway
+    # (no cache pass, no TTA), and no swap copies (half the steps)
+    "live+transfer+hidden": dict(transfer=True, hidden=True, teacher_logits="live", teacher_tta=False,
+                                 swap_augment=False),
 }
 
 
@@ -116,7 +122,7 @@ def main(argv=None):
                 cfg = demo.student_config(size, args.seed).replace(
                     output_dir=str(out / name.replace("/", "_")), overwrite=True, cache_dir=str(out / "teacher-cache"),
                     **({"temperature": T} if T is not None else {}),
-                    **({"swap_augment": spec["swap_augment"]} if "swap_augment" in spec else {}),
+                    **{k: spec[k] for k in ("swap_augment", "teacher_logits", "teacher_tta") if k in spec},
                     hidden_weight=demo.HIDDEN_WEIGHT if spec.get("hidden") else 0.0)
                 start = time.perf_counter()
                 r = kdq.distill(str(init), train, ev, teacher=None if spec.get("teacher") is False else str(teacher),

@@ -198,3 +198,18 @@ def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher
     history = infos[0]["metrics"]["history"]
     assert history[-1]["step"] == 8 and all("hidden" in h and "kd" in h for h in history if "ce" in h)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_tokenizer):
+    d, teacher = trained_teacher
+    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
+    rows = make_arena_rows(32, seed=15, max_words=30)
+    transfer = make_arena_rows(32, seed=16, max_words=30, labelled=False, id_offset=7000)
+    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), transfer_data=transfer,
+                      config=kdq.DistillConfig(output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1,
+                                               **{**COMMON, "logging_steps": 1}))
+    assert res.cache_path is None and "teacher_pass" not in res.metrics
+    logs = [h for h in res.metrics["history"] if "kd" in h]
+    assert len(logs) == 4 and all(h["kd"] > 0 for h in logs)  # 64 rows / 16: the teacher scored every batch
+    with pytest.raises(ValueError, match="teacher_tta=False"):
+        kdq.DistillConfig(teacher_logits="live", teacher_tta=True)

@@ -76,7 +76,7 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     scored = train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
 
     cache = None
-    if teacher is not None:
+    if teacher is not None and cfg.teacher_logits == "cache":
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
             cache = _teacher_pass(teacher, scored, cfg, out)
@@ -94,8 +94,9 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     if eval_rows is not None:
         eval_set = encode(eval_rows, tok, cfg.template, desc="render eval rows").rename_column("label", "labels")
         eval_set = eval_set.select_columns(["input_ids", "labels", "length"])
-    hidden_teacher = _hidden_state_teacher(teacher, model, cfg) if cfg.hidden_weight > 0 else None
-    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, hidden_teacher)
+    live = teacher is not None and (cfg.hidden_weight > 0 or cfg.teacher_logits == "live")
+    live_teacher = _live_teacher(teacher, model, cfg) if live else None
+    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, live_teacher)
 
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     start = time.perf_counter()
@@ -176,17 +177,20 @@ def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Data
     return datasets.concatenate_datasets([table.select_columns(keep), swapped.select_columns(keep)])
 
 
-def _hidden_state_teacher(teacher, student_model, cfg: DistillConfig):
-    """The live teacher for the hidden-state term, and the student→teacher layer map from ``kdq.shrink``."""
+def _live_teacher(teacher, student_model, cfg: DistillConfig):
+    """The frozen teacher that runs in every training step (hidden-state term or ``teacher_logits="live"``),
+    and, for the hidden-state term, the student→teacher layer map recorded by ``kdq.shrink``."""
     from ..models import default_device, model_dtype_for
 
     info = getattr(student_model.config, "kdq_shrink", None)
-    if not info or "kept_layers" not in info:
+    if cfg.hidden_weight > 0 and (not info or "kept_layers" not in info):
         raise ValueError("DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
                          "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
                          "hidden_weight=0.")
     device = default_device()
     t = load_classifier(teacher, dtype=model_dtype_for(device), device=device).model
+    if cfg.hidden_weight == 0:
+        return t, None
     n_t, h_t = t.config.num_hidden_layers, t.config.hidden_size
     if n_t != info["source_layers"] or h_t != student_model.config.hidden_size:
         raise ValueError(f"hidden_weight > 0: the student was shrunk from a {info['source_layers']}-layer model, but "
@@ -195,13 +199,7 @@ def _hidden_state_teacher(teacher, student_model, cfg: DistillConfig):
     return t, list(info["kept_layers"])
 
 
-def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
-    from .trainer import training_arguments
-
-    return training_arguments(cfg, out / "checkpoints", has_eval=has_eval)
-
-
-def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, hidden_teacher=None):
+def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, live_teacher=None):
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
     if cfg.lora is not None:
@@ -214,8 +212,8 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
     return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                      data_collator=ArenaCollator(tokenizer.pad_token_id), compute_metrics=compute_metrics,
                      processing_class=tokenizer, kd_config=cfg,
-                     teacher_model=hidden_teacher[0] if hidden_teacher else None,
-                     layer_map=hidden_teacher[1] if hidden_teacher else None)
+                     teacher_model=live_teacher[0] if live_teacher else None,
+                     layer_map=live_teacher[1] if live_teacher else None)
 
 
 def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metrics: dict, fingerprint: str, cache):

@@ -10,6 +10,7 @@ from .losses import DIVERGENCES, HIDDEN_LOSSES
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
+TEACHER_LOGITS = ("cache", "live")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -45,6 +46,11 @@ class DistillConfig:
     ``swap_augment``: ``False``; ``True`` adds every row's A/B-swapped copy to the table
     (shuffled independently); ``"paired"`` puts each row and its swapped copy in the same
     batch (``batch_size`` rows = ``batch_size / 2`` pairs; it must be even).
+    ``teacher_logits``: ``"cache"`` scores the teacher once over all rows (fingerprinted Arrow
+    cache, optional swap TTA) before training; ``"live"`` runs the frozen teacher in every
+    training step on exactly the batch the student sees (swapped copies included: a
+    consistent teacher, Beyer et al. 2022), with no cache pass and no TTA. The hidden-state
+    term runs the teacher live anyway, so ``"live"`` saves the cache pass there.
     ``deterministic``: ``Trainer``'s ``full_determinism`` (the same seed on the same machine
     gives the same figures); turn it off on a GPU whose kernels lack a deterministic variant.
     """
@@ -60,6 +66,7 @@ class DistillConfig:
     hidden_weight: float = 0.0
     hidden_loss: str = "cosine"
     # teacher pass
+    teacher_logits: str = "cache"
     teacher_tta: bool = False
     teacher_batch_size: int = 16
     cache_dir: str | None = None
@@ -101,6 +108,10 @@ class DistillConfig:
         check_range(cls, "cosine_weight", self.cosine_weight, 0.0)
         check_range(cls, "hidden_weight", self.hidden_weight, 0.0)
         check_choice(cls, "hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        check_choice(cls, "teacher_logits", self.teacher_logits, TEACHER_LOGITS)
+        if self.teacher_logits == "live" and self.teacher_tta:
+            raise ValueError(f"{cls}: teacher_logits='live' scores each row as the student sees it, so there is no "
+                             "swap TTA; set teacher_tta=False, or teacher_logits='cache' for TTA targets.")
         if isinstance(self.swap_augment, str) and self.swap_augment.lower() in ("true", "false"):  # --set from the CLI
             object.__setattr__(self, "swap_augment", self.swap_augment.lower() == "true")
         if not any(self.swap_augment is v or (isinstance(v, str) and self.swap_augment == v) for v in SWAP_AUGMENT):

@@ -66,18 +66,23 @@ class KDTrainer(Trainer):
         labels = inputs.pop("labels")
         teacher_logits = inputs.pop("teacher_logits", None)
         cfg = self.kd_config
-        hidden = cfg.hidden_weight > 0 and self.teacher_model is not None and model.training
+        live = self.teacher_model is not None and model.training  # the teacher runs in this step
+        hidden = live and cfg.hidden_weight > 0
         outputs = model(**inputs, output_hidden_states=hidden)
+        t_out = None
+        if live:
+            with torch.no_grad():
+                t_out = self.teacher_model(**inputs, output_hidden_states=hidden, use_cache=False)
+            if teacher_logits is None:  # teacher_logits="live": the teacher scores exactly this batch
+                teacher_logits = t_out.logits.float()
         parts = distillation_loss(outputs.logits, teacher_logits, labels, divergence=cfg.divergence,
                                   alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.jsd_beta,
                                   cosine_weight=cfg.cosine_weight)
         loss = parts.loss
         logged = {"ce": parts.ce, "kd": parts.kd, "cos": parts.cos}
         if hidden:
-            with torch.no_grad():
-                t_states = self.teacher_model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
             # hidden_states[k + 1] is the output of layer k (the last entry is after the final norm, for both)
-            s_states = outputs.hidden_states[1:]
+            s_states, t_states = outputs.hidden_states[1:], t_out.hidden_states
             h = hidden_state_loss(s_states, [t_states[j + 1] for j in self.layer_map], inputs["attention_mask"],
                                   kind=cfg.hidden_loss)
             loss = loss + cfg.hidden_weight * h
