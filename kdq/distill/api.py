@@ -199,6 +199,12 @@ def _live_teacher(teacher, student_model, cfg: DistillConfig):
     return t, list(info["kept_layers"])
 
 
+def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
+    from .trainer import training_arguments
+
+    return training_arguments(cfg, out / "checkpoints", has_eval=has_eval)
+
+
 def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, live_teacher=None):
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
