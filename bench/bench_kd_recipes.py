@@ -87,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--transfer", type=int, help="transfer pairs (default: the demo's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep students already trained in --out (the grid resumes; wall time read from their record)")
     args = ap.parse_args(argv)
     size = dict(demo.SIZES["tiny" if args.quick else "default"])
     if args.transfer is not None:
@@ -113,7 +115,9 @@ def main(argv=None):
     print(f"teacher: test log loss {t_metrics.log_loss:.4f} ({teacher_s:.0f} s incl. data)", flush=True)
 
     for strategy in args.strategies.split(","):
-        init = demo.shrink_student(teacher, train, out / f"init-{strategy}", strategy, overwrite=True)
+        init = out / f"init-{strategy}"
+        if not (args.reuse and (init / "config.json").is_file()):
+            init = demo.shrink_student(teacher, train, init, strategy, overwrite=True)
         m = kdq.evaluate(str(init), test, ev_cfg)
         results["init"][strategy] = {"log_loss": m.log_loss,
                                      "kept_layers": json.loads((init / "config.json").read_text())["kdq_shrink"]["kept_layers"]}
@@ -128,10 +132,17 @@ def main(argv=None):
                     **({"temperature": T} if T is not None else {}),
                     **{k: spec[k] for k in ("swap_augment", "teacher_logits", "teacher_tta") if k in spec},
                     hidden_weight=demo.HIDDEN_WEIGHT if spec.get("hidden") else 0.0)
-                start = time.perf_counter()
-                r = kdq.distill(str(init), train, ev, teacher=None if spec.get("teacher") is False else str(teacher),
-                                transfer_data=transfer if spec.get("transfer") else None, config=cfg)
-                wall = time.perf_counter() - start
+                done = Path(cfg.output_dir) / "student" / "kdq-distill.json"
+                if args.reuse and done.is_file():
+                    record = json.loads(done.read_text())
+                    r = kdq.DistillResult(student_dir=done.parent, metrics=record["metrics"])
+                    wall = record["metrics"].get("wall_seconds") or (  # runs from before wall_seconds was recorded
+                        record["metrics"]["train_seconds"] + (record["metrics"].get("teacher_pass") or {}).get("seconds", 0))
+                else:
+                    start = time.perf_counter()
+                    r = kdq.distill(str(init), train, ev, teacher=None if spec.get("teacher") is False else str(teacher),
+                                    transfer_data=transfer if spec.get("transfer") else None, config=cfg)
+                    wall = time.perf_counter() - start
                 m = kdq.evaluate(str(r.student_dir), test, ev_cfg)
                 losses[name] = row_log_losses(m.probs, labels)
                 results["runs"].append({

@@ -56,6 +56,7 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     from accelerate import PartialState
 
     cfg = config or DistillConfig()
+    started = time.perf_counter()
     out = Path(cfg.output_dir)
     student_dir = out / "student"
     if student_dir.exists() and not (cfg.overwrite or cfg.resume):
@@ -111,6 +112,7 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
         metrics["best_eval_accuracy"] = best.get("eval_accuracy")
         metrics["best_epoch"] = best.get("epoch")
     metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
 
     if state.is_main_process:
         _save_student(trainer.model, tok, student_dir, cfg, metrics, loaded.fingerprint, cache)
