@@ -218,7 +218,8 @@ def wrap_lora(model, lora: LoraSettings):
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # the head copy inherits the base's dtype; AMP needs fp32 to unscale
     for name, module in model.named_modules():
-        if name.split(".")[-1] in HEAD_MODULES and isinstance(module, torch.nn.Linear) and module.weight.requires_grad:
+        head = any(part in HEAD_MODULES for part in name.split("."))  # ...score.modules_to_save.default
+        if head and isinstance(module, torch.nn.Linear) and module.weight.requires_grad:
             module.register_forward_pre_hook(_cast_input_to_weight)
     return model
 
@@ -254,6 +255,12 @@ def merge_for_save(model, dtype: torch.dtype | None = None):
         if not isinstance(layer, bnb.nn.Linear4bit) or name.endswith("base_layer"):  # wrappers replace their own
             continue
         w = layer.weight
+        if getattr(w.quant_state, "packing_format_for_cpu", False):
+            # bitsandbytes repacks 4-bit weights for its CPU inference kernel on the first eval
+            # forward; undo it (as its own state_dict saving does) before dequantizing
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
         weight = bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
         if module is not layer:
             for adapter in module.active_adapters:
