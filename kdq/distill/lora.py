@@ -76,6 +76,11 @@ def student_spec(student) -> ModelSpec | None:
         if is_hub_id(student):
             from transformers import AutoConfig
 
+            from ..evaluate.train_memory import known_models, model_spec
+
+            if any(e["hub_id"] == str(student) for e in known_models().values()):  # no Hub needed
+                return model_spec(str(student))
+
             return ModelSpec.from_config(AutoConfig.from_pretrained(str(student)))
     except (OSError, ValueError, TypeError):
         return None
@@ -86,7 +91,11 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainS
     """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``."""
     device = torch.device(device)
     lora = cfg.lora
-    half = base_dtype(lora, device) != torch.float32 or (device.type == "cuda" and cfg.precision != "fp32")
+    if lora is not None and lora.base_dtype != "auto":
+        half_base = lora.base_dtype != "fp32"
+    else:  # the rule of base_dtype(), without asking a GPU we may be planning for from a CPU machine
+        half_base = lora is not None and device.type == "cuda"
+    half = half_base or (device.type == "cuda" and cfg.precision != "fp32")
     method = "full" if lora is None else ("qlora" if lora.quantize == "nf4" else "lora")
     extra = {} if lora is None else dict(lora_r=lora.r, lora_dropout=lora.dropout,
                                          lora_targets=tuple(m for m in lora.target_modules
