@@ -233,31 +233,34 @@ def fits(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> bool:
 
 
 def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> list:
-    """Settings near ``setup`` that fit ``device``, cheapest change first (each a :class:`TrainSetup`).
+    """Settings near ``setup`` that fit ``device``: at most one per kind of change, cheapest kind first.
 
-    Tried in order: gradient checkpointing; halving the batch (raise ``grad_accum`` to keep the
-    effective batch); LoRA instead of full fine-tuning; QLoRA; halving the sequence length.
+    Kinds, in order: gradient checkpointing on; the largest smaller batch (raise ``grad_accum`` to
+    keep the effective batch); LoRA instead of full fine-tuning; QLoRA; the longest shorter
+    sequence length. Each is a :class:`TrainSetup`.
     """
-    tries = [replace(setup, checkpointing=True)]
-    b = setup.batch_size
-    while b > 1:
-        b //= 2
-        tries += [replace(setup, batch_size=b), replace(setup, batch_size=b, checkpointing=True)]
+    def batches(base):  # the same setup at halved batches, with and without checkpointing
+        b, out = base.batch_size, [base, replace(base, checkpointing=True)]
+        while b > 1:
+            b //= 2
+            out += [replace(base, batch_size=b), replace(base, batch_size=b, checkpointing=True)]
+        return out
+
+    kinds = [[replace(setup, checkpointing=True)], batches(setup)[2:]]
     for method in ("lora", "qlora"):
         if METHODS.index(method) > METHODS.index(setup.method):
-            tries += [replace(setup, method=method), replace(setup, method=method, checkpointing=True),
-                      replace(setup, method=method, checkpointing=True, batch_size=1)]
-    length = setup.seq_len
+            kinds.append(batches(replace(setup, method=method)))
+    length, shorter = setup.seq_len, []
     while length > 128:
         length //= 2
-        tries.append(replace(setup, method="qlora" if setup.method != "full" else "lora", seq_len=length,
-                             batch_size=1, checkpointing=True))
-    seen, out = set(), []
-    for t in tries:
-        if t != setup and t not in seen and fits(spec, t, device):
-            seen.add(t)
-            out.append(t)
-    return out[:3]
+        shorter += batches(replace(setup, seq_len=length))
+    kinds.append(shorter)
+    out = []
+    for options in kinds:
+        hit = next((o for o in options if o != setup and fits(spec, o, device)), None)
+        if hit is not None and hit not in out:
+            out.append(hit)
+    return out
 
 
 def format_projection(spec_name: str, proj: dict, device: TrainDevice | None) -> str:
