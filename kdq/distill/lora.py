@@ -220,6 +220,11 @@ def wrap_lora(model, lora: LoraSettings):
 
         # checkpointing is the Trainer's job (TrainingArguments), decided by plan_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                # on CPU, bitsandbytes repacks 4-bit weights for a bf16 kernel on the first eval
+                # forward: evaluation would then score another computation than training trains
+                module.support_avx512bf16_for_cpu = False
     # task_type SEQ_CLS puts the classification head in modules_to_save: it trains in full.
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha,
                                              lora_dropout=lora.dropout, target_modules=list(lora.target_modules)))
