@@ -6,7 +6,8 @@ Run on a GPU machine with the Hub and the competition's ``train.csv``::
         --teacher path/to/your-finetuned-danube3-4b (folder or QLoRA adapter folder) \\
         --out runs/lmsys
 
-    # no fine-tuned teacher yet? fine-tune the base first (LoRA), then distil:
+    # no fine-tuned teacher yet? fine-tune the base first (LoRA on a half-precision base, or
+    # QLoRA when the training-memory projection says that does not fit the GPU), then distil:
     python examples/lmsys_danube3.py --train train.csv --fine-tune-teacher --out runs/lmsys
 
     # multi-GPU training: accelerate launch --num_processes 2 examples/lmsys_danube3.py ...
@@ -20,6 +21,7 @@ held-out rows against the LMSYS 2xT4 budget → export the recommended variant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -28,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kdq  # noqa: E402
 from kdq.data import load_arena  # noqa: E402
+from kdq.distill.lora import student_spec, training_setup  # noqa: E402
+from kdq.evaluate.train_memory import GB, cuda_train_device, fits, project_training, train_device  # noqa: E402
 from kdq.pipeline import PipelineConfig, run_pipeline  # noqa: E402
 
 TEACHER_BASE = "h2oai/h2o-danube3-4b-base"
@@ -52,7 +56,11 @@ def parse_args(argv=None):
     ap.add_argument("--teacher", help="fine-tuned teacher: folder, PEFT adapter folder or Hub id (required unless "
                                       f"--fine-tune-teacher, which defaults it to {TEACHER_BASE})")
     ap.add_argument("--fine-tune-teacher", action="store_true",
-                    help="treat --teacher as a base model and fine-tune it (LoRA) on the training rows first")
+                    help="treat --teacher as a base model and fine-tune it (LoRA, or QLoRA where LoRA on a "
+                         "half-precision base does not fit the GPU) on the training rows first")
+    ap.add_argument("--train-gpu", default=None,
+                    help="plan the teacher fine-tune for this GPU (t4-16gb, a100-40gb, a100-80gb, h100-80gb) "
+                         "instead of the CUDA device found")
     ap.add_argument("--student", default=STUDENT_BASE, help="student starting point: Hub id or folder")
     ap.add_argument("--out", default="runs/lmsys-danube3")
     ap.add_argument("--max-length", type=int, default=1024)
@@ -79,6 +87,24 @@ def parse_args(argv=None):
     return args
 
 
+def teacher_lora(teacher, cfg: kdq.DistillConfig, device):
+    """LoRA on a half-precision base where the projection says it fits ``device`` (with gradient
+    checkpointing if need be), else QLoRA (nf4). Returns ``(LoraSettings, reason)``."""
+    lora, spec = cfg.lora, student_spec(teacher)
+    if lora is None:
+        return None, "full fine-tuning (--lora-r 0)"
+    if device is None or spec is None:
+        return lora, "no GPU to plan for: LoRA as configured"
+    for ckpt in (False, True):
+        setup = training_setup(cfg, "cuda", checkpointing=ckpt)
+        if fits(spec, setup, device):
+            return lora, f"LoRA on a half-precision base fits {device.name} ({setup.describe()})"
+    need = project_training(spec, setup)["peak"] / GB
+    return (dataclasses.replace(lora, quantize="nf4"),
+            f"LoRA on a half-precision base needs {need:.1f} GB even with gradient checkpointing, more than the "
+            f"{device.usable_gb:.1f} GB usable on {device.name}: using QLoRA (nf4)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
@@ -97,8 +123,14 @@ def main(argv=None):
 
     teacher = args.teacher
     if args.fine_tune_teacher:
+        import torch
+
+        gpu = train_device(args.train_gpu) if args.train_gpu else (
+            cuda_train_device() if torch.cuda.is_available() else None)
+        lora, why = teacher_lora(teacher, base, gpu)
+        print(f"teacher fine-tune: {why}")
         tuned = kdq.distill(teacher, train, ev, teacher=None,
-                            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False))
+                            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False, lora=lora))
         teacher = str(tuned.student_dir)
         print(f"teacher fine-tuned: eval log loss {tuned.metrics.get('best_eval_log_loss')}")
 

@@ -45,3 +45,20 @@ def test_demo_tiny_mode_runs_every_stage(tmp_path):
     text = result.summary()
     assert "| student-kd" in text and "export:" in text
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["mode"] == "tiny"
+
+
+def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path):
+    from transformers import LlamaConfig
+
+    import kdq
+    from kdq.evaluate.train_memory import known_models, train_device
+
+    LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")  # config only
+    recipe = _load("lmsys_danube3")
+    cfg = kdq.DistillConfig(batch_size=8, template=kdq.TemplateConfig(max_length=2048), lora=kdq.LoraSettings(r=16))
+    lora, why = recipe.teacher_lora(str(tmp_path / "danube3-4b"), cfg, train_device("t4-16gb"))
+    assert lora.quantize == "nf4" and lora.r == 16 and "using QLoRA" in why and "t4-16gb" in why
+    lora, why = recipe.teacher_lora(str(tmp_path / "danube3-4b"), cfg, train_device("a100-80gb"))
+    assert lora.quantize == "none" and "fits a100-80gb" in why
+    lora, why = recipe.teacher_lora("h2oai/h2o-danube3-4b-base", cfg, None)  # CPU: nothing to plan for
+    assert lora == cfg.lora and "no GPU" in why

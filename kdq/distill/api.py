@@ -17,6 +17,7 @@ from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
 from ..template import SWAP_PERMUTATION
 from .config import DistillConfig
+from .lora import load_student, merge_for_save, plan_training, wrap_lora
 
 
 @dataclass
@@ -62,6 +63,8 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     if student_dir.exists() and not (cfg.overwrite or cfg.resume):
         raise FileExistsError(f"{student_dir} already exists; set DistillConfig(overwrite=True) to replace it, "
                               "resume=True to continue a run, or choose another output_dir.")
+    # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
+    cfg, memory = plan_training(student, cfg)
     # TrainingArguments sets up the (possibly distributed) process state; build it first so
     # the teacher pass below can synchronise processes through the same state.
     args = _training_args(cfg, out, has_eval=eval_data is not None)
@@ -73,7 +76,7 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
         raise ValueError("DistillConfig.hidden_weight > 0 matches the teacher's hidden states and needs a teacher; "
                          "pass teacher=... or set hidden_weight=0.")
     metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows) if eval_rows is not None else 0,
-                     "n_transfer": len(transfer_rows) if transfer_rows is not None else 0}
+                     "n_transfer": len(transfer_rows) if transfer_rows is not None else 0, "train_memory": memory}
     scored = train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
 
     cache = None
@@ -86,9 +89,8 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     state.wait_for_everyone()
-    loaded = load_classifier(student, tokenizer=tokenizer, dtype=torch.float32)
-    # fp32 master weights (AMP casts per op); dtype= only reaches folders, so cast objects too
-    model, tok = loaded.model.float(), loaded.tokenizer
+    loaded = load_student(student, cfg, tokenizer=tokenizer)  # dtype rule, QLoRA: kdq/distill/lora.py
+    model, tok = loaded.model, loaded.tokenizer
     attach_template(model, cfg.template)
     train_set = _training_table(scored, tok, cfg, cache)
     eval_set = None
@@ -211,12 +213,7 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        # task_type SEQ_CLS puts the classification head in modules_to_save: it trains in full.
-        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout,
-                                                 target_modules=list(cfg.lora.target_modules)))
+        model = wrap_lora(model, cfg.lora)
     return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                      data_collator=ArenaCollator(tokenizer.pad_token_id), compute_metrics=compute_metrics,
                      processing_class=tokenizer, kd_config=cfg,
@@ -225,8 +222,7 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
 
 
 def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metrics: dict, fingerprint: str, cache):
-    if hasattr(model, "merge_and_unload"):  # LoRA: ship one plain folder that stock transformers loads
-        model = model.merge_and_unload()
+    model = merge_for_save(model)  # LoRA / QLoRA: ship one plain folder that stock transformers loads
     attach_template(model, cfg.template)
     with atomic_dir(student_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))

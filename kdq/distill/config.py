@@ -11,19 +11,32 @@ from .losses import DIVERGENCES, HIDDEN_LOSSES
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
 TEACHER_LOGITS = ("cache", "live")
+BASE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+LORA_QUANTIZE = ("none", "nf4")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA for the student through peft. The ``score`` head is always trained in full."""
+    """LoRA for the student through peft. The ``score`` head is always trained in full (fp32).
+
+    ``base_dtype``: the dtype the frozen base is held in; ``"auto"`` is bf16 on CUDA GPUs that
+    have it, fp16 on the others (T4), fp32 on CPU (see :mod:`kdq.distill.lora`).
+    ``quantize="nf4"``: QLoRA — the base loads in 4-bit nf4 with double quantization through
+    bitsandbytes (computing in ``base_dtype``); the ``score`` head is never quantized, and the
+    saved student is merged onto the dequantized base, unquantized.
+    """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple = LLAMA_LINEAR
+    base_dtype: str = "auto"
+    quantize: str = "none"
 
     def __post_init__(self):
+        check_choice("LoraSettings", "base_dtype", self.base_dtype, BASE_DTYPES)
+        check_choice("LoraSettings", "quantize", self.quantize, LORA_QUANTIZE)
         check_range("LoraSettings", "r", self.r, 1, kind=int)
         check_range("LoraSettings", "alpha", self.alpha, 0, lo_open=True)
         check_range("LoraSettings", "dropout", self.dropout, 0.0, 1.0, hi_open=True)
@@ -83,7 +96,7 @@ class DistillConfig:
     eval_batch_size: int = 16
     lora: LoraSettings | None = None
     precision: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: on when the memory projection says it must be
     seed: int = 0
     deterministic: bool = True
     logging_steps: int = 10
@@ -129,6 +142,9 @@ class DistillConfig:
         check_range(cls, "max_steps", self.max_steps, -1, kind=int)
         if self.max_steps == 0:
             raise ValueError(f"{cls}.max_steps must be -1 (use epochs) or a positive int, got 0")
+        if self.gradient_checkpointing is not None and not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"{cls}.gradient_checkpointing must be true, false or null (decide from the memory "
+                             f"projection), got {self.gradient_checkpointing!r}")
         if self.lora is not None and not isinstance(self.lora, LoraSettings):
             raise ValueError(f"{cls}.lora must be a LoraSettings or None, got {type(self.lora).__name__}")
         if self.resume and self.overwrite:
