@@ -132,10 +132,10 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
         teacher = run_on_rank0(out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local",
                                                                           config.overwrite))
-    run_on_rank0(out, "teacher-pass", lambda: _teacher_pass_outside_group(teacher, train, kd_config))
+    teacher_pass = run_on_rank0(out, "teacher-pass", lambda: _teacher_pass_outside_group(teacher, train, kd_config))
     state = _process_group(config.ddp_timeout)
     variants = {"teacher": str(teacher)}
-    metrics = {}
+    metrics = {"teacher-pass": teacher_pass}  # distill then reuses this cache on every rank
 
     kd = distill(student_init, train, eval_rows, teacher=teacher, config=kd_config)
     variants["student-kd"] = str(kd.student_dir)
@@ -246,7 +246,7 @@ def _teacher_pass_outside_group(teacher, train, kd_config: DistillConfig):
     from .distill.api import _teacher_pass
 
     cache = _teacher_pass(teacher, load_arena(train, require_labels=True), kd_config, Path(kd_config.output_dir))
-    return {"computed": cache.computed, "reused": cache.reused}
+    return {"computed": cache.computed, "reused": cache.reused, **cache.stats}
 
 
 def _process_group(timeout_s: int):

@@ -10,7 +10,6 @@ import argparse
 import csv
 import importlib.util
 import json
-import math
 import os
 import sys
 import threading
@@ -25,7 +24,7 @@ from .batching import predict_logits
 from .checksums import check_files
 from .constants import DEFAULT_TTA_FRACTION, LABELS, MANIFEST_FILE, SETTINGS_FILE, TEMPLATE_KEY, TTA_MODES, WHEELS_DIR
 from .template import TemplateConfig, encode_row, parse_turns
-from .tta import score_tta, tta_mode
+from .tta import gated_count, score_tta, tta_mode
 
 DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
@@ -351,7 +350,7 @@ def predict_probs(model_dir, rows, *, tta, batch_size: int, devices=("cpu",), ma
     sequences = render(tokenizer, rows, template, progress=progress)
     models = [(d, load_model(model_dir, d)) for d in devices]
     pad_id = models[0][1].config.pad_token_id
-    n_seq = {"none": len(rows), "full": 2 * len(rows), "gated": len(rows) + math.ceil(fraction * len(rows))}[mode]
+    n_seq = {"none": len(rows), "full": 2 * len(rows), "gated": len(rows) + gated_count(len(rows), fraction)}[mode]
     bar = _progress(n_seq, "score", progress)
     sink = Throughput(n_seq, len(rows), bar=bar) if (progress if report is None else report) else bar
 

@@ -29,15 +29,20 @@ def tta_mode(value) -> str:
     raise ValueError(f"tta must be one of {list(TTA_MODES)} (or True/False), got {value!r}")
 
 
+def gated_count(n: int, fraction: float) -> int:
+    """How many of ``n`` rows gated TTA swap-scores: ``ceil(fraction * n)``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"tta_fraction must be in [0, 1], got {fraction!r}")
+    return min(n, math.ceil(fraction * n - 1e-9))
+
+
 def gate_rows(logits, fraction: float) -> list:
-    """Indices (ascending) of the ``ceil(fraction * N)`` rows whose top probability is lowest.
+    """Indices (ascending) of the :func:`gated_count` rows whose top probability is lowest.
 
     Ties break by row index, so the choice is deterministic.
     """
     n = int(logits.shape[0])
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"tta_fraction must be in [0, 1], got {fraction!r}")
-    k = min(n, math.ceil(fraction * n - 1e-9))
+    k = gated_count(n, fraction)
     conf = torch.softmax(logits.double(), -1).max(-1).values.tolist()
     return sorted(sorted(range(n), key=lambda i: (conf[i], i))[:k])
 
