@@ -102,6 +102,8 @@ def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_mo
     assert json.loads((exported / "config.json").read_text())["kdq_template"] == TEMPLATE.to_dict()
     card = (exported / "README.md").read_text()
     assert "| tiny | 1.05 |" in card and "kaggle datasets create -p" in card and "fits" in card
+    mb = manifest["files"]["model.safetensors"]["size"] / 1e6
+    assert f"weights in this folder: **{mb:.1f} MB** (fp16 on disk" in card
 
 
 def test_dataset_metadata_is_valid_for_the_kaggle_cli(exported):
