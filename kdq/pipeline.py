@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from .atomic import atomic_dir
 from .distill import DistillConfig, distill
 from .errors import CheckFailed
 from .evaluate import EvalConfig, compare
+from .evaluate.metrics import row_log_losses
+from .evaluate.stats import paired_intervals
 from .export import ExportConfig, export, verify
 from .models import is_hub_id
 from .quantize import QuantConfig, quantize
@@ -39,10 +43,15 @@ class PipelineConfig:
         quantize_teacher: quantize the teacher too (the student always is).
         calibration_samples, gptq_group_size: GPTQ settings (rows rendered with the model's template).
         eval: :class:`EvalConfig` used for every variant.
-        export_variants: variant names to export, or ``"recommended"``: the lowest log loss
-            among the variants that fit the budget.
+        export_variants: variant names to export, or ``"recommended"``: ranked on the **eval**
+            rows (never the test rows it reports) by log loss with the TTA the export ships
+            (``eval.tta``), among the variants that fit the budget; variants within the 95%
+            interval of the best count as tied, and a tie goes to the faster, then smaller one.
         dataset_owner: Kaggle user or organisation for ``dataset-metadata.json`` ids.
         wheels: put the pip wheels the notebook needs into each export (``pip download``).
+        ddp_timeout: seconds a process may wait at a collective under ``accelerate launch``
+            (the process group is created with it). The teacher pass and the single-process
+            stages (quantize, compare, export) run outside the group, so they never count.
     """
 
     out_dir: str = "runs/pipeline"
@@ -57,6 +66,7 @@ class PipelineConfig:
     dataset_owner: str = "your-kaggle-name"
     wheels: bool = False
     overwrite: bool = False
+    ddp_timeout: int = 3 * 3600
 
     def __post_init__(self):
         unknown = [m for m in self.quant_methods if m not in VARIANTS]
@@ -65,6 +75,7 @@ class PipelineConfig:
         object.__setattr__(self, "quant_methods", tuple(self.quant_methods))
         object.__setattr__(self, "export_variants", tuple(self.export_variants))
         check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
+        check_range("PipelineConfig", "ddp_timeout", self.ddp_timeout, 1, kind=int)
         # Everything that would only fail after hours of training is checked now.
         for method in self.quant_methods:
             self.quant_config(method)
@@ -121,20 +132,23 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         transfer: unlabelled arena rows (a transfer set) for the distilled student; the
             hard-label baseline never sees them (they have no labels).
     """
-    from accelerate import PartialState
-
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
-        state = PartialState()
-        with state.main_process_first():  # rank 0 writes it, the others then find it
-            teacher = _save_local(teacher, out / "teacher-local", config.overwrite and state.is_main_process)
     base = dataclasses.replace(config.distill, overwrite=config.overwrite or config.distill.overwrite)
+    kd_config = dataclasses.replace(base, output_dir=str(out / "student-kd"))
+    # Before any process group exists: rank 0 copies a Hub teacher and scores it over the
+    # training rows (filling the cache distill reads) while the other ranks wait on a file,
+    # with no collective and so no timeout. Distill then finds the cache on every rank.
+    if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
+        teacher = run_on_rank0(out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local",
+                                                                          config.overwrite))
+    teacher_pass = run_on_rank0(out, "teacher-pass",
+                                lambda: _teacher_pass_outside_group(teacher, train, transfer, kd_config))
+    state = _process_group(config.ddp_timeout)
     variants = {"teacher": str(teacher)}
-    metrics = {}
+    metrics = {"teacher-pass": teacher_pass}  # distill then reuses this cache on every rank
 
-    kd = distill(student_init, train, eval_rows, teacher=teacher, transfer_data=transfer,
-                 config=dataclasses.replace(base, output_dir=str(out / "student-kd")))
+    kd = distill(student_init, train, eval_rows, teacher=teacher, transfer_data=transfer, config=kd_config)
     variants["student-kd"] = str(kd.student_dir)
     metrics["student-kd"] = kd.metrics
     if config.baseline:
@@ -145,10 +159,9 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         variants["student-hard"] = str(hard.student_dir)
         metrics["student-hard"] = hard.metrics
 
-    # Training ran on every process (DDP); the rest runs once, on the main process.
-    state = PartialState()
+    # Training ran on every process (DDP); the rest runs once, on the main process, outside the
+    # group: the other processes return now instead of waiting at a barrier for hours.
     if not state.is_main_process:
-        state.wait_for_everyone()
         return PipelineResult(variants=variants, report=None, exports={}, distill_metrics=metrics)
 
     sources = ["teacher", "student-kd"] if config.quantize_teacher else ["student-kd"]
@@ -162,8 +175,15 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
                      baseline="student-hard" if config.baseline else None, student="student-kd",
                      budget=config.eval.budget, overwrite=True)
+    selection = None
+    if "recommended" in config.export_variants:
+        # Chosen on the eval rows, scored with the TTA the export ships; the test rows only report.
+        chosen_on = compare(dict(variants), eval_rows, config.eval, out_dir=out / "report-eval", teacher="teacher",
+                            budget=config.eval.budget, overwrite=True)
+        selection = recommend(chosen_on.metrics, eval_rows, config.eval.tta_mode,
+                              n_resamples=config.eval.bootstrap_samples, seed=config.eval.bootstrap_seed)
     exports, failures = {}, {}
-    for candidates in _export_names(config.export_variants, report):
+    for candidates in _export_names(config.export_variants, report, selection):
         # "recommended" walks down the ranking: the best variant that also passes its own export
         # checks is shipped; a named variant has one candidate, and its failure is raised.
         for name in candidates:
@@ -171,6 +191,8 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
                 folder = export(variants[name], out / "export" / name,
                                 ExportConfig(title=_title(name), dataset_id=f"{config.dataset_owner}/kdq-{name}",
                                              overwrite=config.overwrite, wheels=config.wheels,
+                                             tta=config.eval.tta_mode, tta_fraction=config.eval.tta_fraction,
+                                             batch_size=config.eval.batch_size,
                                              configs={"distill": base.to_dict(), "eval": config.eval}),
                                 metrics=report.metrics[name], table_md=Path(report.paths["md"]).read_text())
                 verify(folder)
@@ -189,10 +211,8 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
              "gap_closed_ci": _ci((report.intervals or {}).get("gap_closed")),
              "gap_closed_tta_ci": _ci((report.intervals_tta or {}).get("gap_closed")),
              "student_vs_baseline_ci": _ci((report.intervals or {}).get("student_vs_baseline")),
-             "student_layers": _shrink_map(variants.get("student-kd")),
-             "report": {k: str(v) for k, v in report.paths.items()}},
-            indent=2))
-    state.wait_for_everyone()
+             "student_layers": _shrink_map(variants.get("student-kd")), "recommendation": selection,
+             "report": {k: str(v) for k, v in report.paths.items()}}, indent=2))
     return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
 
 
@@ -203,6 +223,114 @@ def _shrink_map(folder) -> dict | None:
         return None
     info = json.loads(cfg.read_text()).get("kdq_shrink")
     return {"strategy": info.get("strategy", "uniform"), **info} if info else None
+
+
+# --------------------------------------------------------------------------- DDP-safe stages
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_on_rank0(out: Path, name: str, fn, *, poll_s: float = 1.0):
+    """Run ``fn`` on rank 0 only, before any process group exists; other ranks wait for a marker
+    file (no collective, hence no timeout) and get the result rank 0 wrote (JSON-able).
+
+    The marker's name includes the launcher's process id (the parent of every rank on this
+    machine), so a marker left by an earlier run is never taken for this run's.
+    """
+    if _world_size() == 1:
+        return fn()
+    marker = out / ".kdq-sync" / f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{os.getppid()}-{name}.json"
+    if _rank() == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = fn()
+        except BaseException as err:
+            _write_marker(marker, {"ok": False, "error": f"{type(err).__name__}: {err}"})
+            raise
+        _write_marker(marker, {"ok": True, "result": result})
+        return result
+    while not marker.is_file():
+        time.sleep(poll_s)
+    record = json.loads(marker.read_text())
+    if not record["ok"]:
+        raise RuntimeError(f"rank 0 failed in the {name} stage ({record['error']}); see its log.")
+    return record["result"]
+
+
+def _write_marker(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)  # other ranks see the whole file or none
+
+
+def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConfig):
+    """Fill the teacher cache the distill run will read (same rows, transfer rows included, template, TTA,
+    cache folder). Nothing to fill when the student takes its teacher logits live."""
+    import datasets
+
+    from .data import load_arena
+    from .distill.api import _teacher_pass, _transfer_rows
+
+    if kd_config.teacher_logits == "live":
+        return {"computed": 0, "reused": 0, "live": True}
+    rows = load_arena(train, require_labels=True)
+    if transfer is not None:
+        rows = datasets.concatenate_datasets([rows, _transfer_rows(transfer, rows, teacher)])
+    cache = _teacher_pass(teacher, rows, kd_config, Path(kd_config.output_dir))
+    return {"computed": cache.computed, "reused": cache.reused, **cache.stats}
+
+
+def _process_group(timeout_s: int):
+    """The accelerate state, creating the process group (under ``accelerate launch``) with
+    ``timeout_s`` before TrainingArguments would create it with its 30-minute default."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    if _world_size() == 1:
+        return PartialState()
+    cuda = torch.cuda.is_available()
+    return PartialState(cpu=not cuda, backend=None if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+
+
+# --------------------------------------------------------------------------- recommended variant
+def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Rank variants for export on ``rows`` (the eval rows) with ``tta_mode``'s probabilities.
+
+    Only variants that fit the budget compete (all of them when none fits). A variant whose
+    Δ log loss to the best one has a 95% paired-bootstrap interval that reaches 0
+    (:func:`kdq.evaluate.stats.paired_intervals`, the same intervals as the report) is tied
+    with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
+    smaller, and the rest follow by log loss.
+    Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "log_loss": {...}}``.
+    """
+    import numpy as np
+
+    from .data import labels_of, load_arena
+
+    labels = labels_of(load_arena(rows))
+    probs = {n: (m.probs_tta if tta_mode != "none" and m.probs_tta is not None else m.probs) for n, m in metrics.items()}
+    losses = {n: row_log_losses(p, labels) for n, p in probs.items()}
+    fits = [n for n, m in metrics.items() if (m.budget or {}).get("fits")]
+    pool = fits or list(metrics)
+    best = min(pool, key=lambda n: losses[n].mean())
+    deltas = paired_intervals({n: losses[n] for n in pool}, best, n_resamples=n_resamples, seed=seed)["delta"]
+    tied = [n for n in pool if n == best or deltas[n].low <= 0]
+
+    def cost(n):
+        m = metrics[n]
+        hours = (m.budget or {}).get("projected_hours")
+        return (hours if hours is not None else 1.0 / max(m.rows_per_s, 1e-9), m.size_bytes)
+
+    tied.sort(key=cost)
+    rest = sorted((n for n in pool if n not in tied), key=lambda n: losses[n].mean())
+    return {"ranking": tied + rest, "tied": tied, "best": best, "tta": tta_mode, "rows": int(len(labels)),
+            "fits_budget": bool(fits), "log_loss": {n: float(losses[n].mean()) for n in pool}}
 
 
 def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:
@@ -217,14 +345,13 @@ def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:
     return str(folder)
 
 
-def _export_names(wanted, report) -> list:
-    """One list of candidates per wanted export: ``"recommended"`` ranks the variants that fit the
-    budget by log loss (all variants when none fits); a name stands for itself."""
+def _export_names(wanted, report, selection) -> list:
+    """One list of candidates per wanted export: ``"recommended"`` is :func:`recommend`'s ranking
+    (on the eval rows); a name stands for itself."""
     out = []
     for w in wanted:
         if w == "recommended":
-            pool = [r for r in report.rows if r.get("fits")] or report.rows
-            out.append([r["variant"] for r in sorted(pool, key=lambda r: r["log_loss"])])
+            out.append(list(selection["ranking"]))
         elif w not in report.metrics:
             raise ValueError(f"export variant {w!r} is not among {sorted(report.metrics)}")
         else:

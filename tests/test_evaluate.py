@@ -66,7 +66,9 @@ def test_metrics_report_cost_and_budget(tiny_model_dir, rows, metrics):
     assert metrics.n_params == sum(p.numel() for p in model.parameters())
     assert metrics.peak_memory_bytes > 50e6 and metrics.peak_memory_kind.startswith("rss")
     assert metrics.rows_per_s > 0 and metrics.tokens_per_s > metrics.rows_per_s
-    assert metrics.device.startswith("cpu (") and metrics.weight_format == "fp16"
+    # the format column says what is on disk: the tiny folder stores fp32 (the budget still projects fp16)
+    assert metrics.device.startswith("cpu (") and metrics.weight_format == "fp32"
+    assert metrics.weight_format_spec["name"] == "fp16"
     assert 0 < metrics.padding_efficiency <= 1 and metrics.max_length == 160
     assert metrics.budget["profile"] == "lmsys-2xt4" and metrics.budget["basis"] == "flops-estimate"
     assert metrics.budget["fits"] is True and metrics.budget["tta_factor"] == 2.0
@@ -79,6 +81,22 @@ def test_metrics_report_cost_and_budget(tiny_model_dir, rows, metrics):
     assert in_memory.size_source == "memory" and in_memory.size_bytes == sum(t.nbytes for t in tensors)
     assert in_memory.probs_tta is None and in_memory.log_loss_tta is None and in_memory.budget["tta_factor"] == 1.0
     np.testing.assert_allclose(in_memory.probs, metrics.probs, atol=1e-6)
+
+
+def test_gated_tta_swaps_only_the_least_confident_rows(tiny_model_dir, rows, metrics):
+    gated = evaluate(tiny_model_dir, rows, dataclasses.replace(CFG, tta="gated", tta_fraction=0.25, budget="lmsys-2xt4"))
+    np.testing.assert_allclose(gated.probs, metrics.probs, atol=1e-6)
+    confidence = metrics.probs.max(1)
+    chosen = sorted(np.argsort(confidence, kind="stable")[:4].tolist())  # ceil(0.25 * 16)
+    rest = [i for i in range(16) if i not in chosen]
+    np.testing.assert_allclose(gated.probs_tta[chosen], metrics.probs_tta[chosen], atol=1e-6)
+    np.testing.assert_allclose(gated.probs_tta[rest], metrics.probs[rest], atol=1e-6)
+    assert gated.budget["tta_factor"] == pytest.approx(1.25)
+    assert EvalConfig(tta=False).tta_mode == "none" and EvalConfig().tta_mode == "full"
+    with pytest.raises(ValueError, match="EvalConfig.tta must be"):
+        EvalConfig(tta="sometimes")
+    with pytest.raises(ValueError, match="EvalConfig.tta_fraction"):
+        EvalConfig(tta="gated", tta_fraction=1.5)
 
 
 def test_bad_input_is_named(tiny_model_dir, rows):

@@ -35,6 +35,9 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
     assert (Path(folder) / "predict.py").is_file() and (Path(folder) / "kdq-manifest.json").is_file()
     summary = json.loads((tmp_path / "run" / "pipeline" / "summary.json").read_text())
     assert summary["exports"] == result.exports
+    # every export attempted passed its checks: a fallback past a failed variant is a failure here
+    assert summary["export_failures"] == {}, summary["export_failures"]
+    assert summary["recommendation"]["ranking"][0] == name  # chosen on the eval rows, with the shipped TTA
 
 
 def test_demo_tiny_mode_runs_every_stage(tmp_path):
@@ -45,6 +48,8 @@ def test_demo_tiny_mode_runs_every_stage(tmp_path):
     text = result.summary()
     assert "| student-kd" in text and "export:" in text
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["mode"] == "tiny"
+    summary = json.loads((tmp_path / "demo" / "pipeline" / "summary.json").read_text())
+    assert summary["exports"] and summary["export_failures"] == {}, summary["export_failures"]
 
 
 def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path):

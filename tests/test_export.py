@@ -22,6 +22,8 @@ from kdq.template import LABELS, TemplateConfig
 from kdq.testing import make_tiny_classifier, write_arena_csv
 
 TEMPLATE = TemplateConfig(max_length=160)
+RUNTIME_SRC = Path(kdq.__file__).parent / "runtime"
+N_FILES = 8 + len(list(RUNTIME_SRC.glob("*.py")))  # files the manifest lists
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "kaggle_notebook.py"
 
 
@@ -67,22 +69,41 @@ def exported_copy(exported, tmp_path):
 
 
 def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_model_dir):
-    names = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*"))
-    assert names == ["README.md", "config.json", "dataset-metadata.json", "kdq-manifest.json", "kdq-predict.json",
-                     "model.safetensors", "predict.py", "tokenizer.json", "tokenizer_config.json"]
+    names = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    runtime = sorted(f"kdq_runtime/{p.name}" for p in RUNTIME_SRC.glob("*.py"))
+    assert names == sorted(["README.md", "config.json", "dataset-metadata.json", "kdq-manifest.json", "kdq-predict.json",
+                            "model.safetensors", "predict.py", "tokenizer.json", "tokenizer_config.json"] + runtime)
     manifest = json.loads((exported / "kdq-manifest.json").read_text())
     assert set(manifest["files"]) == set(names) - {"kdq-manifest.json"}
     assert manifest["files"]["model.safetensors"]["role"] == "weights"
-    # the weights were copied byte for byte and the source's content hash is recorded
+    # the runtime is kdq's own, copied whole (no second copy of the code to drift)
+    for rel in runtime:
+        assert manifest["files"][rel]["role"] == "runtime"
+        assert (exported / rel).read_bytes() == (RUNTIME_SRC / Path(rel).name).read_bytes()
+    # the tiny source is fp32 on disk; the export stores fp16 (half the bytes) after the fp16 check
+    from safetensors import safe_open
+
+    with safe_open(str(exported / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    src_bytes = (tiny_model_dir / "model.safetensors").stat().st_size
+    assert manifest["files"]["model.safetensors"]["size"] < 0.6 * src_bytes
+    assert 0 <= manifest["fp16_check"]["max_abs_diff_vs_fp32"] <= manifest["fp16_check"]["atol"] == 2e-3
     src_sha = manifest["sources"]["model"]["weights_sha256"]["model.safetensors"]
-    assert src_sha == manifest["files"]["model.safetensors"]["sha256"]
+    assert src_sha != manifest["files"]["model.safetensors"]["sha256"]
     assert manifest["sources"]["model"]["fingerprint"].startswith("path:")
+    # no local absolute path is published, in the card or the metadata
+    for name in ("README.md", "kdq-manifest.json", "dataset-metadata.json"):
+        text = (exported / name).read_text()
+        assert str(tiny_model_dir) not in text and str(Path.home()) not in text and "/tmp/" not in text, name
+    assert manifest["sources"]["model"]["path"] == tiny_model_dir.name
     assert manifest["configs"]["template"] == TEMPLATE.to_dict()
     assert manifest["metrics"]["log_loss"] == 1.05 and manifest["budget"]["fits"] is True
     assert manifest["versions"]["transformers"] and manifest["versions"]["torch"]
     assert json.loads((exported / "config.json").read_text())["kdq_template"] == TEMPLATE.to_dict()
     card = (exported / "README.md").read_text()
     assert "| tiny | 1.05 |" in card and "kaggle datasets create -p" in card and "fits" in card
+    mb = manifest["files"]["model.safetensors"]["size"] / 1e6
+    assert f"weights in this folder: **{mb:.1f} MB** (fp16 on disk" in card
 
 
 def test_dataset_metadata_is_valid_for_the_kaggle_cli(exported):
@@ -107,7 +128,7 @@ def test_predict_py_runs_without_kdq_and_matches_evaluate(exported, test_csv, tm
     run = _isolated_python([str(exported / "predict.py"), "--test-csv", str(test_csv), "--out", str(out),
                             "--devices", "cpu,cpu", "--quiet"], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "on cpu,cpu; tta=True" in run.stderr
+    assert "on cpu,cpu; tta=full" in run.stderr
 
     with open(out, newline="") as f:
         table = list(csv.reader(f))
@@ -126,7 +147,7 @@ def test_predict_py_runs_without_kdq_and_matches_evaluate(exported, test_csv, tm
 
 def test_verify_passes_on_the_fresh_export(exported):
     report = verify(exported)
-    assert report.files_checked == 8 and report.probe_rows == 6
+    assert report.files_checked == N_FILES and report.probe_rows == 6
     assert report.probe_max_abs_diff <= 1e-6
 
 
@@ -178,7 +199,7 @@ def test_verify_probe_catches_consistent_but_wrong_weights(exported_copy):
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["model.safetensors"].update(sha256=sha256_file(path), size=path.stat().st_size)
     manifest_path.write_text(json.dumps(manifest))
-    assert verify(exported_copy, probe=False).files_checked == 8
+    assert verify(exported_copy, probe=False).files_checked == N_FILES
     with pytest.raises(VerificationError, match="probe: probabilities differ"):
         verify(exported_copy)
 
@@ -204,7 +225,7 @@ def test_cli_export_then_verify(tmp_path, tiny_model_dir, capsys):
             "--record", f"quantize={record}"]
     assert cli_main(args) == 0
     manifest = json.loads((out / "kdq-manifest.json").read_text())
-    assert manifest["configs"]["quantize"] == {"method": "bnb-int8"} and manifest["probe"]["tta"] is False
+    assert manifest["configs"]["quantize"] == {"method": "bnb-int8"} and manifest["probe"]["tta"] == "none"
     assert cli_main(["verify", str(out)]) == 0 and "OK:" in capsys.readouterr().out
     assert cli_main(args) == 2  # exists: bad input, says how to overwrite
     assert "overwrite" in capsys.readouterr().err
@@ -222,7 +243,7 @@ def test_existing_folder_is_refused_then_replaced_on_request(exported, tmp_path,
     assert (out / "keep.txt").read_text() == "mine"
     export(tiny_model_dir, out, _config(overwrite=True, tta=False))
     assert not (out / "keep.txt").exists() and (out / "predict.py").is_file()
-    assert json.loads((out / "kdq-predict.json").read_text())["tta"] is False
+    assert json.loads((out / "kdq-predict.json").read_text())["tta"] == "none"
     assert _leftovers(tmp_path, "out") == []
 
 
@@ -273,7 +294,7 @@ def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model
     assert manifest["model"]["template"] == template.to_dict()
     # provenance from kdq.quantize's report: the variant and the model it was quantized from
     assert manifest["configs"]["quantize_report"]["variant"] == "bnb-nf4"
-    assert manifest["sources"]["quantized_from"]["path"] == str(tiny_model_dir)
+    assert manifest["sources"]["quantized_from"]["path"] == tiny_model_dir.name  # a name, not this machine's path
     assert "bitsandbytes" in (out / "predict.py").read_text().split('"""')[1]  # header names the backend
     assert verify(out).probe_rows == 3
 

@@ -1,9 +1,10 @@
-"""The generated predict.py: kdq's template/batching pasted byte for byte, no kdq import, its
-CSV reading, sharding and submission writing."""
+"""The exported predict.py: a launcher for kdq's runtime copied whole (no kdq import), its
+CSV reading, sharding, start-up checks and submission writing."""
 from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import kdq
-from kdq.export.script import INLINED, extract_inlined, kdq_imports, load_predict_module, render_script
+from kdq.export.script import bad_imports, copy_runtime, kdq_imports, load_predict_module, render_script, runtime_files
 
 KDQ_DIR = Path(kdq.__file__).parent
 
@@ -23,36 +24,45 @@ def script_text():
 
 
 @pytest.fixture(scope="module")
-def predict(tmp_path_factory, script_text):
-    path = tmp_path_factory.mktemp("script") / "predict.py"
-    path.write_text(script_text)
-    return load_predict_module(path)
+def folder(tmp_path_factory, script_text):
+    folder = tmp_path_factory.mktemp("script")
+    (folder / "predict.py").write_text(script_text)
+    copy_runtime(folder)
+    return folder
 
 
-@pytest.mark.parametrize("name", INLINED)
-def test_inlined_modules_are_byte_identical_to_kdq(script_text, name):
-    source = (KDQ_DIR / name).read_text()
-    section = extract_inlined(script_text, name)
-    assert section == source.replace("from __future__ import annotations\n", "", 1)
-    # and every function and class of the kdq module appears unchanged in predict.py
-    tree, script_tree = ast.parse(source), ast.parse(script_text)
-    script_defs = {n.name: ast.get_source_segment(script_text, n) for n in script_tree.body
-                   if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    assert len(defs) >= 4
-    for node in defs:
-        assert script_defs[node.name] == ast.get_source_segment(source, node), node.name
+@pytest.fixture(scope="module")
+def predict(folder):
+    return load_predict_module(folder / "predict.py")
+
+
+def test_runtime_is_copied_whole_and_is_what_predict_runs(folder, predict):
+    names = sorted(p.name for p in runtime_files())
+    assert {"template.py", "batching.py", "tta.py", "checksums.py", "constants.py", "predict.py"} <= set(names)
+    for name in names:
+        assert (folder / "kdq_runtime" / name).read_bytes() == (KDQ_DIR / "runtime" / name).read_bytes()
+    # the launcher's namespace holds the folder's runtime, not kdq's modules
+    assert predict.encode_row.__module__.endswith(".template") and not predict.encode_row.__module__.startswith("kdq.")
+    assert predict.score_tta.__module__.endswith(".tta")
+    assert not (folder / "kdq_runtime" / "__pycache__").exists()  # no bytecode lands in the dataset folder
+    # kdq.template / kdq.batching are the runtime's objects (one implementation)
+    from kdq.runtime import template as rt
+
+    assert kdq.template.encode_row is rt.encode_row and kdq.TemplateConfig is rt.TemplateConfig
 
 
 def test_script_is_standalone_python(script_text):
     assert kdq_imports(script_text) == []
     assert script_text.startswith("#!/usr/bin/env python3\n")
-    tree = ast.parse(script_text)
-    # `from __future__` must be the first statement after the docstring to be legal at all
-    assert isinstance(tree.body[1], ast.ImportFrom) and tree.body[1].module == "__future__"
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported - set(__import__("sys").stdlib_module_names) == {"torch", "transformers"}
+    stdlib = set(__import__("sys").stdlib_module_names)
+    imported = set()
+    for text in [script_text] + [p.read_text() for p in runtime_files()]:
+        tree = ast.parse(text)
+        assert bad_imports(text, relative_ok=True) == []
+        imported |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    assert imported - stdlib == {"torch", "transformers"}
     assert "gptq" in script_text.split('"""')[1]
 
 
@@ -134,13 +144,76 @@ def test_devices(predict):
         predict.pick_devices(" , ")
 
 
-def test_missing_backend_gives_the_offline_install_line(predict, tmp_path, monkeypatch):
+def test_missing_backend_gives_the_offline_install_line(predict, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "bitsandbytes"}}))
+    (tmp_path / "kdq-predict.json").write_text(json.dumps({"backend_modules": ["bitsandbytes"]}))
     assert predict.check_backend(tmp_path) == "bitsandbytes"  # installed here
     # a backend this Python lacks (stands in for a Kaggle image without bitsandbytes)
-    monkeypatch.setitem(predict.BACKEND_MODULES, "bitsandbytes", ("bitsandbytes", "kdq_no_such_backend_module"))
-    with pytest.raises(RuntimeError, match=r"pip install --no-index --find-links \S+wheels kdq_no_such_backend_module"):
+    (tmp_path / "kdq-predict.json").write_text(json.dumps({"backend_modules": ["bitsandbytes", "kdq_no_such_module"]}))
+    with pytest.raises(RuntimeError, match=r"pip install --no-index --find-links \S+wheels kdq_no_such_module"):
         predict.check_backend(tmp_path)
+
+
+def test_version_mismatch_is_one_line_with_the_offline_install(predict, tmp_path):
+    import transformers
+
+    have = transformers.__version__
+    major = int(have.split(".")[0])
+    (tmp_path / "config.json").write_text(json.dumps({}))
+    manifest = {"versions": {"transformers": have, "torch": torch.__version__}}
+    (tmp_path / "kdq-manifest.json").write_text(json.dumps(manifest))
+    assert predict.check_versions(tmp_path) == []  # exported with what is installed: silent
+    manifest["versions"]["transformers"] = f"{major}.999.0"  # another minor: a warning with the exact pin
+    (tmp_path / "kdq-manifest.json").write_text(json.dumps(manifest))
+    (line,) = predict.check_versions(tmp_path)
+    assert line.startswith(f"transformers {have} is installed") and "\n" not in line
+    assert line.endswith(f"pip install --no-index --find-links {tmp_path / 'wheels'} transformers=={major}.999.0")
+    manifest["versions"]["transformers"] = f"{major + 1}.0.0"  # config written by a newer major: refuse
+    (tmp_path / "kdq-manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeError, match=rf"needs transformers >= {major + 1}\): pip install --no-index"):
+        predict.check_versions(tmp_path)
+
+
+def test_non_finite_probabilities_are_refused_naming_the_row(predict, tmp_path):
+    probs = torch.softmax(torch.randn(4, 3, dtype=torch.float64), -1)
+    probs[2, 1] = float("nan")
+    probs[3, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"2 row\(s\) have non-finite probabilities, the first is id 'c'"):
+        predict.write_submission(tmp_path / "s.csv", ["a", "b", "c", "d"], probs)
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()
+
+
+def test_throughput_prints_rows_per_s_and_an_eta_early():
+    from kdq.runtime.predict import Throughput
+
+    out = io.StringIO()
+    sink = Throughput(200, 100, report_after_s=1e9, report_after_frac=0.05, stream=out)
+    sink.start -= 10.0  # 10 s spent
+    for _ in range(10):
+        sink.update(1)
+    text = out.getvalue()
+    assert text.count("\n") == 1  # printed once, after 5% of the sequences
+    assert "10/200 sequences" in text and "1.0 sequences/s (0.5 rows/s)" in text
+    assert "ETA 0.05 h for these 100 rows" in text and "within the 9 h limit" in text
+    assert "25000 rows: ~13.9 h" in text
+    slow = Throughput(2_000_000, 1_000_000, report_after_s=0.0, stream=io.StringIO())
+    slow.start -= 100.0
+    slow.update(1)
+    assert "WILL NOT FINISH" in slow.reported
+
+
+def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tmp_path):
+    qc = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+          "bnb_4bit_compute_dtype": "float32", "bnb_4bit_use_double_quant": True}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    kw = predict.load_kwargs(tmp_path, "cuda:1")  # arguments only: nothing is loaded
+    assert kw["dtype"] == torch.float16 and kw["device_map"] == {"": "cuda:1"}
+    assert kw["quantization_config"].bnb_4bit_compute_dtype == torch.float16
+    assert kw["quantization_config"].bnb_4bit_use_double_quant is True
+    assert predict.load_kwargs(tmp_path, "cpu") == {"dtype": torch.float32}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 8,
+                                                                              "backend": "torch"}}))
+    assert predict.load_kwargs(tmp_path, "cuda:0")["quantization_config"].backend == "auto"
 
 
 def test_settings_need_the_recorded_template(predict, tmp_path):
@@ -150,7 +223,7 @@ def test_settings_need_the_recorded_template(predict, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kdq_template": {"max_length": 64, "min_part_share": 0.1}}))
     (tmp_path / "kdq-predict.json").write_text(json.dumps({"tta": False, "batch_size": 3}))
     s = predict.read_settings(tmp_path)
-    assert (s["template"].max_length, s["template"].min_part_share, s["tta"], s["batch_size"]) == (64, 0.1, False, 3)
+    assert (s["template"].max_length, s["template"].min_part_share, s["tta"], s["batch_size"]) == (64, 0.1, "none", 3)
 
 
 def test_lone_surrogates_from_the_csv_do_not_crash_the_tokenizer(predict, tmp_path, tiny_tokenizer):

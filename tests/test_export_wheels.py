@@ -37,7 +37,7 @@ def test_default_packages_follow_the_quantization():
         default_packages("awq")
 
 
-@pytest.mark.parametrize("python_version", ["3.10", "3.11"])
+@pytest.mark.parametrize("python_version", ["3.11", "3.12"])
 def test_closure_is_pinned_and_never_ships_torch(python_version):
     reqs = closure(default_packages("bitsandbytes"), python_version)
     names = [r.split("==")[0].split(">")[0].lower().replace("_", "-") for r in reqs]
@@ -63,12 +63,13 @@ def test_pins_and_names():
 @needs_pypi
 def test_wheels_are_downloaded_for_each_python_and_listed(tmp_path, tiny_model_dir):
     # An old, tiny, pure-Python release that any PyPI mirror holds (the installed one may be newer).
-    out = export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("filelock==3.12.4",)))
+    out = export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("filelock==3.12.4",),
+                                                            wheel_python_versions=("3.11", "3.12")))
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
-    assert wheels == ["filelock-3.12.4-py3-none-any.whl"]  # pure wheel: one file serves 3.10 and 3.11
+    assert wheels == ["filelock-3.12.4-py3-none-any.whl"]  # pure wheel: one file serves 3.11 and 3.12
     manifest = json.loads((out / "kdq-manifest.json").read_text())
     assert manifest["files"][f"wheels/{wheels[0]}"]["role"] == "wheel"
-    assert manifest["wheels"]["requirements"] == {"3.10": ["filelock==3.12.4"], "3.11": ["filelock==3.12.4"]}
+    assert manifest["wheels"]["requirements"] == {"3.11": ["filelock==3.12.4"], "3.12": ["filelock==3.12.4"]}
     line = "pip install --no-index --find-links /kaggle/input/tiny-wheels/wheels filelock==3.12.4"
     assert line in (out / "README.md").read_text()
 
@@ -80,6 +81,22 @@ def test_failed_download_fails_the_export_and_leaves_nothing(tmp_path, tiny_mode
     assert list(tmp_path.iterdir()) == []
 
 
+def test_requires_python_that_excludes_a_version_fails_before_any_download(tmp_path, tiny_model_dir, monkeypatch):
+    from kdq.export import wheels
+
+    # The installed transformers' own metadata: Requires-Python >= 3.11 (5.x), so 3.10 cannot work.
+    spec = metadata.metadata("transformers")["Requires-Python"]
+    assert spec and not __import__("packaging.specifiers").specifiers.SpecifierSet(spec).contains("3.10.0")
+    calls = []
+    monkeypatch.setattr(wheels, "download", lambda *a, **k: calls.append(a))  # would be a network call
+    with pytest.raises(ExportError, match=rf"transformers=={metadata.version('transformers')} requires Python "
+                                          rf"{spec} .* excludes the requested CPython 3\.10.*wheel_python_versions"):
+        export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("transformers",),
+                                                          wheel_python_versions=("3.11", "3.10")))
+    assert calls == [] and list(tmp_path.iterdir()) == []
+    assert ExportConfig(title="Tiny arena classifier", dataset_id="a/bcd").wheel_python_versions == ("3.11",)
+
+
 def test_local_wheel_files_are_shipped_without_download(tmp_path, tiny_model_dir):
     # A wheel built elsewhere (e.g. gptqmodel, which has no binary on PyPI); no network needed.
     wheel = tmp_path / "src" / "kdqtinydep-1.0-py3-none-any.whl"
@@ -89,5 +106,5 @@ def test_local_wheel_files_are_shipped_without_download(tmp_path, tiny_model_dir
                                                             wheel_files=(str(wheel),)))
     assert (out / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
     manifest = json.loads((out / "kdq-manifest.json").read_text())
-    assert manifest["wheels"]["requirements"] == {"3.10": [], "3.11": []}
+    assert manifest["wheels"]["requirements"] == {"3.11": []}  # the default: Kaggle's current image
     assert "--find-links /kaggle/input/tiny-wheels/wheels kdqtinydep==1.0" in (out / "README.md").read_text()

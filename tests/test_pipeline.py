@@ -1,9 +1,18 @@
-"""kdq.pipeline: settings that would fail after hours of training fail at construction."""
+"""kdq.pipeline: settings that would fail after hours of training fail at construction; the
+recommended variant; DDP stages that never wait at a barrier for single-process work."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from kdq.pipeline import PipelineConfig, _export_names
+import kdq
+from kdq.pipeline import PipelineConfig, _export_names, recommend
+from kdq.testing import make_arena_rows, make_tiny_classifier
 
 
 def test_bad_settings_fail_before_any_training():
@@ -13,16 +22,69 @@ def test_bad_settings_fail_before_any_training():
         PipelineConfig(export_variants=("student-kd-gptq-4",), quant_methods=("bnb-int8",))
     with pytest.raises(ValueError, match="group_size"):
         PipelineConfig(gptq_group_size=0)
+    with pytest.raises(ValueError, match="PipelineConfig.ddp_timeout"):
+        PipelineConfig(ddp_timeout=0)
     cfg = PipelineConfig(quant_methods=("gptq-8", "bnb-nf4"), quantize_teacher=False, baseline=False)
     assert cfg.variant_names() == ["teacher", "student-kd", "student-kd-gptq-8", "student-kd-bnb-nf4"]
     assert cfg.quant_config("gptq-8").num_samples == cfg.calibration_samples
 
 
-def test_recommended_is_the_best_variant_that_fits():
-    report = SimpleNamespace(metrics={"teacher": 0, "student": 0, "student-q": 0}, rows=[
-        {"variant": "teacher", "log_loss": 0.90, "fits": False},
-        {"variant": "student", "log_loss": 0.95, "fits": True},
-        {"variant": "student-q", "log_loss": 0.96, "fits": True},
-    ])
-    assert _export_names(["recommended"], report) == [["student", "student-q"]]  # best first, then fallbacks
-    assert _export_names(["recommended", "teacher"], report) == [["student", "student-q"], ["teacher"]]
+def _variant(probs, probs_tta=None, *, fits=True, hours=1.0, size=1e9):
+    return SimpleNamespace(probs=probs, probs_tta=probs_tta, rows_per_s=10.0, size_bytes=size,
+                           budget={"fits": fits, "projected_hours": hours})
+
+
+@pytest.fixture(scope="module")
+def eval_rows():
+    return kdq.load_arena(make_arena_rows(300, seed=8))
+
+
+def _probs(labels, right, seed):
+    """Probabilities putting ``right`` (+ noise) on the true label."""
+    rng = np.random.default_rng(seed)
+    p = np.full((len(labels), 3), (1 - right) / 2)
+    p[np.arange(len(labels)), labels] = right
+    p = p * rng.uniform(0.9, 1.1, p.shape)
+    return p / p.sum(1, keepdims=True)
+
+
+def test_recommended_ties_within_the_interval_go_to_the_faster_smaller_variant(eval_rows):
+    labels = np.asarray(eval_rows["label"])
+    metrics = {
+        "teacher": _variant(_probs(labels, 0.70, 0), fits=False, hours=9.5),  # best, but does not fit
+        "teacher-gptq-8": _variant(_probs(labels, 0.60, 1), hours=3.0, size=4e9),
+        "teacher-gptq-4": _variant(_probs(labels, 0.599, 2), hours=2.5, size=2e9),  # within the interval: tied
+        "student": _variant(_probs(labels, 0.40, 3), hours=0.5, size=1e9),  # clearly worse
+    }
+    sel = recommend(metrics, eval_rows, "none")
+    assert sel["best"] == "teacher-gptq-8" and "teacher" not in sel["ranking"]
+    assert sel["tied"] == ["teacher-gptq-4", "teacher-gptq-8"]  # the faster one first
+    assert sel["ranking"] == ["teacher-gptq-4", "teacher-gptq-8", "student"]
+    assert sel["log_loss"]["teacher-gptq-8"] < sel["log_loss"]["teacher-gptq-4"]  # tied, not equal
+    # the TTA the export ships decides: with TTA the student's swap-averaged probabilities win clearly
+    metrics["student"].probs_tta = _probs(labels, 0.9, 4)
+    for name in ("teacher-gptq-8", "teacher-gptq-4"):
+        metrics[name].probs_tta = metrics[name].probs
+    assert recommend(metrics, eval_rows, "full")["ranking"][0] == "student"
+    report = SimpleNamespace(metrics=dict.fromkeys(metrics, 0))
+    assert _export_names(["recommended", "teacher"], report, sel) == [sel["ranking"], ["teacher"]]
+
+
+def test_ddp_teacher_pass_longer_than_the_group_timeout_passes(tmp_path, tiny_tokenizer):
+    """2 processes, gloo, ddp_timeout=30 s; the teacher pass takes >= 45 s."""
+    make_tiny_classifier(tmp_path / "teacher", tiny_tokenizer, seed=1)
+    make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_pipeline.py")),
+           str(tmp_path), "30", "45"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["backend"] == "gloo"
+    assert rank0["report"] and not rank1["report"]
+    # both ranks read the cache rank 0 filled outside the group: nobody scored the teacher under a barrier
+    assert rank0["teacher_pass"]["computed"] == rank1["teacher_pass"]["computed"] == 0
+    assert rank1["seconds"] > 45 > 30  # rank 1 waited (on a file) longer than the group's timeout
+    assert rank0["seconds"] > rank1["seconds"]  # and returned while rank 0 was still comparing

@@ -25,7 +25,8 @@ import datasets
 import numpy as np
 
 from ..atomic import atomic_dir
-from ..batching import combine_swap_tta, predict_logits
+from ..batching import predict_logits
+from ..runtime.tta import score_tta
 from ..data import encode
 from ..template import LABELS, TemplateConfig
 
@@ -109,15 +110,16 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
         for start in range(0, len(todo_sorted), chunk_rows):
             chunk = todo_sorted[start:start + chunk_rows]
             seqs = [enc[todo[k]]["input_ids"] for k in chunk]
-            st = {}
-            logits = predict_logits(model, seqs, tok.pad_token_id, batch_size, device, progress=bar, stats=st)
-            _accumulate(stats, st)
-            if tta:
+
+            def score(s):  # through kdq.runtime.tta: original and swapped rows in one length-sorted pass
                 st = {}
-                sw = predict_logits(model, [swapped[k]["input_ids"] for k in chunk], tok.pad_token_id, batch_size,
-                                    device, progress=bar, stats=st)
+                out = predict_logits(model, s, tok.pad_token_id, batch_size, device, progress=bar, stats=st)
                 _accumulate(stats, st)
-                logits = combine_swap_tta(logits, sw)
+                return out
+
+            scored = score_tta(score, seqs, [swapped[k]["input_ids"] for k in chunk] if tta else None,
+                               mode="full" if tta else "none")
+            logits = scored.log_probs if tta else scored.logits
             part = datasets.Dataset.from_dict({
                 "id": [enc[todo[k]]["id"] for k in chunk],
                 "row_hash": [hashes[todo[k]] for k in chunk],

@@ -213,3 +213,53 @@ def project(spec: ModelSpec, fmt: WeightFormat, lengths, profile: BudgetProfile,
         "rows": p.rows, "batch_size": p.batch_size, "max_length": L,
         "mean_tokens": sum(lengths) / len(lengths), "notes": notes,
     }
+
+
+# --------------------------------------------------------------------------- measured efficiencies
+def measured_profile(profile, gpu_check_json) -> tuple:
+    """``(profile with measured efficiencies, sources)`` from ``bench/gpu_check.py``'s JSON.
+
+    * ``compute_efficiency``: FLOPs of the measured fp16 no-TTA run (the large shape, its
+      length-sorted padded batches, :func:`batch_flops`) / seconds / the measuring GPU's peak
+      (``_gpu_peaks.json``). The T4 projection applies it to the T4's peak, i.e. it scales the
+      measured time by the FLOP ratio; the bandwidth term keeps the bandwidth ratio.
+    * ``compute_slowdown``: per quantized format, fp16 tokens/s / that format's tokens/s, on the
+      same shape and GPU.
+
+    ``sources`` maps each replaced field to a sentence saying where its number came from
+    (print it). Raises ``ValueError`` naming what is missing from the JSON.
+    """
+    import dataclasses
+
+    from .modelspec import ModelSpec
+
+    profile = load_budget(profile)
+    path = Path(gpu_check_json)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"gpu check file {str(path)!r} is not readable JSON ({err}); run bench/gpu_check.py.") from None
+    inputs = data.get("budget_inputs")
+    if not inputs or not inputs.get("seconds"):
+        raise ValueError(f"{path.name} has no budget_inputs (its scoring check did not run); rerun bench/gpu_check.py "
+                         "on a GPU.")
+    device = inputs["device"]
+    key, peak = gpu_peak_tflops(device)
+    if peak is None:
+        raise ValueError(f"{path.name} was measured on {device!r}, which kdq/budgets/_gpu_peaks.json does not list; "
+                         "add its fp16 peak there.")
+    spec = ModelSpec.from_config(dict(inputs["config"], num_labels=3))
+    flops = sum(batch_flops(spec, b, longest) for b, longest in _padded_batches(inputs["lengths"], inputs["batch_size"]))
+    achieved = flops / float(inputs["seconds"]) / 1e12
+    efficiency = min(1.0, achieved / peak)
+    where = f"{path.name}, {inputs['shape']} fp16, batch {inputs['batch_size']}, {len(inputs['lengths'])} rows"
+    sources = {"compute_efficiency": f"{efficiency:.3f} = {achieved:.1f} TFLOP/s achieved / {peak:g} peak on {key} "
+                                     f"({where}); applied to {profile.gpu_name}'s {profile.peak_tflops:g} TFLOP/s"}
+    slowdown = dict(profile.compute_slowdown)
+    for fmt, factor in (inputs.get("slowdown") or {}).items():
+        slowdown[fmt] = max(1.0, float(factor))
+        sources[f"compute_slowdown[{fmt}]"] = (f"{slowdown[fmt]:.2f} = fp16 / {fmt} tokens/s on {key} "
+                                               f"({path.name}, {inputs.get('slowdown_shape')})")
+    notes = (profile.notes + " " if profile.notes else "") + f"Efficiencies measured by bench/gpu_check.py on {key}."
+    return dataclasses.replace(profile, name=f"{profile.name}+measured", compute_efficiency=efficiency,
+                               compute_slowdown=slowdown, notes=notes), sources

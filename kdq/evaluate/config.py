@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .._validate import check_choice, check_range
+from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES
+from ..runtime.tta import tta_mode
 from ..template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -20,7 +22,11 @@ class EvalConfig:
     Args:
         batch_size: rows per forward pass (length-sorted, dynamically padded).
         max_batch_tokens: optional cap on ``rows x longest`` per batch.
-        tta: also score every row with A and B swapped and report the averaged metrics.
+        tta: swap TTA behind the ``*_tta`` metrics: ``True`` or ``"full"`` scores every row
+            also with A and B swapped (original and swapped rows in one length-sorted pass);
+            ``"gated"`` scores every row once, then swaps only the ``tta_fraction`` least
+            confident rows; ``False`` or ``"none"``: no TTA metrics.
+        tta_fraction: share of rows gated TTA swap-scores (``0.33``: about 1.33 passes).
         template: row rendering; default: the template recorded in the model's config
             (``kdq_template``), else ``TemplateConfig()``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
@@ -36,7 +42,8 @@ class EvalConfig:
 
     batch_size: int = 8
     max_batch_tokens: int | None = None
-    tta: bool = True
+    tta: object = True
+    tta_fraction: float = DEFAULT_TTA_FRACTION
     template: TemplateConfig | None = None
     device: str | None = None
     dtype: str = "auto"
@@ -51,9 +58,11 @@ class EvalConfig:
         check_range(c, "batch_size", self.batch_size, 1, kind=int)
         if self.max_batch_tokens is not None:
             check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
-        for f in ("tta", "progress"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{c}.{f} must be True or False, got {getattr(self, f)!r}")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"{c}.progress must be True or False, got {self.progress!r}")
+        if not isinstance(self.tta, bool) and self.tta not in TTA_MODES:
+            raise ValueError(f"{c}.tta must be True, False or one of {list(TTA_MODES)}, got {self.tta!r}")
+        check_range(c, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
         if self.device is not None:
@@ -72,6 +81,12 @@ class EvalConfig:
         if self.budget is not None and not isinstance(self.budget, (str, os.PathLike, BudgetProfile)):
             raise ValueError(f"{c}.budget must be None, a profile name, a JSON path or a BudgetProfile, "
                              f"got {type(self.budget).__name__}")
+
+
+    @property
+    def tta_mode(self) -> str:
+        """``"none"``, ``"full"`` or ``"gated"`` (``tta`` may spell the first two as booleans)."""
+        return tta_mode(self.tta)
 
 
 # Arrays kept on Metrics but left out of to_dict() (JSON reports stay small).

@@ -181,7 +181,7 @@ def _score(loaded, sequences, config: EvalConfig, desc: str):
     """Logits ``(N, 3)`` and timing stats for token sequences."""
     from tqdm.auto import tqdm
 
-    from ..batching import predict_logits
+    from ..runtime.batching import predict_logits
 
     pad_id = loaded.tokenizer.pad_token_id
     with tqdm(total=len(sequences), desc=desc, unit="row", disable=not config.progress, leave=False) as bar:
@@ -189,6 +189,47 @@ def _score(loaded, sequences, config: EvalConfig, desc: str):
         logits = predict_logits(loaded.model, sequences, pad_id, batch_size=config.batch_size,
                                 max_batch_tokens=config.max_batch_tokens, progress=bar, stats=stats)
     return logits, stats
+
+
+def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
+    """:func:`kdq.runtime.tta.score_tta` with ``config.tta_mode``, the same call predict.py makes.
+
+    Returns ``(TTAResult, stats)``: stats summed over every forward pass.
+    """
+    from ..data import encode
+    from ..runtime.tta import score_tta
+
+    totals = {"rows": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
+
+    def score(seqs):
+        logits, st = _score(loaded, seqs, config, "score")
+        for k in totals:
+            totals[k] += st[k]
+        return logits
+
+    def swapped(idx):
+        return encode(rows.select(idx), loaded.tokenizer, template, swap=True, desc="render swapped rows")["input_ids"]
+
+    result = score_tta(score, sequences, swapped, mode=config.tta_mode, fraction=config.tta_fraction)
+    return result, totals
+
+
+def _stored_format(loaded, fmt):
+    """The format name as stored on disk: ``fp32``/``bf16`` for an unquantized folder saved so."""
+    import json
+
+    if fmt.name != "fp16" or loaded.source is None:
+        return fmt.name
+    files = sorted(Path(loaded.source).glob("*.safetensors"))
+    if not files:
+        return fmt.name
+    with open(files[0], "rb") as fh:  # safetensors: 8-byte little-endian header length, then JSON
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    size = {}  # bytes per dtype: the dominant one is the format
+    for key, v in header.items():
+        if key != "__metadata__":
+            size[v["dtype"]] = size.get(v["dtype"], 0) + v["data_offsets"][1] - v["data_offsets"][0]
+    return {"F32": "fp32", "BF16": "bf16"}.get(max(size, key=size.get) if size else "F16", "fp16")
 
 
 def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
@@ -204,7 +245,6 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
     """
     import torch
 
-    from ..batching import combine_swap_tta
     from ..data import encode, labels_of, load_arena
     from ..models import default_device, template_of
     from ..template import TemplateConfig
@@ -230,19 +270,13 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
         # one untimed pass on the shortest row: lazy initialisation (kernels, allocator) is not throughput
         shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
         _score(loaded, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
-        logits, stats = _score(loaded, sequences, config, "score")
-        swapped, stats_sw = None, None
-        if config.tta:
-            enc_sw = encode(rows, loaded.tokenizer, template, swap=True, desc="render swapped rows")
-            swapped, stats_sw = _score(loaded, enc_sw["input_ids"], config, "score swapped")
+        result, stats = _score_tta(loaded, rows, sequences, template, config)
 
-    probs = softmax(logits.numpy())
-    probs_tta = np.exp(combine_swap_tta(logits, swapped).double().numpy()) if swapped is not None else None
-    all_stats = [s for s in (stats, stats_sw) if s is not None]
-    seconds = sum(s["seconds"] for s in all_stats)
-    real = sum(s["real_tokens"] for s in all_stats)
-    padded = sum(s["padded_tokens"] for s in all_stats)
-    scored_rows = sum(s["rows"] for s in all_stats)
+    probs = softmax(result.logits.numpy())
+    probs_tta = None
+    if config.tta_mode != "none":
+        probs_tta = softmax(result.log_probs.double().numpy())
+    seconds, real, padded, scored_rows = stats["seconds"], stats["real_tokens"], stats["padded_tokens"], stats["rows"]
 
     spec = ModelSpec.from_config(loaded.model.config)
     fmt = weight_format_of(loaded.model.config)
@@ -253,8 +287,10 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
         measured = None
         if device.type == "cuda":
             measured = {"device": dev_name, "tokens_per_s": real / max(seconds, 1e-9)}
-        verdict = project(spec, fmt, lengths, profile, max_length=template.max_length, tta=config.tta,
-                          measured=measured)
+        if config.tta_mode == "gated":  # about 1 + fraction forward passes per row
+            profile = dataclasses.replace(profile, tta_factor=1.0 + config.tta_fraction)
+        verdict = project(spec, fmt, lengths, profile, max_length=template.max_length,
+                          tta=config.tta_mode != "none", measured=measured)
         dtype = next(loaded.model.parameters()).dtype
         if measured is not None and fmt is FP16 and dtype != torch.float16:
             verdict["notes"].append(f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
@@ -269,7 +305,7 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
         size_bytes=int(size_bytes), size_source=size_source,
         peak_memory_bytes=int(peak.peak), peak_memory_kind=peak.kind,
         rows_per_s=scored_rows / max(seconds, 1e-9), tokens_per_s=real / max(seconds, 1e-9), seconds=seconds,
-        device=dev_name, n_params=int(param_counts(spec)["total"]), weight_format=fmt.name,
+        device=dev_name, n_params=int(param_counts(spec)["total"]), weight_format=_stored_format(loaded, fmt),
         weight_format_spec=dataclasses.asdict(fmt),
         mean_tokens=float(lengths.mean()), padding_efficiency=real / max(padded, 1),
         max_length=template.max_length, rows_fingerprint=rows_fingerprint(rows),

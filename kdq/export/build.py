@@ -14,7 +14,8 @@ from ..errors import CheckFailed
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
 from .manifest import MANIFEST_VERSION, library_versions, metrics_record, utc_now, write_json
-from .script import SCRIPT_NAME, load_predict_module, render_script
+from ._predict_main import BACKEND_MODULES
+from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
 from .verify import VerificationError, prepare_backend
 
 PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
@@ -32,6 +33,7 @@ class _Staged:
     source: str | None
     fingerprint: str
     weights_sha256: dict
+    fp16_check: dict | None = None  # fp16 vs fp32 on the probe rows, for unquantized weights
 
 
 def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str | None = None,
@@ -69,18 +71,18 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     try:
         with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
             bar.set_postfix_str(steps[0])
-            staged = _stage_model(model, tmp, tokenizer)
+            staged = _stage_model(model, tmp, tokenizer, config)
             template = _resolve_template(config, staged.loaded.model)
             quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer)
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
-            write_json(tmp / SETTINGS_FILE, {"tta": config.tta, "batch_size": config.batch_size,
-                                             "max_batch_tokens": config.max_batch_tokens})
+            write_json(tmp / SETTINGS_FILE, settings_record(config, quant_method))
             from .. import __version__ as kdq_version
 
             (tmp / SCRIPT_NAME).write_text(render_script(title=config.title, slug=config.slug, kdq_version=kdq_version,
                                                          quant_method=quant_method), encoding="utf-8")
+            copy_runtime(tmp)
             bar.update(1)
 
             bar.set_postfix_str(steps[2])
@@ -106,7 +108,77 @@ export.VerificationError = VerificationError
 export.ExportError = ExportError
 
 
-def _stage_model(model, tmp: Path, tokenizer) -> _Staged:
+def settings_record(config: ExportConfig, quant_method) -> dict:
+    """``kdq-predict.json``: predict.py's defaults and the packages its backend needs."""
+    return {"tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
+            "max_batch_tokens": config.max_batch_tokens,
+            "backend_modules": list(BACKEND_MODULES.get(quant_method, ()))}
+
+
+def _stage_model(model, tmp: Path, tokenizer, config: ExportConfig) -> _Staged:
+    """Stage the model's files in ``tmp``: unquantized weights in ``config.weights_dtype``,
+    quantized folders byte for byte; return the reference model the probe must match."""
+    staged = _stage_files(model, tmp, tokenizer)
+    if config.weights_dtype == "float16" and not _is_quantized(tmp):
+        staged = _to_fp16(staged, tmp, config)
+    return staged
+
+
+def _is_quantized(folder) -> bool:
+    return "quantization_config" in json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+
+
+def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig) -> _Staged:
+    """Store the weights in fp16 (a T4 has no bf16; half the bytes of fp32).
+
+    Checks fp16 compute against the reference on the probe rows: finite, and within
+    ``config.fp16_atol`` in probability; otherwise :class:`ExportError` suggests fp32 or a
+    quantized variant. The probe reference becomes the fp16-rounded weights computed in fp32,
+    which is what predict.py runs on CPU.
+    """
+    import copy
+
+    import torch
+
+    from ..models import LoadedModel, template_of
+    from .files import model_files
+
+    original = staged.loaded
+    if next(original.model.parameters()).dtype == torch.float16:
+        return staged  # saved from an fp16 model: fp16 on disk already
+    half = copy.deepcopy(original.model).to(torch.float16)
+    _, rows = probe_rows(config.probe_rows)
+    template = template_of(tmp) or template_of(original.model) or _default_template()
+    ref = kdq_probs(original, rows, template, tta=config.tta, batch_size=config.batch_size,
+                    tta_fraction=config.tta_fraction)
+    got = kdq_probs(LoadedModel(half, original.tokenizer, original.source, original.fingerprint), rows, template,
+                    tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction)
+    finite = bool(torch.isfinite(got).all())
+    diff = float((got - ref).abs().max()) if finite else float("inf")
+    if not diff <= config.fp16_atol:
+        what = "non-finite (fp16 overflow)" if not finite else f"up to {diff:.3g} away from fp32"
+        raise ExportError(f"fp16 weights: the probe rows' probabilities computed in fp16 are {what} "
+                          f"(ExportConfig.fp16_atol={config.fp16_atol:g}). Export this model with "
+                          "ExportConfig(weights_dtype='float32'), or export a quantized variant "
+                          "(kdq.quantize(..., QuantConfig.from_name('gptq-8'))). Nothing was written.")
+    for p in model_files(tmp):
+        if p.suffix == ".safetensors" or p.name == "model.safetensors.index.json":
+            p.unlink()
+    with tempfile.TemporaryDirectory(prefix=".kdq-export-fp16-", dir=tmp.parent) as scratch:
+        half.save_pretrained(scratch)
+        copy_model_files(scratch, tmp, skip_roles=("tokenizer", "quantization"))
+    reference = LoadedModel(half.float(), original.tokenizer, original.source, original.fingerprint)
+    return _Staged(reference, staged.source, staged.fingerprint, staged.weights_sha256,
+                   fp16_check={"max_abs_diff_vs_fp32": diff, "atol": config.fp16_atol, "rows": len(rows)})
+
+
+def _default_template():
+    from ..template import TemplateConfig
+
+    return TemplateConfig()
+
+
+def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
     """Copy (or save) the files the notebook needs into ``tmp``; load the reference model."""
     import torch
 
@@ -212,20 +284,21 @@ def probe_rows(n: int):
     return list(raw["id"]), rows
 
 
-def kdq_probs(loaded, rows, template, *, tta: bool, batch_size: int):
-    """kdq's own pipeline (template + batching) on the in-memory model: probabilities ``(N, 3)`` float64."""
+def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: float = 0.33):
+    """kdq's own scoring (the runtime's template, batching and TTA) on the in-memory model:
+    probabilities ``(N, 3)`` float64. The same :func:`kdq.runtime.tta.score_tta` call as predict.py."""
     import torch
 
-    from ..batching import combine_swap_tta, predict_logits
-    from ..template import encode_row
+    from ..runtime.batching import predict_logits
+    from ..runtime.template import encode_row
+    from ..runtime.tta import score_tta
 
     model, tok = loaded.model, loaded.tokenizer
     seqs = [encode_row(tok, p, a, b, template) for p, a, b in rows]
-    logits = predict_logits(model, seqs, model.config.pad_token_id, batch_size=batch_size)
-    if tta:
-        swapped = [encode_row(tok, p, b, a, template) for p, a, b in rows]
-        logits = combine_swap_tta(logits, predict_logits(model, swapped, model.config.pad_token_id, batch_size=batch_size))
-    return torch.softmax(logits.double(), dim=-1)
+    swapped = [encode_row(tok, p, b, a, template) for p, a, b in rows]
+    result = score_tta(lambda s: predict_logits(model, s, model.config.pad_token_id, batch_size=batch_size),
+                       seqs, swapped, mode=tta, fraction=tta_fraction)
+    return torch.softmax(result.log_probs.double(), dim=-1)
 
 
 def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
@@ -239,10 +312,12 @@ def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
     first = next(loaded.model.parameters())
     device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
     ids, rows = probe_rows(config.probe_rows)
-    expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size)
+    expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size,
+                         tta_fraction=config.tta_fraction)
     prepare_backend(tmp, device)
     module = load_predict_module(tmp / SCRIPT_NAME)
-    got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device])
+    got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device],
+                               tta_fraction=config.tta_fraction)
     diff = float((got - expected).abs().max())
     if not diff <= config.probe_atol:
         raise ExportError(f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
@@ -251,7 +326,8 @@ def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
                           f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {dtype}: if that "
                           "explains the gap, raise probe_atol.)")
     return {"ids": ids, "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
-            "tta": config.tta, "batch_size": config.batch_size, "device": device, "atol": config.probe_atol,
+            "tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
+            "device": device, "atol": config.probe_atol,
             "max_abs_diff_vs_source": diff, "probs": got.tolist()}
 
 
@@ -265,6 +341,8 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
     configs = jsonable(config.configs)
     _add_quantize_record(staged.source, configs, sources)
     sources.update(_user_sources(config.sources))
+    # Published files name sources by folder name and fingerprint, never by this machine's paths.
+    sources, configs, metrics = public_paths(sources), public_paths(configs), public_paths(metrics)
     flat_sources = {k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()}
     card = render_card(config=config, quant_method=quant_method, template=template.to_dict(), files=list_files(tmp),
                        metrics=metrics, budget=budget, table_md=table_md, wheels=wheels, versions=versions,
@@ -280,7 +358,7 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
         "kdq_manifest_version": MANIFEST_VERSION,
         "created_utc": utc_now(),
         "dataset": config.dataset_metadata(),
-        "export_config": config.to_dict(),
+        "export_config": public_paths(config.to_dict()),
         "model": {"architectures": cfg.get("architectures"), "quant_method": quant_method,
                   "num_labels": len(cfg.get("id2label") or {}), "id2label": cfg.get("id2label"),
                   "pad_token_id": cfg.get("pad_token_id"), "template": template.to_dict()},
@@ -290,11 +368,24 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
         "budget": budget,
         "trade_off_table": table_md,
         "probe": probe,
+        "fp16_check": staged.fp16_check,
         "wheels": wheels,
         "versions": versions,
         "files": list_files(tmp),
     }
     write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def public_paths(value):
+    """``value`` with every absolute local path replaced by its last component (``/home/me/runs/kd`` →
+    ``kd``), recursively: a dataset card or manifest must not publish the exporting machine's folders."""
+    if isinstance(value, dict):
+        return {k: public_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public_paths(v) for v in value]
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")) and "\n" not in value:
+        return Path(value).name or value
+    return value
 
 
 def _add_quantize_record(source, configs: dict, sources: dict) -> None:
@@ -327,5 +418,5 @@ def _user_sources(sources) -> dict:
                 raise ValueError(f"ExportConfig.sources[{name!r}] is None but {name!r} is not a folder to fingerprint; "
                                  "give its fingerprint as the value.")
             fp = fingerprint_path(name)
-        out[str(name)] = str(fp)
+        out[public_paths(str(name))] = str(fp)
     return out

@@ -44,6 +44,10 @@ def budget_lines(budget: dict) -> str:
     return f"**Kaggle budget: {verdict}.** {details}"
 
 
+def _weights_mb(files: dict) -> float:
+    return sum(e["size"] for e in files.values() if e["role"] == "weights") / 1e6
+
+
 def install_line(slug: str, wheels: dict | None) -> str | None:
     if not wheels:
         return None
@@ -63,8 +67,12 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
         "A sequence classifier for the LMSYS Chatbot Arena competition (winner_model_a / winner_model_b / "
         "winner_tie), packed by kdq for an offline Kaggle notebook.", "",
         f"- quantization: **{quant_method or 'none'}**",
+        f"- weights in this folder: **{_weights_mb(files):.1f} MB** "
+        f"({quant_method or config.weights_dtype.replace('float', 'fp')} on disk; the metrics below were "
+        "measured on the source variant)",
         f"- row template: `{template}`",
-        f"- predict.py defaults: tta={config.tta}, batch_size={config.batch_size}",
+        f"- predict.py defaults: tta={config.tta}" + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")
+        + f", batch_size={config.batch_size}",
         f"- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
         "",
     ]

@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .._validate import check_range
+from .._validate import check_choice, check_range
+from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES
+from ..runtime.tta import tta_mode
 from ..template import TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
@@ -23,6 +25,10 @@ SLUG_LENGTH = (3, 50)  # Kaggle: dataset slug "between 3 and 50 characters"
 # Kaggle slugs and user names are lower-case letters, digits and hyphens (no leading hyphen).
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 PYTHON_VERSION_RE = re.compile(r"^3\.\d{1,2}$")
+# Kaggle's current notebook image runs CPython 3.11 (the pinned transformers 5 needs >= 3.10 anyway).
+KAGGLE_PYTHON_VERSIONS = ("3.11",)
+# What unquantized weights are stored as: fp16 (a T4 has no bf16), or fp32 when fp16 overflows.
+WEIGHT_DTYPES = ("float16", "float32")
 # glibc tags a Kaggle image (Ubuntu 22.04, glibc 2.35) can install; pip needs each one named
 # explicitly with --platform, or it rejects e.g. bitsandbytes' manylinux_2_24 wheel.
 DEFAULT_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64",
@@ -82,8 +88,15 @@ class ExportConfig:
         dataset_id: ``"owner/slug"``: your Kaggle user name and the dataset's URL slug.
         licenses: exactly one Kaggle licence name (Danube3 is Apache-2.0, hence the default).
         overwrite: replace an existing output folder (only once the new one is complete).
-        tta: default of predict.py's ``--tta``: average each row with its A/B-swapped copy
-            (twice the compute, usually a lower log loss).
+        tta: default of predict.py's ``--tta``: ``"full"`` (or ``True``) averages each row with
+            its A/B-swapped copy (twice the compute, usually a lower log loss); ``"gated"``
+            swap-scores only the ``tta_fraction`` least confident rows; ``"none"`` (or ``False``).
+            Stored as the mode name.
+        tta_fraction: the share of rows gated TTA swap-scores.
+        weights_dtype: how unquantized weights are stored: ``"float16"`` (default; half the
+            bytes, and what a T4 computes in) or ``"float32"``. The export checks fp16 against
+            fp32 on the probe rows (finite, within ``fp16_atol``) and says when to fall back.
+        fp16_atol: largest allowed |Δ probability| between fp16 and fp32 compute on the probe rows.
         batch_size: default of predict.py's ``--batch-size`` (rows per forward pass per GPU).
         max_batch_tokens: optional default cap on ``rows x longest row`` per batch.
         template: the row template; ``None`` uses the one recorded in the model's config
@@ -98,7 +111,8 @@ class ExportConfig:
             bnb. Entries are pinned to the version installed here unless pinned already.
         wheel_deps: also ship their dependencies (read from the installed metadata), except
             torch and its CUDA stack, which the Kaggle image provides.
-        wheel_python_versions: target interpreters (Kaggle images: 3.10 or 3.11).
+        wheel_python_versions: target interpreters (default: Kaggle's current image, 3.11). A
+            pinned package whose ``Requires-Python`` excludes one is an error before any download.
         wheel_platforms: pip ``--platform`` tags accepted on the target.
         wheel_files: local ``.whl`` files to ship as well (e.g. a gptqmodel wheel you built:
             it has no binary wheel on PyPI); their packages are not downloaded.
@@ -114,7 +128,10 @@ class ExportConfig:
     dataset_id: str
     licenses: tuple = ("apache-2.0",)
     overwrite: bool = False
-    tta: bool = True
+    tta: object = "full"
+    tta_fraction: float = DEFAULT_TTA_FRACTION
+    weights_dtype: str = "float16"
+    fp16_atol: float = 2e-3
     batch_size: int = 8
     max_batch_tokens: int | None = None
     template: TemplateConfig | None = None
@@ -123,7 +140,7 @@ class ExportConfig:
     wheels: bool = False
     wheel_packages: tuple | None = None
     wheel_deps: bool = True
-    wheel_python_versions: tuple = ("3.10", "3.11")
+    wheel_python_versions: tuple = KAGGLE_PYTHON_VERSIONS
     wheel_platforms: tuple = DEFAULT_PLATFORMS
     wheel_files: tuple = ()
     configs: object = field(default_factory=dict, hash=False)
@@ -143,9 +160,15 @@ class ExportConfig:
         if len(licenses) != 1 or licenses[0] not in KAGGLE_LICENSES:
             raise ValueError(f"{cls}.licenses must be exactly one of {list(KAGGLE_LICENSES)}, got {self.licenses!r}")
         object.__setattr__(self, "licenses", licenses)
-        for name in ("overwrite", "tta", "wheels", "wheel_deps"):
+        for name in ("overwrite", "wheels", "wheel_deps"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{cls}.{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.tta, bool) and self.tta not in TTA_MODES:
+            raise ValueError(f"{cls}.tta must be True or False or one of {list(TTA_MODES)}, got {self.tta!r}")
+        object.__setattr__(self, "tta", tta_mode(self.tta))
+        check_range(cls, "tta_fraction", self.tta_fraction, 0.0, 1.0)
+        check_choice(cls, "weights_dtype", self.weights_dtype, WEIGHT_DTYPES)
+        check_range(cls, "fp16_atol", self.fp16_atol, 0.0, 1.0, lo_open=True)
         check_range(cls, "batch_size", self.batch_size, 1, 4096, kind=int)
         if self.max_batch_tokens is not None:
             check_range(cls, "max_batch_tokens", self.max_batch_tokens, 32, None, kind=int)

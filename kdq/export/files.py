@@ -5,13 +5,12 @@ import fnmatch
 import shutil
 from pathlib import Path
 
-from ._predict_main import sha256_file  # one implementation, also pasted into predict.py
+from ..runtime.checksums import sha256_file  # one implementation, also copied into the export
 
-MANIFEST_FILE = "kdq-manifest.json"
-SETTINGS_FILE = "kdq-predict.json"
+from ..runtime.constants import MANIFEST_FILE, RUNTIME_DIR, SETTINGS_FILE, WHEELS_DIR  # noqa: F401
+
 METADATA_FILE = "dataset-metadata.json"
 CARD_FILE = "README.md"
-WHEELS_DIR = "wheels"
 
 # The model files the notebook needs, by role. Everything else in a model folder (optimizer
 # state, training args, checkpoints, logs, kdq-quantize.json) stays behind.
@@ -55,6 +54,8 @@ def role_of(rel: str) -> str:
     """The role of a file in an exported folder, from its relative path."""
     if rel.startswith(WHEELS_DIR + "/"):
         return "wheel"
+    if rel.startswith(RUNTIME_DIR + "/"):
+        return "runtime"
     return GENERATED_ROLES.get(rel) or model_role(rel) or "other"
 
 

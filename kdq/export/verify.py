@@ -84,7 +84,29 @@ def check_checksums(folder) -> tuple:
     return problems, notes, len(files), n_bytes
 
 
-def verify(folder, *, probe: bool = True, atol: float | None = None, device: str = "cpu") -> VerifyReport:
+def batch_size_atol(quant_config: dict | None) -> float:
+    """The |Δ probability| :func:`verify` allows when the probe is re-scored with another batch size
+    than the export used (``probe.batch_size`` in the manifest), per quantization method.
+
+    Same batch size: kdq and predict.py build identical batches (one runtime), so the stored
+    ``probe.atol`` applies. Another batch size regroups rows and padding:
+
+    * bitsandbytes int8 (LLM.int8): the outlier columns (activations past 6.0) are picked over the
+      whole batch, padding included, so other batch-mates change which columns run in fp16: 1e-2;
+    * bitsandbytes 4-bit and GPTQ: dequantize-then-matmul kernels reduce in a batch-shape-dependent
+      order: 1e-3;
+    * unquantized: padding is masked out; only the summation order differs: 1e-4.
+    """
+    qc = quant_config or {}
+    if qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_8bit"):
+        return 1e-2
+    if qc.get("quant_method") in ("bitsandbytes", "gptq"):
+        return 1e-3
+    return 1e-4
+
+
+def verify(folder, *, probe: bool = True, atol: float | None = None, device: str = "cpu",
+           batch_size: int | None = None) -> VerifyReport:
     """Check an exported folder: every checksum, then a probe batch through its own predict.py.
 
     Args:
@@ -95,6 +117,8 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
             manifest's ``probe.atol`` (ExportConfig.probe_atol).
         device: where to run the probe (the stored one was computed on CPU unless the
             exported model lived on a GPU).
+        batch_size: re-score the probe with this batch size (default: the one stored, which
+            makes the batches identical); another one allows :func:`batch_size_atol` too.
     Returns:
         :class:`VerifyReport`. Unlisted extra files only warn.
     Raises:
@@ -123,12 +147,16 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
     try:
         prepare_backend(folder, device)
         module = load_predict_module(folder / SCRIPT_NAME)
-        got = module.predict_probs(folder, rows, tta=stored["tta"], batch_size=stored["batch_size"], devices=[device])
+        got = module.predict_probs(folder, rows, tta=stored["tta"], batch_size=batch_size or stored["batch_size"],
+                                   devices=[device], tta_fraction=stored.get("tta_fraction"))
     except Exception as err:  # any load or scoring failure is a verification failure
         raise VerificationError(folder, [("probe", f"predict.py could not score the probe rows: "
                                                    f"{type(err).__name__}: {err}")]) from err
     diff = float((got - torch.tensor(stored["probs"], dtype=torch.float64)).abs().max())
     tol = stored.get("atol", 1e-4) if atol is None else atol
+    if atol is None and batch_size is not None and batch_size != stored["batch_size"]:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tol = max(tol, batch_size_atol(config.get("quantization_config")))
     if not diff <= tol:
         raise VerificationError(folder, [("probe", f"probabilities differ from those stored at export by up to "
                                                    f"{diff:.3g} (atol {tol:g}) on {len(rows)} rows on {device}")])

@@ -1,4 +1,4 @@
-"""Fill ``wheels/`` with ``pip download`` for the Kaggle platform (Linux x86_64, CPython 3.10/3.11).
+"""Fill ``wheels/`` with ``pip download`` for the Kaggle platform (Linux x86_64, CPython 3.11 by default).
 
 The notebook has no internet, so every package its image may lack travels in the dataset,
 pinned to the version that exported (and verified) the model. Dependencies are read from
@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import CheckFailed
+from .config import KAGGLE_PYTHON_VERSIONS
 
 # Never shipped: the image's CUDA build of torch (and its stack) must stay in place.
 IMAGE_PROVIDED = ("torch", "triton", "pytorch-triton", "nvidia-*")
@@ -122,6 +123,31 @@ def closure(roots, python_version: str, *, with_deps: bool = True) -> list:
     return out
 
 
+def requires_python_problems(requirements, python_version: str) -> list:
+    """Pinned requirements whose ``Requires-Python`` excludes CPython ``python_version``.
+
+    Read from the installed package's metadata when the pin is the installed version (the
+    usual case: roots and dependencies are pinned to what is installed here); other pins are
+    left to pip. Returns one sentence per problem, naming the package and both versions.
+    """
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    problems = []
+    for text in requirements:
+        req = _requirement(text)
+        pinned = [s.version for s in req.specifier if s.operator == "=="]
+        if not pinned or _installed(req.name) != pinned[0]:
+            continue
+        spec = metadata.metadata(req.name).get("Requires-Python")
+        try:
+            if spec and not SpecifierSet(spec).contains(python_version + ".0", prereleases=True):
+                problems.append(f"{req.name}=={pinned[0]} requires Python {spec} (its Requires-Python), which excludes "
+                                f"the requested CPython {python_version}")
+        except InvalidSpecifier:
+            continue
+    return problems
+
+
 def wheel_name(path) -> str:
     """The canonical project name of a ``.whl`` file (its name up to the first ``-``)."""
     return canonical(Path(path).name.split("-")[0])
@@ -178,11 +204,15 @@ def fill_wheels(dest, *, roots, python_versions, platforms, with_deps: bool, ext
         shutil.copy2(f, dest / f.name)
         provided.add(wheel_name(f))
     pinned_roots = [pin(r) for r in roots]
-    per_version = {}
-    for pv in python_versions:
-        reqs = [r for r in closure(roots, pv, with_deps=with_deps) if canonical(_requirement(r).name) not in provided]
+    per_version = {pv: [r for r in closure(roots, pv, with_deps=with_deps) if canonical(_requirement(r).name) not in provided]
+                   for pv in python_versions}
+    problems = [p for pv, reqs in per_version.items() for p in requires_python_problems(reqs, pv)]
+    if problems:  # before any download: a half-filled wheels/ helps nobody
+        raise WheelError("; ".join(problems) + ". Fix: drop that version from ExportConfig.wheel_python_versions "
+                         f"(Kaggle's current image runs CPython {', '.join(KAGGLE_PYTHON_VERSIONS)}), or pin a "
+                         "release of the package that supports it in ExportConfig.wheel_packages.")
+    for pv, reqs in per_version.items():
         download(reqs, dest, python_version=pv, platforms=platforms)
-        per_version[pv] = reqs
     return {
         "python_versions": list(python_versions),
         "platforms": list(platforms),

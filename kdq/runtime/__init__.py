@@ -1,0 +1,14 @@
+"""The scoring runtime shared by kdq and every exported folder.
+
+Standalone on purpose: these modules import the standard library, torch and transformers
+only, never kdq (relative imports between themselves). ``kdq.export`` copies the package
+whole into the exported folder as ``kdq_runtime/``, so training, evaluation, the teacher
+cache, the export probe and the notebook's ``predict.py`` run the same code:
+
+* ``constants``: labels, the A/B swap permutation, TTA modes, file names;
+* ``template``: arena row → token ids;
+* ``batching``: length-sorted, dynamically padded scoring;
+* ``tta``: swap TTA (full: original and swapped rows in one length-sorted pass; gated);
+* ``checksums``: the folder's sha256 checks;
+* ``predict``: the notebook's command line.
+"""

@@ -1,0 +1,453 @@
+"""The offline inference program of an exported folder (``predict.py`` runs :func:`main`).
+
+Standalone: it imports the standard library, torch, transformers and its sibling modules
+only, never kdq. ``kdq.export`` copies this package whole into the folder as ``kdq_runtime/``;
+the folder's ``predict.py`` is a launcher that loads it from there.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .batching import predict_logits
+from .checksums import check_files
+from .constants import DEFAULT_TTA_FRACTION, LABELS, MANIFEST_FILE, SETTINGS_FILE, TEMPLATE_KEY, TTA_MODES, WHEELS_DIR
+from .template import TemplateConfig, encode_row, parse_turns
+from .tta import gated_count, score_tta, tta_mode
+
+DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
+TEXT_COLUMNS = ("prompt", "response_a", "response_b")
+NOTEBOOK_HOURS = 9.0  # Kaggle's limit for the competition notebook
+KAGGLE_TEST_ROWS = 25_000  # the hidden test set the ETA is projected onto
+
+
+def read_settings(model_dir) -> dict:
+    """Inference settings of an exported folder.
+
+    The template comes from ``config.json`` (key ``kdq_template``), where kdq recorded it for
+    training; ``kdq-predict.json`` holds the defaults (``tta``, ``tta_fraction``, ``batch_size``,
+    ``max_batch_tokens``) and the packages the quantization backend needs (``backend_modules``).
+    Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
+    """
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if not config.get(TEMPLATE_KEY):
+        raise ValueError(f"{model_dir / 'config.json'} has no {TEMPLATE_KEY!r} entry, so the row template used in "
+                         "training is unknown; re-export the model with kdq.export.")
+    settings = {"tta": "full", "tta_fraction": DEFAULT_TTA_FRACTION, "batch_size": 8, "max_batch_tokens": None,
+                "backend_modules": []}
+    if (model_dir / SETTINGS_FILE).is_file():
+        settings.update(_read_json(model_dir / SETTINGS_FILE))
+    settings["tta"] = tta_mode(settings["tta"])
+    settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
+    return settings
+
+
+def _export_settings(model_dir) -> dict:
+    path = Path(model_dir) / SETTINGS_FILE
+    return _read_json(path) if path.is_file() else {}
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; the exported folder is incomplete.") from None
+
+
+def _raise_csv_field_limit():
+    # Arena responses can be far longer than csv's default 128 KiB field limit.
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 10
+
+
+def read_rows(csv_path):
+    """Read the competition's test CSV.
+
+    Returns ``(ids, rows)``: ``ids`` is ``list[str]``; ``rows[i]`` is the tuple of turn lists
+    ``(prompt, response_a, response_b)``. Raises ``ValueError`` naming the row and column for
+    a missing column, a duplicate id or a cell that is not a JSON list of strings.
+    """
+    _raise_csv_field_limit()
+    ids, rows, seen = [], [], {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("id",) + TEXT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}; the competition test CSV has columns "
+                             f"id, prompt, response_a, response_b (found {reader.fieldnames}).")
+        for n, record in enumerate(reader):
+            rid = record["id"]
+            if rid in seen:
+                raise ValueError(f"{csv_path}: duplicate id {rid!r} in data rows {seen[rid]} and {n}; ids must be unique.")
+            seen[rid] = n
+            ids.append(rid)
+            rows.append(tuple(parse_turns(record[c], row=rid, column=c) for c in TEXT_COLUMNS))
+    if not ids:
+        raise ValueError(f"{csv_path} has a header but no rows.")
+    return ids, rows
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from transformers.utils.logging import tqdm
+    except ImportError:  # progress is a nicety, never a reason to fail
+        return None
+    return tqdm(total=total, desc=desc, unit="row")
+
+
+def render(tokenizer, rows, template, *, swap: bool = False, progress: bool = False):
+    """Token ids of every row (``list[list[int]]``); ``swap`` exchanges response A and B."""
+    bar = _progress(len(rows), "render rows (A/B swapped)" if swap else "render rows", progress)
+    out = []
+    for prompt, a, b in rows:
+        out.append(encode_row(tokenizer, prompt, b, a, template) if swap else encode_row(tokenizer, prompt, a, b, template))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def pick_devices(spec: str = "auto"):
+    """``"auto"``: every CUDA GPU (``cuda:0``, ``cuda:1``), else ``["cpu"]``; or a comma list."""
+    if spec == "auto":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    if not devices:
+        raise ValueError(f"--devices {spec!r} names no device; use 'auto', 'cpu' or e.g. 'cuda:0,cuda:1'.")
+    for d in devices:
+        torch.device(d)  # raises on a malformed name
+    return devices
+
+
+def install_line(model_dir, packages) -> str:
+    """The offline install command for ``packages`` from the folder's wheels."""
+    return f"pip install --no-index --find-links {Path(model_dir) / WHEELS_DIR} {' '.join(packages)}"
+
+
+def check_backend(model_dir) -> str | None:
+    """The quantization method in config.json (or None); raises if a package it needs is missing.
+
+    The packages come from ``kdq-predict.json`` (``backend_modules``), written at export.
+    """
+    qc = _read_json(Path(model_dir) / "config.json").get("quantization_config") or {}
+    method = qc.get("quant_method")
+    modules = (_export_settings(model_dir).get("backend_modules") or []) if method else []
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"this model is quantized with {method!r} and needs {missing}, which this Python lacks. "
+                           f"Install them offline first: {install_line(model_dir, missing)}")
+    return method
+
+
+def _installed(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(version: str) -> tuple:
+    parts = []
+    for p in version.split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_versions(model_dir, method=None) -> list:
+    """Compare the installed torch/transformers (and the backend) with those that exported the folder.
+
+    Returns one-line warnings for differences that may change the numbers (another minor
+    version). Raises ``RuntimeError`` for one that breaks loading: a transformers older than the
+    major version that wrote ``config.json`` (transformers 5 writes ``rope_parameters`` and
+    reads ``dtype=``). Each line carries the exact offline install command.
+    """
+    manifest_path = Path(model_dir) / MANIFEST_FILE
+    exported = (_read_json(manifest_path).get("versions") or {}) if manifest_path.is_file() else {}
+    backend = (_export_settings(model_dir).get("backend_modules") or []) if method else []
+    names = ["torch", "transformers"] + [m for m in backend if m in ("bitsandbytes", "gptqmodel")]
+    lines = []
+    for name in names:
+        want, have = exported.get(name), _installed(name)
+        if not want or not have or _major_minor(want) == _major_minor(have):
+            continue
+        fix = f"pip install --no-index --find-links {Path(model_dir) / WHEELS_DIR} {name}=={want}"
+        if name == "torch":
+            fix = f"torch {want} is not in the wheels (the image provides torch); expect small numeric differences"
+        if name == "transformers" and _major_minor(have)[0] < _major_minor(want)[0]:
+            raise RuntimeError(f"transformers {have} is installed but this folder was exported with transformers {want} "
+                               f"(its config.json needs transformers >= {_major_minor(want)[0]}): {fix}")
+        lines.append(f"{name} {have} is installed; the folder was exported and verified with {want}: {fix}")
+    return lines
+
+
+def load_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def load_kwargs(model_dir, device) -> dict:
+    """``from_pretrained`` arguments for ``device``: fp16 on CUDA (a T4 has no bf16), fp32 on CPU;
+    on CUDA, GPTQ picks its CUDA kernel and bitsandbytes 4-bit computes in fp16."""
+    dev = torch.device(device)
+    kwargs = {"dtype": torch.float16 if dev.type == "cuda" else torch.float32}
+    if dev.type != "cuda":
+        return kwargs
+    # Place the weights at load time: quantized layers cannot always be moved afterwards.
+    kwargs["device_map"] = {"": str(dev)}
+    qc = _read_json(Path(model_dir) / "config.json").get("quantization_config") or {}
+    if qc.get("quant_method") == "gptq" and qc.get("backend") in (None, "torch"):
+        # kdq quantizes on CPU with gptqmodel's portable torch kernel and records it; on a GPU
+        # let gptqmodel pick its fastest kernel for this card (same checkpoint format).
+        from transformers import GPTQConfig
+
+        kwargs["quantization_config"] = GPTQConfig(bits=qc["bits"], backend="auto")
+    elif qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_4bit"):
+        # Quantized on CPU, the folder records compute dtype float32: 2-4x slower on a T4.
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(dict(qc, bnb_4bit_compute_dtype="float16"))
+    return kwargs
+
+
+def load_model(model_dir, device):
+    """The classifier on ``device`` (see :func:`load_kwargs`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **load_kwargs(model_dir, device))
+    if model.config.pad_token_id is None:
+        raise ValueError(f"{model_dir}/config.json has no pad_token_id: the classifier could not find each row's "
+                         "last token. Re-export the model with kdq.export.")
+    return model.eval()
+
+
+def shard_bounds(lengths, n_shards: int):
+    """Cut rows ``0..N-1`` into at most ``n_shards`` contiguous, non-empty ranges of similar token count.
+
+    Returns ``[(start, end), ...]`` in row order, covering every row once; concatenating the
+    shards' outputs therefore restores the original order.
+    """
+    total = sum(lengths)
+    bounds, start, acc, k = [], 0, 0, 1
+    for i, n in enumerate(lengths):
+        acc += n
+        if k < n_shards and acc >= total * k / n_shards and i + 1 < len(lengths):
+            bounds.append((start, i + 1))
+            start, k = i + 1, k + 1
+    bounds.append((start, len(lengths)))
+    return [(a, b) for a, b in bounds if b > a]
+
+
+class Throughput:
+    """Progress sink for every device's thread: forwards to a tqdm bar (if any) and, once the
+    first batches are done, prints rows/s and the ETA of the whole job (and of Kaggle's hidden
+    test set), saying early when the notebook would not finish in :data:`NOTEBOOK_HOURS`.
+
+    Batches run longest first, so the first rate is pessimistic: the ETA is an upper bound.
+    """
+
+    def __init__(self, total_sequences: int, rows: int, *, bar=None, report_after_s: float = 60.0,
+                 report_after_frac: float = 0.05, stream=sys.stderr):
+        self.total, self.rows, self._bar, self._stream = total_sequences, rows, bar, stream
+        self.after_s, self.after_frac = report_after_s, report_after_frac
+        self.done, self.start, self.reported = 0, time.perf_counter(), None
+        self._lock = threading.Lock()
+
+    def update(self, n):
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(n)
+            elapsed = time.perf_counter() - self.start
+            if self.reported is None and self.done < self.total and (
+                    elapsed >= self.after_s or self.done >= self.after_frac * self.total):
+                self.reported = self.message(elapsed)
+                print(self.reported, file=self._stream, flush=True)
+
+    def set_postfix(self, **kwargs):
+        if self._bar is not None:
+            with self._lock:
+                self._bar.set_postfix(**kwargs)
+
+    def message(self, elapsed: float) -> str:
+        rate = self.done / max(elapsed, 1e-9)  # scored sequences per second
+        per_row = self.total / max(self.rows, 1)  # sequences per row (TTA scores some twice)
+        eta_h = (self.total - self.done) / max(rate, 1e-9) / 3600
+        kaggle_h = KAGGLE_TEST_ROWS * per_row / max(rate, 1e-9) / 3600
+        verdict = (f"WILL NOT FINISH in the {NOTEBOOK_HOURS:g} h notebook limit: use fewer TTA rows "
+                   "(--tta gated / none), a smaller or quantized model, or more GPUs"
+                   if (elapsed / 3600 + eta_h) > NOTEBOOK_HOURS else f"within the {NOTEBOOK_HOURS:g} h limit")
+        return (f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
+                f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows, {verdict} "
+                f"(longest rows go first, so this is an upper bound; {KAGGLE_TEST_ROWS} rows: ~{kaggle_h:.1f} h)")
+
+
+def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
+    if torch.device(device).type == "cuda":
+        # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which
+        # is per thread: make it this shard's GPU.
+        with torch.cuda.device(torch.device(device)):
+            return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
+                                  max_batch_tokens=max_batch_tokens, progress=progress)
+    return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
+                          max_batch_tokens=max_batch_tokens, progress=progress)
+
+
+def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
+    """Logits ``(N, num_labels)`` fp32 for ``sequences``, in their order.
+
+    ``models`` is a list of ``(device, model)``, one per GPU. Rows are cut into contiguous,
+    token-balanced shards, one thread per device (the GPU work releases the GIL), each
+    running the length-sorted batching of :func:`predict_logits` on its shard. With one device
+    the batches are exactly those of kdq's own scoring at the same batch size.
+    """
+    bounds = shard_bounds([len(s) for s in sequences], len(models))
+    if len(bounds) <= 1:
+        device, model = models[0]
+        return _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress)
+    with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
+        futures = [pool.submit(_score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, progress)
+                   for (device, model), (a, b) in zip(models, bounds)]
+        parts = [f.result() for f in futures]  # re-raises a worker's exception here
+    return torch.cat(parts)
+
+
+def predict_probs(model_dir, rows, *, tta, batch_size: int, devices=("cpu",), max_batch_tokens=None,
+                  progress: bool = False, tta_fraction: float | None = None, report=None):
+    """Class probabilities ``(N, 3)`` float64 for ``rows`` (see :func:`read_rows`), rows summing to 1.
+
+    ``tta``: ``"none"``, ``"full"``, ``"gated"`` (or ``True``/``False``), through
+    :func:`kdq_runtime.tta.score_tta`, the same code kdq evaluates with. ``tta_fraction``
+    (gated only): default as exported. ``report``: print rows/s and the ETA (default: with ``progress``).
+    """
+    mode = tta_mode(tta)
+    settings = read_settings(model_dir)
+    fraction = settings["tta_fraction"] if tta_fraction is None else tta_fraction
+    tokenizer = load_tokenizer(model_dir)
+    template = settings["template"]
+    sequences = render(tokenizer, rows, template, progress=progress)
+    models = [(d, load_model(model_dir, d)) for d in devices]
+    pad_id = models[0][1].config.pad_token_id
+    n_seq = {"none": len(rows), "full": 2 * len(rows), "gated": len(rows) + gated_count(len(rows), fraction)}[mode]
+    bar = _progress(n_seq, "score", progress)
+    sink = Throughput(n_seq, len(rows), bar=bar) if (progress if report is None else report) else bar
+
+    def swapped(idx):
+        return render(tokenizer, [rows[i] for i in idx], template, swap=True)
+
+    result = score_tta(lambda s: score_sharded(models, s, pad_id, batch_size, max_batch_tokens, sink),
+                       sequences, swapped, mode=mode, fraction=fraction)
+    if bar is not None:
+        bar.close()
+    return torch.softmax(result.log_probs.double(), dim=-1)
+
+
+def check_finite(ids, probs) -> None:
+    """Raise ``ValueError`` naming the first row whose probabilities are NaN or infinite."""
+    bad = (~torch.isfinite(torch.as_tensor(probs))).any(-1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{len(bad)} row(s) have non-finite probabilities, the first is id {ids[bad[0]]!r}; "
+                         "submission.csv was not written. An fp16 overflow is the usual cause: rerun with "
+                         "--devices cpu on a few rows to confirm, or export the model in fp32 or quantized.")
+
+
+def write_submission(path, ids, probs):
+    """Write ``id, winner_model_a, winner_model_b, winner_tie``; written whole or not at all.
+
+    Refuses (``ValueError``) when any probability is NaN or infinite.
+    """
+    check_finite(ids, probs)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", *LABELS])
+        for rid, p in zip(ids, probs.tolist()):
+            writer.writerow([rid, *(repr(float(x)) for x in p)])
+    os.replace(tmp, path)
+    return path
+
+
+def _set_env(devices):
+    # The notebook is offline: never let transformers wait on the Hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if any(torch.device(d).type == "cpu" for d in devices):
+        # On CPU gptqmodel would compile kernels on first use and fail without a compiler.
+        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+        os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
+
+
+def build_parser(settings_hint: str = ""):
+    p = argparse.ArgumentParser(description="Score the LMSYS arena test CSV with the classifier in this folder "
+                                            "and write submission.csv." + settings_hint)
+    p.add_argument("--test-csv", default=DEFAULT_TEST_CSV, help="competition test CSV (default: %(default)s)")
+    p.add_argument("--out", default="submission.csv", help="output CSV (default: %(default)s)")
+    p.add_argument("--model-dir", default=None, help="exported folder (default: the folder holding this script)")
+    p.add_argument("--tta", nargs="?", const="full", choices=TTA_MODES, default=None,
+                   help="swap TTA: none, full (every row also A/B-swapped) or gated (only the least confident "
+                        "--tta-fraction); bare --tta means full (default: as exported)")
+    p.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="same as --tta none")
+    p.add_argument("--tta-fraction", type=float, default=None, help="gated TTA: share of rows swap-scored")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward pass per device (default: as exported)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="cap rows x longest row per batch")
+    p.add_argument("--devices", default="auto", help="'auto' (all GPUs, else CPU), 'cpu', or 'cuda:0,cuda:1'")
+    p.add_argument("--skip-checksums", action="store_true", help="do not check the model files against the manifest")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None, *, default_model_dir=None) -> int:
+    args = build_parser().parse_args(argv)
+    model_dir = Path(args.model_dir or default_model_dir or Path(__file__).resolve().parent.parent)
+    try:
+        devices = pick_devices(args.devices)
+        _set_env(devices)
+        settings = read_settings(model_dir)
+        tta = settings["tta"] if args.tta is None else args.tta
+        fraction = settings["tta_fraction"] if args.tta_fraction is None else args.tta_fraction
+        batch_size = args.batch_size or settings["batch_size"]
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        method = check_backend(model_dir)
+        for line in check_versions(model_dir, method):
+            print(f"predict.py: warning: {line}", file=sys.stderr)
+        if not args.skip_checksums:
+            n_files = check_files(model_dir)
+            print(f"checked {n_files} model files against {MANIFEST_FILE}", file=sys.stderr)
+        ids, rows = read_rows(args.test_csv)
+        start = time.perf_counter()
+        probs = predict_probs(model_dir, rows, tta=tta, batch_size=batch_size, devices=devices,
+                              max_batch_tokens=args.max_batch_tokens or settings.get("max_batch_tokens"),
+                              progress=not args.quiet, tta_fraction=fraction, report=True)
+        write_submission(args.out, ids, probs)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"predict.py: error: {err}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}: {len(ids)} rows in {seconds:.1f} s ({len(ids) / max(seconds, 1e-9):.1f} rows/s) on "
+          f"{','.join(devices)}; tta={tta}" + (f" ({fraction:g})" if tta == "gated" else "") +
+          f", batch_size={batch_size}, quantization={method or 'none'}", file=sys.stderr)
+    return 0

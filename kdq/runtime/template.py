@@ -1,0 +1,194 @@
+"""Arena row → token ids: the one template shared by training, calibration and inference.
+
+This module imports nothing but the standard library (and its sibling ``constants``) on
+purpose: ``kdq.export`` copies the ``kdq/runtime`` files whole into every exported folder, so
+the notebook renders rows exactly as training did without importing kdq.
+
+Template (documented in docs/template.md)::
+
+    <bos>[Turn 1]
+    Prompt: {prompt turn 1}
+    Response A: {response_a turn 1}
+    Response B: {response_b turn 1}
+    [Turn 2]
+    ...
+
+Length budget. ``max_length`` covers everything, markers included. The markers are
+fixed; the remaining budget ``B`` is split over the three parts (prompt, A, B) by
+*water-filling with a floor*:
+
+1. every part first gets ``min(len_p, floor(min_part_share * B))`` tokens (its floor);
+2. the rest is poured into the parts that still want more, equally, so a short part is
+   kept whole and the long ones share what is left (max-min fairness).
+
+Each part's allowance is then split over its turns the same way, and every turn keeps
+its head. No part or turn is cut to nothing while the budget holds one token for it.
+When the markers of a very long conversation would eat more than half of ``max_length``,
+the oldest turns are dropped first: the latest turns decide most arena votes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from .constants import LABELS, SWAP_PERMUTATION  # noqa: F401  (re-exported: kdq.template.LABELS)
+
+PARTS = ("prompt", "response_a", "response_b")
+_MARKERS = {"turn": "[Turn {i}]\n", "prompt": "Prompt: ", "response_a": "\nResponse A: ", "response_b": "\nResponse B: "}
+_TURN_END = "\n"
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """How an arena row becomes a token sequence.
+
+    Args:
+        max_length: total tokens per row, special tokens and markers included.
+        min_part_share: fraction of the text budget that each of prompt / A / B is
+            guaranteed when it is long enough to use it (0 <= share <= 1/3).
+        add_bos: prepend the tokenizer's BOS token when it has one.
+    """
+
+    max_length: int = 1024
+    min_part_share: float = 0.15
+    add_bos: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.max_length, int) or self.max_length < 32:
+            raise ValueError(f"TemplateConfig.max_length must be an int >= 32, got {self.max_length!r}")
+        if not (0.0 <= float(self.min_part_share) <= 1.0 / 3.0):
+            raise ValueError(
+                f"TemplateConfig.min_part_share must be in [0, 1/3], got {self.min_part_share!r}: "
+                "three parts cannot each be guaranteed more than a third"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_turns(value, *, row=None, column=None) -> list:
+    """Parse one competition cell: a JSON list of strings (a turn may be ``null``).
+
+    Returns a list of ``str``; a ``null`` turn becomes ``""``. Already-parsed lists pass through.
+    Raises ``ValueError`` naming the row and column when the cell is not such a list.
+    """
+    where = f"row {row!r}, column {column!r}" if row is not None else f"column {column!r}"
+    if isinstance(value, (list, tuple)):
+        turns = list(value)
+    else:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a JSON list of strings, got {type(value).__name__}. "
+                             "Encode each cell as json.dumps([turn1, turn2, ...]).")
+        try:
+            turns = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg} at char {err.pos}): {value[:80]!r}. "
+                             "Encode each cell as json.dumps([turn1, turn2, ...]).") from None
+        if not isinstance(turns, list):
+            raise ValueError(f"{where}: expected a JSON list of strings, got JSON {type(turns).__name__}. "
+                             "Wrap a single turn as [\"text\"].")
+    out = []
+    for t in turns:
+        if t is None:
+            out.append("")
+        elif isinstance(t, str):
+            out.append(_valid_unicode(t))
+        else:
+            raise ValueError(f"{where}: turn {t!r} is {type(t).__name__}, expected a string or null.")
+    return out
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (JSON escapes of a cut emoji, e.g. ``\\ud83d``) made U+FFFD.
+
+    Such strings cannot be encoded as UTF-8, and the fast tokenizers reject them mid-run.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def water_fill(lengths, budget: int, floor: int = 0) -> list:
+    """Split ``budget`` tokens over parts of the given ``lengths`` (max-min fair, with a floor).
+
+    Every part first receives ``min(length, floor)``; the remainder goes to the parts that
+    still want more, in equal shares, so short parts stay whole. Returns allowances with
+    ``allow[i] <= lengths[i]`` and ``sum(allow) <= max(budget, 0)``.
+    """
+    lengths = [max(int(n), 0) for n in lengths]
+    budget = max(int(budget), 0)
+    if sum(lengths) <= budget:
+        return list(lengths)
+    allow = [min(n, floor) for n in lengths]
+    if sum(allow) > budget:  # floor too generous for this budget: fall back to plain water-filling
+        allow = [0] * len(lengths)
+    left = budget - sum(allow)
+    active = [i for i, n in enumerate(lengths) if n > allow[i]]
+    while left > 0 and active:
+        share = left // len(active)
+        if share == 0:  # fewer tokens than parts: one each, in order
+            for i in active[:left]:
+                allow[i] += 1
+            break
+        for i in list(active):
+            take = min(share, lengths[i] - allow[i])
+            allow[i] += take
+            left -= take
+            if allow[i] == lengths[i]:
+                active.remove(i)
+    return allow
+
+
+def _encode(tokenizer, texts):
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig) -> list:
+    """Render one arena row to token ids under ``config.max_length``.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (only ``__call__`` and ``bos_token_id`` are used).
+        prompt, response_a, response_b: lists of turn strings (see :func:`parse_turns`).
+    Returns:
+        ``list[int]`` of length ``<= config.max_length``.
+    """
+    n_turns = max(len(prompt), len(response_a), len(response_b), 1)
+    turns = [[(p[i] if i < len(p) else "") for p in (prompt, response_a, response_b)] for i in range(n_turns)]
+    bos = [tokenizer.bos_token_id] if (config.add_bos and getattr(tokenizer, "bos_token_id", None) is not None) else []
+
+    marker_texts = [_MARKERS["turn"].format(i=i + 1) for i in range(n_turns)]
+    fixed = _encode(tokenizer, marker_texts + [_MARKERS[p] for p in PARTS] + [_TURN_END])
+    turn_ids, part_ids, end_ids = fixed[:n_turns], fixed[n_turns:n_turns + 3], fixed[-1]
+    per_turn_overhead = [len(t) + sum(len(p) for p in part_ids) + len(end_ids) for t in turn_ids]
+
+    # Drop the oldest turns while the markers alone would take more than half the budget.
+    first = 0
+    while first < n_turns - 1 and len(bos) + sum(per_turn_overhead[first:]) > config.max_length // 2:
+        first += 1
+    kept = range(first, n_turns)
+    budget = config.max_length - len(bos) - sum(per_turn_overhead[first:])
+    if budget < 3:
+        raise ValueError(f"max_length={config.max_length} leaves no room for text after the template markers; raise max_length.")
+
+    texts = [turns[i][j] for i in kept for j in range(3)]
+    seg = _encode(tokenizer, texts)  # seg[k] for turn kept[k//3], part k%3
+    part_len = [sum(len(seg[k]) for k in range(j, len(seg), 3)) for j in range(3)]
+    part_allow = water_fill(part_len, budget, floor=math.floor(config.min_part_share * budget))
+    seg_allow = [0] * len(seg)
+    for j in range(3):
+        idx = list(range(j, len(seg), 3))
+        for k, a in zip(idx, water_fill([len(seg[k]) for k in idx], part_allow[j])):
+            seg_allow[k] = a
+
+    ids = list(bos)
+    for t, i in enumerate(kept):
+        ids += turn_ids[i]
+        for j in range(3):
+            ids += part_ids[j] + seg[3 * t + j][: seg_allow[3 * t + j]]
+        ids += end_ids
+    return ids[: config.max_length]

@@ -1,0 +1,63 @@
+"""bench/gpu_check.py --dry-run (tiny shapes, CPU): every check runs or says why not, one JSON,
+and the budget profile takes its measured efficiencies from it. No GPU is needed (none is used)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdq.evaluate.budget import load_budget, measured_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def check(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check") / "check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(out.read_text())
+
+
+def test_dry_run_runs_every_check_and_writes_one_json(check):
+    _, data = check
+    assert data["env"]["dry_run"] is True
+    for name in ("tiny-4b", "tiny-500m"):
+        shape = data["scoring"]["shapes"][name]
+        for mode in ("none", "full", "gated"):
+            assert shape[mode]["rows_per_s"] > 0 and shape[mode]["finite"]
+        n = shape["none"]["rows"]
+        assert (shape["full"]["sequences"], shape["gated"]["sequences"]) == (2 * n, n + -(-n * 33 // 100))
+    assert max(data["scoring"]["lengths"]) == data["scoring"]["max_length"]  # the long tail reaches the budget
+    assert data["kd_train_step"]["loss_finite"] and data["kd_train_step"]["seconds_per_step"] > 0
+    # bench/gpu_check_train.py belongs to another change: present -> its dict, absent -> "skipped"
+    train = data["train"]
+    assert train["status"] == "skipped" if not (ROOT / "bench" / "gpu_check_train.py").is_file() else "train" in data
+    for name in ("gptq", "bnb", "predict"):  # skipped only where a package is missing, never an error
+        assert data[name]["status"] in ("ok", "skipped"), data[name]
+    if data["predict"]["status"] == "ok":
+        assert data["predict"]["predict_returncode"] == 0 and data["predict"]["submission_written"]
+    assert data["total_seconds"] < 900
+
+
+def test_budget_takes_measured_efficiencies_with_their_sources(check, tmp_path):
+    path, data = check
+    base = load_budget("lmsys-2xt4")
+    with pytest.raises(ValueError, match="does not list"):  # a CPU is not in _gpu_peaks.json
+        measured_profile(base, path)
+    data["budget_inputs"]["device"] = "NVIDIA H200"  # as the GPU run records it
+    data["budget_inputs"]["slowdown"]["bnb-int8"] = 2.5
+    gpu = tmp_path / "h200.json"
+    gpu.write_text(json.dumps(data))
+    profile, sources = measured_profile(base, gpu)
+    assert profile.name == "lmsys-2xt4+measured" and 0 < profile.compute_efficiency <= 1
+    assert profile.compute_slowdown["bnb-int8"] == 2.5 and profile.compute_slowdown["gptq-8"] == base.compute_slowdown["gptq-8"]
+    assert "on H200" in sources["compute_efficiency"] and "989 peak" in sources["compute_efficiency"]
+    assert "h200.json" in sources["compute_slowdown[bnb-int8]"]
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(ValueError, match="no budget_inputs"):
+        measured_profile(base, tmp_path / "empty.json")
