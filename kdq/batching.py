@@ -14,6 +14,7 @@ import time
 
 import torch
 
+# Exchanging response A and B maps class a<->b and leaves tie in place (labels, logits, TTA).
 SWAP_PERMUTATION = (1, 0, 2)
 
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._config import Config
 from ._validate import check_range
 from .atomic import atomic_dir
 from .distill import DistillConfig, distill
@@ -28,7 +29,7 @@ from .quantize.config import VARIANTS
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Config):
     """What to run after the teacher exists.
 
     Args:
@@ -59,6 +60,7 @@ class PipelineConfig:
     overwrite: bool = False
 
     def __post_init__(self):
+        self._accept_dicts()
         unknown = [m for m in self.quant_methods if m not in VARIANTS]
         if unknown:
             raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {sorted(VARIANTS)}")

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
-# Exchanging response A and B maps class a<->b and leaves tie in place.
-SWAP_PERMUTATION = (1, 0, 2)
 PARTS = ("prompt", "response_a", "response_b")
 _MARKERS = {"turn": "[Turn {i}]\n", "prompt": "Prompt: ", "response_a": "\nResponse A: ", "response_b": "\nResponse B: "}
 _TURN_END = "\n"
@@ -63,6 +61,10 @@ class TemplateConfig:
                 f"TemplateConfig.min_part_share must be in [0, 1/3], got {self.min_part_share!r}: "
                 "three parts cannot each be guaranteed more than a third"
             )
+
+    # kdq's config convention (kdq/_config.py), by hand: this file is pasted into predict.py alone.
+    def replace(self, **changes) -> "TemplateConfig":
+        return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)

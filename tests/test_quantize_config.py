@@ -52,7 +52,7 @@ def test_unknown_method_lists_registered_ones():
     ({"method": "bnb-nf4", "max_kl": -0.1}, "max_kl"),
     ({"method": "bnb-nf4", "dtype": "int8"}, "dtype"),
     ({"method": "bnb-nf4", "device": "tpu"}, "device"),
-    ({"method": "bnb-nf4", "template": {"max_length": 64}}, "template"),
+    ({"method": "bnb-nf4", "template": "max_length=64"}, "template"),
 ])
 def test_invalid_fields_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"QuantConfig\.{field}"):

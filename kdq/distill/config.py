@@ -1,9 +1,9 @@
 """Frozen, validated configuration for :func:`kdq.distill`."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from .._config import Config
 from .._validate import check_choice, check_range
 from ..template import TemplateConfig
 from .losses import DIVERGENCES
@@ -13,7 +13,7 @@ LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(Config):
     """LoRA for the student through peft. The ``score`` head is always trained in full."""
 
     r: int = 16
@@ -22,6 +22,7 @@ class LoraSettings:
     target_modules: tuple = LLAMA_LINEAR
 
     def __post_init__(self):
+        self._accept_dicts()
         check_range("LoraSettings", "r", self.r, 1, kind=int)
         check_range("LoraSettings", "alpha", self.alpha, 0, lo_open=True)
         check_range("LoraSettings", "dropout", self.dropout, 0.0, 1.0, hi_open=True)
@@ -31,7 +32,7 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Config):
     """Everything :func:`kdq.distill` needs besides the models and the data.
 
     Loss: ``α·CE + (1−α)·divergence(student, teacher)`` at temperature ``T`` (see
@@ -72,10 +73,7 @@ class DistillConfig:
 
     def __post_init__(self):
         cls = "DistillConfig"
-        if isinstance(self.template, dict):
-            object.__setattr__(self, "template", TemplateConfig(**self.template))
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraSettings(**self.lora))
+        self._accept_dicts()
         if not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a TemplateConfig, got {type(self.template).__name__}")
         check_choice(cls, "divergence", self.divergence, DIVERGENCES)
@@ -97,9 +95,3 @@ class DistillConfig:
             raise ValueError(f"{cls}.lora must be a LoraSettings or None, got {type(self.lora).__name__}")
         if self.resume and self.overwrite:
             raise ValueError(f"{cls}: resume=True and overwrite=True contradict each other; pick one")
-
-    def replace(self, **changes) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

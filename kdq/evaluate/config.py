@@ -7,14 +7,15 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .._validate import check_choice, check_range
+from .._config import Config
+from .._validate import check_choice, check_device, check_range
 from ..template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """How to score a variant.
 
     Args:
@@ -44,6 +45,7 @@ class EvalConfig:
 
     def __post_init__(self):
         c = "EvalConfig"
+        self._accept_dicts()
         check_range(c, "batch_size", self.batch_size, 1, kind=int)
         if self.max_batch_tokens is not None:
             check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
@@ -52,13 +54,7 @@ class EvalConfig:
                 raise ValueError(f"{c}.{f} must be True or False, got {getattr(self, f)!r}")
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
-        if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"{c}.device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        check_device(c, "device", self.device)
         check_choice(c, "dtype", self.dtype, DTYPES)
         check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
         from .budget import BudgetProfile

@@ -8,7 +8,11 @@ and drops this block, so the script runs with torch and transformers alone.
 from __future__ import annotations
 
 from kdq.batching import combine_swap_tta, predict_logits
+from kdq.quant_methods import runtime_modules_by_quant_method
 from kdq.template import LABELS, TemplateConfig, encode_row, parse_turns
+
+# In predict.py this constant is generated from the same registry (kdq.export.script).
+BACKEND_MODULES = runtime_modules_by_quant_method()
 # kdq-export: strip-end
 
 import argparse
@@ -31,9 +35,9 @@ TEMPLATE_KEY = "kdq_template"
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 # The files inference reads; predict.py checks these against the manifest before a long run.
 MODEL_ROLES = ("weights", "config", "tokenizer", "quantization", "settings")
-# transformers imports these itself when config.json names the method; checked up front so a
-# missing backend fails in seconds with the offline install line, not mid-load.
-BACKEND_MODULES = {"gptq": ("gptqmodel", "optimum"), "bitsandbytes": ("bitsandbytes",)}
+# BACKEND_MODULES ({config.json quant_method: modules}): transformers imports these itself when
+# config.json names the method; checked up front so a missing backend fails in seconds with the
+# offline install line, not mid-load. Generated from kdq's quantization-method registry.
 
 
 def read_settings(model_dir) -> dict:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .._config import Config
 from .._validate import check_range
 from ..template import TemplateConfig
 
@@ -74,7 +75,7 @@ def _tuple_of_str(cls, name, value) -> tuple:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Config):
     """How :func:`kdq.export` packs a model into a Kaggle dataset folder.
 
     Args:
@@ -132,6 +133,7 @@ class ExportConfig:
 
     def __post_init__(self):
         cls = "ExportConfig"
+        self._accept_dicts()
         if not isinstance(self.title, str) or not TITLE_LENGTH[0] <= len(self.title) <= TITLE_LENGTH[1]:
             raise ValueError(f"{cls}.title must be a string of {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} characters "
                              f"(a Kaggle rule), got {self.title!r} ({len(str(self.title))} characters)")

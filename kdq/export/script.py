@@ -98,7 +98,11 @@ def render_script(*, title: str, slug: str, kdq_version: str, quant_method: str 
              FUTURE, "\n"]
     for name in INLINED:
         parts += [_begin(name), inlined_source(name), _end(name), "\n"]
-    parts += ["# ---- command line ----\n", main_source()]
+    from ..quant_methods import runtime_modules_by_quant_method
+
+    parts += ["# ---- generated from kdq's quantization-method registry ----\n",
+              f"BACKEND_MODULES = {runtime_modules_by_quant_method()!r}\n\n",
+              "# ---- command line ----\n", main_source()]
     text = "".join(parts)
     compile(text, SCRIPT_NAME, "exec")  # a syntax error must fail the export, not the notebook
     bad = kdq_imports(text)
