@@ -11,6 +11,7 @@ The canonical in-memory form is a ``datasets.Dataset`` with columns
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -64,7 +65,11 @@ def _columns_of(rows) -> dict:
         if missing:
             raise ValueError(f"arena data row {i} (id {row.get('id')!r}) lacks {missing}, which other rows have; "
                              "give every row the same keys.")
-    return {k: [row[k] for row in rows] for k in keys}
+    columns = {k: [row[k] for row in rows] for k in keys}
+    for k, values in columns.items():  # turns given as lists in some rows and JSON text in others
+        if any(isinstance(v, str) for v in values) and any(isinstance(v, (list, tuple)) for v in values):
+            columns[k] = [json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for v in values]
+    return columns
 
 
 def load_arena(source, *, require_labels: bool = False) -> datasets.Dataset:
