@@ -26,7 +26,7 @@ REQUIRED = ("id",) + TEXT_COLUMNS
 def _read_table(source) -> datasets.Dataset:
     if isinstance(source, datasets.Dataset):
         return source
-    if isinstance(source, dict):  # columns → lists, as kdq.testing.make_arena_rows returns
+    if isinstance(source, dict):  # columns → lists, as kdq.probe.make_arena_rows returns
         return datasets.Dataset.from_dict(source)
     if isinstance(source, (list, tuple)):  # row dicts, e.g. [{"id": "1", "prompt": ..., ...}, ...]
         return datasets.Dataset.from_dict(_columns_of(source))
