@@ -3,8 +3,8 @@
 Every subcommand that takes a config reads the same frozen dataclass as the API, from a
 YAML/JSON file (``--config``), the command's own flags and ``--set field=value`` (dotted
 names reach nested configs: ``--set template.max_length=512``), in that order: file < flags
-< ``--set``, for every command (:mod:`kdq.configio`). Commands are declared as data below;
-their code imports torch only when it runs, so ``kdq --help`` is quick.
+< ``--set``, for every command (:mod:`kdq.configio`). Commands are declared as data in
+:mod:`kdq.commands`; their code, below, imports torch only when it runs, so ``kdq --help`` is quick.
 
 Exit codes: 0 success; 1 a check failed (verification, tolerance); 2 bad input or
 configuration (the message says which field or row, and the fix); 3 a missing optional

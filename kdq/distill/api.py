@@ -14,9 +14,9 @@ import torch
 
 from .._json import jsonable
 from ..atomic import atomic_dir
+from ..batching import SWAP_PERMUTATION
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
-from ..batching import SWAP_PERMUTATION
 from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")

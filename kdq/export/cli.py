@@ -2,8 +2,9 @@
 
 Their arguments are declared with every other command's in :mod:`kdq.commands` (same exit
 codes: 0 ok, 1 a check failed, 2 bad input); ``python -m kdq.export verify DIR`` /
-``python -m kdq.export export ...`` run them without the rest of the CLI. Config precedence is kdq's one rule (:mod:`kdq.configio`):
-``--config`` file < flags (``--title``, ``--id``, ``--record`` ...) < ``--set``.
+``python -m kdq.export export ...`` run them without the rest of the CLI. Config precedence
+is kdq's one rule (:mod:`kdq.configio`): ``--config`` file < flags (``--title``, ``--id``,
+``--record`` ...) < ``--set``.
 """
 from __future__ import annotations
 
@@ -68,8 +69,6 @@ def run_export(args, config) -> int:
         return EXIT_CHECK_FAILED
     print(f"exported {out}\nnext: kdq verify {out} && kaggle datasets create -p {out} --dir-mode zip")
     return EXIT_OK
-
-
 
 
 def main(argv=None) -> int:
