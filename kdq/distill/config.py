@@ -49,7 +49,7 @@ class DistillConfig(Config):
     # teacher pass
     teacher_tta: bool = False
     teacher_batch_size: int = 16
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # None: the shared user cache, kdq.cachedir.default_cache_dir()
     # data
     swap_augment: bool = False
     # optimisation (forwarded to transformers.TrainingArguments)
