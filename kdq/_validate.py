@@ -1,10 +1,18 @@
 """Small helpers for validating frozen config dataclasses with ValueError (never assert)."""
 from __future__ import annotations
 
+import re
+
 
 def check_choice(cls: str, field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{cls}.{field} must be one of {sorted(map(str, allowed))}, got {value!r}")
+
+
+def check_device(cls: str, field: str, value) -> None:
+    """``None``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (checked without importing torch)."""
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"cpu|cuda(:\d+)?", value)):
+        raise ValueError(f"{cls}.{field} must be None, 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
 
 def check_range(cls: str, field: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False, kind=(int, float)) -> None:

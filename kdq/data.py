@@ -11,12 +11,13 @@ The canonical in-memory form is a ``datasets.Dataset`` with columns
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import datasets
 
-from .template import LABELS, PARTS, SWAP_PERMUTATION, TemplateConfig, encode_row, parse_turns
+from .template import LABELS, PARTS, TemplateConfig, encode_row, parse_turns
 
 TEXT_COLUMNS = PARTS
 REQUIRED = ("id",) + TEXT_COLUMNS
@@ -25,8 +26,10 @@ REQUIRED = ("id",) + TEXT_COLUMNS
 def _read_table(source) -> datasets.Dataset:
     if isinstance(source, datasets.Dataset):
         return source
-    if isinstance(source, dict):  # columns → lists, as kdq.testing.make_arena_rows returns
+    if isinstance(source, dict):  # columns → lists, as kdq.probe.make_arena_rows returns
         return datasets.Dataset.from_dict(source)
+    if isinstance(source, (list, tuple)):  # row dicts, e.g. [{"id": "1", "prompt": ..., ...}, ...]
+        return datasets.Dataset.from_dict(_columns_of(source))
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
         return datasets.Dataset.from_pandas(source, preserve_index=False)
     if isinstance(source, (str, os.PathLike)):
@@ -44,11 +47,34 @@ def _read_table(source) -> datasets.Dataset:
             return datasets.Dataset.from_parquet(str(path))
         raise ValueError(f"arena data file {str(path)!r}: unsupported suffix {suffix!r}; use .csv or .parquet.")
     raise ValueError(f"arena data: cannot read a {type(source).__name__}; pass a CSV or parquet path, "
-                     "a pandas DataFrame, a dict of columns or a datasets.Dataset.")
+                     "a pandas DataFrame, a list of row dicts, a dict of columns or a datasets.Dataset.")
+
+
+def _columns_of(rows) -> dict:
+    """A list of row dicts as a dict of columns; every row must have the same keys."""
+    if not rows:
+        raise ValueError("arena data is an empty list; pass at least one row dict with id, prompt, "
+                         "response_a and response_b.")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"arena data row {i}: expected a dict of column: value, got {type(row).__name__}; "
+                             "a list must hold one dict per row, e.g. {'id': '1', 'prompt': '[\"...\"]', ...}.")
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    for i, row in enumerate(rows):
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"arena data row {i} (id {row.get('id')!r}) lacks {missing}, which other rows have; "
+                             "give every row the same keys.")
+    columns = {k: [row[k] for row in rows] for k in keys}
+    for k, values in columns.items():  # turns given as lists in some rows and JSON text in others
+        if any(isinstance(v, str) for v in values) and any(isinstance(v, (list, tuple)) for v in values):
+            columns[k] = [json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for v in values]
+    return columns
 
 
 def load_arena(source, *, require_labels: bool = False) -> datasets.Dataset:
-    """Load and validate arena rows from CSV, parquet, a DataFrame or a ``datasets.Dataset``.
+    """Load and validate arena rows from CSV, parquet, a DataFrame, a list of row dicts, a dict
+    of columns or a ``datasets.Dataset``.
 
     Raises ``ValueError`` naming the row or column, with the fix, for: a missing column,
     an empty table, duplicate ids, unparseable JSON, and labels that are not one-hot.
@@ -115,6 +141,8 @@ def swap_ab(rows: datasets.Dataset, id_suffix: str | None = None) -> datasets.Da
     ``id_suffix`` (e.g. ``":swap"``) makes the ids distinct when the copy is concatenated
     to the original for augmentation.
     """
+    from .batching import SWAP_PERMUTATION  # batching imports torch: only when swapping
+
     def _swap(batch):
         labels = [SWAP_PERMUTATION[v] if v >= 0 else v for v in batch["label"]]
         ids = [i + id_suffix for i in batch["id"]] if id_suffix else batch["id"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .quant_methods import prepare_to_load
 from .template import LABELS
 
 ID2LABEL = dict(enumerate(LABELS))
@@ -103,7 +104,7 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
             if merge_adapter:
                 model = model.merge_and_unload()
         else:
-            prepare_quantized_folder(path, device)
+            prepare_to_load(path, device)
             model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
             tokenizer = tokenizer or load_tokenizer(path)
         fp = source_fingerprint(path, base_model)
@@ -188,19 +189,6 @@ def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=repo_id, fingerprint=f"hub:{repo_id}")
-
-
-def prepare_quantized_folder(path, device=None) -> None:
-    """Before loading a GPTQ folder: gptqmodel's CPU-safe environment, without its HF_HOME change.
-
-    See :mod:`kdq.quantize.env`. Other folders need nothing; this reads only ``config.json``.
-    """
-    cfg = Path(path, "config.json")
-    qc = json.loads(cfg.read_text()).get("quantization_config") if cfg.is_file() else None
-    if isinstance(qc, dict) and qc.get("quant_method") == "gptq":
-        from .quantize.env import prepare_gptq
-
-        prepare_gptq(device if device is not None else "cpu")
 
 
 def fingerprint_path(path) -> str:

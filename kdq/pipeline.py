@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._config import Config
 from ._validate import check_range
 from .atomic import atomic_dir
 from .distill import DistillConfig, distill
@@ -32,7 +33,7 @@ from .quantize.config import VARIANTS
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Config):
     """What to run after the teacher exists.
 
     Args:
@@ -69,6 +70,7 @@ class PipelineConfig:
     ddp_timeout: int = 3 * 3600
 
     def __post_init__(self):
+        self._accept_dicts()
         unknown = [m for m in self.quant_methods if m not in VARIANTS]
         if unknown:
             raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {sorted(VARIANTS)}")
@@ -280,7 +282,7 @@ def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConf
     rows = load_arena(train, require_labels=True)
     if transfer is not None:
         rows = datasets.concatenate_datasets([rows, _transfer_rows(transfer, rows, teacher)])
-    cache = _teacher_pass(teacher, rows, kd_config, Path(kd_config.output_dir))
+    cache = _teacher_pass(teacher, rows, kd_config)
     return {"computed": cache.computed, "reused": cache.reused, **cache.stats}
 
 

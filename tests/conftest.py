@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+# The demo's data and model helpers live in examples/demo_assets (out of the library wheel).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 # Safe CPU defaults for gptqmodel, set before anything imports it (kdq.quantize does the same
 # with setdefault); tests stay single-threaded per process so parallel runs do not thrash.
@@ -10,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 from kdq.testing import make_tiny_classifier, make_tokenizer, write_arena_csv
+
+
+@pytest.fixture(scope="session")
+def kdq_cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("kdq-cache")
+
+
+@pytest.fixture(autouse=True)
+def private_kdq_cache(kdq_cache_root, monkeypatch):
+    """Tests never write to the user's cache (~/.cache/kdq): the shared teacher cache goes to a
+    temporary folder, one per test session."""
+    monkeypatch.setenv("KDQ_CACHE", str(kdq_cache_root))
 
 
 @pytest.fixture(scope="session")

@@ -76,13 +76,48 @@ def _last_json(capsys):
 
 
 def test_flags_beat_the_file_and_set_beats_both(tmp_path):
-    from kdq.cli import _quantize_fields, build_parser
+    from kdq.cli import build_parser
 
-    f = tmp_path / "q.yaml"
-    f.write_text("method: bnb-int8\nlora: null\n")
-    data = load_config_dict(f, ["lora.r=4"])
+    data = load_config_dict(_yaml(tmp_path, "lora: null\n"), ["lora.r=4"])
     assert data["lora"] == {"r": 4}  # a null parent becomes a mapping instead of a crash
-    args = build_parser().parse_args(["quantize", "m", "--method", "gptq-4", "--out", "o", "--config", str(f),
-                                      "--set", "group_size=32"])
-    fields = _quantize_fields(args)
-    assert (fields["method"], fields["bits"], fields["group_size"]) == ("gptq", 4, 32)
+
+    def config(argv):
+        args = build_parser().parse_args(argv)
+        return args.command_spec.config_from(args)
+
+    q = _yaml(tmp_path, "method: bnb-int8\ngroup_size: 64\nnum_samples: 7\n")
+    base = ["quantize", "m", "--out", "o", "--config", str(q)]
+    cfg = config(base + ["--method", "gptq-4", "--set", "group_size=32"])
+    assert (cfg.method, cfg.bits, cfg.group_size, cfg.num_samples) == ("gptq", 4, 32, 7)
+    assert config(base + ["--method", "gptq-4", "--set", "bits=8"]).bits == 8  # --set beats the flag
+    # the same rule for every command: file < flags < --set
+    d = _yaml(tmp_path, "output_dir: from-file\ncache_dir: from-file\nepochs: 2\n")
+    distill = ["distill", "--student", "s", "--train", "t", "--config", str(d)]
+    assert config(distill).output_dir == "from-file"
+    assert config(distill + ["--output-dir", "flag"]).output_dir == "flag"
+    assert config(distill + ["--output-dir", "flag", "--set", "output_dir=set"]).output_dir == "set"
+    teacher = ["cache-teacher", "--teacher", "t", "--data", "d", "--config", str(d)]
+    assert config(teacher + ["--cache-dir", "flag"]).cache_dir == "flag"
+    assert config(teacher + ["--cache-dir", "flag", "--set", "cache_dir=set"]).cache_dir == "set"
+    e = _yaml(tmp_path, "title: title from the file\ndataset_id: me/file\ntta: false\n")
+    export = ["export", "m", "--out", "o", "--config", str(e)]
+    assert (config(export).title, config(export).tta) == ("title from the file", False)
+    assert config(export + ["--title", "title from a flag"]).title == "title from a flag"
+    assert config(export + ["--title", "title from a flag", "--set", "title=title from set"]).title == "title from set"
+    r = _yaml(tmp_path, "out_dir: from-file\nbaseline: false\n")
+    run = ["run", "--teacher", "t", "--student", "s", "--train", "a", "--eval", "b", "--test", "c", "--config", str(r)]
+    assert (config(run + ["--out", "flag"]).out_dir, config(run).baseline) == ("flag", False)
+    assert config(run + ["--out", "flag", "--set", "out_dir=set"]).out_dir == "set"
+
+
+def test_missing_required_fields_are_named_with_the_flag_to_pass(capsys, tmp_path):
+    assert main(["quantize", str(tmp_path), "--out", str(tmp_path / "q")]) == EXIT_BAD_INPUT
+    assert "QuantConfig needs field(s) ['method']: pass --method" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "e"), "--title", "a title"]) == EXIT_BAD_INPUT
+    assert "ExportConfig needs field(s) ['dataset_id']: pass --title and --id" in capsys.readouterr().err
+
+
+def _yaml(tmp_path, text):
+    path = tmp_path / f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml"
+    path.write_text(text)
+    return path

@@ -96,6 +96,40 @@ def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
         cache_teacher_logits(teacher, changed, **kw)
 
 
+def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, kdq_cache_root, caplog):
+    """No cache_dir: the user cache ($KDQ_CACHE, a temporary folder in tests) serves every run with
+    the same teacher, template and TTA, whatever its output_dir; kdq cache-teacher fills the same one."""
+    from kdq.cli import main
+
+    rows = make_arena_rows(24, seed=21, max_words=40, id_offset=7000)  # ids are row identities in a shared cache
+    teacher, student = str(models / "teacher"), str(models / "student")
+    first = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "a", max_steps=1))
+    assert first.metrics["teacher_pass"] == {**first.metrics["teacher_pass"], "reused": 0, "computed": 24}
+    assert first.cache_path.parent == kdq_cache_root / "teacher-logits"
+    assert not (tmp_path / "a" / "run" / "teacher-cache").exists()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kdq.distill"):
+        second = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "b", max_steps=1, temperature=4.0))
+    assert second.cache_path == first.cache_path
+    assert (second.metrics["teacher_pass"]["reused"], second.metrics["teacher_pass"]["computed"]) == (24, 0)
+    assert f"reused 24 of 24 rows from {first.cache_path}" in caplog.text  # and says so
+    # another TTA setting is another teacher output: its own folder, never mixed
+    tta = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "c", max_steps=1, teacher_tta=True))
+    assert tta.cache_path != first.cache_path and tta.metrics["teacher_pass"]["computed"] == 24
+    # cache_dir still overrides the shared folder
+    own = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "d", max_steps=1, cache_dir=str(tmp_path / "own")))
+    assert own.cache_path.parent == tmp_path / "own" and own.metrics["teacher_pass"]["computed"] == 24
+    # the CLI's cache-teacher runs the same teacher pass, into the same shared cache
+    more = make_arena_rows(8, seed=22, max_words=40, id_offset=7500)
+    csv = tmp_path / "more.csv"
+    import pandas as pd
+
+    pd.DataFrame({k: v for k, v in more.items()}).to_csv(csv, index=False)
+    assert main(["cache-teacher", "--teacher", teacher, "--data", str(csv), "--set", "template.max_length=64"]) == 0
+    third = kdq.distill(student, more, teacher=teacher, config=_cfg(tmp_path / "e", max_steps=1))
+    assert third.cache_path == first.cache_path and third.metrics["teacher_pass"]["computed"] == 0
+
+
 def test_tta_cache_is_the_unswapped_average(tmp_path, models):
     from kdq.batching import predict_logits
     from kdq.data import encode
@@ -153,6 +187,8 @@ def test_config_errors_name_the_field():
         kdq.LoraSettings(r=0)
     with pytest.raises(Exception):
         kdq.DistillConfig().alpha = 0.1  # frozen
+    with pytest.raises(ValueError, match=r"LoraSettings has no field\(s\) \['rank'\]"):
+        kdq.DistillConfig(lora={"rank": 4})
 
 
 def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):

@@ -1,6 +1,7 @@
 """The example scripts run end to end: the Danube3 recipe and the demo, on tiny local models."""
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
     assert lora.quantize == "none" and "fits a100-80gb" in why
     lora, why = recipe.teacher_lora("h2oai/h2o-danube3-4b-base", cfg, None)  # CPU: nothing to plan for
     assert lora == cfg.lora and "no GPU" in why
+
+
+def test_make_bench_runs_every_benchmark_quick_mode():
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted(p.name for p in (root / "bench").glob("bench_*.py"))
+    assert len(scripts) >= 2
+    proc = subprocess.run([sys.executable, str(root / "bench" / "run_all.py"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("===")] == scripts
+    assert all(ln.endswith("--quick") for ln in proc.stdout.splitlines() if ln.startswith(sys.executable))
+    for name in scripts:  # every benchmark accepts --quick
+        text = (root / "bench" / name).read_text()
+        assert '"--quick"' in text, name
+    assert "bench/run_all.py" in (root / "Makefile").read_text()

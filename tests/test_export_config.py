@@ -47,7 +47,7 @@ def test_configs_are_copied_read_only_and_recorded():
     ("wheel_python_versions", "3.10", r"ExportConfig.wheel_python_versions must be a tuple"),
     ("wheel_python_versions", ("310",), r"'X.Y'"),
     ("wheel_files", ("gptqmodel.tar.gz",), r"ExportConfig.wheel_files must be paths to .whl"),
-    ("template", {"max_length": 64}, r"ExportConfig.template must be a kdq.TemplateConfig"),
+    ("template", "max_length=64", r"ExportConfig.template must be a kdq.TemplateConfig"),
     ("configs", ["not", "a", "mapping"], r"ExportConfig.configs must be a mapping"),
 ])
 def test_bad_values_name_the_field(field, value, match):

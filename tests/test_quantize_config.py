@@ -52,7 +52,7 @@ def test_unknown_method_lists_registered_ones():
     ({"method": "bnb-nf4", "max_kl": -0.1}, "max_kl"),
     ({"method": "bnb-nf4", "dtype": "int8"}, "dtype"),
     ({"method": "bnb-nf4", "device": "tpu"}, "device"),
-    ({"method": "bnb-nf4", "template": {"max_length": 64}}, "template"),
+    ({"method": "bnb-nf4", "template": "max_length=64"}, "template"),
 ])
 def test_invalid_fields_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"QuantConfig\.{field}"):
@@ -118,3 +118,72 @@ def test_calibration_strings_and_errors(tiny_tokenizer):
     synthetic = prepare_calibration(None, tiny_tokenizer, TEMPLATE, num_samples=2, probe_rows=3, seed=0,
                                     needs_calibration=False)
     assert synthetic.calibration == [] and len(synthetic.probe) == 3 and synthetic.probe_source == "synthetic"
+
+
+def test_builtin_methods_own_their_facts(tmp_path):
+    from kdq.quant_methods import method_for, runtime_modules_by_quant_method, wheels_for
+
+    for name in registered_methods():
+        m = get_quantizer(name)
+        assert m.extra and m.runtime_modules and m.wheels and m.quant_method, name
+    bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    assert method_for({"quantization_config": bnb}).name == "bnb-nf4"
+    assert method_for({"quantization_config": {**bnb, "bnb_4bit_quant_type": "fp4"}}).name == "bnb-fp4"
+    assert method_for({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}).name == "bnb-int8"
+    assert method_for({"quantization_config": {"quant_method": "gptq", "bits": 4}}).name == "gptq"
+    assert method_for({}) is None and method_for(tmp_path) is None  # not quantized (no config.json at all)
+    assert runtime_modules_by_quant_method() == {"bitsandbytes": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum")}
+    assert wheels_for(None) == () and wheels_for("gptq") == ("gptqmodel", "optimum")
+    with pytest.raises(ValueError, match=r"no wheel list for quantization method 'awq'; known: \['bitsandbytes', 'gptq'\]"):
+        wheels_for("awq")
+
+
+def test_a_new_method_is_one_class_and_everything_asks_the_registry(tmp_path):
+    """Registered in a subprocess (the registry is process-wide): models, export and the budget
+    arithmetic pick up the new method's facts without a change anywhere else."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    folder = tmp_path / "toy-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "toy", "bits": 4}}))
+    script = textwrap.dedent('''
+        import json, sys
+        from kdq.quant_methods import QuantMethod, WeightFormat, method_for, register_quantizer
+
+        @register_quantizer("toy-4")
+        class Toy(QuantMethod):
+            extra = "toy"
+            runtime_modules = ("kdq_toy_backend_that_is_not_installed",)
+            wheels = ("kdq-toy-backend",)
+            quant_method = "toy"
+            allowed_bits = (4,)
+
+            def weight_format(self, qc):
+                return WeightFormat("toy-4", 4, 32, 2.0, needs=self.wheels[0])
+
+        folder = sys.argv[1]
+        from kdq.evaluate.modelspec import weight_format_of
+        from kdq.export.script import render_script
+        from kdq.export.wheels import default_packages
+        from kdq.models import load_classifier
+
+        out = {"method": method_for(folder).name, "format": weight_format_of(folder).name,
+               "wheels": list(default_packages("toy")),
+               "predict_py_checks": "'toy': ('kdq_toy_backend_that_is_not_installed',)" in render_script(
+                   title="toy export", slug="toy", kdq_version="0", quant_method="toy")}
+        try:
+            load_classifier(folder)
+        except ImportError as err:
+            out["load_error"] = str(err)
+        print(json.dumps(out))
+    ''')
+    proc = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["method"], out["format"]) == ("toy-4", "toy-4")
+    assert out["wheels"] == ["kdq-toy-backend", "transformers", "accelerate"]
+    assert out["predict_py_checks"]
+    assert "pip install 'kdq[toy]'" in out["load_error"]  # checked before any weights are read

@@ -22,7 +22,7 @@ import torch
 import kdq
 from kdq.batching import predict_logits
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report
-from kdq.quantize.gptq import default_backend
+from kdq.quant_methods.gptq import default_backend
 from kdq.quantize.verify import compare_reload, cpu_has_avx512_bf16
 from kdq.template import TemplateConfig
 
@@ -76,7 +76,7 @@ def test_kdq_avoids_the_nf4_trap(tiny_model_dir, arena_csv, tmp_path):
 
 
 def test_gptq_default_backend_on_cpu_is_caught_and_kdq_uses_torch(tiny_model_dir, tiny_tokenizer, probe, tmp_path):
-    from kdq.quantize.env import prepare_gptq
+    from kdq.quant_methods.gptq_env import prepare_gptq
 
     prepare_gptq("cpu")
     from transformers import AutoModelForSequenceClassification, GPTQConfig
@@ -110,7 +110,7 @@ def test_gptq_env_defaults_respect_user_and_leave_hf_home(tmp_path):
     script.write_text(textwrap.dedent('''
         import json, os, sys
         import kdq
-        from kdq.quantize.env import prepare_gptq
+        from kdq.quant_methods.gptq_env import prepare_gptq
         lazy = [m for m in ("gptqmodel", "bitsandbytes", "optimum.gptq") if m in sys.modules]
         before = dict(os.environ)
         prepare_gptq("cpu")

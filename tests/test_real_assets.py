@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdq.data import load_arena
-from kdq.vader import arena_pairs, fetch_sdist, load_sentences
+from demo_assets.vader import arena_pairs, fetch_sdist, load_sentences
 
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
 
@@ -62,7 +62,7 @@ def test_smollm2_gguf_becomes_a_shrinkable_classifier(tmp_path):
 
     import kdq
     from kdq.models import load_classifier
-    from kdq.smollm2 import smollm2_classifier
+    from demo_assets.smollm2 import smollm2_classifier
 
     folder = _fetch_or_skip(lambda: smollm2_classifier(tmp_path / "smol"))
     cfg = json.loads((folder / "config.json").read_text())

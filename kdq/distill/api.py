@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,11 +14,13 @@ import torch
 
 from .._json import jsonable
 from ..atomic import atomic_dir
+from ..batching import SWAP_PERMUTATION
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
-from ..template import SWAP_PERMUTATION
 from .config import DistillConfig
 from .lora import load_student, merge_for_save, plan_training, wrap_lora
+
+log = logging.getLogger("kdq.distill")
 
 
 @dataclass
@@ -83,7 +86,7 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     if teacher is not None and cfg.teacher_logits == "cache":
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
-            cache = _teacher_pass(teacher, scored, cfg, out)
+            cache = _teacher_pass(teacher, scored, cfg)
         metrics["teacher_pass"] = {"reused": cache.reused, "computed": cache.computed, **cache.stats}
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
@@ -122,7 +125,10 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     return DistillResult(student_dir=student_dir, metrics=metrics, cache_path=cache.path if cache else None, config=cfg)
 
 
-def _teacher_pass(teacher, rows, cfg: DistillConfig, out: Path):
+def _teacher_pass(teacher, rows, cfg: DistillConfig):
+    """Teacher logits for ``rows`` from the shared cache (``cfg.cache_dir``, default the user cache),
+    scoring only the rows it lacks; the teacher is freed afterwards. ``kdq cache-teacher`` calls this too."""
+    from ..cachedir import default_cache_dir
     from ..models import LazyClassifier, default_device, model_dtype_for
     from .cache import cache_teacher_logits
 
@@ -130,9 +136,13 @@ def _teacher_pass(teacher, rows, cfg: DistillConfig, out: Path):
     load = dict(dtype=model_dtype_for(device), device=device)
     t = LazyClassifier(teacher, **load) if isinstance(teacher, (str, Path)) else load_classifier(teacher, **load)
     try:
-        return cache_teacher_logits(t, rows, cache_dir=cfg.cache_dir or out / "teacher-cache",
-                                    template=cfg.template, tta=cfg.teacher_tta, batch_size=cfg.teacher_batch_size,
-                                    device=device)
+        cache = cache_teacher_logits(t, rows, cache_dir=cfg.cache_dir or default_cache_dir(),
+                                     template=cfg.template, tta=cfg.teacher_tta, batch_size=cfg.teacher_batch_size,
+                                     device=device)
+        if cache.reused:
+            log.warning("teacher cache: reused %d of %d rows from %s (same teacher, template and TTA); scored %d.",
+                        cache.reused, cache.reused + cache.computed, cache.path, cache.computed)
+        return cache
     finally:  # free the teacher before the student trains: on a T4 both rarely fit
         del t
         gc.collect()

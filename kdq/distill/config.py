@@ -1,9 +1,9 @@
 """Frozen, validated configuration for :func:`kdq.distill`."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from .._config import Config
 from .._validate import check_choice, check_range
 from ..template import TemplateConfig
 from .losses import DIVERGENCES, HIDDEN_LOSSES
@@ -17,7 +17,7 @@ LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(Config):
     """LoRA for the student through peft. The ``score`` head is always trained in full (fp32).
 
     ``base_dtype``: the dtype the frozen base is held in; ``"auto"`` is bf16 on CUDA GPUs that
@@ -35,6 +35,7 @@ class LoraSettings:
     quantize: str = "none"
 
     def __post_init__(self):
+        self._accept_dicts()
         check_choice("LoraSettings", "base_dtype", self.base_dtype, BASE_DTYPES)
         check_choice("LoraSettings", "quantize", self.quantize, LORA_QUANTIZE)
         check_range("LoraSettings", "r", self.r, 1, kind=int)
@@ -46,7 +47,7 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Config):
     """Everything :func:`kdq.distill` needs besides the models and the data.
 
     Loss per row: ``α·CE + (1−α)·divergence(student, teacher) + γ·(1 − cos(p_S, p_T))`` at
@@ -82,7 +83,7 @@ class DistillConfig:
     teacher_logits: str = "cache"
     teacher_tta: bool = False
     teacher_batch_size: int = 16
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # None: the shared user cache, kdq.cachedir.default_cache_dir()
     # data
     swap_augment: bool | str = False
     # optimisation (forwarded to transformers.TrainingArguments)
@@ -107,10 +108,7 @@ class DistillConfig:
 
     def __post_init__(self):
         cls = "DistillConfig"
-        if isinstance(self.template, dict):
-            object.__setattr__(self, "template", TemplateConfig(**self.template))
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraSettings(**self.lora))
+        self._accept_dicts()
         if not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a TemplateConfig, got {type(self.template).__name__}")
         check_choice(cls, "divergence", self.divergence, DIVERGENCES)
@@ -149,9 +147,3 @@ class DistillConfig:
             raise ValueError(f"{cls}.lora must be a LoraSettings or None, got {type(self.lora).__name__}")
         if self.resume and self.overwrite:
             raise ValueError(f"{cls}: resume=True and overwrite=True contradict each other; pick one")
-
-    def replace(self, **changes) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

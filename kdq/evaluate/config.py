@@ -7,16 +7,16 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .._validate import check_choice, check_range
-from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES
-from ..runtime.tta import tta_mode
+from .._config import Config
+from .._validate import check_choice, check_device, check_range
+from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode
 from ..template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """How to score a variant.
 
     Args:
@@ -55,6 +55,7 @@ class EvalConfig:
 
     def __post_init__(self):
         c = "EvalConfig"
+        self._accept_dicts()
         check_range(c, "batch_size", self.batch_size, 1, kind=int)
         if self.max_batch_tokens is not None:
             check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
@@ -65,13 +66,7 @@ class EvalConfig:
         check_range(c, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
-        if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"{c}.device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        check_device(c, "device", self.device)
         check_choice(c, "dtype", self.dtype, DTYPES)
         check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
         check_range(c, "bootstrap_samples", self.bootstrap_samples, 1, kind=int)

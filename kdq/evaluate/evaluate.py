@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..weight_files import folder_weight_bytes
 from .config import EvalConfig, Metrics
 from .metrics import accuracy, ece, log_loss, softmax
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 
 
 # --------------------------------------------------------------------------- peak memory
@@ -111,13 +110,6 @@ def device_name(device) -> str:
     except OSError:
         pass
     return f"cpu ({model + ', ' if model else ''}{torch.get_num_threads()} threads)"
-
-
-def folder_weight_bytes(path) -> int:
-    """Bytes of the weight files in a model folder (all files when none has a weight suffix)."""
-    files = [p for p in Path(path).rglob("*") if p.is_file()]
-    weights = [p for p in files if p.name.endswith(WEIGHT_SUFFIXES)]
-    return sum(p.stat().st_size for p in (weights or files))
 
 
 def module_bytes(model) -> int:

@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._validate import check_range
+from ..quant_methods import FP16, WeightFormat, method_for, quantization_config_of
 
+__all__ = ["ModelSpec", "WeightFormat", "FP16", "weight_format_of", "param_counts", "flops_per_token", "batch_flops",
+           "weight_bytes", "activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -130,73 +133,16 @@ def batch_flops(spec: ModelSpec, batch: int, length: int) -> int:
 
 
 # --------------------------------------------------------------------------- weight formats
-@dataclass(frozen=True)
-class WeightFormat:
-    """How a variant stores its decoder matrices on the GPU.
-
-    ``bits``: bits per quantized weight (16 when unquantized); ``group_size``: weights that
-    share one scale; ``scale_bytes``: bytes of scale/zero-point metadata per group.
-    Embedding, norms and the ``score`` head stay fp16 in every format.
-    """
-
-    name: str
-    bits: int
-    group_size: int = 0
-    scale_bytes: float = 0.0
-    needs: str | None = None  # the pip package the notebook must bring offline
-
-    @property
-    def bytes_per_weight(self) -> float:
-        extra = self.scale_bytes / self.group_size if self.group_size > 0 else 0.0
-        return self.bits / 8 + extra
-
-
-def _gptq(bits: int, group_size: int) -> WeightFormat:
-    # one fp16 scale + one packed zero point per group; group_size -1 means per output channel
-    g = group_size if group_size and group_size > 0 else 0
-    return WeightFormat(f"gptq-{bits}", bits, g, 2 + bits / 8, needs="gptqmodel")
-
-
-# bitsandbytes: int8 keeps one fp32 scale per output row (negligible); 4-bit keeps one fp32
-# absmax per 64 weights, or with double quantization an int8 absmax plus an fp32 per 256 blocks.
-_BNB = {
-    "bnb-int8": WeightFormat("bnb-int8", 8, 0, 0.0, needs="bitsandbytes"),
-    "bnb-nf4": WeightFormat("bnb-nf4", 4, 64, 4.0, needs="bitsandbytes"),
-    "bnb-fp4": WeightFormat("bnb-fp4", 4, 64, 4.0, needs="bitsandbytes"),
-}
-FP16 = WeightFormat("fp16", 16)
-
-
 def weight_format_of(config) -> WeightFormat:
-    """Infer the weight format from a config's ``quantization_config`` (fp16 when absent).
+    """The weight format of a (possibly quantized) model: fp16 when it has no ``quantization_config``.
 
-    ``config``: ``PretrainedConfig``, config dict, or model folder. Unquantized weights are
-    counted as fp16 whatever their saved dtype: that is what a T4 notebook loads.
+    ``config``: ``PretrainedConfig``, config dict, or model folder. Each quantization method
+    states its own on-disk format (:meth:`kdq.quant_methods.QuantMethod.weight_format`); an
+    unknown method is a ``ValueError`` naming the known ones. Unquantized weights are counted
+    as fp16 whatever their saved dtype: that is what a T4 notebook loads.
     """
-    if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        path = path / "config.json" if path.is_dir() else path
-        config = json.loads(path.read_text()) if path.is_file() else {}
-    qc = config.get("quantization_config") if isinstance(config, dict) else getattr(config, "quantization_config", None)
-    if qc is None:
-        return FP16
-    if not isinstance(qc, dict):
-        qc = qc.to_dict()
-    method = qc.get("quant_method", "")
-    method = str(getattr(method, "value", method)).lower()  # in memory it is a QuantizationMethod enum
-    if method == "gptq":
-        return _gptq(int(qc.get("bits", 4)), int(qc.get("group_size", 128) or 0))
-    if method == "bitsandbytes":
-        if qc.get("load_in_8bit"):
-            return _BNB["bnb-int8"]
-        if qc.get("load_in_4bit"):
-            base = _BNB[f"bnb-{qc.get('bnb_4bit_quant_type', 'fp4')}"]
-            if qc.get("bnb_4bit_use_double_quant"):
-                return WeightFormat(base.name, 4, 64, 1.0 + 4.0 / 256, needs=base.needs)
-            return base
-    raise ValueError(f"quantization_config.quant_method {method!r} (load_in_8bit={qc.get('load_in_8bit')}, "
-                     f"load_in_4bit={qc.get('load_in_4bit')}) is not known to kdq's budget; known: gptq, "
-                     "bitsandbytes (8-bit, nf4, fp4).")
+    method = method_for(config)
+    return FP16 if method is None else method.weight_format(quantization_config_of(config))
 
 
 def weight_bytes(spec: ModelSpec, fmt: WeightFormat = FP16) -> float:

@@ -277,7 +277,7 @@ def _wheels(tmp: Path, config: ExportConfig, quant_method):
 def probe_rows(n: int):
     """``(ids, rows)`` of ``n`` fixed synthetic arena rows (rows as predict.py's read_rows returns them)."""
     from ..template import parse_turns
-    from ..testing import make_arena_rows
+    from ..probe import make_arena_rows
 
     raw = make_arena_rows(n, seed=PROBE_SEED, labelled=False, max_words=120)
     rows = [tuple(parse_turns(raw[c][i]) for c in ("prompt", "response_a", "response_b")) for i in range(n)]

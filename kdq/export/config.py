@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .._config import Config
 from .._validate import check_choice, check_range
-from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES
-from ..runtime.tta import tta_mode
+from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode
 from ..template import TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
@@ -80,7 +80,7 @@ def _tuple_of_str(cls, name, value) -> tuple:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Config):
     """How :func:`kdq.export` packs a model into a Kaggle dataset folder.
 
     Args:
@@ -149,6 +149,7 @@ class ExportConfig:
 
     def __post_init__(self):
         cls = "ExportConfig"
+        self._accept_dicts()
         if not isinstance(self.title, str) or not TITLE_LENGTH[0] <= len(self.title) <= TITLE_LENGTH[1]:
             raise ValueError(f"{cls}.title must be a string of {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} characters "
                              f"(a Kaggle rule), got {self.title!r} ({len(str(self.title))} characters)")

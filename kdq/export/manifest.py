@@ -3,27 +3,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 
 from .._json import jsonable
+from ..versions import library_versions  # noqa: F401  (re-exported: build.py records it)
 
 MANIFEST_VERSION = 1
-# Libraries whose versions decide whether the folder loads and predicts the same way.
-VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "huggingface-hub",
-             "peft", "optimum", "gptqmodel", "bitsandbytes", "numpy")
-
-
-def library_versions() -> dict:
-    """Installed versions of :data:`VERSIONED` (absent packages left out) plus Python's."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def metrics_record(metrics) -> tuple:

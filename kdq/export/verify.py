@@ -37,14 +37,11 @@ class VerifyReport:
 
 
 def prepare_backend(folder, device) -> None:
-    """Before loading a GPTQ folder in this process: kdq's gptqmodel CPU defaults, and an
-    import of gptqmodel that leaves the environment (HF_HOME...) as it was."""
-    config = Path(folder, "config.json")
-    quant = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}) if config.is_file() else {}
-    if quant.get("quant_method") == "gptq":
-        from ..quantize.env import prepare_gptq
+    """Before loading ``folder`` in this process: its quantization method's load-time preparation
+    (GPTQ: kdq's gptqmodel CPU defaults, and an import that leaves HF_HOME... as it was)."""
+    from ..quant_methods import prepare_to_load
 
-        prepare_gptq(device)
+    prepare_to_load(folder, device)
 
 
 def check_checksums(folder) -> tuple:

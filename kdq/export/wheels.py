@@ -23,12 +23,6 @@ from .config import KAGGLE_PYTHON_VERSIONS
 IMAGE_PROVIDED = ("torch", "triton", "pytorch-triton", "nvidia-*")
 # Always shipped: the exported config and tokenizer files are written by this transformers.
 BASE_PACKAGES = ("transformers", "accelerate")
-# What transformers needs to load each quantization method (config.json "quant_method").
-BACKEND_PACKAGES = {
-    None: (),
-    "gptq": ("gptqmodel", "optimum"),
-    "bitsandbytes": ("bitsandbytes",),
-}
 
 
 class WheelError(CheckFailed):
@@ -40,11 +34,11 @@ def canonical(name: str) -> str:
 
 
 def default_packages(quant_method) -> tuple:
-    """The root packages for a model quantized with ``quant_method`` (``None``: not quantized)."""
-    if quant_method not in BACKEND_PACKAGES:
-        raise ValueError(f"no wheel list for quantization method {quant_method!r}; known: "
-                         f"{sorted(map(str, BACKEND_PACKAGES))}. Pass ExportConfig(wheel_packages=...).")
-    return BACKEND_PACKAGES[quant_method] + BASE_PACKAGES
+    """The root packages for a model quantized with ``quant_method`` (``None``: not quantized);
+    the method's own wheels come from its :class:`~kdq.quant_methods.QuantMethod`."""
+    from ..quant_methods import wheels_for
+
+    return wheels_for(quant_method) + BASE_PACKAGES
 
 
 def _requirement(text):

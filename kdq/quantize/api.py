@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..quant_methods import get_quantizer
 from .config import QuantConfig
-from .registry import get_quantizer
 
 log = logging.getLogger("kdq.quantize")
 
@@ -184,7 +184,7 @@ def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
     """Load (and merge) the source; a folder to quantize from: the input folder, or a saved copy."""
     from ..models import is_adapter_dir, load_classifier, template_of
     from ..template import TemplateConfig
-    from .verify import weights_bytes
+    from ..weight_files import folder_weight_bytes
 
     is_path = isinstance(model, (str, os.PathLike))
     loaded = load_classifier(model, tokenizer=tokenizer, dtype=dtype if is_path else None,
@@ -197,14 +197,16 @@ def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
         loaded.tokenizer.save_pretrained(str(folder))
     template = template_of(loaded.model) or template_of(folder) or TemplateConfig()
     return _Source(model=loaded.model, tokenizer=loaded.tokenizer, folder=folder, template=template,
-                   name=loaded.source, weights_bytes=weights_bytes(folder))
+                   name=loaded.source, weights_bytes=folder_weight_bytes(folder))
 
 
 def _verify(folder, config, rows, source, *, device, dtype, source_logits, memory_logits, pad_id,
             quantize_seconds, verify_start, details):
     """Reload ``folder``, compare with the in-memory logits, gate on KL, write ``kdq-quantize.json``."""
+    from ..versions import library_versions
+    from ..weight_files import folder_weight_bytes
     from .verify import (QuantizationError, QuantReport, compare_reload, cpu_has_avx512_bf16, kl_divergence,
-                         library_versions, max_abs_delta, weights_bytes, write_report)
+                         max_abs_delta, write_report)
 
     name = config.name
     reloaded = compare_reload(name, folder, probe=rows.probe, pad_id=pad_id, memory_logits=memory_logits,
@@ -222,7 +224,7 @@ def _verify(folder, config, rows, source, *, device, dtype, source_logits, memor
         reload_tolerance=float(config.reload_tolerance), kl_to_source=kl,
         source_max_abs_delta=max_abs_delta(source_logits, memory_logits),
         argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
-        weights_bytes=weights_bytes(folder), source_weights_bytes=source.weights_bytes,
+        weights_bytes=folder_weight_bytes(folder), source_weights_bytes=source.weights_bytes,
         quantize_seconds=quantize_seconds, verify_seconds=time.perf_counter() - verify_start,
         cpu_avx512_bf16=cpu_has_avx512_bf16(), details=details, config=config.to_dict(),
         versions=library_versions(), source=source.name)

@@ -26,21 +26,22 @@ class CalibrationSet:
 
 
 def _as_rows(calibration):
-    """Arena rows (anything ``kdq.load_arena`` reads, or a dict of columns) or ``list[str]``."""
+    """Arena rows (anything ``kdq.load_arena`` reads: a path, DataFrame, Dataset, dict of columns or
+    list of row dicts) or ``list[str]``."""
+    if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(r, dict) for r in calibration):
+        from ..data import load_arena
+
+        return load_arena(calibration)
     if isinstance(calibration, (list, tuple)):
         if not calibration:
             raise ValueError("calibration is an empty list; pass arena rows or a non-empty list of strings.")
         bad = next((i for i, t in enumerate(calibration) if not isinstance(t, str)), None)
         if bad is not None:
             raise ValueError(f"calibration[{bad}] is a {type(calibration[bad]).__name__}; a calibration list "
-                             "must hold strings (or pass arena rows: a CSV/parquet path, DataFrame or Dataset).")
+                             "must hold strings (or pass arena rows: a CSV/parquet path, DataFrame, Dataset or row dicts).")
         return list(calibration)
     from ..data import load_arena
 
-    if isinstance(calibration, dict):
-        import datasets
-
-        calibration = datasets.Dataset.from_dict(calibration)
     return load_arena(calibration)
 
 
@@ -64,11 +65,9 @@ def _render(rows, indices, tokenizer, template):
 def synthetic_probe(tokenizer, template, n: int, seed: int) -> list:
     """Deterministic arena-style rows for the probe when no calibration is given."""
     from ..data import encode, load_arena
-    from ..testing import make_arena_rows
+    from ..probe import make_arena_rows
 
-    import datasets
-
-    rows = load_arena(datasets.Dataset.from_dict(make_arena_rows(n, seed=seed, max_words=200)))
+    rows = load_arena(make_arena_rows(n, seed=seed, max_words=200))
     return list(encode(rows, tokenizer, template, desc="render probe rows")["input_ids"])
 
 

@@ -1,14 +1,13 @@
 """QuantConfig: what to quantize, how, and how strictly to verify the result."""
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
-from .._validate import check_choice, check_range
+from .._config import Config
+from .._validate import check_choice, check_device, check_range
 from ..template import TemplateConfig
 
 DTYPES = ("float16", "bfloat16", "float32")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # Short variant names used by the CLI, the demo and reports.
 VARIANTS = {
@@ -21,7 +20,7 @@ VARIANTS = {
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(Config):
     """How :func:`kdq.quantize` quantizes a classifier and verifies the saved folder.
 
     Args:
@@ -66,9 +65,10 @@ class QuantConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .registry import get_quantizer  # the registry validates method-specific fields
+        from ..quant_methods import get_quantizer  # the registry validates method-specific fields
 
         cls = "QuantConfig"
+        self._accept_dicts()
         method = get_quantizer(self.method)
         check_range(cls, "num_samples", self.num_samples, 1, 100_000, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 1024, kind=int)
@@ -84,8 +84,7 @@ class QuantConfig:
             raise ValueError(f"{cls}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
         if self.dtype is not None:
             check_choice(cls, "dtype", self.dtype, DTYPES + (None,))
-        if self.device is not None and not (isinstance(self.device, str) and _DEVICE_RE.match(self.device)):
-            raise ValueError(f"{cls}.device must be 'cpu', 'cuda', 'cuda:N' or None, got {self.device!r}")
+        check_device(cls, "device", self.device)
         bits = method.validate(self)
         object.__setattr__(self, "bits", bits)
 
@@ -101,14 +100,6 @@ class QuantConfig:
     @property
     def name(self) -> str:
         """Short variant name, e.g. ``"gptq-4"`` or ``"bnb-nf4-nodq"`` (used in reports)."""
-        from .registry import get_quantizer
+        from ..quant_methods import get_quantizer
 
         return get_quantizer(self.method).variant_name(self)
-
-    def replace(self, **changes) -> "QuantConfig":
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["template"] = self.template.to_dict() if self.template is not None else None
-        return d

@@ -90,7 +90,7 @@ def check_head(model, where: str) -> str:
     """
     import torch
 
-    from .registry import HEAD_MODULES
+    from ..quant_methods import HEAD_MODULES
 
     for name in HEAD_MODULES:
         head = getattr(model, name, None)
@@ -149,30 +149,12 @@ def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logit
     return logits
 
 
-def weights_bytes(folder) -> int:
-    folder = Path(folder)
-    return sum(f.stat().st_size for f in folder.iterdir()
-               if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt"))
-
-
 def cpu_has_avx512_bf16() -> bool:
     """Whether this CPU advertises AVX512-BF16 (bitsandbytes' repacking CPU 4-bit path)."""
     try:
         return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-
-
-def library_versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("torch", "transformers", "optimum", "gptqmodel", "bitsandbytes"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def write_report(folder, report: QuantReport, *, probe, memory_logits, source_logits) -> Path:
@@ -206,15 +188,14 @@ def recheck(folder, *, tolerance: float | None = None, device=None) -> float:
     import torch
 
     from ..models import load_tokenizer
-    from .env import prepare_gptq
+    from ..quant_methods import get_quantizer
 
     folder = Path(folder)
     raw = json.loads(Path(folder, REPORT_FILE).read_text()) if Path(folder, REPORT_FILE).is_file() else None
     if raw is None:
         raise ValueError(f"{str(folder)!r} has no {REPORT_FILE}; it was not written by kdq.quantize.")
     device = torch.device(device or raw["device"])
-    if raw["method"] == "gptq":
-        prepare_gptq(device)
+    get_quantizer(raw["method"]).prepare_load(device)
     pad_id = load_tokenizer(folder).pad_token_id
     memory = torch.tensor(raw["probe"]["logits_memory"])
     tol = raw["reload_tolerance"] if tolerance is None else tolerance

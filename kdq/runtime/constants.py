@@ -16,3 +16,14 @@ SETTINGS_FILE = "kdq-predict.json"
 MANIFEST_FILE = "kdq-manifest.json"
 TEMPLATE_KEY = "kdq_template"
 WHEELS_DIR = "wheels"
+
+
+def tta_mode(value) -> str:
+    """``True``/``False`` (the older spelling) or a name in :data:`TTA_MODES` → the name."""
+    if value is True:
+        return "full"
+    if value is False or value is None:
+        return "none"
+    if value in TTA_MODES:
+        return value
+    raise ValueError(f"tta must be one of {list(TTA_MODES)} (or True/False), got {value!r}")

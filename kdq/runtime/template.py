@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .constants import LABELS, SWAP_PERMUTATION  # noqa: F401  (re-exported: kdq.template.LABELS)
 
@@ -62,6 +62,10 @@ class TemplateConfig:
                 f"TemplateConfig.min_part_share must be in [0, 1/3], got {self.min_part_share!r}: "
                 "three parts cannot each be guaranteed more than a third"
             )
+
+    # kdq's config convention (kdq/_config.py), by hand: the runtime imports nothing from kdq.
+    def replace(self, **changes) -> "TemplateConfig":
+        return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)

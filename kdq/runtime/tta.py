@@ -15,18 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import combine_swap_tta
-from .constants import TTA_MODES
-
-
-def tta_mode(value) -> str:
-    """``True``/``False`` (the older spelling) or a name in :data:`TTA_MODES` → the name."""
-    if value is True:
-        return "full"
-    if value is False or value is None:
-        return "none"
-    if value in TTA_MODES:
-        return value
-    raise ValueError(f"tta must be one of {list(TTA_MODES)} (or True/False), got {value!r}")
+from .constants import TTA_MODES, tta_mode  # noqa: F401 (tta_mode: re-exported)
 
 
 def gated_count(n: int, fraction: float) -> int:

@@ -28,7 +28,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .template import LABELS
+from kdq.template import LABELS
 
 SDIST = "vaderSentiment==3.3.2"
 MEMBER = "additional_resources/hutto_ICWSM_2014.tar.gz"

@@ -14,8 +14,8 @@ And importing it rewrites ``os.environ`` (``HF_HOME`` becomes ``/tmp/tokenicer_h
 plus ``PYTORCH_ALLOC_CONF`` and ``CUDA_DEVICE_ORDER``). :func:`prepare_gptq` imports it
 once, under a snapshot of the environment, and puts back every variable the import touched.
 
-Only the standard library is imported at module level: :mod:`kdq.models` calls
-:func:`prepare_gptq` before loading a GPTQ folder.
+Only the standard library is imported at module level: loading a GPTQ folder anywhere
+(:mod:`kdq.models`, :func:`kdq.verify`) calls :func:`prepare_gptq` through the method registry.
 """
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def import_gptqmodel_quietly():
         return sys.modules["gptqmodel"]
     before = dict(os.environ)
     try:
-        module = require("gptqmodel", purpose="GPTQ quantization")
-        require("optimum.gptq", purpose="GPTQ quantization through transformers' GPTQConfig")
+        module = require("gptqmodel", purpose="GPTQ quantization", extra="gptq")
+        require("optimum.gptq", purpose="GPTQ quantization through transformers' GPTQConfig", extra="gptq")
     finally:
         restored = []
         for key in set(os.environ) - set(before):

@@ -7,7 +7,7 @@ the embeddings and the norms stay in floating point.
 """
 from __future__ import annotations
 
-from .registry import QuantMethod, register_quantizer
+from .registry import QuantMethod, WeightFormat, register_quantizer
 
 
 def default_backend(device) -> str:
@@ -23,7 +23,10 @@ def default_backend(device) -> str:
 
 @register_quantizer("gptq")
 class GPTQMethod(QuantMethod):
-    requires = ("gptqmodel", "optimum")
+    extra = "gptq"
+    runtime_modules = ("gptqmodel", "optimum")
+    wheels = ("gptqmodel", "optimum")
+    quant_method = "gptq"
     allowed_bits = (4, 8)
     bits_required = True
     needs_calibration = True
@@ -43,8 +46,15 @@ class GPTQMethod(QuantMethod):
     def variant_name(self, config) -> str:
         return f"gptq-{config.bits}"
 
-    def prepare(self, device) -> None:
-        from .env import prepare_gptq
+    def weight_format(self, qc: dict) -> WeightFormat:
+        # one fp16 scale + one packed zero point per group; group_size -1 means per output channel
+        bits, group_size = int(qc.get("bits", 4)), int(qc.get("group_size", 128) or 0)
+        return WeightFormat(f"gptq-{bits}", bits, group_size if group_size > 0 else 0, 2 + bits / 8,
+                            needs=self.wheels[0])
+
+    def prepare_load(self, device) -> None:
+        """gptqmodel's CPU-safe environment, and an import of it that leaves ``HF_HOME`` alone."""
+        from .gptq_env import prepare_gptq
 
         prepare_gptq(device)
 

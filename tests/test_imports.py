@@ -1,0 +1,122 @@
+"""The package's import graph, read from the source (ast): no circle, and no upward imports."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KDQ = Path(__file__).resolve().parents[1] / "kdq"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(KDQ.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict:
+    return {_module_name(p): p for p in sorted(KDQ.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, modules: dict, *, top_level_only: bool) -> set:
+    """kdq modules that ``name`` imports (``from .x import y`` counts ``x.y`` when it is a module)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out = set()
+    for node in nodes:
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets = [module] + [f"{module}.{a.name}" for a in node.names]
+        for t in targets:
+            if t in modules and t != name:
+                out.add(t)
+    return out
+
+
+def _graph(top_level_only: bool) -> dict:
+    modules = _modules()
+    return {name: _imports(name, path, modules, top_level_only=top_level_only) for name, path in modules.items()}
+
+
+def _cycle(graph: dict):
+    """One import cycle as a list of modules, or ``None``."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_module_level_imports_form_no_circle():
+    graph = _graph(top_level_only=True)
+    assert len(graph) > 30 and "kdq.cli" in graph and "kdq.commands" in graph["kdq.cli"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_deferred_imports_form_no_circle_either():
+    # kdq/cli.py and kdq/export/cli.py once imported each other; both now read kdq.commands
+    graph = _graph(top_level_only=False)
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert not any(m.startswith("kdq.export") for m in graph["kdq.cli"])
+    assert "kdq.cli" not in graph["kdq.export.cli"]
+
+
+@pytest.mark.parametrize("module", ["kdq.models", "kdq.export"])
+def test_models_and_export_never_import_the_quantize_stage(module):
+    graph = _graph(top_level_only=False)
+    importers = [m for m in graph if m == module or m.startswith(module + ".")]
+    assert importers
+    for m in importers:
+        upward = sorted(t for t in graph[m] if t == "kdq.quantize" or t.startswith("kdq.quantize."))
+        assert not upward, f"{m} imports {upward}; ask kdq.quant_methods instead"
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys\nfrom kdq.cli import build_parser\nbuild_parser().format_help()\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy', 'pandas') if m in sys.modules)\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_stage_verbs_stay_functions_after_their_subpackages_load():
+    code = ("import kdq\nimport kdq.distill.cache, kdq.quantize.api, kdq.evaluate.report, kdq.export.build\n"
+            "print(all(callable(getattr(kdq, v)) and type(getattr(kdq, v)).__name__ == 'function' "
+            "for v in ('distill', 'quantize', 'evaluate', 'export', 'verify', 'compare', 'shrink')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
