@@ -101,7 +101,7 @@ def test_flags_beat_the_file_and_set_beats_both(tmp_path):
     assert config(teacher + ["--cache-dir", "flag", "--set", "cache_dir=set"]).cache_dir == "set"
     e = _yaml(tmp_path, "title: title from the file\ndataset_id: me/file\ntta: false\n")
     export = ["export", "m", "--out", "o", "--config", str(e)]
-    assert (config(export).title, config(export).tta) == ("title from the file", False)
+    assert (config(export).title, config(export).tta) == ("title from the file", "none")  # tta: false → "none"
     assert config(export + ["--title", "title from a flag"]).title == "title from a flag"
     assert config(export + ["--title", "title from a flag", "--set", "title=title from set"]).title == "title from set"
     r = _yaml(tmp_path, "out_dir: from-file\nbaseline: false\n")
