@@ -96,7 +96,7 @@ def run_compare(args, cfg) -> int:
             raise ValueError(f"--variant {item!r}: write NAME=FOLDER, e.g. --variant teacher=runs/teacher")
         variants[name] = path
     result = compare(variants, args.data, cfg, out_dir=args.out, teacher=args.teacher, baseline=args.baseline,
-                     student=args.student, budget=cfg.budget, overwrite=args.overwrite)
+                     student=args.student, overwrite=args.overwrite)
     print(Path(result.paths["md"]).read_text())
     print(f"report: {result.paths['md']}\nplot: {result.paths['png']}")
     return EXIT_OK

@@ -176,12 +176,12 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
 
     report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
                      baseline="student-hard" if config.baseline else None, student="student-kd",
-                     budget=config.eval.budget, overwrite=True)
+                     overwrite=True)
     selection = None
     if "recommended" in config.export_variants:
         # Chosen on the eval rows, scored with the TTA the export ships; the test rows only report.
         chosen_on = compare(dict(variants), eval_rows, config.eval, out_dir=out / "report-eval", teacher="teacher",
-                            budget=config.eval.budget, overwrite=True)
+                            overwrite=True)
         selection = recommend(chosen_on.metrics, eval_rows, config.eval.tta_mode,
                               n_resamples=config.eval.bootstrap_samples, seed=config.eval.bootstrap_seed)
     exports, failures = {}, {}

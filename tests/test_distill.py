@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import kdq
+from _launch import launch_two_processes
 from kdq.data import load_arena
 from kdq.distill import cache as cache_mod
 from kdq.distill.cache import cache_teacher_logits
@@ -210,13 +211,7 @@ def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
 def test_two_process_ddp_with_accelerate_launch(tmp_path, models):
     for name in ("teacher", "student"):
         os.symlink(models / name, tmp_path / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_distill.py")),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("_ddp_distill.py", tmp_path)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world_size"] == 2 and i["backend"] == "gloo" for i in infos)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()

@@ -178,38 +178,16 @@ def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
 def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher):
     import json
     import os
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from _launch import launch_two_processes
 
     d, teacher = trained_teacher
     os.symlink(teacher, tmp_path / "teacher")
     kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "student")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_recipes.py")),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("_ddp_recipes.py", tmp_path)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world_size"] == 2 for i in infos)
     # 32 labelled + 32 transfer rows as pairs = 64 table rows, 4 pairs per device, 2 devices: 8 steps
     history = infos[0]["metrics"]["history"]
     assert history[-1]["step"] == 8 and all("hidden" in h and "kd" in h for h in history if "ce" in h)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
-
-
-def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_tokenizer):
-    d, teacher = trained_teacher
-    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
-    rows = make_arena_rows(32, seed=15, max_words=30)
-    transfer = make_arena_rows(32, seed=16, max_words=30, labelled=False, id_offset=7000)
-    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), transfer_data=transfer,
-                      config=kdq.DistillConfig(output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1,
-                                               **{**COMMON, "logging_steps": 1}))
-    assert res.cache_path is None and "teacher_pass" not in res.metrics
-    logs = [h for h in res.metrics["history"] if "kd" in h]
-    assert len(logs) == 4 and all(h["kd"] > 0 for h in logs)  # 64 rows / 16: the teacher scored every batch
-    with pytest.raises(ValueError, match="teacher_tta=False"):
-        kdq.DistillConfig(teacher_logits="live", teacher_tta=True)

@@ -178,7 +178,7 @@ def test_compare_writes_table_plot_and_verdicts(tmp_path, variants, rows, metric
 
 def test_compare_reprojects_stored_metrics_onto_another_budget(tmp_path, rows, metrics):
     profile = dataclasses.replace(load_budget("lmsys-2xt4"), name="tiny-box", time_limit_hours=0.1)
-    res = compare({"student": metrics}, rows, CFG, out_dir=tmp_path / "r", budget=profile)
+    res = compare({"student": metrics}, rows, CFG.replace(budget=profile), out_dir=tmp_path / "r")
     verdict = res.metrics["student"].budget
     assert verdict["profile"] == "tiny-box" and verdict["fits"] is False and not verdict["fits_time"]
     assert isinstance(res.metrics["student"], Metrics) and "✗" in (tmp_path / "r" / "report.md").read_text()

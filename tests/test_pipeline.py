@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kdq
+from _launch import launch_two_processes
 from kdq.pipeline import PipelineConfig, _export_names, recommend
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
@@ -74,13 +75,7 @@ def test_ddp_teacher_pass_longer_than_the_group_timeout_passes(tmp_path, tiny_to
     """2 processes, gloo, ddp_timeout=30 s; the teacher pass takes >= 45 s."""
     make_tiny_classifier(tmp_path / "teacher", tiny_tokenizer, seed=1)
     make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("_ddp_pipeline.py")),
-           str(tmp_path), "30", "45"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("_ddp_pipeline.py", tmp_path, 30, 45, timeout=900)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["backend"] == "gloo"
     assert rank0["report"] and not rank1["report"]

@@ -165,8 +165,7 @@ def _json_safe(x):
 
 
 def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir, teacher: str | None = None,
-            baseline: str | None = None, student: str | None = None, budget="lmsys-2xt4",
-            overwrite: bool = False) -> CompareResult:
+            baseline: str | None = None, student: str | None = None, overwrite: bool = False) -> CompareResult:
     """Evaluate every variant on the same rows and write the trade-off report.
 
     Args:
@@ -178,7 +177,6 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
         teacher: the reference for the Δ column (default: the first variant).
         baseline, student: the hard-label student and the distilled one; with both, the
             report gives the fraction of the teacher-vs-baseline gap that distillation closed.
-        budget: profile for the verdicts (overrides ``config.budget``); ``None`` for none.
     Returns:
         :class:`CompareResult`.
     """
@@ -201,7 +199,7 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
     rows = load_arena(rows)
     fingerprint = rows_fingerprint(rows)
-    profile = load_budget(budget) if budget is not None else None
+    profile = load_budget(config.budget) if config.budget is not None else None  # one place: EvalConfig.budget
     config = dataclasses.replace(config, budget=profile)
 
     metrics = {}

@@ -1,0 +1,20 @@
+"""Two-process DDP on CPU for the tests: `accelerate launch --multi_gpu --num_processes 2` with gloo.
+
+(`accelerate launch --cpu` only ever starts one process, so the tests use --multi_gpu without GPUs.)
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def launch_two_processes(script: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``tests/<script> *args`` on 2 processes; fail with the end of stderr when it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name(script)),
+           *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
