@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from .._config import Config
 from .._validate import check_choice, check_range
 from ..template import TemplateConfig
-from .losses import DIVERGENCES, HIDDEN_LOSSES
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
@@ -111,6 +110,8 @@ class DistillConfig(Config):
         self._accept_dicts()
         if not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a TemplateConfig, got {type(self.template).__name__}")
+        from .losses import DIVERGENCES, HIDDEN_LOSSES  # the registry (torch): only when a config is built
+
         check_choice(cls, "divergence", self.divergence, DIVERGENCES)
         check_choice(cls, "precision", self.precision, PRECISIONS)
         check_range(cls, "temperature", self.temperature, 0.0, lo_open=True)
