@@ -166,14 +166,16 @@ def test_a_new_method_is_one_class_and_everything_asks_the_registry(tmp_path):
 
         folder = sys.argv[1]
         from kdq.evaluate.modelspec import weight_format_of
-        from kdq.export.script import render_script
+        from kdq.export.build import settings_record
+        from kdq.export.config import ExportConfig
         from kdq.export.wheels import default_packages
         from kdq.models import load_classifier
 
         out = {"method": method_for(folder).name, "format": weight_format_of(folder).name,
                "wheels": list(default_packages("toy")),
-               "predict_py_checks": "'toy': ('kdq_toy_backend_that_is_not_installed',)" in render_script(
-                   title="toy export", slug="toy", kdq_version="0", quant_method="toy")}
+               # predict.py reads the modules to check from kdq-predict.json, which the export writes
+               "predict_py_checks": settings_record(ExportConfig(title="toy export", dataset_id="me/toy"),
+                                                    "toy")["backend_modules"] == ["kdq_toy_backend_that_is_not_installed"]}
         try:
             load_classifier(folder)
         except ImportError as err:

@@ -14,7 +14,7 @@ from ..errors import CheckFailed
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
 from .manifest import MANIFEST_VERSION, library_versions, metrics_record, utc_now, write_json
-from ._predict_main import BACKEND_MODULES
+from ._predict_main import backend_modules
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
 from .verify import VerificationError, prepare_backend
 
@@ -112,7 +112,7 @@ def settings_record(config: ExportConfig, quant_method) -> dict:
     """``kdq-predict.json``: predict.py's defaults and the packages its backend needs."""
     return {"tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
             "max_batch_tokens": config.max_batch_tokens,
-            "backend_modules": list(BACKEND_MODULES.get(quant_method, ()))}
+            "backend_modules": backend_modules(quant_method)}
 
 
 def _stage_model(model, tmp: Path, tokenizer, config: ExportConfig) -> _Staged:
