@@ -21,7 +21,7 @@ def jsonable(value):
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v) for v in value]
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
+        return value if math.isfinite(value) else None  # JSON has no NaN/inf: null, as report.json always had
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, os.PathLike):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._config import Config
+from ._json import jsonable
 from ._validate import check_range
 from .atomic import atomic_dir
 from .distill import DistillConfig, distill
@@ -207,14 +208,14 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
             exports[name] = str(folder)
             break
     with atomic_dir(out / "pipeline", overwrite=True) as tmp:
-        (tmp / "summary.json").write_text(json.dumps(
+        (tmp / "summary.json").write_text(json.dumps(jsonable(
             {"variants": variants, "exports": exports, "export_failures": failures, "gap_closed": report.gap_closed,
              "gap_closed_tta": report.gap_closed_tta,
              "gap_closed_ci": _ci((report.intervals or {}).get("gap_closed")),
              "gap_closed_tta_ci": _ci((report.intervals_tta or {}).get("gap_closed")),
              "student_vs_baseline_ci": _ci((report.intervals or {}).get("student_vs_baseline")),
              "student_layers": _shrink_map(variants.get("student-kd")), "recommendation": selection,
-             "report": {k: str(v) for k, v in report.paths.items()}}, indent=2))
+             "report": {k: str(v) for k, v in report.paths.items()}}), indent=2))
     return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import EvalConfig, Metrics
 
+from .._json import jsonable
 from .stats import GAP_EPS, Interval, paired_intervals
 
 MB = 1e6
@@ -154,16 +155,6 @@ def _plot(rows: list, path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
-def _json_safe(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir, teacher: str | None = None,
             baseline: str | None = None, student: str | None = None, overwrite: bool = False) -> CompareResult:
     """Evaluate every variant on the same rows and write the trade-off report.
@@ -250,7 +241,7 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
 
     md = _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows),
                    intervals, intervals_tta)
-    report = _json_safe({
+    report = jsonable({
         "rows": len(rows), "rows_fingerprint": fingerprint, "teacher": teacher, "baseline": baseline,
         "student": student, "gap_closed": gap, "gap_closed_tta": gap_tta, "notes": notes,
         "intervals": _intervals_dict(intervals), "intervals_tta": _intervals_dict(intervals_tta),
