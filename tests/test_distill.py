@@ -180,7 +180,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, models):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'reverse_kl'\]"):
+    with pytest.raises(ValueError, match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'prob_cosine', 'reverse_kl'\]"):
         kdq.DistillConfig(divergence="kl")
     with pytest.raises(ValueError, match="DistillConfig.alpha"):
         kdq.DistillConfig(alpha=1.5)

@@ -107,6 +107,7 @@ def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher,
     rows = make_arena_rows(48, seed=8, max_words=30)
     res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), config=kdq.DistillConfig(
         output_dir=str(tmp_path / "run"), swap_augment="paired", cosine_weight=0.5, epochs=1,
+        cache_dir=str(tmp_path / "cache"),  # the shared cache keys rows by id: these ids are reused by other tests
         **{**COMMON, "batch_size": 8, "logging_steps": 2}))
     logs = [h for h in res.metrics["history"] if "ce" in h]
     assert logs and all("cos" in h and "kd" in h for h in logs)
@@ -149,7 +150,8 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
     rows = make_arena_rows(64, seed=12, max_words=30)
     student = kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "s0")
     res = kdq.distill(str(student), rows, teacher=str(teacher), config=kdq.DistillConfig(
-        output_dir=str(tmp_path / "run"), hidden_weight=1.0, epochs=3, **{**COMMON, "logging_steps": 2}))
+        output_dir=str(tmp_path / "run"), hidden_weight=1.0, epochs=3, cache_dir=str(tmp_path / "cache"),
+        **{**COMMON, "logging_steps": 2}))
     hidden = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
     assert len(hidden) >= 3 and hidden[-1] < hidden[0], hidden  # the student's states move toward the teacher's
     not_shrunk = tmp_path / "plain"
@@ -191,3 +193,18 @@ def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher
     history = infos[0]["metrics"]["history"]
     assert history[-1]["step"] == 8 and all("hidden" in h and "kd" in h for h in history if "ce" in h)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_tokenizer):
+    d, teacher = trained_teacher
+    make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
+    rows = make_arena_rows(32, seed=15, max_words=30)
+    transfer = make_arena_rows(32, seed=16, max_words=30, labelled=False, id_offset=7000)
+    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), transfer_data=transfer,
+                      config=kdq.DistillConfig(output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1,
+                                               **{**COMMON, "logging_steps": 1}))
+    assert res.cache_path is None and "teacher_pass" not in res.metrics
+    logs = [h for h in res.metrics["history"] if "kd" in h]
+    assert len(logs) == 4 and all(h["kd"] > 0 for h in logs)  # 64 rows / 16: the teacher scored every batch
+    with pytest.raises(ValueError, match="teacher_tta=False"):
+        kdq.DistillConfig(teacher_logits="live", teacher_tta=True)
