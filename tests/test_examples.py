@@ -44,8 +44,10 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
 def test_demo_tiny_mode_runs_every_stage(tmp_path):
     demo = _load("demo")
     result = demo.main(["--tiny", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
-                        "--quant", "gptq-8"])
+                        "--quant", "gptq-8", "--quantize-teacher"])
     assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
+    assert result.distill_metrics["student-kd"]["n_transfer"] == 96  # the demo's recipe: a transfer set ...
+    assert any("hidden" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and hidden states
     text = result.summary()
     assert "| student-kd" in text and "export:" in text
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["mode"] == "tiny"
