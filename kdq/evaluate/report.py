@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import EvalConfig, Metrics
 
 from .._json import jsonable
-from .stats import GAP_EPS, Interval, paired_intervals
+from .stats import Interval, gap_closed_value, paired_intervals
 
 MB = 1e6
 
@@ -43,11 +43,11 @@ def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float) -> tupl
     1.0 means the student matches the teacher; 0.0 means distillation did no better than
     training on hard labels; above 1 the student beats the teacher.
     """
-    gap = ll_baseline - ll_teacher
-    if gap <= GAP_EPS:
+    value = gap_closed_value(ll_teacher, ll_baseline, ll_student)  # the formula lives once, in stats.py
+    if math.isnan(value):
         return None, (f"gap closed is undefined: the hard-label baseline ({ll_baseline:.4f}) is not worse than "
                       f"the teacher ({ll_teacher:.4f}), so there is no gap for distillation to close")
-    return (ll_baseline - ll_student) / gap, None
+    return value, None
 
 
 def _fmt(x, spec=".4f", none="–"):
