@@ -26,11 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import kdq  # noqa: E402
+from kdq.data import labels_of  # noqa: E402
+from kdq.evaluate.metrics import row_log_losses  # noqa: E402
+from kdq.evaluate.stats import paired_intervals  # noqa: E402
 
 MODES = ("none", "full", "gated")
 
 
 def measure(models: dict, rows, *, fraction: float, repeats: int, batch_size: int, device) -> list:
+    labels = labels_of(rows)
     table = []
     for name, model in models.items():
         runs = {m: [] for m in MODES}
@@ -41,20 +45,28 @@ def measure(models: dict, rows, *, fraction: float, repeats: int, batch_size: in
                 runs[mode].append(kdq.evaluate(model, rows, cfg))
         full_ll = runs["full"][0].log_loss_tta
         full_rs = statistics.median(m.n_rows / m.seconds for m in runs["full"])
+        # log loss is deterministic (repeat 0 stands for all); its Δ vs full TTA gets a paired-bootstrap interval
+        losses = {mode: row_log_losses(runs[mode][0].probs if mode == "none" else runs[mode][0].probs_tta, labels)
+                  for mode in MODES}
+        delta = paired_intervals(losses, "full")["delta"]
         for mode in MODES:
-            m = runs[mode][0]  # log loss is deterministic; speed is the median
+            m = runs[mode][0]
             ll = m.log_loss if mode == "none" else m.log_loss_tta
-            rs = statistics.median(r.n_rows / r.seconds for r in runs[mode])
+            rs = statistics.median(r.n_rows / r.seconds for r in runs[mode])  # speed is the median
             table.append({"model": name, "tta": mode if mode != "gated" else f"gated {fraction:g}", "log_loss": ll,
-                          "delta_vs_full": ll - full_ll, "rows_per_s": rs, "speed_vs_full": rs / full_rs,
-                          "n_rows": m.n_rows, "device": m.device})
+                          "delta_vs_full": ll - full_ll, "delta_vs_full_ci": [delta[mode].low, delta[mode].high],
+                          "rows_per_s": rs, "speed_vs_full": rs / full_rs, "n_rows": m.n_rows, "device": m.device,
+                          "repeats": repeats})
     return table
 
 
 def markdown(table: list) -> str:
-    lines = ["| model | TTA | log loss | Δ vs full TTA | rows/s | x full TTA |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | TTA | log loss | Δ vs full TTA [95% paired bootstrap] | rows/s | x full TTA |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in table:
-        lines.append(f"| {r['model']} | {r['tta']} | {r['log_loss']:.4f} | {r['delta_vs_full']:+.4f} | "
+        lo, hi = r["delta_vs_full_ci"]
+        ci = "—" if r["tta"] == "full" else f"{r['delta_vs_full']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        lines.append(f"| {r['model']} | {r['tta']} | {r['log_loss']:.4f} | {ci} | "
                      f"{r['rows_per_s']:.1f} | {r['speed_vs_full']:.2f}x |")
     return "\n".join(lines)
 
@@ -64,8 +76,11 @@ def verdict(table: list) -> list:
     for r in table:
         if r["tta"].startswith("gated"):
             ok = r["speed_vs_full"] >= 1.4 and abs(r["delta_vs_full"]) <= 0.002
+            lo, hi = r["delta_vs_full_ci"]
+            noise = "no measurable difference" if lo <= 0 <= hi else "a measurable difference"
             out.append(f"{r['model']}: gated {r['speed_vs_full']:.2f}x full TTA's rows/s (target >= 1.4x), "
-                       f"log loss {r['delta_vs_full']:+.4f} vs full (target within 0.002): {'MET' if ok else 'NOT met'}")
+                       f"log loss {r['delta_vs_full']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs full ({noise}; target within "
+                       f"0.002): {'MET' if ok else 'NOT met'}")
     return out
 
 

@@ -92,9 +92,20 @@ def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
     longer = cache_teacher_logits(teacher, rows, **{**kw, "template": kdq.TemplateConfig(max_length=96)})
     assert longer.path not in (resumed.path, tta.path)
 
+    # Entries are keyed by what the teacher saw, not by id: a row whose text changed under the same id
+    # is scored again (no stale logit, no error), and the same text under new ids is a hit.
     changed = rows.map(lambda r: {"prompt": ["something else entirely"]} if r["id"] == "3" else {})
-    with pytest.raises(ValueError, match="row id '3': its text differs"):
-        cache_teacher_logits(teacher, changed, **kw)
+    rescored = cache_teacher_logits(teacher, changed, **kw)
+    assert (rescored.reused, rescored.computed) == (39, 1)
+    k = rescored.ids.index("3")
+    assert not np.allclose(rescored.logits[k], resumed.logits[k], atol=1e-4)
+    np.testing.assert_allclose(
+        rescored.logits, cache_teacher_logits(teacher, changed, **{**kw, "cache_dir": tmp_path / "fresh2"}).logits,
+        atol=1e-5)
+    renamed = rows.map(lambda r: {"id": "renamed-" + r["id"]})
+    hit = cache_teacher_logits(teacher, renamed, **kw)
+    assert hit.computed == 0 and hit.ids[0].startswith("renamed-")
+    np.testing.assert_allclose(hit.logits, resumed.logits)
 
 
 def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, kdq_cache_root, caplog):

@@ -107,7 +107,7 @@ def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher,
     rows = make_arena_rows(48, seed=8, max_words=30)
     res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), config=kdq.DistillConfig(
         output_dir=str(tmp_path / "run"), swap_augment="paired", cosine_weight=0.5, epochs=1,
-        cache_dir=str(tmp_path / "cache"),  # the shared cache keys rows by id: these ids are reused by other tests
+        cache_dir=str(tmp_path / "cache"),  # a cache of its own: the test counts what it scores
         **{**COMMON, "batch_size": 8, "logging_steps": 2}))
     logs = [h for h in res.metrics["history"] if "ce" in h]
     assert logs and all("cos" in h and "kd" in h for h in logs)

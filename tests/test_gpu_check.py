@@ -61,3 +61,21 @@ def test_budget_takes_measured_efficiencies_with_their_sources(check, tmp_path):
     (tmp_path / "empty.json").write_text("{}")
     with pytest.raises(ValueError, match="no budget_inputs"):
         measured_profile(base, tmp_path / "empty.json")
+
+
+def test_bench_tta_quick_reports_paired_intervals_against_full_tta(tmp_path):
+    """bench/bench_tta.py --quick: no/full/gated TTA per model, Δ vs full TTA with a paired-bootstrap
+    interval that holds its point, and the gated verdict line (the figures in BENCHMARKS.md come from this)."""
+    out = tmp_path / "tta.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_tta.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert [(r["model"], r["tta"]) for r in table] == [
+        (m, t) for m in ("tiny-teacher", "tiny-student") for t in ("none", "full", "gated 0.33")]
+    for r in table:
+        lo, hi = r["delta_vs_full_ci"]
+        assert lo <= r["delta_vs_full"] <= hi and r["rows_per_s"] > 0
+        if r["tta"] == "full":
+            assert r["delta_vs_full"] == 0 and lo == hi == 0 and r["speed_vs_full"] == 1
+    assert proc.stdout.count("gated") >= 4 and "paired bootstrap" in proc.stdout

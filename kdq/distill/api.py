@@ -160,8 +160,9 @@ def _transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
     train_ids = set(train_rows["id"])
     clash = next((i for i in rows["id"] if i in train_ids), None)
     if clash is not None:
-        raise ValueError(f"transfer_data: id {clash!r} is also a training row id; the teacher cache is keyed by id, "
-                         "so give transfer rows their own ids (e.g. prefix them with 'transfer-').")
+        raise ValueError(f"transfer_data: id {clash!r} is also a training row id; transfer rows are extra unlabelled "
+                         "pairs, and a shared id makes the training table ambiguous. Drop training rows from the "
+                         "transfer set, or give transfer rows their own ids (e.g. prefix them with 'transfer-').")
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The teacher-logit cache: one Arrow table per teacher fingerprint, keyed by row ``id``.
+"""The teacher-logit cache: one Arrow table per teacher fingerprint, keyed by what the teacher saw.
 
 Layout::
 
@@ -10,9 +10,12 @@ Layout::
 * Same fingerprint → same folder → reused. A different teacher, template, ``max_length``
   or TTA setting hashes to another folder, so caches never mix.
 * Each shard is written to a temporary folder and renamed when complete; a run that is
-  interrupted keeps its finished shards, and the next run scores only the missing ids.
-* ``row_hash`` is a hash of the token ids the teacher saw. A cached id whose text has
-  changed since is an error, not a silent stale logit.
+  interrupted keeps its finished shards, and the next run scores only the missing rows.
+* Entries are keyed by ``row_hash``, a hash of the token ids the teacher saw: a teacher's
+  logits are a function of its input, not of a row's name. Two runs that reuse an id for
+  different text each get their own row's logits, a row whose text changed is scored again
+  (never a stale logit), and the same text under another id is reused. ``id`` is kept in the
+  table for people reading it.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _load_shards(folder: Path):
     if not shards:
         return {}
     table = datasets.concatenate_datasets([datasets.load_from_disk(str(s)) for s in shards])
-    return {i: (h, np.asarray(l, dtype=np.float32)) for i, h, l in zip(table["id"], table["row_hash"], table["logits"])}
+    return {h: np.asarray(l, dtype=np.float32) for h, l in zip(table["row_hash"], table["logits"])}
 
 
 def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template: TemplateConfig, tta: bool = False,
@@ -94,11 +97,11 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
     enc = encode(rows, tok, template, desc="render rows (teacher)")
     hashes = [_row_hash(x) for x in enc["input_ids"]]
     cached = _load_shards(folder)
-    for i, h in zip(enc["id"], hashes):
-        if i in cached and cached[i][0] != h:
-            raise ValueError(f"row id {i!r}: its text differs from the row cached under that id in {folder}. "
-                             "Ids must identify rows; give changed rows new ids or use a new cache_dir.")
-    todo = [k for k, i in enumerate(enc["id"]) if i not in cached]
+    todo, queued = [], set()
+    for k, h in enumerate(hashes):  # one score per distinct input, however many rows share it
+        if h not in cached and h not in queued:
+            todo.append(k)
+            queued.add(h)
     stats = {"rows": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
     if todo:
         model = teacher.model
@@ -128,11 +131,11 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
             with atomic_dir(folder / "shards" / f"part-{next_part:05d}") as tmp:
                 part.save_to_disk(str(tmp))
             next_part += 1
-            for i, h, l in zip(part["id"], part["row_hash"], logits.numpy()):
-                cached[i] = (h, l.astype(np.float32))
+            for h, l in zip(part["row_hash"], logits.numpy()):
+                cached[h] = l.astype(np.float32)
         bar.close()
         stats["padding_efficiency"] = stats["real_tokens"] / max(stats["padded_tokens"], 1)
-    out = np.stack([cached[i][1] for i in enc["id"]]).astype(np.float32)
+    out = np.stack([cached[h] for h in hashes]).astype(np.float32)
     return TeacherCache(path=folder, ids=list(enc["id"]), logits=out, reused=len(enc) - len(todo),
                         computed=len(todo), stats=stats)
 
