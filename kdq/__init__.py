@@ -7,14 +7,11 @@ One verb per stage, each taking a frozen config object::
     kdq.evaluate(model, rows, EvalConfig(...)) / kdq.compare(variants, rows, ...)
     kdq.export(model, out_dir, ExportConfig(...)) / kdq.verify(folder)
 
-Names load on first use (PEP 562), so ``import kdq`` and ``kdq --help`` do not import torch.
-Four verbs share their names with their subpackages (``kdq.distill`` the function,
-``kdq.distill`` the package); importing the subpackage would make the attribute the package,
-so :class:`_Package` keeps the verb bound instead.
+Names load on first use (:mod:`kdq._lazy`), so ``import kdq`` and ``kdq --help`` do not import
+torch. Four verbs share their names with their subpackages (``kdq.distill`` the function,
+``kdq.distill`` the package); loading a subpackage leaves the verb in place.
 """
-import importlib
-import sys
-import types
+from ._lazy import lazy_package
 
 __version__ = "0.1.0"
 
@@ -27,30 +24,7 @@ _EXPORTS = {
     "evaluate": ".evaluate", "compare": ".evaluate", "EvalConfig": ".evaluate", "Metrics": ".evaluate",
     "export": ".export", "verify": ".export", "ExportConfig": ".export",
 }
-_VERBS = ("distill", "quantize", "evaluate", "export")
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kdq' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        # the import system binds a loaded subpackage on its parent: keep the verb instead
-        if name in _VERBS and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+lazy_package(__name__, _EXPORTS)

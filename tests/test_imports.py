@@ -114,9 +114,20 @@ def test_help_imports_no_heavy_library():
 
 
 def test_stage_verbs_stay_functions_after_their_subpackages_load():
-    code = ("import kdq\nimport kdq.distill.cache, kdq.quantize.api, kdq.evaluate.report, kdq.export.build\n"
-            "print(all(callable(getattr(kdq, v)) and type(getattr(kdq, v)).__name__ == 'function' "
+    code = ("import kdq\nimport kdq.distill.cache, kdq.distill.shrink, kdq.quantize.api, kdq.evaluate.report, "
+            "kdq.export.build\nfrom kdq.distill import shrink\n"
+            "print(type(shrink).__name__ == 'function' and all(type(getattr(kdq, v)).__name__ == 'function' "
             "for v in ('distill', 'quantize', 'evaluate', 'export', 'verify', 'compare', 'shrink')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("module", ["kdq.distill.config", "kdq.quantize.config", "kdq.evaluate.config",
+                                    "kdq.export.config"])
+def test_stage_configs_import_without_torch(module):
+    """A config module (what the CLI and a notebook's first cell read) loads no torch."""
+    code = f"import sys, {module}\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

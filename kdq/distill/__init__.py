@@ -3,10 +3,13 @@
 Public API: :func:`distill`, :class:`DistillConfig`, :class:`LoraSettings`,
 :class:`DistillResult`, :func:`shrink`. Losses live in :mod:`kdq.distill.losses`, the
 teacher cache in :mod:`kdq.distill.cache`, the Trainer subclass in :mod:`kdq.distill.trainer`
-(imported lazily: it pulls in transformers' Trainer).
+(imported lazily: it pulls in transformers' Trainer). Names load on first use
+(:mod:`kdq._lazy`): ``import kdq.distill.config`` loads no torch (building a config does: it
+checks the loss registry).
 """
-from .api import DistillResult, distill
-from .config import DistillConfig, LoraSettings
-from .shrink import shrink
+from .._lazy import lazy_package
 
 __all__ = ["distill", "DistillConfig", "DistillResult", "LoraSettings", "shrink"]
+
+lazy_package(__name__, {"distill": ".api", "DistillResult": ".api", "DistillConfig": ".config",
+                        "LoraSettings": ".config", "shrink": ".shrink"})
