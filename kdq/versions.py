@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import platform
-from importlib import metadata
+
+from .runtime.versions import installed_version
 
 VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "huggingface-hub",
              "peft", "optimum", "gptqmodel", "bitsandbytes", "numpy")
@@ -11,9 +12,5 @@ VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accel
 def library_versions() -> dict:
     """Installed versions of :data:`VERSIONED` (absent packages left out) plus Python's and the platform."""
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    out.update({name: v for name in VERSIONED if (v := installed_version(name)) is not None})
     return out

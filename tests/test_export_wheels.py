@@ -3,7 +3,6 @@ and a failed download that leaves no folder behind."""
 from __future__ import annotations
 
 import json
-import socket
 from importlib import metadata
 
 import pytest
@@ -11,17 +10,10 @@ import pytest
 from kdq.export import ExportConfig, ExportError, export
 from kdq.export.wheels import closure, default_packages, is_image_provided, pin, wheel_name
 from kdq.template import TemplateConfig
+from _net import pypi_reachable
 
 
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-needs_pypi = pytest.mark.skipif(not _pypi_reachable(), reason="pip download needs PyPI (pypi.org:443 unreachable)")
+needs_pypi = pytest.mark.skipif(not pypi_reachable(), reason="pip download needs PyPI (pypi.org:443 unreachable)")
 
 
 def _config(**kw):

