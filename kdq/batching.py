@@ -2,7 +2,9 @@
 every exported folder); this module keeps the ``kdq.batching`` names working."""
 from __future__ import annotations
 
-from .runtime.batching import SWAP_PERMUTATION, combine_swap_tta, length_sorted_batches, pad_batch, predict_logits
+from .runtime.batching import (SWAP_PERMUTATION, add_stats, combine_swap_tta, length_sorted_batches, pad_batch,
+                               predict_logits)
 from .runtime.tta import score_tta
 
-__all__ = ["SWAP_PERMUTATION", "combine_swap_tta", "length_sorted_batches", "pad_batch", "predict_logits", "score_tta"]
+__all__ = ["SWAP_PERMUTATION", "add_stats", "combine_swap_tta", "length_sorted_batches", "pad_batch", "predict_logits",
+           "score_tta"]

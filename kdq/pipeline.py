@@ -273,18 +273,14 @@ def _write_marker(path: Path, record: dict) -> None:
 def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConfig):
     """Fill the teacher cache the distill run will read (same rows, transfer rows included, template, TTA,
     cache folder). Nothing to fill when the student takes its teacher logits live."""
-    import datasets
-
     from .data import load_arena
-    from .distill.api import _teacher_pass, _transfer_rows
+    from .distill.api import _pass_summary, _scored_rows, _teacher_pass, _transfer_rows
 
     if kd_config.teacher_logits == "live":
         return {"computed": 0, "reused": 0, "live": True}
     rows = load_arena(train, require_labels=True)
-    if transfer is not None:
-        rows = datasets.concatenate_datasets([rows, _transfer_rows(transfer, rows, teacher)])
-    cache = _teacher_pass(teacher, rows, kd_config)
-    return {"computed": cache.computed, "reused": cache.reused, **cache.stats}
+    transfer_rows = _transfer_rows(transfer, rows, teacher) if transfer is not None else None
+    return _pass_summary(_teacher_pass(teacher, _scored_rows(rows, transfer_rows), kd_config))
 
 
 def _process_group(timeout_s: int):
@@ -312,8 +308,6 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
     smaller, and the rest follow by log loss.
     Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "log_loss": {...}}``.
     """
-    import numpy as np
-
     from .data import labels_of, load_arena
 
     labels = labels_of(load_arena(rows))

@@ -80,14 +80,14 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
                          "pass teacher=... or set hidden_weight=0.")
     metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows) if eval_rows is not None else 0,
                      "n_transfer": len(transfer_rows) if transfer_rows is not None else 0, "train_memory": memory}
-    scored = train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
+    scored = _scored_rows(train_rows, transfer_rows)
 
     cache = None
     if teacher is not None and cfg.teacher_logits == "cache":
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
             cache = _teacher_pass(teacher, scored, cfg)
-        metrics["teacher_pass"] = {"reused": cache.reused, "computed": cache.computed, **cache.stats}
+        metrics["teacher_pass"] = _pass_summary(cache)
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -184,12 +184,22 @@ def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Data
     swapped = swapped.rename_column("label", "labels")
     if cache is not None:
         swapped = swapped.add_column("teacher_logits", cache.logits[:, list(SWAP_PERMUTATION)].tolist())
-    if cfg.swap_augment == "paired":
+    if cfg.swap_augment == "paired":  # the swapped copy's columns beside the row's, joined in Arrow
         paired = [c for c in keep if c != "length"]
-        for col in paired:
-            table = table.add_column(col + "_swap", swapped[col])
-        return table.select_columns(keep + [c + "_swap" for c in paired])
+        return datasets.concatenate_datasets([
+            table.select_columns(keep),
+            swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired})], axis=1)
     return datasets.concatenate_datasets([table.select_columns(keep), swapped.select_columns(keep)])
+
+
+def _scored_rows(train_rows: datasets.Dataset, transfer_rows) -> datasets.Dataset:
+    """The rows the teacher scores and the student trains on: the training rows, then the transfer rows."""
+    return train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
+
+
+def _pass_summary(cache) -> dict:
+    """``metrics["teacher_pass"]``: rows reused and computed, and the pass's timing stats."""
+    return {"reused": cache.reused, "computed": cache.computed, **cache.stats}
 
 
 def _live_teacher(teacher, student_model, cfg: DistillConfig):

@@ -28,7 +28,7 @@ import datasets
 import numpy as np
 
 from ..atomic import atomic_dir
-from ..batching import predict_logits
+from ..batching import add_stats, predict_logits
 from ..runtime.tta import score_tta
 from ..data import encode
 from ..template import LABELS, TemplateConfig
@@ -102,7 +102,7 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
         if h not in cached and h not in queued:
             todo.append(k)
             queued.add(h)
-    stats = {"rows": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
+    stats = add_stats({}, {})  # zeros
     if todo:
         model = teacher.model
         swapped = encode(rows.select(todo), tok, template, swap=True, desc="render swapped rows") if tta else None
@@ -117,7 +117,7 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
             def score(s):  # through kdq.runtime.tta: original and swapped rows in one length-sorted pass
                 st = {}
                 out = predict_logits(model, s, tok.pad_token_id, batch_size, device, progress=bar, stats=st)
-                _accumulate(stats, st)
+                add_stats(stats, st)
                 return out
 
             scored = score_tta(score, seqs, [swapped[k]["input_ids"] for k in chunk] if tta else None,
@@ -134,12 +134,7 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
             for h, l in zip(part["row_hash"], logits.numpy()):
                 cached[h] = l.astype(np.float32)
         bar.close()
-        stats["padding_efficiency"] = stats["real_tokens"] / max(stats["padded_tokens"], 1)
     out = np.stack([cached[h] for h in hashes]).astype(np.float32)
     return TeacherCache(path=folder, ids=list(enc["id"]), logits=out, reused=len(enc) - len(todo),
                         computed=len(todo), stats=stats)
 
-
-def _accumulate(total: dict, part: dict) -> None:
-    for k in ("rows", "seconds", "real_tokens", "padded_tokens"):
-        total[k] += part.get(k, 0)

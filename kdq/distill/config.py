@@ -10,7 +10,7 @@ from ..template import TemplateConfig
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
 TEACHER_LOGITS = ("cache", "live")
-BASE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+BASE_DTYPES = PRECISIONS
 LORA_QUANTIZE = ("none", "nf4")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from ..evaluate.modelspec import ModelSpec
-from ..evaluate.train_memory import (GB, TrainDevice, TrainSetup, alternatives, cuda_train_device, fits,
+from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
+from ..quantize.config import QuantConfig
+from ..evaluate.train_memory import (GB, TrainDevice, TrainSetup, alternatives, cuda_train_device, fits, peak_fits,
                                      format_projection, project_training)
-from .config import DistillConfig, LoraSettings
+from .config import LLAMA_LINEAR, DistillConfig, LoraSettings
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-HEAD_MODULES = ("score", "classifier")  # never quantized, always trained in full
 
 
 class TrainingMemoryError(ValueError):
@@ -99,7 +100,7 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainS
     method = "full" if lora is None else ("qlora" if lora.quantize == "nf4" else "lora")
     extra = {} if lora is None else dict(lora_r=lora.r, lora_dropout=lora.dropout,
                                          lora_targets=tuple(m for m in lora.target_modules
-                                                            if m in TrainSetup().lora_targets) or ("q_proj",))
+                                                            if m in LLAMA_LINEAR) or ("q_proj",))
     return TrainSetup(method=method, batch_size=cfg.batch_size, seq_len=cfg.template.max_length,
                       checkpointing=checkpointing, half=half, **extra)
 
@@ -142,7 +143,7 @@ def plan_training(student, cfg: DistillConfig, *, device: TrainDevice | None = N
     name = getattr(getattr(student, "config", None), "_name_or_path", None) or str(student)
     say("kdq: " + format_projection(Path(name).name or name, proj, device))
     say(f"kdq: gradient checkpointing {'on' if setup.checkpointing else 'off'} ({why})")
-    if device is not None and not fits(spec, setup, device):
+    if device is not None and not peak_fits(proj, device):
         options = alternatives(spec, setup, device)
         hint = "; ".join(_as_settings(o, setup) for o in options) or (
             "nothing close fits: use a GPU with more memory or a smaller model")
@@ -188,7 +189,7 @@ def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None):
 
 
 def _load_nf4(student, tokenizer, dtype, device):
-    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+    from transformers import AutoModelForSequenceClassification
 
     from ..import_utils import require
     from ..models import (LoadedModel, is_adapter_dir, is_hub_id, load_tokenizer, prepare_classifier,
@@ -201,8 +202,8 @@ def _load_nf4(student, tokenizer, dtype, device):
     if Path(student).is_dir() and is_adapter_dir(student):
         raise ValueError(f"{student} is a PEFT adapter folder; QLoRA needs a full model folder. Merge it first "
                          "(kdq.models.load_classifier(...).model.save_pretrained(DIR)) or pass its base.")
-    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(HEAD_MODULES))
+    # the registry's nf4 config (double quantization, head skipped), as kdq.quantize would write it
+    qc = get_quantizer("bnb-nf4").bnb_config(QuantConfig.from_name("bnb-nf4"), dtype)
     model = AutoModelForSequenceClassification.from_pretrained(str(student), num_labels=3, quantization_config=qc,
                                                                dtype=dtype, device_map={"": str(device)})
     tok = prepare_tokenizer(tokenizer if hasattr(tokenizer, "pad_token_id") else load_tokenizer(tokenizer, str(student)))
@@ -244,11 +245,11 @@ def _cast_input_to_weight(module, args):
 
 
 # --------------------------------------------------------------------------- saving
-def merge_for_save(model, dtype: torch.dtype | None = None):
+def merge_for_save(model):
     """A plain ``PreTrainedModel`` with LoRA merged, ready for ``save_pretrained``.
 
     QLoRA: every 4-bit matrix is dequantized (``bitsandbytes.functional.dequantize_4bit``)
-    and the adapter's ``B @ A * scale`` added in fp32, then cast to ``dtype`` (default: the
+    and the adapter's ``B @ A * scale`` added in fp32, then cast to the model's dtype (its
     compute dtype, fp32 on CPU); the quantization config is removed. The saved weights are
     therefore the nf4 values the adapters were trained against, not the original base: the
     merged folder reproduces the trained model up to float rounding (measured in
@@ -261,7 +262,7 @@ def merge_for_save(model, dtype: torch.dtype | None = None):
         return model.merge_and_unload()
     import bitsandbytes as bnb
 
-    dtype = dtype or getattr(base.config, "dtype", None) or torch.float32
+    dtype = getattr(base.config, "dtype", None) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     for name, module in list(base.named_modules()):

@@ -189,14 +189,14 @@ def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
     Returns ``(TTAResult, stats)``: stats summed over every forward pass.
     """
     from ..data import encode
+    from ..runtime.batching import add_stats
     from ..runtime.tta import score_tta
 
-    totals = {"rows": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
+    totals = {}
 
     def score(seqs):
         logits, st = _score(loaded, seqs, config, "score")
-        for k in totals:
-            totals[k] += st[k]
+        add_stats(totals, st)
         return logits
 
     def swapped(idx):

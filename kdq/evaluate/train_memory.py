@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._validate import check_choice, check_range
+from ..distill.config import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
 from .modelspec import ModelSpec, param_counts
 
 BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
@@ -48,7 +49,6 @@ DEVICES_FILE = BUDGET_DIR / "_train_devices.json"
 MODELS_FILE = BUDGET_DIR / "_models.json"
 GB = 1e9
 METHODS = ("full", "lora", "qlora")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NF4_DQ_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit code + int8 absmax per 64 + fp32 per 256 absmax blocks
 
 
@@ -228,8 +228,13 @@ def project_training(spec: ModelSpec, setup: TrainSetup) -> dict:
             "peak": peak, "trainable_params": p, "setup": asdict(setup)}
 
 
+def peak_fits(projection: dict, device: TrainDevice) -> bool:
+    """Whether a :func:`project_training` result fits ``device``'s usable memory."""
+    return projection["peak"] <= device.usable_gb * GB
+
+
 def fits(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> bool:
-    return project_training(spec, setup)["peak"] <= device.usable_gb * GB
+    return peak_fits(project_training(spec, setup), device)
 
 
 def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> list:
@@ -270,7 +275,7 @@ def format_projection(spec_name: str, proj: dict, device: TrainDevice | None) ->
              f"max(activations {proj['activations'] / GB:.2f}, gradients {proj['gradients'] / GB:.2f})")
     text = f"training memory ({spec_name}; {s.describe()}): {terms} = {proj['peak'] / GB:.2f} GB"
     if device is not None:
-        ok = proj["peak"] <= device.usable_gb * GB
+        ok = peak_fits(proj, device)
         text += (f" vs {device.usable_gb:.1f} GB usable on {device.name} "
                  f"({device.memory_gb:g} GB - {device.reserved_gb:g} GB reserved): {'fits' if ok else 'does NOT fit'}")
     return text
@@ -344,7 +349,7 @@ def table_markdown(batch_size: int = 4, seq_len: int = 1024, lora_r: int = 16) -
             setup = TrainSetup(method=method, batch_size=batch_size, seq_len=seq_len, checkpointing=ckpt,
                                lora_r=lora_r, half=True)
             p = project_training(spec, setup)
-            marks = ["✓" if p["peak"] <= d.usable_gb * GB else "✗" for d in devices.values()]
+            marks = ["✓" if peak_fits(p, d) else "✗" for d in devices.values()]
             lines.append(f"| {model} | {method} | {'on' if ckpt else 'off'} | {p['trainable_params'] / 1e6:,.1f} | "
                          f"{p['weights'] / GB:.2f} | {p['optimizer_states'] / GB:.2f} | {p['activations'] / GB:.2f} | "
                          f"{p['peak'] / GB:.2f} | " + " | ".join(marks) + " |")

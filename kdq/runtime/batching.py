@@ -95,6 +95,15 @@ def predict_logits(model, sequences, pad_id: int, batch_size: int = 8, device=No
     return torch.stack(out)
 
 
+def add_stats(total: dict, part: dict) -> dict:
+    """Sum one :func:`predict_logits` ``stats`` dict into a running ``total`` (keys created as needed);
+    ``padding_efficiency`` is recomputed from the sums. Returns ``total``."""
+    for k in ("rows", "seconds", "real_tokens", "padded_tokens"):
+        total[k] = total.get(k, 0) + part.get(k, 0)
+    total["padding_efficiency"] = total["real_tokens"] / max(total["padded_tokens"], 1)
+    return total
+
+
 def combine_swap_tta(logits, swapped_logits):
     """Average a row's prediction with that of its A/B-swapped copy.
 
