@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import re
 
+from .runtime.constants import TTA_MODES
+
 
 def check_choice(cls: str, field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{cls}.{field} must be one of {sorted(map(str, allowed))}, got {value!r}")
+
+
+def check_tta(cls: str, value) -> None:
+    """A TTA setting: ``True``/``False`` (the older spelling) or a name in ``TTA_MODES``; ``None`` is refused."""
+    if not isinstance(value, bool) and value not in TTA_MODES:
+        raise ValueError(f"{cls}.tta must be True or False or one of {list(TTA_MODES)}, got {value!r}")
 
 
 def check_device(cls: str, field: str, value) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .quant_methods import prepare_to_load
+from .runtime.constants import TEMPLATE_KEY
 from .template import LABELS
 
 ID2LABEL = dict(enumerate(LABELS))
@@ -222,9 +223,6 @@ def model_dtype_for(device) -> torch.dtype:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-TEMPLATE_KEY = "kdq_template"
 
 
 def attach_template(model, template) -> None:

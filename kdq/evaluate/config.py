@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .._config import Config
-from .._validate import check_choice, check_device, check_range
-from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode
+from .._validate import check_choice, check_device, check_range, check_tta
+from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
 from ..template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -61,8 +61,7 @@ class EvalConfig(Config):
             check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
         if not isinstance(self.progress, bool):
             raise ValueError(f"{c}.progress must be True or False, got {self.progress!r}")
-        if not isinstance(self.tta, bool) and self.tta not in TTA_MODES:
-            raise ValueError(f"{c}.tta must be True, False or one of {list(TTA_MODES)}, got {self.tta!r}")
+        check_tta(c, self.tta)
         check_range(c, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")

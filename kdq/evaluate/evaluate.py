@@ -126,23 +126,17 @@ def rows_fingerprint(rows) -> str:
     return "rows:" + h.hexdigest()[:16]
 
 
-def _is_quantized_folder(path) -> bool:
-    import json
-
-    cfg = Path(path, "config.json")
-    return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text())
-
-
 def _resolve(model, config: EvalConfig, device):
     """Load or adopt the model; return ``(LoadedModel, size_bytes, size_source)``."""
     import torch
 
     from ..models import LoadedModel, is_adapter_dir, load_classifier, model_dtype_for
+    from ..quant_methods import quantization_config_of
 
     if isinstance(model, LoadedModel):
         loaded = model
     elif isinstance(model, (str, os.PathLike)):
-        quantized = Path(model).is_dir() and _is_quantized_folder(model)
+        quantized = Path(model).is_dir() and quantization_config_of(model) is not None
         dtype = None
         if not quantized:  # quantized folders bring their own compute dtype
             dtype = model_dtype_for(device) if config.dtype == "auto" else getattr(torch, config.dtype)

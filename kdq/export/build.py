@@ -11,12 +11,14 @@ from pathlib import Path
 from .._json import jsonable
 from ..atomic import atomic_dir
 from ..errors import CheckFailed
+from ..quant_methods import prepare_to_load, quantization_config_of, runtime_modules_by_quant_method
+from ..runtime.constants import DEFAULT_TTA_FRACTION
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
-from .manifest import MANIFEST_VERSION, library_versions, metrics_record, utc_now, write_json
-from ._predict_main import backend_modules
+from ..versions import library_versions
+from .manifest import MANIFEST_VERSION, metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
-from .verify import VerificationError, prepare_backend
+from .verify import VerificationError
 
 PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
 
@@ -71,8 +73,10 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     try:
         with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
             bar.set_postfix_str(steps[0])
-            staged = _stage_model(model, tmp, tokenizer, config)
+            staged = _stage_files(model, tmp, tokenizer)
             template = _resolve_template(config, staged.loaded.model)
+            if config.weights_dtype == "float16" and quantization_config_of(tmp) is None:
+                staged = _to_fp16(staged, tmp, config, template)  # quantized folders stay byte for byte
             quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer)
             bar.update(1)
 
@@ -90,7 +94,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             bar.update(1)
 
             bar.set_postfix_str(steps[3])
-            probe = _probe(tmp, staged.loaded, config)
+            probe = _probe(tmp, staged.loaded, config, template)
             bar.update(1)
 
             bar.set_postfix_str(steps[4])
@@ -109,26 +113,16 @@ export.ExportError = ExportError
 
 
 def settings_record(config: ExportConfig, quant_method) -> dict:
-    """``kdq-predict.json``: predict.py's defaults and the packages its backend needs."""
+    """``kdq-predict.json``: predict.py's defaults and ``backend_modules``, the modules transformers
+    imports itself when ``config.json`` names ``quant_method``. predict.py checks them up front, so a
+    missing backend fails in seconds with the offline install line, not mid-load. Asked of the
+    registry at export time, so a method registered later counts too."""
     return {"tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
             "max_batch_tokens": config.max_batch_tokens,
-            "backend_modules": backend_modules(quant_method)}
+            "backend_modules": list(runtime_modules_by_quant_method().get(quant_method, ()))}
 
 
-def _stage_model(model, tmp: Path, tokenizer, config: ExportConfig) -> _Staged:
-    """Stage the model's files in ``tmp``: unquantized weights in ``config.weights_dtype``,
-    quantized folders byte for byte; return the reference model the probe must match."""
-    staged = _stage_files(model, tmp, tokenizer)
-    if config.weights_dtype == "float16" and not _is_quantized(tmp):
-        staged = _to_fp16(staged, tmp, config)
-    return staged
-
-
-def _is_quantized(folder) -> bool:
-    return "quantization_config" in json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
-
-
-def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig) -> _Staged:
+def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Staged:
     """Store the weights in fp16 (a T4 has no bf16; half the bytes of fp32).
 
     Checks fp16 compute against the reference on the probe rows: finite, and within
@@ -140,7 +134,7 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig) -> _Staged:
 
     import torch
 
-    from ..models import LoadedModel, template_of
+    from ..models import LoadedModel
     from .files import model_files
 
     original = staged.loaded
@@ -148,7 +142,6 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig) -> _Staged:
         return staged  # saved from an fp16 model: fp16 on disk already
     half = copy.deepcopy(original.model).to(torch.float16)
     _, rows = probe_rows(config.probe_rows)
-    template = template_of(tmp) or template_of(original.model) or _default_template()
     ref = kdq_probs(original, rows, template, tta=config.tta, batch_size=config.batch_size,
                     tta_fraction=config.tta_fraction)
     got = kdq_probs(LoadedModel(half, original.tokenizer, original.source, original.fingerprint), rows, template,
@@ -172,12 +165,6 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig) -> _Staged:
                    fp16_check={"max_abs_diff_vs_fp32": diff, "atol": config.fp16_atol, "rows": len(rows)})
 
 
-def _default_template():
-    from ..template import TemplateConfig
-
-    return TemplateConfig()
-
-
 def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
     """Copy (or save) the files the notebook needs into ``tmp``; load the reference model."""
     import torch
@@ -197,7 +184,6 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
             if tokenizer is None and not has_tokenizer:
                 raise ValueError(f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
                                  "(an object or a folder) so the notebook can render rows.")
-            prepare_backend(path, "cpu")
             loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu")
             # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
             copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
@@ -284,37 +270,36 @@ def probe_rows(n: int):
     return list(raw["id"]), rows
 
 
-def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: float = 0.33):
+def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: float = DEFAULT_TTA_FRACTION):
     """kdq's own scoring (the runtime's template, batching and TTA) on the in-memory model:
-    probabilities ``(N, 3)`` float64. The same :func:`kdq.runtime.tta.score_tta` call as predict.py."""
+    probabilities ``(N, 3)`` float64. The same :func:`kdq.runtime.tta.score_tta` call as predict.py,
+    with predict.py's rendering: swapped rows are rendered only for the rows TTA scores."""
     import torch
 
     from ..runtime.batching import predict_logits
-    from ..runtime.template import encode_row
+    from ..runtime.predict import render
     from ..runtime.tta import score_tta
 
     model, tok = loaded.model, loaded.tokenizer
-    seqs = [encode_row(tok, p, a, b, template) for p, a, b in rows]
-    swapped = [encode_row(tok, p, b, a, template) for p, a, b in rows]
     result = score_tta(lambda s: predict_logits(model, s, model.config.pad_token_id, batch_size=batch_size),
-                       seqs, swapped, mode=tta, fraction=tta_fraction)
+                       render(tok, rows, template),
+                       lambda idx: render(tok, [rows[i] for i in idx], template, swap=True),
+                       mode=tta, fraction=tta_fraction)
     return torch.softmax(result.log_probs.double(), dim=-1)
 
 
-def _probe(tmp: Path, loaded, config: ExportConfig) -> dict:
+def _probe(tmp: Path, loaded, config: ExportConfig, template) -> dict:
     """Score fixed rows twice: kdq on the source model, and the exported predict.py on the folder.
 
     The two must agree: a missing tokenizer file, a lossy re-save (the bnb nf4 reload trap), a
     wrong dtype or a template mismatch shows up here, before the folder exists.
     """
-    from ..models import template_of
-
     first = next(loaded.model.parameters())
     device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
     ids, rows = probe_rows(config.probe_rows)
-    expected = kdq_probs(loaded, rows, template_of(tmp), tta=config.tta, batch_size=config.batch_size,
+    expected = kdq_probs(loaded, rows, template, tta=config.tta, batch_size=config.batch_size,
                          tta_fraction=config.tta_fraction)
-    prepare_backend(tmp, device)
+    prepare_to_load(tmp, device)  # predict.py loads the folder in this process
     module = load_predict_module(tmp / SCRIPT_NAME)
     got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device],
                                tta_fraction=config.tta_fraction)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .._config import Config
-from .._validate import check_choice, check_range
-from ..runtime.constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode
+from .._validate import check_choice, check_range, check_tta
+from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
 from ..template import TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
@@ -164,8 +164,7 @@ class ExportConfig(Config):
         for name in ("overwrite", "wheels", "wheel_deps"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{cls}.{name} must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.tta, bool) and self.tta not in TTA_MODES:
-            raise ValueError(f"{cls}.tta must be True or False or one of {list(TTA_MODES)}, got {self.tta!r}")
+        check_tta(cls, self.tta)
         object.__setattr__(self, "tta", tta_mode(self.tta))
         check_range(cls, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         check_choice(cls, "weights_dtype", self.weights_dtype, WEIGHT_DTYPES)

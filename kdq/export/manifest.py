@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from .._json import jsonable
-from ..versions import library_versions  # noqa: F401  (re-exported: build.py records it)
 
 MANIFEST_VERSION = 1
 

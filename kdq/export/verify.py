@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckFailed
+from ..quant_methods import method_for, prepare_to_load
 from .files import MANIFEST_FILE, OPTIONAL_ROLES, sha256_file
 
 
@@ -34,14 +35,6 @@ class VerifyReport:
     probe_rows: int = 0
     probe_max_abs_diff: float | None = None
     warnings: list = field(default_factory=list)
-
-
-def prepare_backend(folder, device) -> None:
-    """Before loading ``folder`` in this process: its quantization method's load-time preparation
-    (GPTQ: kdq's gptqmodel CPU defaults, and an import that leaves HF_HOME... as it was)."""
-    from ..quant_methods import prepare_to_load
-
-    prepare_to_load(folder, device)
 
 
 def check_checksums(folder) -> tuple:
@@ -81,25 +74,19 @@ def check_checksums(folder) -> tuple:
     return problems, notes, len(files), n_bytes
 
 
-def batch_size_atol(quant_config: dict | None) -> float:
+UNQUANTIZED_BATCH_SIZE_ATOL = 1e-4  # padding is masked out; only the summation order differs
+
+
+def batch_size_atol(folder) -> float:
     """The |Δ probability| :func:`verify` allows when the probe is re-scored with another batch size
-    than the export used (``probe.batch_size`` in the manifest), per quantization method.
+    than the export used (``probe.batch_size`` in the manifest): the folder's quantization method's
+    ``QuantMethod.batch_size_atol`` (bitsandbytes int8 1e-2, 4-bit and GPTQ 1e-3), else 1e-4.
 
     Same batch size: kdq and predict.py build identical batches (one runtime), so the stored
-    ``probe.atol`` applies. Another batch size regroups rows and padding:
-
-    * bitsandbytes int8 (LLM.int8): the outlier columns (activations past 6.0) are picked over the
-      whole batch, padding included, so other batch-mates change which columns run in fp16: 1e-2;
-    * bitsandbytes 4-bit and GPTQ: dequantize-then-matmul kernels reduce in a batch-shape-dependent
-      order: 1e-3;
-    * unquantized: padding is masked out; only the summation order differs: 1e-4.
+    ``probe.atol`` applies. Another batch size regroups rows and padding.
     """
-    qc = quant_config or {}
-    if qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_8bit"):
-        return 1e-2
-    if qc.get("quant_method") in ("bitsandbytes", "gptq"):
-        return 1e-3
-    return 1e-4
+    method = method_for(folder)
+    return method.batch_size_atol if method is not None else UNQUANTIZED_BATCH_SIZE_ATOL
 
 
 def verify(folder, *, probe: bool = True, atol: float | None = None, device: str = "cpu",
@@ -142,7 +129,7 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
 
     rows = [(r["prompt"], r["response_a"], r["response_b"]) for r in stored["rows"]]
     try:
-        prepare_backend(folder, device)
+        prepare_to_load(folder, device)  # the method's load-time preparation (GPTQ: gptqmodel CPU defaults)
         module = load_predict_module(folder / SCRIPT_NAME)
         got = module.predict_probs(folder, rows, tta=stored["tta"], batch_size=batch_size or stored["batch_size"],
                                    devices=[device], tta_fraction=stored.get("tta_fraction"))
@@ -152,8 +139,7 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
     diff = float((got - torch.tensor(stored["probs"], dtype=torch.float64)).abs().max())
     tol = stored.get("atol", 1e-4) if atol is None else atol
     if atol is None and batch_size is not None and batch_size != stored["batch_size"]:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        tol = max(tol, batch_size_atol(config.get("quantization_config")))
+        tol = max(tol, batch_size_atol(folder))
     if not diff <= tol:
         raise VerificationError(folder, [("probe", f"probabilities differ from those stored at export by up to "
                                                    f"{diff:.3g} (atol {tol:g}) on {len(rows)} rows on {device}")])

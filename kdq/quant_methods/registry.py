@@ -58,7 +58,7 @@ class QuantMethod:
     #: the kdq pip extra that installs the backend: ``pip install 'kdq[<extra>]'``
     extra: str | None = None
     #: modules transformers imports to load a folder of this method; checked before loading
-    #: (here, and in the exported predict.py, whose constant is generated from this)
+    #: (here, and in the exported predict.py, which reads them from ``kdq-predict.json``)
     runtime_modules: tuple = ()
     #: pip packages an offline notebook needs for this method (shipped in the export's wheels/)
     wheels: tuple = ()
@@ -68,6 +68,10 @@ class QuantMethod:
     allowed_bits: tuple = ()
     bits_required: bool = False
     needs_calibration: bool = False
+    #: |Δ probability| ``kdq.verify`` allows when the probe is re-scored at another batch size
+    #: than the export's: dequantize-then-matmul kernels reduce in a batch-shape-dependent order
+    #: (unquantized folders: 1e-4, only the summation order differs; docs/export.md)
+    batch_size_atol: float = 1e-3
     #: QuantConfig fields this method reads; any other method-specific field must stay default
     uses_fields: frozenset = frozenset()
 

@@ -50,16 +50,12 @@ def _release(device) -> None:
 
 def _refuse_quantized(model) -> None:
     """Quantizing twice compounds the error and no method supports it: refuse up front."""
-    import json
+    from ..quant_methods import quantization_config_of
 
-    if isinstance(model, (str, os.PathLike)):
-        cfg = Path(model, "config.json")
-        qc = json.loads(cfg.read_text()).get("quantization_config") if cfg.is_file() else None
-    else:
-        qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    is_path = isinstance(model, (str, os.PathLike))
+    qc = quantization_config_of(model if is_path else getattr(model, "config", None))
     if qc:
-        kind = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", "?")
-        raise ValueError(f"model is already quantized ({kind}); pass the unquantized (fp16/fp32) classifier "
+        raise ValueError(f"model is already quantized ({qc['quant_method']}); pass the unquantized (fp16/fp32) classifier "
                          "or its PEFT adapter folder.")
 
 

@@ -47,8 +47,7 @@ def read_settings(model_dir) -> dict:
                          "training is unknown; re-export the model with kdq.export.")
     settings = {"tta": "full", "tta_fraction": DEFAULT_TTA_FRACTION, "batch_size": 8, "max_batch_tokens": None,
                 "backend_modules": []}
-    if (model_dir / SETTINGS_FILE).is_file():
-        settings.update(_read_json(model_dir / SETTINGS_FILE))
+    settings.update(_export_settings(model_dir))
     settings["tta"] = tta_mode(settings["tta"])
     settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
     return settings
@@ -185,7 +184,7 @@ def check_versions(model_dir, method=None) -> list:
         want, have = exported.get(name), installed_version(name)
         if not want or not have or _major_minor(want) == _major_minor(have):
             continue
-        fix = f"pip install --no-index --find-links {Path(model_dir) / WHEELS_DIR} {name}=={want}"
+        fix = install_line(model_dir, [f"{name}=={want}"])
         if name == "torch":
             fix = f"torch {want} is not in the wheels (the image provides torch); expect small numeric differences"
         if name == "transformers" and _major_minor(have)[0] < _major_minor(want)[0]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import combine_swap_tta
-from .constants import TTA_MODES, tta_mode  # noqa: F401 (tta_mode: re-exported)
+from .constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode  # noqa: F401 (tta_mode: re-exported)
 
 
 def gated_count(n: int, fraction: float) -> int:
@@ -48,7 +48,7 @@ class TTAResult:
     sequences_scored: int
 
 
-def score_tta(score, sequences, swapped, *, mode="full", fraction: float = 0.33) -> TTAResult:
+def score_tta(score, sequences, swapped, *, mode="full", fraction: float = DEFAULT_TTA_FRACTION) -> TTAResult:
     """Score ``sequences`` with swap TTA.
 
     Args:
