@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import kdq  # noqa: E402
 from kdq.evaluate.metrics import row_log_losses  # noqa: E402
-from kdq.evaluate.stats import paired_intervals  # noqa: E402
+from kdq.evaluate.stats import Interval, paired_intervals  # noqa: E402
 
 LN3 = math.log(3)
 PLATEAU = LN3 - 0.05  # training CE below this (smoothed) = the student left the chance plateau
@@ -69,10 +69,6 @@ def plateau_exit(history, window: int = 3):
         if sum(chunk) / len(chunk) < PLATEAU:
             return pts[k][0]
     return None
-
-
-def _rows(rows, n):
-    return {k: v[:n] for k, v in rows.items()}
 
 
 def main(argv=None):
@@ -178,9 +174,7 @@ def _intervals(results, losses):
 
 
 def _ci(d, spec):
-    if not d:
-        return "–"
-    return f"{format(d['value'], spec)} [{format(d['low'], spec)}, {format(d['high'], spec)}]"
+    return Interval(**d).fmt(spec) if d else "–"
 
 
 def _markdown(results) -> str:
@@ -191,8 +185,9 @@ def _markdown(results) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["runs"]:
         vs = r.get("vs_hard")
-        verdict = ("" if not vs else " (no measurable difference)" if vs["low"] <= 0 <= vs["high"] else
-                   " (better)" if vs["high"] < 0 else " (worse)")
+        iv = Interval(**vs) if vs else None
+        verdict = ("" if iv is None else " (no measurable difference)" if not iv.excludes_zero else
+                   " (better)" if iv.high < 0 else " (worse)")
         init = results["init"][r["strategy"]]["log_loss"]
         lines.append(f"| {r['strategy']} | {r['recipe']} | {'' if r['temperature'] is None else format(r['temperature'], 'g')} "
                      f"| {init:.4f} → {r['log_loss']:.4f} | {_ci(r.get('delta_vs_teacher'), '+.4f')} "

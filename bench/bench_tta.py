@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import kdq  # noqa: E402
 from kdq.data import labels_of  # noqa: E402
 from kdq.evaluate.metrics import row_log_losses  # noqa: E402
-from kdq.evaluate.stats import paired_intervals  # noqa: E402
+from kdq.evaluate.stats import Interval, paired_intervals  # noqa: E402
 
 MODES = ("none", "full", "gated")
 
@@ -64,8 +64,7 @@ def markdown(table: list) -> str:
     lines = ["| model | TTA | log loss | Δ vs full TTA [95% paired bootstrap] | rows/s | x full TTA |",
              "|---|---|---:|---:|---:|---:|"]
     for r in table:
-        lo, hi = r["delta_vs_full_ci"]
-        ci = "—" if r["tta"] == "full" else f"{r['delta_vs_full']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        ci = "—" if r["tta"] == "full" else Interval(r["delta_vs_full"], *r["delta_vs_full_ci"]).fmt()
         lines.append(f"| {r['model']} | {r['tta']} | {r['log_loss']:.4f} | {ci} | "
                      f"{r['rows_per_s']:.1f} | {r['speed_vs_full']:.2f}x |")
     return "\n".join(lines)
@@ -76,10 +75,10 @@ def verdict(table: list) -> list:
     for r in table:
         if r["tta"].startswith("gated"):
             ok = r["speed_vs_full"] >= 1.4 and abs(r["delta_vs_full"]) <= 0.002
-            lo, hi = r["delta_vs_full_ci"]
-            noise = "no measurable difference" if lo <= 0 <= hi else "a measurable difference"
+            iv = Interval(r["delta_vs_full"], *r["delta_vs_full_ci"])
+            noise = "a measurable difference" if iv.excludes_zero else "no measurable difference"
             out.append(f"{r['model']}: gated {r['speed_vs_full']:.2f}x full TTA's rows/s (target >= 1.4x), "
-                       f"log loss {r['delta_vs_full']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs full ({noise}; target within "
+                       f"log loss {iv.fmt()} vs full ({noise}; target within "
                        f"0.002): {'MET' if ok else 'NOT met'}")
     return out
 

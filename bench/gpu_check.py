@@ -44,13 +44,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Hub configs of h2oai/h2o-danube3-4b-base and -500m-base (as in tests/test_evaluate_budget.py).
-SHAPES = {
-    "danube3-4b": dict(vocab_size=32000, hidden_size=3840, num_hidden_layers=24, num_attention_heads=32,
-                       num_key_value_heads=8, intermediate_size=10240),
-    "danube3-500m": dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=16, num_attention_heads=16,
-                         num_key_value_heads=8, intermediate_size=4096),
-}
+# Hub configs of h2oai/h2o-danube3-4b-base and -500m-base, from kdq's model data (read as JSON: no kdq import);
+# build_classifier sets model type, label count and untied embeddings itself.
+_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "intermediate_size")
+SHAPES = {name: {k: m["config"][k] for k in _SHAPE_KEYS}
+          for name, m in json.loads((ROOT / "kdq" / "budgets" / "_models.json").read_text())["models"].items()
+          if name in ("danube3-4b", "danube3-500m")}
 TINY_SHAPES = {
     "tiny-4b": dict(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, intermediate_size=128),
@@ -66,7 +66,7 @@ TTA_FRACTION = 0.33
 
 
 def load_standalone(name: str, path: Path):
-    """Import a kdq file or package without importing kdq (whose __init__ needs ``datasets``)."""
+    """Import a file (or package) that is not on ``sys.path`` under ``name``."""
     init = path / "__init__.py" if path.is_dir() else path
     spec = importlib.util.spec_from_file_location(
         name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
@@ -77,8 +77,10 @@ def load_standalone(name: str, path: Path):
 
 
 def kdq_or_reason():
-    """``(kdq, None)`` or ``(None, why it does not import)``."""
+    """``(kdq, None)`` or ``(None, why its pipeline does not import)``. ``import kdq`` alone always
+    works (names load lazily); ``kdq.data``, which quantize and export need, needs ``datasets``."""
     try:
+        importlib.import_module("kdq.data")
         return importlib.import_module("kdq"), None
     except ImportError as err:
         return None, f"kdq does not import here ({err}); bring its wheels: --wheels DIR"
@@ -164,7 +166,7 @@ def check_scoring(ctx) -> dict:
 def check_kd_train_step(ctx) -> dict:
     """Full-parameter KD steps of the small shape: fp16 autocast + GradScaler on CUDA (T4 has no bf16)."""
     p = ctx["plan"]
-    losses = load_standalone("kdq_gpu_check_losses", ROOT / "kdq" / "distill" / "losses.py")
+    from kdq.distill import losses  # torch only: runs without datasets
     shape = list(ctx["shapes"].values())[-1]
     model = build_classifier(shape, ctx["device"], torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -205,7 +207,7 @@ def check_train_module(ctx) -> dict:
     return module.run(dry_run=ctx["dry_run"])
 
 
-def _small_model_folder(ctx, kdq) -> Path:
+def _small_model_folder(ctx) -> Path:
     """The small shape saved with a tokenizer (kdq's offline BPE: its ids fit any vocab), fp16 on CUDA."""
     folder = ctx["work"] / "small"
     if not folder.exists():
@@ -237,7 +239,7 @@ def check_gptq(ctx) -> dict:
         return skip
     from kdq.testing import make_arena_rows
 
-    folder = _small_model_folder(ctx, kdq)
+    folder = _small_model_folder(ctx)
     t0 = time.perf_counter()
     out = kdq.quantize(str(folder), kdq.QuantConfig.from_name("gptq-8", num_samples=ctx["plan"]["gptq_samples"],
                                                               template=kdq.TemplateConfig(max_length=ctx["max_length"])),
@@ -254,7 +256,7 @@ def check_bnb(ctx) -> dict:
         return skip
     from transformers import AutoModelForSequenceClassification
 
-    folder = _small_model_folder(ctx, kdq)
+    folder = _small_model_folder(ctx)
     res = {}
     lengths = ctx["lengths"][: max(8, len(ctx["lengths"]) // 2)]
     for method in ("bnb-int8", "bnb-nf4"):
@@ -282,7 +284,7 @@ def check_predict(ctx) -> dict:
         return {"status": "skipped", "reason": ctx_reason(None, [])}
     from kdq.testing import write_arena_csv
 
-    folder = _small_model_folder(ctx, kdq)
+    folder = _small_model_folder(ctx)
     t0 = time.perf_counter()
     out = kdq.export(str(folder), ctx["work"] / "export", kdq.ExportConfig(
         title="gpu check export", dataset_id="kdq-gpu-check/export", tta="gated",
@@ -336,9 +338,9 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
     start = time.perf_counter()
     deadline = start + plan["deadline_s"]
     kdq, why = kdq_or_reason()
-    runtime = load_standalone("kdq_gpu_check_runtime", ROOT / "kdq" / "runtime")
-    for sub in ("batching", "tta", "predict"):
-        setattr(runtime, sub, importlib.import_module(f"kdq_gpu_check_runtime.{sub}"))
+    for sub in ("batching", "tta", "predict"):  # torch and transformers only: runs without datasets
+        importlib.import_module(f"kdq.runtime.{sub}")
+    runtime = sys.modules["kdq.runtime"]
     import transformers
 
     results = {"env": {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'cpu'})",

@@ -68,7 +68,7 @@ def _step_inputs(vocab: int, batch: int, length: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, dry_run, tokenizer) -> dict:
+def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, tokenizer) -> dict:
     lora = kdq.LoraSettings(r=16, dropout=0.05, quantize="nf4" if method == "qlora" else "none",
                             base_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half, "fp32"))
     cfg = kdq.DistillConfig(lora=lora, batch_size=batch, template=kdq.TemplateConfig(max_length=length))
@@ -140,7 +140,7 @@ def run(dry_run: bool = False) -> dict:
         _save_random_model(config, folder, device, half)
         for method, ckpt in (SETTINGS if cuda else SETTINGS[:2]):
             steps.append(_one_setting(folder, spec, method, ckpt, batch=batch, length=length, device=device,
-                                      half=half, dry_run=dry_run, tokenizer=tokenizer))
+                                      half=half, tokenizer=tokenizer))
     return {"device": name, "model": "danube3-4b shape, random init" if cuda else "tiny llama (dry run)",
             "dry_run": bool(dry_run or not cuda), "steps": steps}
 

@@ -139,7 +139,6 @@ def main(argv=None):
         print(f"replacing the previous demo run in {out}")
         shutil.rmtree(out)
     clock = Stopwatch()
-    template = kdq.TemplateConfig(max_length=size["max_length"])
 
     with clock("data and base model"):
         base, train, ev, test, transfer, info = (tiny_inputs if args.tiny else real_inputs)(size, cache, args.seed)

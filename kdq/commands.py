@@ -59,7 +59,8 @@ COMMANDS = (
             )),
     Command("compare", "evaluate several variants on the same rows; write report.md/json/png with budget verdicts",
             "kdq.cli:run_compare", config="kdq.evaluate.config:EvalConfig", args=(
-                Arg(("--variant",), "a model to compare (repeatable)", repeat=True, metavar="NAME=FOLDER"),
+                Arg(("--variant",), "a model to compare (repeatable)", repeat=True, metavar="NAME=FOLDER",
+                    required=True),
                 Arg(("--data",), "labelled held-out arena CSV/parquet", required=True),
                 Arg(("--out",), "report folder", required=True),
                 Arg(("--teacher",), "variant the deltas are measured against (default: the first)"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from .template import LABELS, PARTS, TemplateConfig, encode_row, parse_turns
+from .template import LABELS, PARTS, SWAP_PERMUTATION, TemplateConfig, encode_row, parse_turns
 
 TEXT_COLUMNS = PARTS
 REQUIRED = ("id",) + TEXT_COLUMNS
@@ -141,8 +141,6 @@ def swap_ab(rows: datasets.Dataset, id_suffix: str | None = None) -> datasets.Da
     ``id_suffix`` (e.g. ``":swap"``) makes the ids distinct when the copy is concatenated
     to the original for augmentation.
     """
-    from .batching import SWAP_PERMUTATION  # batching imports torch: only when swapping
-
     def _swap(batch):
         labels = [SWAP_PERMUTATION[v] if v >= 0 else v for v in batch["label"]]
         ids = [i + id_suffix for i in batch["id"]] if id_suffix else batch["id"]

@@ -1,9 +1,6 @@
 """kdq.distill end to end on tiny models: cache, Trainer, LoRA, resume, DDP, and that KD transfers."""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

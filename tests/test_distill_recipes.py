@@ -5,13 +5,13 @@ import pytest
 import torch
 
 import kdq
-from kdq.batching import predict_logits
-from kdq.data import encode, load_arena
+from kdq.data import load_arena
 from kdq.distill.api import _training_table
 from kdq.distill.losses import forward_kl
 from kdq.distill.shrink import block_influence, select_by_influence
 from kdq.distill.trainer import ArenaCollator
 from kdq.models import load_classifier
+from _scoring import held_out_logits
 from kdq.testing import make_arena_rows, make_tiny_classifier
 from kdq.template import SWAP_PERMUTATION
 
@@ -29,12 +29,6 @@ def trained_teacher(tmp_path_factory, tiny_tokenizer):
     return d, t.student_dir
 
 
-def _held_out_logits(model_dir, rows):
-    m = load_classifier(model_dir)
-    enc = encode(rows, m.tokenizer, TEMPLATE)
-    return predict_logits(m.model, enc["input_ids"], m.tokenizer.pad_token_id, batch_size=32)
-
-
 def test_transfer_set_brings_the_student_closer_to_the_teacher(tmp_path, trained_teacher, tiny_tokenizer):
     d, teacher = trained_teacher
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
@@ -49,9 +43,9 @@ def test_transfer_set_brings_the_student_closer_to_the_teacher(tmp_path, trained
     assert more.metrics["n_transfer"] == 256 and more.metrics["teacher_pass"]["computed"] == 256  # 32 reused
     logs = [h for h in more.metrics["history"] if "kd" in h]
     assert logs and all("ce" in h for h in logs)  # ce (labelled rows) and kd (all rows) logged separately
-    t = _held_out_logits(teacher, held)
-    kl_plain = forward_kl(_held_out_logits(plain.student_dir, held), t).mean().item()
-    kl_more = forward_kl(_held_out_logits(more.student_dir, held), t).mean().item()
+    t = held_out_logits(teacher, held, TEMPLATE)
+    kl_plain = forward_kl(held_out_logits(plain.student_dir, held, TEMPLATE), t).mean().item()
+    kl_more = forward_kl(held_out_logits(more.student_dir, held, TEMPLATE), t).mean().item()
     assert kl_more < kl_plain, f"held-out KL to teacher: with transfer {kl_more:.4f} vs without {kl_plain:.4f}"
 
 
@@ -173,7 +167,7 @@ def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
         output_dir=str(tmp_path / f"run{k}"), swap_augment="paired", epochs=2, cache_dir=str(tmp_path / "c"),
         **COMMON)) for k in range(2)]
     assert runs[0].metrics["best_eval_log_loss"] == runs[1].metrics["best_eval_log_loss"]
-    a, b = (_held_out_logits(r.student_dir, load_arena(held)) for r in runs)
+    a, b = (held_out_logits(r.student_dir, load_arena(held), TEMPLATE) for r in runs)
     assert torch.equal(a, b)
 
 

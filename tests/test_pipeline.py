@@ -1,10 +1,6 @@
 """kdq.pipeline: settings that would fail after hours of training fail at construction; the
 recommended variant; DDP stages that never wait at a barrier for single-process work."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -8,19 +8,12 @@ distilled student's KL to the teacher must be lower.
 import torch
 
 import kdq
-from kdq.batching import predict_logits
-from kdq.data import encode, load_arena
+from kdq.data import load_arena
 from kdq.distill.losses import forward_kl
-from kdq.models import load_classifier
+from _scoring import held_out_logits
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
-
-
-def _held_out_logits(model_dir, rows):
-    m = load_classifier(model_dir)
-    enc = encode(rows, m.tokenizer, TEMPLATE)
-    return predict_logits(m.model, enc["input_ids"], m.tokenizer.pad_token_id, batch_size=32)
 
 
 def test_distilled_student_is_closer_to_the_teacher_than_hard_label_student(tmp_path, tiny_tokenizer):
@@ -38,8 +31,8 @@ def test_distilled_student_is_closer_to_the_teacher_than_hard_label_student(tmp_
                        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), epochs=3, alpha=0.1,
                                                 temperature=1.0, **common))
 
-    t = _held_out_logits(teacher.student_dir, held)
-    kl_hard = forward_kl(_held_out_logits(hard.student_dir, held), t).mean().item()
-    kl_soft = forward_kl(_held_out_logits(soft.student_dir, held), t).mean().item()
+    t = held_out_logits(teacher.student_dir, held, TEMPLATE)
+    kl_hard = forward_kl(held_out_logits(hard.student_dir, held, TEMPLATE), t).mean().item()
+    kl_soft = forward_kl(held_out_logits(soft.student_dir, held, TEMPLATE), t).mean().item()
     assert torch.isfinite(torch.tensor([kl_hard, kl_soft])).all()
     assert kl_soft < kl_hard, f"held-out KL to teacher: distilled {kl_soft:.4f} vs hard-label {kl_hard:.4f}"

@@ -128,14 +128,15 @@ def transfer_pairs(sdist, n: int, *, seed: int = 0, split_fractions=(0.7, 0.15, 
     pools = _split_pools(sentences, random.Random(seed), split_fractions)
     held_out = {x.text for x in pools["eval"] + pools["test"]}  # VADER repeats a few texts across records
     pool = [x for x in pools["train"] if x.text not in held_out]
-    pairs = _pairs(pool, n, random.Random(f"transfer-{seed}"), "transfer-")
-    cols = {c: [] for c in ("id", "prompt", "response_a", "response_b")}
-    for pid, a, b in pairs:
-        cols["id"].append(pid)
-        cols["prompt"].append(json.dumps([PROMPTS[a.source]]))
-        cols["response_a"].append(json.dumps([a.text]))
-        cols["response_b"].append(json.dumps([b.text]))
-    return cols
+    return _text_columns(_pairs(pool, n, random.Random(f"transfer-{seed}"), "transfer-"))
+
+
+def _text_columns(pairs) -> dict:
+    """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs."""
+    return {"id": [pid for pid, _, _ in pairs],
+            "prompt": [json.dumps([PROMPTS[a.source]]) for _, a, _ in pairs],
+            "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
+            "response_b": [json.dumps([b.text]) for _, _, b in pairs]}
 
 
 def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0, tie_threshold: float | None = None,
@@ -155,15 +156,10 @@ def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0,
         tie_threshold = diffs[len(diffs) // 3]
     tables, balance = {}, {}
     for name, pairs in raw.items():
-        cols = {c: [] for c in ("id", "prompt", "response_a", "response_b", *LABELS)}
-        for pid, a, b in pairs:
-            winner = 2 if abs(a.mean - b.mean) <= tie_threshold else (0 if a.mean > b.mean else 1)
-            cols["id"].append(pid)
-            cols["prompt"].append(json.dumps([PROMPTS[a.source]]))
-            cols["response_a"].append(json.dumps([a.text]))
-            cols["response_b"].append(json.dumps([b.text]))
-            for k, lab in enumerate(LABELS):
-                cols[lab].append(int(k == winner))
+        cols = _text_columns(pairs)
+        winners = [2 if abs(a.mean - b.mean) <= tie_threshold else (0 if a.mean > b.mean else 1) for _, a, b in pairs]
+        for k, lab in enumerate(LABELS):
+            cols[lab] = [int(k == w) for w in winners]
         tables[name] = cols
         balance[name] = [sum(cols[lab]) / max(len(pairs), 1) for lab in LABELS]
     info = {"tie_threshold": tie_threshold, "class_balance": balance, "sentences": len(sentences),

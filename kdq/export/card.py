@@ -73,7 +73,7 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
         f"- row template: `{template}`",
         f"- predict.py defaults: tta={config.tta}" + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")
         + f", batch_size={config.batch_size}",
-        f"- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
+        "- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
         "",
     ]
     if table_md:
@@ -87,7 +87,7 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
         "```bash",
         "pip install kaggle            # and put your API token in ~/.kaggle/kaggle.json",
         "kdq verify THIS_FOLDER        # or: python -m kdq.export verify THIS_FOLDER",
-        f"kaggle datasets create -p THIS_FOLDER --dir-mode zip   # later versions: kaggle datasets version -p THIS_FOLDER --dir-mode zip -m 'notes'",
+        "kaggle datasets create -p THIS_FOLDER --dir-mode zip   # later versions: kaggle datasets version -p THIS_FOLDER --dir-mode zip -m 'notes'",
         "```", "",
         "`--dir-mode zip` uploads the `wheels/` folder (Kaggle unpacks it); without it the CLI skips folders. "
         "The CLI reads `dataset-metadata.json` but does not upload it.", "",
