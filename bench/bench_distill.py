@@ -8,24 +8,21 @@
 
 Usage: python bench/bench_distill.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # demo_assets (the demo's data and model)
-
-import kdq  # noqa: E402
-from kdq.batching import length_sorted_batches, predict_logits  # noqa: E402
-from kdq.data import encode, load_arena  # noqa: E402
-from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer  # noqa: E402
+import kdq
+from kdq.data import encode, load_arena
+from kdq.runtime.batching import length_sorted_batches, predict_logits
+from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer
 
 
 def padding_efficiency(lengths, batches):
@@ -36,8 +33,9 @@ def bench_teacher_pass(n_rows, max_length, batch_size, hidden, layers, repeats):
     from transformers import pipeline
 
     tok = make_tokenizer()
-    model = make_tiny_classifier(tokenizer=tok, hidden_size=hidden, intermediate_size=hidden * 3,
-                                 num_layers=layers, num_heads=4, num_kv_heads=2)
+    model = make_tiny_classifier(
+        tokenizer=tok, hidden_size=hidden, intermediate_size=hidden * 3, num_layers=layers, num_heads=4, num_kv_heads=2
+    )
     template = kdq.TemplateConfig(max_length=max_length)
     rows = load_arena(make_arena_rows(n_rows, seed=0, max_words=max_length))
     enc = encode(rows, tok, template)
@@ -59,14 +57,23 @@ def bench_teacher_pass(n_rows, max_length, batch_size, hidden, layers, repeats):
     ours_eff = padding_efficiency(lengths, length_sorted_batches(lengths, batch_size))
     # same predictions (up to the re-tokenisation of the decoded text)
     label_order = [model.config.id2label[i] for i in range(3)]
-    theirs_t = torch.tensor([[next(d["score"] for d in row if d["label"] == lab) for lab in label_order] for row in theirs])
+    theirs_t = torch.tensor(
+        [[next(d["score"] for d in row if d["label"] == lab) for lab in label_order] for row in theirs]
+    )
     agree = float((theirs_t.argmax(-1) == ours.argmax(-1)).float().mean())
     k, p = statistics.median(kdq_times), statistics.median(pipe_times)
     return {
-        "rows": n_rows, "max_length": max_length, "batch_size": batch_size,
-        "len_p50": int(statistics.median(lengths)), "len_max": max(lengths),
-        "kdq_rows_s": n_rows / k, "pipeline_rows_s": n_rows / p, "speedup": p / k,
-        "kdq_pad_eff": ours_eff, "pipeline_pad_eff": pipe_eff, "argmax_agreement": agree,
+        "rows": n_rows,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "len_p50": int(statistics.median(lengths)),
+        "len_max": max(lengths),
+        "kdq_rows_s": n_rows / k,
+        "pipeline_rows_s": n_rows / p,
+        "speedup": p / k,
+        "kdq_pad_eff": ours_eff,
+        "pipeline_pad_eff": pipe_eff,
+        "argmax_agreement": agree,
     }
 
 
@@ -74,22 +81,47 @@ def bench_distill_step(n_rows, max_length, batch_size, hidden, layers, steps, re
     tok = make_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_tiny_classifier(tmp / "teacher", tok, seed=1, hidden_size=hidden, intermediate_size=hidden * 3,
-                             num_layers=layers)
-        make_tiny_classifier(tmp / "student", tok, seed=2, hidden_size=hidden, intermediate_size=hidden * 3,
-                             num_layers=max(1, layers // 2))
+        make_tiny_classifier(
+            tmp / "teacher", tok, seed=1, hidden_size=hidden, intermediate_size=hidden * 3, num_layers=layers
+        )
+        make_tiny_classifier(
+            tmp / "student",
+            tok,
+            seed=2,
+            hidden_size=hidden,
+            intermediate_size=hidden * 3,
+            num_layers=max(1, layers // 2),
+        )
         rows = make_arena_rows(n_rows, seed=3, max_words=max_length)
-        base = dict(template=kdq.TemplateConfig(max_length=max_length), batch_size=batch_size, max_steps=steps,
-                    logging_steps=steps, cache_dir=str(tmp / "cache"), overwrite=True)
+        base = dict(
+            template=kdq.TemplateConfig(max_length=max_length),
+            batch_size=batch_size,
+            max_steps=steps,
+            logging_steps=steps,
+            cache_dir=str(tmp / "cache"),
+            overwrite=True,
+        )
         # Warm the cache once so the timed KD runs only read it.
-        kdq.distill(str(tmp / "student"), rows, teacher=str(tmp / "teacher"),
-                    config=kdq.DistillConfig(output_dir=str(tmp / "warm"), **{**base, "max_steps": 1}))
+        kdq.distill(
+            str(tmp / "student"),
+            rows,
+            teacher=str(tmp / "teacher"),
+            config=kdq.DistillConfig(output_dir=str(tmp / "warm"), **{**base, "max_steps": 1}),
+        )
         kd_t, hard_t = [], []
         for r in range(repeats):
-            kd = kdq.distill(str(tmp / "student"), rows, teacher=str(tmp / "teacher"),
-                             config=kdq.DistillConfig(output_dir=str(tmp / f"kd{r}"), **base))
-            hard = kdq.distill(str(tmp / "student"), rows, teacher=None,
-                               config=kdq.DistillConfig(output_dir=str(tmp / f"hard{r}"), **base))
+            kd = kdq.distill(
+                str(tmp / "student"),
+                rows,
+                teacher=str(tmp / "teacher"),
+                config=kdq.DistillConfig(output_dir=str(tmp / f"kd{r}"), **base),
+            )
+            hard = kdq.distill(
+                str(tmp / "student"),
+                rows,
+                teacher=None,
+                config=kdq.DistillConfig(output_dir=str(tmp / f"hard{r}"), **base),
+            )
             assert kd.metrics["teacher_pass"]["computed"] == 0
             kd_t.append(kd.metrics["train"]["train_runtime"] / steps)
             hard_t.append(hard.metrics["train"]["train_runtime"] / steps)
@@ -110,8 +142,10 @@ def main():
         ds = bench_distill_step(256, 256, 16, 256, 4, 24, 3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     print("\n## Teacher pass: kdq length-sorted batching vs transformers pipeline")
-    print(f"{tp['rows']} rows, max_length {tp['max_length']}, batch {tp['batch_size']}, "
-          f"token length p50 {tp['len_p50']} / max {tp['len_max']}")
+    print(
+        f"{tp['rows']} rows, max_length {tp['max_length']}, batch {tp['batch_size']}, "
+        f"token length p50 {tp['len_p50']} / max {tp['len_max']}"
+    )
     print("| scorer | rows/s | padding efficiency |\n|---|---:|---:|")
     print(f"| kdq (length-sorted) | {tp['kdq_rows_s']:.1f} | {tp['kdq_pad_eff']:.1%} |")
     print(f"| transformers pipeline | {tp['pipeline_rows_s']:.1f} | {tp['pipeline_pad_eff']:.1%} |")

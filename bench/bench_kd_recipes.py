@@ -28,6 +28,7 @@ Usage::
 
 Writes ``<out>/recipes.json``, ``recipes.md`` and ``curves.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))
+import kdq
+from kdq.evaluate.metrics import row_log_losses
+from kdq.evaluate.stats import Interval, paired_intervals
 
-import kdq  # noqa: E402
-from kdq.evaluate.metrics import row_log_losses  # noqa: E402
-from kdq.evaluate.stats import Interval, paired_intervals  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LN3 = math.log(3)
 PLATEAU = LN3 - 0.05  # training CE below this (smoothed) = the student left the chance plateau
@@ -56,8 +55,14 @@ RECIPES = {  # each compared with the hard-label run of the same strategy and th
     # the demo's time-boxed recipe: KD logits from the live teacher forward that the hidden term needs
     # anyway (no cache pass, no TTA), and no swap copies (half the steps); its baseline has no swap copies either
     "hard/no-swap": dict(teacher=False, swap_augment=False),
-    "live+transfer+hidden": dict(transfer=True, hidden=True, teacher_logits="live", teacher_tta=False,
-                                 swap_augment=False, baseline="hard/no-swap"),
+    "live+transfer+hidden": dict(
+        transfer=True,
+        hidden=True,
+        teacher_logits="live",
+        teacher_tta=False,
+        swap_augment=False,
+        baseline="hard/no-swap",
+    ),
 }
 
 
@@ -65,13 +70,14 @@ def plateau_exit(history, window: int = 3):
     """First logged step whose moving-average training CE is below :data:`PLATEAU` (``None``: never)."""
     pts = [(h["step"], h["ce"]) for h in history if "ce" in h]
     for k in range(len(pts)):
-        chunk = [c for _, c in pts[max(0, k - window + 1):k + 1]]
+        chunk = [c for _, c in pts[max(0, k - window + 1) : k + 1]]
         if sum(chunk) / len(chunk) < PLATEAU:
             return pts[k][0]
     return None
 
 
 def main(argv=None):
+    sys.path.insert(0, str(ROOT / "examples"))
     import demo  # examples/demo.py: the data, the teacher recipe and the student recipe live there, once
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,8 +89,11 @@ def main(argv=None):
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--transfer", type=int, help="transfer pairs (default: the demo's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reuse", action="store_true",
-                    help="keep students already trained in --out (the grid resumes; wall time read from their record)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep students already trained in --out (the grid resumes; wall time read from their record)",
+    )
     args = ap.parse_args(argv)
     size = dict(demo.SIZES["tiny" if args.quick else "default"])
     if args.transfer is not None:
@@ -97,7 +106,9 @@ def main(argv=None):
         ap.error(f"unknown recipes {unknown}; choose from {list(RECIPES)}")
 
     t0 = time.perf_counter()
-    base, train, ev, test, transfer, info = (demo.tiny_inputs if args.quick else demo.real_inputs)(size, cache, args.seed)
+    base, train, ev, test, transfer, info = (demo.tiny_inputs if args.quick else demo.real_inputs)(
+        size, cache, args.seed
+    )
     teacher_dir = out / "teacher"
     if not (teacher_dir / "student" / "config.json").exists():  # one teacher for every recipe (kept between runs)
         demo.train_teacher(base, train, ev, size, teacher_dir, args.seed)
@@ -115,8 +126,10 @@ def main(argv=None):
         if not (args.reuse and (init / "config.json").is_file()):
             init = demo.shrink_student(teacher, train, init, strategy, overwrite=True)
         m = kdq.evaluate(str(init), test, ev_cfg)
-        results["init"][strategy] = {"log_loss": m.log_loss,
-                                     "kept_layers": json.loads((init / "config.json").read_text())["kdq_shrink"]["kept_layers"]}
+        results["init"][strategy] = {
+            "log_loss": m.log_loss,
+            "kept_layers": json.loads((init / "config.json").read_text())["kdq_shrink"]["kept_layers"],
+        }
         print(f"{strategy}: student right after shrinking: test log loss {m.log_loss:.4f}", flush=True)
         for recipe in recipes:
             spec = RECIPES[recipe]
@@ -124,30 +137,52 @@ def main(argv=None):
             for T in temps:
                 name = f"{strategy}/{recipe}" + (f"/T={T:g}" if T is not None else "")
                 cfg = demo.student_config(size, args.seed).replace(
-                    output_dir=str(out / name.replace("/", "_")), overwrite=True, cache_dir=str(out / "teacher-cache"),
+                    output_dir=str(out / name.replace("/", "_")),
+                    overwrite=True,
+                    cache_dir=str(out / "teacher-cache"),
                     **({"temperature": T} if T is not None else {}),
                     **{k: spec[k] for k in ("swap_augment", "teacher_logits", "teacher_tta") if k in spec},
-                    hidden_weight=demo.HIDDEN_WEIGHT if spec.get("hidden") else 0.0)
+                    hidden_weight=demo.HIDDEN_WEIGHT if spec.get("hidden") else 0.0,
+                )
                 done = Path(cfg.output_dir) / "student" / "kdq-distill.json"
                 if args.reuse and done.is_file():
                     record = json.loads(done.read_text())
                     r = kdq.DistillResult(student_dir=done.parent, metrics=record["metrics"])
                     wall = record["metrics"].get("wall_seconds") or (  # runs from before wall_seconds was recorded
-                        record["metrics"]["train_seconds"] + (record["metrics"].get("teacher_pass") or {}).get("seconds", 0))
+                        record["metrics"]["train_seconds"]
+                        + (record["metrics"].get("teacher_pass") or {}).get("seconds", 0)
+                    )
                 else:
                     start = time.perf_counter()
-                    r = kdq.distill(str(init), train, ev, teacher=None if spec.get("teacher") is False else str(teacher),
-                                    transfer_data=transfer if spec.get("transfer") else None, config=cfg)
+                    r = kdq.distill(
+                        str(init),
+                        train,
+                        ev,
+                        teacher=None if spec.get("teacher") is False else str(teacher),
+                        transfer_data=transfer if spec.get("transfer") else None,
+                        config=cfg,
+                    )
                     wall = time.perf_counter() - start
                 m = kdq.evaluate(str(r.student_dir), test, ev_cfg)
                 losses[name] = row_log_losses(m.probs, labels)
-                results["runs"].append({
-                    "name": name, "strategy": strategy, "recipe": recipe, "temperature": T, "log_loss": m.log_loss,
-                    "wall_s": wall, "teacher_pass": r.metrics.get("teacher_pass"),
-                    "plateau_exit_step": plateau_exit(r.metrics["history"]),
-                    "steps": max((h.get("step", 0) for h in r.metrics["history"]), default=0),
-                    "curve": [{k: h[k] for k in ("step", "ce", "kd", "hidden") if k in h}
-                              for h in r.metrics["history"] if "ce" in h]})
+                results["runs"].append(
+                    {
+                        "name": name,
+                        "strategy": strategy,
+                        "recipe": recipe,
+                        "temperature": T,
+                        "log_loss": m.log_loss,
+                        "wall_s": wall,
+                        "teacher_pass": r.metrics.get("teacher_pass"),
+                        "plateau_exit_step": plateau_exit(r.metrics["history"]),
+                        "steps": max((h.get("step", 0) for h in r.metrics["history"]), default=0),
+                        "curve": [
+                            {k: h[k] for k in ("step", "ce", "kd", "hidden") if k in h}
+                            for h in r.metrics["history"]
+                            if "ce" in h
+                        ],
+                    }
+                )
                 print(f"{name}: test log loss {m.log_loss:.4f}, {wall:.0f} s", flush=True)
     results["wall_s"] = time.perf_counter() - t0
     _intervals(results, losses)
@@ -165,8 +200,14 @@ def _intervals(results, losses):
         hard = f"{run['strategy']}/{RECIPES[run['recipe']].get('baseline', run['recipe'])}"
         if hard not in losses:
             continue
-        iv = paired_intervals({"teacher": losses["teacher"], "hard": losses[hard], "x": losses[run["name"]]},
-                              "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)
+        iv = paired_intervals(
+            {"teacher": losses["teacher"], "hard": losses[hard], "x": losses[run["name"]]},
+            "teacher",
+            baseline="hard",
+            student="x",
+            n_resamples=2000,
+            seed=0,
+        )
         run["delta_vs_teacher"] = iv["delta"]["x"].to_dict()
         if "baseline" in RECIPES[run["recipe"]]:
             run["gap_closed"] = iv["gap_closed"].to_dict()
@@ -178,22 +219,34 @@ def _ci(d, spec):
 
 
 def _markdown(results) -> str:
-    lines = [f"Teacher test log loss {results['teacher']['log_loss']:.4f} (chance ln 3 = {LN3:.4f}); "
-             f"{results['sizes']['test']} test pairs; 95% paired-bootstrap intervals (2000 resamples, seed 0).", "",
-             "| strategy | recipe | T | log loss (init → trained) | Δ vs teacher | gap closed | vs hard labels | "
-             "CE leaves plateau at step | steps | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Teacher test log loss {results['teacher']['log_loss']:.4f} (chance ln 3 = {LN3:.4f}); "
+        f"{results['sizes']['test']} test pairs; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
+        "",
+        "| strategy | recipe | T | log loss (init → trained) | Δ vs teacher | gap closed | vs hard labels | "
+        "CE leaves plateau at step | steps | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results["runs"]:
         vs = r.get("vs_hard")
         iv = Interval(**vs) if vs else None
-        verdict = ("" if iv is None else " (no measurable difference)" if not iv.excludes_zero else
-                   " (better)" if iv.high < 0 else " (worse)")
+        verdict = (
+            ""
+            if iv is None
+            else " (no measurable difference)"
+            if not iv.excludes_zero
+            else " (better)"
+            if iv.high < 0
+            else " (worse)"
+        )
         init = results["init"][r["strategy"]]["log_loss"]
-        lines.append(f"| {r['strategy']} | {r['recipe']} | {'' if r['temperature'] is None else format(r['temperature'], 'g')} "
-                     f"| {init:.4f} → {r['log_loss']:.4f} | {_ci(r.get('delta_vs_teacher'), '+.4f')} "
-                     f"| {_ci(r.get('gap_closed'), '.0%')} | {_ci(vs, '+.4f')}{verdict} "
-                     f"| {r['plateau_exit_step'] if r['plateau_exit_step'] is not None else 'never'} | {r['steps']} "
-                     f"| {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['strategy']} | {r['recipe']} | {'' if r['temperature'] is None else format(r['temperature'], 'g')} "
+            f"| {init:.4f} → {r['log_loss']:.4f} | {_ci(r.get('delta_vs_teacher'), '+.4f')} "
+            f"| {_ci(r.get('gap_closed'), '.0%')} | {_ci(vs, '+.4f')}{verdict} "
+            f"| {r['plateau_exit_step'] if r['plateau_exit_step'] is not None else 'never'} | {r['steps']} "
+            f"| {r['wall_s']:.0f} |"
+        )
     lines += ["", "Kept layers: " + "; ".join(f"{k}: {v['kept_layers']}" for k, v in results["init"].items())]
     return "\n".join(lines) + "\n"
 

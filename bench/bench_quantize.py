@@ -16,29 +16,26 @@ folder with the same calibration ids (from_pretrained + save_pretrained), in the
 Usage: python bench/bench_quantize.py [--quick] [--threads N] [--dtype float16|float32]
 (full run: about 6 minutes on 2 cores with --threads 1; --quick: under a minute)
 """
+
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # demo_assets (the demo's data and model)
-
-import kdq  # noqa: E402
-from kdq.batching import predict_logits  # noqa: E402
-from kdq.data import encode, labels_of, load_arena  # noqa: E402
-from kdq.quantize import QuantConfig, read_report  # noqa: E402
-from kdq.quantize.calibration import prepare_calibration  # noqa: E402
-from kdq.quant_methods.gptq_env import prepare_gptq  # noqa: E402
-from kdq.quantize.verify import kl_divergence  # noqa: E402
-from kdq.testing import make_arena_rows, make_tokenizer, tiny_llama_config  # noqa: E402
-from kdq.weight_files import folder_weight_bytes  # noqa: E402
+import kdq
+from kdq.data import encode, labels_of, load_arena
+from kdq.quant_methods.gptq_env import prepare_gptq
+from kdq.quantize import QuantConfig, read_report
+from kdq.quantize.calibration import prepare_calibration
+from kdq.quantize.verify import kl_divergence
+from kdq.runtime.batching import predict_logits
+from kdq.testing import make_arena_rows, make_tokenizer, tiny_llama_config
+from kdq.utils.weight_files import folder_weight_bytes
 
 METHODS = ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4", "bnb-fp4")
 
@@ -48,8 +45,11 @@ def build_source(root: Path, quick: bool, dtype: torch.dtype):
     from transformers import LlamaForSequenceClassification
 
     tok = make_tokenizer()
-    dims = dict(hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2) if quick else \
-        dict(hidden_size=512, intermediate_size=2048, num_layers=10, num_heads=8, num_kv_heads=4)
+    dims = (
+        dict(hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2)
+        if quick
+        else dict(hidden_size=512, intermediate_size=2048, num_layers=10, num_heads=8, num_kv_heads=4)
+    )
     cfg = tiny_llama_config(tok, **dims)
     cfg.vocab_size = 32000  # a real Llama vocabulary: the embedding matrix stays unquantized by every method
     torch.manual_seed(0)
@@ -80,8 +80,10 @@ def direct_gptq(src, calibration_ids, out, bits, group_size):
 
     data = [{"input_ids": [ids], "attention_mask": [[1] * len(ids)]} for ids in calibration_ids]
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(src), device_map={"": "cpu"},
-        quantization_config=GPTQConfig(bits=bits, dataset=data, group_size=group_size, backend="torch"))
+        str(src),
+        device_map={"": "cpu"},
+        quantization_config=GPTQConfig(bits=bits, dataset=data, group_size=group_size, backend="torch"),
+    )
     model.config.quantization_config.dataset = None
     model.save_pretrained(str(out))
 
@@ -97,8 +99,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~11M-parameter model, fewer rows (about a minute)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16",
-                    help="dtype of the source and of the layers left unquantized (float16: what a GPU run saves)")
+    ap.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="dtype of the source and of the layers left unquantized (float16: what a GPU run saves)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,13 +122,17 @@ def main(argv=None):
         labels = labels_of(held_out)
         source_logits = score(src, seqs, tok.pad_token_id)
         source_ll = log_loss(source_logits, labels)
-        print(f"model: {n_params / 1e6:.1f}M parameters, source saved as {args.dtype}; fp16 size "
-              f"{fp16_bytes / 1e6:.1f} MB; {n_cal} calibration rows, {n_eval} held-out rows, max_length "
-              f"{max_length}; torch threads {torch.get_num_threads()}", flush=True)
+        print(
+            f"model: {n_params / 1e6:.1f}M parameters, source saved as {args.dtype}; fp16 size "
+            f"{fp16_bytes / 1e6:.1f} MB; {n_cal} calibration rows, {n_eval} held-out rows, max_length "
+            f"{max_length}; torch threads {torch.get_num_threads()}",
+            flush=True,
+        )
 
         # The direct-GPTQConfig baseline runs right before kdq's gptq-4, on the same folder and ids.
-        ids = prepare_calibration(calib, tok, template, num_samples=n_cal, probe_rows=8, seed=0,
-                                  needs_calibration=True).calibration
+        ids = prepare_calibration(
+            calib, tok, template, num_samples=n_cal, probe_rows=8, seed=0, needs_calibration=True
+        ).calibration
         rows, direct_s, kdq_s = [], None, None
         for name in METHODS:
             cfg = QuantConfig.from_name(name, num_samples=n_cal, template=template, device="cpu", dtype=args.dtype)
@@ -139,19 +149,31 @@ def main(argv=None):
                 same = same_weights(root / "direct-gptq-4" / "model.safetensors", out / "model.safetensors")
             report = read_report(out)
             logits = score(out, seqs, tok.pad_token_id)
-            rows.append(dict(name=name, wall=wall, quant=report.quantize_seconds, size=report.weights_bytes,
-                             kl=kl_divergence(source_logits, logits), ll=log_loss(logits, labels),
-                             reload=report.reload_max_abs_delta))
+            rows.append(
+                dict(
+                    name=name,
+                    wall=wall,
+                    quant=report.quantize_seconds,
+                    size=report.weights_bytes,
+                    kl=kl_divergence(source_logits, logits),
+                    ll=log_loss(logits, labels),
+                    reload=report.reload_max_abs_delta,
+                )
+            )
             print(f"  {name}: {wall:.1f}s", flush=True)
 
-    print("\n| variant | quantize wall (s) | of which quantizing (s) | size (MB) | size vs fp16 | "
-          "KL to source (nats) | log loss | Δ log loss | reload max abs Δlogit |")
+    print(
+        "\n| variant | quantize wall (s) | of which quantizing (s) | size (MB) | size vs fp16 | "
+        "KL to source (nats) | log loss | Δ log loss | reload max abs Δlogit |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| source ({args.dtype}) | – | – | {fp16_bytes / 1e6:.1f} (fp16) | 1.00 | 0 | {source_ll:.4f} | 0 | – |")
     for r in rows:
-        print(f"| {r['name']} | {r['wall']:.1f} | {r['quant']:.1f} | {r['size'] / 1e6:.1f} | "
-              f"{r['size'] / fp16_bytes:.2f} | {r['kl']:.2e} | {r['ll']:.4f} | {r['ll'] - source_ll:+.2e} | "
-              f"{r['reload']:.1e} |")
+        print(
+            f"| {r['name']} | {r['wall']:.1f} | {r['quant']:.1f} | {r['size'] / 1e6:.1f} | "
+            f"{r['size'] / fp16_bytes:.2f} | {r['kl']:.2e} | {r['ll']:.4f} | {r['ll'] - source_ll:+.2e} | "
+            f"{r['reload']:.1e} |"
+        )
     overhead = kdq_s / direct_s - 1
     print("\n| GPTQ 4-bit, same folder and calibration ids | wall (s) |")
     print("|---|---:|")
@@ -159,8 +181,10 @@ def main(argv=None):
     print(f"| kdq.quantize (+ source probe, reload, verify, report) | {kdq_s:.1f} |")
     print(f"| kdq overhead | {overhead:+.1%} (target < 10%) |")
     g4 = next(r for r in rows if r["name"] == "gptq-4")
-    print(f"\nkdq gptq-4 outside GPTQConfig's own from_pretrained: {g4['wall'] - g4['quant']:.1f}s of {g4['wall']:.1f}s "
-          "(source load + probe, save, reload + probe, report); single runs, so machine noise can exceed it")
+    print(
+        f"\nkdq gptq-4 outside GPTQConfig's own from_pretrained: {g4['wall'] - g4['quant']:.1f}s of {g4['wall']:.1f}s "
+        "(source load + probe, save, reload + probe, report); single runs, so machine noise can exceed it"
+    )
     print(f"\nkdq and direct GPTQConfig saved identical tensors: {same}")
     if not all(math.isfinite(r["kl"]) for r in rows):
         raise SystemExit("non-finite KL")

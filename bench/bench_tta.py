@@ -12,6 +12,7 @@ Usage:
     python bench/bench_tta.py --run-dir runs/demo      # the demo's teacher and student on its held-out pairs
 Options: --fraction 0.33, --repeats 3, --batch-size 16, --device cpu|cuda, --data CSV (labelled rows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import kdq
+from kdq.data import labels_of
+from kdq.evaluate.metrics import row_log_losses
+from kdq.evaluate.stats import Interval, paired_intervals
 
-import kdq  # noqa: E402
-from kdq.data import labels_of  # noqa: E402
-from kdq.evaluate.metrics import row_log_losses  # noqa: E402
-from kdq.evaluate.stats import Interval, paired_intervals  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("none", "full", "gated")
 
@@ -40,33 +40,50 @@ def measure(models: dict, rows, *, fraction: float, repeats: int, batch_size: in
         runs = {m: [] for m in MODES}
         for _ in range(repeats):  # interleaved, so machine noise hits every mode alike
             for mode in MODES:
-                cfg = kdq.EvalConfig(tta=mode, tta_fraction=fraction, batch_size=batch_size, device=device,
-                                     budget=None, progress=False)
+                cfg = kdq.EvalConfig(
+                    tta=mode, tta_fraction=fraction, batch_size=batch_size, device=device, budget=None, progress=False
+                )
                 runs[mode].append(kdq.evaluate(model, rows, cfg))
         full_ll = runs["full"][0].log_loss_tta
         full_rs = statistics.median(m.n_rows / m.seconds for m in runs["full"])
         # log loss is deterministic (repeat 0 stands for all); its Δ vs full TTA gets a paired-bootstrap interval
-        losses = {mode: row_log_losses(runs[mode][0].probs if mode == "none" else runs[mode][0].probs_tta, labels)
-                  for mode in MODES}
+        losses = {
+            mode: row_log_losses(runs[mode][0].probs if mode == "none" else runs[mode][0].probs_tta, labels)
+            for mode in MODES
+        }
         delta = paired_intervals(losses, "full")["delta"]
         for mode in MODES:
             m = runs[mode][0]
             ll = m.log_loss if mode == "none" else m.log_loss_tta
             rs = statistics.median(r.n_rows / r.seconds for r in runs[mode])  # speed is the median
-            table.append({"model": name, "tta": mode if mode != "gated" else f"gated {fraction:g}", "log_loss": ll,
-                          "delta_vs_full": ll - full_ll, "delta_vs_full_ci": [delta[mode].low, delta[mode].high],
-                          "rows_per_s": rs, "speed_vs_full": rs / full_rs, "n_rows": m.n_rows, "device": m.device,
-                          "repeats": repeats})
+            table.append(
+                {
+                    "model": name,
+                    "tta": mode if mode != "gated" else f"gated {fraction:g}",
+                    "log_loss": ll,
+                    "delta_vs_full": ll - full_ll,
+                    "delta_vs_full_ci": [delta[mode].low, delta[mode].high],
+                    "rows_per_s": rs,
+                    "speed_vs_full": rs / full_rs,
+                    "n_rows": m.n_rows,
+                    "device": m.device,
+                    "repeats": repeats,
+                }
+            )
     return table
 
 
 def markdown(table: list) -> str:
-    lines = ["| model | TTA | log loss | Δ vs full TTA [95% paired bootstrap] | rows/s | x full TTA |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| model | TTA | log loss | Δ vs full TTA [95% paired bootstrap] | rows/s | x full TTA |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in table:
         ci = "—" if r["tta"] == "full" else Interval(r["delta_vs_full"], *r["delta_vs_full_ci"]).fmt()
-        lines.append(f"| {r['model']} | {r['tta']} | {r['log_loss']:.4f} | {ci} | "
-                     f"{r['rows_per_s']:.1f} | {r['speed_vs_full']:.2f}x |")
+        lines.append(
+            f"| {r['model']} | {r['tta']} | {r['log_loss']:.4f} | {ci} | "
+            f"{r['rows_per_s']:.1f} | {r['speed_vs_full']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -77,9 +94,11 @@ def verdict(table: list) -> list:
             ok = r["speed_vs_full"] >= 1.4 and abs(r["delta_vs_full"]) <= 0.002
             iv = Interval(r["delta_vs_full"], *r["delta_vs_full_ci"])
             noise = "a measurable difference" if iv.excludes_zero else "no measurable difference"
-            out.append(f"{r['model']}: gated {r['speed_vs_full']:.2f}x full TTA's rows/s (target >= 1.4x), "
-                       f"log loss {iv.fmt()} vs full ({noise}; target within "
-                       f"0.002): {'MET' if ok else 'NOT met'}")
+            out.append(
+                f"{r['model']}: gated {r['speed_vs_full']:.2f}x full TTA's rows/s (target >= 1.4x), "
+                f"log loss {iv.fmt()} vs full ({noise}; target within "
+                f"0.002): {'MET' if ok else 'NOT met'}"
+            )
     return out
 
 
@@ -111,8 +130,9 @@ def demo_inputs(run_dir: Path, data, seed: int):
         info = json.loads((run_dir / "demo.json").read_text())
         size = info["sizes"]
         cache = Path(os.environ.get("KDQ_CACHE", ROOT / ".cache" / "kdq"))  # as examples/demo.py
-        _, _, data, _ = arena_pairs(fetch_sdist(cache), n_train=size["train"], n_eval=size["eval"],
-                                    n_test=size["test"], seed=seed)
+        _, _, data, _ = arena_pairs(
+            fetch_sdist(cache), n_train=size["train"], n_eval=size["eval"], n_test=size["test"], seed=seed
+        )
     return {k: str(v) for k, v in models.items()}, kdq.load_arena(data)
 
 
@@ -131,8 +151,9 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as tmp:
         models, rows = quick_inputs(Path(tmp)) if args.quick else demo_inputs(Path(args.run_dir), args.data, args.seed)
-        table = measure(models, rows, fraction=args.fraction, repeats=repeats, batch_size=args.batch_size,
-                        device=args.device)
+        table = measure(
+            models, rows, fraction=args.fraction, repeats=repeats, batch_size=args.batch_size, device=args.device
+        )
     print(markdown(table))
     print("\n".join(verdict(table)))
     if args.json:

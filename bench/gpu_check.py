@@ -23,6 +23,7 @@ standalone package (it imports nothing from kdq). Sections that need kdq itself 
 bitsandbytes or gptqmodel are skipped when those are missing; ``--wheels DIR`` installs them
 offline first (``pip install --no-index --find-links DIR``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,22 +47,60 @@ sys.path.insert(0, str(ROOT))
 
 # Hub configs of h2oai/h2o-danube3-4b-base and -500m-base, from kdq's model data (read as JSON: no kdq import);
 # build_classifier sets model type, label count and untied embeddings itself.
-_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size")
-SHAPES = {name: {k: m["config"][k] for k in _SHAPE_KEYS}
-          for name, m in json.loads((ROOT / "kdq" / "budgets" / "_models.json").read_text())["models"].items()
-          if name in ("danube3-4b", "danube3-500m")}
+_SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
+SHAPES = {
+    name: {k: m["config"][k] for k in _SHAPE_KEYS}
+    for name, m in json.loads((ROOT / "kdq" / "budgets" / "_models.json").read_text())["models"].items()
+    if name in ("danube3-4b", "danube3-500m")
+}
 TINY_SHAPES = {
-    "tiny-4b": dict(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, intermediate_size=128),
-    "tiny-500m": dict(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=128),  # dims divisible by 32 for GPTQ packing
+    "tiny-4b": dict(
+        vocab_size=400,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+    ),
+    "tiny-500m": dict(
+        vocab_size=400,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+    ),  # dims divisible by 32 for GPTQ packing
 }
 # rows, max_length and batch size per run: sized so the full check stays under 8 minutes on an H100.
-FULL = dict(rows=384, max_length=2048, batch_size=8, train_batch=4, train_length=1024, train_steps=5,
-            gptq_samples=32, predict_rows=256, deadline_s=450)
-DRY = dict(rows=24, max_length=128, batch_size=4, train_batch=2, train_length=64, train_steps=2,
-           gptq_samples=4, predict_rows=6, deadline_s=600)
+FULL = dict(
+    rows=384,
+    max_length=2048,
+    batch_size=8,
+    train_batch=4,
+    train_length=1024,
+    train_steps=5,
+    gptq_samples=32,
+    predict_rows=256,
+    deadline_s=450,
+)
+DRY = dict(
+    rows=24,
+    max_length=128,
+    batch_size=4,
+    train_batch=2,
+    train_length=64,
+    train_steps=2,
+    gptq_samples=4,
+    predict_rows=6,
+    deadline_s=600,
+)
 TTA_FRACTION = 0.33
 
 
@@ -69,7 +108,8 @@ def load_standalone(name: str, path: Path):
     """Import a file (or package) that is not on ``sys.path`` under ``name``."""
     init = path / "__init__.py" if path.is_dir() else path
     spec = importlib.util.spec_from_file_location(
-        name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
+        name, init, submodule_search_locations=[str(path)] if path.is_dir() else None
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -101,8 +141,15 @@ def random_sequences(lengths, vocab: int, seed: int) -> list:
 def build_classifier(shape: dict, device, dtype):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(**shape, num_labels=3, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                         tie_word_embeddings=False, max_position_embeddings=4096)
+    config = LlamaConfig(
+        **shape,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    )
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise directly in the target dtype: a 4B fp32 copy is 16 GB
     try:
@@ -130,7 +177,7 @@ def score_modes(runtime, model, lengths, device, batch_size, seed) -> dict:
     for mode in ("none", "full", "gated"):
         stats = {"seconds": 0.0, "real_tokens": 0, "padded_tokens": 0, "rows": 0}
 
-        def score(s):
+        def score(s, stats=stats):
             st = {}
             logits = runtime.batching.predict_logits(model, s, 0, batch_size=batch_size, device=device, stats=st)
             for k in stats:
@@ -142,21 +189,34 @@ def score_modes(runtime, model, lengths, device, batch_size, seed) -> dict:
         result = runtime.tta.score_tta(score, seqs, swapped, mode=mode, fraction=TTA_FRACTION)
         sync(device)
         wall = time.perf_counter() - t0
-        out[mode] = {"rows": len(seqs), "sequences": result.sequences_scored, "seconds": wall,
-                     "rows_per_s": len(seqs) / wall, "tokens_per_s": stats["real_tokens"] / wall,
-                     "padding_efficiency": stats["real_tokens"] / max(stats["padded_tokens"], 1),
-                     "finite": bool(torch.isfinite(result.log_probs).all())}
+        out[mode] = {
+            "rows": len(seqs),
+            "sequences": result.sequences_scored,
+            "seconds": wall,
+            "rows_per_s": len(seqs) / wall,
+            "tokens_per_s": stats["real_tokens"] / wall,
+            "padding_efficiency": stats["real_tokens"] / max(stats["padded_tokens"], 1),
+            "finite": bool(torch.isfinite(result.log_probs).all()),
+        }
     out["gated_speedup_vs_full"] = out["gated"]["rows_per_s"] / out["full"]["rows_per_s"]
     return out
 
 
 def check_scoring(ctx) -> dict:
-    res = {"lengths": ctx["lengths"], "batch_size": ctx["batch_size"], "max_length": ctx["max_length"],
-           "tta_fraction": TTA_FRACTION, "shapes": {}}
+    res = {
+        "lengths": ctx["lengths"],
+        "batch_size": ctx["batch_size"],
+        "max_length": ctx["max_length"],
+        "tta_fraction": TTA_FRACTION,
+        "shapes": {},
+    }
     for name, shape in ctx["shapes"].items():
         model = build_classifier(shape, ctx["device"], ctx["dtype"])
-        res["shapes"][name] = {"config": shape, "dtype": str(ctx["dtype"]).replace("torch.", ""),
-                               **score_modes(ctx["runtime"], model, ctx["lengths"], ctx["device"], ctx["batch_size"], 0)}
+        res["shapes"][name] = {
+            "config": shape,
+            "dtype": str(ctx["dtype"]).replace("torch.", ""),
+            **score_modes(ctx["runtime"], model, ctx["lengths"], ctx["device"], ctx["batch_size"], 0),
+        }
         del model
         if ctx["cuda"]:
             torch.cuda.empty_cache()
@@ -167,6 +227,7 @@ def check_kd_train_step(ctx) -> dict:
     """Full-parameter KD steps of the small shape: fp16 autocast + GradScaler on CUDA (T4 has no bf16)."""
     p = ctx["plan"]
     from kdq.distill import losses  # torch only: runs without datasets
+
     shape = list(ctx["shapes"].values())[-1]
     model = build_classifier(shape, ctx["device"], torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -190,16 +251,26 @@ def check_kd_train_step(ctx) -> dict:
         if step:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(ctx["device"]) / 1e9 if ctx["cuda"] else None
-    return {"shape": shape, "batch": p["train_batch"], "length": p["train_length"], "steps": len(times),
-            "seconds_per_step": sum(times) / len(times), "rows_per_s": p["train_batch"] * len(times) / sum(times),
-            "loss_finite": bool(torch.isfinite(parts.loss)), "peak_memory_gb": peak,
-            "precision": "fp16-autocast" if ctx["cuda"] else "fp32"}
+    return {
+        "shape": shape,
+        "batch": p["train_batch"],
+        "length": p["train_length"],
+        "steps": len(times),
+        "seconds_per_step": sum(times) / len(times),
+        "rows_per_s": p["train_batch"] * len(times) / sum(times),
+        "loss_finite": bool(torch.isfinite(parts.loss)),
+        "peak_memory_gb": peak,
+        "precision": "fp16-autocast" if ctx["cuda"] else "fp32",
+    }
 
 
 def check_train_module(ctx) -> dict:
     try:
-        module = load_standalone("gpu_check_train", ROOT / "bench" / "gpu_check_train.py") \
-            if (ROOT / "bench" / "gpu_check_train.py").is_file() else None
+        module = (
+            load_standalone("gpu_check_train", ROOT / "bench" / "gpu_check_train.py")
+            if (ROOT / "bench" / "gpu_check_train.py").is_file()
+            else None
+        )
     except ImportError as err:
         return {"status": "skipped", "reason": f"bench/gpu_check_train.py does not import: {err}"}
     if module is None:
@@ -213,7 +284,9 @@ def _small_model_folder(ctx) -> Path:
     if not folder.exists():
         from kdq.testing import make_tokenizer
 
-        model = build_classifier(list(ctx["shapes"].values())[-1], "cpu", torch.float16 if ctx["cuda"] else torch.float32)
+        model = build_classifier(
+            list(ctx["shapes"].values())[-1], "cpu", torch.float16 if ctx["cuda"] else torch.float32
+        )
         model.save_pretrained(folder)
         make_tokenizer(folder)
     return folder
@@ -227,8 +300,9 @@ def _needs(kdq, *modules):
 
 
 def ctx_reason(kdq, missing):
-    parts = ([] if kdq is not None else ["kdq does not import (it needs datasets)"]) + \
-            [f"{m} is not installed" for m in missing]
+    parts = ([] if kdq is not None else ["kdq does not import (it needs datasets)"]) + [
+        f"{m} is not installed" for m in missing
+    ]
     return "; ".join(parts) + " (offline: --wheels DIR with their wheels)"
 
 
@@ -241,12 +315,21 @@ def check_gptq(ctx) -> dict:
 
     folder = _small_model_folder(ctx)
     t0 = time.perf_counter()
-    out = kdq.quantize(str(folder), kdq.QuantConfig.from_name("gptq-8", num_samples=ctx["plan"]["gptq_samples"],
-                                                              template=kdq.TemplateConfig(max_length=ctx["max_length"])),
-                       calibration=make_arena_rows(ctx["plan"]["gptq_samples"], seed=1), out_dir=ctx["work"] / "gptq8")
+    out = kdq.quantize(
+        str(folder),
+        kdq.QuantConfig.from_name(
+            "gptq-8", num_samples=ctx["plan"]["gptq_samples"], template=kdq.TemplateConfig(max_length=ctx["max_length"])
+        ),
+        calibration=make_arena_rows(ctx["plan"]["gptq_samples"], seed=1),
+        out_dir=ctx["work"] / "gptq8",
+    )
     report = json.loads((Path(out) / "kdq-quantize.json").read_text())
-    return {"seconds": time.perf_counter() - t0, "reload_verified": True,
-            "max_abs_diff": report.get("verify", {}).get("max_abs_diff"), "folder_mb": _mb(out)}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "reload_verified": True,
+        "max_abs_diff": report.get("verify", {}).get("max_abs_diff"),
+        "folder_mb": _mb(out),
+    }
 
 
 def check_bnb(ctx) -> dict:
@@ -271,9 +354,13 @@ def check_bnb(ctx) -> dict:
         logits = runtime.batching.predict_logits(model, seqs, 0, batch_size=ctx["batch_size"], device=ctx["device"])
         sync(ctx["device"])
         wall = time.perf_counter() - t0
-        res[method] = {"rows": len(seqs), "rows_per_s": len(seqs) / wall,
-                       "tokens_per_s": sum(lengths) / wall, "finite": bool(torch.isfinite(logits).all()),
-                       "folder_mb": _mb(out)}
+        res[method] = {
+            "rows": len(seqs),
+            "rows_per_s": len(seqs) / wall,
+            "tokens_per_s": sum(lengths) / wall,
+            "finite": bool(torch.isfinite(logits).all()),
+            "folder_mb": _mb(out),
+        }
         del model
     return res
 
@@ -286,23 +373,53 @@ def check_predict(ctx) -> dict:
 
     folder = _small_model_folder(ctx)
     t0 = time.perf_counter()
-    out = kdq.export(str(folder), ctx["work"] / "export", kdq.ExportConfig(
-        title="gpu check export", dataset_id="kdq-gpu-check/export", tta="gated",
-        template=kdq.TemplateConfig(max_length=ctx["max_length"]), probe_rows=4, overwrite=True))
+    out = kdq.export(
+        str(folder),
+        ctx["work"] / "export",
+        kdq.ExportConfig(
+            title="gpu check export",
+            dataset_id="kdq-gpu-check/export",
+            tta="gated",
+            template=kdq.TemplateConfig(max_length=ctx["max_length"]),
+            probe_rows=4,
+            overwrite=True,
+        ),
+    )
     export_s = time.perf_counter() - t0
-    csv = write_arena_csv(ctx["work"] / "test.csv", ctx["plan"]["predict_rows"], seed=9,
-                          max_words=ctx["max_length"] * 2)
+    csv = write_arena_csv(
+        ctx["work"] / "test.csv", ctx["plan"]["predict_rows"], seed=9, max_words=ctx["max_length"] * 2
+    )
     sub = ctx["work"] / "submission.csv"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(out / "predict.py"), "--test-csv", str(csv), "--out", str(sub),
-                           "--devices", "cuda:0" if ctx["cuda"] else "cpu", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "predict.py"),
+            "--test-csv",
+            str(csv),
+            "--out",
+            str(sub),
+            "--devices",
+            "cuda:0" if ctx["cuda"] else "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     wall = time.perf_counter() - t0
     verify = kdq.verify(out, device="cuda" if ctx["cuda"] else "cpu", atol=5e-3 if ctx["cuda"] else None)
-    return {"export_seconds": export_s, "predict_returncode": proc.returncode, "predict_seconds": wall,
-            "rows": ctx["plan"]["predict_rows"], "rows_per_s_incl_load": ctx["plan"]["predict_rows"] / wall,
-            "stderr_tail": proc.stderr[-1500:], "submission_written": sub.is_file(),
-            "verify_probe_max_abs_diff": verify.probe_max_abs_diff, "weights_mb": _mb(out, "*.safetensors")}
+    return {
+        "export_seconds": export_s,
+        "predict_returncode": proc.returncode,
+        "predict_seconds": wall,
+        "rows": ctx["plan"]["predict_rows"],
+        "rows_per_s_incl_load": ctx["plan"]["predict_rows"] / wall,
+        "stderr_tail": proc.stderr[-1500:],
+        "submission_written": sub.is_file(),
+        "verify_probe_max_abs_diff": verify.probe_max_abs_diff,
+        "weights_mb": _mb(out, "*.safetensors"),
+    }
 
 
 def _mb(folder, pattern="*"):
@@ -319,9 +436,16 @@ def budget_inputs(results: dict) -> dict | None:
     big_name = next(iter(shapes))
     big = shapes[big_name]
     small = shapes[list(shapes)[-1]]
-    inputs = {"device": results["env"]["device"], "shape": big_name, "config": big["config"],
-              "lengths": scoring["lengths"], "batch_size": scoring["batch_size"],
-              "seconds": big["none"]["seconds"], "slowdown": {}, "slowdown_shape": list(shapes)[-1]}
+    inputs = {
+        "device": results["env"]["device"],
+        "shape": big_name,
+        "config": big["config"],
+        "lengths": scoring["lengths"],
+        "batch_size": scoring["batch_size"],
+        "seconds": big["none"]["seconds"],
+        "slowdown": {},
+        "slowdown_shape": list(shapes)[-1],
+    }
     for method, r in (results.get("bnb") or {}).items():
         if isinstance(r, dict) and r.get("tokens_per_s"):
             inputs["slowdown"][method] = max(1.0, small["none"]["tokens_per_s"] / r["tokens_per_s"])
@@ -330,8 +454,23 @@ def budget_inputs(results: dict) -> dict | None:
 
 def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
     if wheels:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels, "datasets",
-                        "bitsandbytes", "gptqmodel", "optimum"], capture_output=True, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-index",
+                "--find-links",
+                wheels,
+                "datasets",
+                "bitsandbytes",
+                "gptqmodel",
+                "optimum",
+            ],
+            capture_output=True,
+            text=True,
+        )
     cuda = torch.cuda.is_available() and not dry_run
     plan = DRY if dry_run else FULL
     device = "cuda:0" if cuda else "cpu"
@@ -343,18 +482,44 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
     runtime = sys.modules["kdq.runtime"]
     import transformers
 
-    results = {"env": {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'cpu'})",
-                       "dry_run": dry_run, "torch": torch.__version__, "transformers": transformers.__version__,
-                       "python": platform.python_version(), "kdq_imports": kdq is not None, "kdq_import_error": why,
-                       "packages": {m: importlib.util.find_spec(m) is not None
-                                    for m in ("datasets", "bitsandbytes", "gptqmodel", "peft", "accelerate")}}}
+    results = {
+        "env": {
+            "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'cpu'})",
+            "dry_run": dry_run,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "kdq_imports": kdq is not None,
+            "kdq_import_error": why,
+            "packages": {
+                m: importlib.util.find_spec(m) is not None
+                for m in ("datasets", "bitsandbytes", "gptqmodel", "peft", "accelerate")
+            },
+        }
+    }
     with tempfile.TemporaryDirectory(prefix="kdq-gpu-check-") as work:
-        ctx = {"dry_run": dry_run, "cuda": cuda, "device": device, "dtype": torch.float16 if cuda else torch.float32,
-               "plan": plan, "batch_size": plan["batch_size"], "max_length": plan["max_length"], "kdq": kdq,
-               "runtime": runtime, "work": Path(work), "shapes": TINY_SHAPES if dry_run else SHAPES,
-               "lengths": arena_lengths(plan["rows"], plan["max_length"])}
-        checks = [("scoring", check_scoring), ("kd_train_step", check_kd_train_step), ("train", check_train_module),
-                  ("gptq", check_gptq), ("bnb", check_bnb), ("predict", check_predict)]
+        ctx = {
+            "dry_run": dry_run,
+            "cuda": cuda,
+            "device": device,
+            "dtype": torch.float16 if cuda else torch.float32,
+            "plan": plan,
+            "batch_size": plan["batch_size"],
+            "max_length": plan["max_length"],
+            "kdq": kdq,
+            "runtime": runtime,
+            "work": Path(work),
+            "shapes": TINY_SHAPES if dry_run else SHAPES,
+            "lengths": arena_lengths(plan["rows"], plan["max_length"]),
+        }
+        checks = [
+            ("scoring", check_scoring),
+            ("kd_train_step", check_kd_train_step),
+            ("train", check_train_module),
+            ("gptq", check_gptq),
+            ("bnb", check_bnb),
+            ("predict", check_predict),
+        ]
         for name, fn in checks:
             left = deadline - time.perf_counter()
             if left < 20:
@@ -368,8 +533,11 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
             if isinstance(results[name], dict):
                 results[name].setdefault("status", "ok")
                 results[name]["check_seconds"] = time.perf_counter() - t0
-            print(f"gpu_check: {name}: {results[name].get('status')} ({time.perf_counter() - t0:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"gpu_check: {name}: {results[name].get('status')} ({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             if cuda:
                 torch.cuda.empty_cache()
     results["budget_inputs"] = budget_inputs(results)
@@ -385,13 +553,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu_check.json", help="the JSON to write (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU (seconds; what the test suite runs)")
-    p.add_argument("--wheels", default=None, help="pip install --no-index --find-links DIR datasets bitsandbytes "
-                                                  "gptqmodel optimum first (offline)")
+    p.add_argument(
+        "--wheels",
+        default=None,
+        help="pip install --no-index --find-links DIR datasets bitsandbytes gptqmodel optimum first (offline)",
+    )
     args = p.parse_args(argv)
     results = run(args.dry_run, Path(args.out), args.wheels)
     bad = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "error"]
-    print(f"gpu_check: wrote {args.out} in {results['total_seconds']:.0f} s; "
-          + (f"errors in {bad}" if bad else "no errors"), file=sys.stderr)
+    print(
+        f"gpu_check: wrote {args.out} in {results['total_seconds']:.0f} s; "
+        + (f"errors in {bad}" if bad else "no errors"),
+        file=sys.stderr,
+    )
     return 1 if bad else 0
 
 

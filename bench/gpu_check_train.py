@@ -5,36 +5,42 @@ The model is a ``LlamaForSequenceClassification`` with the published Danube3-4B 
 temporary folder and loaded through kdq's own training path (:func:`kdq.distill.lora.load_student`
 and :func:`~kdq.distill.lora.wrap_lora`: nf4 + double quant for QLoRA, bf16/fp16 base for LoRA).
 Each setting runs two AdamW steps under autocast; the second is timed; peak memory is
-``torch.cuda.max_memory_allocated`` over both, beside :func:`kdq.evaluate.train_memory.project_training`.
+``torch.cuda.max_memory_allocated`` over both, beside :func:`kdq.distill.train_memory.project_training`.
 
 ``--dry-run`` does the same on CPU with tiny shapes (peak = live tensor bytes), for CI and laptops.
 
 Usage: python bench/gpu_check_train.py [--dry-run] [--out result.json]
 ``bench/gpu_check.py`` imports :func:`run`.
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kdq
+from kdq.distill.lora import load_student, wrap_lora
+from kdq.distill.train_memory import GB, LiveTensorBytes, TrainSetup, known_models, project_training
+from kdq.evaluate.modelspec import ModelSpec
+from kdq.testing import make_tokenizer
 
-import kdq  # noqa: E402
-from kdq.distill.lora import load_student, wrap_lora  # noqa: E402
-from kdq.evaluate.modelspec import ModelSpec  # noqa: E402
-from kdq.evaluate.train_memory import (GB, LiveTensorBytes, TrainSetup, known_models,  # noqa: E402
-                                       project_training)
-from kdq.testing import make_tokenizer  # noqa: E402
-
-TINY = dict(model_type="llama", vocab_size=4000, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, num_labels=3, tie_word_embeddings=False)
+TINY = dict(
+    model_type="llama",
+    vocab_size=4000,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_labels=3,
+    tie_word_embeddings=False,
+)
 # (method, checkpointing) per run; batch x length as the recipe trains the teacher
 SETTINGS = (("qlora", True), ("lora", True), ("qlora", False), ("lora", False))
 
@@ -63,14 +69,18 @@ def _step_inputs(vocab: int, batch: int, length: int, device):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[0, -length // 4:] = 0  # padded, as real arena batches are
+    mask[0, -length // 4 :] = 0  # padded, as real arena batches are
     labels = torch.randint(0, 3, (batch,), generator=g)
     return ids.to(device), mask.to(device), labels.to(device)
 
 
 def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, tokenizer) -> dict:
-    lora = kdq.LoraSettings(r=16, dropout=0.05, quantize="nf4" if method == "qlora" else "none",
-                            base_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half, "fp32"))
+    lora = kdq.LoraSettings(
+        r=16,
+        dropout=0.05,
+        quantize="nf4" if method == "qlora" else "none",
+        base_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half, "fp32"),
+    )
     cfg = kdq.DistillConfig(lora=lora, batch_size=batch, template=kdq.TemplateConfig(max_length=length))
     cuda = device.type == "cuda"
     live = LiveTensorBytes() if not cuda else None
@@ -109,13 +119,29 @@ def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, tok
     peak = peak if cuda else live.peak
     del model, opt, params
     gc.collect()
-    setup = TrainSetup(method=method, batch_size=batch, seq_len=length, checkpointing=ckpt,
-                       half=half != torch.float32, lora_r=16, lora_dropout=0.05)
+    setup = TrainSetup(
+        method=method,
+        batch_size=batch,
+        seq_len=length,
+        checkpointing=ckpt,
+        half=half != torch.float32,
+        lora_r=16,
+        lora_dropout=0.05,
+    )
     projected = project_training(spec, setup)["peak"]
-    return {"method": method, "checkpointing": ckpt, "batch_size": batch, "seq_len": length,
-            "base_dtype": str(half).replace("torch.", ""), "step_s": times[-1], "first_step_s": times[0],
-            "peak_gb": peak / GB, "projected_gb": projected / GB, "projected_over_measured": projected / peak,
-            "loss": float(loss.detach())}
+    return {
+        "method": method,
+        "checkpointing": ckpt,
+        "batch_size": batch,
+        "seq_len": length,
+        "base_dtype": str(half).replace("torch.", ""),
+        "step_s": times[-1],
+        "first_step_s": times[0],
+        "peak_gb": peak / GB,
+        "projected_gb": projected / GB,
+        "projected_over_measured": projected / peak,
+        "loss": float(loss.detach()),
+    }
 
 
 def run(dry_run: bool = False) -> dict:
@@ -138,21 +164,41 @@ def run(dry_run: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="kdq-gpu-check-train-") as tmp:
         folder = Path(tmp) / "model"
         _save_random_model(config, folder, device, half)
-        for method, ckpt in (SETTINGS if cuda else SETTINGS[:2]):
-            steps.append(_one_setting(folder, spec, method, ckpt, batch=batch, length=length, device=device,
-                                      half=half, tokenizer=tokenizer))
-    return {"device": name, "model": "danube3-4b shape, random init" if cuda else "tiny llama (dry run)",
-            "dry_run": bool(dry_run or not cuda), "steps": steps}
+        for method, ckpt in SETTINGS if cuda else SETTINGS[:2]:
+            steps.append(
+                _one_setting(
+                    folder,
+                    spec,
+                    method,
+                    ckpt,
+                    batch=batch,
+                    length=length,
+                    device=device,
+                    half=half,
+                    tokenizer=tokenizer,
+                )
+            )
+    return {
+        "device": name,
+        "model": "danube3-4b shape, random init" if cuda else "tiny llama (dry run)",
+        "dry_run": bool(dry_run or not cuda),
+        "steps": steps,
+    }
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Training steps on {result['device']} ({result['model']}):", "",
-             "| method | checkpointing | batch x len | base | step s | peak GB | projected GB | proj/meas |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Training steps on {result['device']} ({result['model']}):",
+        "",
+        "| method | checkpointing | batch x len | base | step s | peak GB | projected GB | proj/meas |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for s in result["steps"]:
-        lines.append(f"| {s['method']} | {'on' if s['checkpointing'] else 'off'} | {s['batch_size']} x {s['seq_len']} | "
-                     f"{s['base_dtype']} | {s['step_s']:.3f} | {s['peak_gb']:.3f} | {s['projected_gb']:.3f} | "
-                     f"{s['projected_over_measured']:.2f} |")
+        lines.append(
+            f"| {s['method']} | {'on' if s['checkpointing'] else 'off'} | {s['batch_size']} x {s['seq_len']} | "
+            f"{s['base_dtype']} | {s['step_s']:.3f} | {s['peak_gb']:.3f} | {s['projected_gb']:.3f} | "
+            f"{s['projected_over_measured']:.2f} |"
+        )
     return "\n".join(lines)
 
 

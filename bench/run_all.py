@@ -4,6 +4,7 @@
 and exit status of each and exits non-zero if any failed. ``--dry-run`` lists the commands.
 Full (slow) runs: call a benchmark without ``--quick``; figures go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -19,28 +19,29 @@ The student recipe is the one ``bench/bench_kd_recipes.py`` measured to pay off 
 ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny`` swaps in tiny random
 models and synthetic rows: a smoke test of the wiring in under a minute.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import kdq
+from kdq.pipeline import PipelineConfig, run_pipeline
 
-import kdq  # noqa: E402
-from kdq.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # rows: train / eval / test pairs and unlabelled transfer pairs; epochs: teacher / student
 SIZES = {
-    "default": dict(train=800, eval=160, test=400, transfer=800, teacher_epochs=1, student_epochs=1, calib=16,
-                    max_length=96),
-    "full": dict(train=4000, eval=600, test=1500, transfer=8000, teacher_epochs=3, student_epochs=3, calib=128,
-                 max_length=128),
+    "default": dict(
+        train=800, eval=160, test=400, transfer=800, teacher_epochs=1, student_epochs=1, calib=16, max_length=96
+    ),
+    "full": dict(
+        train=4000, eval=600, test=1500, transfer=8000, teacher_epochs=3, student_epochs=3, calib=128, max_length=128
+    ),
     "tiny": dict(train=96, eval=32, test=48, transfer=96, teacher_epochs=1, student_epochs=1, calib=8, max_length=64),
 }
 SHRINK_EVERY = 3  # 11 of SmolLM2's 30 layers
@@ -71,11 +72,15 @@ def real_inputs(size, cache: Path, seed: int):
     from demo_assets.vader import arena_pairs, fetch_sdist, transfer_pairs
 
     sdist = fetch_sdist(cache)
-    train, ev, test, info = arena_pairs(sdist, n_train=size["train"], n_eval=size["eval"], n_test=size["test"], seed=seed)
+    train, ev, test, info = arena_pairs(
+        sdist, n_train=size["train"], n_eval=size["eval"], n_test=size["test"], seed=seed
+    )
     transfer = transfer_pairs(sdist, size["transfer"], seed=seed)
-    print(f"VADER pairs: {info['sentences']} rated sentences, tie threshold {info['tie_threshold']:.2f}, "
-          f"class balance (a, b, tie) train {[round(x, 2) for x in info['class_balance']['train']]}; "
-          f"{len(transfer['id'])} unlabelled transfer pairs from train sentences")
+    print(
+        f"VADER pairs: {info['sentences']} rated sentences, tie threshold {info['tie_threshold']:.2f}, "
+        f"class balance (a, b, tie) train {[round(x, 2) for x in info['class_balance']['train']]}; "
+        f"{len(transfer['id'])} unlabelled transfer pairs from train sentences"
+    )
     return smollm2_classifier(cache / "smollm2-135m-cls"), train, ev, test, transfer, info
 
 
@@ -85,39 +90,74 @@ def tiny_inputs(size, cache: Path, seed: int):
     base = cache / "tiny-base"
     if not base.exists():
         make_tiny_classifier(base, make_tokenizer(), seed=seed, num_layers=6)
-    rows = lambda n, s, off, **kw: make_arena_rows(n, seed=s, max_words=40, id_offset=off, **kw)  # noqa: E731
+
+    def rows(n, s, off, **kw):
+        return make_arena_rows(n, seed=s, max_words=40, id_offset=off, **kw)
+
     info = {"source": "synthetic rows (kdq.testing.make_arena_rows)"}
-    return (base, rows(size["train"], seed, 0), rows(size["eval"], seed + 1, 10**6), rows(size["test"], seed + 2, 2 * 10**6),
-            rows(size["transfer"], seed + 3, 3 * 10**6, labelled=False), info)
+    return (
+        base,
+        rows(size["train"], seed, 0),
+        rows(size["eval"], seed + 1, 10**6),
+        rows(size["test"], seed + 2, 2 * 10**6),
+        rows(size["transfer"], seed + 3, 3 * 10**6, labelled=False),
+        info,
+    )
 
 
 def train_teacher(base, train, ev, size, out: Path, seed: int):
     """The teacher recipe: the base fine-tuned on hard labels, with swap augmentation."""
-    return kdq.distill(str(base), train, ev, teacher=None, config=kdq.DistillConfig(
-        output_dir=str(out), template=kdq.TemplateConfig(max_length=size["max_length"]), epochs=size["teacher_epochs"],
-        batch_size=16, eval_batch_size=32, learning_rate=1e-4, warmup_ratio=0.1, logging_steps=10, seed=seed,
-        overwrite=True,
-        # Swap augmentation (every pair also as B-vs-A; twice the steps) took the teacher from
-        # 1.083 to 0.944 eval log loss in our runs: the judge must learn not to care about order.
-        swap_augment=True))
+    return kdq.distill(
+        str(base),
+        train,
+        ev,
+        teacher=None,
+        config=kdq.DistillConfig(
+            output_dir=str(out),
+            template=kdq.TemplateConfig(max_length=size["max_length"]),
+            epochs=size["teacher_epochs"],
+            batch_size=16,
+            eval_batch_size=32,
+            learning_rate=1e-4,
+            warmup_ratio=0.1,
+            logging_steps=10,
+            seed=seed,
+            overwrite=True,
+            # Swap augmentation (every pair also as B-vs-A; twice the steps) took the teacher from
+            # 1.083 to 0.944 eval log loss in our runs: the judge must learn not to care about order.
+            swap_augment=True,
+        ),
+    )
 
 
 def shrink_student(teacher, train, out: Path, strategy: str = "block-influence", overwrite: bool = False):
     """The student's starting point: 11 of the teacher's 30 layers, chosen by block influence on 128 train rows."""
     calib = {k: v[:128] for k, v in train.items()} if strategy == "block-influence" else None
-    return kdq.shrink(str(teacher), every=SHRINK_EVERY, strategy=strategy, calibration=calib, out_dir=out,
-                      overwrite=overwrite)
+    return kdq.shrink(
+        str(teacher), every=SHRINK_EVERY, strategy=strategy, calibration=calib, out_dir=out, overwrite=overwrite
+    )
 
 
 def student_config(size, seed: int) -> kdq.DistillConfig:
     """The student recipe (chosen by bench/bench_kd_recipes.py; see BENCHMARKS.md)."""
     return kdq.DistillConfig(
-        template=kdq.TemplateConfig(max_length=size["max_length"]), epochs=size["student_epochs"], batch_size=16,
-        eval_batch_size=32, learning_rate=2e-4, warmup_ratio=0.1, alpha=0.5, temperature=1.0,
+        template=kdq.TemplateConfig(max_length=size["max_length"]),
+        epochs=size["student_epochs"],
+        batch_size=16,
+        eval_batch_size=32,
+        learning_rate=2e-4,
+        warmup_ratio=0.1,
+        alpha=0.5,
+        temperature=1.0,
         # bench/bench_kd_recipes.py: cached swap-TTA teacher logits + transfer set + hidden-state term, with swap
         # copies, is the recipe that left the ln 3 plateau (gap closed 73% [57%, 88%]); the cheaper variant
         # without swap copies (half the steps) closed 7% [1%, 14%], so the demo pays for the steps.
-        teacher_tta=True, swap_augment=True, hidden_weight=HIDDEN_WEIGHT, logging_steps=10, seed=seed)
+        teacher_tta=True,
+        swap_augment=True,
+        hidden_weight=HIDDEN_WEIGHT,
+        logging_steps=10,
+        seed=seed,
+    )
 
 
 def main(argv=None):
@@ -126,10 +166,17 @@ def main(argv=None):
     mode.add_argument("--full", action="store_true", help="more pairs, more epochs (estimated 1.5-2 h on 2 cores)")
     mode.add_argument("--tiny", action="store_true", help="tiny random models and synthetic rows (a wiring smoke test)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="run folder (replaced on every run)")
-    ap.add_argument("--cache", default=os.environ.get("KDQ_CACHE", str(ROOT / ".cache" / "kdq")),
-                    help="downloads and the converted base model are kept here between runs")
-    ap.add_argument("--quant", nargs="*", default=["gptq-8", "bnb-int8"],
-                    help="quantization variants of the student (and of the teacher with --quantize-teacher)")
+    ap.add_argument(
+        "--cache",
+        default=os.environ.get("KDQ_CACHE", str(ROOT / ".cache" / "kdq")),
+        help="downloads and the converted base model are kept here between runs",
+    )
+    ap.add_argument(
+        "--quant",
+        nargs="*",
+        default=["gptq-8", "bnb-int8"],
+        help="quantization variants of the student (and of the teacher with --quantize-teacher)",
+    )
     ap.add_argument("--quantize-teacher", action="store_true", help="also quantize the teacher (slower: GPTQ on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -148,20 +195,35 @@ def main(argv=None):
     with clock("student: keep 11 of 30 teacher layers by block influence"):
         student_init = shrink_student(teacher.student_dir, train, out / "student-init")
     pipeline_cfg = PipelineConfig(
-        out_dir=str(out), quant_methods=tuple(args.quant), quantize_teacher=args.quantize_teacher,
+        out_dir=str(out),
+        quant_methods=tuple(args.quant),
+        quantize_teacher=args.quantize_teacher,
         calibration_samples=size["calib"],
         gptq_group_size=64,  # SmolLM2's hidden size 576 is not a multiple of 128
-        distill=student_config(size, args.seed), eval=kdq.EvalConfig(batch_size=16), dataset_owner="your-kaggle-name")
+        distill=student_config(size, args.seed),
+        eval=kdq.EvalConfig(batch_size=16),
+        dataset_owner="your-kaggle-name",
+    )
     with clock("distil, baseline, quantize, compare, export"):
         result = run_pipeline(teacher.student_dir, student_init, train, ev, test, pipeline_cfg, transfer=transfer)
 
     total = sum(clock.times.values())
     print("\n" + result.summary())
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.times.items()) + f"; total {total:.0f} s")
-    (out / "demo.json").write_text(json.dumps({"mode": "full" if args.full else "tiny" if args.tiny else "default",
-                                               "sizes": size, "data": info, "stage_seconds": clock.times,
-                                               "gap_closed": result.report.gap_closed,
-                                               "exports": result.exports}, indent=2, default=str))
+    (out / "demo.json").write_text(
+        json.dumps(
+            {
+                "mode": "full" if args.full else "tiny" if args.tiny else "default",
+                "sizes": size,
+                "data": info,
+                "stage_seconds": clock.times,
+                "gap_closed": result.report.gap_closed,
+                "exports": result.exports,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return result
 
 

@@ -35,6 +35,7 @@ BACKENDS = {"gptq": ("gptqmodel", "optimum"), "bitsandbytes": ("bitsandbytes",)}
 # %% [markdown]
 # ## 2. Install the quantization backend from the dataset's wheels (offline)
 
+
 # %%
 def install_backend(dataset_dir: Path) -> list:
     """pip install, from ``wheels/`` only, the packages the manifest lists when the backend is missing.
@@ -49,8 +50,10 @@ def install_backend(dataset_dir: Path) -> list:
     manifest = json.loads((dataset_dir / "kdq-manifest.json").read_text())
     wheels = manifest.get("wheels")
     if not wheels or not (dataset_dir / "wheels").is_dir():
-        raise SystemExit(f"the model needs {missing} but the dataset has no wheels/ folder: re-export with "
-                         "ExportConfig(wheels=True) and upload with --dir-mode zip.")
+        raise SystemExit(
+            f"the model needs {missing} but the dataset has no wheels/ folder: re-export with "
+            "ExportConfig(wheels=True) and upload with --dir-mode zip."
+        )
     args = ["--no-index", "--find-links", str(dataset_dir / "wheels"), *wheels["install_args"]]
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
     return args
@@ -59,17 +62,20 @@ def install_backend(dataset_dir: Path) -> list:
 # %% [markdown]
 # ## 3. Predict: the exported script, run in this process (all visible GPUs, swap TTA as exported)
 
+
 # %%
 def run_predict(dataset_dir: Path, test_csv, out, extra_args=()) -> None:
     predict = runpy.run_path(str(dataset_dir / "predict.py"))  # defines its functions; main() not run
-    code = predict["main"](["--model-dir", str(dataset_dir), "--test-csv", str(test_csv), "--out", str(out),
-                            *extra_args])
+    code = predict["main"](
+        ["--model-dir", str(dataset_dir), "--test-csv", str(test_csv), "--out", str(out), *extra_args]
+    )
     if code != 0:
         raise SystemExit(f"predict.py failed with exit code {code} (its message is above)")
 
 
 # %% [markdown]
 # ## 4. Check the submission before submitting
+
 
 # %%
 def check_submission(test_csv, out) -> int:

@@ -18,21 +18,19 @@ held-out rows by id → (optionally) fine-tune the teacher → cache its logits 
 distil the student and train the hard-label baseline → quantize both → compare on the
 held-out rows against the LMSYS 2xT4 budget → export the recommended variant.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import hashlib
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import kdq  # noqa: E402
-from kdq.data import load_arena  # noqa: E402
-from kdq.distill.lora import student_spec, training_setup  # noqa: E402
-from kdq.evaluate.train_memory import GB, cuda_train_device, fits, project_training, train_device  # noqa: E402
-from kdq.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+import kdq
+from kdq.data import load_arena
+from kdq.distill.planning import student_spec, training_setup
+from kdq.distill.train_memory import GB, cuda_train_device, fits, project_training, train_device
+from kdq.pipeline import PipelineConfig, run_pipeline
 
 TEACHER_BASE = "h2oai/h2o-danube3-4b-base"
 STUDENT_BASE = "h2oai/h2o-danube3-500m-base"
@@ -40,6 +38,7 @@ STUDENT_BASE = "h2oai/h2o-danube3-500m-base"
 
 def split_by_id(rows, eval_frac: float, test_frac: float):
     """Deterministic split on a hash of the id: the same row always lands in the same split."""
+
     def bucket(i):
         return int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 16**8
 
@@ -53,14 +52,23 @@ def split_by_id(rows, eval_frac: float, test_frac: float):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="the competition's train.csv (or parquet)")
-    ap.add_argument("--teacher", help="fine-tuned teacher: folder, PEFT adapter folder or Hub id (required unless "
-                                      f"--fine-tune-teacher, which defaults it to {TEACHER_BASE})")
-    ap.add_argument("--fine-tune-teacher", action="store_true",
-                    help="treat --teacher as a base model and fine-tune it (LoRA, or QLoRA where LoRA on a "
-                         "half-precision base does not fit the GPU) on the training rows first")
-    ap.add_argument("--train-gpu", default=None,
-                    help="plan the teacher fine-tune for this GPU (t4-16gb, a100-40gb, a100-80gb, h100-80gb) "
-                         "instead of the CUDA device found")
+    ap.add_argument(
+        "--teacher",
+        help="fine-tuned teacher: folder, PEFT adapter folder or Hub id (required unless "
+        f"--fine-tune-teacher, which defaults it to {TEACHER_BASE})",
+    )
+    ap.add_argument(
+        "--fine-tune-teacher",
+        action="store_true",
+        help="treat --teacher as a base model and fine-tune it (LoRA, or QLoRA where LoRA on a "
+        "half-precision base does not fit the GPU) on the training rows first",
+    )
+    ap.add_argument(
+        "--train-gpu",
+        default=None,
+        help="plan the teacher fine-tune for this GPU (t4-16gb, a100-40gb, a100-80gb, h100-80gb) "
+        "instead of the CUDA device found",
+    )
     ap.add_argument("--student", default=STUDENT_BASE, help="student starting point: Hub id or folder")
     ap.add_argument("--out", default="runs/lmsys-danube3")
     ap.add_argument("--max-length", type=int, default=1024)
@@ -81,8 +89,10 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.teacher is None:
         if not args.fine_tune_teacher:
-            ap.error("--teacher is required: pass your fine-tuned teacher, or --fine-tune-teacher to train "
-                     f"one from {TEACHER_BASE} first (a base model's random head would distil noise)")
+            ap.error(
+                "--teacher is required: pass your fine-tuned teacher, or --fine-tune-teacher to train "
+                f"one from {TEACHER_BASE} first (a base model's random head would distil noise)"
+            )
         args.teacher = TEACHER_BASE
     return args
 
@@ -100,9 +110,11 @@ def teacher_lora(teacher, cfg: kdq.DistillConfig, device):
         if fits(spec, setup, device):
             return lora, f"LoRA on a half-precision base fits {device.name} ({setup.describe()})"
     need = project_training(spec, setup)["peak"] / GB
-    return (dataclasses.replace(lora, quantize="nf4"),
-            f"LoRA on a half-precision base needs {need:.1f} GB even with gradient checkpointing, more than the "
-            f"{device.usable_gb:.1f} GB usable on {device.name}: using QLoRA (nf4)")
+    return (
+        dataclasses.replace(lora, quantize="nf4"),
+        f"LoRA on a half-precision base needs {need:.1f} GB even with gradient checkpointing, more than the "
+        f"{device.usable_gb:.1f} GB usable on {device.name}: using QLoRA (nf4)",
+    )
 
 
 def main(argv=None):
@@ -115,28 +127,55 @@ def main(argv=None):
     print(f"rows: {len(train)} train / {len(ev)} eval / {len(test)} held-out test")
     template = kdq.TemplateConfig(max_length=args.max_length)
     lora = kdq.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r > 0 else None
-    base = kdq.DistillConfig(template=template, epochs=args.epochs, batch_size=args.batch_size,
-                             grad_accum=args.grad_accum, eval_batch_size=2 * args.batch_size, learning_rate=args.lr,
-                             warmup_ratio=0.05, lora=lora, teacher_tta=not args.no_tta, teacher_batch_size=8,
-                             alpha=0.5, temperature=2.0, divergence="forward_kl", logging_steps=20,
-                             overwrite=args.overwrite)
+    base = kdq.DistillConfig(
+        template=template,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        eval_batch_size=2 * args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.05,
+        lora=lora,
+        teacher_tta=not args.no_tta,
+        teacher_batch_size=8,
+        alpha=0.5,
+        temperature=2.0,
+        divergence="forward_kl",
+        logging_steps=20,
+        overwrite=args.overwrite,
+    )
 
     teacher = args.teacher
     if args.fine_tune_teacher:
         import torch
 
-        gpu = train_device(args.train_gpu) if args.train_gpu else (
-            cuda_train_device() if torch.cuda.is_available() else None)
+        gpu = (
+            train_device(args.train_gpu)
+            if args.train_gpu
+            else (cuda_train_device() if torch.cuda.is_available() else None)
+        )
         lora, why = teacher_lora(teacher, base, gpu)
         print(f"teacher fine-tune: {why}")
-        tuned = kdq.distill(teacher, train, ev, teacher=None,
-                            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False, lora=lora))
+        tuned = kdq.distill(
+            teacher,
+            train,
+            ev,
+            teacher=None,
+            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False, lora=lora),
+        )
         teacher = str(tuned.student_dir)
         print(f"teacher fine-tuned: eval log loss {tuned.metrics.get('best_eval_log_loss')}")
 
-    cfg = PipelineConfig(out_dir=str(out), distill=base, quant_methods=tuple(args.quant),
-                         calibration_samples=args.calibration_samples, eval=kdq.EvalConfig(batch_size=8),
-                         dataset_owner=args.dataset_owner, wheels=args.wheels, overwrite=args.overwrite)
+    cfg = PipelineConfig(
+        out_dir=str(out),
+        distill=base,
+        quant_methods=tuple(args.quant),
+        calibration_samples=args.calibration_samples,
+        eval=kdq.EvalConfig(batch_size=8),
+        dataset_owner=args.dataset_owner,
+        wheels=args.wheels,
+        overwrite=args.overwrite,
+    )
     result = run_pipeline(teacher, args.student, train, ev, test, cfg)
     print(result.summary())
     return result

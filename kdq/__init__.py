@@ -7,22 +7,46 @@ One verb per stage, each taking a frozen config object::
     kdq.evaluate(model, rows, EvalConfig(...)) / kdq.compare(variants, rows, ...)
     kdq.export(model, out_dir, ExportConfig(...)) / kdq.verify(folder)
 
-Names load on first use (:mod:`kdq._lazy`), so ``import kdq`` and ``kdq --help`` do not import
+Names load on first use (:mod:`kdq.utils.lazy`), so ``import kdq`` and ``kdq --help`` do not import
 torch. Four verbs share their names with their subpackages (``kdq.distill`` the function,
 ``kdq.distill`` the package); loading a subpackage leaves the verb in place.
+
+The layers, bottom up (a package imports only from the ones above it in this list):
+
+* ``utils``: atomic folders, the user cache folder, errors, JSON conversion, versions, lazy names;
+* ``config``: the frozen-config convention, validation helpers, config files and ``--set``;
+* ``runtime``: the scoring code every exported ``predict.py`` runs (torch + transformers only);
+* ``data``: arena rows (load, validate, swap, encode) and synthetic probe rows;
+* ``quant_methods``: one file per quantization method, and the registry everything asks;
+* ``models``: loading classifiers and fingerprinting them;
+* ``distill``, ``quantize``, ``evaluate``, ``export``: the four stages, one verb each;
+* ``recipes``: named distillation recipes (library data);
+* ``pipeline``: the stages wired together (``kdq run``); ``cli``: the ``kdq`` command;
+* ``testing``: tiny offline models and rows for tests.
 """
-from ._lazy import lazy_package
+
+from .utils.lazy import lazy_package
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "load_arena": ".data", "TemplateConfig": ".template",
-    "distill": ".distill", "DistillConfig": ".distill", "DistillResult": ".distill", "LoraSettings": ".distill",
+    "load_arena": ".data",
+    "TemplateConfig": ".runtime.template",
+    "distill": ".distill",
+    "DistillConfig": ".distill",
+    "DistillResult": ".distill",
+    "LoraSettings": ".distill",
     "shrink": ".distill",
-    "quantize": ".quantize", "QuantConfig": ".quantize",
-    "evaluate": ".evaluate", "compare": ".evaluate", "EvalConfig": ".evaluate", "Metrics": ".evaluate",
-    "export": ".export", "verify": ".export", "ExportConfig": ".export",
+    "quantize": ".quantize",
+    "QuantConfig": ".quantize",
+    "evaluate": ".evaluate",
+    "compare": ".evaluate",
+    "EvalConfig": ".evaluate",
+    "Metrics": ".evaluate",
+    "export": ".export",
+    "verify": ".export",
+    "ExportConfig": ".export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,4 +1,5 @@
 """Loading classifiers (full folders, PEFT adapters, in-memory models) and fingerprinting them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,7 @@ from pathlib import Path
 import torch
 
 from .quant_methods import prepare_to_load
-from .runtime.constants import TEMPLATE_KEY
-from .template import LABELS
+from .runtime.constants import LABELS, TEMPLATE_KEY
 
 ID2LABEL = dict(enumerate(LABELS))
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
@@ -63,12 +63,16 @@ def load_tokenizer(*candidates):
             return prepare_tokenizer(AutoTokenizer.from_pretrained(str(c)))
         except (OSError, ValueError) as err:
             errors.append(f"{c}: {err}")
-    raise ValueError("could not load a tokenizer from " + "; ".join(errors or ["no source"]) +
-                     ". Pass tokenizer=... explicitly or save one into the model folder.")
+    raise ValueError(
+        "could not load a tokenizer from "
+        + "; ".join(errors or ["no source"])
+        + ". Pass tokenizer=... explicitly or save one into the model folder."
+    )
 
 
-def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, device=None,
-                    base_model=None, merge_adapter: bool = True) -> LoadedModel:
+def load_classifier(
+    src, *, tokenizer=None, num_labels: int = 3, dtype=None, device=None, base_model=None, merge_adapter: bool = True
+) -> LoadedModel:
     """Load a sequence classifier from a folder, a PEFT adapter folder, or take a model object.
 
     Args:
@@ -89,8 +93,10 @@ def load_classifier(src, *, tokenizer=None, num_labels: int = 3, dtype=None, dev
         if not path.is_dir():
             if is_hub_id(src):
                 return _load_hub(str(src), tokenizer, num_labels, dtype, device)
-            raise ValueError(f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
-                             "such as 'h2oai/h2o-danube3-500m-base', or a model object.")
+            raise ValueError(
+                f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
+                "such as 'h2oai/h2o-danube3-500m-base', or a model object."
+            )
         kwargs = {"num_labels": num_labels}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -182,8 +188,10 @@ def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
     try:
         model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
     except OSError as err:  # a mistyped local path looks like "org/name" too
-        raise ValueError(f"{repo_id!r} is neither a local model folder nor a reachable Hub model ({err}). "
-                         "Check the path, or the network and the Hub id.") from None
+        raise ValueError(
+            f"{repo_id!r} is neither a local model folder nor a reachable Hub model ({err}). "
+            "Check the path, or the network and the Hub id."
+        ) from None
     tokenizer = prepare_tokenizer(tokenizer or load_tokenizer(repo_id))
     prepare_classifier(model, tokenizer)
     if device is not None:
@@ -234,8 +242,8 @@ def attach_template(model, template) -> None:
 
 
 def template_of(model_or_path):
-    """The :class:`~kdq.template.TemplateConfig` recorded in a model (object or folder), or ``None``."""
-    from .template import TemplateConfig
+    """The :class:`~kdq.runtime.template.TemplateConfig` recorded in a model (object or folder), or ``None``."""
+    from .runtime.template import TemplateConfig
 
     if isinstance(model_or_path, (str, os.PathLike)):
         cfg_file = Path(model_or_path, "config.json")

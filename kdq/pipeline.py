@@ -9,28 +9,27 @@ wires their outputs together and names the variants consistently:
 * ``student-kd`` (distilled) and ``student-kd-<method>``;
 * ``student-hard`` (same init, same rows, hard labels only: the no-distillation baseline).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._config import Config
-from ._json import jsonable
-from ._validate import check_range
-from .atomic import atomic_dir
+from .config.base import Config
+from .config.validate import check_range
 from .distill import DistillConfig, distill
-from .errors import CheckFailed
 from .evaluate import EvalConfig, compare
-from .evaluate.metrics import row_log_losses
-from .evaluate.stats import paired_intervals
+from .evaluate.recommend import recommend
 from .export import ExportConfig, export, verify
 from .models import is_hub_id
 from .quantize import QuantConfig, quantize
 from .quantize.config import VARIANTS
+from .utils.atomic import atomic_dir
+from .utils.distributed import process_group, run_on_rank0
+from .utils.errors import CheckFailed
+from .utils.jsonable import jsonable
 
 
 @dataclass(frozen=True)
@@ -114,17 +113,22 @@ class PipelineResult:
         if r.gap_closed is not None:
             g = (r.intervals or {}).get("gap_closed")
             ci = f" (95% CI {g.low:.1%} to {g.high:.1%})" if g is not None else ""
-            lines.append(f"gap closed by distillation: {r.gap_closed:.1%}{ci} of the teacher-vs-hard-label log-loss gap")
+            lines.append(
+                f"gap closed by distillation: {r.gap_closed:.1%}{ci} of the teacher-vs-hard-label log-loss gap"
+            )
         shrink = _shrink_map(self.variants.get("student-kd"))
         if shrink:
-            lines.append(f"student layers: {shrink['strategy']} shrink kept teacher layers {shrink['kept_layers']} "
-                         f"of {shrink['source_layers']}")
+            lines.append(
+                f"student layers: {shrink['strategy']} shrink kept teacher layers {shrink['kept_layers']} "
+                f"of {shrink['source_layers']}"
+            )
         lines += [f"export: {name} -> {path}" for name, path in self.exports.items()]
         return "\n".join(lines)
 
 
-def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: PipelineConfig, *,
-                 transfer=None) -> PipelineResult:
+def run_pipeline(
+    teacher, student_init, train, eval_rows, test_rows, config: PipelineConfig, *, transfer=None
+) -> PipelineResult:
     """Distil ``student_init`` from ``teacher`` and ship the best artifact.
 
     Args:
@@ -143,11 +147,13 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     # training rows (filling the cache distill reads) while the other ranks wait on a file,
     # with no collective and so no timeout. Distill then finds the cache on every rank.
     if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
-        teacher = run_on_rank0(out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local",
-                                                                          config.overwrite))
-    teacher_pass = run_on_rank0(out, "teacher-pass",
-                                lambda: _teacher_pass_outside_group(teacher, train, transfer, kd_config))
-    state = _process_group(config.ddp_timeout)
+        teacher = run_on_rank0(
+            out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local", config.overwrite)
+        )
+    teacher_pass = run_on_rank0(
+        out, "teacher-pass", lambda: _teacher_pass_outside_group(teacher, train, transfer, kd_config)
+    )
+    state = process_group(config.ddp_timeout)
     variants = {"teacher": str(teacher)}
     metrics = {"teacher-pass": teacher_pass}  # distill then reuses this cache on every rank
 
@@ -156,9 +162,15 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
     metrics["student-kd"] = kd.metrics
     if config.baseline:
         # the baseline: same init, same labelled rows, hard labels only (no teacher terms)
-        hard = distill(student_init, train, eval_rows, teacher=None,
-                       config=dataclasses.replace(base, output_dir=str(out / "student-hard"), cosine_weight=0.0,
-                                                  hidden_weight=0.0))
+        hard = distill(
+            student_init,
+            train,
+            eval_rows,
+            teacher=None,
+            config=dataclasses.replace(
+                base, output_dir=str(out / "student-hard"), cosine_weight=0.0, hidden_weight=0.0
+            ),
+        )
         variants["student-hard"] = str(hard.student_dir)
         metrics["student-hard"] = hard.metrics
 
@@ -172,32 +184,57 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
         for method in config.quant_methods:
             qcfg = config.quant_config(method)
             name = f"{src}-{method}"
-            variants[name] = str(quantize(variants[src], qcfg, calibration=train, out_dir=out / "quantized" / name,
-                                          overwrite=config.overwrite))
+            variants[name] = str(
+                quantize(
+                    variants[src], qcfg, calibration=train, out_dir=out / "quantized" / name, overwrite=config.overwrite
+                )
+            )
 
-    report = compare(variants, test_rows, config.eval, out_dir=out / "report", teacher="teacher",
-                     baseline="student-hard" if config.baseline else None, student="student-kd",
-                     overwrite=True)
+    report = compare(
+        variants,
+        test_rows,
+        config.eval,
+        out_dir=out / "report",
+        teacher="teacher",
+        baseline="student-hard" if config.baseline else None,
+        student="student-kd",
+        overwrite=True,
+    )
     selection = None
     if "recommended" in config.export_variants:
         # Chosen on the eval rows, scored with the TTA the export ships; the test rows only report.
-        chosen_on = compare(dict(variants), eval_rows, config.eval, out_dir=out / "report-eval", teacher="teacher",
-                            overwrite=True)
-        selection = recommend(chosen_on.metrics, eval_rows, config.eval.tta_mode,
-                              n_resamples=config.eval.bootstrap_samples, seed=config.eval.bootstrap_seed)
+        chosen_on = compare(
+            dict(variants), eval_rows, config.eval, out_dir=out / "report-eval", teacher="teacher", overwrite=True
+        )
+        selection = recommend(
+            chosen_on.metrics,
+            eval_rows,
+            config.eval.tta_mode,
+            n_resamples=config.eval.bootstrap_samples,
+            seed=config.eval.bootstrap_seed,
+        )
     exports, failures = {}, {}
     for candidates in _export_names(config.export_variants, report, selection):
         # "recommended" walks down the ranking: the best variant that also passes its own export
         # checks is shipped; a named variant has one candidate, and its failure is raised.
         for name in candidates:
             try:
-                folder = export(variants[name], out / "export" / name,
-                                ExportConfig(title=_title(name), dataset_id=f"{config.dataset_owner}/kdq-{name}",
-                                             overwrite=config.overwrite, wheels=config.wheels,
-                                             tta=config.eval.tta_mode, tta_fraction=config.eval.tta_fraction,
-                                             batch_size=config.eval.batch_size,
-                                             configs={"distill": base.to_dict(), "eval": config.eval}),
-                                metrics=report.metrics[name], table_md=Path(report.paths["md"]).read_text())
+                folder = export(
+                    variants[name],
+                    out / "export" / name,
+                    ExportConfig(
+                        title=_title(name),
+                        dataset_id=f"{config.dataset_owner}/kdq-{name}",
+                        overwrite=config.overwrite,
+                        wheels=config.wheels,
+                        tta=config.eval.tta_mode,
+                        tta_fraction=config.eval.tta_fraction,
+                        batch_size=config.eval.batch_size,
+                        configs={"distill": base.to_dict(), "eval": config.eval},
+                    ),
+                    metrics=report.metrics[name],
+                    table_md=Path(report.paths["md"]).read_text(),
+                )
                 verify(folder)
             except CheckFailed as err:
                 if len(candidates) == 1:
@@ -208,14 +245,26 @@ def run_pipeline(teacher, student_init, train, eval_rows, test_rows, config: Pip
             exports[name] = str(folder)
             break
     with atomic_dir(out / "pipeline", overwrite=True) as tmp:
-        (tmp / "summary.json").write_text(json.dumps(jsonable(
-            {"variants": variants, "exports": exports, "export_failures": failures, "gap_closed": report.gap_closed,
-             "gap_closed_tta": report.gap_closed_tta,
-             "gap_closed_ci": _ci((report.intervals or {}).get("gap_closed")),
-             "gap_closed_tta_ci": _ci((report.intervals_tta or {}).get("gap_closed")),
-             "student_vs_baseline_ci": _ci((report.intervals or {}).get("student_vs_baseline")),
-             "student_layers": _shrink_map(variants.get("student-kd")), "recommendation": selection,
-             "report": {k: str(v) for k, v in report.paths.items()}}), indent=2))
+        (tmp / "summary.json").write_text(
+            json.dumps(
+                jsonable(
+                    {
+                        "variants": variants,
+                        "exports": exports,
+                        "export_failures": failures,
+                        "gap_closed": report.gap_closed,
+                        "gap_closed_tta": report.gap_closed_tta,
+                        "gap_closed_ci": _ci((report.intervals or {}).get("gap_closed")),
+                        "gap_closed_tta_ci": _ci((report.intervals_tta or {}).get("gap_closed")),
+                        "student_vs_baseline_ci": _ci((report.intervals or {}).get("student_vs_baseline")),
+                        "student_layers": _shrink_map(variants.get("student-kd")),
+                        "recommendation": selection,
+                        "report": {k: str(v) for k, v in report.paths.items()},
+                    }
+                ),
+                indent=2,
+            )
+        )
     return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
 
 
@@ -228,106 +277,14 @@ def _shrink_map(folder) -> dict | None:
     return {"strategy": info.get("strategy", "uniform"), **info} if info else None
 
 
-# --------------------------------------------------------------------------- DDP-safe stages
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def run_on_rank0(out: Path, name: str, fn, *, poll_s: float = 1.0):
-    """Run ``fn`` on rank 0 only, before any process group exists; other ranks wait for a marker
-    file (no collective, hence no timeout) and get the result rank 0 wrote (JSON-able).
-
-    The marker's name includes the launcher's process id (the parent of every rank on this
-    machine), so a marker left by an earlier run is never taken for this run's.
-    """
-    if _world_size() == 1:
-        return fn()
-    marker = out / ".kdq-sync" / f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{os.getppid()}-{name}.json"
-    if _rank() == 0:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            result = fn()
-        except BaseException as err:
-            _write_marker(marker, {"ok": False, "error": f"{type(err).__name__}: {err}"})
-            raise
-        _write_marker(marker, {"ok": True, "result": result})
-        return result
-    while not marker.is_file():
-        time.sleep(poll_s)
-    record = json.loads(marker.read_text())
-    if not record["ok"]:
-        raise RuntimeError(f"rank 0 failed in the {name} stage ({record['error']}); see its log.")
-    return record["result"]
-
-
-def _write_marker(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)  # other ranks see the whole file or none
-
-
 def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConfig):
     """Fill the teacher cache the distill run will read (same rows, transfer rows included, template, TTA,
     cache folder). Nothing to fill when the student takes its teacher logits live."""
-    from .data import load_arena
-    from .distill.api import _pass_summary, _scored_rows, _teacher_pass, _transfer_rows
+    from .distill.teacher_pass import teacher_pass
 
     if kd_config.teacher_logits == "live":
         return {"computed": 0, "reused": 0, "live": True}
-    rows = load_arena(train, require_labels=True)
-    transfer_rows = _transfer_rows(transfer, rows, teacher) if transfer is not None else None
-    return _pass_summary(_teacher_pass(teacher, _scored_rows(rows, transfer_rows), kd_config))
-
-
-def _process_group(timeout_s: int):
-    """The accelerate state, creating the process group (under ``accelerate launch``) with
-    ``timeout_s`` before TrainingArguments would create it with its 30-minute default."""
-    from datetime import timedelta
-
-    import torch
-    from accelerate import PartialState
-
-    if _world_size() == 1:
-        return PartialState()
-    cuda = torch.cuda.is_available()
-    return PartialState(cpu=not cuda, backend=None if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
-
-
-# --------------------------------------------------------------------------- recommended variant
-def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Rank variants for export on ``rows`` (the eval rows) with ``tta_mode``'s probabilities.
-
-    Only variants that fit the budget compete (all of them when none fits). A variant whose
-    Δ log loss to the best one has a 95% paired-bootstrap interval that reaches 0
-    (:func:`kdq.evaluate.stats.paired_intervals`, the same intervals as the report) is tied
-    with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
-    smaller, and the rest follow by log loss.
-    Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "log_loss": {...}}``.
-    """
-    from .data import labels_of, load_arena
-
-    labels = labels_of(load_arena(rows))
-    probs = {n: (m.probs_tta if tta_mode != "none" and m.probs_tta is not None else m.probs) for n, m in metrics.items()}
-    losses = {n: row_log_losses(p, labels) for n, p in probs.items()}
-    fits = [n for n, m in metrics.items() if (m.budget or {}).get("fits")]
-    pool = fits or list(metrics)
-    best = min(pool, key=lambda n: losses[n].mean())
-    deltas = paired_intervals({n: losses[n] for n in pool}, best, n_resamples=n_resamples, seed=seed)["delta"]
-    tied = [n for n in pool if n == best or deltas[n].low <= 0]
-
-    def cost(n):
-        m = metrics[n]
-        hours = (m.budget or {}).get("projected_hours")
-        return (hours if hours is not None else 1.0 / max(m.rows_per_s, 1e-9), m.size_bytes)
-
-    tied.sort(key=cost)
-    rest = sorted((n for n in pool if n not in tied), key=lambda n: losses[n].mean())
-    return {"ranking": tied + rest, "tied": tied, "best": best, "tta": tta_mode, "rows": int(len(labels)),
-            "fits_budget": bool(fits), "log_loss": {n: float(losses[n].mean()) for n in pool}}
+    return teacher_pass(teacher, train, kd_config, transfer=transfer).summary()
 
 
 def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:

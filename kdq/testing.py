@@ -4,12 +4,13 @@ For users' own tests (and kdq's test suite, benchmarks and the demo's ``--tiny``
 Everything here is built in code from a seed: no Hub access, no downloads. The models are real
 ``LlamaForSequenceClassification`` instances, just small.
 """
+
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from .probe import WORDS, make_arena_rows  # noqa: F401  (re-exported: rows for users' tests)
+from .data.probe import WORDS, make_arena_rows
 
 
 def make_tokenizer(out_dir=None, vocab_size: int = 400):
@@ -25,29 +26,59 @@ def make_tokenizer(out_dir=None, vocab_size: int = 400):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>", padding_side="right")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="right",
+    )
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast
 
 
-def tiny_llama_config(tokenizer, *, hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2,
-                      num_heads: int = 4, num_kv_heads: int = 2, max_positions: int = 2048, **extra):
+def tiny_llama_config(
+    tokenizer,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_positions: int = 2048,
+    **extra,
+):
     """A ``LlamaConfig`` for a 3-label classifier. Dims are multiples of 32 so GPTQ 4/8-bit can pack them."""
     from transformers import LlamaConfig
 
     from .models import ID2LABEL, LABEL2ID
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                       max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       num_labels=3, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID), tie_word_embeddings=False,
-                       **extra)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=3,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+        tie_word_embeddings=False,
+        **extra,
+    )
 
 
 def make_tiny_classifier(out_dir=None, tokenizer=None, *, seed: int = 0, **config_kwargs):

@@ -5,6 +5,7 @@ ranks' natural skew on a busy CPU); the teacher pass is made slower than it. It 
 outside the group, the other rank waiting on a file, so no barrier times out and the job passes.
 Rank 0's single-process stages (compare here) then run while rank 1 has already returned.
 """
+
 import importlib
 import json
 import sys
@@ -29,16 +30,29 @@ def slow_teacher(*args, **kwargs):  # the teacher pass takes longer than the gro
 
 cache.predict_logits = slow_teacher
 cfg = pipeline.PipelineConfig(
-    out_dir=str(work / "run"), baseline=False, quant_methods=(), export_variants=(), ddp_timeout=timeout,
+    out_dir=str(work / "run"),
+    baseline=False,
+    quant_methods=(),
+    export_variants=(),
+    ddp_timeout=timeout,
     distill=kdq.DistillConfig(template=kdq.TemplateConfig(max_length=64), epochs=1, batch_size=8, teacher_tta=True),
-    eval=kdq.EvalConfig(budget=None, progress=False, batch_size=8))
+    eval=kdq.EvalConfig(budget=None, progress=False, batch_size=8),
+)
 start = time.perf_counter()
-result = pipeline.run_pipeline(str(work / "teacher"), str(work / "student"), make_arena_rows(64, seed=3, max_words=40),
-                               make_arena_rows(16, seed=4, max_words=40, id_offset=1000),
-                               make_arena_rows(16, seed=5, max_words=40, id_offset=2000), cfg)
-info = {"world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        "backend": dist.get_backend() if dist.is_initialized() else None,
-        "seconds": time.perf_counter() - start, "report": result.report is not None,
-        "teacher_pass": result.distill_metrics["student-kd"].get("teacher_pass")}
+result = pipeline.run_pipeline(
+    str(work / "teacher"),
+    str(work / "student"),
+    make_arena_rows(64, seed=3, max_words=40),
+    make_arena_rows(16, seed=4, max_words=40, id_offset=1000),
+    make_arena_rows(16, seed=5, max_words=40, id_offset=2000),
+    cfg,
+)
+info = {
+    "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+    "backend": dist.get_backend() if dist.is_initialized() else None,
+    "seconds": time.perf_counter() - start,
+    "report": result.report is not None,
+    "teacher_pass": result.distill_metrics["student-kd"].get("teacher_pass"),
+}
 rank = dist.get_rank() if dist.is_initialized() else 0
 (work / f"rank{rank}.json").write_text(json.dumps(info, default=str))

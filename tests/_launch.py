@@ -2,6 +2,7 @@
 
 (`accelerate launch --cpu` only ever starts one process, so the tests use --multi_gpu without GPUs.)
 """
+
 import os
 import subprocess
 import sys
@@ -12,9 +13,21 @@ def launch_two_processes(script: str, *args, timeout: int = 600) -> subprocess.C
     """Run ``tests/<script> *args`` on 2 processes; fail with the end of stderr when it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name(script)),
-           *map(str, args)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(Path(__file__).with_name(script)),
+        *map(str, args),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -1,4 +1,5 @@
 """Whether this machine reaches PyPI: tests that download skip, never fail, when offline."""
+
 import socket
 
 

@@ -1,7 +1,8 @@
 """Score held-out rows with a saved classifier folder: logits ``(N, 3)`` in row order."""
-from kdq.batching import predict_logits
+
 from kdq.data import encode
 from kdq.models import load_classifier
+from kdq.runtime.batching import predict_logits
 
 
 def held_out_logits(model_dir, rows, template):

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random Llama classifiers and a tokenizer, built offline in code."""
+
 from __future__ import annotations
 
 import os

@@ -1,9 +1,10 @@
 """Length-sorted batched inference: order, equivalence to one-by-one scoring, padding efficiency."""
+
 import torch
 
-from kdq.batching import combine_swap_tta, length_sorted_batches, predict_logits
 from kdq.data import encode, load_arena
-from kdq.template import TemplateConfig
+from kdq.runtime.batching import combine_swap_tta, length_sorted_batches, predict_logits
+from kdq.runtime.template import TemplateConfig
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 

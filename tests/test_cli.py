@@ -1,4 +1,5 @@
 """The kdq CLI: help, configs from files and flags, exit codes, and every stage driven end to end."""
+
 import json
 import subprocess
 import sys
@@ -6,7 +7,8 @@ import sys
 import pytest
 
 import kdq
-from kdq.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, build_config, load_config_dict, main
+from kdq.cli.main import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, main
+from kdq.config.io import build_config, load_config_dict
 
 
 def test_help_lists_every_stage():
@@ -29,40 +31,128 @@ def test_config_file_plus_set_flags_build_nested_dataclasses(tmp_path):
 
 def test_bad_input_exits_2_with_the_field_named(tmp_path, capsys, tiny_model_dir):
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,prompt,response_a\n1,\"[\"\"a\"\"]\",\"[\"\"b\"\"]\"\n")
+    bad.write_text('id,prompt,response_a\n1,"[""a""]","[""b""]"\n')
     rc = main(["distill", "--student", str(tiny_model_dir), "--train", str(bad), "--output-dir", str(tmp_path / "r")])
     assert rc == EXIT_BAD_INPUT
     assert "response_b" in capsys.readouterr().err
-    assert main(["distill", "--student", str(tiny_model_dir), "--train", str(bad), "--set", "alpha=7"]) == EXIT_BAD_INPUT
+    assert (
+        main(["distill", "--student", str(tiny_model_dir), "--train", str(bad), "--set", "alpha=7"]) == EXIT_BAD_INPUT
+    )
     assert main([]) == EXIT_BAD_INPUT
 
 
 def test_cli_drives_every_stage(tmp_path, tiny_model_dir, arena_csv, capsys):
     run = tmp_path / "run"
     common = ["--set", "template.max_length=64", "--set", "epochs=1", "--set", "batch_size=16"]
-    assert main(["distill", "--student", str(tiny_model_dir), "--train", str(arena_csv), "--eval", str(arena_csv),
-                 "--output-dir", str(run / "teacher"), *common]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--student",
+                str(tiny_model_dir),
+                "--train",
+                str(arena_csv),
+                "--eval",
+                str(arena_csv),
+                "--output-dir",
+                str(run / "teacher"),
+                *common,
+            ]
+        )
+        == 0
+    )
     teacher = run / "teacher" / "student"
     assert main(["shrink", str(teacher), "--every", "2", "--out", str(run / "init")]) == 0
-    assert main(["cache-teacher", "--teacher", str(teacher), "--data", str(arena_csv),
-                 "--cache-dir", str(run / "cache"), *common]) == 0
+    assert (
+        main(
+            [
+                "cache-teacher",
+                "--teacher",
+                str(teacher),
+                "--data",
+                str(arena_csv),
+                "--cache-dir",
+                str(run / "cache"),
+                *common,
+            ]
+        )
+        == 0
+    )
     cached = json.loads(_last_json(capsys))
     assert cached["computed"] == 64
-    assert main(["distill", "--student", str(run / "init"), "--teacher", str(teacher), "--train", str(arena_csv),
-                 "--output-dir", str(run / "kd"), "--set", f"cache_dir={run / 'cache'}", *common]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--student",
+                str(run / "init"),
+                "--teacher",
+                str(teacher),
+                "--train",
+                str(arena_csv),
+                "--output-dir",
+                str(run / "kd"),
+                "--set",
+                f"cache_dir={run / 'cache'}",
+                *common,
+            ]
+        )
+        == 0
+    )
     student = run / "kd" / "student"
-    assert main(["quantize", str(student), "--method", "bnb-int8", "--calibration", str(arena_csv),
-                 "--out", str(run / "q")]) == 0
-    assert main(["evaluate", str(run / "q"), "--data", str(arena_csv), "--json", str(run / "m.json"),
-                 "--set", "tta=false"]) == 0
+    assert (
+        main(
+            ["quantize", str(student), "--method", "bnb-int8", "--calibration", str(arena_csv), "--out", str(run / "q")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["evaluate", str(run / "q"), "--data", str(arena_csv), "--json", str(run / "m.json"), "--set", "tta=false"]
+        )
+        == 0
+    )
     assert json.loads((run / "m.json").read_text())["n_rows"] == 64
-    assert main(["compare", "--variant", f"teacher={teacher}", "--variant", f"student={student}",
-                 "--variant", f"student-int8={run / 'q'}", "--data", str(arena_csv), "--out", str(run / "report"),
-                 "--teacher", "teacher"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--variant",
+                f"teacher={teacher}",
+                "--variant",
+                f"student={student}",
+                "--variant",
+                f"student-int8={run / 'q'}",
+                "--data",
+                str(arena_csv),
+                "--out",
+                str(run / "report"),
+                "--teacher",
+                "teacher",
+            ]
+        )
+        == 0
+    )
     assert (run / "report" / "report.png").is_file()
-    assert main(["export", str(run / "q"), "--out", str(run / "export"), "--title", "kdq cli test export",
-                 "--id", "someone/kdq-cli-test", "--metrics", str(run / "m.json"),
-                 "--table", str(run / "report" / "report.md")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run / "q"),
+                "--out",
+                str(run / "export"),
+                "--title",
+                "kdq cli test export",
+                "--id",
+                "someone/kdq-cli-test",
+                "--metrics",
+                str(run / "m.json"),
+                "--table",
+                str(run / "report" / "report.md"),
+            ]
+        )
+        == 0
+    )
     assert main(["verify", str(run / "export")]) == 0
     weights = next((run / "export").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
@@ -72,11 +162,11 @@ def test_cli_drives_every_stage(tmp_path, tiny_model_dir, arena_csv, capsys):
 def _last_json(capsys):
     out = capsys.readouterr().out
     start = out.rfind("\n{")
-    return out[start + 1:] if start >= 0 else out[out.find("{"):]
+    return out[start + 1 :] if start >= 0 else out[out.find("{") :]
 
 
 def test_flags_beat_the_file_and_set_beats_both(tmp_path):
-    from kdq.cli import build_parser
+    from kdq.cli.main import build_parser
 
     data = load_config_dict(_yaml(tmp_path, "lora: null\n"), ["lora.r=4"])
     assert data["lora"] == {"r": 4}  # a null parent becomes a mapping instead of a crash

@@ -1,5 +1,6 @@
 """One config convention: every config accepts dicts for nested configs, has replace and to_dict,
 round-trips through to_dict, and imports no torch."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 import kdq
-from kdq.configio import build_config
+from kdq.config.io import build_config
 from kdq.pipeline import PipelineConfig
 
 T128 = kdq.TemplateConfig(max_length=128)
@@ -16,17 +17,35 @@ T128 = kdq.TemplateConfig(max_length=128)
 CONFIGS = [
     (kdq.TemplateConfig, {"max_length": 128}, {}, {"max_length": 8}),
     (kdq.LoraSettings, {"r": 4}, {}, {"r": 0}),
-    (kdq.DistillConfig, {"template": {"max_length": 128}, "lora": {"r": 4}, "alpha": 0.25},
-     {"template": T128, "lora": kdq.LoraSettings(r=4)}, {"alpha": 2.0}),
+    (
+        kdq.DistillConfig,
+        {"template": {"max_length": 128}, "lora": {"r": 4}, "alpha": 0.25},
+        {"template": T128, "lora": kdq.LoraSettings(r=4)},
+        {"alpha": 2.0},
+    ),
     (kdq.QuantConfig, {"method": "gptq", "bits": 4, "template": {"max_length": 128}}, {"template": T128}, {"bits": 3}),
-    (kdq.EvalConfig, {"template": {"max_length": 128}, "device": "cuda:1", "tta": False}, {"template": T128},
-     {"device": "gpu"}),
-    (kdq.ExportConfig, {"title": "a dataset title", "dataset_id": "me/slug", "template": {"max_length": 128}},
-     {"template": T128}, {"dataset_id": "no-slash"}),
-    (PipelineConfig, {"distill": {"epochs": 2, "template": {"max_length": 128}}, "eval": {"tta": False},
-                      "quant_methods": ["bnb-int8"]},
-     {"distill": kdq.DistillConfig(epochs=2, template=T128), "eval": kdq.EvalConfig(tta=False)},
-     {"quant_methods": ("gptq-3",)}),
+    (
+        kdq.EvalConfig,
+        {"template": {"max_length": 128}, "device": "cuda:1", "tta": False},
+        {"template": T128},
+        {"device": "gpu"},
+    ),
+    (
+        kdq.ExportConfig,
+        {"title": "a dataset title", "dataset_id": "me/slug", "template": {"max_length": 128}},
+        {"template": T128},
+        {"dataset_id": "no-slash"},
+    ),
+    (
+        PipelineConfig,
+        {
+            "distill": {"epochs": 2, "template": {"max_length": 128}},
+            "eval": {"tta": False},
+            "quant_methods": ["bnb-int8"],
+        },
+        {"distill": kdq.DistillConfig(epochs=2, template=T128), "eval": kdq.EvalConfig(tta=False)},
+        {"quant_methods": ("gptq-3",)},
+    ),
 ]
 
 
@@ -62,26 +81,53 @@ def test_configs_import_no_torch():
     from pathlib import Path
 
     kdq_dir = Path(kdq.__file__).parent
-    for rel in ("template.py", "_config.py", "configio.py", "_validate.py", "distill/config.py", "quantize/config.py",
-                "evaluate/config.py", "export/config.py"):
+    for rel in (
+        "runtime/template.py",
+        "config/base.py",
+        "config/io.py",
+        "config/validate.py",
+        "cli/spec.py",
+        "distill/config.py",
+        "quantize/config.py",
+        "evaluate/config.py",
+        "export/config.py",
+    ):
         tree = ast.parse((kdq_dir / rel).read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(n.split(".")[0] == "torch" for n in names), rel
-    code = ("import sys\nimport kdq\n"
-            "kdq.QuantConfig(method='bnb-nf4', template={'max_length': 64}, device='cuda:0')\n"
-            "kdq.EvalConfig(template={'max_length': 64}, device='cuda:1')\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys\nimport kdq\n"
+        "kdq.QuantConfig(method='bnb-nf4', template={'max_length': 64}, device='cuda:0')\n"
+        "kdq.EvalConfig(template={'max_length': 64}, device='cuda:1')\n"
+        "print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
 
 
 def test_load_arena_reads_a_list_of_row_dicts():
-    rows = [{"id": "1", "prompt": '["hi"]', "response_a": '["a"]', "response_b": '["b"]',
-             "winner_model_a": 1, "winner_model_b": 0, "winner_tie": 0},
-            {"id": "2", "prompt": ["hello"], "response_a": ["x"], "response_b": ["y"],
-             "winner_model_a": 0, "winner_model_b": 0, "winner_tie": 1}]
+    rows = [
+        {
+            "id": "1",
+            "prompt": '["hi"]',
+            "response_a": '["a"]',
+            "response_b": '["b"]',
+            "winner_model_a": 1,
+            "winner_model_b": 0,
+            "winner_tie": 0,
+        },
+        {
+            "id": "2",
+            "prompt": ["hello"],
+            "response_a": ["x"],
+            "response_b": ["y"],
+            "winner_model_a": 0,
+            "winner_model_b": 0,
+            "winner_tie": 1,
+        },
+    ]
     table = kdq.load_arena(rows)
     assert table["id"] == ["1", "2"] and table["label"] == [0, 2] and table["prompt"] == [["hi"], ["hello"]]
     with pytest.raises(ValueError, match=r"row 1 \(id '2'\) lacks \['winner_tie'\]"):

@@ -1,11 +1,12 @@
 """Arena loading, validation, the row template and its length budget."""
+
 import json
 
 import pandas as pd
 import pytest
 
 from kdq.data import encode, load_arena, swap_ab
-from kdq.template import TemplateConfig, encode_row, parse_turns, water_fill
+from kdq.runtime.template import TemplateConfig, encode_row, parse_turns, water_fill
 from kdq.testing import make_arena_rows
 
 
@@ -32,15 +33,21 @@ def test_test_time_rows_have_unknown_labels():
         load_arena(pd.DataFrame(make_arena_rows(3, labelled=False)), require_labels=True)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.drop(columns=["response_b"]), r"missing column.*response_b"),
-    (lambda d: d.iloc[:0], "empty"),
-    (lambda d: d.assign(id=["7", "7", "8", "9"]), r"duplicate id '7' at rows 0 and 1"),
-    (lambda d: d.assign(prompt=['["ok"]', '["ok"]', "[not json", '["ok"]']), r"row '2', column 'prompt': not valid JSON"),
-    (lambda d: d.assign(prompt=['["ok"]', '{"a": 1}', '["ok"]', '["ok"]']), r"row '1', column 'prompt'.*JSON dict"),
-    (lambda d: d.assign(winner_tie=[1, 1, 1, 1]), r"row '\d+': winner columns .* not one-hot"),
-    (lambda d: d.drop(columns=["winner_tie"]), "not all of"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.drop(columns=["response_b"]), r"missing column.*response_b"),
+        (lambda d: d.iloc[:0], "empty"),
+        (lambda d: d.assign(id=["7", "7", "8", "9"]), r"duplicate id '7' at rows 0 and 1"),
+        (
+            lambda d: d.assign(prompt=['["ok"]', '["ok"]', "[not json", '["ok"]']),
+            r"row '2', column 'prompt': not valid JSON",
+        ),
+        (lambda d: d.assign(prompt=['["ok"]', '{"a": 1}', '["ok"]', '["ok"]']), r"row '1', column 'prompt'.*JSON dict"),
+        (lambda d: d.assign(winner_tie=[1, 1, 1, 1]), r"row '\d+': winner columns .* not one-hot"),
+        (lambda d: d.drop(columns=["winner_tie"]), "not all of"),
+    ],
+)
 def test_bad_input_names_the_row_or_column(mutate, match):
     with pytest.raises(ValueError, match=match):
         load_arena(mutate(_df()))

@@ -1,14 +1,16 @@
 """kdq.distill end to end on tiny models: cache, Trainer, LoRA, resume, DDP, and that KD transfers."""
+
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from _launch import launch_two_processes
 from transformers import AutoModelForSequenceClassification
 
 import kdq
-from _launch import launch_two_processes
 from kdq.data import load_arena
 from kdq.distill import cache as cache_mod
 from kdq.distill.cache import cache_teacher_logits
@@ -33,8 +35,13 @@ def _cfg(tmp_path, **kw):
 
 
 def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
-    res = kdq.distill(str(models / "student"), arena_csv, eval_data=arena_csv, teacher=str(models / "teacher"),
-                      config=_cfg(tmp_path, epochs=2, teacher_tta=True, swap_augment=True))
+    res = kdq.distill(
+        str(models / "student"),
+        arena_csv,
+        eval_data=arena_csv,
+        teacher=str(models / "teacher"),
+        config=_cfg(tmp_path, epochs=2, teacher_tta=True, swap_augment=True),
+    )
     assert res.student_dir == tmp_path / "run" / "student"
     assert res.cache_path.is_dir() and (res.cache_path / "fingerprint.json").is_file()
     assert res.metrics["teacher_pass"]["computed"] == 64
@@ -97,8 +104,10 @@ def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
     k = rescored.ids.index("3")
     assert not np.allclose(rescored.logits[k], resumed.logits[k], atol=1e-4)
     np.testing.assert_allclose(
-        rescored.logits, cache_teacher_logits(teacher, changed, **{**kw, "cache_dir": tmp_path / "fresh2"}).logits,
-        atol=1e-5)
+        rescored.logits,
+        cache_teacher_logits(teacher, changed, **{**kw, "cache_dir": tmp_path / "fresh2"}).logits,
+        atol=1e-5,
+    )
     renamed = rows.map(lambda r: {"id": "renamed-" + r["id"]})
     hit = cache_teacher_logits(teacher, renamed, **kw)
     assert hit.computed == 0 and hit.ids[0].startswith("renamed-")
@@ -108,7 +117,7 @@ def test_cache_reuses_resumes_and_never_mixes(tmp_path, models, monkeypatch):
 def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, kdq_cache_root, caplog):
     """No cache_dir: the user cache ($KDQ_CACHE, a temporary folder in tests) serves every run with
     the same teacher, template and TTA, whatever its output_dir; kdq cache-teacher fills the same one."""
-    from kdq.cli import main
+    from kdq.cli.main import main
 
     rows = make_arena_rows(24, seed=21, max_words=40, id_offset=7000)  # ids are row identities in a shared cache
     teacher, student = str(models / "teacher"), str(models / "student")
@@ -126,7 +135,9 @@ def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, k
     tta = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "c", max_steps=1, teacher_tta=True))
     assert tta.cache_path != first.cache_path and tta.metrics["teacher_pass"]["computed"] == 24
     # cache_dir still overrides the shared folder
-    own = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "d", max_steps=1, cache_dir=str(tmp_path / "own")))
+    own = kdq.distill(
+        student, rows, teacher=teacher, config=_cfg(tmp_path / "d", max_steps=1, cache_dir=str(tmp_path / "own"))
+    )
     assert own.cache_path.parent == tmp_path / "own" and own.metrics["teacher_pass"]["computed"] == 24
     # the CLI's cache-teacher runs the same teacher pass, into the same shared cache
     more = make_arena_rows(8, seed=22, max_words=40, id_offset=7500)
@@ -140,15 +151,17 @@ def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, k
 
 
 def test_tta_cache_is_the_unswapped_average(tmp_path, models):
-    from kdq.batching import predict_logits
     from kdq.data import encode
+    from kdq.runtime.batching import predict_logits
 
     teacher = load_classifier(str(models / "teacher"))
     rows = load_arena(make_arena_rows(12, seed=8, max_words=40))
     got = cache_teacher_logits(teacher, rows, cache_dir=tmp_path, template=TEMPLATE, tta=True).logits
     pad = teacher.tokenizer.pad_token_id
     p = predict_logits(teacher.model, encode(rows, teacher.tokenizer, TEMPLATE)["input_ids"], pad).softmax(-1)
-    q = predict_logits(teacher.model, encode(rows, teacher.tokenizer, TEMPLATE, swap=True)["input_ids"], pad).softmax(-1)
+    q = predict_logits(teacher.model, encode(rows, teacher.tokenizer, TEMPLATE, swap=True)["input_ids"], pad).softmax(
+        -1
+    )
     expected = (p + q[:, [1, 0, 2]]) / 2
     np.testing.assert_allclose(np.exp(got), expected.numpy(), atol=1e-5)
 
@@ -157,8 +170,9 @@ def test_peft_adapter_teacher_is_loaded_on_its_base(tmp_path, models):
     from peft import LoraConfig, get_peft_model
 
     base = AutoModelForSequenceClassification.from_pretrained(models / "teacher")
-    peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     loaded = load_classifier(tmp_path / "adapter")
     ids = torch.tensor([[1, 20, 30, 40]])
@@ -170,8 +184,12 @@ def test_peft_adapter_teacher_is_loaded_on_its_base(tmp_path, models):
 def test_lora_student_trains_the_head_and_saves_merged(tmp_path, models):
     rows = make_arena_rows(32, seed=9, max_words=40)
     before = AutoModelForSequenceClassification.from_pretrained(models / "student").score.weight.clone()
-    res = kdq.distill(str(models / "student"), rows, teacher=None,
-                      config=_cfg(tmp_path, lora=kdq.LoraSettings(r=4), learning_rate=1e-2))
+    res = kdq.distill(
+        str(models / "student"),
+        rows,
+        teacher=None,
+        config=_cfg(tmp_path, lora=kdq.LoraSettings(r=4), learning_rate=1e-2),
+    )
     after = AutoModelForSequenceClassification.from_pretrained(res.student_dir)
     assert not torch.allclose(after.score.weight, before)
     assert not any("lora" in k for k in after.state_dict())
@@ -188,13 +206,16 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, models):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'prob_cosine', 'reverse_kl'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'prob_cosine', 'reverse_kl'\]",
+    ):
         kdq.DistillConfig(divergence="kl")
     with pytest.raises(ValueError, match="DistillConfig.alpha"):
         kdq.DistillConfig(alpha=1.5)
     with pytest.raises(ValueError, match="LoraSettings.r"):
         kdq.LoraSettings(r=0)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         kdq.DistillConfig().alpha = 0.1  # frozen
     with pytest.raises(ValueError, match=r"LoraSettings has no field\(s\) \['rank'\]"):
         kdq.DistillConfig(lora={"rank": 4})
@@ -206,7 +227,7 @@ def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
     m = AutoModelForSequenceClassification.from_pretrained(out)
     assert m.config.num_hidden_layers == 3
     assert m.config.kdq_shrink["kept_layers"] == [0, 3, 6]
-    assert [l.self_attn.layer_idx for l in m.model.layers] == [0, 1, 2]
+    assert [layer.self_attn.layer_idx for layer in m.model.layers] == [0, 1, 2]
     t = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t")
     assert torch.equal(m.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight)
     assert torch.equal(m.score.weight, t.score.weight)

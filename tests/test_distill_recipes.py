@@ -1,8 +1,10 @@
 """Issue 9 recipes on tiny models: transfer set, paired swap, cosine term, block-influence
 shrink, hidden-state distillation and reproducible reruns."""
+
 import numpy as np
 import pytest
 import torch
+from _scoring import held_out_logits
 
 import kdq
 from kdq.data import load_arena
@@ -11,9 +13,8 @@ from kdq.distill.losses import forward_kl
 from kdq.distill.shrink import block_influence, select_by_influence
 from kdq.distill.trainer import ArenaCollator
 from kdq.models import load_classifier
-from _scoring import held_out_logits
+from kdq.runtime.constants import SWAP_PERMUTATION
 from kdq.testing import make_arena_rows, make_tiny_classifier
-from kdq.template import SWAP_PERMUTATION
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
 COMMON = dict(template=TEMPLATE, batch_size=16, learning_rate=2e-3, logging_steps=4, seed=0)
@@ -24,8 +25,9 @@ def trained_teacher(tmp_path_factory, tiny_tokenizer):
     d = tmp_path_factory.mktemp("recipes")
     make_tiny_classifier(d / "t0", tiny_tokenizer, seed=4, num_layers=4)
     train = make_arena_rows(256, seed=20, max_words=40)
-    t = kdq.distill(str(d / "t0"), train, teacher=None,
-                    config=kdq.DistillConfig(output_dir=str(d / "teacher"), epochs=4, **COMMON))
+    t = kdq.distill(
+        str(d / "t0"), train, teacher=None, config=kdq.DistillConfig(output_dir=str(d / "teacher"), epochs=4, **COMMON)
+    )
     return d, t.student_dir
 
 
@@ -36,10 +38,19 @@ def test_transfer_set_brings_the_student_closer_to_the_teacher(tmp_path, trained
     transfer = make_arena_rows(256, seed=31, max_words=40, labelled=False, id_offset=50_000)  # ... many unlabelled rows
     held = load_arena(make_arena_rows(96, seed=21, max_words=40, id_offset=10_000))
     cfg = dict(epochs=3, alpha=0.5, temperature=1.0, cache_dir=str(tmp_path / "cache"), **COMMON)
-    plain = kdq.distill(str(tmp_path / "s0"), labelled, teacher=str(teacher),
-                        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), **cfg))
-    more = kdq.distill(str(tmp_path / "s0"), labelled, teacher=str(teacher), transfer_data=transfer,
-                       config=kdq.DistillConfig(output_dir=str(tmp_path / "kd-transfer"), **cfg))
+    plain = kdq.distill(
+        str(tmp_path / "s0"),
+        labelled,
+        teacher=str(teacher),
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), **cfg),
+    )
+    more = kdq.distill(
+        str(tmp_path / "s0"),
+        labelled,
+        teacher=str(teacher),
+        transfer_data=transfer,
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd-transfer"), **cfg),
+    )
     assert more.metrics["n_transfer"] == 256 and more.metrics["teacher_pass"]["computed"] == 256  # 32 reused
     logs = [h for h in more.metrics["history"] if "kd" in h]
     assert logs and all("ce" in h for h in logs)  # ce (labelled rows) and kd (all rows) logged separately
@@ -99,10 +110,19 @@ def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher,
     d, teacher = trained_teacher
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
     rows = make_arena_rows(48, seed=8, max_words=30)
-    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), config=kdq.DistillConfig(
-        output_dir=str(tmp_path / "run"), swap_augment="paired", cosine_weight=0.5, epochs=1,
-        cache_dir=str(tmp_path / "cache"),  # a cache of its own: the test counts what it scores
-        **{**COMMON, "batch_size": 8, "logging_steps": 2}))
+    res = kdq.distill(
+        str(tmp_path / "s0"),
+        rows,
+        teacher=str(teacher),
+        config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "run"),
+            swap_augment="paired",
+            cosine_weight=0.5,
+            epochs=1,
+            cache_dir=str(tmp_path / "cache"),  # a cache of its own: the test counts what it scores
+            **{**COMMON, "batch_size": 8, "logging_steps": 2},
+        ),
+    )
     logs = [h for h in res.metrics["history"] if "ce" in h]
     assert logs and all("cos" in h and "kd" in h for h in logs)
     assert max(h["step"] for h in logs) == 12  # 48 pairs = 96 rows, 8 rows (4 pairs) per step
@@ -126,8 +146,9 @@ def test_block_influence_drops_the_layers_that_do_nothing(tmp_path, tiny_tokeniz
     assert select_by_influence(scores, 6) == [0, 1, 3, 4, 6, 7]
     model.save_pretrained(tmp_path / "src")
     tiny_tokenizer.save_pretrained(tmp_path / "src")
-    out = kdq.shrink(str(tmp_path / "src"), strategy="block-influence", num_layers=6, calibration=rows,
-                     out_dir=tmp_path / "student")
+    out = kdq.shrink(
+        str(tmp_path / "src"), strategy="block-influence", num_layers=6, calibration=rows, out_dir=tmp_path / "student"
+    )
     cfg = load_classifier(out).model.config
     assert cfg.num_hidden_layers == 6
     assert cfg.kdq_shrink["kept_layers"] == [0, 1, 3, 4, 6, 7] and cfg.kdq_shrink["strategy"] == "block-influence"
@@ -143,19 +164,36 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
     d, teacher = trained_teacher
     rows = make_arena_rows(64, seed=12, max_words=30)
     student = kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "s0")
-    res = kdq.distill(str(student), rows, teacher=str(teacher), config=kdq.DistillConfig(
-        output_dir=str(tmp_path / "run"), hidden_weight=1.0, epochs=3, cache_dir=str(tmp_path / "cache"),
-        **{**COMMON, "logging_steps": 2}))
+    res = kdq.distill(
+        str(student),
+        rows,
+        teacher=str(teacher),
+        config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "run"),
+            hidden_weight=1.0,
+            epochs=3,
+            cache_dir=str(tmp_path / "cache"),
+            **{**COMMON, "logging_steps": 2},
+        ),
+    )
     hidden = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
     assert len(hidden) >= 3 and hidden[-1] < hidden[0], hidden  # the student's states move toward the teacher's
     not_shrunk = tmp_path / "plain"
     make_tiny_classifier(not_shrunk, load_classifier(str(teacher)).tokenizer, seed=3, num_layers=2)
     with pytest.raises(ValueError, match="kdq.shrink"):
-        kdq.distill(str(not_shrunk), rows, teacher=str(teacher), config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "bad"), hidden_weight=1.0, **COMMON))
+        kdq.distill(
+            str(not_shrunk),
+            rows,
+            teacher=str(teacher),
+            config=kdq.DistillConfig(output_dir=str(tmp_path / "bad"), hidden_weight=1.0, **COMMON),
+        )
     with pytest.raises(ValueError, match="needs a teacher"):
-        kdq.distill(str(student), rows, teacher=None, config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "bad2"), hidden_weight=1.0, **COMMON))
+        kdq.distill(
+            str(student),
+            rows,
+            teacher=None,
+            config=kdq.DistillConfig(output_dir=str(tmp_path / "bad2"), hidden_weight=1.0, **COMMON),
+        )
 
 
 def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
@@ -163,9 +201,22 @@ def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
     rows = make_arena_rows(48, seed=13, max_words=30)
     held = make_arena_rows(32, seed=14, max_words=30, id_offset=9000)
-    runs = [kdq.distill(str(tmp_path / "s0"), rows, eval_data=held, teacher=str(teacher), config=kdq.DistillConfig(
-        output_dir=str(tmp_path / f"run{k}"), swap_augment="paired", epochs=2, cache_dir=str(tmp_path / "c"),
-        **COMMON)) for k in range(2)]
+    runs = [
+        kdq.distill(
+            str(tmp_path / "s0"),
+            rows,
+            eval_data=held,
+            teacher=str(teacher),
+            config=kdq.DistillConfig(
+                output_dir=str(tmp_path / f"run{k}"),
+                swap_augment="paired",
+                epochs=2,
+                cache_dir=str(tmp_path / "c"),
+                **COMMON,
+            ),
+        )
+        for k in range(2)
+    ]
     assert runs[0].metrics["best_eval_log_loss"] == runs[1].metrics["best_eval_log_loss"]
     a, b = (held_out_logits(r.student_dir, load_arena(held), TEMPLATE) for r in runs)
     assert torch.equal(a, b)
@@ -194,9 +245,15 @@ def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
     rows = make_arena_rows(32, seed=15, max_words=30)
     transfer = make_arena_rows(32, seed=16, max_words=30, labelled=False, id_offset=7000)
-    res = kdq.distill(str(tmp_path / "s0"), rows, teacher=str(teacher), transfer_data=transfer,
-                      config=kdq.DistillConfig(output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1,
-                                               **{**COMMON, "logging_steps": 1}))
+    res = kdq.distill(
+        str(tmp_path / "s0"),
+        rows,
+        teacher=str(teacher),
+        transfer_data=transfer,
+        config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1, **{**COMMON, "logging_steps": 1}
+        ),
+    )
     assert res.cache_path is None and "teacher_pass" not in res.metrics
     logs = [h for h in res.metrics["history"] if "kd" in h]
     assert len(logs) == 4 and all(h["kd"] > 0 for h in logs)  # 64 rows / 16: the teacher scored every batch

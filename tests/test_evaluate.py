@@ -1,4 +1,5 @@
 """kdq.evaluate and kdq.compare on tiny real models (fp32 and bitsandbytes nf4), offline."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,7 +85,9 @@ def test_metrics_report_cost_and_budget(tiny_model_dir, rows, metrics):
 
 
 def test_gated_tta_swaps_only_the_least_confident_rows(tiny_model_dir, rows, metrics):
-    gated = evaluate(tiny_model_dir, rows, dataclasses.replace(CFG, tta="gated", tta_fraction=0.25, budget="lmsys-2xt4"))
+    gated = evaluate(
+        tiny_model_dir, rows, dataclasses.replace(CFG, tta="gated", tta_fraction=0.25, budget="lmsys-2xt4")
+    )
     np.testing.assert_allclose(gated.probs, metrics.probs, atol=1e-6)
     confidence = metrics.probs.max(1)
     chosen = sorted(np.argsort(confidence, kind="stable")[:4].tolist())  # ceil(0.25 * 16)
@@ -123,20 +126,36 @@ def variants(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
     # dims are multiples of 64: bitsandbytes' CPU 4-bit kernel needs whole 64-weight blocks per row
     make_tiny_classifier(teacher, tiny_tokenizer, seed=3, hidden_size=128, intermediate_size=256, num_layers=2)
     nf4 = AutoModelForSequenceClassification.from_pretrained(
-        str(teacher), quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                             bnb_4bit_use_double_quant=True,
-                                                             bnb_4bit_compute_dtype=torch.float32))
+        str(teacher),
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        ),
+    )
     nf4.save_pretrained(str(root / "teacher-nf4"))
     tiny_tokenizer.save_pretrained(str(root / "teacher-nf4"))
     make_tiny_classifier(root / "baseline", tiny_tokenizer, seed=7)
-    return {"teacher-fp16": teacher, "teacher-nf4": root / "teacher-nf4", "student": tiny_model_dir,
-            "baseline": root / "baseline"}
+    return {
+        "teacher-fp16": teacher,
+        "teacher-nf4": root / "teacher-nf4",
+        "student": tiny_model_dir,
+        "baseline": root / "baseline",
+    }
 
 
 def test_compare_writes_table_plot_and_verdicts(tmp_path, variants, rows, metrics):
     out = tmp_path / "report"
-    res = compare(variants | {"student-again": metrics}, rows, CFG, out_dir=out, teacher="teacher-fp16",
-                  baseline="baseline", student="student")
+    res = compare(
+        variants | {"student-again": metrics},
+        rows,
+        CFG,
+        out_dir=out,
+        teacher="teacher-fp16",
+        baseline="baseline",
+        student="student",
+    )
     names = ["teacher-fp16", "teacher-nf4", "student", "baseline", "student-again"]
     assert [r["variant"] for r in res.rows] == names
     assert all(isinstance(r["fits"], bool) for r in res.rows)  # a budget verdict for every variant

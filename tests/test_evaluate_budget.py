@@ -1,4 +1,5 @@
 """Parameter/FLOP arithmetic on the published Danube3 configs, weight formats, budget verdicts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,31 +9,56 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from kdq.evaluate import (BudgetProfile, ModelSpec, available_budgets, flops_per_token, load_budget, param_counts,
-                          project, weight_bytes, weight_format_of)
+from kdq.evaluate import (
+    BudgetProfile,
+    ModelSpec,
+    available_budgets,
+    flops_per_token,
+    load_budget,
+    param_counts,
+    project,
+    weight_bytes,
+    weight_format_of,
+)
 from kdq.evaluate.budget import GB, gpu_peak_tflops
 from kdq.evaluate.modelspec import FP16, activation_bytes, batch_flops
 
 # Published H2O Danube3 configs (tie_word_embeddings false), built in code: no Hub access.
-DANUBE3_4B = dict(vocab_size=32000, hidden_size=3840, num_hidden_layers=24, num_attention_heads=32,
-                  num_key_value_heads=8, intermediate_size=10240, tie_word_embeddings=False, num_labels=3)
-DANUBE3_500M = dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=16, num_attention_heads=16,
-                    num_key_value_heads=8, intermediate_size=4096, tie_word_embeddings=False, num_labels=3)
+DANUBE3_4B = dict(
+    vocab_size=32000,
+    hidden_size=3840,
+    num_hidden_layers=24,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=10240,
+    tie_word_embeddings=False,
+    num_labels=3,
+)
+DANUBE3_500M = dict(
+    vocab_size=32000,
+    hidden_size=1536,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    intermediate_size=4096,
+    tie_word_embeddings=False,
+    num_labels=3,
+)
 
 
 def test_danube3_4b_params_by_hand():
     spec = ModelSpec.from_config(LlamaConfig(**DANUBE3_4B))
     assert spec.head_dim == 3840 // 32 == 120
-    embed = 32000 * 3840                                   # 122,880,000
+    embed = 32000 * 3840  # 122,880,000
     attn = 3840 * 3840 + 2 * 3840 * (8 * 120) + 3840 * 3840  # q, k, v (8 KV heads of 120), o = 36,864,000
-    mlp = 3 * 3840 * 10240                                 # gate, up, down = 117,964,800
-    layer = attn + mlp + 2 * 3840                          # + two RMSNorms = 154,836,480
-    body = embed + 24 * layer + 3840                       # + final norm = 3,838,955,520
+    mlp = 3 * 3840 * 10240  # gate, up, down = 117,964,800
+    layer = attn + mlp + 2 * 3840  # + two RMSNorms = 154,836,480
+    body = embed + 24 * layer + 3840  # + final norm = 3,838,955,520
     assert (attn, mlp, layer) == (36_864_000, 117_964_800, 154_836_480)
     clf = param_counts(spec)["total"]
     assert clf == body + 3840 * 3 == 3_838_970_880
     lm = param_counts(spec, head="lm")["total"]
-    assert lm == body + 32000 * 3840 == 3_961_839_360      # the "3.96B" of the model card
+    assert lm == body + 32000 * 3840 == 3_961_839_360  # the "3.96B" of the model card
     # and transformers agrees (instantiated on the meta device: no memory, no download)
     with torch.device("meta"):
         assert sum(p.numel() for p in LlamaForSequenceClassification(LlamaConfig(**DANUBE3_4B)).parameters()) == clf
@@ -42,8 +68,8 @@ def test_danube3_4b_params_by_hand():
 def test_danube3_500m_params_by_hand():
     spec = ModelSpec.from_config(LlamaConfig(**DANUBE3_500M))
     assert spec.head_dim == 1536 // 16 == 96
-    attn = 1536 * 1536 * 2 + 2 * 1536 * (8 * 96)           # 7,077,888
-    mlp = 3 * 1536 * 4096                                  # 18,874,368
+    attn = 1536 * 1536 * 2 + 2 * 1536 * (8 * 96)  # 7,077,888
+    mlp = 3 * 1536 * 4096  # 18,874,368
     body = 32000 * 1536 + 16 * (attn + mlp + 2 * 1536) + 1536
     assert param_counts(spec)["total"] == body + 1536 * 3 == 464_443_392
     assert param_counts(spec, head="lm")["total"] == body + 32000 * 1536 == 513_590_784  # "~500M"
@@ -91,10 +117,19 @@ def test_weight_bytes_per_format():
     assert weight_bytes(spec, g8) == pytest.approx(dec * (1 + 3 / 128) + (total - dec) * 2)
     i8 = weight_format_of({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}})
     assert (i8.name, weight_bytes(spec, i8)) == ("bnb-int8", dec * 1 + (total - dec) * 2)
-    nf4 = weight_format_of({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
-                                                    "bnb_4bit_quant_type": "nf4"}})
-    nf4_dq = weight_format_of({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
-                                                       "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}})
+    nf4 = weight_format_of(
+        {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}
+    )
+    nf4_dq = weight_format_of(
+        {
+            "quantization_config": {
+                "quant_method": "bitsandbytes",
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": True,
+            }
+        }
+    )
     assert nf4.name == nf4_dq.name == "bnb-nf4"
     assert nf4.bytes_per_weight == pytest.approx(0.5 + 4 / 64)
     assert nf4_dq.bytes_per_weight < nf4.bytes_per_weight  # double quantization shrinks the scales
@@ -108,8 +143,14 @@ def test_shipped_lmsys_profile_states_the_notebook():
     assert "lmsys-2xt4" in available_budgets()
     p = load_budget("lmsys-2xt4")
     assert (p.gpus, p.gpu_memory_gb, p.peak_tflops, p.bandwidth_gbs) == (2, 16.0, 65.0, 320.0)
-    assert (p.time_limit_hours, p.rows, p.ram_gb, p.compute_capability, p.bf16, p.offline) == \
-        (9.0, 25000, 29.0, "7.5", False, True)
+    assert (p.time_limit_hours, p.rows, p.ram_gb, p.compute_capability, p.bf16, p.offline) == (
+        9.0,
+        25000,
+        29.0,
+        "7.5",
+        False,
+        True,
+    )
     assert 0 < p.compute_efficiency <= 1 and p.tta_factor == 2.0
 
 
@@ -161,8 +202,12 @@ def test_projection_by_hand():
 
 def test_projection_says_does_not_fit():
     p = load_budget("lmsys-2xt4")
-    big = ModelSpec.from_config(LlamaConfig(**DANUBE3_4B | {"num_hidden_layers": 60, "hidden_size": 5120,
-                                                               "num_attention_heads": 40, "intermediate_size": 13824}))
+    big = ModelSpec.from_config(
+        LlamaConfig(
+            **DANUBE3_4B
+            | {"num_hidden_layers": 60, "hidden_size": 5120, "num_attention_heads": 40, "intermediate_size": 13824}
+        )
+    )
     v = project(big, FP16, [1024] * 8, p)  # ~13B parameters in fp16 do not fit a 16 GB T4
     assert v["fits"] is False and v["fits_gpu_memory"] is False and v["margin_gb"] < 0
     slow = dataclasses.replace(p, time_limit_hours=0.5)

@@ -1,4 +1,5 @@
 """Metric functions against sklearn and hand computation."""
+
 from __future__ import annotations
 
 import math
@@ -33,10 +34,14 @@ def test_log_loss_clips_and_renormalizes_like_the_competition():
 
 
 def test_accuracy_and_ece_by_hand():
-    probs = np.array([[0.9, 0.05, 0.05],   # conf .9, correct
-                      [0.8, 0.1, 0.1],     # conf .8, wrong
-                      [0.2, 0.5, 0.3],     # conf .5, correct
-                      [0.1, 0.3, 0.6]])    # conf .6, correct
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05],  # conf .9, correct
+            [0.8, 0.1, 0.1],  # conf .8, wrong
+            [0.2, 0.5, 0.3],  # conf .5, correct
+            [0.1, 0.3, 0.6],
+        ]
+    )  # conf .6, correct
     labels = np.array([0, 1, 1, 2])
     assert accuracy(probs, labels) == pytest.approx(0.75)
     # 2 bins: [0, .5) empty; [.5, 1]: all four, acc .75, mean conf .7 -> |.75 - .7| = .05

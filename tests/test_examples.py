@@ -1,4 +1,5 @@
 """The example scripts run end to end: the Danube3 recipe and the demo, on tiny local models."""
+
 import importlib.util
 import json
 import subprocess
@@ -25,14 +26,38 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
     make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1)
     pd.DataFrame(make_arena_rows(120, seed=11, max_words=40)).to_csv(tmp_path / "train.csv", index=False)
     recipe = _load("lmsys_danube3")
-    result = recipe.main(["--train", str(tmp_path / "train.csv"), "--teacher", str(tmp_path / "teacher-base"),
-                          "--fine-tune-teacher", "--student", str(tmp_path / "student"), "--out", str(tmp_path / "run"),
-                          "--max-length", "64", "--batch-size", "8", "--grad-accum", "1", "--lora-r", "4",
-                          "--eval-frac", "0.15", "--test-frac", "0.2", "--quant", "bnb-int8",
-                          "--calibration-samples", "8"])
+    result = recipe.main(
+        [
+            "--train",
+            str(tmp_path / "train.csv"),
+            "--teacher",
+            str(tmp_path / "teacher-base"),
+            "--fine-tune-teacher",
+            "--student",
+            str(tmp_path / "student"),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-length",
+            "64",
+            "--batch-size",
+            "8",
+            "--grad-accum",
+            "1",
+            "--lora-r",
+            "4",
+            "--eval-frac",
+            "0.15",
+            "--test-frac",
+            "0.2",
+            "--quant",
+            "bnb-int8",
+            "--calibration-samples",
+            "8",
+        ]
+    )
     assert set(result.variants) == {"teacher", "student-kd", "student-hard", "teacher-bnb-int8", "student-kd-bnb-int8"}
     assert Path(result.report.paths["png"]).is_file()
-    (name, folder), = result.exports.items()
+    ((name, folder),) = result.exports.items()
     assert (Path(folder) / "predict.py").is_file() and (Path(folder) / "kdq-manifest.json").is_file()
     summary = json.loads((tmp_path / "run" / "pipeline" / "summary.json").read_text())
     assert summary["exports"] == result.exports
@@ -43,8 +68,18 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
 
 def test_demo_tiny_mode_runs_every_stage(tmp_path):
     demo = _load("demo")
-    result = demo.main(["--tiny", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
-                        "--quant", "gptq-8", "--quantize-teacher"])
+    result = demo.main(
+        [
+            "--tiny",
+            "--out",
+            str(tmp_path / "demo"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--quant",
+            "gptq-8",
+            "--quantize-teacher",
+        ]
+    )
     assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
     assert result.distill_metrics["student-kd"]["n_transfer"] == 96  # the demo's recipe: a transfer set ...
     assert any("hidden" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and hidden states
@@ -59,7 +94,7 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
     from transformers import LlamaConfig
 
     import kdq
-    from kdq.evaluate.train_memory import known_models, train_device
+    from kdq.distill.train_memory import known_models, train_device
 
     LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")  # config only
     recipe = _load("lmsys_danube3")
@@ -76,8 +111,9 @@ def test_make_bench_runs_every_benchmark_quick_mode():
     root = Path(__file__).resolve().parents[1]
     scripts = sorted(p.name for p in (root / "bench").glob("bench_*.py"))
     assert len(scripts) >= 2
-    proc = subprocess.run([sys.executable, str(root / "bench" / "run_all.py"), "--dry-run"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "run_all.py"), "--dry-run"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("===")] == scripts
     assert all(ln.endswith("--quick") for ln in proc.stdout.splitlines() if ln.startswith(sys.executable))

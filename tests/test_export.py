@@ -1,5 +1,6 @@
 """Export stage end to end: a tiny model exported, predicted through its own predict.py with kdq
 out of reach, compared with kdq.evaluate; verify catches tampering; failures leave nothing behind."""
+
 from __future__ import annotations
 
 import csv
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 
 import kdq
+from kdq.cli.main import main as cli_main
 from kdq.export import ExportConfig, ExportError, VerificationError, dataset_metadata_problems, export, verify
-from kdq.export.cli import main as cli_main
 from kdq.export.script import load_predict_module
-from kdq.template import LABELS, TemplateConfig
+from kdq.runtime.constants import LABELS
+from kdq.runtime.template import TemplateConfig
 from kdq.testing import make_tiny_classifier, write_arena_csv
 
 TEMPLATE = TemplateConfig(max_length=160)
@@ -41,8 +43,9 @@ def _isolated_python(args, cwd, timeout=300):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))
     env["PYTHONNOUSERSITE"] = "1"
-    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _leftovers(parent: Path, name: str):
@@ -59,8 +62,13 @@ def test_csv(tmp_path_factory):
 def exported(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("export") / "tiny-arena"
     metrics = {"log_loss": 1.05, "accuracy": 0.41, "n_rows": 12, "budget": {"fits": True, "projected_hours": 1.5}}
-    return export(tiny_model_dir, out, _config(configs={"template": TEMPLATE}), metrics=metrics,
-                  table_md="| variant | log loss |\n|---|---|\n| tiny | 1.05 |")
+    return export(
+        tiny_model_dir,
+        out,
+        _config(configs={"template": TEMPLATE}),
+        metrics=metrics,
+        table_md="| variant | log loss |\n|---|---|\n| tiny | 1.05 |",
+    )
 
 
 @pytest.fixture
@@ -71,8 +79,20 @@ def exported_copy(exported, tmp_path):
 def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_model_dir):
     names = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
     runtime = sorted(f"kdq_runtime/{p.name}" for p in RUNTIME_SRC.glob("*.py"))
-    assert names == sorted(["README.md", "config.json", "dataset-metadata.json", "kdq-manifest.json", "kdq-predict.json",
-                            "model.safetensors", "predict.py", "tokenizer.json", "tokenizer_config.json"] + runtime)
+    assert names == sorted(
+        [
+            "README.md",
+            "config.json",
+            "dataset-metadata.json",
+            "kdq-manifest.json",
+            "kdq-predict.json",
+            "model.safetensors",
+            "predict.py",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+        + runtime
+    )
     manifest = json.loads((exported / "kdq-manifest.json").read_text())
     assert set(manifest["files"]) == set(names) - {"kdq-manifest.json"}
     assert manifest["files"]["model.safetensors"]["role"] == "weights"
@@ -125,8 +145,19 @@ def test_predict_py_runs_without_kdq_and_matches_evaluate(exported, test_csv, tm
     assert probe.returncode != 0 and "No module named 'kdq'" in probe.stderr
 
     out = tmp_path / "submission.csv"
-    run = _isolated_python([str(exported / "predict.py"), "--test-csv", str(test_csv), "--out", str(out),
-                            "--devices", "cpu,cpu", "--quiet"], cwd=tmp_path)
+    run = _isolated_python(
+        [
+            str(exported / "predict.py"),
+            "--test-csv",
+            str(test_csv),
+            "--out",
+            str(out),
+            "--devices",
+            "cpu,cpu",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "on cpu,cpu; tta=full" in run.stderr
 
@@ -139,8 +170,11 @@ def test_predict_py_runs_without_kdq_and_matches_evaluate(exported, test_csv, tm
     assert probs.shape == (12, 3) and (probs > 0).all()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-12)
 
-    metrics = kdq.evaluate(str(exported), kdq.load_arena(test_csv),
-                           kdq.EvalConfig(tta=True, device="cpu", budget=None, progress=False, batch_size=4))
+    metrics = kdq.evaluate(
+        str(exported),
+        kdq.load_arena(test_csv),
+        kdq.EvalConfig(tta=True, device="cpu", budget=None, progress=False, batch_size=4),
+    )
     np.testing.assert_allclose(probs, metrics.probs_tta, atol=1e-5)
     assert not np.allclose(probs, metrics.probs, atol=1e-5)  # TTA really changed something
 
@@ -151,11 +185,14 @@ def test_verify_passes_on_the_fresh_export(exported):
     assert report.probe_max_abs_diff <= 1e-6
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("flip", "model.safetensors: sha256 mismatch"),
-    ("truncate", "tokenizer.json: size mismatch"),
-    ("delete", "predict.py: missing"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("flip", "model.safetensors: sha256 mismatch"),
+        ("truncate", "tokenizer.json: size mismatch"),
+        ("delete", "predict.py: missing"),
+    ],
+)
 def test_verify_names_the_altered_file(exported_copy, damage, expected):
     if damage == "flip":
         path = exported_copy / "model.safetensors"
@@ -220,17 +257,45 @@ def test_cli_export_then_verify(tmp_path, tiny_model_dir, capsys):
     record = tmp_path / "quantize.json"
     record.write_text(json.dumps({"method": "bnb-int8"}))
     out = tmp_path / "cli-out"
-    args = ["export", str(tiny_model_dir), "--out", str(out), "--title", "Tiny arena via CLI", "--id", "kdq-tests/cli-x",
-            "--set", "template.max_length=96", "--set", "tta=false", "--set", "probe_rows=2",
-            "--record", f"quantize={record}"]
+    args = [
+        "export",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--title",
+        "Tiny arena via CLI",
+        "--id",
+        "kdq-tests/cli-x",
+        "--set",
+        "template.max_length=96",
+        "--set",
+        "tta=false",
+        "--set",
+        "probe_rows=2",
+        "--record",
+        f"quantize={record}",
+    ]
     assert cli_main(args) == 0
     manifest = json.loads((out / "kdq-manifest.json").read_text())
     assert manifest["configs"]["quantize"] == {"method": "bnb-int8"} and manifest["probe"]["tta"] == "none"
     assert cli_main(["verify", str(out)]) == 0 and "OK:" in capsys.readouterr().out
     assert cli_main(args) == 2  # exists: bad input, says how to overwrite
     assert "overwrite" in capsys.readouterr().err
-    assert cli_main(["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--title", "Tiny arena via CLI",
-                     "--id", "Bad Id"]) == 2
+    assert (
+        cli_main(
+            [
+                "export",
+                str(tiny_model_dir),
+                "--out",
+                str(tmp_path / "x"),
+                "--title",
+                "Tiny arena via CLI",
+                "--id",
+                "Bad Id",
+            ]
+        )
+        == 2
+    )
     assert "ExportConfig.dataset_id" in capsys.readouterr().err
 
 
@@ -266,7 +331,9 @@ def test_reload_that_differs_from_memory_fails_the_export(tmp_path, tiny_tokeniz
     buffer, as with bnb nf4's post-forward state) must not be exported."""
     model = make_tiny_classifier(tokenizer=tiny_tokenizer, seed=3)
     good = export(model, tmp_path / "good", _config(probe_rows=2), tokenizer=tiny_tokenizer)  # saved as safetensors
-    assert json.loads((good / "kdq-manifest.json").read_text())["sources"]["model"]["fingerprint"].startswith("weights:")
+    assert json.loads((good / "kdq-manifest.json").read_text())["sources"]["model"]["fingerprint"].startswith(
+        "weights:"
+    )
     model.model.rotary_emb.inv_freq.mul_(7.0)  # not saved by save_pretrained
     with pytest.raises(ExportError, match="differ from the source model"):
         export(model, tmp_path / "out", _config(probe_rows=2), tokenizer=tiny_tokenizer)
@@ -285,8 +352,9 @@ def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model
     nf4 is also the format whose reload can go wrong on AVX512-BF16 CPUs: export's probe
     compares the folder's predict.py with the model loaded by kdq."""
     template = TemplateConfig(max_length=96)  # short rows: bitsandbytes is slow on CPU
-    qdir = kdq.quantize(str(tiny_model_dir), kdq.QuantConfig.from_name("bnb-nf4", template=template),
-                        out_dir=tmp_path / "q")
+    qdir = kdq.quantize(
+        str(tiny_model_dir), kdq.QuantConfig.from_name("bnb-nf4", template=template), out_dir=tmp_path / "q"
+    )
     # no template given: the one quantize recorded in config.json is used
     out = export(qdir, tmp_path / "export", _config(tta=False, title="Tiny arena nf4", template=None, probe_rows=3))
     manifest = json.loads((out / "kdq-manifest.json").read_text())
@@ -301,13 +369,18 @@ def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model
     test_csv = write_arena_csv(tmp_path / "test.csv", 6, seed=11, max_words=60)
     sub = tmp_path / "submission.csv"
     # through the notebook example, which runs the folder's predict.py in-process (still no kdq)
-    run = _isolated_python([str(NOTEBOOK), "--dataset-dir", str(out), "--test-csv", str(test_csv), "--out", str(sub),
-                            "--", "--quiet"], cwd=tmp_path)
+    run = _isolated_python(
+        [str(NOTEBOOK), "--dataset-dir", str(out), "--test-csv", str(test_csv), "--out", str(sub), "--", "--quiet"],
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "quantization=bitsandbytes" in run.stderr and "submission ok: 6 rows" in run.stdout
     with open(sub, newline="") as f:
         probs = np.array([[float(x) for x in r[1:]] for r in list(csv.reader(f))[1:]])
-    metrics = kdq.evaluate(str(out), kdq.load_arena(test_csv),
-                           kdq.EvalConfig(tta=False, device="cpu", budget=None, progress=False, batch_size=4))
+    metrics = kdq.evaluate(
+        str(out),
+        kdq.load_arena(test_csv),
+        kdq.EvalConfig(tta=False, device="cpu", budget=None, progress=False, batch_size=4),
+    )
     assert probs.shape == (6, 3)
     np.testing.assert_allclose(probs, metrics.probs, atol=1e-4)

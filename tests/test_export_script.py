@@ -1,5 +1,6 @@
 """The exported predict.py: a launcher for kdq's runtime copied whole (no kdq import), its
 CSV reading, sharding, start-up checks and submission writing."""
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,9 @@ KDQ_DIR = Path(kdq.__file__).parent
 
 @pytest.fixture(scope="module")
 def script_text():
-    return render_script(title="Tiny arena classifier", slug="tiny-arena", kdq_version=kdq.__version__,
-                         quant_method="gptq")
+    return render_script(
+        title="Tiny arena classifier", slug="tiny-arena", kdq_version=kdq.__version__, quant_method="gptq"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,13 @@ def test_runtime_is_copied_whole_and_is_what_predict_runs(folder, predict):
     for name in names:
         assert (folder / "kdq_runtime" / name).read_bytes() == (KDQ_DIR / "runtime" / name).read_bytes()
     # the launcher's namespace holds the folder's runtime, not kdq's modules
-    assert predict.encode_row.__module__.endswith(".template") and not predict.encode_row.__module__.startswith("kdq.")
+    assert predict.render.__module__.endswith(".template") and not predict.render.__module__.startswith("kdq.")
     assert predict.score_tta.__module__.endswith(".tta")
     assert not (folder / "kdq_runtime" / "__pycache__").exists()  # no bytecode lands in the dataset folder
-    # kdq.template / kdq.batching are the runtime's objects (one implementation)
+    # kdq's public TemplateConfig is the runtime's object (one implementation)
     from kdq.runtime import template as rt
 
-    assert kdq.template.encode_row is rt.encode_row and kdq.TemplateConfig is rt.TemplateConfig
+    assert kdq.TemplateConfig is rt.TemplateConfig
 
 
 def test_script_is_standalone_python(script_text):
@@ -60,19 +62,25 @@ def test_script_is_standalone_python(script_text):
         tree = ast.parse(text)
         assert bad_imports(text, relative_ok=True) == []
         imported |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
-                     if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        imported |= {
+            n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+        }
     assert imported - stdlib == {"torch", "transformers"}
     assert "gptq" in script_text.split('"""')[1]
 
 
 def test_kdq_imports_are_detected():
     assert kdq_imports("import kdq.template\nfrom .x import y\nfrom kdq import export\nimport os\n") == [
-        "line 1: import kdq.template", "line 2: from .x import ...", "line 3: from kdq import ..."]
+        "line 1: import kdq.template",
+        "line 2: from .x import ...",
+        "line 3: from kdq import ...",
+    ]
 
 
-@pytest.mark.parametrize("lengths, n", [([5] * 10, 2), ([100, 1, 1, 1, 1, 1], 2), ([3, 9, 4, 1, 7, 2, 8], 3),
-                                        ([4], 2), ([2, 2], 5), ([1] * 7, 1)])
+@pytest.mark.parametrize(
+    "lengths, n",
+    [([5] * 10, 2), ([100, 1, 1, 1, 1, 1], 2), ([3, 9, 4, 1, 7, 2, 8], 3), ([4], 2), ([2, 2], 5), ([1] * 7, 1)],
+)
 def test_shards_are_contiguous_balanced_and_cover_every_row(predict, lengths, n):
     bounds = predict.shard_bounds(lengths, n)
     assert bounds[0][0] == 0 and bounds[-1][1] == len(lengths)
@@ -114,12 +122,15 @@ def test_read_rows_handles_huge_cells_and_null_turns(predict, tmp_path):
     assert rows[0][0] == ["hi"] and len(rows[0][1][0]) == 200_000 and rows[1][2] == ["b", ""]
 
 
-@pytest.mark.parametrize("rows, fields, match", [
-    ([_row(1)], ("id", "prompt", "response_a"), r"missing column\(s\) \['response_b'\]"),
-    ([_row(1), _row(1)], ("id", "prompt", "response_a", "response_b"), "duplicate id '1'"),
-    ([_row(7, prompt="not json")], ("id", "prompt", "response_a", "response_b"), "row '7', column 'prompt'"),
-    ([], ("id", "prompt", "response_a", "response_b"), "no rows"),
-])
+@pytest.mark.parametrize(
+    "rows, fields, match",
+    [
+        ([_row(1)], ("id", "prompt", "response_a"), r"missing column\(s\) \['response_b'\]"),
+        ([_row(1), _row(1)], ("id", "prompt", "response_a", "response_b"), "duplicate id '1'"),
+        ([_row(7, prompt="not json")], ("id", "prompt", "response_a", "response_b"), "row '7', column 'prompt'"),
+        ([], ("id", "prompt", "response_a", "response_b"), "no rows"),
+    ],
+)
 def test_read_rows_names_the_bad_row_or_column(predict, tmp_path, rows, fields, match):
     path = _write_csv(tmp_path / "t.csv", [{k: r[k] for k in fields} for r in rows], fields)
     with pytest.raises(ValueError, match=match):
@@ -139,7 +150,7 @@ def test_submission_rows_sum_to_one_and_keep_ids(predict, tmp_path):
 
 def test_devices(predict):
     assert predict.pick_devices("cpu,cpu") == ["cpu", "cpu"]
-    assert predict.pick_devices("auto") == (["cuda:%d" % i for i in range(torch.cuda.device_count())] or ["cpu"])
+    assert predict.pick_devices("auto") == ([f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"])
     with pytest.raises(ValueError, match="names no device"):
         predict.pick_devices(" , ")
 
@@ -203,16 +214,22 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
 
 
 def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tmp_path):
-    qc = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-          "bnb_4bit_compute_dtype": "float32", "bnb_4bit_use_double_quant": True}
+    qc = {
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_use_double_quant": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
     kw = predict.load_kwargs(tmp_path, "cuda:1")  # arguments only: nothing is loaded
     assert kw["dtype"] == torch.float16 and kw["device_map"] == {"": "cuda:1"}
     assert kw["quantization_config"].bnb_4bit_compute_dtype == torch.float16
     assert kw["quantization_config"].bnb_4bit_use_double_quant is True
     assert predict.load_kwargs(tmp_path, "cpu") == {"dtype": torch.float32}
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 8,
-                                                                              "backend": "torch"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 8, "backend": "torch"}})
+    )
     assert predict.load_kwargs(tmp_path, "cuda:0")["quantization_config"].backend == "auto"
 
 
@@ -231,6 +248,6 @@ def test_lone_surrogates_from_the_csv_do_not_crash_the_tokenizer(predict, tmp_pa
     # rejects such strings, so parse_turns (shared with training) replaces them with U+FFFD.
     row = {"id": 1, "prompt": '["hi \\ud83d there"]', "response_a": '["ok \\ud83d\\ude00"]', "response_b": '["b"]'}
     ids, rows = predict.read_rows(_write_csv(tmp_path / "t.csv", [row]))
-    assert rows[0][0] == ["hi \ufffd there"] and rows[0][1] == ["ok \U0001F600"]
+    assert rows[0][0] == ["hi \ufffd there"] and rows[0][1] == ["ok \U0001f600"]
     seqs = predict.render(tiny_tokenizer, rows, predict.TemplateConfig(max_length=64))
     assert 0 < len(seqs[0]) <= 64

@@ -1,24 +1,31 @@
 """wheels/: which packages ship (pinned, torch never), a real pip download of one tiny wheel,
 and a failed download that leaves no folder behind."""
+
 from __future__ import annotations
 
 import json
 from importlib import metadata
 
 import pytest
+from _net import pypi_reachable
 
 from kdq.export import ExportConfig, ExportError, export
 from kdq.export.wheels import closure, default_packages, is_image_provided, pin, wheel_name
-from kdq.template import TemplateConfig
-from _net import pypi_reachable
-
+from kdq.runtime.template import TemplateConfig
 
 needs_pypi = pytest.mark.skipif(not pypi_reachable(), reason="pip download needs PyPI (pypi.org:443 unreachable)")
 
 
 def _config(**kw):
-    return ExportConfig(title="Tiny arena classifier", dataset_id="kdq-tests/tiny-wheels", wheels=True,
-                        template=TemplateConfig(max_length=96), tta=False, probe_rows=2, **kw)
+    return ExportConfig(
+        title="Tiny arena classifier",
+        dataset_id="kdq-tests/tiny-wheels",
+        wheels=True,
+        template=TemplateConfig(max_length=96),
+        tta=False,
+        probe_rows=2,
+        **kw,
+    )
 
 
 def test_default_packages_follow_the_quantization():
@@ -55,8 +62,11 @@ def test_pins_and_names():
 @needs_pypi
 def test_wheels_are_downloaded_for_each_python_and_listed(tmp_path, tiny_model_dir):
     # An old, tiny, pure-Python release that any PyPI mirror holds (the installed one may be newer).
-    out = export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("filelock==3.12.4",),
-                                                            wheel_python_versions=("3.11", "3.12")))
+    out = export(
+        tiny_model_dir,
+        tmp_path / "out",
+        _config(wheel_packages=("filelock==3.12.4",), wheel_python_versions=("3.11", "3.12")),
+    )
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
     assert wheels == ["filelock-3.12.4-py3-none-any.whl"]  # pure wheel: one file serves 3.11 and 3.12
     manifest = json.loads((out / "kdq-manifest.json").read_text())
@@ -81,10 +91,16 @@ def test_requires_python_that_excludes_a_version_fails_before_any_download(tmp_p
     assert spec and not __import__("packaging.specifiers").specifiers.SpecifierSet(spec).contains("3.10.0")
     calls = []
     monkeypatch.setattr(wheels, "download", lambda *a, **k: calls.append(a))  # would be a network call
-    with pytest.raises(ExportError, match=rf"transformers=={metadata.version('transformers')} requires Python "
-                                          rf"{spec} .* excludes the requested CPython 3\.10.*wheel_python_versions"):
-        export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("transformers",),
-                                                          wheel_python_versions=("3.11", "3.10")))
+    with pytest.raises(
+        ExportError,
+        match=rf"transformers=={metadata.version('transformers')} requires Python "
+        rf"{spec} .* excludes the requested CPython 3\.10.*wheel_python_versions",
+    ):
+        export(
+            tiny_model_dir,
+            tmp_path / "out",
+            _config(wheel_packages=("transformers",), wheel_python_versions=("3.11", "3.10")),
+        )
     assert calls == [] and list(tmp_path.iterdir()) == []
     assert ExportConfig(title="Tiny arena classifier", dataset_id="a/bcd").wheel_python_versions == ("3.11",)
 
@@ -94,8 +110,9 @@ def test_local_wheel_files_are_shipped_without_download(tmp_path, tiny_model_dir
     wheel = tmp_path / "src" / "kdqtinydep-1.0-py3-none-any.whl"
     wheel.parent.mkdir()
     wheel.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: shipped as bytes, never installed here
-    out = export(tiny_model_dir, tmp_path / "out", _config(wheel_packages=("kdqtinydep==1.0",),
-                                                            wheel_files=(str(wheel),)))
+    out = export(
+        tiny_model_dir, tmp_path / "out", _config(wheel_packages=("kdqtinydep==1.0",), wheel_files=(str(wheel),))
+    )
     assert (out / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
     manifest = json.loads((out / "kdq-manifest.json").read_text())
     assert manifest["wheels"]["requirements"] == {"3.11": []}  # the default: Kaggle's current image

@@ -1,5 +1,6 @@
 """bench/gpu_check.py --dry-run (tiny shapes, CPU): every check runs or says why not, one JSON,
 and the budget profile takes its measured efficiencies from it. No GPU is needed (none is used)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check") / "check.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(out.read_text())
 
@@ -55,7 +60,10 @@ def test_budget_takes_measured_efficiencies_with_their_sources(check, tmp_path):
     gpu.write_text(json.dumps(data))
     profile, sources = measured_profile(base, gpu)
     assert profile.name == "lmsys-2xt4+measured" and 0 < profile.compute_efficiency <= 1
-    assert profile.compute_slowdown["bnb-int8"] == 2.5 and profile.compute_slowdown["gptq-8"] == base.compute_slowdown["gptq-8"]
+    assert (
+        profile.compute_slowdown["bnb-int8"] == 2.5
+        and profile.compute_slowdown["gptq-8"] == base.compute_slowdown["gptq-8"]
+    )
     assert "on H200" in sources["compute_efficiency"] and "989 peak" in sources["compute_efficiency"]
     assert "h200.json" in sources["compute_slowdown[bnb-int8]"]
     (tmp_path / "empty.json").write_text("{}")
@@ -67,12 +75,17 @@ def test_bench_tta_quick_reports_paired_intervals_against_full_tta(tmp_path):
     """bench/bench_tta.py --quick: no/full/gated TTA per model, Δ vs full TTA with a paired-bootstrap
     interval that holds its point, and the gated verdict line (the figures in BENCHMARKS.md come from this)."""
     out = tmp_path / "tta.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_tta.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_tta.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads(out.read_text())
     assert [(r["model"], r["tta"]) for r in table] == [
-        (m, t) for m in ("tiny-teacher", "tiny-student") for t in ("none", "full", "gated 0.33")]
+        (m, t) for m in ("tiny-teacher", "tiny-student") for t in ("none", "full", "gated 0.33")
+    ]
     for r in table:
         lo, hi = r["delta_vs_full_ci"]
         assert lo <= r["delta_vs_full"] <= hi and r["rows_per_s"] > 0

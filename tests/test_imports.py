@@ -1,4 +1,5 @@
 """The package's import graph, read from the source (ast): no circle, and no upward imports."""
+
 from __future__ import annotations
 
 import ast
@@ -58,7 +59,7 @@ def _cycle(graph: dict):
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -82,16 +83,54 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_module_level_imports_form_no_circle():
     graph = _graph(top_level_only=True)
-    assert len(graph) > 30 and "kdq.cli" in graph and "kdq.commands" in graph["kdq.cli"]
+    assert len(graph) > 30 and "kdq.cli.main" in graph and "kdq.cli.commands" in graph["kdq.cli.main"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
 def test_deferred_imports_form_no_circle_either():
-    # kdq/cli.py and kdq/export/cli.py once imported each other; both now read kdq.commands
+    # kdq/cli/main.py and kdq/cli/export.py once imported each other; both now read kdq.cli.commands
     graph = _graph(top_level_only=False)
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
-    assert not any(m.startswith("kdq.export") for m in graph["kdq.cli"])
-    assert "kdq.cli" not in graph["kdq.export.cli"]
+    assert not any(m.startswith("kdq.export") for m in graph["kdq.cli.main"])
+    assert "kdq.cli.main" not in graph["kdq.cli.export"]
+
+
+# The layers, bottom up: a package imports only from the packages before it (kdq/__init__.py lists them).
+LAYERS = (
+    "kdq.runtime",
+    "kdq.utils",
+    "kdq.config",
+    "kdq.data",
+    "kdq.quant_methods",
+    "kdq.models",
+    "kdq.testing",
+    "kdq.evaluate",
+    "kdq.quantize",
+    "kdq.distill",
+    "kdq.export",
+    "kdq.recipes",
+    "kdq.pipeline",
+    "kdq.cli",
+)
+
+
+def _layer(module: str):
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
+
+
+def test_packages_import_only_the_layers_below_them():
+    graph = _graph(top_level_only=False)
+    assert {_layer(m) for m in graph} - {None} <= set(LAYERS) and _layer("kdq.cli.main") == "kdq.cli"
+    upward = sorted(
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if _layer(m) and _layer(t) and LAYERS.index(_layer(t)) > LAYERS.index(_layer(m))
+    )
+    assert not upward, upward
+    # the root package holds at most 8 modules besides its packages
+    root = sorted(p.name for p in KDQ.glob("*.py"))
+    assert len(root) <= 8, root
 
 
 @pytest.mark.parametrize("module", ["kdq.models", "kdq.export"])
@@ -105,26 +144,31 @@ def test_models_and_export_never_import_the_quantize_stage(module):
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys\nfrom kdq.cli import build_parser\nbuild_parser().format_help()\n"
-            "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy', 'pandas') if m in sys.modules)\n"
-            "print(heavy)")
+    code = (
+        "import sys\nfrom kdq.cli.main import build_parser\nbuild_parser().format_help()\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy', 'pandas') if m in sys.modules)\n"
+        "print(heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
 
 def test_stage_verbs_stay_functions_after_their_subpackages_load():
-    code = ("import kdq\nimport kdq.distill.cache, kdq.distill.shrink, kdq.quantize.api, kdq.evaluate.report, "
-            "kdq.export.build\nfrom kdq.distill import shrink\n"
-            "print(type(shrink).__name__ == 'function' and all(type(getattr(kdq, v)).__name__ == 'function' "
-            "for v in ('distill', 'quantize', 'evaluate', 'export', 'verify', 'compare', 'shrink')))")
+    code = (
+        "import kdq\nimport kdq.distill.cache, kdq.distill.shrink, kdq.quantize.api, kdq.evaluate.report, "
+        "kdq.export.build\nfrom kdq.distill import shrink\n"
+        "print(type(shrink).__name__ == 'function' and all(type(getattr(kdq, v)).__name__ == 'function' "
+        "for v in ('distill', 'quantize', 'evaluate', 'export', 'verify', 'compare', 'shrink')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize("module", ["kdq.distill.config", "kdq.quantize.config", "kdq.evaluate.config",
-                                    "kdq.export.config"])
+@pytest.mark.parametrize(
+    "module", ["kdq.distill.config", "kdq.quantize.config", "kdq.evaluate.config", "kdq.export.config"]
+)
 def test_stage_configs_import_without_torch(module):
     """A config module (what the CLI and a notebook's first cell read) loads no torch."""
     code = f"import sys, {module}\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"

@@ -1,4 +1,5 @@
 """Distillation losses against closed forms."""
+
 import math
 
 import pytest
@@ -55,7 +56,7 @@ def test_one_value_by_hand():
 def test_temperature_scaling_is_t_squared(logits):
     s, t = logits
     T = 3.0
-    expected = T ** 2 * forward_kl(s / T, t / T)
+    expected = T**2 * forward_kl(s / T, t / T)
     assert torch.allclose(forward_kl(s, t, temperature=T), expected, atol=1e-5)
 
 

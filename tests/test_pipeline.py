@@ -1,13 +1,14 @@
 """kdq.pipeline: settings that would fail after hours of training fail at construction; the
 recommended variant; DDP stages that never wait at a barrier for single-process work."""
+
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _launch import launch_two_processes
 
 import kdq
-from _launch import launch_two_processes
 from kdq.pipeline import PipelineConfig, _export_names, recommend
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
@@ -27,8 +28,13 @@ def test_bad_settings_fail_before_any_training():
 
 
 def _variant(probs, probs_tta=None, *, fits=True, hours=1.0, size=1e9):
-    return SimpleNamespace(probs=probs, probs_tta=probs_tta, rows_per_s=10.0, size_bytes=size,
-                           budget={"fits": fits, "projected_hours": hours})
+    return SimpleNamespace(
+        probs=probs,
+        probs_tta=probs_tta,
+        rows_per_s=10.0,
+        size_bytes=size,
+        budget={"fits": fits, "projected_hours": hours},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Every method x bits on a tiny random Llama classifier (CPU): verified folders that load without kdq."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import torch
 import kdq
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report, recheck
 from kdq.quantize.verify import REPORT_FILE, check_head
-from kdq.template import TemplateConfig
+from kdq.runtime.template import TemplateConfig
 
 TEMPLATE = TemplateConfig(max_length=128)
 CASES = {  # variant name -> QuantConfig overrides on top of QuantConfig.from_name
@@ -44,9 +45,9 @@ def quantized(tmp_path_factory, tiny_model_dir, arena_csv):
 
     def get(case):
         if case not in done:
-            done[case] = kdq.quantize(tiny_model_dir, config_for(case), calibration=arena_csv,
-                                      out_dir=root / case)
+            done[case] = kdq.quantize(tiny_model_dir, config_for(case), calibration=arena_csv, out_dir=root / case)
         return done[case]
+
     return get
 
 
@@ -96,8 +97,9 @@ def test_stock_transformers_loads_without_kdq(quantized, tmp_path):
     predicts the probabilities kdq measured in memory."""
     folders = [str(quantized(c)) for c in ("gptq-4", "gptq-8", "bnb-int8", "bnb-nf4", "bnb-fp4-nodq")]
     script = tmp_path / "stock_load.py"
-    script.write_text(textwrap.dedent('''
-        import importlib.abc, json, sys
+    script.write_text(
+        textwrap.dedent("""
+        import importlib, importlib.abc, json, sys
 
         class NoKdq(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
@@ -107,7 +109,7 @@ def test_stock_transformers_loads_without_kdq(quantized, tmp_path):
 
         sys.meta_path.insert(0, NoKdq())
         try:
-            import kdq  # noqa: F401
+            importlib.import_module("kdq")
             raise SystemExit("kdq is importable")
         except ModuleNotFoundError:
             pass
@@ -133,13 +135,20 @@ def test_stock_transformers_loads_without_kdq(quantized, tmp_path):
             out[folder] = probs
         out["kdq_modules"] = sorted(m for m in sys.modules if m == "kdq" or m.startswith("kdq."))
         print("RESULT" + json.dumps(out))
-    '''))
+    """)
+    )
     # What a CPU user sets for gptqmodel (kdq sets the same defaults in its own process).
-    env = {**os.environ, "TORCH_COMPILE_DISABLE": "1", "GPTQMODEL_DISABLE_PACK_EXT": "1",
-           "GPTQMODEL_CPU_WORKERS": "2", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TORCH_COMPILE_DISABLE": "1",
+        "GPTQMODEL_DISABLE_PACK_EXT": "1",
+        "GPTQMODEL_CPU_WORKERS": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result.pop("kdq_modules") == []
@@ -160,8 +169,14 @@ def test_recheck_catches_a_corrupted_artifact(quantized, tmp_path):
         bad = tmp_path / case
         shutil.copytree(good, bad)
         tensors = load_file(str(bad / "model.safetensors"))
-        key = max((k for k, t in tensors.items() if "layers.1." in k and not t.dtype.is_floating_point
-                   and t.dtype != torch.bool), key=lambda k: tensors[k].numel())
+        key = max(
+            (
+                k
+                for k, t in tensors.items()
+                if "layers.1." in k and not t.dtype.is_floating_point and t.dtype != torch.bool
+            ),
+            key=lambda k: tensors[k].numel(),
+        )
         tensors[key] = torch.bitwise_not(tensors[key])
         save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
         with pytest.raises(ReloadMismatchError, match=case):
@@ -171,8 +186,8 @@ def test_recheck_catches_a_corrupted_artifact(quantized, tmp_path):
 def test_peft_adapter_teacher_is_merged_first(tiny_model_dir, tiny_tokenizer, arena_csv, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from kdq.batching import predict_logits
     from kdq.models import load_classifier
+    from kdq.runtime.batching import predict_logits
 
     base = load_classifier(tiny_model_dir).model
     peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"]))
@@ -184,8 +199,12 @@ def test_peft_adapter_teacher_is_merged_first(tiny_model_dir, tiny_tokenizer, ar
     peft_model.save_pretrained(str(adapter))
     tiny_tokenizer.save_pretrained(str(adapter))
 
-    out = kdq.quantize(adapter, QuantConfig.from_name("bnb-int8", template=TEMPLATE, device="cpu"),
-                       calibration=arena_csv, out_dir=tmp_path / "q")
+    out = kdq.quantize(
+        adapter,
+        QuantConfig.from_name("bnb-int8", template=TEMPLATE, device="cpu"),
+        calibration=arena_csv,
+        out_dir=tmp_path / "q",
+    )
     saved = json.loads((out / REPORT_FILE).read_text())
     probe, source_logits = saved["probe"]["input_ids"], torch.tensor(saved["probe"]["logits_source"])
     merged = load_classifier(adapter).model
@@ -202,14 +221,18 @@ def test_model_object_and_strings_calibration(tiny_model_dir, tiny_tokenizer, tm
 
     model = load_classifier(tiny_model_dir).model
     texts = [f"Prompt: question {i}\nResponse A: good answer\nResponse B: bad answer {i}" for i in range(12)]
-    out = kdq.quantize(model, QuantConfig.from_name("bnb-nf4", template=TEMPLATE, device="cpu", probe_rows=4),
-                       calibration=texts, tokenizer=tiny_tokenizer, out_dir=tmp_path / "q")
+    out = kdq.quantize(
+        model,
+        QuantConfig.from_name("bnb-nf4", template=TEMPLATE, device="cpu", probe_rows=4),
+        calibration=texts,
+        tokenizer=tiny_tokenizer,
+        out_dir=tmp_path / "q",
+    )
     report = read_report(out)
     assert report.source is None and report.probe_rows == 4 and report.reload_max_abs_delta == 0.0
     assert (out / "tokenizer.json").is_file()  # self-contained: the tokenizer travels with the weights
     with pytest.raises(FileExistsError):
-        kdq.quantize(model, QuantConfig.from_name("bnb-nf4", device="cpu"), tokenizer=tiny_tokenizer,
-                     out_dir=out)
+        kdq.quantize(model, QuantConfig.from_name("bnb-nf4", device="cpu"), tokenizer=tiny_tokenizer, out_dir=out)
 
 
 def test_quality_gate_fails_without_writing(tiny_model_dir, arena_csv, tmp_path):
@@ -225,16 +248,18 @@ def test_quantized_head_is_detected(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 
     bad = AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_model_dir), device_map={"": "cpu"},
-        quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[]))
+        str(tiny_model_dir),
+        device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[]),
+    )
     assert type(bad.score).__name__ == "Linear8bitLt"
     with pytest.raises(QuantizationError, match="head 'score' was quantized"):
         check_head(bad, "bnb-int8")
 
 
 def test_load_classifier_reads_gptq_folders_and_requantizing_is_refused(quantized, tmp_path):
-    from kdq.batching import predict_logits
     from kdq.models import load_classifier
+    from kdq.runtime.batching import predict_logits
 
     folder = quantized("gptq-4")
     saved = json.loads((folder / REPORT_FILE).read_text())

@@ -8,6 +8,7 @@
    aten's int4pack layout on the first eval forward pass; a folder saved afterwards does not
    reload. kdq uses ``backend="torch"`` on CPU and its reload check catches the failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,11 @@ import pytest
 import torch
 
 import kdq
-from kdq.batching import predict_logits
-from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report
 from kdq.quant_methods.gptq import default_backend
+from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report
 from kdq.quantize.verify import compare_reload, cpu_has_avx512_bf16
-from kdq.template import TemplateConfig
+from kdq.runtime.batching import predict_logits
+from kdq.runtime.template import TemplateConfig
 
 TEMPLATE = TemplateConfig(max_length=96)
 
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def probe(arena_csv, tiny_tokenizer):
     from kdq.quantize.calibration import prepare_calibration
 
-    return prepare_calibration(arena_csv, tiny_tokenizer, TEMPLATE, num_samples=16, probe_rows=6, seed=0,
-                               needs_calibration=True)
+    return prepare_calibration(
+        arena_csv, tiny_tokenizer, TEMPLATE, num_samples=16, probe_rows=6, seed=0, needs_calibration=True
+    )
 
 
 def test_bnb_nf4_without_double_quant_forward_then_save_is_caught(tiny_model_dir, tiny_tokenizer, probe, tmp_path):
@@ -46,17 +48,29 @@ def test_bnb_nf4_without_double_quant_forward_then_save_is_caught(tiny_model_dir
     import bitsandbytes.functional as bnbf
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 
-    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
-                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score"])
-    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), quantization_config=cfg,
-                                                               device_map={"": "cpu"}).eval()
+    cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=False,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["score"],
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), quantization_config=cfg, device_map={"": "cpu"}
+    ).eval()
     pad = tiny_tokenizer.pad_token_id
     before_save = predict_logits(model, probe.probe, pad, batch_size=len(probe.probe))
     model.save_pretrained(str(tmp_path / "nf4"))
     repacks = bnbf.has_avx512bf16()
     assert repacks == cpu_has_avx512_bf16()  # bitsandbytes and /proc/cpuinfo agree about this CPU
-    kwargs = dict(probe=probe.probe, pad_id=pad, memory_logits=before_save, tolerance=5e-3,
-                  device=torch.device("cpu"), dtype=torch.float32)
+    kwargs = dict(
+        probe=probe.probe,
+        pad_id=pad,
+        memory_logits=before_save,
+        tolerance=5e-3,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     if repacks:
         with pytest.raises(ReloadMismatchError, match=r"bnb-nf4-nodq: the reloaded folder does not reproduce"):
             compare_reload("bnb-nf4-nodq", tmp_path / "nf4", **kwargs)
@@ -84,8 +98,8 @@ def test_gptq_default_backend_on_cpu_is_caught_and_kdq_uses_torch(tiny_model_dir
     assert default_backend("cpu") == "torch" and default_backend("cuda:0") == "auto"
     data = [{"input_ids": [ids], "attention_mask": [[1] * len(ids)]} for ids in probe.calibration]
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_model_dir), device_map={"": "cpu"},
-        quantization_config=GPTQConfig(bits=4, dataset=data, group_size=32))  # backend left to gptqmodel
+        str(tiny_model_dir), device_map={"": "cpu"}, quantization_config=GPTQConfig(bits=4, dataset=data, group_size=32)
+    )  # backend left to gptqmodel
     model.eval()
     pad = tiny_tokenizer.pad_token_id
     before_save = predict_logits(model, probe.probe, pad, batch_size=len(probe.probe))
@@ -93,8 +107,14 @@ def test_gptq_default_backend_on_cpu_is_caught_and_kdq_uses_torch(tiny_model_dir
     repacked = q.qweight.dtype != torch.int32  # int4pack layout replaced the GPTQ int32 words
     model.config.quantization_config.dataset = None
     model.save_pretrained(str(tmp_path / "gptq"))
-    kwargs = dict(probe=probe.probe, pad_id=pad, memory_logits=before_save, tolerance=5e-3,
-                  device=torch.device("cpu"), dtype=torch.float32)
+    kwargs = dict(
+        probe=probe.probe,
+        pad_id=pad,
+        memory_logits=before_save,
+        tolerance=5e-3,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     if repacked:
         with pytest.raises(QuantizationError, match="gptq-4: the saved folder does not reload"):
             compare_reload("gptq-4", tmp_path / "gptq", **kwargs)
@@ -107,7 +127,8 @@ def test_gptq_env_defaults_respect_user_and_leave_hf_home(tmp_path):
     """In a fresh process: importing kdq loads no backend; prepare_gptq sets the CPU defaults
     only where the user did not, and importing gptqmodel leaves HF_HOME alone."""
     script = tmp_path / "env_check.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         import json, os, sys
         import kdq
         from kdq.quant_methods.gptq_env import prepare_gptq
@@ -121,13 +142,24 @@ def test_gptq_env_defaults_respect_user_and_leave_hf_home(tmp_path):
                                      "compile": os.environ.get("TORCH_COMPILE_DISABLE"),
                                      "dynamo_disabled": dynamo_config.disable,
                                      "gptqmodel": "gptqmodel" in sys.modules}))
-    '''))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HOME", "TORCH_COMPILE_DISABLE", "GPTQMODEL_DISABLE_PACK_EXT", "PYTORCH_ALLOC_CONF",
-                        "CUDA_DEVICE_ORDER")}
+    """)
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "HF_HOME",
+            "TORCH_COMPILE_DISABLE",
+            "GPTQMODEL_DISABLE_PACK_EXT",
+            "PYTORCH_ALLOC_CONF",
+            "CUDA_DEVICE_ORDER",
+        )
+    }
     env.update(GPTQMODEL_CPU_WORKERS="1", OMP_NUM_THREADS="1")  # a value the user chose
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result["lazy"] == []  # `import kdq` imports no quantization backend

@@ -1,14 +1,15 @@
 """The real data and the real model behind the demo: VADER human ratings and SmolLM2-135M."""
+
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-
-from kdq.data import load_arena
-from demo_assets.vader import arena_pairs, fetch_sdist, load_sentences
 from _net import pypi_reachable
+
+from demo_assets.vader import arena_pairs, fetch_sdist, load_sentences
+from kdq.data import load_arena
 
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
 
@@ -38,9 +39,13 @@ def test_vader_sentences_are_the_published_ground_truth(sdist):
 def test_pairs_are_balanced_disjoint_and_load_as_arena_rows(sdist):
     train, ev, test, info = arena_pairs(sdist, n_train=600, n_eval=150, n_test=150, seed=0)
     assert all(abs(share - 1 / 3) < 0.08 for share in info["class_balance"]["train"])
-    texts = {name: {t for col in ("response_a", "response_b") for t in map(json.dumps, split[col])}
-             for name, split in (("train", train), ("eval", ev), ("test", test))}
-    assert not texts["train"] & texts["eval"] and not texts["train"] & texts["test"] and not texts["eval"] & texts["test"]
+    texts = {
+        name: {t for col in ("response_a", "response_b") for t in map(json.dumps, split[col])}
+        for name, split in (("train", train), ("eval", ev), ("test", test))
+    }
+    assert (
+        not texts["train"] & texts["eval"] and not texts["train"] & texts["test"] and not texts["eval"] & texts["test"]
+    )
     rows = load_arena(train)
     assert len(rows) == 600 and set(rows["label"]) == {0, 1, 2}
     assert "Hutto" in info["citation"]
@@ -52,8 +57,8 @@ def test_smollm2_gguf_becomes_a_shrinkable_classifier(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     import kdq
-    from kdq.models import load_classifier
     from demo_assets.smollm2 import smollm2_classifier
+    from kdq.models import load_classifier
 
     folder = _fetch_or_skip(lambda: smollm2_classifier(tmp_path / "smol"))
     cfg = json.loads((folder / "config.json").read_text())

@@ -7,6 +7,7 @@ padding and one without take different paths, as with real Danube3/SmolLM2 outli
 runtime scores original and swapped rows in one length-sorted pass everywhere (evaluate, the
 export probe, predict.py), so the batches, and the probabilities, are the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def int8_dir(tmp_path_factory, tiny_tokenizer):
         emb[tiny_tokenizer.pad_token_id, 0] = 20 * emb.abs().max()
     model.save_pretrained(src)
     tiny_tokenizer.save_pretrained(src)
-    return kdq.quantize(str(src), kdq.QuantConfig.from_name("bnb-int8", template=TEMPLATE),
-                        out_dir=tmp_path_factory.mktemp("q") / "int8")
+    return kdq.quantize(
+        str(src),
+        kdq.QuantConfig.from_name("bnb-int8", template=TEMPLATE),
+        out_dir=tmp_path_factory.mktemp("q") / "int8",
+    )
 
 
 def _sequences(loaded, n):
@@ -56,10 +60,15 @@ def test_the_model_has_outliers_that_make_results_depend_on_the_batch(int8_dir):
     loaded = load_classifier(int8_dir)
     _, seqs, swapped = _sequences(loaded, 8)
     peaks = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: peaks.append(float(inp[0].abs().max())))
-             for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: peaks.append(float(inp[0].abs().max())))
+        for m in loaded.model.modules()
+        if isinstance(m, bnb.nn.Linear8bitLt)
+    ]
     pad = loaded.model.config.pad_token_id
-    two_calls = combine_swap_tta(predict_logits(loaded.model, seqs, pad, 4), predict_logits(loaded.model, swapped, pad, 4))
+    two_calls = combine_swap_tta(
+        predict_logits(loaded.model, seqs, pad, 4), predict_logits(loaded.model, swapped, pad, 4)
+    )
     for h in hooks:
         h.remove()
     assert max(peaks) > THRESHOLD and min(peaks) < THRESHOLD  # some batches cross it, some do not
@@ -71,8 +80,11 @@ def test_the_model_has_outliers_that_make_results_depend_on_the_batch(int8_dir):
 
 @pytest.mark.parametrize("tta", ["full", "none", "gated"])
 def test_int8_export_with_outliers_verifies_and_predict_py_matches_kdq_exactly(int8_dir, tmp_path, tta):
-    out = export(int8_dir, tmp_path / "export", ExportConfig(title="Tiny int8 outliers", dataset_id="kdq-tests/int8-out",
-                                                             tta=tta, batch_size=4, probe_rows=8))
+    out = export(
+        int8_dir,
+        tmp_path / "export",
+        ExportConfig(title="Tiny int8 outliers", dataset_id="kdq-tests/int8-out", tta=tta, batch_size=4, probe_rows=8),
+    )
     probe = json.loads((out / "kdq-manifest.json").read_text())["probe"]
     assert probe["batch_size"] == 4 and probe["tta"] == tta
     assert probe["max_abs_diff_vs_source"] == 0.0  # same runtime, same batches: the same bits

@@ -1,4 +1,5 @@
 """Paired bootstrap intervals: closed-form checks and the pairing itself."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """LoRA on a half-precision base and QLoRA (real bitsandbytes nf4 on CPU): dtypes, training, merge on save."""
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,8 @@ def test_qlora_merge_onto_the_dequantized_base_reloads_with_stock_transformers(b
     script = textwrap.dedent(f"""
         import json, sys, torch
         from transformers import AutoModelForSequenceClassification
-        m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'merged')!r}).eval()
-        b = torch.load({str(tmp_path / 'batch.pt')!r})
+        m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "merged")!r}).eval()
+        b = torch.load({str(tmp_path / "batch.pt")!r})
         with torch.no_grad():
             p = m(input_ids=b["ids"], attention_mask=b["mask"]).logits.softmax(-1)
         print(json.dumps({{"probs": p.tolist(), "kdq": "kdq" in sys.modules,
@@ -119,25 +120,39 @@ def test_qlora_merge_onto_the_dequantized_base_reloads_with_stock_transformers(b
             elif "score" in k:
                 v.copy_(merged.state_dict()[k])
         onto_original = original(input_ids=ids, attention_mask=mask).logits.softmax(-1)
-    print(f"QLoRA merge onto the dequantized base: max |dp| {err:.1e}; "
-          f"onto the original weights: {(onto_original - trained).abs().max().item():.1e}")
+    print(
+        f"QLoRA merge onto the dequantized base: max |dp| {err:.1e}; "
+        f"onto the original weights: {(onto_original - trained).abs().max().item():.1e}"
+    )
     assert err < 1e-5
     assert (trained - torch.full_like(trained, 1 / 3)).abs().max() > 1e-3  # it did train something
 
 
 def _dequantized_base(base_dir):
     model = load_student(str(base_dir), kdq.DistillConfig(lora=kdq.LoraSettings(quantize="nf4")), device="cpu").model
-    return {f"{n}.weight": bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
-            for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    return {
+        f"{n}.weight": bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+        for n, m in model.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
 
 
 def test_qlora_distill_trains_and_saves_a_plain_folder(base_dir, tmp_path, one_torch_thread):
     rows = make_arena_rows(48, seed=5, max_words=30)
     metric = kdq.EvalConfig(template=TEMPLATE, tta=False, device="cpu", budget=None, progress=False)
     start = kdq.evaluate(str(base_dir), rows, metric).log_loss
-    cfg = kdq.DistillConfig(output_dir=str(tmp_path / "run"), template=TEMPLATE, epochs=3, batch_size=8,
-                            learning_rate=3e-3, logging_steps=2, lora=kdq.LoraSettings(r=8, quantize="nf4"))
-    res = kdq.distill(str(base_dir), rows, eval_data=make_arena_rows(16, seed=9, max_words=30), teacher=None, config=cfg)  # eval between epochs
+    cfg = kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"),
+        template=TEMPLATE,
+        epochs=3,
+        batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=2,
+        lora=kdq.LoraSettings(r=8, quantize="nf4"),
+    )
+    res = kdq.distill(
+        str(base_dir), rows, eval_data=make_arena_rows(16, seed=9, max_words=30), teacher=None, config=cfg
+    )  # eval between epochs
     assert res.metrics["train_memory"]["setup"]["method"] == "qlora"
     saved = json.loads((res.student_dir / "config.json").read_text())
     assert "quantization_config" not in saved

@@ -1,4 +1,5 @@
 """Training-memory projection: arithmetic by hand, against tensors measured on CPU, and the refusal."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,15 +7,35 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 import kdq
-from kdq.distill.lora import TrainingMemoryError, load_student, plan_training, wrap_lora
+from kdq.distill.lora import load_student, wrap_lora
+from kdq.distill.planning import TrainingMemoryError, plan_training
+from kdq.distill.train_memory import (
+    GB,
+    NF4_DQ_BYTES,
+    LiveTensorBytes,
+    TrainSetup,
+    alternatives,
+    model_spec,
+    project_training,
+    table_markdown,
+    train_device,
+    train_devices,
+    trainable_params,
+)
 from kdq.evaluate.modelspec import ModelSpec, param_counts
-from kdq.evaluate.train_memory import (GB, NF4_DQ_BYTES, LiveTensorBytes, TrainSetup, alternatives, model_spec,
-                                       project_training, table_markdown, train_device, train_devices,
-                                       trainable_params)
 
 # A Llama shaped so that weights, Adam states and activations all weigh in (vocab 8000 x 128).
-SHAPE = dict(vocab_size=8000, hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2, num_labels=3, pad_token_id=0, tie_word_embeddings=False)
+SHAPE = dict(
+    vocab_size=8000,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_labels=3,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
 BATCH, LENGTH = 4, 128
 TOLERANCE = 0.20  # projection within ±20% of the measured peak of live tensor bytes
 
@@ -59,7 +80,7 @@ def _train_two_steps(model):
     torch.manual_seed(0)
     ids = torch.randint(1, SHAPE["vocab_size"], (BATCH, LENGTH))
     mask = torch.ones(BATCH, LENGTH, dtype=torch.long)
-    mask[0, -LENGTH // 4:] = 0  # padded like real batches: the 4-D mask path
+    mask[0, -LENGTH // 4 :] = 0  # padded like real batches: the 4-D mask path
     labels = torch.randint(0, 3, (BATCH,))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -69,21 +90,27 @@ def _train_two_steps(model):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("method,checkpointing,dropout", [
-    ("full", False, 0.0), ("full", True, 0.0), ("lora", False, 0.05), ("lora", True, 0.0), ("qlora", False, 0.0)])
+@pytest.mark.parametrize(
+    "method,checkpointing,dropout",
+    [("full", False, 0.0), ("full", True, 0.0), ("lora", False, 0.05), ("lora", True, 0.0), ("qlora", False, 0.0)],
+)
 def test_projection_matches_tensors_measured_on_cpu(tmp_path, method, checkpointing, dropout, one_torch_thread):
     config = LlamaConfig(**SHAPE)
     torch.manual_seed(0)
     if method == "qlora":
         LlamaForSequenceClassification(config).save_pretrained(tmp_path / "m")
-    lora = None if method == "full" else kdq.LoraSettings(r=8, dropout=dropout,
-                                                          quantize="nf4" if method == "qlora" else "none")
+    lora = (
+        None
+        if method == "full"
+        else kdq.LoraSettings(r=8, dropout=dropout, quantize="nf4" if method == "qlora" else "none")
+    )
     with LiveTensorBytes() as live:
         if method == "qlora":
             from kdq.testing import make_tokenizer
 
-            model = load_student(str(tmp_path / "m"), kdq.DistillConfig(lora=lora), tokenizer=make_tokenizer(),
-                                 device="cpu").model
+            model = load_student(
+                str(tmp_path / "m"), kdq.DistillConfig(lora=lora), tokenizer=make_tokenizer(), device="cpu"
+            ).model
         else:
             model = LlamaForSequenceClassification(config)
         if lora is not None:
@@ -91,8 +118,15 @@ def test_projection_matches_tensors_measured_on_cpu(tmp_path, method, checkpoint
         if checkpointing:
             model.activation_checkpointing_enable()
         _train_two_steps(model)
-    setup = TrainSetup(method=method, batch_size=BATCH, seq_len=LENGTH, checkpointing=checkpointing, half=False,
-                       lora_r=8, lora_dropout=dropout)
+    setup = TrainSetup(
+        method=method,
+        batch_size=BATCH,
+        seq_len=LENGTH,
+        checkpointing=checkpointing,
+        half=False,
+        lora_r=8,
+        lora_dropout=dropout,
+    )
     projected = project_training(ModelSpec.from_config(config), setup)["peak"]
     print(f"{setup.describe()}: projected {projected / 1e6:.1f} MB, measured {live.peak / 1e6:.1f} MB")
     assert abs(projected - live.peak) <= TOLERANCE * live.peak, (projected, live.peak)
@@ -100,7 +134,7 @@ def test_projection_matches_tensors_measured_on_cpu(tmp_path, method, checkpoint
 
 def _danube_folder(tmp_path):
     """A Danube3-4B config.json and nothing else: planning reads the config, never weights."""
-    from kdq.evaluate.train_memory import known_models
+    from kdq.distill.train_memory import known_models
 
     LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")
     return str(tmp_path / "danube3-4b")
@@ -109,7 +143,9 @@ def _danube_folder(tmp_path):
 def test_plan_refuses_what_cannot_fit_and_names_what_would(tmp_path):
     folder, t4 = _danube_folder(tmp_path), train_device("t4-16gb")
     cfg = kdq.DistillConfig(batch_size=4, template=kdq.TemplateConfig(max_length=1024), gradient_checkpointing=False)
-    with pytest.raises(TrainingMemoryError, match=r"training would need \d+\.\d GB on t4-16gb.*Settings that fit:") as e:
+    with pytest.raises(
+        TrainingMemoryError, match=r"training would need \d+\.\d GB on t4-16gb.*Settings that fit:"
+    ) as e:
         plan_training(folder, cfg, device=t4, log=lambda *_: None)
     assert "lora.quantize=nf4" in str(e.value) or "gradient_checkpointing=True" in str(e.value)
     # every alternative offered does fit
@@ -127,8 +163,9 @@ def test_plan_turns_checkpointing_on_when_short_and_prints_it(tmp_path):
     # on an 80 GB card it fits without; a setting the user made is kept
     out, _ = plan_training(folder, cfg, device=train_device("h100-80gb"), log=lines.append)
     assert out.gradient_checkpointing is False and "auto: fits without it" in lines[-1]
-    out, _ = plan_training(folder, cfg.replace(gradient_checkpointing=True), device=train_device("h100-80gb"),
-                           log=lines.append)
+    out, _ = plan_training(
+        folder, cfg.replace(gradient_checkpointing=True), device=train_device("h100-80gb"), log=lines.append
+    )
     assert out.gradient_checkpointing is True and "set by you" in lines[-1]
     # on CPU (no device): printed, never refused, checkpointing stays off
     out, proj = plan_training(folder, cfg.replace(batch_size=64), log=lines.append)

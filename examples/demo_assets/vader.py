@@ -17,6 +17,7 @@ Pair construction (``arena_pairs``):
   most ``tie_threshold``, which defaults to the 1/3-quantile of |difference| over the train
   pairs so the three classes come out roughly balanced.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdq.template import LABELS
+from kdq.runtime.constants import LABELS
 
 SDIST = "vaderSentiment==3.3.2"
 MEMBER = "additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -39,8 +40,10 @@ SOURCES = {
     "nytEditorialSnippets_GroundTruth.txt": "newspaper editorial",
 }
 PROMPTS = {kind: f"Write one sentence of a {kind} that sounds as positive as you can." for kind in SOURCES.values()}
-CITATION = ("Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for Sentiment Analysis "
-            "of Social Media Text. ICWSM-14. Data: vaderSentiment 3.3.2, MIT licence.")
+CITATION = (
+    "Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for Sentiment Analysis "
+    "of Social Media Text. ICWSM-14. Data: vaderSentiment 3.3.2, MIT licence."
+)
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,26 @@ def fetch_sdist(cache_dir) -> Path:
     if found:
         return found[0]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", SDIST, "-d", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "-q",
+        SDIST,
+        "-d",
+        str(cache_dir),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache_dir.glob("vaderSentiment-3.3.2.tar.gz"))
     if proc.returncode != 0 or not found:
-        raise RuntimeError(f"could not download {SDIST} from PyPI into {cache_dir}: {proc.stderr.strip()[-500:]}\n"
-                           f"Download it by hand with: {' '.join(cmd[2:])}")
+        raise RuntimeError(
+            f"could not download {SDIST} from PyPI into {cache_dir}: {proc.stderr.strip()[-500:]}\n"
+            f"Download it by hand with: {' '.join(cmd[2:])}"
+        )
     return found[0]
 
 
@@ -133,14 +150,24 @@ def transfer_pairs(sdist, n: int, *, seed: int = 0, split_fractions=(0.7, 0.15, 
 
 def _text_columns(pairs) -> dict:
     """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs."""
-    return {"id": [pid for pid, _, _ in pairs],
-            "prompt": [json.dumps([PROMPTS[a.source]]) for _, a, _ in pairs],
-            "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
-            "response_b": [json.dumps([b.text]) for _, _, b in pairs]}
+    return {
+        "id": [pid for pid, _, _ in pairs],
+        "prompt": [json.dumps([PROMPTS[a.source]]) for _, a, _ in pairs],
+        "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
+        "response_b": [json.dumps([b.text]) for _, _, b in pairs],
+    }
 
 
-def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0, tie_threshold: float | None = None,
-                split_fractions=(0.7, 0.15, 0.15)):
+def arena_pairs(
+    sdist,
+    *,
+    n_train: int,
+    n_eval: int,
+    n_test: int,
+    seed: int = 0,
+    tie_threshold: float | None = None,
+    split_fractions=(0.7, 0.15, 0.15),
+):
     """Build competition-format train / eval / test tables (dicts of columns) from real ratings.
 
     Returns ``(train, eval, test, info)``; ``info`` records the tie threshold, the class
@@ -149,8 +176,10 @@ def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0,
     rng = random.Random(seed)
     sentences = load_sentences(sdist)
     pools = _split_pools(sentences, rng, split_fractions)
-    raw = {name: _pairs(pools[name], n, rng, f"{name}-") for name, n in
-           (("train", n_train), ("eval", n_eval), ("test", n_test))}
+    raw = {
+        name: _pairs(pools[name], n, rng, f"{name}-")
+        for name, n in (("train", n_train), ("eval", n_eval), ("test", n_test))
+    }
     if tie_threshold is None:
         diffs = sorted(abs(a.mean - b.mean) for _, a, b in raw["train"])
         tie_threshold = diffs[len(diffs) // 3]
@@ -162,6 +191,11 @@ def arena_pairs(sdist, *, n_train: int, n_eval: int, n_test: int, seed: int = 0,
             cols[lab] = [int(k == w) for w in winners]
         tables[name] = cols
         balance[name] = [sum(cols[lab]) / max(len(pairs), 1) for lab in LABELS]
-    info = {"tie_threshold": tie_threshold, "class_balance": balance, "sentences": len(sentences),
-            "pool_sizes": {k: len(v) for k, v in pools.items()}, "citation": CITATION}
+    info = {
+        "tie_threshold": tie_threshold,
+        "class_balance": balance,
+        "sentences": len(sentences),
+        "pool_sizes": {k: len(v) for k, v in pools.items()},
+        "citation": CITATION,
+    }
     return tables["train"], tables["eval"], tables["test"], info

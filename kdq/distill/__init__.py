@@ -4,12 +4,22 @@ Public API: :func:`distill`, :class:`DistillConfig`, :class:`LoraSettings`,
 :class:`DistillResult`, :func:`shrink`. Losses live in :mod:`kdq.distill.losses`, the
 teacher cache in :mod:`kdq.distill.cache`, the Trainer subclass in :mod:`kdq.distill.trainer`
 (imported lazily: it pulls in transformers' Trainer). Names load on first use
-(:mod:`kdq._lazy`): ``import kdq.distill.config`` loads no torch (building a config does: it
+(:mod:`kdq.utils.lazy`): ``import kdq.distill.config`` loads no torch (building a config does: it
 checks the loss registry).
 """
-from .._lazy import lazy_package
 
-__all__ = ["distill", "DistillConfig", "DistillResult", "LoraSettings", "shrink"]
+from ..utils.lazy import lazy_package
 
-lazy_package(__name__, {"distill": ".api", "DistillResult": ".api", "DistillConfig": ".config",
-                        "LoraSettings": ".config", "shrink": ".shrink"})
+__all__ = ["distill", "DistillConfig", "DistillResult", "LoraSettings", "shrink", "teacher_pass"]
+
+lazy_package(
+    __name__,
+    {
+        "distill": ".api",
+        "DistillResult": ".api",
+        "DistillConfig": ".config",
+        "LoraSettings": ".config",
+        "shrink": ".shrink",
+        "teacher_pass": ".teacher_pass",
+    },
+)

@@ -1,7 +1,7 @@
 """``kdq.distill``: arena rows → cached teacher logits → trained student folder."""
+
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 
-from .._json import jsonable
-from ..atomic import atomic_dir
-from ..batching import SWAP_PERMUTATION
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
+from ..runtime.constants import SWAP_PERMUTATION
+from ..utils.atomic import atomic_dir
+from ..utils.jsonable import jsonable
 from .config import DistillConfig
-from .lora import load_student, merge_for_save, plan_training, wrap_lora
+from .lora import load_student, merge_for_save, wrap_lora
+from .planning import plan_training
+from .teacher_pass import scored_rows, teacher_pass, transfer_rows
 
 log = logging.getLogger("kdq.distill")
 
@@ -33,13 +34,24 @@ class DistillResult:
     config: DistillConfig | None = None
 
     def to_dict(self) -> dict:
-        return {"student_dir": str(self.student_dir), "metrics": self.metrics,
-                "cache_path": str(self.cache_path) if self.cache_path else None,
-                "config": self.config.to_dict() if self.config else None}
+        return {
+            "student_dir": str(self.student_dir),
+            "metrics": self.metrics,
+            "cache_path": str(self.cache_path) if self.cache_path else None,
+            "config": self.config.to_dict() if self.config else None,
+        }
 
 
-def distill(student, train_data, eval_data=None, teacher=None, config: DistillConfig | None = None, *,
-            transfer_data=None, tokenizer=None) -> DistillResult:
+def distill(
+    student,
+    train_data,
+    eval_data=None,
+    teacher=None,
+    config: DistillConfig | None = None,
+    *,
+    transfer_data=None,
+    tokenizer=None,
+) -> DistillResult:
     """Train ``student`` on arena rows, distilling from ``teacher`` when given.
 
     Args:
@@ -64,8 +76,10 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     out = Path(cfg.output_dir)
     student_dir = out / "student"
     if student_dir.exists() and not (cfg.overwrite or cfg.resume):
-        raise FileExistsError(f"{student_dir} already exists; set DistillConfig(overwrite=True) to replace it, "
-                              "resume=True to continue a run, or choose another output_dir.")
+        raise FileExistsError(
+            f"{student_dir} already exists; set DistillConfig(overwrite=True) to replace it, "
+            "resume=True to continue a run, or choose another output_dir."
+        )
     # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
     cfg, memory = plan_training(student, cfg)
     # TrainingArguments sets up the (possibly distributed) process state; build it first so
@@ -74,20 +88,26 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     state = PartialState()
     train_rows = load_arena(train_data, require_labels=True)
     eval_rows = load_arena(eval_data, require_labels=True) if eval_data is not None else None
-    transfer_rows = _transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
+    extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
     if cfg.hidden_weight > 0 and teacher is None:
-        raise ValueError("DistillConfig.hidden_weight > 0 matches the teacher's hidden states and needs a teacher; "
-                         "pass teacher=... or set hidden_weight=0.")
-    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows) if eval_rows is not None else 0,
-                     "n_transfer": len(transfer_rows) if transfer_rows is not None else 0, "train_memory": memory}
-    scored = _scored_rows(train_rows, transfer_rows)
+        raise ValueError(
+            "DistillConfig.hidden_weight > 0 matches the teacher's hidden states and needs a teacher; "
+            "pass teacher=... or set hidden_weight=0."
+        )
+    metrics: dict = {
+        "n_train": len(train_rows),
+        "n_eval": len(eval_rows) if eval_rows is not None else 0,
+        "n_transfer": len(extra_rows) if extra_rows is not None else 0,
+        "train_memory": memory,
+    }
+    scored = scored_rows(train_rows, extra_rows)
 
     cache = None
     if teacher is not None and cfg.teacher_logits == "cache":
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
-            cache = _teacher_pass(teacher, scored, cfg)
-        metrics["teacher_pass"] = _pass_summary(cache)
+            cache = teacher_pass(teacher, scored, cfg)
+        metrics["teacher_pass"] = cache.summary()
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -125,47 +145,6 @@ def distill(student, train_data, eval_data=None, teacher=None, config: DistillCo
     return DistillResult(student_dir=student_dir, metrics=metrics, cache_path=cache.path if cache else None, config=cfg)
 
 
-def _teacher_pass(teacher, rows, cfg: DistillConfig):
-    """Teacher logits for ``rows`` from the shared cache (``cfg.cache_dir``, default the user cache),
-    scoring only the rows it lacks; the teacher is freed afterwards. ``kdq cache-teacher`` calls this too."""
-    from ..cachedir import default_cache_dir
-    from ..models import LazyClassifier, default_device, model_dtype_for
-    from .cache import cache_teacher_logits
-
-    device = default_device()
-    load = dict(dtype=model_dtype_for(device), device=device)
-    t = LazyClassifier(teacher, **load) if isinstance(teacher, (str, Path)) else load_classifier(teacher, **load)
-    try:
-        cache = cache_teacher_logits(t, rows, cache_dir=cfg.cache_dir or default_cache_dir(),
-                                     template=cfg.template, tta=cfg.teacher_tta, batch_size=cfg.teacher_batch_size,
-                                     device=device)
-        if cache.reused:
-            log.warning("teacher cache: reused %d of %d rows from %s (same teacher, template and TTA); scored %d.",
-                        cache.reused, cache.reused + cache.computed, cache.path, cache.computed)
-        return cache
-    finally:  # free the teacher before the student trains: on a T4 both rarely fit
-        del t
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def _transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
-    """Unlabelled transfer rows (label -1), checked against the training rows' ids."""
-    if teacher is None:
-        raise ValueError("transfer_data needs a teacher: transfer rows have no labels, only the teacher's logits "
-                         "teach from them. Pass teacher=... or drop transfer_data.")
-    rows = load_arena(transfer_data)
-    rows = rows.map(lambda b: {"label": [-1] * len(b["id"])}, batched=True, desc="drop transfer labels")
-    train_ids = set(train_rows["id"])
-    clash = next((i for i in rows["id"] if i in train_ids), None)
-    if clash is not None:
-        raise ValueError(f"transfer_data: id {clash!r} is also a training row id; transfer rows are extra unlabelled "
-                         "pairs, and a shared id makes the training table ambiguous. Drop training rows from the "
-                         "transfer set, or give transfer rows their own ids (e.g. prefix them with 'transfer-').")
-    return rows
-
-
 def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Dataset:
     """``input_ids``, ``labels`` (-1: a transfer row), ``length`` and (with a teacher) ``teacher_logits`` per row.
 
@@ -186,20 +165,14 @@ def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Data
         swapped = swapped.add_column("teacher_logits", cache.logits[:, list(SWAP_PERMUTATION)].tolist())
     if cfg.swap_augment == "paired":  # the swapped copy's columns beside the row's, joined in Arrow
         paired = [c for c in keep if c != "length"]
-        return datasets.concatenate_datasets([
-            table.select_columns(keep),
-            swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired})], axis=1)
+        return datasets.concatenate_datasets(
+            [
+                table.select_columns(keep),
+                swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired}),
+            ],
+            axis=1,
+        )
     return datasets.concatenate_datasets([table.select_columns(keep), swapped.select_columns(keep)])
-
-
-def _scored_rows(train_rows: datasets.Dataset, transfer_rows) -> datasets.Dataset:
-    """The rows the teacher scores and the student trains on: the training rows, then the transfer rows."""
-    return train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
-
-
-def _pass_summary(cache) -> dict:
-    """``metrics["teacher_pass"]``: rows reused and computed, and the pass's timing stats."""
-    return {"reused": cache.reused, "computed": cache.computed, **cache.stats}
 
 
 def _live_teacher(teacher, student_model, cfg: DistillConfig):
@@ -209,18 +182,22 @@ def _live_teacher(teacher, student_model, cfg: DistillConfig):
 
     info = getattr(student_model.config, "kdq_shrink", None)
     if cfg.hidden_weight > 0 and (not info or "kept_layers" not in info):
-        raise ValueError("DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
-                         "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
-                         "hidden_weight=0.")
+        raise ValueError(
+            "DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
+            "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
+            "hidden_weight=0."
+        )
     device = default_device()
     t = load_classifier(teacher, dtype=model_dtype_for(device), device=device).model
     if cfg.hidden_weight == 0:
         return t, None
     n_t, h_t = t.config.num_hidden_layers, t.config.hidden_size
     if n_t != info["source_layers"] or h_t != student_model.config.hidden_size:
-        raise ValueError(f"hidden_weight > 0: the student was shrunk from a {info['source_layers']}-layer model, but "
-                         f"the teacher has {n_t} layers and hidden size {h_t} (student {student_model.config.hidden_size}). "
-                         "Distil from the model the student was shrunk from, or set hidden_weight=0.")
+        raise ValueError(
+            f"hidden_weight > 0: the student was shrunk from a {info['source_layers']}-layer model, but "
+            f"the teacher has {n_t} layers and hidden size {h_t} (student {student_model.config.hidden_size}). "
+            "Distil from the model the student was shrunk from, or set hidden_weight=0."
+        )
     return t, list(info["kept_layers"])
 
 
@@ -235,11 +212,18 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
 
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora)
-    return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                     data_collator=ArenaCollator(tokenizer.pad_token_id), compute_metrics=compute_metrics,
-                     processing_class=tokenizer, kd_config=cfg,
-                     teacher_model=live_teacher[0] if live_teacher else None,
-                     layer_map=live_teacher[1] if live_teacher else None)
+    return KDTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=ArenaCollator(tokenizer.pad_token_id),
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        kd_config=cfg,
+        teacher_model=live_teacher[0] if live_teacher else None,
+        layer_map=live_teacher[1] if live_teacher else None,
+    )
 
 
 def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metrics: dict, fingerprint: str, cache):
@@ -248,7 +232,11 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
     with atomic_dir(student_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        record = {"config": cfg.to_dict(), "metrics": jsonable(metrics), "student_source": fingerprint,
-                  "teacher_cache": str(cache.path) if cache else None}
+        record = {
+            "config": cfg.to_dict(),
+            "metrics": jsonable(metrics),
+            "student_source": fingerprint,
+            "teacher_cache": str(cache.path) if cache else None,
+        }
         (tmp / "kdq-distill.json").write_text(json.dumps(record, indent=2, default=str))
     return student_dir

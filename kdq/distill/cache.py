@@ -17,6 +17,7 @@ Layout::
   (never a stale logit), and the same text under another id is reused. ``id`` is kept in the
   table for people reading it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..atomic import atomic_dir
-from ..batching import add_stats, predict_logits
-from ..runtime.tta import score_tta
 from ..data import encode
-from ..template import LABELS, TemplateConfig
+from ..runtime.batching import add_stats, predict_logits
+from ..runtime.constants import LABELS
+from ..runtime.template import TemplateConfig
+from ..runtime.tta import score_tta
+from ..utils.atomic import atomic_dir
 
 CACHE_FORMAT = 1
 
@@ -47,10 +49,20 @@ class TeacherCache:
     computed: int
     stats: dict
 
+    def summary(self) -> dict:
+        """``metrics["teacher_pass"]``: rows reused and computed, and the pass's timing stats."""
+        return {"reused": self.reused, "computed": self.computed, **self.stats}
+
 
 def cache_fingerprint(teacher_fingerprint: str, template: TemplateConfig, tta: bool, num_labels: int) -> dict:
-    return {"format": CACHE_FORMAT, "teacher": teacher_fingerprint, "template": template.to_dict(),
-            "max_length": template.max_length, "tta": bool(tta), "num_labels": int(num_labels)}
+    return {
+        "format": CACHE_FORMAT,
+        "teacher": teacher_fingerprint,
+        "template": template.to_dict(),
+        "max_length": template.max_length,
+        "tta": bool(tta),
+        "num_labels": int(num_labels),
+    }
 
 
 def _key(fp: dict) -> str:
@@ -66,11 +78,20 @@ def _load_shards(folder: Path):
     if not shards:
         return {}
     table = datasets.concatenate_datasets([datasets.load_from_disk(str(s)) for s in shards])
-    return {h: np.asarray(l, dtype=np.float32) for h, l in zip(table["row_hash"], table["logits"])}
+    return {h: np.asarray(z, dtype=np.float32) for h, z in zip(table["row_hash"], table["logits"])}
 
 
-def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template: TemplateConfig, tta: bool = False,
-                         batch_size: int = 16, chunk_rows: int = 1024, device=None) -> TeacherCache:
+def cache_teacher_logits(
+    teacher,
+    rows: datasets.Dataset,
+    *,
+    cache_dir,
+    template: TemplateConfig,
+    tta: bool = False,
+    batch_size: int = 16,
+    chunk_rows: int = 1024,
+    device=None,
+) -> TeacherCache:
     """Score ``rows`` with ``teacher`` (a :class:`~kdq.models.LoadedModel` or ``LazyClassifier``), reusing the cache.
 
     Args:
@@ -89,8 +110,10 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
     meta = folder / "fingerprint.json"
     if meta.exists():
         if json.loads(meta.read_text()) != fp:
-            raise ValueError(f"teacher cache {folder} holds a different fingerprint than its name says; "
-                             "it was edited by hand. Delete the folder to rebuild it.")
+            raise ValueError(
+                f"teacher cache {folder} holds a different fingerprint than its name says; "
+                "it was edited by hand. Delete the folder to rebuild it."
+            )
     else:
         meta.write_text(json.dumps(fp, indent=2, sort_keys=True))
 
@@ -111,7 +134,7 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
         next_part = len(list((folder / "shards").glob("part-*")))
         bar = tqdm(total=len(todo) * (2 if tta else 1), desc="teacher logits", unit="row", dynamic_ncols=True)
         for start in range(0, len(todo_sorted), chunk_rows):
-            chunk = todo_sorted[start:start + chunk_rows]
+            chunk = todo_sorted[start : start + chunk_rows]
             seqs = [enc[todo[k]]["input_ids"] for k in chunk]
 
             def score(s):  # through kdq.runtime.tta: original and swapped rows in one length-sorted pass
@@ -120,21 +143,24 @@ def cache_teacher_logits(teacher, rows: datasets.Dataset, *, cache_dir, template
                 add_stats(stats, st)
                 return out
 
-            scored = score_tta(score, seqs, [swapped[k]["input_ids"] for k in chunk] if tta else None,
-                               mode="full" if tta else "none")
+            scored = score_tta(
+                score, seqs, [swapped[k]["input_ids"] for k in chunk] if tta else None, mode="full" if tta else "none"
+            )
             logits = scored.log_probs if tta else scored.logits
-            part = datasets.Dataset.from_dict({
-                "id": [enc[todo[k]]["id"] for k in chunk],
-                "row_hash": [hashes[todo[k]] for k in chunk],
-                "logits": logits.numpy().astype(np.float32).tolist(),
-            })
+            part = datasets.Dataset.from_dict(
+                {
+                    "id": [enc[todo[k]]["id"] for k in chunk],
+                    "row_hash": [hashes[todo[k]] for k in chunk],
+                    "logits": logits.numpy().astype(np.float32).tolist(),
+                }
+            )
             with atomic_dir(folder / "shards" / f"part-{next_part:05d}") as tmp:
                 part.save_to_disk(str(tmp))
             next_part += 1
-            for h, l in zip(part["row_hash"], logits.numpy()):
-                cached[h] = l.astype(np.float32)
+            for h, z in zip(part["row_hash"], logits.numpy()):
+                cached[h] = z.astype(np.float32)
         bar.close()
     out = np.stack([cached[h] for h in hashes]).astype(np.float32)
-    return TeacherCache(path=folder, ids=list(enc["id"]), logits=out, reused=len(enc) - len(todo),
-                        computed=len(todo), stats=stats)
-
+    return TeacherCache(
+        path=folder, ids=list(enc["id"]), logits=out, reused=len(enc) - len(todo), computed=len(todo), stats=stats
+    )

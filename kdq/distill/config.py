@@ -1,11 +1,12 @@
 """Frozen, validated configuration for :func:`kdq.distill`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._config import Config
-from .._validate import check_choice, check_range
-from ..template import TemplateConfig
+from ..config.base import Config
+from ..config.validate import check_choice, check_range
+from ..runtime.template import TemplateConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
@@ -82,7 +83,7 @@ class DistillConfig(Config):
     teacher_logits: str = "cache"
     teacher_tta: bool = False
     teacher_batch_size: int = 16
-    cache_dir: str | None = None  # None: the shared user cache, kdq.cachedir.default_cache_dir()
+    cache_dir: str | None = None  # None: the shared user cache, kdq.utils.cachedir.default_cache_dir()
     # data
     swap_augment: bool | str = False
     # optimisation (forwarded to transformers.TrainingArguments)
@@ -122,28 +123,40 @@ class DistillConfig(Config):
         check_choice(cls, "hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         check_choice(cls, "teacher_logits", self.teacher_logits, TEACHER_LOGITS)
         if self.teacher_logits == "live" and self.teacher_tta:
-            raise ValueError(f"{cls}: teacher_logits='live' scores each row as the student sees it, so there is no "
-                             "swap TTA; set teacher_tta=False, or teacher_logits='cache' for TTA targets.")
+            raise ValueError(
+                f"{cls}: teacher_logits='live' scores each row as the student sees it, so there is no "
+                "swap TTA; set teacher_tta=False, or teacher_logits='cache' for TTA targets."
+            )
         if isinstance(self.swap_augment, str) and self.swap_augment.lower() in ("true", "false"):  # --set from the CLI
             object.__setattr__(self, "swap_augment", self.swap_augment.lower() == "true")
         if not any(self.swap_augment is v or (isinstance(v, str) and self.swap_augment == v) for v in SWAP_AUGMENT):
             raise ValueError(f"{cls}.swap_augment must be False, True or 'paired', got {self.swap_augment!r}")
         if self.swap_augment == "paired" and self.batch_size % 2:
-            raise ValueError(f"{cls}.batch_size must be even with swap_augment='paired' (each pair fills two rows), "
-                             f"got {self.batch_size}")
+            raise ValueError(
+                f"{cls}.batch_size must be even with swap_augment='paired' (each pair fills two rows), "
+                f"got {self.batch_size}"
+            )
         check_range(cls, "epochs", self.epochs, 0.0, lo_open=True)
         check_range(cls, "learning_rate", self.learning_rate, 0.0, lo_open=True)
         check_range(cls, "weight_decay", self.weight_decay, 0.0)
         check_range(cls, "warmup_ratio", self.warmup_ratio, 0.0, 1.0, hi_open=True)  # transformers reads >= 1 as steps
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "teacher_batch_size", "logging_steps",
-                     "save_total_limit"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "eval_batch_size",
+            "teacher_batch_size",
+            "logging_steps",
+            "save_total_limit",
+        ):
             check_range(cls, name, getattr(self, name), 1, kind=int)
         check_range(cls, "max_steps", self.max_steps, -1, kind=int)
         if self.max_steps == 0:
             raise ValueError(f"{cls}.max_steps must be -1 (use epochs) or a positive int, got 0")
         if self.gradient_checkpointing is not None and not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(f"{cls}.gradient_checkpointing must be true, false or null (decide from the memory "
-                             f"projection), got {self.gradient_checkpointing!r}")
+            raise ValueError(
+                f"{cls}.gradient_checkpointing must be true, false or null (decide from the memory "
+                f"projection), got {self.gradient_checkpointing!r}"
+            )
         if self.lora is not None and not isinstance(self.lora, LoraSettings):
             raise ValueError(f"{cls}.lora must be a LoraSettings or None, got {type(self.lora).__name__}")
         if self.resume and self.overwrite:

@@ -16,33 +16,20 @@ Saving merges: LoRA onto the base with peft's ``merge_and_unload``; QLoRA onto t
 *dequantized* nf4 base (:func:`merge_for_save`), so the saved, unquantized folder computes what
 the trained model computed, and stock transformers loads it.
 """
+
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..evaluate.modelspec import ModelSpec
 from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
 from ..quantize.config import QuantConfig
-from ..evaluate.train_memory import (GB, TrainDevice, TrainSetup, alternatives, cuda_train_device, fits, peak_fits,
-                                     format_projection, project_training)
-from .config import LLAMA_LINEAR, DistillConfig, LoraSettings
+from ..utils.distributed import training_device
+from .config import DistillConfig, LoraSettings
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-class TrainingMemoryError(ValueError):
-    """The projected peak training memory exceeds the device; the message names settings that fit."""
-
-
-def training_device() -> torch.device:
-    """The device this process trains on: its local CUDA GPU, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
@@ -55,118 +42,6 @@ def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
-
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-# --------------------------------------------------------------------------- planning
-def student_spec(student) -> ModelSpec | None:
-    """The student's shape from its config (folder, adapter folder, model object or Hub id), or ``None``."""
-    from ..models import _adapter_base, is_adapter_dir, is_hub_id
-
-    try:
-        if isinstance(student, torch.nn.Module):
-            return ModelSpec.from_config(student.config)
-        path = Path(student)
-        if path.is_dir() and is_adapter_dir(path):
-            path = Path(_adapter_base(path))
-        if path.is_dir():
-            return ModelSpec.from_config(path)
-        if is_hub_id(student):
-            from transformers import AutoConfig
-
-            from ..evaluate.train_memory import known_models, model_spec
-
-            if any(e["hub_id"] == str(student) for e in known_models().values()):  # no Hub needed
-                return model_spec(str(student))
-
-            return ModelSpec.from_config(AutoConfig.from_pretrained(str(student)))
-    except (OSError, ValueError, TypeError):
-        return None
-    return None
-
-
-def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainSetup:
-    """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``."""
-    device = torch.device(device)
-    lora = cfg.lora
-    if lora is not None and lora.base_dtype != "auto":
-        half_base = lora.base_dtype != "fp32"
-    else:  # the rule of base_dtype(), without asking a GPU we may be planning for from a CPU machine
-        half_base = lora is not None and device.type == "cuda"
-    half = half_base or (device.type == "cuda" and cfg.precision != "fp32")
-    method = "full" if lora is None else ("qlora" if lora.quantize == "nf4" else "lora")
-    extra = {} if lora is None else dict(lora_r=lora.r, lora_dropout=lora.dropout,
-                                         lora_targets=tuple(m for m in lora.target_modules
-                                                            if m in LLAMA_LINEAR) or ("q_proj",))
-    return TrainSetup(method=method, batch_size=cfg.batch_size, seq_len=cfg.template.max_length,
-                      checkpointing=checkpointing, half=half, **extra)
-
-
-def plan_training(student, cfg: DistillConfig, *, device: TrainDevice | None = None, log=print):
-    """Project peak training memory, decide gradient checkpointing, refuse what cannot fit.
-
-    Args:
-        student: what :func:`kdq.distill` will train (its config is read, never its weights).
-        cfg: the run's config; ``cfg.gradient_checkpointing=None`` lets the projection decide.
-        device: the GPU to plan for; default: this process's CUDA GPU, or none on CPU (the
-            projection is printed, nothing is refused).
-    Returns:
-        ``(cfg, projection)``: ``cfg`` with ``gradient_checkpointing`` resolved to a bool;
-        ``projection`` the :func:`~kdq.evaluate.train_memory.project_training` dict (or ``None``
-        when the student's config is not Llama-like).
-    Raises:
-        TrainingMemoryError: on a device the projected peak does not fit, naming settings that do.
-    """
-    torch_device = training_device()
-    if device is None and torch_device.type == "cuda":
-        device = cuda_train_device(torch_device.index or 0)
-    plan_device = "cuda" if device is not None else torch_device
-    say = log if _main_process() else (lambda *_: None)
-    spec = student_spec(student)
-    user = cfg.gradient_checkpointing
-    if spec is None:
-        ckpt = bool(user)
-        say(f"kdq: no training-memory projection (the student's config is not a Llama-like decoder); "
-            f"gradient checkpointing {'on' if ckpt else 'off'}")
-        return cfg.replace(gradient_checkpointing=ckpt), None
-    setup = training_setup(cfg, plan_device, checkpointing=bool(user))
-    why = "set by you"
-    if user is None:
-        need = device is not None and not fits(spec, setup, device)
-        setup = replace(setup, checkpointing=need)
-        why = ("auto: the projection without it exceeds the device" if need else
-               "auto: fits without it" if device is not None else "auto: off on CPU")
-    proj = project_training(spec, setup)
-    name = getattr(getattr(student, "config", None), "_name_or_path", None) or str(student)
-    say("kdq: " + format_projection(Path(name).name or name, proj, device))
-    say(f"kdq: gradient checkpointing {'on' if setup.checkpointing else 'off'} ({why})")
-    if device is not None and not peak_fits(proj, device):
-        options = alternatives(spec, setup, device)
-        hint = "; ".join(_as_settings(o, setup) for o in options) or (
-            "nothing close fits: use a GPU with more memory or a smaller model")
-        raise TrainingMemoryError(
-            f"training would need {proj['peak'] / GB:.1f} GB on {device.name}, which has {device.usable_gb:.1f} GB "
-            f"usable ({setup.describe()}). Settings that fit: {hint}.")
-    return cfg.replace(gradient_checkpointing=setup.checkpointing), proj
-
-
-def _as_settings(option: TrainSetup, current: TrainSetup) -> str:
-    """A :class:`TrainSetup` as the DistillConfig fields (``--set`` names) that would change."""
-    out = []
-    if option.method != current.method:
-        out.append("lora=LoraSettings(quantize='nf4') (--set lora.quantize=nf4)" if option.method == "qlora"
-                   else "lora=LoraSettings() (--set lora.r=16)")
-    if option.checkpointing != current.checkpointing:
-        out.append("gradient_checkpointing=True")
-    if option.batch_size != current.batch_size:
-        factor = current.batch_size // option.batch_size
-        out.append(f"batch_size={option.batch_size} (grad_accum x{factor} keeps the effective batch)")
-    if option.seq_len != current.seq_len:
-        out.append(f"template.max_length={option.seq_len}")
-    return ", ".join(out)
 
 
 # --------------------------------------------------------------------------- loading and wrapping
@@ -191,22 +66,36 @@ def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None):
 def _load_nf4(student, tokenizer, dtype, device):
     from transformers import AutoModelForSequenceClassification
 
-    from ..import_utils import require
-    from ..models import (LoadedModel, is_adapter_dir, is_hub_id, load_tokenizer, prepare_classifier,
-                          prepare_tokenizer, source_fingerprint)
+    from ..models import (
+        LoadedModel,
+        is_adapter_dir,
+        is_hub_id,
+        load_tokenizer,
+        prepare_classifier,
+        prepare_tokenizer,
+        source_fingerprint,
+    )
+    from ..utils.imports import require
 
     require("bitsandbytes", purpose="QLoRA (LoraSettings(quantize='nf4'))")
     if not isinstance(student, (str, os.PathLike)) or (not Path(student).is_dir() and not is_hub_id(student)):
-        raise ValueError("LoraSettings(quantize='nf4') loads the student in 4-bit from a model folder or Hub id; "
-                         f"got {type(student).__name__}. Save an in-memory model with save_pretrained first.")
+        raise ValueError(
+            "LoraSettings(quantize='nf4') loads the student in 4-bit from a model folder or Hub id; "
+            f"got {type(student).__name__}. Save an in-memory model with save_pretrained first."
+        )
     if Path(student).is_dir() and is_adapter_dir(student):
-        raise ValueError(f"{student} is a PEFT adapter folder; QLoRA needs a full model folder. Merge it first "
-                         "(kdq.models.load_classifier(...).model.save_pretrained(DIR)) or pass its base.")
+        raise ValueError(
+            f"{student} is a PEFT adapter folder; QLoRA needs a full model folder. Merge it first "
+            "(kdq.models.load_classifier(...).model.save_pretrained(DIR)) or pass its base."
+        )
     # the registry's nf4 config (double quantization, head skipped), as kdq.quantize would write it
     qc = get_quantizer("bnb-nf4").bnb_config(QuantConfig.from_name("bnb-nf4"), dtype)
-    model = AutoModelForSequenceClassification.from_pretrained(str(student), num_labels=3, quantization_config=qc,
-                                                               dtype=dtype, device_map={"": str(device)})
-    tok = prepare_tokenizer(tokenizer if hasattr(tokenizer, "pad_token_id") else load_tokenizer(tokenizer, str(student)))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(student), num_labels=3, quantization_config=qc, dtype=dtype, device_map={"": str(device)}
+    )
+    tok = prepare_tokenizer(
+        tokenizer if hasattr(tokenizer, "pad_token_id") else load_tokenizer(tokenizer, str(student))
+    )
     prepare_classifier(model, tok)
     return LoadedModel(model=model, tokenizer=tok, source=str(student), fingerprint=source_fingerprint(student))
 
@@ -227,8 +116,16 @@ def wrap_lora(model, lora: LoraSettings):
                 # forward: evaluation would then score another computation than training trains
                 module.support_avx512bf16_for_cpu = False
     # task_type SEQ_CLS puts the classification head in modules_to_save: it trains in full.
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha,
-                                             lora_dropout=lora.dropout, target_modules=list(lora.target_modules)))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="SEQ_CLS",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+        ),
+    )
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # the head copy inherits the base's dtype; AMP needs fp32 to unscale
@@ -281,8 +178,9 @@ def merge_for_save(model):
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
                     weight = weight + module.get_delta_weight(adapter).float()
-        linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                                 device=weight.device, dtype=dtype)
+        linear = torch.nn.Linear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(weight)
             if layer.bias is not None:

@@ -9,11 +9,12 @@ hard terms on the same scale when ``T`` changes.
 Divergences are registered by name (:func:`register_divergence`), so a new one plugs
 into :class:`~kdq.distill.DistillConfig` without touching the trainer.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,13 @@ DIVERGENCES: dict[str, Callable] = {}
 
 def register_divergence(name: str):
     """Register ``fn(student_logits, teacher_logits, *, temperature, beta) -> (B,)`` under ``name``."""
+
     def deco(fn):
         if name in DIVERGENCES:
             raise ValueError(f"divergence {name!r} is already registered")
         DIVERGENCES[name] = fn
         return fn
+
     return deco
 
 
@@ -44,14 +47,14 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def forward_kl(student_logits, teacher_logits, *, temperature: float = 1.0, beta: float = 0.5):
     """``T² · KL(p_T ‖ p_S)`` with ``p = softmax(z / T)``; mode-covering (Hinton et al. 2015). ``(B,)``."""
     s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
-    return temperature ** 2 * _kl(t, s)
+    return temperature**2 * _kl(t, s)
 
 
 @register_divergence("reverse_kl")
 def reverse_kl(student_logits, teacher_logits, *, temperature: float = 1.0, beta: float = 0.5):
     """``T² · KL(p_S ‖ p_T)``; mode-seeking (Gu et al. 2024, MiniLLM). ``(B,)``."""
     s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
-    return temperature ** 2 * _kl(s, t)
+    return temperature**2 * _kl(s, t)
 
 
 @register_divergence("jsd")
@@ -66,11 +69,11 @@ def generalized_jsd(student_logits, teacher_logits, *, temperature: float = 1.0,
     """
     s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
     if beta == 0.0:
-        return temperature ** 2 * _kl(t, s)
+        return temperature**2 * _kl(t, s)
     if beta == 1.0:
-        return temperature ** 2 * _kl(s, t)
+        return temperature**2 * _kl(s, t)
     m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
-    return temperature ** 2 * (beta * _kl(t, m) + (1.0 - beta) * _kl(s, m))
+    return temperature**2 * (beta * _kl(t, m) + (1.0 - beta) * _kl(s, m))
 
 
 @register_divergence("prob_cosine")
@@ -82,7 +85,7 @@ def prob_cosine(student_logits, teacher_logits, *, temperature: float = 1.0, bet
     """
     s = F.softmax(student_logits.float() / temperature, dim=-1)
     t = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return temperature ** 2 * (1.0 - F.cosine_similarity(s, t, dim=-1))
+    return temperature**2 * (1.0 - F.cosine_similarity(s, t, dim=-1))
 
 
 IGNORE_LABEL = -1  # a row without a human label (a transfer-set row; kdq.data's "unknown"): no CE term
@@ -102,10 +105,19 @@ class LossParts:
     cos: torch.Tensor | None = None
 
 
-def distillation_loss(student_logits, teacher_logits, labels, *, divergence: str = "forward_kl",
-                      alpha: float = 0.5, temperature: float = 1.0, beta: float = 0.5,
-                      cosine_weight: float = 0.0) -> LossParts:
-    """Per row ``ℓ_i = α · m_i · CE(z_S, y)_i + (1 − α) · D(z_S, z_T)_i + γ · COS_i``; the loss is the batch mean of ``ℓ``.
+def distillation_loss(
+    student_logits,
+    teacher_logits,
+    labels,
+    *,
+    divergence: str = "forward_kl",
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    cosine_weight: float = 0.0,
+) -> LossParts:
+    """Per row ``ℓ_i = α · m_i · CE(z_S, y)_i + (1 − α) · D(z_S, z_T)_i + γ · COS_i``; the loss is the batch
+    mean of ``ℓ``.
 
     ``m_i`` is 1 for a labelled row and 0 for a transfer row (label :data:`IGNORE_LABEL`):
     transfer rows contribute the teacher terms only, with the same per-row weight as
@@ -156,8 +168,10 @@ def hidden_state_loss(student_states, teacher_states, mask: torch.Tensor, kind: 
     if kind not in HIDDEN_LOSSES:
         raise ValueError(f"unknown hidden-state loss {kind!r}; choose from {HIDDEN_LOSSES}")
     if len(student_states) != len(teacher_states) or not student_states:
-        raise ValueError(f"need the same, non-zero number of student and teacher states, got "
-                         f"{len(student_states)} and {len(teacher_states)}")
+        raise ValueError(
+            f"need the same, non-zero number of student and teacher states, got "
+            f"{len(student_states)} and {len(teacher_states)}"
+        )
     m = mask.float()
     per_layer = []
     for s, t in zip(student_states, teacher_states):

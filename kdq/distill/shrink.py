@@ -19,6 +19,7 @@ The kept-layer map is saved in ``config.json`` under ``kdq_shrink`` (``kept_laye
 teacher layer each student layer was copied from), which is what the hidden-state
 distillation term (``DistillConfig.hidden_weight``) reads.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir
 from ..models import load_classifier
+from ..utils.atomic import atomic_dir
 
 STRATEGIES = ("uniform", "block-influence")
 
@@ -44,9 +45,10 @@ def select_by_influence(scores: Sequence[float], num_keep: int) -> list:
     """The first and last layer plus the ``num_keep − 2`` inner layers with the highest scores. Sorted."""
     n = len(scores)
     if not 2 <= num_keep <= n:
-        raise ValueError(f"num_layers must be in [2, {n}] for block-influence (first and last are always kept), "
-                         f"got {num_keep}")
-    inner = sorted(range(1, n - 1), key=lambda i: (-scores[i], i))[:num_keep - 2]
+        raise ValueError(
+            f"num_layers must be in [2, {n}] for block-influence (first and last are always kept), got {num_keep}"
+        )
+    inner = sorted(range(1, n - 1), key=lambda i: (-scores[i], i))[: num_keep - 2]
     return sorted({0, n - 1, *inner})
 
 
@@ -54,8 +56,10 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
     base = getattr(model, "model", None) or model.base_model
     layers = getattr(base, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"{type(model).__name__}: no decoder layer list at model.model.layers; "
-                         "shrink supports Llama-style decoders (Llama, Danube3, SmolLM2, Mistral, Qwen2).")
+        raise ValueError(
+            f"{type(model).__name__}: no decoder layer list at model.model.layers; "
+            "shrink supports Llama-style decoders (Llama, Danube3, SmolLM2, Mistral, Qwen2)."
+        )
     return base, layers
 
 
@@ -67,10 +71,10 @@ def block_influence(model, tokenizer, calibration, *, template=None, batch_size:
         calibration: arena rows (anything :func:`kdq.data.load_arena` reads), rendered with
             ``template`` (default: the template recorded in the model's config).
     """
-    from ..batching import length_sorted_batches, pad_batch
     from ..data import encode, load_arena
     from ..models import template_of
-    from ..template import TemplateConfig
+    from ..runtime.batching import length_sorted_batches, pad_batch
+    from ..runtime.template import TemplateConfig
 
     template = template or template_of(model) or TemplateConfig()
     rows = load_arena(calibration)
@@ -85,6 +89,7 @@ def block_influence(model, tokenizer, calibration, *, template=None, batch_size:
             x_in = args[0] if args else kwargs["hidden_states"]
             x_out = output[0] if isinstance(output, tuple) else output
             captured[i] = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1, eps=1e-6)
+
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -106,9 +111,19 @@ def block_influence(model, tokenizer, calibration, *, template=None, batch_size:
     return (sums / max(count, 1.0)).tolist()
 
 
-def shrink(model, *, keep: Sequence[int] | None = None, every: int = 3, strategy: str = "uniform",
-           num_layers: int | None = None, calibration=None, out_dir=None, tokenizer=None, overwrite: bool = False,
-           verbose: bool = True):
+def shrink(
+    model,
+    *,
+    keep: Sequence[int] | None = None,
+    every: int = 3,
+    strategy: str = "uniform",
+    num_layers: int | None = None,
+    calibration=None,
+    out_dir=None,
+    tokenizer=None,
+    overwrite: bool = False,
+    verbose: bool = True,
+):
     """Return (or save) a copy of ``model`` that keeps only some decoder layers.
 
     Args:
@@ -129,11 +144,14 @@ def shrink(model, *, keep: Sequence[int] | None = None, every: int = 3, strategy
     if strategy not in STRATEGIES:
         raise ValueError(f"shrink: strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "block-influence" and keep is None and calibration is None:
-        raise ValueError("shrink(strategy='block-influence') scores layers on calibration rows: pass calibration=rows "
-                         "(a few hundred training rows), or use strategy='uniform'.")
+        raise ValueError(
+            "shrink(strategy='block-influence') scores layers on calibration rows: pass calibration=rows "
+            "(a few hundred training rows), or use strategy='uniform'."
+        )
     # Copy an object before load_classifier touches it (it merges adapters and sets pad ids in place).
-    loaded = load_classifier(model if isinstance(model, (str, Path)) else copy.deepcopy(model),
-                             tokenizer=tokenizer, merge_adapter=True)
+    loaded = load_classifier(
+        model if isinstance(model, (str, Path)) else copy.deepcopy(model), tokenizer=tokenizer, merge_adapter=True
+    )
     src = loaded.model
     base, layers = _decoder_layers(src)
     n = len(layers)
@@ -142,8 +160,11 @@ def shrink(model, *, keep: Sequence[int] | None = None, every: int = 3, strategy
         strategy = "explicit"
         keep = list(keep)
     elif strategy == "uniform":
-        keep = select_layers(n, every) if num_layers is None else sorted(
-            {round(k * (n - 1) / max(num_layers - 1, 1)) for k in range(num_layers)})
+        keep = (
+            select_layers(n, every)
+            if num_layers is None
+            else sorted({round(k * (n - 1) / max(num_layers - 1, 1)) for k in range(num_layers)})
+        )
     else:
         scores = block_influence(src, loaded.tokenizer, calibration)
         keep = select_by_influence(scores, num_layers if num_layers is not None else len(select_layers(n, every)))
@@ -160,8 +181,13 @@ def shrink(model, *, keep: Sequence[int] | None = None, every: int = 3, strategy
     cfg.num_hidden_layers = len(keep)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in keep]
-    cfg.kdq_shrink = {"source": loaded.source or loaded.fingerprint, "source_layers": n, "kept_layers": keep,
-                      "strategy": strategy, "scores": [round(x, 6) for x in scores] if scores else None}
+    cfg.kdq_shrink = {
+        "source": loaded.source or loaded.fingerprint,
+        "source_layers": n,
+        "kept_layers": keep,
+        "strategy": strategy,
+        "scores": [round(x, 6) for x in scores] if scores else None,
+    }
     if verbose:
         print(f"kdq shrink: kept {len(keep)} of {n} layers ({strategy}): {keep}")
     if out_dir is None:

@@ -6,14 +6,14 @@ mix hard-label CE with a divergence to cached teacher logits (plus, optionally, 
 and a hidden-state term against a live teacher), and logs ``ce``, ``kd``, ``cos`` and
 ``hidden`` separately.
 """
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..batching import pad_batch
+from ..runtime.batching import pad_batch
+from ..utils.distributed import world_size
 from .config import DistillConfig
 from .losses import distillation_loss, hidden_state_loss
 
@@ -36,8 +36,11 @@ class ArenaCollator:
                 rows.append({k: f[k + "_swap"] for k in ("input_ids", "labels", "teacher_logits") if k + "_swap" in f})
             features = rows
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask,
-                 "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
+        }
         if "teacher_logits" in features[0]:
             batch["teacher_logits"] = torch.tensor([f["teacher_logits"] for f in features], dtype=torch.float32)
         return batch
@@ -75,16 +78,24 @@ class KDTrainer(Trainer):
                 t_out = self.teacher_model(**inputs, output_hidden_states=hidden, use_cache=False)
             if teacher_logits is None:  # teacher_logits="live": the teacher scores exactly this batch
                 teacher_logits = t_out.logits.float()
-        parts = distillation_loss(outputs.logits, teacher_logits, labels, divergence=cfg.divergence,
-                                  alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.jsd_beta,
-                                  cosine_weight=cfg.cosine_weight)
+        parts = distillation_loss(
+            outputs.logits,
+            teacher_logits,
+            labels,
+            divergence=cfg.divergence,
+            alpha=cfg.alpha,
+            temperature=cfg.temperature,
+            beta=cfg.jsd_beta,
+            cosine_weight=cfg.cosine_weight,
+        )
         loss = parts.loss
         logged = {"ce": parts.ce, "kd": parts.kd, "cos": parts.cos}
         if hidden:
             # hidden_states[k + 1] is the output of layer k (the last entry is after the final norm, for both)
             s_states, t_states = outputs.hidden_states[1:], t_out.hidden_states
-            h = hidden_state_loss(s_states, [t_states[j + 1] for j in self.layer_map], inputs["attention_mask"],
-                                  kind=cfg.hidden_loss)
+            h = hidden_state_loss(
+                s_states, [t_states[j + 1] for j in self.layer_map], inputs["attention_mask"], kind=cfg.hidden_loss
+            )
             loss = loss + cfg.hidden_weight * h
             logged["hidden"] = h
         if model.training:
@@ -111,8 +122,10 @@ def compute_metrics(eval_pred):
     """Eval log loss (= mean CE of the softmax, the competition metric) and accuracy."""
     logits = torch.as_tensor(eval_pred.predictions).float()
     labels = torch.as_tensor(eval_pred.label_ids).long()
-    return {"log_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-            "accuracy": float((logits.argmax(-1) == labels).float().mean())}
+    return {
+        "log_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "accuracy": float((logits.argmax(-1) == labels).float().mean()),
+    }
 
 
 def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) -> TrainingArguments:
@@ -148,7 +161,7 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
         use_cpu=not cuda,
         # CPU DDP (accelerate launch / torchrun without GPUs) needs gloo; naming a backend in a
         # single process would make accelerate look for a process group that does not exist.
-        ddp_backend="gloo" if (not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        ddp_backend="gloo" if (not cuda and world_size() > 1) else None,
         activation_checkpointing=cfg.gradient_checkpointing,
         train_sampling_strategy="group_by_length",
         length_column_name="length",

@@ -5,6 +5,7 @@
 
 Light on import: torch, transformers and matplotlib load only when a verb runs.
 """
+
 from .budget import BudgetProfile, available_budgets, load_budget, project
 from .config import EvalConfig, Metrics
 from .evaluate import evaluate
@@ -13,8 +14,23 @@ from .modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, w
 from .report import CompareResult, compare, gap_closed
 
 __all__ = [
-    "EvalConfig", "Metrics", "evaluate", "compare", "CompareResult", "gap_closed",
-    "BudgetProfile", "load_budget", "available_budgets", "project",
-    "ModelSpec", "WeightFormat", "param_counts", "flops_per_token", "weight_bytes", "weight_format_of",
-    "log_loss", "accuracy", "ece",
+    "EvalConfig",
+    "Metrics",
+    "evaluate",
+    "compare",
+    "CompareResult",
+    "gap_closed",
+    "BudgetProfile",
+    "load_budget",
+    "available_budgets",
+    "project",
+    "ModelSpec",
+    "WeightFormat",
+    "param_counts",
+    "flops_per_token",
+    "weight_bytes",
+    "weight_format_of",
+    "log_loss",
+    "accuracy",
+    "ece",
 ]

@@ -4,6 +4,7 @@ Budget profiles are data: JSON files in ``kdq/budgets/`` (or any path a user pas
 into a frozen :class:`BudgetProfile`. :func:`project` turns a model's shape, weight format and
 the token lengths measured on real rows into a fits / does-not-fit verdict with margins.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .._validate import check_range
+from ..config.validate import check_range
 from .modelspec import ModelSpec, WeightFormat, activation_bytes, batch_flops, weight_bytes
 
 BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
@@ -69,13 +70,15 @@ class BudgetProfile:
             check_range(c, f, getattr(self, f), 0, 1, lo_open=True)
         check_range(c, "tta_factor", self.tta_factor, 1)
         if not isinstance(self.compute_slowdown, dict):
-            raise ValueError(f"{c}.compute_slowdown must be a dict of weight format -> factor >= 1, "
-                             f"got {type(self.compute_slowdown).__name__}")
+            raise ValueError(
+                f"{c}.compute_slowdown must be a dict of weight format -> factor >= 1, "
+                f"got {type(self.compute_slowdown).__name__}"
+            )
         for k, v in self.compute_slowdown.items():
             check_range(c, f"compute_slowdown[{k!r}]", v, 1)
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "budget profile") -> "BudgetProfile":
+    def from_dict(cls, data: dict, *, source: str = "budget profile") -> BudgetProfile:
         known = {f.name for f in fields(cls)}
         unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
         if unknown:
@@ -102,13 +105,16 @@ def load_budget(name_or_path) -> BudgetProfile:
     if isinstance(name_or_path, BudgetProfile):
         return name_or_path
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ValueError(f"budget must be a profile name, a JSON path or a BudgetProfile, got "
-                         f"{type(name_or_path).__name__}")
+        raise ValueError(
+            f"budget must be a profile name, a JSON path or a BudgetProfile, got {type(name_or_path).__name__}"
+        )
     path = Path(name_or_path)
     if not path.is_file():
         if str(name_or_path) not in available_budgets():
-            raise ValueError(f"budget {str(name_or_path)!r} is neither a shipped profile {available_budgets()} "
-                             "nor an existing JSON file; pass one of those names or the path of your own profile.")
+            raise ValueError(
+                f"budget {str(name_or_path)!r} is neither a shipped profile {available_budgets()} "
+                "nor an existing JSON file; pass one of those names or the path of your own profile."
+            )
         path = BUDGET_DIR / f"{name_or_path}.json"
     try:
         data = json.loads(path.read_text())
@@ -125,8 +131,11 @@ def gpu_peak_tflops(device_name: str) -> tuple:
     Returns ``(None, None)`` for an unknown GPU.
     """
     table = json.loads(GPU_PEAKS_FILE.read_text())["gpus"]
-    hits = sorted((k for k in table if re.search(rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])",
-                                                   device_name.lower())), key=len, reverse=True)
+    hits = sorted(
+        (k for k in table if re.search(rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])", device_name.lower())),
+        key=len,
+        reverse=True,
+    )
     return (hits[0], float(table[hits[0]]["fp16_tflops"])) if hits else (None, None)
 
 
@@ -134,11 +143,19 @@ def gpu_peak_tflops(device_name: str) -> tuple:
 def _padded_batches(lengths, batch_size: int):
     """``(rows, longest)`` per batch, as length-sorted batching (longest first) would form them."""
     ordered = sorted((int(x) for x in lengths), reverse=True)
-    return [(len(ordered[s:s + batch_size]), ordered[s]) for s in range(0, len(ordered), batch_size)]
+    return [(len(ordered[s : s + batch_size]), ordered[s]) for s in range(0, len(ordered), batch_size)]
 
 
-def project(spec: ModelSpec, fmt: WeightFormat, lengths, profile: BudgetProfile, *, max_length: int | None = None,
-            tta: bool = True, measured: dict | None = None) -> dict:
+def project(
+    spec: ModelSpec,
+    fmt: WeightFormat,
+    lengths,
+    profile: BudgetProfile,
+    *,
+    max_length: int | None = None,
+    tta: bool = True,
+    measured: dict | None = None,
+) -> dict:
     """Project a variant onto a budget profile; return the verdict dict.
 
     Args:
@@ -178,8 +195,10 @@ def project(spec: ModelSpec, fmt: WeightFormat, lengths, profile: BudgetProfile,
     if measured is not None and str(measured.get("device", "")).startswith("cuda"):
         key, peak = gpu_peak_tflops(measured["device"])
         if peak is None:
-            notes.append(f"measured on {measured['device']} but its peak is not in _gpu_peaks.json: "
-                         "used the FLOP estimate (add the GPU to use the measurement)")
+            notes.append(
+                f"measured on {measured['device']} but its peak is not in _gpu_peaks.json: "
+                "used the FLOP estimate (add the GPU to use the measurement)"
+            )
         else:
             ratio = p.peak_tflops / peak
             t4_tok_s = float(measured["tokens_per_s"]) * ratio
@@ -197,21 +216,41 @@ def project(spec: ModelSpec, fmt: WeightFormat, lengths, profile: BudgetProfile,
     fits_gpu = need <= p.gpu_memory_gb * GB
     fits_ram = ram_need <= p.ram_gb * GB
     if fmt.needs and p.offline:
-        notes.append(f"offline notebook: bring a {fmt.needs} wheel built for sm_{p.compute_capability.replace('.', '')}")
+        notes.append(
+            f"offline notebook: bring a {fmt.needs} wheel built for sm_{p.compute_capability.replace('.', '')}"
+        )
     if not fits_gpu:
         notes.append("a full copy does not fit one GPU; splitting layers over the GPUs is not modelled")
     return {
-        "profile": p.name, "fits": bool(fits_time and fits_gpu and fits_ram),
-        "fits_time": bool(fits_time), "fits_gpu_memory": bool(fits_gpu), "fits_ram": bool(fits_ram),
-        "basis": basis, "projected_hours": projected, "estimate_hours": est_hours + p.overhead_hours,
-        "limit_hours": p.time_limit_hours, "margin_hours": p.time_limit_hours - projected,
-        "gpu_memory_gb": need / GB, "gpu_limit_gb": p.gpu_memory_gb, "margin_gb": p.gpu_memory_gb - need / GB,
-        "ram_gb": ram_need / GB, "ram_margin_gb": p.ram_gb - ram_need / GB,
-        "weights_gb": w_bytes / GB, "activations_gb": act["activations"] / GB, "mask_gb": act["mask"] / GB,
-        "kv_cache_gb": act["kv_cache"] / GB, "weight_format": fmt.name, "bound": "compute" if compute_s >= bandwidth_s
-        else "bandwidth", "compute_slowdown": slow, "peak_ratio": ratio, "tta_factor": tta_factor,
-        "rows": p.rows, "batch_size": p.batch_size, "max_length": L,
-        "mean_tokens": sum(lengths) / len(lengths), "notes": notes,
+        "profile": p.name,
+        "fits": bool(fits_time and fits_gpu and fits_ram),
+        "fits_time": bool(fits_time),
+        "fits_gpu_memory": bool(fits_gpu),
+        "fits_ram": bool(fits_ram),
+        "basis": basis,
+        "projected_hours": projected,
+        "estimate_hours": est_hours + p.overhead_hours,
+        "limit_hours": p.time_limit_hours,
+        "margin_hours": p.time_limit_hours - projected,
+        "gpu_memory_gb": need / GB,
+        "gpu_limit_gb": p.gpu_memory_gb,
+        "margin_gb": p.gpu_memory_gb - need / GB,
+        "ram_gb": ram_need / GB,
+        "ram_margin_gb": p.ram_gb - ram_need / GB,
+        "weights_gb": w_bytes / GB,
+        "activations_gb": act["activations"] / GB,
+        "mask_gb": act["mask"] / GB,
+        "kv_cache_gb": act["kv_cache"] / GB,
+        "weight_format": fmt.name,
+        "bound": "compute" if compute_s >= bandwidth_s else "bandwidth",
+        "compute_slowdown": slow,
+        "peak_ratio": ratio,
+        "tta_factor": tta_factor,
+        "rows": p.rows,
+        "batch_size": p.batch_size,
+        "max_length": L,
+        "mean_tokens": sum(lengths) / len(lengths),
+        "notes": notes,
     }
 
 
@@ -238,28 +277,39 @@ def measured_profile(profile, gpu_check_json) -> tuple:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"gpu check file {str(path)!r} is not readable JSON ({err}); run bench/gpu_check.py.") from None
+        raise ValueError(
+            f"gpu check file {str(path)!r} is not readable JSON ({err}); run bench/gpu_check.py."
+        ) from None
     inputs = data.get("budget_inputs")
     if not inputs or not inputs.get("seconds"):
-        raise ValueError(f"{path.name} has no budget_inputs (its scoring check did not run); rerun bench/gpu_check.py "
-                         "on a GPU.")
+        raise ValueError(
+            f"{path.name} has no budget_inputs (its scoring check did not run); rerun bench/gpu_check.py on a GPU."
+        )
     device = inputs["device"]
     key, peak = gpu_peak_tflops(device)
     if peak is None:
-        raise ValueError(f"{path.name} was measured on {device!r}, which kdq/budgets/_gpu_peaks.json does not list; "
-                         "add its fp16 peak there.")
+        raise ValueError(
+            f"{path.name} was measured on {device!r}, which kdq/budgets/_gpu_peaks.json does not list; "
+            "add its fp16 peak there."
+        )
     spec = ModelSpec.from_config(dict(inputs["config"], num_labels=3))
-    flops = sum(batch_flops(spec, b, longest) for b, longest in _padded_batches(inputs["lengths"], inputs["batch_size"]))
+    flops = sum(
+        batch_flops(spec, b, longest) for b, longest in _padded_batches(inputs["lengths"], inputs["batch_size"])
+    )
     achieved = flops / float(inputs["seconds"]) / 1e12
     efficiency = min(1.0, achieved / peak)
     where = f"{path.name}, {inputs['shape']} fp16, batch {inputs['batch_size']}, {len(inputs['lengths'])} rows"
-    sources = {"compute_efficiency": f"{efficiency:.3f} = {achieved:.1f} TFLOP/s achieved / {peak:g} peak on {key} "
-                                     f"({where}); applied to {profile.gpu_name}'s {profile.peak_tflops:g} TFLOP/s"}
+    sources = {
+        "compute_efficiency": f"{efficiency:.3f} = {achieved:.1f} TFLOP/s achieved / {peak:g} peak on {key} "
+        f"({where}); applied to {profile.gpu_name}'s {profile.peak_tflops:g} TFLOP/s"
+    }
     slowdown = dict(profile.compute_slowdown)
     for fmt, factor in (inputs.get("slowdown") or {}).items():
         slowdown[fmt] = max(1.0, float(factor))
-        sources[f"compute_slowdown[{fmt}]"] = (f"{slowdown[fmt]:.2f} = fp16 / {fmt} tokens/s on {key} "
-                                               f"({path.name}, {inputs.get('slowdown_shape')})")
+        sources[f"compute_slowdown[{fmt}]"] = (
+            f"{slowdown[fmt]:.2f} = fp16 / {fmt} tokens/s on {key} ({path.name}, {inputs.get('slowdown_shape')})"
+        )
     notes = (profile.notes + " " if profile.notes else "") + f"Efficiencies measured by bench/gpu_check.py on {key}."
-    return dataclasses.replace(profile, name=f"{profile.name}+measured", compute_efficiency=efficiency,
-                               compute_slowdown=slowdown, notes=notes), sources
+    return dataclasses.replace(
+        profile, name=f"{profile.name}+measured", compute_efficiency=efficiency, compute_slowdown=slowdown, notes=notes
+    ), sources

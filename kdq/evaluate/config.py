@@ -1,4 +1,5 @@
 """The evaluate stage's config (:class:`EvalConfig`) and result (:class:`Metrics`)."""
+
 from __future__ import annotations
 
 import copy
@@ -7,10 +8,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .._config import Config
-from .._validate import check_choice, check_device, check_range, check_tta
+from ..config.base import Config
+from ..config.validate import check_choice, check_device, check_range, check_tta
 from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
-from ..template import TemplateConfig
+from ..runtime.template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -73,9 +74,10 @@ class EvalConfig(Config):
         from .budget import BudgetProfile
 
         if self.budget is not None and not isinstance(self.budget, (str, os.PathLike, BudgetProfile)):
-            raise ValueError(f"{c}.budget must be None, a profile name, a JSON path or a BudgetProfile, "
-                             f"got {type(self.budget).__name__}")
-
+            raise ValueError(
+                f"{c}.budget must be None, a profile name, a JSON path or a BudgetProfile, "
+                f"got {type(self.budget).__name__}"
+            )
 
     @property
     def tta_mode(self) -> str:

@@ -1,4 +1,5 @@
 """``kdq.evaluate``: score one variant on held-out rows and measure what it costs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..weight_files import folder_weight_bytes
+from ..utils.weight_files import folder_weight_bytes
 from .config import EvalConfig, Metrics
 from .metrics import accuracy, ece, log_loss, softmax
 
@@ -148,8 +149,10 @@ def _resolve(model, config: EvalConfig, device):
         try:
             loaded.model.to(device)
         except (ValueError, RuntimeError) as err:
-            raise ValueError(f"cannot move the model from {current} to {device} ({err}); load it on "
-                             f"{device} yourself or set EvalConfig.device={str(current)!r}.") from None
+            raise ValueError(
+                f"cannot move the model from {current} to {device} ({err}); load it on "
+                f"{device} yourself or set EvalConfig.device={str(current)!r}."
+            ) from None
     if loaded.source is not None:
         src = Path(loaded.source)
         size = folder_weight_bytes(src)
@@ -172,8 +175,15 @@ def _score(loaded, sequences, config: EvalConfig, desc: str):
     pad_id = loaded.tokenizer.pad_token_id
     with tqdm(total=len(sequences), desc=desc, unit="row", disable=not config.progress, leave=False) as bar:
         stats = {}
-        logits = predict_logits(loaded.model, sequences, pad_id, batch_size=config.batch_size,
-                                max_batch_tokens=config.max_batch_tokens, progress=bar, stats=stats)
+        logits = predict_logits(
+            loaded.model,
+            sequences,
+            pad_id,
+            batch_size=config.batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+            progress=bar,
+            stats=stats,
+        )
     return logits, stats
 
 
@@ -218,7 +228,7 @@ def _stored_format(loaded, fmt):
     return {"F32": "fp32", "BF16": "bf16"}.get(max(size, key=size.get) if size else "F16", "fp16")
 
 
-def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
+def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
     """Score a variant on labelled arena rows and measure its cost.
 
     Args:
@@ -233,18 +243,21 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
 
     from ..data import encode, labels_of, load_arena
     from ..models import default_device, template_of
-    from ..template import TemplateConfig
+    from ..runtime.template import TemplateConfig
     from .budget import load_budget, project
     from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
 
+    config = EvalConfig() if config is None else config
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
     rows = load_arena(rows)
     labels = labels_of(rows)
     if (labels < 0).any():
         r = int(np.flatnonzero(labels < 0)[0])
-        raise ValueError(f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows (the one-hot "
-                         "winner_model_a / winner_model_b / winner_tie columns). Drop unlabelled rows first.")
+        raise ValueError(
+            f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows (the one-hot "
+            "winner_model_a / winner_model_b / winner_tie columns). Drop unlabelled rows first."
+        )
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
     device = torch.device(config.device) if config.device else default_device()
 
@@ -275,26 +288,50 @@ def evaluate(model, rows, config: EvalConfig = EvalConfig()) -> Metrics:
             measured = {"device": dev_name, "tokens_per_s": real / max(seconds, 1e-9)}
         if config.tta_mode == "gated":  # about 1 + fraction forward passes per row
             profile = dataclasses.replace(profile, tta_factor=1.0 + config.tta_fraction)
-        verdict = project(spec, fmt, lengths, profile, max_length=template.max_length,
-                          tta=config.tta_mode != "none", measured=measured)
+        verdict = project(
+            spec,
+            fmt,
+            lengths,
+            profile,
+            max_length=template.max_length,
+            tta=config.tta_mode != "none",
+            measured=measured,
+        )
         dtype = next(loaded.model.parameters()).dtype
         if measured is not None and fmt is FP16 and dtype != torch.float16:
-            verdict["notes"].append(f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
-                                    "throughput is pessimistic for a fp16 T4 run")
+            verdict["notes"].append(
+                f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
+                "throughput is pessimistic for a fp16 T4 run"
+            )
 
     return Metrics(
-        n_rows=len(rows), log_loss=log_loss(probs, labels), accuracy=accuracy(probs, labels),
+        n_rows=len(rows),
+        log_loss=log_loss(probs, labels),
+        accuracy=accuracy(probs, labels),
         ece=ece(probs, labels, config.ece_bins),
         log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
         accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
         ece_tta=ece(probs_tta, labels, config.ece_bins) if probs_tta is not None else None,
-        size_bytes=int(size_bytes), size_source=size_source,
-        peak_memory_bytes=int(peak.peak), peak_memory_kind=peak.kind,
-        rows_per_s=scored_rows / max(seconds, 1e-9), tokens_per_s=real / max(seconds, 1e-9), seconds=seconds,
-        device=dev_name, n_params=int(param_counts(spec)["total"]), weight_format=_stored_format(loaded, fmt),
+        size_bytes=int(size_bytes),
+        size_source=size_source,
+        peak_memory_bytes=int(peak.peak),
+        peak_memory_kind=peak.kind,
+        rows_per_s=scored_rows / max(seconds, 1e-9),
+        tokens_per_s=real / max(seconds, 1e-9),
+        seconds=seconds,
+        device=dev_name,
+        n_params=int(param_counts(spec)["total"]),
+        weight_format=_stored_format(loaded, fmt),
         weight_format_spec=dataclasses.asdict(fmt),
-        mean_tokens=float(lengths.mean()), padding_efficiency=real / max(padded, 1),
-        max_length=template.max_length, rows_fingerprint=rows_fingerprint(rows),
-        model_fingerprint=loaded.fingerprint, source=loaded.source, spec=spec.to_dict(), budget=verdict,
-        probs=probs, probs_tta=probs_tta, lengths=lengths,
+        mean_tokens=float(lengths.mean()),
+        padding_efficiency=real / max(padded, 1),
+        max_length=template.max_length,
+        rows_fingerprint=rows_fingerprint(rows),
+        model_fingerprint=loaded.fingerprint,
+        source=loaded.source,
+        spec=spec.to_dict(),
+        budget=verdict,
+        probs=probs,
+        probs_tta=probs_tta,
+        lengths=lengths,
     )

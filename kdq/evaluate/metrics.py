@@ -3,6 +3,7 @@
 All take ``probs``: ``(N, C)`` float probabilities (rows need not sum to one) and
 ``labels``: ``(N,)`` ints in ``[0, C)``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ def _check(probs, labels):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= probs.shape[1]))
     if bad.size:
-        raise ValueError(f"label {labels[bad[0]]} at row {bad[0]} is outside [0, {probs.shape[1]}); "
-                         "unlabelled rows (-1) cannot be scored.")
+        raise ValueError(
+            f"label {labels[bad[0]]} at row {bad[0]} is outside [0, {probs.shape[1]}); "
+            "unlabelled rows (-1) cannot be scored."
+        )
     bad = np.flatnonzero(~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1))
     if bad.size:
         raise ValueError(f"probs row {bad[0]} is {probs[bad[0]].tolist()}: probabilities must be finite and >= 0.")
@@ -79,4 +82,3 @@ def softmax(logits) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-

@@ -13,6 +13,7 @@ intermediate size, ``V`` vocabulary, ``n``/``k`` query/KV heads of ``d`` dims, `
   weight) plus attention ``4 * Ly * n * d * L`` (``QK^T`` and ``AV`` over the whole padded
   length: with a padding mask, SDPA kernels do not skip the causal upper triangle).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,20 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._validate import check_range
+from ..config.validate import check_range
 from ..quant_methods import FP16, WeightFormat, method_for, quantization_config_of
 
-__all__ = ["ModelSpec", "WeightFormat", "FP16", "weight_format_of", "param_counts", "flops_per_token", "batch_flops",
-           "weight_bytes", "activation_bytes"]
+__all__ = [
+    "ModelSpec",
+    "WeightFormat",
+    "FP16",
+    "weight_format_of",
+    "param_counts",
+    "flops_per_token",
+    "batch_flops",
+    "weight_bytes",
+    "activation_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -46,15 +56,24 @@ class ModelSpec:
     model_type: str = "llama"
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "num_labels"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "num_labels",
+        ):
             check_range("ModelSpec", name, getattr(self, name), 1, kind=int)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"ModelSpec.num_kv_heads must divide num_heads ({self.num_heads}), "
-                             f"got {self.num_kv_heads}")
+            raise ValueError(
+                f"ModelSpec.num_kv_heads must divide num_heads ({self.num_heads}), got {self.num_kv_heads}"
+            )
 
     @classmethod
-    def from_config(cls, config) -> "ModelSpec":
+    def from_config(cls, config) -> ModelSpec:
         """Read a ``PretrainedConfig``, a config dict, a model folder or a ``config.json`` path."""
         if isinstance(config, (str, os.PathLike)):
             path = Path(config)
@@ -69,20 +88,28 @@ class ModelSpec:
         need = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         missing = [k for k in need if config.get(k) is None]
         if missing:
-            raise ValueError(f"model config lacks {missing}: budget arithmetic needs a Llama-like decoder "
-                             f"config (model_type={config.get('model_type')!r}).")
+            raise ValueError(
+                f"model config lacks {missing}: budget arithmetic needs a Llama-like decoder "
+                f"config (model_type={config.get('model_type')!r})."
+            )
         heads = int(config["num_attention_heads"])
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
         n_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 3
-        return cls(vocab_size=int(config["vocab_size"]), hidden_size=int(config["hidden_size"]),
-                   num_layers=int(config["num_hidden_layers"]), num_heads=heads,
-                   num_kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(head_dim),
-                   intermediate_size=int(config["intermediate_size"]), num_labels=int(n_labels),
-                   tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                   attention_bias=bool(config.get("attention_bias", False)),
-                   mlp_bias=bool(config.get("mlp_bias", False)),
-                   use_cache=bool(config.get("use_cache", True)),
-                   model_type=str(config.get("model_type", "llama")))
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            intermediate_size=int(config["intermediate_size"]),
+            num_labels=int(n_labels),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=bool(config.get("attention_bias", False)),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+            use_cache=bool(config.get("use_cache", True)),
+            model_type=str(config.get("model_type", "llama")),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

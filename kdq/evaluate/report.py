@@ -1,4 +1,5 @@
 """``kdq.compare``: every variant on the same rows, one trade-off table, a plot and a budget verdict."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +9,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
-
-from .._json import jsonable
 from .stats import Interval, gap_closed_value, paired_intervals
 
 MB = 1e6
@@ -45,8 +45,10 @@ def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float) -> tupl
     """
     value = gap_closed_value(ll_teacher, ll_baseline, ll_student)  # the formula lives once, in stats.py
     if math.isnan(value):
-        return None, (f"gap closed is undefined: the hard-label baseline ({ll_baseline:.4f}) is not worse than "
-                      f"the teacher ({ll_teacher:.4f}), so there is no gap for distillation to close")
+        return None, (
+            f"gap closed is undefined: the hard-label baseline ({ll_baseline:.4f}) is not worse than "
+            f"the teacher ({ll_teacher:.4f}), so there is no gap for distillation to close"
+        )
     return value, None
 
 
@@ -60,8 +62,11 @@ def _fits_cell(v: dict | None) -> str:
     parts = [f"{v['margin_hours']:+.1f} h", f"{v['margin_gb']:+.1f} GB"]
     if v["fits"]:
         return "✓ " + " / ".join(parts)
-    why = [k for k, ok in (("time", v["fits_time"]), ("GPU memory", v["fits_gpu_memory"]),
-                           ("RAM", v["fits_ram"])) if not ok]
+    why = [
+        k
+        for k, ok in (("time", v["fits_time"]), ("GPU memory", v["fits_gpu_memory"]), ("RAM", v["fits_ram"]))
+        if not ok
+    ]
     return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"
 
 
@@ -72,28 +77,55 @@ def _table_rows(metrics: dict, teacher: str, roles: dict, intervals=None, interv
         v = m.budget
         ci = intervals["delta"][name] if intervals else None
         ci_tta = intervals_tta["delta"][name] if intervals_tta else None
-        out.append({
-            "delta_ci": [ci.low, ci.high] if ci else None,
-            "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
-            "variant": name, "role": roles.get(name, ""), "log_loss": m.log_loss,
-            "delta_vs_teacher": m.log_loss - t.log_loss, "accuracy": m.accuracy, "ece": m.ece,
-            "log_loss_tta": m.log_loss_tta,
-            "delta_tta_vs_teacher": (m.log_loss_tta - t.log_loss_tta) if m.log_loss_tta is not None
-            and t.log_loss_tta is not None else None,
-            "size_mb": m.size_bytes / MB, "size_source": m.size_source, "peak_memory_mb": m.peak_memory_bytes / MB,
-            "peak_memory_kind": m.peak_memory_kind, "rows_per_s": m.rows_per_s, "device": m.device,
-            "weight_format": m.weight_format, "n_params": m.n_params,
-            "t4_hours": v["projected_hours"] if v else None, "basis": v["basis"] if v else None,
-            "fits": v["fits"] if v else None, "fits_cell": _fits_cell(v),
-        })
+        out.append(
+            {
+                "delta_ci": [ci.low, ci.high] if ci else None,
+                "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
+                "variant": name,
+                "role": roles.get(name, ""),
+                "log_loss": m.log_loss,
+                "delta_vs_teacher": m.log_loss - t.log_loss,
+                "accuracy": m.accuracy,
+                "ece": m.ece,
+                "log_loss_tta": m.log_loss_tta,
+                "delta_tta_vs_teacher": (m.log_loss_tta - t.log_loss_tta)
+                if m.log_loss_tta is not None and t.log_loss_tta is not None
+                else None,
+                "size_mb": m.size_bytes / MB,
+                "size_source": m.size_source,
+                "peak_memory_mb": m.peak_memory_bytes / MB,
+                "peak_memory_kind": m.peak_memory_kind,
+                "rows_per_s": m.rows_per_s,
+                "device": m.device,
+                "weight_format": m.weight_format,
+                "n_params": m.n_params,
+                "t4_hours": v["projected_hours"] if v else None,
+                "basis": v["basis"] if v else None,
+                "fits": v["fits"] if v else None,
+                "fits_cell": _fits_cell(v),
+            }
+        )
     return out
 
 
 def markdown_table(rows: list, profile_name: str | None, profile_rows: int | None) -> str:
     """The trade-off table as GitHub markdown (one line per variant)."""
     hours = f"T4 h ({profile_rows / 1000:g}k rows)" if profile_rows else "T4 h"
-    head = ["variant", "format", "log loss", "Δ vs teacher [95% CI]", "accuracy", "ECE", "log loss (TTA)", "size MB",
-            "peak mem MB", "rows/s", "device", hours, "fits " + (profile_name or "")]
+    head = [
+        "variant",
+        "format",
+        "log loss",
+        "Δ vs teacher [95% CI]",
+        "accuracy",
+        "ECE",
+        "log loss (TTA)",
+        "size MB",
+        "peak mem MB",
+        "rows/s",
+        "device",
+        hours,
+        "fits " + (profile_name or ""),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 9 + ["---", "---:", "---"]) + "|"]
     for r in rows:
         name = f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
@@ -101,11 +133,21 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
         delta = _fmt(r["delta_vs_teacher"], "+.4f")
         if r.get("delta_ci") and r["role"] != "teacher":
             delta += f" [{_fmt(r['delta_ci'][0], '+.4f')}, {_fmt(r['delta_ci'][1], '+.4f')}]"
-        cells = [name, r["weight_format"], _fmt(r["log_loss"]), delta,
-                 _fmt(r["accuracy"], ".3f"), _fmt(r["ece"], ".3f"), _fmt(r["log_loss_tta"]),
-                 _fmt(r["size_mb"], ".1f") + ("" if r["size_source"] == "disk" else " (mem)"),
-                 _fmt(r["peak_memory_mb"], ".0f"), _fmt(r["rows_per_s"], ".1f"), r["device"].split(" (")[0],
-                 _fmt(r["t4_hours"], ".2f") + basis, r["fits_cell"]]
+        cells = [
+            name,
+            r["weight_format"],
+            _fmt(r["log_loss"]),
+            delta,
+            _fmt(r["accuracy"], ".3f"),
+            _fmt(r["ece"], ".3f"),
+            _fmt(r["log_loss_tta"]),
+            _fmt(r["size_mb"], ".1f") + ("" if r["size_source"] == "disk" else " (mem)"),
+            _fmt(r["peak_memory_mb"], ".0f"),
+            _fmt(r["rows_per_s"], ".1f"),
+            r["device"].split(" (")[0],
+            _fmt(r["t4_hours"], ".2f") + basis,
+            r["fits_cell"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -121,8 +163,7 @@ def _plot(rows: list, path: Path, title: str) -> None:
     from matplotlib.figure import Figure
 
     rows = sorted(rows, key=lambda r: r["log_loss"], reverse=True)  # best at the top
-    names = [f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
-             for r in rows]
+    names = [f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"] for r in rows]
     colours = [{True: "tab:green", False: "tab:red"}.get(r["fits"], "tab:gray") for r in rows]
     y = list(range(len(rows)))
     fig = Figure(figsize=(12, 1.2 + 0.38 * len(rows)), dpi=110)
@@ -155,8 +196,17 @@ def _plot(rows: list, path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
-def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir, teacher: str | None = None,
-            baseline: str | None = None, student: str | None = None, overwrite: bool = False) -> CompareResult:
+def compare(
+    variants: dict,
+    rows,
+    config: EvalConfig | None = None,
+    *,
+    out_dir,
+    teacher: str | None = None,
+    baseline: str | None = None,
+    student: str | None = None,
+    overwrite: bool = False,
+) -> CompareResult:
     """Evaluate every variant on the same rows and write the trade-off report.
 
     Args:
@@ -173,12 +223,13 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
     """
     from tqdm.auto import tqdm
 
-    from ..atomic import atomic_dir
     from ..data import load_arena
+    from ..utils.atomic import atomic_dir
     from .budget import load_budget, project
-    from .modelspec import ModelSpec, WeightFormat
     from .evaluate import evaluate, rows_fingerprint
+    from .modelspec import ModelSpec, WeightFormat
 
+    config = EvalConfig() if config is None else config
     if not isinstance(variants, dict) or not variants:
         raise ValueError("variants must be a non-empty dict of name -> model folder, model object or Metrics.")
     teacher = next(iter(variants)) if teacher is None else teacher
@@ -197,16 +248,24 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
     for name, v in tqdm(list(variants.items()), desc="variants", unit="variant", disable=not config.progress):
         if isinstance(v, Metrics):
             if v.rows_fingerprint != fingerprint:
-                raise ValueError(f"variant {name!r}: its Metrics were measured on other rows ({v.rows_fingerprint}, "
-                                 f"these are {fingerprint}); every variant must see the same held-out rows. "
-                                 "Pass the model instead so it is re-scored.")
+                raise ValueError(
+                    f"variant {name!r}: its Metrics were measured on other rows ({v.rows_fingerprint}, "
+                    f"these are {fingerprint}); every variant must see the same held-out rows. "
+                    "Pass the model instead so it is re-scored."
+                )
             # re-project on this comparison's profile (cheap arithmetic), so every row answers the same budget
             verdict = None
             if profile is not None:
-                measured = ({"device": v.device, "tokens_per_s": v.tokens_per_s}
-                            if v.device.startswith("cuda") else None)
-                verdict = project(ModelSpec(**v.spec), WeightFormat(**v.weight_format_spec), v.lengths, profile,
-                                  max_length=v.max_length, tta=v.log_loss_tta is not None, measured=measured)
+                measured = {"device": v.device, "tokens_per_s": v.tokens_per_s} if v.device.startswith("cuda") else None
+                verdict = project(
+                    ModelSpec(**v.spec),
+                    WeightFormat(**v.weight_format_spec),
+                    v.lengths,
+                    profile,
+                    max_length=v.max_length,
+                    tta=v.log_loss_tta is not None,
+                    measured=measured,
+                )
             v = dataclasses.replace(v, budget=verdict)
             metrics[name] = v
         else:
@@ -226,8 +285,9 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
         if note:
             notes.append(note)
         if all(metrics[n].log_loss_tta is not None for n in (teacher, baseline, student)):
-            gap_tta, note = gap_closed(metrics[teacher].log_loss_tta, metrics[baseline].log_loss_tta,
-                                       metrics[student].log_loss_tta)
+            gap_tta, note = gap_closed(
+                metrics[teacher].log_loss_tta, metrics[baseline].log_loss_tta, metrics[student].log_loss_tta
+            )
             if note:
                 notes.append("TTA: " + note)
     devices = sorted({m.device for m in metrics.values()})
@@ -239,22 +299,40 @@ def compare(variants: dict, rows, config: EvalConfig = EvalConfig(), *, out_dir,
             by_note.setdefault(n, []).append(name)
     notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
 
-    md = _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows),
-                   intervals, intervals_tta)
-    report = jsonable({
-        "rows": len(rows), "rows_fingerprint": fingerprint, "teacher": teacher, "baseline": baseline,
-        "student": student, "gap_closed": gap, "gap_closed_tta": gap_tta, "notes": notes,
-        "intervals": _intervals_dict(intervals), "intervals_tta": _intervals_dict(intervals_tta),
-        "profile": profile.to_dict() if profile else None,
-        "variants": [{**r, "metrics": metrics[r["variant"]].to_dict()} for r in table],
-    })
+    md = _markdown(
+        table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows), intervals, intervals_tta
+    )
+    report = jsonable(
+        {
+            "rows": len(rows),
+            "rows_fingerprint": fingerprint,
+            "teacher": teacher,
+            "baseline": baseline,
+            "student": student,
+            "gap_closed": gap,
+            "gap_closed_tta": gap_tta,
+            "notes": notes,
+            "intervals": _intervals_dict(intervals),
+            "intervals_tta": _intervals_dict(intervals_tta),
+            "profile": profile.to_dict() if profile else None,
+            "variants": [{**r, "metrics": metrics[r["variant"]].to_dict()} for r in table],
+        }
+    )
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "report.md").write_text(md)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         _plot(table, tmp / "report.png", f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else ""))
     paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
-    return CompareResult(rows=table, metrics=metrics, paths=paths, gap_closed=gap, gap_closed_tta=gap_tta, notes=notes,
-                         intervals=intervals, intervals_tta=intervals_tta)
+    return CompareResult(
+        rows=table,
+        metrics=metrics,
+        paths=paths,
+        gap_closed=gap,
+        gap_closed_tta=gap_tta,
+        notes=notes,
+        intervals=intervals,
+        intervals_tta=intervals_tta,
+    )
 
 
 def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConfig):
@@ -276,51 +354,77 @@ def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConf
 def _intervals_dict(iv):
     if iv is None:
         return None
-    return {"delta": {k: v.to_dict() for k, v in iv["delta"].items()},
-            **{k: (v.to_dict() if isinstance(v, Interval) else v) for k, v in iv.items() if k != "delta"}}
+    return {
+        "delta": {k: v.to_dict() for k, v in iv["delta"].items()},
+        **{k: (v.to_dict() if isinstance(v, Interval) else v) for k, v in iv.items() if k != "delta"},
+    }
 
 
 def _difference_sentence(iv: Interval, what: str) -> str:
-    verdict = ("no measurable difference" if not iv.excludes_zero else
-               "measurably better" if iv.high < 0 else "measurably worse")
+    verdict = (
+        "no measurable difference"
+        if not iv.excludes_zero
+        else "measurably better"
+        if iv.high < 0
+        else "measurably worse"
+    )
     return f"{what}: Δ log loss {iv.fmt()} (95% paired bootstrap): {verdict}."
 
 
-def _markdown(table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows,
-              intervals=None, intervals_tta=None) -> str:
+def _markdown(
+    table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows, intervals=None, intervals_tta=None
+) -> str:
     lines = [f"# Variant trade-offs on {n_rows} held-out rows", ""]
     if profile is not None:
-        lines += [f"Budget **{profile.name}**: {profile.description}. Projected hours are for "
-                  f"{profile.rows} rows at batch {profile.batch_size}"
-                  + (f", with swap TTA (x{profile.tta_factor:g})" if any(m.log_loss_tta is not None
-                                                                         for m in metrics.values()) else "")
-                  + "; (est.) = FLOP/bandwidth estimate, (meas.) = CUDA measurement scaled by peak FLOP/s. "
-                  "Fits shows the time margin / GPU-memory margin per GPU.", ""]
+        lines += [
+            f"Budget **{profile.name}**: {profile.description}. Projected hours are for "
+            f"{profile.rows} rows at batch {profile.batch_size}"
+            + (
+                f", with swap TTA (x{profile.tta_factor:g})"
+                if any(m.log_loss_tta is not None for m in metrics.values())
+                else ""
+            )
+            + "; (est.) = FLOP/bandwidth estimate, (meas.) = CUDA measurement scaled by peak FLOP/s. "
+            "Fits shows the time margin / GPU-memory margin per GPU.",
+            "",
+        ]
     lines += [markdown_table(table, profile.name if profile else None, profile.rows if profile else None), ""]
     if baseline and student:
         t, b, s = (metrics[n].log_loss for n in (teacher, baseline, student))
+
         def ci(iv, key):
             g = iv[key] if iv else None
             return f" [95% CI {g.low:.0%}, {g.high:.0%}]" if g is not None and math.isfinite(g.low) else ""
 
         if gap is not None:
-            lines.append(f"**Gap closed: {gap:.0%}**{ci(intervals, 'gap_closed')} of the teacher-vs-baseline "
-                         f"log-loss gap (baseline {b:.4f} → student {s:.4f}; teacher {t:.4f})"
-                         + (f"; with TTA {gap_tta:.0%}{ci(intervals_tta, 'gap_closed')}." if gap_tta is not None
-                            else "."))
+            lines.append(
+                f"**Gap closed: {gap:.0%}**{ci(intervals, 'gap_closed')} of the teacher-vs-baseline "
+                f"log-loss gap (baseline {b:.4f} → student {s:.4f}; teacher {t:.4f})"
+                + (f"; with TTA {gap_tta:.0%}{ci(intervals_tta, 'gap_closed')}." if gap_tta is not None else ".")
+            )
         else:
             lines.append("**Gap closed: undefined** (see notes).")
         if intervals and intervals.get("student_vs_baseline") is not None:
-            lines += ["", _difference_sentence(intervals["student_vs_baseline"],
-                                               f"Distilled student ({student}) vs hard-label baseline ({baseline})")]
+            lines += [
+                "",
+                _difference_sentence(
+                    intervals["student_vs_baseline"],
+                    f"Distilled student ({student}) vs hard-label baseline ({baseline})",
+                ),
+            ]
         lines.append("")
     if intervals:
-        lines += [f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {n_rows} rows "
-                  f"(seed {intervals['seed']}), the same resample for every variant; an interval that contains 0 "
-                  "is no measurable difference.", ""]
+        lines += [
+            f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {n_rows} rows "
+            f"(seed {intervals['seed']}), the same resample for every variant; an interval that contains 0 "
+            "is no measurable difference.",
+            "",
+        ]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    lines.append("Peak memory is process RSS on CPU (everything the process holds, tokenizer and data included) "
-                 "and max allocated tensor memory on CUDA. Size is the weight files on disk, or parameter bytes "
-                 "in memory for in-memory models (marked mem).")
+    lines.append(
+        "Peak memory is process RSS on CPU (everything the process holds, tokenizer and data included) "
+        "and max allocated tensor memory on CUDA. Size is the weight files on disk, or parameter bytes "
+        "in memory for in-memory models (marked mem)."
+    )
     return "\n".join(lines) + "\n"

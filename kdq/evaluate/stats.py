@@ -7,6 +7,7 @@ percentiles of a difference over the draws are its 95% interval (Efron & Tibshir
 the percentile interval). A difference whose interval contains 0 is "no measurable
 difference" at these rows. Pure numpy; ``seed`` makes the intervals reproducible.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,16 @@ def _interval(point: float, draws: np.ndarray, level: float = 0.95) -> Interval:
     return Interval(float(point), float(lo), float(hi), level)
 
 
-def paired_intervals(row_losses: dict, reference: str, *, baseline: str | None = None, student: str | None = None,
-                     n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_intervals(
+    row_losses: dict,
+    reference: str,
+    *,
+    baseline: str | None = None,
+    student: str | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """95% paired-bootstrap intervals for each variant's Δ log loss vs ``reference`` and for "gap closed".
 
     Returns ``{"delta": {name: Interval}, "gap_closed": Interval | None,
@@ -82,9 +91,14 @@ def paired_intervals(row_losses: dict, reference: str, *, baseline: str | None =
     """
     means = bootstrap_means(row_losses, n_resamples, seed)
     obs = {k: float(np.mean(v)) for k, v in row_losses.items()}
-    out = {"delta": {k: _interval(obs[k] - obs[reference], means[k] - means[reference], level) for k in row_losses},
-           "gap_closed": None, "student_vs_baseline": None, "gap_undefined_draws": 0,
-           "n_resamples": n_resamples, "seed": seed}
+    out = {
+        "delta": {k: _interval(obs[k] - obs[reference], means[k] - means[reference], level) for k in row_losses},
+        "gap_closed": None,
+        "student_vs_baseline": None,
+        "gap_undefined_draws": 0,
+        "n_resamples": n_resamples,
+        "seed": seed,
+    }
     if baseline and student:
         point = gap_closed_value(obs[reference], obs[baseline], obs[student])
         draws = gap_closed_value(means[reference], means[baseline], means[student])

@@ -5,9 +5,18 @@
 
 Light on import: torch and transformers load only when a function runs.
 """
+
 from .build import ExportError, export
 from .config import KAGGLE_LICENSES, ExportConfig, dataset_metadata_problems
 from .verify import VerificationError, VerifyReport, verify
 
-__all__ = ["ExportConfig", "export", "verify", "VerificationError", "VerifyReport", "ExportError",
-           "KAGGLE_LICENSES", "dataset_metadata_problems"]
+__all__ = [
+    "ExportConfig",
+    "export",
+    "verify",
+    "VerificationError",
+    "VerifyReport",
+    "ExportError",
+    "KAGGLE_LICENSES",
+    "dataset_metadata_problems",
+]

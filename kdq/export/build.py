@@ -1,4 +1,5 @@
 """kdq.export: pack a classifier into a self-contained Kaggle dataset folder."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._json import jsonable
-from ..atomic import atomic_dir
-from ..errors import CheckFailed
 from ..quant_methods import prepare_to_load, quantization_config_of, runtime_modules_by_quant_method
-from ..runtime.constants import DEFAULT_TTA_FRACTION
+from ..runtime.constants import DEFAULT_TTA_FRACTION, MANIFEST_FILE, SETTINGS_FILE, WHEELS_DIR
+from ..utils.atomic import atomic_dir
+from ..utils.errors import CheckFailed
+from ..utils.jsonable import jsonable
+from ..utils.versions import library_versions
 from .config import ExportConfig, dataset_metadata_problems
-from .files import CARD_FILE, MANIFEST_FILE, METADATA_FILE, SETTINGS_FILE, WHEELS_DIR, copy_model_files, list_files
-from ..versions import library_versions
+from .files import CARD_FILE, METADATA_FILE, copy_model_files, list_files
 from .manifest import MANIFEST_VERSION, metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
 from .verify import VerificationError
@@ -38,8 +39,7 @@ class _Staged:
     fp16_check: dict | None = None  # fp16 vs fp32 on the probe rows, for unquantized weights
 
 
-def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str | None = None,
-           tokenizer=None) -> Path:
+def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str | None = None, tokenizer=None) -> Path:
     """Write a Kaggle dataset folder for ``model`` at ``out_dir`` and return its path.
 
     Args:
@@ -84,8 +84,10 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             write_json(tmp / SETTINGS_FILE, settings_record(config, quant_method))
             from .. import __version__ as kdq_version
 
-            (tmp / SCRIPT_NAME).write_text(render_script(title=config.title, slug=config.slug, kdq_version=kdq_version,
-                                                         quant_method=quant_method), encoding="utf-8")
+            (tmp / SCRIPT_NAME).write_text(
+                render_script(title=config.title, slug=config.slug, kdq_version=kdq_version, quant_method=quant_method),
+                encoding="utf-8",
+            )
             copy_runtime(tmp)
             bar.update(1)
 
@@ -98,8 +100,9 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             bar.update(1)
 
             bar.set_postfix_str(steps[4])
-            _write_card_and_manifest(tmp, config, staged, template, quant_method, probe, wheels,
-                                     metrics_dict, budget, table_md)
+            _write_card_and_manifest(
+                tmp, config, staged, template, quant_method, probe, wheels, metrics_dict, budget, table_md
+            )
             bar.update(1)
     finally:
         bar.close()
@@ -117,9 +120,13 @@ def settings_record(config: ExportConfig, quant_method) -> dict:
     imports itself when ``config.json`` names ``quant_method``. predict.py checks them up front, so a
     missing backend fails in seconds with the offline install line, not mid-load. Asked of the
     registry at export time, so a method registered later counts too."""
-    return {"tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
-            "max_batch_tokens": config.max_batch_tokens,
-            "backend_modules": list(runtime_modules_by_quant_method().get(quant_method, ()))}
+    return {
+        "tta": config.tta,
+        "tta_fraction": config.tta_fraction,
+        "batch_size": config.batch_size,
+        "max_batch_tokens": config.max_batch_tokens,
+        "backend_modules": list(runtime_modules_by_quant_method().get(quant_method, ())),
+    }
 
 
 def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Staged:
@@ -142,18 +149,27 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Sta
         return staged  # saved from an fp16 model: fp16 on disk already
     half = copy.deepcopy(original.model).to(torch.float16)
     _, rows = probe_rows(config.probe_rows)
-    ref = kdq_probs(original, rows, template, tta=config.tta, batch_size=config.batch_size,
-                    tta_fraction=config.tta_fraction)
-    got = kdq_probs(LoadedModel(half, original.tokenizer, original.source, original.fingerprint), rows, template,
-                    tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction)
+    ref = kdq_probs(
+        original, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
+    )
+    got = kdq_probs(
+        LoadedModel(half, original.tokenizer, original.source, original.fingerprint),
+        rows,
+        template,
+        tta=config.tta,
+        batch_size=config.batch_size,
+        tta_fraction=config.tta_fraction,
+    )
     finite = bool(torch.isfinite(got).all())
     diff = float((got - ref).abs().max()) if finite else float("inf")
     if not diff <= config.fp16_atol:
         what = "non-finite (fp16 overflow)" if not finite else f"up to {diff:.3g} away from fp32"
-        raise ExportError(f"fp16 weights: the probe rows' probabilities computed in fp16 are {what} "
-                          f"(ExportConfig.fp16_atol={config.fp16_atol:g}). Export this model with "
-                          "ExportConfig(weights_dtype='float32'), or export a quantized variant "
-                          "(kdq.quantize(..., QuantConfig.from_name('gptq-8'))). Nothing was written.")
+        raise ExportError(
+            f"fp16 weights: the probe rows' probabilities computed in fp16 are {what} "
+            f"(ExportConfig.fp16_atol={config.fp16_atol:g}). Export this model with "
+            "ExportConfig(weights_dtype='float32'), or export a quantized variant "
+            "(kdq.quantize(..., QuantConfig.from_name('gptq-8'))). Nothing was written."
+        )
     for p in model_files(tmp):
         if p.suffix == ".safetensors" or p.name == "model.safetensors.index.json":
             p.unlink()
@@ -161,8 +177,13 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Sta
         half.save_pretrained(scratch)
         copy_model_files(scratch, tmp, skip_roles=("tokenizer", "quantization"))
     reference = LoadedModel(half.float(), original.tokenizer, original.source, original.fingerprint)
-    return _Staged(reference, staged.source, staged.fingerprint, staged.weights_sha256,
-                   fp16_check={"max_abs_diff_vs_fp32": diff, "atol": config.fp16_atol, "rows": len(rows)})
+    return _Staged(
+        reference,
+        staged.source,
+        staged.fingerprint,
+        staged.weights_sha256,
+        fp16_check={"max_abs_diff_vs_fp32": diff, "atol": config.fp16_atol, "rows": len(rows)},
+    )
 
 
 def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
@@ -182,8 +203,10 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
             # and load it the way predict.py will on CPU, in fp32, as the reference.
             has_tokenizer = any(model_role(p.name) == "tokenizer" for p in model_files(path))
             if tokenizer is None and not has_tokenizer:
-                raise ValueError(f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
-                                 "(an object or a folder) so the notebook can render rows.")
+                raise ValueError(
+                    f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
+                    "(an object or a folder) so the notebook can render rows."
+                )
             loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu")
             # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
             copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
@@ -194,8 +217,12 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
     if isinstance(model, LoadedModel):
         loaded = model
         if tokenizer is not None:
-            loaded = LoadedModel(model.model, load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike))
-                                 else tokenizer, model.source, model.fingerprint)
+            loaded = LoadedModel(
+                model.model,
+                load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer,
+                model.source,
+                model.fingerprint,
+            )
     else:
         # Adapter folders are merged, .bin folders and model objects re-saved as safetensors.
         loaded = load_classifier(model, tokenizer=tokenizer)
@@ -205,8 +232,9 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
     _copy_saved_tokenizer(loaded.tokenizer, tmp)
     weights = {p.name: sha256_file(p) for p in model_files(tmp) if p.suffix == ".safetensors"}
     if not weights:
-        raise ExportError(f"saving {type(loaded.model).__name__} produced no .safetensors file; "
-                          "the notebook loads safetensors only.")
+        raise ExportError(
+            f"saving {type(loaded.model).__name__} produced no .safetensors file; the notebook loads safetensors only."
+        )
     return _Staged(loaded, loaded.source, loaded.fingerprint, weights)
 
 
@@ -220,16 +248,21 @@ def _copy_saved_tokenizer(tokenizer, tmp: Path):
 
 def _resolve_template(config: ExportConfig, model):
     from ..models import template_of
-    from ..template import TemplateConfig
+    from ..runtime.template import TemplateConfig
 
     recorded = template_of(model)
     if config.template is not None and recorded is not None and config.template != recorded:
-        raise ValueError(f"ExportConfig.template={config.template} differs from the template recorded in the model "
-                         f"(config.json kdq_template={recorded}); the notebook must render rows as training did. "
-                         "Drop ExportConfig.template to use the recorded one.")
+        raise ValueError(
+            f"ExportConfig.template={config.template} differs from the template recorded in the model "
+            f"(config.json kdq_template={recorded}); the notebook must render rows as training did. "
+            "Drop ExportConfig.template to use the recorded one."
+        )
     if config.template is None and recorded is None:
-        warnings.warn("the model records no row template (config.json 'kdq_template'); exporting with the default "
-                      f"{TemplateConfig()}. Pass ExportConfig(template=...) if it was trained otherwise.", stacklevel=3)
+        warnings.warn(
+            "the model records no row template (config.json 'kdq_template'); exporting with the default "
+            f"{TemplateConfig()}. Pass ExportConfig(template=...) if it was trained otherwise.",
+            stacklevel=3,
+        )
     return config.template or recorded or TemplateConfig()
 
 
@@ -253,17 +286,22 @@ def _wheels(tmp: Path, config: ExportConfig, quant_method):
 
     roots = config.wheel_packages if config.wheel_packages is not None else default_packages(quant_method)
     try:
-        return fill_wheels(tmp / WHEELS_DIR, roots=roots, python_versions=config.wheel_python_versions,
-                           platforms=config.wheel_platforms, with_deps=config.wheel_deps,
-                           extra_files=config.wheel_files)
+        return fill_wheels(
+            tmp / WHEELS_DIR,
+            roots=roots,
+            python_versions=config.wheel_python_versions,
+            platforms=config.wheel_platforms,
+            with_deps=config.wheel_deps,
+            extra_files=config.wheel_files,
+        )
     except WheelError as err:
         raise ExportError(f"wheels: {err} Nothing was written.") from err
 
 
 def probe_rows(n: int):
     """``(ids, rows)`` of ``n`` fixed synthetic arena rows (rows as predict.py's read_rows returns them)."""
-    from ..template import parse_turns
-    from ..probe import make_arena_rows
+    from ..data.probe import make_arena_rows
+    from ..runtime.template import parse_turns
 
     raw = make_arena_rows(n, seed=PROBE_SEED, labelled=False, max_words=120)
     rows = [tuple(parse_turns(raw[c][i]) for c in ("prompt", "response_a", "response_b")) for i in range(n)]
@@ -277,14 +315,17 @@ def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: flo
     import torch
 
     from ..runtime.batching import predict_logits
-    from ..runtime.predict import render
+    from ..runtime.template import render
     from ..runtime.tta import score_tta
 
     model, tok = loaded.model, loaded.tokenizer
-    result = score_tta(lambda s: predict_logits(model, s, model.config.pad_token_id, batch_size=batch_size),
-                       render(tok, rows, template),
-                       lambda idx: render(tok, [rows[i] for i in idx], template, swap=True),
-                       mode=tta, fraction=tta_fraction)
+    result = score_tta(
+        lambda s: predict_logits(model, s, model.config.pad_token_id, batch_size=batch_size),
+        render(tok, rows, template),
+        lambda idx: render(tok, [rows[i] for i in idx], template, swap=True),
+        mode=tta,
+        fraction=tta_fraction,
+    )
     return torch.softmax(result.log_probs.double(), dim=-1)
 
 
@@ -297,41 +338,63 @@ def _probe(tmp: Path, loaded, config: ExportConfig, template) -> dict:
     first = next(loaded.model.parameters())
     device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
     ids, rows = probe_rows(config.probe_rows)
-    expected = kdq_probs(loaded, rows, template, tta=config.tta, batch_size=config.batch_size,
-                         tta_fraction=config.tta_fraction)
+    expected = kdq_probs(
+        loaded, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
+    )
     prepare_to_load(tmp, device)  # predict.py loads the folder in this process
     module = load_predict_module(tmp / SCRIPT_NAME)
-    got = module.predict_probs(tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device],
-                               tta_fraction=config.tta_fraction)
+    got = module.predict_probs(
+        tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device], tta_fraction=config.tta_fraction
+    )
     diff = float((got - expected).abs().max())
     if not diff <= config.probe_atol:
-        raise ExportError(f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
-                          f"source model by up to {diff:.3g} (ExportConfig.probe_atol={config.probe_atol:g}) on "
-                          f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written. "
-                          f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {dtype}: if that "
-                          "explains the gap, raise probe_atol.)")
-    return {"ids": ids, "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
-            "tta": config.tta, "tta_fraction": config.tta_fraction, "batch_size": config.batch_size,
-            "device": device, "atol": config.probe_atol,
-            "max_abs_diff_vs_source": diff, "probs": got.tolist()}
+        raise ExportError(
+            f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
+            f"source model by up to {diff:.3g} (ExportConfig.probe_atol={config.probe_atol:g}) on "
+            f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written. "
+            f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {dtype}: if that "
+            "explains the gap, raise probe_atol.)"
+        )
+    return {
+        "ids": ids,
+        "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
+        "tta": config.tta,
+        "tta_fraction": config.tta_fraction,
+        "batch_size": config.batch_size,
+        "device": device,
+        "atol": config.probe_atol,
+        "max_abs_diff_vs_source": diff,
+        "probs": got.tolist(),
+    }
 
 
-def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant_method, probe, wheels,
-                             metrics, budget, table_md):
+def _write_card_and_manifest(
+    tmp: Path, config, staged: _Staged, template, quant_method, probe, wheels, metrics, budget, table_md
+):
     from .card import render_card
 
     versions = library_versions()
-    sources = {"model": {"path": staged.source, "fingerprint": staged.fingerprint,
-                         "weights_sha256": staged.weights_sha256}}
+    sources = {
+        "model": {"path": staged.source, "fingerprint": staged.fingerprint, "weights_sha256": staged.weights_sha256}
+    }
     configs = jsonable(config.configs)
     _add_quantize_record(staged.source, configs, sources)
     sources.update(_user_sources(config.sources))
     # Published files name sources by folder name and fingerprint, never by this machine's paths.
     sources, configs, metrics = public_paths(sources), public_paths(configs), public_paths(metrics)
     flat_sources = {k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()}
-    card = render_card(config=config, quant_method=quant_method, template=template.to_dict(), files=list_files(tmp),
-                       metrics=metrics, budget=budget, table_md=table_md, wheels=wheels, versions=versions,
-                       sources=flat_sources)
+    card = render_card(
+        config=config,
+        quant_method=quant_method,
+        template=template.to_dict(),
+        files=list_files(tmp),
+        metrics=metrics,
+        budget=budget,
+        table_md=table_md,
+        wheels=wheels,
+        versions=versions,
+        sources=flat_sources,
+    )
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     meta = config.dataset_metadata(description=card)
     problems = dataset_metadata_problems(meta)
@@ -344,9 +407,14 @@ def _write_card_and_manifest(tmp: Path, config, staged: _Staged, template, quant
         "created_utc": utc_now(),
         "dataset": config.dataset_metadata(),
         "export_config": public_paths(config.to_dict()),
-        "model": {"architectures": cfg.get("architectures"), "quant_method": quant_method,
-                  "num_labels": len(cfg.get("id2label") or {}), "id2label": cfg.get("id2label"),
-                  "pad_token_id": cfg.get("pad_token_id"), "template": template.to_dict()},
+        "model": {
+            "architectures": cfg.get("architectures"),
+            "quant_method": quant_method,
+            "num_labels": len(cfg.get("id2label") or {}),
+            "id2label": cfg.get("id2label"),
+            "pad_token_id": cfg.get("pad_token_id"),
+            "template": template.to_dict(),
+        },
         "sources": sources,
         "configs": configs,
         "metrics": metrics,
@@ -389,8 +457,10 @@ def _add_quantize_record(source, configs: dict, sources: dict) -> None:
     configs.setdefault("quantize_report", report)
     origin = report.get("source")
     if isinstance(origin, str) and origin not in sources:
-        sources["quantized_from"] = {"path": origin,
-                                     "fingerprint": fingerprint_path(origin) if Path(origin).is_dir() else None}
+        sources["quantized_from"] = {
+            "path": origin,
+            "fingerprint": fingerprint_path(origin) if Path(origin).is_dir() else None,
+        }
 
 
 def _user_sources(sources) -> dict:
@@ -400,8 +470,10 @@ def _user_sources(sources) -> dict:
     for name, fp in sources.items():
         if fp is None:
             if not Path(name).is_dir():
-                raise ValueError(f"ExportConfig.sources[{name!r}] is None but {name!r} is not a folder to fingerprint; "
-                                 "give its fingerprint as the value.")
+                raise ValueError(
+                    f"ExportConfig.sources[{name!r}] is None but {name!r} is not a folder to fingerprint; "
+                    "give its fingerprint as the value."
+                )
             fp = fingerprint_path(name)
         out[public_paths(str(name))] = str(fp)
     return out

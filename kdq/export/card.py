@@ -1,7 +1,8 @@
 """The README model card of an exported folder (markdown)."""
+
 from __future__ import annotations
 
-from .files import WHEELS_DIR
+from ..runtime.constants import WHEELS_DIR
 
 # Metrics worth a line on the card, in order: (key in Metrics.to_dict(), label, format).
 _CARD_METRICS = (
@@ -51,12 +52,24 @@ def _weights_mb(files: dict) -> float:
 def install_line(slug: str, wheels: dict | None) -> str | None:
     if not wheels:
         return None
-    return (f"pip install --no-index --find-links /kaggle/input/{slug}/{WHEELS_DIR} "
-            + " ".join(f"'{a}'" if any(c in a for c in "<>") else a for a in wheels["install_args"]))
+    return f"pip install --no-index --find-links /kaggle/input/{slug}/{WHEELS_DIR} " + " ".join(
+        f"'{a}'" if any(c in a for c in "<>") else a for a in wheels["install_args"]
+    )
 
 
-def render_card(*, config, quant_method, template: dict, files: dict, metrics: dict | None, budget: dict | None,
-                table_md: str | None, wheels: dict | None, versions: dict, sources: dict) -> str:
+def render_card(
+    *,
+    config,
+    quant_method,
+    template: dict,
+    files: dict,
+    metrics: dict | None,
+    budget: dict | None,
+    table_md: str | None,
+    wheels: dict | None,
+    versions: dict,
+    sources: dict,
+) -> str:
     """README.md: what the model is, how it scores, how to upload it and run it offline."""
     slug = config.slug
     install = install_line(slug, wheels)
@@ -65,13 +78,15 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
         lines += [config.description, ""]
     lines += [
         "A sequence classifier for the LMSYS Chatbot Arena competition (winner_model_a / winner_model_b / "
-        "winner_tie), packed by kdq for an offline Kaggle notebook.", "",
+        "winner_tie), packed by kdq for an offline Kaggle notebook.",
+        "",
         f"- quantization: **{quant_method or 'none'}**",
         f"- weights in this folder: **{_weights_mb(files):.1f} MB** "
         f"({quant_method or config.weights_dtype.replace('float', 'fp')} on disk; the metrics below were "
         "measured on the source variant)",
         f"- row template: `{template}`",
-        f"- predict.py defaults: tta={config.tta}" + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")
+        f"- predict.py defaults: tta={config.tta}"
+        + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")
         + f", batch_size={config.batch_size}",
         "- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
         "",
@@ -83,35 +98,52 @@ def render_card(*, config, quant_method, template: dict, files: dict, metrics: d
     if budget:
         lines += [budget_lines(budget), ""]
     lines += [
-        "## Upload to Kaggle", "",
+        "## Upload to Kaggle",
+        "",
         "```bash",
         "pip install kaggle            # and put your API token in ~/.kaggle/kaggle.json",
-        "kdq verify THIS_FOLDER        # or: python -m kdq.export verify THIS_FOLDER",
-        "kaggle datasets create -p THIS_FOLDER --dir-mode zip   # later versions: kaggle datasets version -p THIS_FOLDER --dir-mode zip -m 'notes'",
-        "```", "",
+        "kdq verify THIS_FOLDER        # or: python -m kdq.cli verify THIS_FOLDER",
+        "kaggle datasets create -p THIS_FOLDER --dir-mode zip",
+        "kaggle datasets version -p THIS_FOLDER --dir-mode zip -m 'notes'   # later versions",
+        "```",
+        "",
         "`--dir-mode zip` uploads the `wheels/` folder (Kaggle unpacks it); without it the CLI skips folders. "
-        "The CLI reads `dataset-metadata.json` but does not upload it.", "",
-        "## Use it in the notebook (internet off)", "",
-        f"Add the dataset `{config.dataset_id}` to the notebook, then:", "",
+        "The CLI reads `dataset-metadata.json` but does not upload it.",
+        "",
+        "## Use it in the notebook (internet off)",
+        "",
+        f"Add the dataset `{config.dataset_id}` to the notebook, then:",
+        "",
         "```python",
     ]
     if install:
         lines += [f"!{install}"]
     elif quant_method:
-        lines += [f"# this {quant_method} model needs its backend in the notebook: export with ExportConfig(wheels=True),",
-                  "# or attach a dataset holding the wheels and pip install --no-index --find-links from it"]
+        lines += [
+            f"# this {quant_method} model needs its backend in the notebook: export with ExportConfig(wheels=True),",
+            "# or attach a dataset holding the wheels and pip install --no-index --find-links from it",
+        ]
     lines += [
         f"!python /kaggle/input/{slug}/predict.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv "
         "--out /kaggle/working/submission.csv",
-        "```", "",
+        "```",
+        "",
         "predict.py checks the model files against `kdq-manifest.json`, splits the rows over the visible GPUs "
-        "(one thread per GPU, falls back to CPU) and writes `submission.csv` with rows summing to 1.", "",
+        "(one thread per GPU, falls back to CPU) and writes `submission.csv` with rows summing to 1.",
+        "",
     ]
     if wheels:
-        lines += ["## Wheels", "",
-                  f"`{WHEELS_DIR}/` holds wheels for CPython {', '.join(wheels['python_versions'])} on Linux x86_64 "
-                  "(torch is not included: the Kaggle image provides it). Install line:", "",
-                  "```bash", install, "```", ""]
+        lines += [
+            "## Wheels",
+            "",
+            f"`{WHEELS_DIR}/` holds wheels for CPython {', '.join(wheels['python_versions'])} on Linux x86_64 "
+            "(torch is not included: the Kaggle image provides it). Install line:",
+            "",
+            "```bash",
+            install,
+            "```",
+            "",
+        ]
     if sources:
         lines += ["## Sources", "", "| source | path (fingerprint) |", "|---|---|"]
         lines += [f"| `{k}` | `{v}` |" for k, v in sources.items()] + [""]

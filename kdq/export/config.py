@@ -1,4 +1,5 @@
 """ExportConfig and the Kaggle dataset rules it enforces (stdlib only)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,19 +7,42 @@ import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .._config import Config
-from .._validate import check_choice, check_range, check_tta
+from ..config.base import Config
+from ..config.validate import check_choice, check_range, check_tta
 from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
-from ..template import TemplateConfig
+from ..runtime.template import TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
 # (https://github.com/Kaggle/kaggle-api/blob/main/docs/datasets_metadata.md).
 KAGGLE_LICENSES = (
-    "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
-    "copyright-authors", "other", "unknown", "CC-BY-4.0", "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0",
-    "CC-BY-3.0-IGO", "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0",
-    "CDLA-Sharing-1.0", "CC-BY-ND-4.0", "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0",
-    "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0", "GPL-3.0",
+    "CC0-1.0",
+    "CC-BY-SA-3.0",
+    "CC-BY-SA-4.0",
+    "CC-BY-NC-SA-4.0",
+    "GPL-2.0",
+    "ODbL-1.0",
+    "DbCL-1.0",
+    "copyright-authors",
+    "other",
+    "unknown",
+    "CC-BY-4.0",
+    "CC-BY-NC-4.0",
+    "PDDL",
+    "CC-BY-3.0",
+    "CC-BY-3.0-IGO",
+    "US-Government-Works",
+    "CC-BY-NC-SA-3.0-IGO",
+    "CDLA-Permissive-1.0",
+    "CDLA-Sharing-1.0",
+    "CC-BY-ND-4.0",
+    "CC-BY-NC-ND-4.0",
+    "ODC-BY-1.0",
+    "LGPL-3.0",
+    "AGPL-3.0",
+    "FDL-1.3",
+    "EU-ODP-Legal-Notice",
+    "apache-2.0",
+    "GPL-3.0",
 )
 TITLE_LENGTH = (6, 50)  # Kaggle: "must be between 6 and 50 characters"
 SLUG_LENGTH = (3, 50)  # Kaggle: dataset slug "between 3 and 50 characters"
@@ -31,9 +55,15 @@ KAGGLE_PYTHON_VERSIONS = ("3.11",)
 WEIGHT_DTYPES = ("float16", "float32")
 # glibc tags a Kaggle image (Ubuntu 22.04, glibc 2.35) can install; pip needs each one named
 # explicitly with --platform, or it rejects e.g. bitsandbytes' manylinux_2_24 wheel.
-DEFAULT_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64",
-                     "manylinux_2_28_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64",
-                     "manylinux_2_35_x86_64")
+DEFAULT_PLATFORMS = (
+    "manylinux2014_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_31_x86_64",
+    "manylinux_2_34_x86_64",
+    "manylinux_2_35_x86_64",
+)
 
 
 def dataset_id_problems(dataset_id) -> list:
@@ -69,7 +99,9 @@ def dataset_metadata_problems(meta) -> list:
     if not (isinstance(lic, list) and len(lic) == 1 and isinstance(lic[0], dict)):
         problems.append(f"licenses must be a list with exactly one {{'name': ...}} entry, got {lic!r}")
     elif lic[0].get("name") not in KAGGLE_LICENSES:
-        problems.append(f"licenses[0].name {lic[0].get('name')!r} is not a Kaggle licence; use one of {list(KAGGLE_LICENSES)}")
+        problems.append(
+            f"licenses[0].name {lic[0].get('name')!r} is not a Kaggle licence; use one of {list(KAGGLE_LICENSES)}"
+        )
     return problems
 
 
@@ -151,12 +183,17 @@ class ExportConfig(Config):
         cls = "ExportConfig"
         self._accept_dicts()
         if not isinstance(self.title, str) or not TITLE_LENGTH[0] <= len(self.title) <= TITLE_LENGTH[1]:
-            raise ValueError(f"{cls}.title must be a string of {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} characters "
-                             f"(a Kaggle rule), got {self.title!r} ({len(str(self.title))} characters)")
+            raise ValueError(
+                f"{cls}.title must be a string of {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} characters "
+                f"(a Kaggle rule), got {self.title!r} ({len(str(self.title))} characters)"
+            )
         problems = dataset_id_problems(self.dataset_id)
         if problems:
-            raise ValueError(f"{cls}.dataset_id {self.dataset_id!r}: " + "; ".join(problems) +
-                             ". Example: 'your-kaggle-name/danube3-500m-arena'.")
+            raise ValueError(
+                f"{cls}.dataset_id {self.dataset_id!r}: "
+                + "; ".join(problems)
+                + ". Example: 'your-kaggle-name/danube3-500m-arena'."
+            )
         licenses = (self.licenses,) if isinstance(self.licenses, str) else _tuple_of_str(cls, "licenses", self.licenses)
         if len(licenses) != 1 or licenses[0] not in KAGGLE_LICENSES:
             raise ValueError(f"{cls}.licenses must be exactly one of {list(KAGGLE_LICENSES)}, got {self.licenses!r}")
@@ -176,18 +213,24 @@ class ExportConfig(Config):
         check_range(cls, "probe_atol", self.probe_atol, 0.0, 1.0, lo_open=True)
         if self.template is not None:
             if not isinstance(self.template, TemplateConfig):
-                raise ValueError(f"{cls}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
+                raise ValueError(
+                    f"{cls}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}"
+                )
         if self.wheel_packages is not None:
             object.__setattr__(self, "wheel_packages", _tuple_of_str(cls, "wheel_packages", self.wheel_packages))
         versions = _tuple_of_str(cls, "wheel_python_versions", self.wheel_python_versions)
         bad = [v for v in versions if not PYTHON_VERSION_RE.match(v)]
         if bad or not versions:
-            raise ValueError(f"{cls}.wheel_python_versions must be non-empty 'X.Y' strings such as ('3.10', '3.11'), "
-                             f"got {self.wheel_python_versions!r}")
+            raise ValueError(
+                f"{cls}.wheel_python_versions must be non-empty 'X.Y' strings such as ('3.10', '3.11'), "
+                f"got {self.wheel_python_versions!r}"
+            )
         object.__setattr__(self, "wheel_python_versions", versions)
         platforms = _tuple_of_str(cls, "wheel_platforms", self.wheel_platforms)
         if not platforms:
-            raise ValueError(f"{cls}.wheel_platforms must name at least one pip platform tag, e.g. {DEFAULT_PLATFORMS[0]!r}")
+            raise ValueError(
+                f"{cls}.wheel_platforms must name at least one pip platform tag, e.g. {DEFAULT_PLATFORMS[0]!r}"
+            )
         object.__setattr__(self, "wheel_platforms", platforms)
         files = tuple(str(f) for f in self.wheel_files)
         bad = [f for f in files if not f.endswith(".whl")]
@@ -221,5 +264,7 @@ class ExportConfig(Config):
             if f.name in ("configs", "sources"):
                 continue
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else (list(value) if isinstance(value, tuple) else value)
+            out[f.name] = (
+                value.to_dict() if hasattr(value, "to_dict") else (list(value) if isinstance(value, tuple) else value)
+            )
         return out

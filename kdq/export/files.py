@@ -1,4 +1,5 @@
 """Which files an exported folder holds, what each is for, and their checksums."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -6,8 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..runtime.checksums import sha256_file  # one implementation, also copied into the export
-
-from ..runtime.constants import MANIFEST_FILE, RUNTIME_DIR, SETTINGS_FILE, WHEELS_DIR  # noqa: F401
+from ..runtime.constants import MANIFEST_FILE, RUNTIME_DIR, SETTINGS_FILE, WHEELS_DIR
 
 METADATA_FILE = "dataset-metadata.json"
 CARD_FILE = "README.md"
@@ -73,8 +73,6 @@ def copy_model_files(src_dir, dst_dir, *, skip_roles=()) -> list:
         shutil.copy2(p, Path(dst_dir) / p.name)
         names.append(p.name)
     return names
-
-
 
 
 def list_files(folder, *, exclude=(MANIFEST_FILE,)) -> dict:

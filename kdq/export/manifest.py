@@ -1,11 +1,12 @@
 """The ``kdq-manifest.json`` record: where the model came from, how it was made, what it weighs."""
+
 from __future__ import annotations
 
 import datetime
 import json
 from pathlib import Path
 
-from .._json import jsonable
+from ..utils.jsonable import jsonable
 
 MANIFEST_VERSION = 1
 
@@ -22,7 +23,7 @@ def metrics_record(metrics) -> tuple:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 def write_json(path, data) -> Path:
@@ -32,6 +33,6 @@ def write_json(path, data) -> Path:
 
 
 def read_manifest(folder) -> dict:
-    from .files import MANIFEST_FILE
+    from ..runtime.constants import MANIFEST_FILE
 
     return json.loads(Path(folder, MANIFEST_FILE).read_text(encoding="utf-8"))

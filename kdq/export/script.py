@@ -6,6 +6,7 @@ into ``<folder>/kdq_runtime/`` (listed in the manifest with role ``runtime``), a
 ``predict.py`` that loads that package from its own folder and runs its ``main``. No code
 is pasted twice and nothing is stripped.
 """
+
 from __future__ import annotations
 
 import ast
@@ -101,11 +102,13 @@ def bad_imports(text: str, *, relative_ok: bool) -> list:
 def render_script(*, title: str, slug: str, kdq_version: str, quant_method: str | None) -> str:
     """The predict.py launcher text; compiled and checked for kdq imports (its own and the runtime's)."""
     safe_title = title.replace("\\", "/").replace('"""', "'''").replace("{", "(").replace("}", ")")
-    text = _LAUNCHER.format(title=safe_title, slug=slug, kdq_version=kdq_version, backend=quant_method or "none",
-                            runtime=RUNTIME_DIR)
+    text = _LAUNCHER.format(
+        title=safe_title, slug=slug, kdq_version=kdq_version, backend=quant_method or "none", runtime=RUNTIME_DIR
+    )
     compile(text, SCRIPT_NAME, "exec")  # a syntax error must fail the export, not the notebook
-    bad = kdq_imports(text) + [f"{p.name} {b}" for p in runtime_files()
-                               for b in bad_imports(p.read_text(encoding="utf-8"), relative_ok=True)]
+    bad = kdq_imports(text) + [
+        f"{p.name} {b}" for p in runtime_files() for b in bad_imports(p.read_text(encoding="utf-8"), relative_ok=True)
+    ]
     if bad:
         raise RuntimeError(f"generated predict.py would import kdq ({'; '.join(bad)}); the notebook cannot.")
     return text

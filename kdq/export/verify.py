@@ -1,4 +1,5 @@
 """kdq.verify: prove that an exported folder is complete, unaltered and still predicts the same."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CheckFailed
 from ..quant_methods import method_for, prepare_to_load
-from .files import MANIFEST_FILE, OPTIONAL_ROLES, sha256_file
+from ..runtime.constants import MANIFEST_FILE
+from ..utils.errors import CheckFailed
+from .files import OPTIONAL_ROLES, sha256_file
 
 
 class VerificationError(CheckFailed):
@@ -21,8 +23,10 @@ class VerificationError(CheckFailed):
         self.folder = str(folder)
         self.problems = list(problems)
         lines = "\n".join(f"  - {f}: {what}" for f, what in self.problems)
-        super().__init__(f"{folder} failed verification ({len(self.problems)} problem(s)):\n{lines}\n"
-                         "Re-export the model (kdq.export) or restore the files; do not upload this folder.")
+        super().__init__(
+            f"{folder} failed verification ({len(self.problems)} problem(s)):\n{lines}\n"
+            "Re-export the model (kdq.export) or restore the files; do not upload this folder."
+        )
 
 
 @dataclass
@@ -89,8 +93,9 @@ def batch_size_atol(folder) -> float:
     return method.batch_size_atol if method is not None else UNQUANTIZED_BATCH_SIZE_ATOL
 
 
-def verify(folder, *, probe: bool = True, atol: float | None = None, device: str = "cpu",
-           batch_size: int | None = None) -> VerifyReport:
+def verify(
+    folder, *, probe: bool = True, atol: float | None = None, device: str = "cpu", batch_size: int | None = None
+) -> VerifyReport:
     """Check an exported folder: every checksum, then a probe batch through its own predict.py.
 
     Args:
@@ -131,17 +136,32 @@ def verify(folder, *, probe: bool = True, atol: float | None = None, device: str
     try:
         prepare_to_load(folder, device)  # the method's load-time preparation (GPTQ: gptqmodel CPU defaults)
         module = load_predict_module(folder / SCRIPT_NAME)
-        got = module.predict_probs(folder, rows, tta=stored["tta"], batch_size=batch_size or stored["batch_size"],
-                                   devices=[device], tta_fraction=stored.get("tta_fraction"))
+        got = module.predict_probs(
+            folder,
+            rows,
+            tta=stored["tta"],
+            batch_size=batch_size or stored["batch_size"],
+            devices=[device],
+            tta_fraction=stored.get("tta_fraction"),
+        )
     except Exception as err:  # any load or scoring failure is a verification failure
-        raise VerificationError(folder, [("probe", f"predict.py could not score the probe rows: "
-                                                   f"{type(err).__name__}: {err}")]) from err
+        raise VerificationError(
+            folder, [("probe", f"predict.py could not score the probe rows: {type(err).__name__}: {err}")]
+        ) from err
     diff = float((got - torch.tensor(stored["probs"], dtype=torch.float64)).abs().max())
     tol = stored.get("atol", 1e-4) if atol is None else atol
     if atol is None and batch_size is not None and batch_size != stored["batch_size"]:
         tol = max(tol, batch_size_atol(folder))
     if not diff <= tol:
-        raise VerificationError(folder, [("probe", f"probabilities differ from those stored at export by up to "
-                                                   f"{diff:.3g} (atol {tol:g}) on {len(rows)} rows on {device}")])
+        raise VerificationError(
+            folder,
+            [
+                (
+                    "probe",
+                    f"probabilities differ from those stored at export by up to "
+                    f"{diff:.3g} (atol {tol:g}) on {len(rows)} rows on {device}",
+                )
+            ],
+        )
     report.probe_rows, report.probe_max_abs_diff = len(rows), diff
     return report

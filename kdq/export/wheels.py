@@ -6,6 +6,7 @@ the installed packages' metadata and downloaded one by one with ``--no-deps``: l
 resolve them would drag in a multi-GB CUDA torch, which the Kaggle image already has and
 which must not be replaced.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -16,8 +17,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from ..errors import CheckFailed
 from ..runtime.versions import installed_version
+from ..utils.errors import CheckFailed
 from .config import KAGGLE_PYTHON_VERSIONS
 
 # Never shipped: the image's CUDA build of torch (and its stack) must stay in place.
@@ -48,7 +49,9 @@ def _requirement(text):
     try:
         return Requirement(text)
     except InvalidRequirement as err:
-        raise ValueError(f"wheel package {text!r} is not a valid requirement ({err}); write e.g. 'bitsandbytes==0.50.2'.") from None
+        raise ValueError(
+            f"wheel package {text!r} is not a valid requirement ({err}); write e.g. 'bitsandbytes==0.50.2'."
+        ) from None
 
 
 def pin(text: str) -> str:
@@ -62,8 +65,9 @@ def pin(text: str) -> str:
         return f"{req.name}{req.specifier}"
     version = installed_version(req.name)
     if version is None:
-        raise ValueError(f"wheel package {text!r} has no version and is not installed here; pin it, "
-                         f"e.g. '{req.name}==X.Y.Z'.")
+        raise ValueError(
+            f"wheel package {text!r} has no version and is not installed here; pin it, e.g. '{req.name}==X.Y.Z'."
+        )
     return f"{req.name}=={version}"
 
 
@@ -129,8 +133,10 @@ def requires_python_problems(requirements, python_version: str) -> list:
         spec = metadata.metadata(req.name).get("Requires-Python")
         try:
             if spec and not SpecifierSet(spec).contains(python_version + ".0", prereleases=True):
-                problems.append(f"{req.name}=={pinned[0]} requires Python {spec} (its Requires-Python), which excludes "
-                                f"the requested CPython {python_version}")
+                problems.append(
+                    f"{req.name}=={pinned[0]} requires Python {spec} (its Requires-Python), which excludes "
+                    f"the requested CPython {python_version}"
+                )
         except InvalidSpecifier:
             continue
     return problems
@@ -151,17 +157,33 @@ def download(requirements, dest, *, python_version: str, platforms, timeout: flo
     dest.mkdir(parents=True, exist_ok=True)
     if not requirements:
         return sorted(dest.glob("*.whl"))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-           "--python-version", python_version, "--disable-pip-version-check", "--progress-bar", "off",
-           "--dest", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--dest",
+        str(dest),
+    ]
     for p in platforms:
         cmd += ["--platform", p]
     cmd += list(requirements)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise WheelError(f"pip download for Python {python_version} took more than {timeout:.0f} s; "
-                         "check the network or the package index.") from None
+        raise WheelError(
+            f"pip download for Python {python_version} took more than {timeout:.0f} s; "
+            "check the network or the package index."
+        ) from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         found = [ln for ln in lines if "No matching distribution found for" in ln or ln.startswith("ERROR")]
@@ -172,7 +194,8 @@ def download(requirements, dest, *, python_version: str, platforms, timeout: flo
             f"pip could not download a wheel of {what} for CPython {python_version} on {list(platforms)}: {detail}. "
             f"Fixes: pin a version that ships binary wheels; or build one on Linux x86_64 with Python {python_version} "
             f"(pip wheel --no-deps '{what}' -w DIR) and pass it in ExportConfig(wheel_files=...); "
-            f"or leave it out of ExportConfig(wheel_packages=...).")
+            f"or leave it out of ExportConfig(wheel_packages=...)."
+        )
     return sorted(dest.glob("*.whl"))
 
 
@@ -192,13 +215,17 @@ def fill_wheels(dest, *, roots, python_versions, platforms, with_deps: bool, ext
         shutil.copy2(f, dest / f.name)
         provided.add(wheel_name(f))
     pinned_roots = [pin(r) for r in roots]
-    per_version = {pv: [r for r in closure(roots, pv, with_deps=with_deps) if canonical(_requirement(r).name) not in provided]
-                   for pv in python_versions}
+    per_version = {
+        pv: [r for r in closure(roots, pv, with_deps=with_deps) if canonical(_requirement(r).name) not in provided]
+        for pv in python_versions
+    }
     problems = [p for pv, reqs in per_version.items() for p in requires_python_problems(reqs, pv)]
     if problems:  # before any download: a half-filled wheels/ helps nobody
-        raise WheelError("; ".join(problems) + ". Fix: drop that version from ExportConfig.wheel_python_versions "
-                         f"(Kaggle's current image runs CPython {', '.join(KAGGLE_PYTHON_VERSIONS)}), or pin a "
-                         "release of the package that supports it in ExportConfig.wheel_packages.")
+        raise WheelError(
+            "; ".join(problems) + ". Fix: drop that version from ExportConfig.wheel_python_versions "
+            f"(Kaggle's current image runs CPython {', '.join(KAGGLE_PYTHON_VERSIONS)}), or pin a "
+            "release of the package that supports it in ExportConfig.wheel_packages."
+        )
     for pv, reqs in per_version.items():
         download(reqs, dest, python_version=pv, platforms=platforms)
     return {

@@ -1,4 +1,5 @@
 """bitsandbytes LLM.int8 and 4-bit (nf4 / fp4, optional double quant), saved serialized: ``kdq[bnb]``."""
+
 from __future__ import annotations
 
 from .registry import HEAD_MODULES, QuantMethod, WeightFormat, register_quantizer
@@ -18,14 +19,19 @@ class _BnbMethod(QuantMethod):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
-            str(source_dir), quantization_config=self.bnb_config(config, dtype), dtype=dtype,
-            device_map={"": str(device)})
+            str(source_dir),
+            quantization_config=self.bnb_config(config, dtype),
+            dtype=dtype,
+            device_map={"": str(device)},
+        )
 
     def describe(self, model, config, device) -> dict:
         qc = model.config.quantization_config
-        return {"quant_type": self.quant_type,
-                "double_quant": bool(qc.load_in_4bit and qc.bnb_4bit_use_double_quant),
-                "skip_modules": list(qc.llm_int8_skip_modules or [])}
+        return {
+            "quant_type": self.quant_type,
+            "double_quant": bool(qc.load_in_4bit and qc.bnb_4bit_use_double_quant),
+            "skip_modules": list(qc.llm_int8_skip_modules or []),
+        }
 
 
 @register_quantizer("bnb-int8")
@@ -57,8 +63,11 @@ class _Bnb4bit(_BnbMethod):
         return self.name if config.double_quant else f"{self.name}-nodq"
 
     def owns(self, qc: dict) -> bool:
-        return (super().owns(qc) and bool(qc.get("load_in_4bit"))
-                and qc.get("bnb_4bit_quant_type", "fp4") == self.quant_type)
+        return (
+            super().owns(qc)
+            and bool(qc.get("load_in_4bit"))
+            and qc.get("bnb_4bit_quant_type", "fp4") == self.quant_type
+        )
 
     def weight_format(self, qc: dict) -> WeightFormat:
         # one fp32 absmax per 64 weights, or with double quantization an int8 absmax plus an fp32 per 256 blocks
@@ -68,9 +77,13 @@ class _Bnb4bit(_BnbMethod):
     def bnb_config(self, config, dtype):
         from transformers import BitsAndBytesConfig
 
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,
-                                  bnb_4bit_use_double_quant=config.double_quant,
-                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(HEAD_MODULES))
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=config.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=list(HEAD_MODULES),
+        )
 
 
 @register_quantizer("bnb-nf4")

@@ -5,6 +5,7 @@ and drops the ``score`` head. Through transformers the model keeps its class; op
 quantizes the ``nn.Linear`` layers inside the decoder blocks (``model.layers``), so the head,
 the embeddings and the norms stay in floating point.
 """
+
 from __future__ import annotations
 
 from .registry import QuantMethod, WeightFormat, register_quantizer
@@ -34,13 +35,19 @@ class GPTQMethod(QuantMethod):
 
     def validate(self, config) -> int:
         bits = super().validate(config)
-        if not isinstance(config.group_size, int) or isinstance(config.group_size, bool) or \
-                not (config.group_size == -1 or config.group_size > 0):
-            raise ValueError(f"QuantConfig.group_size must be a positive int or -1 (one group per row), "
-                             f"got {config.group_size!r}.")
+        if (
+            not isinstance(config.group_size, int)
+            or isinstance(config.group_size, bool)
+            or not (config.group_size == -1 or config.group_size > 0)
+        ):
+            raise ValueError(
+                f"QuantConfig.group_size must be a positive int or -1 (one group per row), got {config.group_size!r}."
+            )
         if config.backend is not None and not isinstance(config.backend, str):
-            raise ValueError(f"QuantConfig.backend must be a gptqmodel backend name (e.g. 'torch', 'auto') "
-                             f"or None, got {config.backend!r}.")
+            raise ValueError(
+                f"QuantConfig.backend must be a gptqmodel backend name (e.g. 'torch', 'auto') "
+                f"or None, got {config.backend!r}."
+            )
         return bits
 
     def variant_name(self, config) -> str:
@@ -49,8 +56,9 @@ class GPTQMethod(QuantMethod):
     def weight_format(self, qc: dict) -> WeightFormat:
         # one fp16 scale + one packed zero point per group; group_size -1 means per output channel
         bits, group_size = int(qc.get("bits", 4)), int(qc.get("group_size", 128) or 0)
-        return WeightFormat(f"gptq-{bits}", bits, group_size if group_size > 0 else 0, 2 + bits / 8,
-                            needs=self.wheels[0])
+        return WeightFormat(
+            f"gptq-{bits}", bits, group_size if group_size > 0 else 0, 2 + bits / 8, needs=self.wheels[0]
+        )
 
     def prepare_load(self, device) -> None:
         """gptqmodel's CPU-safe environment, and an import of it that leaves ``HF_HOME`` alone."""
@@ -78,7 +86,8 @@ class GPTQMethod(QuantMethod):
             pad_token_id=tokenizer.pad_token_id,
         )
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(source_dir), quantization_config=qcfg, dtype=dtype, device_map={"": str(device)})
+            str(source_dir), quantization_config=qcfg, dtype=dtype, device_map={"": str(device)}
+        )
         return model
 
     def finalize_config(self, model, config, device) -> None:
@@ -93,5 +102,9 @@ class GPTQMethod(QuantMethod):
 
     def describe(self, model, config, device) -> dict:
         kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
-        return {"backend": self.backend_for(config, device), "group_size": config.group_size,
-                "desc_act": config.desc_act, "kernels": kernels}
+        return {
+            "backend": self.backend_for(config, device),
+            "group_size": config.group_size,
+            "desc_act": config.desc_act,
+            "kernels": kernels,
+        }

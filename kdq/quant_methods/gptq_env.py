@@ -17,13 +17,14 @@ once, under a snapshot of the environment, and puts back every variable the impo
 Only the standard library is imported at module level: loading a GPTQ folder anywhere
 (:mod:`kdq.models`, :func:`kdq.verify`) calls :func:`prepare_gptq` through the method registry.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 
-from ..import_utils import require
+from ..utils.imports import require
 
 log = logging.getLogger("kdq.quantize")
 

@@ -7,6 +7,7 @@ must do before loading it. Everything else asks this registry: :mod:`kdq.models`
 :mod:`kdq.export` (which never import :mod:`kdq.quantize`), :mod:`kdq.evaluate.modelspec`.
 Standard library only at import time.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,17 +83,21 @@ class QuantMethod:
         for field, default in self._METHOD_FIELDS.items():
             if field not in self.uses_fields and getattr(config, field) != default:
                 users = sorted(n for n, m in _REGISTRY.items() if field in m.uses_fields)
-                raise ValueError(f"QuantConfig.{field}={getattr(config, field)!r} does not apply to method "
-                                 f"{self.name!r} (only to {users}); leave it at its default {default!r}.")
+                raise ValueError(
+                    f"QuantConfig.{field}={getattr(config, field)!r} does not apply to method "
+                    f"{self.name!r} (only to {users}); leave it at its default {default!r}."
+                )
         bits = config.bits
         if bits is None:
             if self.bits_required:
-                raise ValueError(f"QuantConfig.bits is required for method {self.name!r}: "
-                                 f"choose one of {list(self.allowed_bits)}.")
+                raise ValueError(
+                    f"QuantConfig.bits is required for method {self.name!r}: choose one of {list(self.allowed_bits)}."
+                )
             return self.allowed_bits[0]
         if bits not in self.allowed_bits or isinstance(bits, bool):
-            raise ValueError(f"QuantConfig.bits must be one of {list(self.allowed_bits)} for method "
-                             f"{self.name!r}, got {bits!r}.")
+            raise ValueError(
+                f"QuantConfig.bits must be one of {list(self.allowed_bits)} for method {self.name!r}, got {bits!r}."
+            )
         return bits
 
     def variant_name(self, config) -> str:
@@ -111,7 +116,7 @@ class QuantMethod:
     def prepare_load(self, device) -> None:
         """Before loading a folder of this method on ``device`` (``"cpu"``, ``"cuda:0"``...):
         import the backend (an error names the pip extra) and set up the process."""
-        from ..import_utils import require
+        from ..utils.imports import require
 
         for module in self.runtime_modules:
             require(module, purpose=f"quantization method {self.name!r}", extra=self.extra)
@@ -140,6 +145,7 @@ class QuantMethod:
 
 def register_quantizer(name: str):
     """Class decorator: register a :class:`QuantMethod` subclass under ``name``."""
+
     def deco(cls):
         if name in _REGISTRY:
             raise ValueError(f"quantization method {name!r} is already registered ({type(_REGISTRY[name]).__name__}).")
@@ -149,6 +155,7 @@ def register_quantizer(name: str):
         method.name = name
         _REGISTRY[name] = method
         return cls
+
     return deco
 
 
@@ -189,10 +196,12 @@ def method_for(config) -> QuantMethod | None:
         return None
     found = next((m for _, m in sorted(_REGISTRY.items()) if m.owns(qc)), None)
     if found is None:
-        raise ValueError(f"quantization_config.quant_method {qc.get('quant_method')!r} (load_in_8bit="
-                         f"{qc.get('load_in_8bit')}, load_in_4bit={qc.get('load_in_4bit')}) is not a method kdq "
-                         f"knows; registered: {registered_methods()} (config.json quant_method "
-                         f"{sorted({m.quant_method for m in _REGISTRY.values()})}).")
+        raise ValueError(
+            f"quantization_config.quant_method {qc.get('quant_method')!r} (load_in_8bit="
+            f"{qc.get('load_in_8bit')}, load_in_4bit={qc.get('load_in_4bit')}) is not a method kdq "
+            f"knows; registered: {registered_methods()} (config.json quant_method "
+            f"{sorted({m.quant_method for m in _REGISTRY.values()})})."
+        )
     return found
 
 
@@ -219,6 +228,8 @@ def wheels_for(quant_method: str | None) -> tuple:
     wheels = [w for _, m in sorted(_REGISTRY.items()) if m.quant_method == quant_method for w in m.wheels]
     if not wheels:
         known = sorted({m.quant_method for m in _REGISTRY.values()})
-        raise ValueError(f"no wheel list for quantization method {quant_method!r}; known: {known}. "
-                         "Pass ExportConfig(wheel_packages=...).")
+        raise ValueError(
+            f"no wheel list for quantization method {quant_method!r}; known: {known}. "
+            "Pass ExportConfig(wheel_packages=...)."
+        )
     return tuple(dict.fromkeys(wheels))

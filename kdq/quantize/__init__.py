@@ -5,13 +5,24 @@ Methods live in a registry keyed by name (:mod:`kdq.quant_methods`, re-exported 
 backends (gptqmodel, bitsandbytes, transformers) are imported only when a method runs.
 See docs/quantize.md.
 """
+
 from ..quant_methods import HEAD_MODULES, QuantMethod, get_quantizer, register_quantizer, registered_methods
 from .api import quantize
 from .config import VARIANTS, QuantConfig
 from .verify import QuantizationError, QuantReport, ReloadMismatchError, read_report, recheck
 
 __all__ = [
-    "quantize", "QuantConfig", "VARIANTS", "QuantReport", "QuantizationError", "ReloadMismatchError",
-    "read_report", "recheck", "QuantMethod", "register_quantizer", "get_quantizer", "registered_methods",
+    "quantize",
+    "QuantConfig",
+    "VARIANTS",
+    "QuantReport",
+    "QuantizationError",
+    "ReloadMismatchError",
+    "read_report",
+    "recheck",
+    "QuantMethod",
+    "register_quantizer",
+    "get_quantizer",
+    "registered_methods",
     "HEAD_MODULES",
 ]

@@ -1,4 +1,5 @@
 """``kdq.quantize``: source model → quantized folder that reloads exactly and loads without kdq."""
+
 from __future__ import annotations
 
 import gc
@@ -55,12 +56,13 @@ def _refuse_quantized(model) -> None:
     is_path = isinstance(model, (str, os.PathLike))
     qc = quantization_config_of(model if is_path else getattr(model, "config", None))
     if qc:
-        raise ValueError(f"model is already quantized ({qc['quant_method']}); pass the unquantized (fp16/fp32) classifier "
-                         "or its PEFT adapter folder.")
+        raise ValueError(
+            f"model is already quantized ({qc['quant_method']}); pass the unquantized (fp16/fp32) classifier "
+            "or its PEFT adapter folder."
+        )
 
 
-def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer=None,
-             overwrite: bool = False) -> Path:
+def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer=None, overwrite: bool = False) -> Path:
     """Quantize a sequence classifier into ``out_dir`` and prove the folder reloads to the same model.
 
     Args:
@@ -88,21 +90,24 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
     """
     from tqdm.auto import tqdm
 
-    from ..atomic import atomic_dir
     from ..models import attach_template, prepare_classifier
+    from ..utils.atomic import atomic_dir
     from .calibration import prepare_calibration
     from .verify import check_head, probe_logits
 
     if not isinstance(config, QuantConfig):
-        raise ValueError(f"config must be a kdq.QuantConfig, got {type(config).__name__}; "
-                         "e.g. QuantConfig.from_name('gptq-4').")
+        raise ValueError(
+            f"config must be a kdq.QuantConfig, got {type(config).__name__}; e.g. QuantConfig.from_name('gptq-4')."
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another output folder.")
     method = get_quantizer(config.method)
     if calibration is None and method.needs_calibration:
-        raise ValueError(f"method {config.method!r} needs calibration data: pass calibration= arena rows (CSV/parquet "
-                         "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows.")
+        raise ValueError(
+            f"method {config.method!r} needs calibration data: pass calibration= arena rows (CSV/parquet "
+            "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows."
+        )
     _refuse_quantized(model)
     device = _resolve_device(config)
     dtype = _resolve_dtype(config, device)
@@ -110,8 +115,11 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
     name = config.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    with tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step") as bar, \
-            tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch:
+    with (
+        tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step") as bar,
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch,
+    ):
+
         def stage(i):
             bar.update(1 if i else 0)
             bar.set_postfix_str(_STAGES[i])
@@ -122,9 +130,15 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
         tok = source.tokenizer
 
         stage(1)  # calibration and probe rows, rendered with the same template as training
-        rows = prepare_calibration(calibration, tok, template, num_samples=config.num_samples,
-                                   probe_rows=config.probe_rows, seed=config.seed,
-                                   needs_calibration=method.needs_calibration)
+        rows = prepare_calibration(
+            calibration,
+            tok,
+            template,
+            num_samples=config.num_samples,
+            probe_rows=config.probe_rows,
+            seed=config.seed,
+            needs_calibration=method.needs_calibration,
+        )
 
         stage(2)  # reference logits; then free the source before quantizing (a 4B teacher)
         source_logits = probe_logits(source.model, rows.probe, tok.pad_token_id)
@@ -136,8 +150,9 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
         # forward pass, and a folder saved afterwards reloads wrong or not at all.
         stage(3)
         t0 = time.perf_counter()
-        qmodel = method.quantize(source.folder, config, calibration=rows.calibration, tokenizer=tok,
-                                 device=device, dtype=dtype)
+        qmodel = method.quantize(
+            source.folder, config, calibration=rows.calibration, tokenizer=tok, device=device, dtype=dtype
+        )
         quantize_seconds = time.perf_counter() - t0
         check_head(qmodel, name)
         method.finalize_config(qmodel, config, device)
@@ -156,35 +171,53 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
             memory_logits = probe_logits(qmodel, rows.probe, tok.pad_token_id)
             del qmodel
             _release(device)
-            report = _verify(tmp, config, rows, source, device=device, dtype=dtype, source_logits=source_logits,
-                             memory_logits=memory_logits, quantize_seconds=quantize_seconds, verify_start=t0,
-                             details=details, pad_id=tok.pad_token_id)
+            report = _verify(
+                tmp,
+                config,
+                rows,
+                source,
+                device=device,
+                dtype=dtype,
+                source_logits=source_logits,
+                memory_logits=memory_logits,
+                quantize_seconds=quantize_seconds,
+                verify_start=t0,
+                details=details,
+                pad_id=tok.pad_token_id,
+            )
             bar.update()
-    log.info("kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, %.1f MB",
-             name, out_dir, report.reload_max_abs_delta, report.reload_tolerance, report.kl_to_source,
-             report.weights_bytes / 1e6)
+    log.info(
+        "kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, %.1f MB",
+        name,
+        out_dir,
+        report.reload_max_abs_delta,
+        report.reload_tolerance,
+        report.kl_to_source,
+        report.weights_bytes / 1e6,
+    )
     return out_dir
 
 
 @dataclass
 class _Source:
-    model: object          # the unquantized classifier (dropped after the probe)
+    model: object  # the unquantized classifier (dropped after the probe)
     tokenizer: object
-    folder: Path           # a saved full-precision folder for from_pretrained(quantization_config=...)
+    folder: Path  # a saved full-precision folder for from_pretrained(quantization_config=...)
     template: object
-    name: str | None       # the folder it came from, for the report
+    name: str | None  # the folder it came from, for the report
     weights_bytes: int
 
 
 def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
     """Load (and merge) the source; a folder to quantize from: the input folder, or a saved copy."""
     from ..models import is_adapter_dir, load_classifier, template_of
-    from ..template import TemplateConfig
-    from ..weight_files import folder_weight_bytes
+    from ..runtime.template import TemplateConfig
+    from ..utils.weight_files import folder_weight_bytes
 
     is_path = isinstance(model, (str, os.PathLike))
-    loaded = load_classifier(model, tokenizer=tokenizer, dtype=dtype if is_path else None,
-                             device=device if is_path else None)
+    loaded = load_classifier(
+        model, tokenizer=tokenizer, dtype=dtype if is_path else None, device=device if is_path else None
+    )
     if is_path and not is_adapter_dir(model):
         folder = Path(model)
     else:  # transformers quantizes while loading, so adapters and objects become plain folders first
@@ -192,37 +225,85 @@ def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
         loaded.model.save_pretrained(str(folder))
         loaded.tokenizer.save_pretrained(str(folder))
     template = template_of(loaded.model) or template_of(folder) or TemplateConfig()
-    return _Source(model=loaded.model, tokenizer=loaded.tokenizer, folder=folder, template=template,
-                   name=loaded.source, weights_bytes=folder_weight_bytes(folder))
+    return _Source(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        folder=folder,
+        template=template,
+        name=loaded.source,
+        weights_bytes=folder_weight_bytes(folder),
+    )
 
 
-def _verify(folder, config, rows, source, *, device, dtype, source_logits, memory_logits, pad_id,
-            quantize_seconds, verify_start, details):
+def _verify(
+    folder,
+    config,
+    rows,
+    source,
+    *,
+    device,
+    dtype,
+    source_logits,
+    memory_logits,
+    pad_id,
+    quantize_seconds,
+    verify_start,
+    details,
+):
     """Reload ``folder``, compare with the in-memory logits, gate on KL, write ``kdq-quantize.json``."""
-    from ..versions import library_versions
-    from ..weight_files import folder_weight_bytes
-    from .verify import (QuantizationError, QuantReport, compare_reload, cpu_has_avx512_bf16, kl_divergence,
-                         max_abs_delta, write_report)
+    from ..utils.versions import library_versions
+    from ..utils.weight_files import folder_weight_bytes
+    from .verify import (
+        QuantizationError,
+        QuantReport,
+        compare_reload,
+        cpu_has_avx512_bf16,
+        kl_divergence,
+        max_abs_delta,
+        write_report,
+    )
 
     name = config.name
-    reloaded = compare_reload(name, folder, probe=rows.probe, pad_id=pad_id, memory_logits=memory_logits,
-                              tolerance=config.reload_tolerance, device=device, dtype=dtype)
+    reloaded = compare_reload(
+        name,
+        folder,
+        probe=rows.probe,
+        pad_id=pad_id,
+        memory_logits=memory_logits,
+        tolerance=config.reload_tolerance,
+        device=device,
+        dtype=dtype,
+    )
     kl = kl_divergence(source_logits, memory_logits)
     if config.max_kl is not None and not kl <= config.max_kl:
-        raise QuantizationError(f"{name}: mean KL(source || quantized) = {kl:.4g} nats on {len(rows.probe)} "
-                                f"probe rows exceeds max_kl={config.max_kl:g}; try more bits, a smaller "
-                                "group_size or more calibration rows.")
+        raise QuantizationError(
+            f"{name}: mean KL(source || quantized) = {kl:.4g} nats on {len(rows.probe)} "
+            f"probe rows exceeds max_kl={config.max_kl:g}; try more bits, a smaller "
+            "group_size or more calibration rows."
+        )
     report = QuantReport(
-        variant=name, method=config.method, bits=config.bits, device=str(device),
-        dtype=str(dtype).replace("torch.", ""), calibration_rows=len(rows.calibration),
-        probe_rows=len(rows.probe), probe_source=rows.probe_source,
+        variant=name,
+        method=config.method,
+        bits=config.bits,
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        calibration_rows=len(rows.calibration),
+        probe_rows=len(rows.probe),
+        probe_source=rows.probe_source,
         reload_max_abs_delta=max_abs_delta(reloaded, memory_logits),
-        reload_tolerance=float(config.reload_tolerance), kl_to_source=kl,
+        reload_tolerance=float(config.reload_tolerance),
+        kl_to_source=kl,
         source_max_abs_delta=max_abs_delta(source_logits, memory_logits),
         argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
-        weights_bytes=folder_weight_bytes(folder), source_weights_bytes=source.weights_bytes,
-        quantize_seconds=quantize_seconds, verify_seconds=time.perf_counter() - verify_start,
-        cpu_avx512_bf16=cpu_has_avx512_bf16(), details=details, config=config.to_dict(),
-        versions=library_versions(), source=source.name)
+        weights_bytes=folder_weight_bytes(folder),
+        source_weights_bytes=source.weights_bytes,
+        quantize_seconds=quantize_seconds,
+        verify_seconds=time.perf_counter() - verify_start,
+        cpu_avx512_bf16=cpu_has_avx512_bf16(),
+        details=details,
+        config=config.to_dict(),
+        versions=library_versions(),
+        source=source.name,
+    )
     write_report(folder, report, probe=rows.probe, memory_logits=memory_logits, source_logits=source_logits)
     return report

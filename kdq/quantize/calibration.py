@@ -1,4 +1,5 @@
 """Calibration and probe rows, rendered exactly as training and inference render them."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ def _as_rows(calibration):
             raise ValueError("calibration is an empty list; pass arena rows or a non-empty list of strings.")
         bad = next((i for i, t in enumerate(calibration) if not isinstance(t, str)), None)
         if bad is not None:
-            raise ValueError(f"calibration[{bad}] is a {type(calibration[bad]).__name__}; a calibration list "
-                             "must hold strings (or pass arena rows: a CSV/parquet path, DataFrame, Dataset or row dicts).")
+            raise ValueError(
+                f"calibration[{bad}] is a {type(calibration[bad]).__name__}; a calibration list "
+                "must hold strings (or pass arena rows: a CSV/parquet path, DataFrame, Dataset or row dicts)."
+            )
         return list(calibration)
     from ..data import load_arena
 
@@ -65,14 +68,15 @@ def _render(rows, indices, tokenizer, template):
 def synthetic_probe(tokenizer, template, n: int, seed: int) -> list:
     """Deterministic arena-style rows for the probe when no calibration is given."""
     from ..data import encode, load_arena
-    from ..probe import make_arena_rows
+    from ..data.probe import make_arena_rows
 
     rows = load_arena(make_arena_rows(n, seed=seed, max_words=200))
     return list(encode(rows, tokenizer, template, desc="render probe rows")["input_ids"])
 
 
-def prepare_calibration(calibration, tokenizer, template, *, num_samples: int, probe_rows: int, seed: int,
-                        needs_calibration: bool) -> CalibrationSet:
+def prepare_calibration(
+    calibration, tokenizer, template, *, num_samples: int, probe_rows: int, seed: int, needs_calibration: bool
+) -> CalibrationSet:
     """Draw calibration and probe rows with a seeded shuffle and render only those.
 
     Probe rows come from the rows left after the calibration draw, so the KL to the
@@ -80,8 +84,10 @@ def prepare_calibration(calibration, tokenizer, template, *, num_samples: int, p
     """
     if calibration is None:
         if needs_calibration:
-            raise ValueError("this method needs calibration data: pass calibration= arena rows (CSV/parquet "
-                             "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows.")
+            raise ValueError(
+                "this method needs calibration data: pass calibration= arena rows (CSV/parquet "
+                "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows."
+            )
         return CalibrationSet([], synthetic_probe(tokenizer, template, probe_rows, seed), "synthetic")
     rows = _as_rows(calibration)
     order = list(range(len(rows)))
@@ -90,12 +96,13 @@ def prepare_calibration(calibration, tokenizer, template, *, num_samples: int, p
     if needs_calibration and n_cal < num_samples:
         log.warning("calibration has %d rows, fewer than num_samples=%d; using all of them.", n_cal, num_samples)
     cal_idx = order[:n_cal]
-    probe_idx = order[n_cal:n_cal + probe_rows]
+    probe_idx = order[n_cal : n_cal + probe_rows]
     source = "held-out"
     if len(probe_idx) < probe_rows:
         # Not enough rows to hold the probe out: reuse calibration rows (recorded in the report).
         extra = [i for i in order if i not in probe_idx][: probe_rows - len(probe_idx)]
         probe_idx = probe_idx + extra
         source = "overlaps-calibration"
-    return CalibrationSet(_render(rows, cal_idx, tokenizer, template),
-                          _render(rows, probe_idx, tokenizer, template), source)
+    return CalibrationSet(
+        _render(rows, cal_idx, tokenizer, template), _render(rows, probe_idx, tokenizer, template), source
+    )

@@ -1,11 +1,12 @@
 """QuantConfig: what to quantize, how, and how strictly to verify the result."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._config import Config
-from .._validate import check_choice, check_device, check_range
-from ..template import TemplateConfig
+from ..config.base import Config
+from ..config.validate import check_choice, check_device, check_range
+from ..runtime.template import TemplateConfig
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -89,12 +90,14 @@ class QuantConfig(Config):
         object.__setattr__(self, "bits", bits)
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "QuantConfig":
+    def from_name(cls, name: str, **overrides) -> QuantConfig:
         """The config for a short variant name (``"gptq-8"``, ``"gptq-4"``, ``"bnb-int8"``,
         ``"bnb-nf4"``, ``"bnb-fp4"``), with field overrides, e.g. ``from_name("gptq-4", num_samples=64)``."""
         if name not in VARIANTS:
-            raise ValueError(f"unknown quantization variant {name!r}; choose one of {sorted(VARIANTS)} "
-                             "or build QuantConfig(method=..., bits=...) directly.")
+            raise ValueError(
+                f"unknown quantization variant {name!r}; choose one of {sorted(VARIANTS)} "
+                "or build QuantConfig(method=..., bits=...) directly."
+            )
         return cls(**{**VARIANTS[name], **overrides})
 
     @property

@@ -11,6 +11,7 @@ Two comparisons on the same probe rows (token ids rendered with the model's temp
 The probe ids and both logit sets are stored in ``kdq-quantize.json`` so :func:`recheck`
 can repeat the reload check later (after a copy, an upload, a download).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import CheckFailed
+from ..utils.errors import CheckFailed
 
 REPORT_FILE = "kdq-quantize.json"
 
@@ -64,7 +65,7 @@ class QuantReport:
 
 def probe_logits(model, probe, pad_id: int):
     """Logits for the probe rows, ``(N, num_labels)`` fp32 on CPU, in row order (one batch)."""
-    from ..batching import predict_logits
+    from ..runtime.batching import predict_logits
 
     return predict_logits(model, probe, pad_id, batch_size=max(len(probe), 1))
 
@@ -102,12 +103,16 @@ def check_head(model, where: str) -> str:
             if list(layer.children()) or weight is None:
                 continue
             if type(layer) is not torch.nn.Linear or not weight.dtype.is_floating_point:
-                raise QuantizationError(f"{where}: the classification head {name!r} was quantized "
-                                        f"({type(layer).__name__}, {weight.dtype}); it must stay a "
-                                        "floating-point nn.Linear. Exclude it from quantization.")
+                raise QuantizationError(
+                    f"{where}: the classification head {name!r} was quantized "
+                    f"({type(layer).__name__}, {weight.dtype}); it must stay a "
+                    "floating-point nn.Linear. Exclude it from quantization."
+                )
         return name
-    raise QuantizationError(f"{where}: no classification head ({' / '.join(HEAD_MODULES)}) found on "
-                            f"{type(model).__name__}; kdq quantizes *ForSequenceClassification models.")
+    raise QuantizationError(
+        f"{where}: no classification head ({' / '.join(HEAD_MODULES)}) found on "
+        f"{type(model).__name__}; kdq quantizes *ForSequenceClassification models."
+    )
 
 
 def reload_folder(folder, device, dtype):
@@ -119,8 +124,7 @@ def reload_folder(folder, device, dtype):
     return model
 
 
-def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logits, tolerance: float,
-                   device, dtype):
+def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logits, tolerance: float, device, dtype):
     """Reload ``folder`` into a fresh model, run ``probe`` and compare with ``memory_logits``.
 
     Returns the reloaded logits ``(N, C)``. Raises :class:`QuantizationError` when the folder
@@ -131,9 +135,11 @@ def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logit
     try:
         model = reload_folder(folder, device, dtype)
     except Exception as err:  # any failure to reload is a failed artifact, whatever its type
-        raise QuantizationError(f"{method_name}: the saved folder does not reload with "
-                                f"AutoModelForSequenceClassification.from_pretrained: {type(err).__name__}: "
-                                f"{str(err)[:500]}") from err
+        raise QuantizationError(
+            f"{method_name}: the saved folder does not reload with "
+            f"AutoModelForSequenceClassification.from_pretrained: {type(err).__name__}: "
+            f"{str(err)[:500]}"
+        ) from err
     check_head(model, f"{method_name} (reloaded)")
     logits = probe_logits(model, probe, pad_id)
     del model
@@ -145,7 +151,8 @@ def compare_reload(method_name: str, folder, *, probe, pad_id: int, memory_logit
             f"{delta:.4g} > reload_tolerance={tolerance:g} on {len(probe)} probe rows "
             f"(reloaded logits span [{float(logits.min()):.3g}, {float(logits.max()):.3g}]). "
             "The artifact was not written. Reloading on other hardware or kernels may need a larger "
-            "reload_tolerance; a large delta on the same machine means the saved layout is wrong.")
+            "reload_tolerance; a large delta on the same machine means the saved layout is wrong."
+        )
     return logits
 
 
@@ -159,11 +166,14 @@ def cpu_has_avx512_bf16() -> bool:
 
 def write_report(folder, report: QuantReport, *, probe, memory_logits, source_logits) -> Path:
     path = Path(folder, REPORT_FILE)
-    payload = {**report.to_dict(), "probe": {
-        "input_ids": [list(map(int, ids)) for ids in probe],
-        "logits_memory": memory_logits.tolist(),
-        "logits_source": source_logits.tolist(),
-    }}
+    payload = {
+        **report.to_dict(),
+        "probe": {
+            "input_ids": [list(map(int, ids)) for ids in probe],
+            "logits_memory": memory_logits.tolist(),
+            "logits_source": source_logits.tolist(),
+        },
+    }
     path.write_text(json.dumps(payload, indent=1))
     return path
 
@@ -199,7 +209,14 @@ def recheck(folder, *, tolerance: float | None = None, device=None) -> float:
     pad_id = load_tokenizer(folder).pad_token_id
     memory = torch.tensor(raw["probe"]["logits_memory"])
     tol = raw["reload_tolerance"] if tolerance is None else tolerance
-    logits = compare_reload(raw["variant"], folder, probe=raw["probe"]["input_ids"], pad_id=pad_id,
-                            memory_logits=memory, tolerance=tol, device=device,
-                            dtype=getattr(torch, raw["dtype"]))
+    logits = compare_reload(
+        raw["variant"],
+        folder,
+        probe=raw["probe"]["input_ids"],
+        pad_id=pad_id,
+        memory_logits=memory,
+        tolerance=tol,
+        device=device,
+        dtype=getattr(torch, raw["dtype"]),
+    )
     return max_abs_delta(logits, memory)

@@ -8,6 +8,7 @@ Why length sorting: arena rows are long-tailed (most rows are short, a few fill
 sorting by length first makes each batch nearly uniform, so padding efficiency (real
 tokens / padded tokens) stays above 90% and throughput rises accordingly.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,8 +52,16 @@ def pad_batch(sequences, pad_id: int):
 
 
 @torch.inference_mode()
-def predict_logits(model, sequences, pad_id: int, batch_size: int = 8, device=None,
-                   max_batch_tokens: int | None = None, progress=None, stats: dict | None = None):
+def predict_logits(
+    model,
+    sequences,
+    pad_id: int,
+    batch_size: int = 8,
+    device=None,
+    max_batch_tokens: int | None = None,
+    progress=None,
+    stats: dict | None = None,
+):
     """Score token sequences with a sequence classifier, in the original order.
 
     Args:
@@ -84,12 +93,20 @@ def predict_logits(model, sequences, pad_id: int, batch_size: int = 8, device=No
         if progress is not None:
             progress.update(len(batch))
             elapsed = max(time.perf_counter() - start, 1e-9)
-            progress.set_postfix(rows_s=f"{sum(1 for o in out if o is not None) / elapsed:.1f}",
-                                 pad_eff=f"{real / max(padded, 1):.0%}", refresh=False)
+            progress.set_postfix(
+                rows_s=f"{sum(1 for o in out if o is not None) / elapsed:.1f}",
+                pad_eff=f"{real / max(padded, 1):.0%}",
+                refresh=False,
+            )
     seconds = time.perf_counter() - start
     if stats is not None:
-        stats.update(rows=len(sequences), seconds=seconds, real_tokens=real, padded_tokens=padded,
-                     padding_efficiency=real / max(padded, 1))
+        stats.update(
+            rows=len(sequences),
+            seconds=seconds,
+            real_tokens=real,
+            padded_tokens=padded,
+            padding_efficiency=real / max(padded, 1),
+        )
     if not sequences:
         return torch.zeros((0, model.config.num_labels))
     return torch.stack(out)

@@ -1,4 +1,5 @@
 """sha256 checks of an exported folder against its manifest (standard library only)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,10 +37,14 @@ def check_files(model_dir, roles=MODEL_ROLES) -> int:
             continue
         path = model_dir / rel
         if not path.is_file():
-            raise RuntimeError(f"{rel}: missing from {model_dir}; re-upload the dataset (kdq verify checks it locally).")
+            raise RuntimeError(
+                f"{rel}: missing from {model_dir}; re-upload the dataset (kdq verify checks it locally)."
+            )
         if path.stat().st_size != entry["size"]:
-            raise RuntimeError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry['size']}; "
-                               "the file is truncated or altered.")
+            raise RuntimeError(
+                f"{rel}: {path.stat().st_size} bytes, the manifest says {entry['size']}; "
+                "the file is truncated or altered."
+            )
         if sha256_file(path) != entry["sha256"]:
             raise RuntimeError(f"{rel}: sha256 differs from the manifest; the file is altered or corrupt.")
         checked += 1

@@ -1,4 +1,5 @@
 """Facts shared by kdq and every exported ``predict.py`` (standard library only)."""
+
 from __future__ import annotations
 
 LABELS = ("winner_model_a", "winner_model_b", "winner_tie")

@@ -4,6 +4,7 @@ Standalone: it imports the standard library, torch, transformers and its sibling
 only, never kdq. ``kdq.export`` copies this package whole into the folder as ``kdq_runtime/``;
 the folder's ``predict.py`` is a launcher that loads it from there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,18 @@ import torch
 
 from .batching import predict_logits
 from .checksums import check_files
-from .constants import DEFAULT_TTA_FRACTION, LABELS, MANIFEST_FILE, SETTINGS_FILE, TEMPLATE_KEY, TTA_MODES, WHEELS_DIR
-from .template import TemplateConfig, encode_row, parse_turns
-from .tta import gated_count, score_tta, tta_mode
+from .constants import (
+    DEFAULT_TTA_FRACTION,
+    LABELS,
+    MANIFEST_FILE,
+    SETTINGS_FILE,
+    TEMPLATE_KEY,
+    TTA_MODES,
+    WHEELS_DIR,
+    tta_mode,
+)
+from .template import TemplateConfig, parse_turns, render
+from .tta import gated_count, score_tta
 from .versions import installed_version
 
 DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
@@ -43,10 +53,17 @@ def read_settings(model_dir) -> dict:
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     if not config.get(TEMPLATE_KEY):
-        raise ValueError(f"{model_dir / 'config.json'} has no {TEMPLATE_KEY!r} entry, so the row template used in "
-                         "training is unknown; re-export the model with kdq.export.")
-    settings = {"tta": "full", "tta_fraction": DEFAULT_TTA_FRACTION, "batch_size": 8, "max_batch_tokens": None,
-                "backend_modules": []}
+        raise ValueError(
+            f"{model_dir / 'config.json'} has no {TEMPLATE_KEY!r} entry, so the row template used in "
+            "training is unknown; re-export the model with kdq.export."
+        )
+    settings = {
+        "tta": "full",
+        "tta_fraction": DEFAULT_TTA_FRACTION,
+        "batch_size": 8,
+        "max_batch_tokens": None,
+        "backend_modules": [],
+    }
     settings.update(_export_settings(model_dir))
     settings["tta"] = tta_mode(settings["tta"])
     settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
@@ -89,12 +106,16 @@ def read_rows(csv_path):
         reader = csv.DictReader(f)
         missing = [c for c in ("id",) + TEXT_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; the competition test CSV has columns "
-                             f"id, prompt, response_a, response_b (found {reader.fieldnames}).")
+            raise ValueError(
+                f"{csv_path}: missing column(s) {missing}; the competition test CSV has columns "
+                f"id, prompt, response_a, response_b (found {reader.fieldnames})."
+            )
         for n, record in enumerate(reader):
             rid = record["id"]
             if rid in seen:
-                raise ValueError(f"{csv_path}: duplicate id {rid!r} in data rows {seen[rid]} and {n}; ids must be unique.")
+                raise ValueError(
+                    f"{csv_path}: duplicate id {rid!r} in data rows {seen[rid]} and {n}; ids must be unique."
+                )
             seen[rid] = n
             ids.append(rid)
             rows.append(tuple(parse_turns(record[c], row=rid, column=c) for c in TEXT_COLUMNS))
@@ -113,17 +134,14 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="row")
 
 
-def render(tokenizer, rows, template, *, swap: bool = False, progress: bool = False):
-    """Token ids of every row (``list[list[int]]``); ``swap`` exchanges response A and B."""
+def render_rows(tokenizer, rows, template, *, swap: bool = False, progress: bool = False):
+    """:func:`~.template.render` with a progress bar when ``progress``."""
     bar = _progress(len(rows), "render rows (A/B swapped)" if swap else "render rows", progress)
-    out = []
-    for prompt, a, b in rows:
-        out.append(encode_row(tokenizer, prompt, b, a, template) if swap else encode_row(tokenizer, prompt, a, b, template))
+    try:
+        return render(tokenizer, rows, template, swap=swap, bar=bar)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
+            bar.close()
 
 
 def pick_devices(spec: str = "auto"):
@@ -154,8 +172,10 @@ def check_backend(model_dir) -> str | None:
     modules = (_export_settings(model_dir).get("backend_modules") or []) if method else []
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"this model is quantized with {method!r} and needs {missing}, which this Python lacks. "
-                           f"Install them offline first: {install_line(model_dir, missing)}")
+        raise RuntimeError(
+            f"this model is quantized with {method!r} and needs {missing}, which this Python lacks. "
+            f"Install them offline first: {install_line(model_dir, missing)}"
+        )
     return method
 
 
@@ -188,8 +208,10 @@ def check_versions(model_dir, method=None) -> list:
         if name == "torch":
             fix = f"torch {want} is not in the wheels (the image provides torch); expect small numeric differences"
         if name == "transformers" and _major_minor(have)[0] < _major_minor(want)[0]:
-            raise RuntimeError(f"transformers {have} is installed but this folder was exported with transformers {want} "
-                               f"(its config.json needs transformers >= {_major_minor(want)[0]}): {fix}")
+            raise RuntimeError(
+                f"transformers {have} is installed but this folder was exported with transformers {want} "
+                f"(its config.json needs transformers >= {_major_minor(want)[0]}): {fix}"
+            )
         lines.append(f"{name} {have} is installed; the folder was exported and verified with {want}: {fix}")
     return lines
 
@@ -230,8 +252,10 @@ def load_model(model_dir, device):
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **load_kwargs(model_dir, device))
     if model.config.pad_token_id is None:
-        raise ValueError(f"{model_dir}/config.json has no pad_token_id: the classifier could not find each row's "
-                         "last token. Re-export the model with kdq.export.")
+        raise ValueError(
+            f"{model_dir}/config.json has no pad_token_id: the classifier could not find each row's "
+            "last token. Re-export the model with kdq.export."
+        )
     return model.eval()
 
 
@@ -260,8 +284,16 @@ class Throughput:
     Batches run longest first, so the first rate is pessimistic: the ETA is an upper bound.
     """
 
-    def __init__(self, total_sequences: int, rows: int, *, bar=None, report_after_s: float = 60.0,
-                 report_after_frac: float = 0.05, stream=sys.stderr):
+    def __init__(
+        self,
+        total_sequences: int,
+        rows: int,
+        *,
+        bar=None,
+        report_after_s: float = 60.0,
+        report_after_frac: float = 0.05,
+        stream=sys.stderr,
+    ):
         self.total, self.rows, self._bar, self._stream = total_sequences, rows, bar, stream
         self.after_s, self.after_frac = report_after_s, report_after_frac
         self.done, self.start, self.reported = 0, time.perf_counter(), None
@@ -273,8 +305,11 @@ class Throughput:
             if self._bar is not None:
                 self._bar.update(n)
             elapsed = time.perf_counter() - self.start
-            if self.reported is None and self.done < self.total and (
-                    elapsed >= self.after_s or self.done >= self.after_frac * self.total):
+            if (
+                self.reported is None
+                and self.done < self.total
+                and (elapsed >= self.after_s or self.done >= self.after_frac * self.total)
+            ):
                 self.reported = self.message(elapsed)
                 print(self.reported, file=self._stream, flush=True)
 
@@ -288,12 +323,17 @@ class Throughput:
         per_row = self.total / max(self.rows, 1)  # sequences per row (TTA scores some twice)
         eta_h = (self.total - self.done) / max(rate, 1e-9) / 3600
         kaggle_h = KAGGLE_TEST_ROWS * per_row / max(rate, 1e-9) / 3600
-        verdict = (f"WILL NOT FINISH in the {NOTEBOOK_HOURS:g} h notebook limit: use fewer TTA rows "
-                   "(--tta gated / none), a smaller or quantized model, or more GPUs"
-                   if (elapsed / 3600 + eta_h) > NOTEBOOK_HOURS else f"within the {NOTEBOOK_HOURS:g} h limit")
-        return (f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
-                f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows, {verdict} "
-                f"(longest rows go first, so this is an upper bound; {KAGGLE_TEST_ROWS} rows: ~{kaggle_h:.1f} h)")
+        verdict = (
+            f"WILL NOT FINISH in the {NOTEBOOK_HOURS:g} h notebook limit: use fewer TTA rows "
+            "(--tta gated / none), a smaller or quantized model, or more GPUs"
+            if (elapsed / 3600 + eta_h) > NOTEBOOK_HOURS
+            else f"within the {NOTEBOOK_HOURS:g} h limit"
+        )
+        return (
+            f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
+            f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows, {verdict} "
+            f"(longest rows go first, so this is an upper bound; {KAGGLE_TEST_ROWS} rows: ~{kaggle_h:.1f} h)"
+        )
 
 
 def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
@@ -301,10 +341,24 @@ def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, pr
         # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which
         # is per thread: make it this shard's GPU.
         with torch.cuda.device(torch.device(device)):
-            return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
-                                  max_batch_tokens=max_batch_tokens, progress=progress)
-    return predict_logits(model, sequences, pad_id, batch_size=batch_size, device=device,
-                          max_batch_tokens=max_batch_tokens, progress=progress)
+            return predict_logits(
+                model,
+                sequences,
+                pad_id,
+                batch_size=batch_size,
+                device=device,
+                max_batch_tokens=max_batch_tokens,
+                progress=progress,
+            )
+    return predict_logits(
+        model,
+        sequences,
+        pad_id,
+        batch_size=batch_size,
+        device=device,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+    )
 
 
 def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
@@ -320,14 +374,26 @@ def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tok
         device, model = models[0]
         return _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress)
     with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
-        futures = [pool.submit(_score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, progress)
-                   for (device, model), (a, b) in zip(models, bounds)]
+        futures = [
+            pool.submit(_score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, progress)
+            for (device, model), (a, b) in zip(models, bounds)
+        ]
         parts = [f.result() for f in futures]  # re-raises a worker's exception here
     return torch.cat(parts)
 
 
-def predict_probs(model_dir, rows, *, tta, batch_size: int, devices=("cpu",), max_batch_tokens=None,
-                  progress: bool = False, tta_fraction: float | None = None, report=None):
+def predict_probs(
+    model_dir,
+    rows,
+    *,
+    tta,
+    batch_size: int,
+    devices=("cpu",),
+    max_batch_tokens=None,
+    progress: bool = False,
+    tta_fraction: float | None = None,
+    report=None,
+):
     """Class probabilities ``(N, 3)`` float64 for ``rows`` (see :func:`read_rows`), rows summing to 1.
 
     ``tta``: ``"none"``, ``"full"``, ``"gated"`` (or ``True``/``False``), through
@@ -339,7 +405,7 @@ def predict_probs(model_dir, rows, *, tta, batch_size: int, devices=("cpu",), ma
     fraction = settings["tta_fraction"] if tta_fraction is None else tta_fraction
     tokenizer = load_tokenizer(model_dir)
     template = settings["template"]
-    sequences = render(tokenizer, rows, template, progress=progress)
+    sequences = render_rows(tokenizer, rows, template, progress=progress)
     models = [(d, load_model(model_dir, d)) for d in devices]
     pad_id = models[0][1].config.pad_token_id
     n_seq = {"none": len(rows), "full": 2 * len(rows), "gated": len(rows) + gated_count(len(rows), fraction)}[mode]
@@ -349,8 +415,13 @@ def predict_probs(model_dir, rows, *, tta, batch_size: int, devices=("cpu",), ma
     def swapped(idx):
         return render(tokenizer, [rows[i] for i in idx], template, swap=True)
 
-    result = score_tta(lambda s: score_sharded(models, s, pad_id, batch_size, max_batch_tokens, sink),
-                       sequences, swapped, mode=mode, fraction=fraction)
+    result = score_tta(
+        lambda s: score_sharded(models, s, pad_id, batch_size, max_batch_tokens, sink),
+        sequences,
+        swapped,
+        mode=mode,
+        fraction=fraction,
+    )
     if bar is not None:
         bar.close()
     return torch.softmax(result.log_probs.double(), dim=-1)
@@ -360,9 +431,11 @@ def check_finite(ids, probs) -> None:
     """Raise ``ValueError`` naming the first row whose probabilities are NaN or infinite."""
     bad = (~torch.isfinite(torch.as_tensor(probs))).any(-1).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"{len(bad)} row(s) have non-finite probabilities, the first is id {ids[bad[0]]!r}; "
-                         "submission.csv was not written. An fp16 overflow is the usual cause: rerun with "
-                         "--devices cpu on a few rows to confirm, or export the model in fp32 or quantized.")
+        raise ValueError(
+            f"{len(bad)} row(s) have non-finite probabilities, the first is id {ids[bad[0]]!r}; "
+            "submission.csv was not written. An fp16 overflow is the usual cause: rerun with "
+            "--devices cpu on a few rows to confirm, or export the model in fp32 or quantized."
+        )
 
 
 def write_submission(path, ids, probs):
@@ -393,17 +466,27 @@ def _set_env(devices):
 
 
 def build_parser(settings_hint: str = ""):
-    p = argparse.ArgumentParser(description="Score the LMSYS arena test CSV with the classifier in this folder "
-                                            "and write submission.csv." + settings_hint)
+    p = argparse.ArgumentParser(
+        description="Score the LMSYS arena test CSV with the classifier in this folder "
+        "and write submission.csv." + settings_hint
+    )
     p.add_argument("--test-csv", default=DEFAULT_TEST_CSV, help="competition test CSV (default: %(default)s)")
     p.add_argument("--out", default="submission.csv", help="output CSV (default: %(default)s)")
     p.add_argument("--model-dir", default=None, help="exported folder (default: the folder holding this script)")
-    p.add_argument("--tta", nargs="?", const="full", choices=TTA_MODES, default=None,
-                   help="swap TTA: none, full (every row also A/B-swapped) or gated (only the least confident "
-                        "--tta-fraction); bare --tta means full (default: as exported)")
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="full",
+        choices=TTA_MODES,
+        default=None,
+        help="swap TTA: none, full (every row also A/B-swapped) or gated (only the least confident "
+        "--tta-fraction); bare --tta means full (default: as exported)",
+    )
     p.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="same as --tta none")
     p.add_argument("--tta-fraction", type=float, default=None, help="gated TTA: share of rows swap-scored")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per forward pass per device (default: as exported)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="rows per forward pass per device (default: as exported)"
+    )
     p.add_argument("--max-batch-tokens", type=int, default=None, help="cap rows x longest row per batch")
     p.add_argument("--devices", default="auto", help="'auto' (all GPUs, else CPU), 'cpu', or 'cuda:0,cuda:1'")
     p.add_argument("--skip-checksums", action="store_true", help="do not check the model files against the manifest")
@@ -431,15 +514,27 @@ def main(argv=None, *, default_model_dir=None) -> int:
             print(f"checked {n_files} model files against {MANIFEST_FILE}", file=sys.stderr)
         ids, rows = read_rows(args.test_csv)
         start = time.perf_counter()
-        probs = predict_probs(model_dir, rows, tta=tta, batch_size=batch_size, devices=devices,
-                              max_batch_tokens=args.max_batch_tokens or settings.get("max_batch_tokens"),
-                              progress=not args.quiet, tta_fraction=fraction, report=True)
+        probs = predict_probs(
+            model_dir,
+            rows,
+            tta=tta,
+            batch_size=batch_size,
+            devices=devices,
+            max_batch_tokens=args.max_batch_tokens or settings.get("max_batch_tokens"),
+            progress=not args.quiet,
+            tta_fraction=fraction,
+            report=True,
+        )
         write_submission(args.out, ids, probs)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"predict.py: error: {err}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    print(f"wrote {args.out}: {len(ids)} rows in {seconds:.1f} s ({len(ids) / max(seconds, 1e-9):.1f} rows/s) on "
-          f"{','.join(devices)}; tta={tta}" + (f" ({fraction:g})" if tta == "gated" else "") +
-          f", batch_size={batch_size}, quantization={method or 'none'}", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {len(ids)} rows in {seconds:.1f} s ({len(ids) / max(seconds, 1e-9):.1f} rows/s) on "
+        f"{','.join(devices)}; tta={tta}"
+        + (f" ({fraction:g})" if tta == "gated" else "")
+        + f", batch_size={batch_size}, quantization={method or 'none'}",
+        file=sys.stderr,
+    )
     return 0

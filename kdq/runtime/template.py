@@ -26,16 +26,20 @@ its head. No part or turn is cut to nothing while the budget holds one token for
 When the markers of a very long conversation would eat more than half of ``max_length``,
 the oldest turns are dropped first: the latest turns decide most arena votes.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from .constants import LABELS, SWAP_PERMUTATION  # noqa: F401  (re-exported: kdq.template.LABELS)
-
 PARTS = ("prompt", "response_a", "response_b")
-_MARKERS = {"turn": "[Turn {i}]\n", "prompt": "Prompt: ", "response_a": "\nResponse A: ", "response_b": "\nResponse B: "}
+_MARKERS = {
+    "turn": "[Turn {i}]\n",
+    "prompt": "Prompt: ",
+    "response_a": "\nResponse A: ",
+    "response_b": "\nResponse B: ",
+}
 _TURN_END = "\n"
 
 
@@ -63,8 +67,8 @@ class TemplateConfig:
                 "three parts cannot each be guaranteed more than a third"
             )
 
-    # kdq's config convention (kdq/_config.py), by hand: the runtime imports nothing from kdq.
-    def replace(self, **changes) -> "TemplateConfig":
+    # kdq's config convention (kdq/config/base.py), by hand: the runtime imports nothing from kdq.
+    def replace(self, **changes) -> TemplateConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -82,16 +86,22 @@ def parse_turns(value, *, row=None, column=None) -> list:
         turns = list(value)
     else:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a JSON list of strings, got {type(value).__name__}. "
-                             "Encode each cell as json.dumps([turn1, turn2, ...]).")
+            raise ValueError(
+                f"{where}: expected a JSON list of strings, got {type(value).__name__}. "
+                "Encode each cell as json.dumps([turn1, turn2, ...])."
+            )
         try:
             turns = json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg} at char {err.pos}): {value[:80]!r}. "
-                             "Encode each cell as json.dumps([turn1, turn2, ...]).") from None
+            raise ValueError(
+                f"{where}: not valid JSON ({err.msg} at char {err.pos}): {value[:80]!r}. "
+                "Encode each cell as json.dumps([turn1, turn2, ...])."
+            ) from None
         if not isinstance(turns, list):
-            raise ValueError(f"{where}: expected a JSON list of strings, got JSON {type(turns).__name__}. "
-                             "Wrap a single turn as [\"text\"].")
+            raise ValueError(
+                f"{where}: expected a JSON list of strings, got JSON {type(turns).__name__}. "
+                'Wrap a single turn as ["text"].'
+            )
     out = []
     for t in turns:
         if t is None:
@@ -167,7 +177,7 @@ def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig
 
     marker_texts = [_MARKERS["turn"].format(i=i + 1) for i in range(n_turns)]
     fixed = _encode(tokenizer, marker_texts + [_MARKERS[p] for p in PARTS] + [_TURN_END])
-    turn_ids, part_ids, end_ids = fixed[:n_turns], fixed[n_turns:n_turns + 3], fixed[-1]
+    turn_ids, part_ids, end_ids = fixed[:n_turns], fixed[n_turns : n_turns + 3], fixed[-1]
     per_turn_overhead = [len(t) + sum(len(p) for p in part_ids) + len(end_ids) for t in turn_ids]
 
     # Drop the oldest turns while the markers alone would take more than half the budget.
@@ -177,7 +187,9 @@ def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig
     kept = range(first, n_turns)
     budget = config.max_length - len(bos) - sum(per_turn_overhead[first:])
     if budget < 3:
-        raise ValueError(f"max_length={config.max_length} leaves no room for text after the template markers; raise max_length.")
+        raise ValueError(
+            f"max_length={config.max_length} leaves no room for text after the template markers; raise max_length."
+        )
 
     texts = [turns[i][j] for i in kept for j in range(3)]
     seg = _encode(tokenizer, texts)  # seg[k] for turn kept[k//3], part k%3
@@ -196,3 +208,15 @@ def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig
             ids += part_ids[j] + seg[3 * t + j][: seg_allow[3 * t + j]]
         ids += end_ids
     return ids[: config.max_length]
+
+
+def render(tokenizer, rows, config: TemplateConfig, *, swap: bool = False, bar=None) -> list:
+    """Token ids of every row (``list[list[int]]``): :func:`encode_row` over ``rows``, a sequence of
+    ``(prompt, response_a, response_b)`` turn lists. ``swap`` exchanges response A and B; ``bar``
+    (optional, anything with ``update(n)``, e.g. a tqdm bar) counts the rows."""
+    out = []
+    for prompt, a, b in rows:
+        out.append(encode_row(tokenizer, prompt, b, a, config) if swap else encode_row(tokenizer, prompt, a, b, config))
+        if bar is not None:
+            bar.update(1)
+    return out

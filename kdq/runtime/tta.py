@@ -7,6 +7,7 @@ the batches they build are identical for the same batch size. That matters for b
 LLM.int8, which picks its outlier columns over the whole batch (padding included): two calls
 with different batch compositions give different probabilities.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import combine_swap_tta
-from .constants import DEFAULT_TTA_FRACTION, TTA_MODES, tta_mode  # noqa: F401 (tta_mode: re-exported)
+from .constants import DEFAULT_TTA_FRACTION, tta_mode
 
 
 def gated_count(n: int, fraction: float) -> int:

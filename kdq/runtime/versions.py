@@ -1,5 +1,6 @@
 """Installed package versions (standard library only): what predict.py checks against the
 manifest, what the manifest records and what the export's wheels pin."""
+
 from __future__ import annotations
 
 from importlib import metadata

@@ -32,17 +32,18 @@ Peak = weights + Adam states + max(activations, gradients), per GPU (or CPU proc
 Checked against the live tensor bytes of CPU training steps on tiny models in
 ``tests/test_train_memory.py`` (within 20%; measured -12%..+2%).
 
-``python -m kdq.evaluate.train_memory`` prints the Danube3 table in ``docs/distill.md``.
+``python -m kdq.distill.train_memory`` prints the Danube3 table in ``docs/distill.md``.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._validate import check_choice, check_range
-from ..distill.config import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
-from .modelspec import ModelSpec, param_counts
+from ..config.validate import check_choice, check_range
+from ..evaluate.modelspec import ModelSpec, param_counts
+from .config import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
 
 BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
 DEVICES_FILE = BUDGET_DIR / "_train_devices.json"
@@ -83,8 +84,7 @@ def train_device(name) -> TrainDevice:
         return name
     devices = train_devices()
     if name not in devices:
-        raise ValueError(f"unknown training device {name!r}; known: {sorted(devices)} "
-                         f"(add yours to {DEVICES_FILE}).")
+        raise ValueError(f"unknown training device {name!r}; known: {sorted(devices)} (add yours to {DEVICES_FILE}).")
     return devices[name]
 
 
@@ -94,10 +94,21 @@ def cuda_train_device(index: int = 0) -> TrainDevice:
 
     props = torch.cuda.get_device_properties(index)
     name = torch.cuda.get_device_name(index)
-    reserved = next((d.reserved_gb for d in train_devices().values()
-                     if d.gpu_name and d.gpu_name.split()[0].lower() in name.lower()), 1.5)
-    return TrainDevice(name=f"cuda:{index} ({name})", memory_gb=props.total_memory / GB, reserved_gb=reserved,
-                       bf16=torch.cuda.is_bf16_supported(including_emulation=False), gpu_name=name)
+    reserved = next(
+        (
+            d.reserved_gb
+            for d in train_devices().values()
+            if d.gpu_name and d.gpu_name.split()[0].lower() in name.lower()
+        ),
+        1.5,
+    )
+    return TrainDevice(
+        name=f"cuda:{index} ({name})",
+        memory_gb=props.total_memory / GB,
+        reserved_gb=reserved,
+        bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+        gpu_name=name,
+    )
 
 
 def known_models() -> dict:
@@ -147,16 +158,29 @@ class TrainSetup:
     def describe(self) -> str:
         m = {"full": "full fine-tuning", "lora": f"LoRA r={self.lora_r}", "qlora": f"QLoRA (nf4) r={self.lora_r}"}
         prec = "fp16/bf16" if self.half else "fp32"
-        return (f"{m[self.method]}, {prec}, batch {self.batch_size} x {self.seq_len} tokens, "
-                f"gradient checkpointing {'on' if self.checkpointing else 'off'}")
+        return (
+            f"{m[self.method]}, {prec}, batch {self.batch_size} x {self.seq_len} tokens, "
+            f"gradient checkpointing {'on' if self.checkpointing else 'off'}"
+        )
 
 
 def linear_shapes(spec: ModelSpec) -> dict:
     """``{module: (in_features, out_features)}`` of one decoder layer's linear layers."""
-    h, q, kv, i = spec.hidden_size, spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, \
-        spec.intermediate_size
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    h, q, kv, i = (
+        spec.hidden_size,
+        spec.num_heads * spec.head_dim,
+        spec.num_kv_heads * spec.head_dim,
+        spec.intermediate_size,
+    )
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
 
 
 def trainable_params(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -212,7 +236,7 @@ def project_training(spec: ModelSpec, setup: TrainSetup) -> dict:
     per_layer = _layer_activation_bytes(spec, setup)
     # SDPA's backward keeps its own copy of the 4-D padding mask per layer, in the model's dtype
     mask_bytes = 2 if (setup.half and setup.method == "lora") else 4
-    mask = setup.batch_size * setup.seq_len ** 2 * mask_bytes if setup.padded else 0
+    mask = setup.batch_size * setup.seq_len**2 * mask_bytes if setup.padded else 0
     final_norm = 4 * spec.hidden_size + a * spec.hidden_size
     if setup.checkpointing:  # every layer's input, then one layer recomputed during backward
         kept = tokens * (spec.num_layers * a * spec.hidden_size + per_layer) + mask
@@ -224,8 +248,15 @@ def project_training(spec: ModelSpec, setup: TrainSetup) -> dict:
     gradients = p * 4 + largest * 4
     states = p * 8
     peak = weights + states + max(activations, gradients)
-    return {"weights": weights, "optimizer_states": states, "activations": activations, "gradients": gradients,
-            "peak": peak, "trainable_params": p, "setup": asdict(setup)}
+    return {
+        "weights": weights,
+        "optimizer_states": states,
+        "activations": activations,
+        "gradients": gradients,
+        "peak": peak,
+        "trainable_params": p,
+        "setup": asdict(setup),
+    }
 
 
 def peak_fits(projection: dict, device: TrainDevice) -> bool:
@@ -244,6 +275,7 @@ def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> lis
     keep the effective batch); LoRA instead of full fine-tuning; QLoRA; the longest shorter
     sequence length. Each is a :class:`TrainSetup`.
     """
+
     def batches(base):  # the same setup at halved batches, with and without checkpointing
         b, out = base.batch_size, [base, replace(base, checkpointing=True)]
         while b > 1:
@@ -271,13 +303,17 @@ def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> lis
 def format_projection(spec_name: str, proj: dict, device: TrainDevice | None) -> str:
     """One line for a log: the terms, the peak, and the verdict against ``device`` (if any)."""
     s = TrainSetup(**proj["setup"])
-    terms = (f"weights {proj['weights'] / GB:.2f} + Adam states {proj['optimizer_states'] / GB:.2f} + "
-             f"max(activations {proj['activations'] / GB:.2f}, gradients {proj['gradients'] / GB:.2f})")
+    terms = (
+        f"weights {proj['weights'] / GB:.2f} + Adam states {proj['optimizer_states'] / GB:.2f} + "
+        f"max(activations {proj['activations'] / GB:.2f}, gradients {proj['gradients'] / GB:.2f})"
+    )
     text = f"training memory ({spec_name}; {s.describe()}): {terms} = {proj['peak'] / GB:.2f} GB"
     if device is not None:
         ok = peak_fits(proj, device)
-        text += (f" vs {device.usable_gb:.1f} GB usable on {device.name} "
-                 f"({device.memory_gb:g} GB - {device.reserved_gb:g} GB reserved): {'fits' if ok else 'does NOT fit'}")
+        text += (
+            f" vs {device.usable_gb:.1f} GB usable on {device.name} "
+            f"({device.memory_gb:g} GB - {device.reserved_gb:g} GB reserved): {'fits' if ok else 'does NOT fit'}"
+        )
     return text
 
 
@@ -334,25 +370,37 @@ class LiveTensorBytes:
 # --------------------------------------------------------------------------- the docs table
 TABLE_MODELS = ("danube3-4b", "danube3-500m")
 TABLE_ROWS = (  # (method, checkpointing): what the table shows per model
-    ("full", False), ("full", True), ("lora", False), ("lora", True), ("qlora", False), ("qlora", True))
+    ("full", False),
+    ("full", True),
+    ("lora", False),
+    ("lora", True),
+    ("qlora", False),
+    ("qlora", True),
+)
 
 
 def table_markdown(batch_size: int = 4, seq_len: int = 1024, lora_r: int = 16) -> str:
-    """The training-memory table of ``docs/distill.md`` (regenerate: ``python -m kdq.evaluate.train_memory``)."""
+    """The training-memory table of ``docs/distill.md`` (regenerate: ``python -m kdq.distill.train_memory``)."""
     devices = train_devices()
-    head = ("| model | method | checkpointing | trainable M | weights GB | Adam GB | activations GB | peak GB | "
-            + " | ".join(f"{d.name} ({d.usable_gb:g})" for d in devices.values()) + " |")
+    head = (
+        "| model | method | checkpointing | trainable M | weights GB | Adam GB | activations GB | peak GB | "
+        + " | ".join(f"{d.name} ({d.usable_gb:g})" for d in devices.values())
+        + " |"
+    )
     lines = [head, "|" + "---|" * 4 + "---:|" * 4 + "---|" * len(devices)]
     for model in TABLE_MODELS:
         spec = model_spec(model)
         for method, ckpt in TABLE_ROWS:
-            setup = TrainSetup(method=method, batch_size=batch_size, seq_len=seq_len, checkpointing=ckpt,
-                               lora_r=lora_r, half=True)
+            setup = TrainSetup(
+                method=method, batch_size=batch_size, seq_len=seq_len, checkpointing=ckpt, lora_r=lora_r, half=True
+            )
             p = project_training(spec, setup)
             marks = ["✓" if peak_fits(p, d) else "✗" for d in devices.values()]
-            lines.append(f"| {model} | {method} | {'on' if ckpt else 'off'} | {p['trainable_params'] / 1e6:,.1f} | "
-                         f"{p['weights'] / GB:.2f} | {p['optimizer_states'] / GB:.2f} | {p['activations'] / GB:.2f} | "
-                         f"{p['peak'] / GB:.2f} | " + " | ".join(marks) + " |")
+            lines.append(
+                f"| {model} | {method} | {'on' if ckpt else 'off'} | {p['trainable_params'] / 1e6:,.1f} | "
+                f"{p['weights'] / GB:.2f} | {p['optimizer_states'] / GB:.2f} | {p['activations'] / GB:.2f} | "
+                f"{p['peak'] / GB:.2f} | " + " | ".join(marks) + " |"
+            )
     return "\n".join(lines)
 
 

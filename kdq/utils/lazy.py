@@ -11,6 +11,7 @@ that binding, so the name keeps resolving to the public object. Submodules stay 
 their dotted path (``import kdq.distill.config`` / ``from kdq.distill.config import ...``).
 Standard library only.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,7 @@ class LazyPackage(types.ModuleType):
 
     def __setattr__(self, name, value):
         exports = self.__dict__.get("_lazy_exports", {})
-        if (name in exports and isinstance(value, types.ModuleType)
-                and value.__name__ == f"{self.__name__}.{name}"):
+        if name in exports and isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}":
             return  # the import system binding a same-named submodule: keep the public name
         super().__setattr__(name, value)
 

@@ -5,18 +5,21 @@ are given, and :func:`kdq.export` stores their probabilities in the manifest so
 :func:`kdq.verify` can re-score them. :mod:`kdq.testing` re-exports :func:`make_arena_rows`
 for users' own tests.
 """
+
 from __future__ import annotations
 
 import json
 import random
 
-from .template import LABELS
+from ..runtime.constants import LABELS
 
-WORDS = ("the a of to and in is it that for on with as was be this by are not or have from at "
-          "but an they which you one were all we can her has there been if more when will would who "
-          "so no she other its may these some what about than into only two could time very first "
-          "answer code python list sort function return value error fix test data model good great "
-          "helpful correct clear wrong bad poor unclear useless sorry cannot explain example step").split()
+WORDS = (
+    "the a of to and in is it that for on with as was be this by are not or have from at "
+    "but an they which you one were all we can her has there been if more when will would who "
+    "so no she other its may these some what about than into only two could time very first "
+    "answer code python list sort function return value error fix test data model good great "
+    "helpful correct clear wrong bad poor unclear useless sorry cannot explain example step"
+).split()
 POSITIVE = ("good", "great", "helpful", "correct", "clear")
 NEGATIVE = ("wrong", "bad", "poor", "unclear", "useless")
 
@@ -29,8 +32,9 @@ def _sentence(rng, n_words, polarity):
     return " ".join(words)
 
 
-def make_arena_rows(n: int, *, seed: int = 0, long_tail: bool = True, labelled: bool = True,
-                    max_words: int = 600, id_offset: int = 0) -> dict:
+def make_arena_rows(
+    n: int, *, seed: int = 0, long_tail: bool = True, labelled: bool = True, max_words: int = 600, id_offset: int = 0
+) -> dict:
     """Synthetic rows in the competition format (JSON-encoded turn lists, one-hot winners).
 
     The winner is learnable: each response carries a hidden quality in {-2..2} written

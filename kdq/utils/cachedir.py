@@ -5,6 +5,7 @@ cache lives in its ``teacher-logits`` folder, one sub-folder per teacher fingerp
 (:mod:`kdq.distill.cache`), so every run with the same teacher, template and TTA reuses it
 whatever its ``output_dir``.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Write folders all-or-nothing: build in a temporary sibling, then rename into place."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ def atomic_dir(final, *, overwrite: bool = False):
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) "
-                              "or choose another output folder.")
+        raise FileExistsError(
+            f"{final} already exists; pass overwrite=True (CLI: --overwrite) or choose another output folder."
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -1,27 +1,24 @@
-"""Command line of the export stage: the code of ``export`` and ``verify``.
+"""The code of ``kdq export`` and ``kdq verify``.
 
-Their arguments are declared with every other command's in :mod:`kdq.commands` (same exit
-codes: 0 ok, 1 a check failed, 2 bad input); ``python -m kdq.export verify DIR`` /
-``python -m kdq.export export ...`` run them without the rest of the CLI. Config precedence
-is kdq's one rule (:mod:`kdq.configio`): ``--config`` file < flags (``--title``, ``--id``,
-``--record`` ...) < ``--set``.
+Their arguments are declared with every other command's in :mod:`kdq.cli.commands`, and
+:func:`kdq.cli.main.main` runs them with the same exit codes (:data:`kdq.cli.spec.EXIT_CODES`).
+Config precedence is kdq's one rule (:mod:`kdq.config.io`): ``--config`` file < flags
+(``--title``, ``--id``, ``--record`` ...) < ``--set``.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import warnings
 from pathlib import Path
 
-from ..commands import by_name
-
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from .spec import EXIT_CHECK_FAILED, EXIT_OK
 
 
 def run_verify(args) -> int:
-    from .verify import VerificationError, verify
+    from ..export.verify import VerificationError, verify
 
     with warnings.catch_warnings():
         # verify's own notes are printed below from the report, once
@@ -33,8 +30,11 @@ def run_verify(args) -> int:
             return EXIT_CHECK_FAILED
     for note in report.warnings:
         print(f"warning: {note}", file=sys.stderr)
-    probe = (f"; probe: {report.probe_rows} rows, max |Δp| = {report.probe_max_abs_diff:.2g}"
-             if report.probe_max_abs_diff is not None else "")
+    probe = (
+        f"; probe: {report.probe_rows} rows, max |Δp| = {report.probe_max_abs_diff:.2g}"
+        if report.probe_max_abs_diff is not None
+        else ""
+    )
     print(f"OK: {report.folder}: {report.files_checked} files, {report.bytes_checked / 1e6:.1f} MB verified{probe}")
     return EXIT_OK
 
@@ -58,7 +58,7 @@ def records_field(items) -> dict:
 
 
 def run_export(args, config) -> int:
-    from .build import ExportError, export
+    from ..export.build import ExportError, export
 
     metrics = _read_json_arg(args.metrics, "--metrics") if args.metrics else None
     table = Path(args.table).read_text(encoding="utf-8") if args.table else None
@@ -69,16 +69,3 @@ def run_export(args, config) -> int:
         return EXIT_CHECK_FAILED
     print(f"exported {out}\nnext: kdq verify {out} && kaggle datasets create -p {out} --dir-mode zip")
     return EXIT_OK
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdq.export", description="kdq export stage")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("export", "verify"):
-        by_name(name).add_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.command_spec.invoke(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT

@@ -1,12 +1,25 @@
 """Installed versions of the libraries that decide whether a saved model loads and predicts the same."""
+
 from __future__ import annotations
 
 import platform
 
-from .runtime.versions import installed_version
+from ..runtime.versions import installed_version
 
-VERSIONED = ("kdq", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "huggingface-hub",
-             "peft", "optimum", "gptqmodel", "bitsandbytes", "numpy")
+VERSIONED = (
+    "kdq",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "huggingface-hub",
+    "peft",
+    "optimum",
+    "gptqmodel",
+    "bitsandbytes",
+    "numpy",
+)
 
 
 def library_versions() -> dict:

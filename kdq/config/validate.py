@@ -1,9 +1,10 @@
 """Small helpers for validating frozen config dataclasses with ValueError (never assert)."""
+
 from __future__ import annotations
 
 import re
 
-from .runtime.constants import TTA_MODES
+from ..runtime.constants import TTA_MODES
 
 
 def check_choice(cls: str, field: str, value, allowed) -> None:
@@ -23,7 +24,9 @@ def check_device(cls: str, field: str, value) -> None:
         raise ValueError(f"{cls}.{field} must be None, 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
 
-def check_range(cls: str, field: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False, kind=(int, float)) -> None:
+def check_range(
+    cls: str, field: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False, kind=(int, float)
+) -> None:
     ok = isinstance(value, kind) and not isinstance(value, bool)
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo

@@ -7,6 +7,7 @@ Every config class (``DistillConfig``, ``LoraSettings``, ``QuantConfig``, ``Eval
 convention by hand: its source is pasted into the standalone ``predict.py``, so it imports
 nothing from kdq. No config imports torch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ import dataclasses
 import functools
 import typing
 
-from .configio import dataclass_in, build_config
+from .io import build_config, dataclass_in
 
 
 class Config:
@@ -25,7 +26,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Plain data: nested configs as dicts (what :func:`kdq.configio.build_config` reads back)."""
+        """Plain data: nested configs as dicts (what :func:`kdq.config.io.build_config` reads back)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def _accept_dicts(self) -> None:

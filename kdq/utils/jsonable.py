@@ -1,4 +1,5 @@
 """One conversion of kdq's records (dataclasses, numpy, paths, dtypes) into JSON types."""
+
 from __future__ import annotations
 
 import dataclasses

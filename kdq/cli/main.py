@@ -3,13 +3,14 @@
 Every subcommand that takes a config reads the same frozen dataclass as the API, from a
 YAML/JSON file (``--config``), the command's own flags and ``--set field=value`` (dotted
 names reach nested configs: ``--set template.max_length=512``), in that order: file < flags
-< ``--set``, for every command (:mod:`kdq.configio`). Commands are declared as data in
-:mod:`kdq.commands`; their code, below, imports torch only when it runs, so ``kdq --help`` is quick.
+< ``--set``, for every command (:mod:`kdq.config.io`). Commands are declared as data in
+:mod:`kdq.cli.commands`; their code, below, imports torch only when it runs, so ``kdq --help`` is quick.
 
 Exit codes: 0 success; 1 a check failed (verification, tolerance); 2 bad input or
 configuration (the message says which field or row, and the fix); 3 a missing optional
 dependency (the message names the pip extra); 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..utils.errors import CheckFailed
 from .commands import COMMANDS
-from .configio import build_config, load_config_dict  # noqa: F401  (re-exported for scripts)
-from .errors import CheckFailed
-
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_MISSING_DEP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from .spec import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_MISSING_DEP, EXIT_OK
 
 
 def _print_json(obj):
@@ -30,39 +29,61 @@ def _print_json(obj):
 
 # ---------------------------------------------------------------- stages (run when chosen)
 def run_cache_teacher(args, cfg) -> int:
-    from .data import load_arena
-    from .distill.api import _teacher_pass
+    from ..distill.teacher_pass import teacher_pass
 
     # the same teacher pass as kdq.distill: same cache key, same cache folder, teacher freed after
-    cache = _teacher_pass(args.teacher, load_arena(args.data), cfg)
-    _print_json({"cache": str(cache.path), "rows": len(cache.ids), "reused": cache.reused,
-                 "computed": cache.computed, **cache.stats})
+    cache = teacher_pass(args.teacher, args.data, cfg)
+    _print_json(
+        {
+            "cache": str(cache.path),
+            "rows": len(cache.ids),
+            "reused": cache.reused,
+            "computed": cache.computed,
+            **cache.stats,
+        }
+    )
     return EXIT_OK
 
 
 def run_distill(args, cfg) -> int:
-    from .distill import distill
+    from ..distill import distill
 
-    result = distill(args.student, args.train, eval_data=args.eval, teacher=args.teacher, config=cfg,
-                     transfer_data=args.transfer)
-    _print_json({"student_dir": str(result.student_dir), "cache": str(result.cache_path) if result.cache_path else None,
-                 "best_eval_log_loss": result.metrics.get("best_eval_log_loss"),
-                 "best_eval_accuracy": result.metrics.get("best_eval_accuracy")})
+    result = distill(
+        args.student, args.train, eval_data=args.eval, teacher=args.teacher, config=cfg, transfer_data=args.transfer
+    )
+    _print_json(
+        {
+            "student_dir": str(result.student_dir),
+            "cache": str(result.cache_path) if result.cache_path else None,
+            "best_eval_log_loss": result.metrics.get("best_eval_log_loss"),
+            "best_eval_accuracy": result.metrics.get("best_eval_accuracy"),
+        }
+    )
     return EXIT_OK
 
 
 def run_shrink(args) -> int:
-    from .distill import shrink
+    from ..distill import shrink
 
     keep = [int(i) for i in args.keep.split(",")] if args.keep else None
-    print(shrink(args.model, keep=keep, every=args.every, strategy=args.strategy, num_layers=args.num_layers,
-                 calibration=args.calibration, out_dir=args.out, overwrite=args.overwrite))
+    print(
+        shrink(
+            args.model,
+            keep=keep,
+            every=args.every,
+            strategy=args.strategy,
+            num_layers=args.num_layers,
+            calibration=args.calibration,
+            out_dir=args.out,
+            overwrite=args.overwrite,
+        )
+    )
     return EXIT_OK
 
 
 def variant_fields(name: str) -> dict:
     """``--method gptq-4`` → ``{"method": "gptq", "bits": 4}``."""
-    from .quantize.config import VARIANTS
+    from ..quantize.config import VARIANTS
 
     if name not in VARIANTS:
         raise ValueError(f"--method {name!r}: choose one of {sorted(VARIANTS)}")
@@ -70,14 +91,14 @@ def variant_fields(name: str) -> dict:
 
 
 def run_quantize(args, cfg) -> int:
-    from .quantize import quantize
+    from ..quantize import quantize
 
     print(quantize(args.model, cfg, calibration=args.calibration, out_dir=args.out, overwrite=args.overwrite))
     return EXIT_OK
 
 
 def run_evaluate(args, cfg) -> int:
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     metrics = evaluate(args.model, args.data, cfg)
     _print_json(metrics.to_dict())
@@ -87,7 +108,7 @@ def run_evaluate(args, cfg) -> int:
 
 
 def run_compare(args, cfg) -> int:
-    from .evaluate import compare
+    from ..evaluate import compare
 
     variants = {}
     for item in args.variant:
@@ -95,33 +116,49 @@ def run_compare(args, cfg) -> int:
         if not sep:
             raise ValueError(f"--variant {item!r}: write NAME=FOLDER, e.g. --variant teacher=runs/teacher")
         variants[name] = path
-    result = compare(variants, args.data, cfg, out_dir=args.out, teacher=args.teacher, baseline=args.baseline,
-                     student=args.student, overwrite=args.overwrite)
+    result = compare(
+        variants,
+        args.data,
+        cfg,
+        out_dir=args.out,
+        teacher=args.teacher,
+        baseline=args.baseline,
+        student=args.student,
+        overwrite=args.overwrite,
+    )
     print(Path(result.paths["md"]).read_text())
     print(f"report: {result.paths['md']}\nplot: {result.paths['png']}")
     return EXIT_OK
 
 
 def run_run(args, cfg) -> int:
-    from .data import load_arena
-    from .pipeline import run_pipeline
+    from ..data import load_arena
+    from ..pipeline import run_pipeline
 
-    result = run_pipeline(args.teacher, args.student, load_arena(args.train), load_arena(args.eval),
-                          load_arena(args.test), cfg, transfer=load_arena(args.transfer) if args.transfer else None)
+    result = run_pipeline(
+        args.teacher,
+        args.student,
+        load_arena(args.train),
+        load_arena(args.eval),
+        load_arena(args.test),
+        cfg,
+        transfer=load_arena(args.transfer) if args.transfer else None,
+    )
     print(result.summary())
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="kdq",
         description="Distil, quantize, measure and export LLM arena classifiers for offline Kaggle notebooks.",
         epilog="Typical flow: kdq distill (teacher=None) → kdq cache-teacher → kdq distill → kdq quantize → "
-               "kdq compare → kdq export → kdq verify. Each subcommand has --help.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "kdq compare → kdq export → kdq verify. Each subcommand has --help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"kdq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for spec in COMMANDS:

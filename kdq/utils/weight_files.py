@@ -1,4 +1,5 @@
 """Which files of a model folder are its weights, and what they weigh on disk."""
+
 from __future__ import annotations
 
 from pathlib import Path

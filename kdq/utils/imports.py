@@ -3,6 +3,7 @@
 Quantization backends name their extra themselves (``QuantMethod.extra`` in
 :mod:`kdq.quant_methods`); :data:`EXTRAS` covers the other optional packages.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,4 +23,6 @@ def require(module: str, *, purpose: str = "", extra: str | None = None):
         extra = extra or EXTRAS.get(module.split(".")[0])
         hint = f"pip install 'kdq[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
         what = f" for {purpose}" if purpose else ""
-        raise ImportError(f"{module} is needed{what} but could not be imported ({err}). Install it with: {hint}") from err
+        raise ImportError(
+            f"{module} is needed{what} but could not be imported ({err}). Install it with: {hint}"
+        ) from err

@@ -1,0 +1,163 @@
+"""Will a training run fit? The training-memory plan of :func:`kdq.distill`, before any weights load.
+
+:func:`plan_training` projects the peak memory (:mod:`kdq.distill.train_memory`) of the
+student's config under the run's settings, decides gradient checkpointing and refuses what
+cannot fit, naming settings that would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..evaluate.modelspec import ModelSpec
+from ..utils.distributed import is_main_process, training_device
+from .config import LLAMA_LINEAR, DistillConfig
+from .train_memory import (
+    GB,
+    TrainDevice,
+    TrainSetup,
+    alternatives,
+    cuda_train_device,
+    fits,
+    format_projection,
+    peak_fits,
+    project_training,
+)
+
+
+class TrainingMemoryError(ValueError):
+    """The projected peak training memory exceeds the device; the message names settings that fit."""
+
+
+def student_spec(student) -> ModelSpec | None:
+    """The student's shape from its config (folder, adapter folder, model object or Hub id), or ``None``."""
+    from ..models import _adapter_base, is_adapter_dir, is_hub_id
+
+    try:
+        if isinstance(student, torch.nn.Module):
+            return ModelSpec.from_config(student.config)
+        path = Path(student)
+        if path.is_dir() and is_adapter_dir(path):
+            path = Path(_adapter_base(path))
+        if path.is_dir():
+            return ModelSpec.from_config(path)
+        if is_hub_id(student):
+            from transformers import AutoConfig
+
+            from .train_memory import known_models, model_spec
+
+            if any(e["hub_id"] == str(student) for e in known_models().values()):  # no Hub needed
+                return model_spec(str(student))
+
+            return ModelSpec.from_config(AutoConfig.from_pretrained(str(student)))
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
+def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainSetup:
+    """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``."""
+    device = torch.device(device)
+    lora = cfg.lora
+    if lora is not None and lora.base_dtype != "auto":
+        half_base = lora.base_dtype != "fp32"
+    else:  # the rule of base_dtype(), without asking a GPU we may be planning for from a CPU machine
+        half_base = lora is not None and device.type == "cuda"
+    half = half_base or (device.type == "cuda" and cfg.precision != "fp32")
+    method = "full" if lora is None else ("qlora" if lora.quantize == "nf4" else "lora")
+    extra = (
+        {}
+        if lora is None
+        else dict(
+            lora_r=lora.r,
+            lora_dropout=lora.dropout,
+            lora_targets=tuple(m for m in lora.target_modules if m in LLAMA_LINEAR) or ("q_proj",),
+        )
+    )
+    return TrainSetup(
+        method=method,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.template.max_length,
+        checkpointing=checkpointing,
+        half=half,
+        **extra,
+    )
+
+
+def plan_training(student, cfg: DistillConfig, *, device: TrainDevice | None = None, log=print):
+    """Project peak training memory, decide gradient checkpointing, refuse what cannot fit.
+
+    Args:
+        student: what :func:`kdq.distill` will train (its config is read, never its weights).
+        cfg: the run's config; ``cfg.gradient_checkpointing=None`` lets the projection decide.
+        device: the GPU to plan for; default: this process's CUDA GPU, or none on CPU (the
+            projection is printed, nothing is refused).
+    Returns:
+        ``(cfg, projection)``: ``cfg`` with ``gradient_checkpointing`` resolved to a bool;
+        ``projection`` the :func:`~kdq.distill.train_memory.project_training` dict (or ``None``
+        when the student's config is not Llama-like).
+    Raises:
+        TrainingMemoryError: on a device the projected peak does not fit, naming settings that do.
+    """
+    torch_device = training_device()
+    if device is None and torch_device.type == "cuda":
+        device = cuda_train_device(torch_device.index or 0)
+    plan_device = "cuda" if device is not None else torch_device
+    say = log if is_main_process() else (lambda *_: None)
+    spec = student_spec(student)
+    user = cfg.gradient_checkpointing
+    if spec is None:
+        ckpt = bool(user)
+        say(
+            f"kdq: no training-memory projection (the student's config is not a Llama-like decoder); "
+            f"gradient checkpointing {'on' if ckpt else 'off'}"
+        )
+        return cfg.replace(gradient_checkpointing=ckpt), None
+    setup = training_setup(cfg, plan_device, checkpointing=bool(user))
+    why = "set by you"
+    if user is None:
+        need = device is not None and not fits(spec, setup, device)
+        setup = replace(setup, checkpointing=need)
+        why = (
+            "auto: the projection without it exceeds the device"
+            if need
+            else "auto: fits without it"
+            if device is not None
+            else "auto: off on CPU"
+        )
+    proj = project_training(spec, setup)
+    name = getattr(getattr(student, "config", None), "_name_or_path", None) or str(student)
+    say("kdq: " + format_projection(Path(name).name or name, proj, device))
+    say(f"kdq: gradient checkpointing {'on' if setup.checkpointing else 'off'} ({why})")
+    if device is not None and not peak_fits(proj, device):
+        options = alternatives(spec, setup, device)
+        hint = "; ".join(_as_settings(o, setup) for o in options) or (
+            "nothing close fits: use a GPU with more memory or a smaller model"
+        )
+        raise TrainingMemoryError(
+            f"training would need {proj['peak'] / GB:.1f} GB on {device.name}, which has {device.usable_gb:.1f} GB "
+            f"usable ({setup.describe()}). Settings that fit: {hint}."
+        )
+    return cfg.replace(gradient_checkpointing=setup.checkpointing), proj
+
+
+def _as_settings(option: TrainSetup, current: TrainSetup) -> str:
+    """A :class:`TrainSetup` as the DistillConfig fields (``--set`` names) that would change."""
+    out = []
+    if option.method != current.method:
+        out.append(
+            "lora=LoraSettings(quantize='nf4') (--set lora.quantize=nf4)"
+            if option.method == "qlora"
+            else "lora=LoraSettings() (--set lora.r=16)"
+        )
+    if option.checkpointing != current.checkpointing:
+        out.append("gradient_checkpointing=True")
+    if option.batch_size != current.batch_size:
+        factor = current.batch_size // option.batch_size
+        out.append(f"batch_size={option.batch_size} (grad_accum x{factor} keeps the effective batch)")
+    if option.seq_len != current.seq_len:
+        out.append(f"template.max_length={option.seq_len}")
+    return ", ".join(out)

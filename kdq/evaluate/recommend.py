@@ -1,0 +1,47 @@
+"""Which variant to ship: rank variants on the eval rows, ties to the faster and smaller one."""
+
+from __future__ import annotations
+
+from .metrics import row_log_losses
+from .stats import paired_intervals
+
+
+def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Rank variants for export on ``rows`` (the eval rows) with ``tta_mode``'s probabilities.
+
+    Only variants that fit the budget compete (all of them when none fits). A variant whose
+    Δ log loss to the best one has a 95% paired-bootstrap interval that reaches 0
+    (:func:`kdq.evaluate.stats.paired_intervals`, the same intervals as the report) is tied
+    with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
+    smaller, and the rest follow by log loss.
+    Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "log_loss": {...}}``.
+    """
+    from ..data import labels_of, load_arena
+
+    labels = labels_of(load_arena(rows))
+    probs = {
+        n: (m.probs_tta if tta_mode != "none" and m.probs_tta is not None else m.probs) for n, m in metrics.items()
+    }
+    losses = {n: row_log_losses(p, labels) for n, p in probs.items()}
+    fits = [n for n, m in metrics.items() if (m.budget or {}).get("fits")]
+    pool = fits or list(metrics)
+    best = min(pool, key=lambda n: losses[n].mean())
+    deltas = paired_intervals({n: losses[n] for n in pool}, best, n_resamples=n_resamples, seed=seed)["delta"]
+    tied = [n for n in pool if n == best or deltas[n].low <= 0]
+
+    def cost(n):
+        m = metrics[n]
+        hours = (m.budget or {}).get("projected_hours")
+        return (hours if hours is not None else 1.0 / max(m.rows_per_s, 1e-9), m.size_bytes)
+
+    tied.sort(key=cost)
+    rest = sorted((n for n in pool if n not in tied), key=lambda n: losses[n].mean())
+    return {
+        "ranking": tied + rest,
+        "tied": tied,
+        "best": best,
+        "tta": tta_mode,
+        "rows": int(len(labels)),
+        "fits_budget": bool(fits),
+        "log_loss": {n: float(losses[n].mean()) for n in pool},
+    }
