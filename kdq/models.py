@@ -71,7 +71,15 @@ def load_tokenizer(*candidates):
 
 
 def load_classifier(
-    src, *, tokenizer=None, num_labels: int = 3, dtype=None, device=None, base_model=None, merge_adapter: bool = True
+    src,
+    *,
+    tokenizer=None,
+    num_labels: int = 3,
+    dtype=None,
+    device=None,
+    base_model=None,
+    merge_adapter: bool = True,
+    quantization_config=None,
 ) -> LoadedModel:
     """Load a sequence classifier from a folder, a PEFT adapter folder, or take a model object.
 
@@ -83,6 +91,8 @@ def load_classifier(
         base_model: overrides ``base_model_name_or_path`` of an adapter folder.
         merge_adapter: merge a LoRA adapter into its base (faster inference, and required
             before quantization).
+        quantization_config: load a full model folder quantized on the fly (e.g. a
+            ``BitsAndBytesConfig``), placed on ``device`` at load time.
     """
     from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
@@ -100,6 +110,11 @@ def load_classifier(
         kwargs = {"num_labels": num_labels}
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if quantization_config is not None:
+            if is_adapter_dir(path):
+                raise ValueError(f"{path} is a PEFT adapter folder; merge it into a full folder to load it quantized.")
+            kwargs.update(quantization_config=quantization_config, device_map={"": str(device or "cpu")})
+            device = None  # placed at load time: quantized layers cannot always be moved afterwards
         if is_adapter_dir(path):
             from peft import PeftModel
 

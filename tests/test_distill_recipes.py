@@ -1,7 +1,11 @@
 """Issue 9 recipes on tiny models: transfer set, paired swap, cosine term, block-influence
 shrink, hidden-state distillation and reproducible reruns."""
 
+from pathlib import Path
+
+import datasets
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from _scoring import held_out_logits
@@ -9,6 +13,7 @@ from _scoring import held_out_logits
 import kdq
 from kdq.data import load_arena
 from kdq.distill.api import _training_table
+from kdq.distill.cache import TeacherCache, _fixed
 from kdq.distill.losses import forward_kl
 from kdq.distill.shrink import block_influence, select_by_influence
 from kdq.distill.trainer import ArenaCollator
@@ -71,30 +76,40 @@ def test_transfer_set_errors_name_the_fix(tmp_path, trained_teacher):
         kdq.distill(str(teacher), train, teacher=str(teacher), transfer_data=clash, config=cfg)
 
 
-class _Cache:  # the table builder only reads .logits
-    def __init__(self, logits):
-        self.logits = logits
+def _cache(logits, features, features_swap) -> TeacherCache:
+    """A teacher cache over 6 rows, built as the cache builds its table (Arrow fixed-size lists)."""
+    table = datasets.Dataset(
+        pa.table({"logits": _fixed(logits), "features": _fixed(features), "features_swap": _fixed(features_swap)})
+    )
+    return TeacherCache(path=Path("."), ids=[str(i) for i in range(6)], table=table, reused=6, computed=0, stats={})
 
 
 @pytest.mark.parametrize("mode", [True, "paired"])
-def test_swapped_rows_get_permuted_teacher_logits(tiny_tokenizer, mode):
+def test_swapped_rows_get_permuted_teacher_logits_and_their_own_features(tiny_tokenizer, mode):
     rows = load_arena(make_arena_rows(6, seed=3, max_words=20))
     logits = np.arange(18, dtype=np.float32).reshape(6, 3)
+    feats = np.arange(24, dtype=np.float16).reshape(6, 4)
+    feats_swap = -feats
     cfg = kdq.DistillConfig(template=TEMPLATE, swap_augment=mode, batch_size=4)
-    table = _training_table(rows, tiny_tokenizer, cfg, _Cache(logits))
+    table = _training_table(rows, tiny_tokenizer, cfg, _cache(logits, feats, feats_swap))
     if mode is True:
         assert len(table) == 12
         swapped = np.asarray(table["teacher_logits"][6:])
         swapped_labels = table["labels"][6:]
+        swapped_feats = np.asarray(table["teacher_features"][6:])
+        np.testing.assert_array_equal(np.asarray(table["teacher_features"][:6]), feats)
     else:
         assert len(table) == 6
         batch = ArenaCollator(tiny_tokenizer.pad_token_id)([table[i] for i in range(2)])
         # the collator puts each row next to its own swapped copy, in the same batch
         assert batch["input_ids"].shape[0] == 4
         assert torch.equal(batch["teacher_logits"][1], torch.tensor(logits[0][list(SWAP_PERMUTATION)]))
+        assert torch.equal(batch["teacher_features"][1], torch.tensor(feats_swap[0], dtype=torch.float32))
         swapped = np.asarray(table["teacher_logits_swap"])
         swapped_labels = table["labels_swap"]
+        swapped_feats = np.asarray(table["teacher_features_swap"])
     np.testing.assert_array_equal(swapped, logits[:, list(SWAP_PERMUTATION)])  # a ↔ b, tie stays
+    np.testing.assert_array_equal(swapped_feats, feats_swap)  # the swapped row's own pooled state
     assert swapped_labels == [SWAP_PERMUTATION[y] for y in rows["label"]]
 
 
@@ -178,15 +193,18 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
     )
     hidden = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
     assert len(hidden) >= 3 and hidden[-1] < hidden[0], hidden  # the student's states move toward the teacher's
+    # a student not shrunk from this teacher (same tokenizer) matches it by depth, proportionally
     not_shrunk = tmp_path / "plain"
     make_tiny_classifier(not_shrunk, load_classifier(str(teacher)).tokenizer, seed=3, num_layers=2)
-    with pytest.raises(ValueError, match="kdq.shrink"):
-        kdq.distill(
-            str(not_shrunk),
-            rows,
-            teacher=str(teacher),
-            config=kdq.DistillConfig(output_dir=str(tmp_path / "bad"), hidden_weight=1.0, **COMMON),
-        )
+    plain = kdq.distill(
+        str(not_shrunk),
+        rows,
+        teacher=str(teacher),
+        config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "plain-run"), hidden_weight=1.0, max_steps=2, **{**COMMON, "logging_steps": 1}
+        ),
+    )
+    assert any("hidden" in h for h in plain.metrics["history"])
     with pytest.raises(ValueError, match="needs a teacher"):
         kdq.distill(
             str(student),

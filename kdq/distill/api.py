@@ -12,9 +12,10 @@ from pathlib import Path
 import datasets
 
 from ..data import encode, load_arena, swap_ab
-from ..models import attach_template, load_classifier
+from ..models import attach_template
 from ..runtime.constants import SWAP_PERMUTATION
 from ..utils.atomic import atomic_dir
+from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
 from .lora import load_student, merge_for_save, wrap_lora
@@ -89,11 +90,12 @@ def distill(
     train_rows = load_arena(train_data, require_labels=True)
     eval_rows = load_arena(eval_data, require_labels=True) if eval_data is not None else None
     extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
-    if cfg.hidden_weight > 0 and teacher is None:
-        raise ValueError(
-            "DistillConfig.hidden_weight > 0 matches the teacher's hidden states and needs a teacher; "
-            "pass teacher=... or set hidden_weight=0."
-        )
+    for name in ("hidden_weight", "feature_weight"):
+        if getattr(cfg, name) > 0 and teacher is None:
+            raise ValueError(
+                f"DistillConfig.{name} > 0 matches the teacher's hidden states and needs a teacher; "
+                f"pass teacher=... or set {name}=0."
+            )
     metrics: dict = {
         "n_train": len(train_rows),
         "n_eval": len(eval_rows) if eval_rows is not None else 0,
@@ -106,7 +108,7 @@ def distill(
     if teacher is not None and cfg.teacher_logits == "cache":
         # One process scores the teacher; the others wait and then read the same cache.
         with state.main_process_first():
-            cache = teacher_pass(teacher, scored, cfg)
+            cache = teacher_pass(teacher, scored, cfg, features=cfg.feature_weight > 0)
         metrics["teacher_pass"] = cache.summary()
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
@@ -120,9 +122,8 @@ def distill(
     if eval_rows is not None:
         eval_set = encode(eval_rows, tok, cfg.template, desc="render eval rows").rename_column("label", "labels")
         eval_set = eval_set.select_columns(["input_ids", "labels", "length"])
-    live = teacher is not None and (cfg.hidden_weight > 0 or cfg.teacher_logits == "live")
-    live_teacher = _live_teacher(teacher, model, cfg) if live else None
-    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, live_teacher)
+    teacher_model = _live_teacher(teacher, tok, cfg) if _needs_live_teacher(teacher, cfg) else None
+    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, teacher_model, cache)
 
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     start = time.perf_counter()
@@ -139,66 +140,73 @@ def distill(
     metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
 
-    if state.is_main_process:
-        _save_student(trainer.model, tok, student_dir, cfg, metrics, loaded.fingerprint, cache)
+    if state.is_main_process:  # the student alone: projections never leave training
+        _save_student(
+            getattr(trainer.model, "student", trainer.model), tok, student_dir, cfg, metrics, loaded.fingerprint, cache
+        )
     state.wait_for_everyone()
     return DistillResult(student_dir=student_dir, metrics=metrics, cache_path=cache.path if cache else None, config=cfg)
 
 
 def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Dataset:
-    """``input_ids``, ``labels`` (-1: a transfer row), ``length`` and (with a teacher) ``teacher_logits`` per row.
+    """``input_ids``, ``labels`` (-1: a transfer row), ``length`` and, with a cache, ``teacher_logits``
+    (and ``teacher_features``) per row, joined in Arrow (no per-row Python lists).
 
     With ``swap_augment`` the A/B-swapped copy of every row joins the table, its label and
-    teacher distribution permuted to match (a↔b; tie stays): as rows of their own (``True``)
-    or as ``*_swap`` columns of the same row (``"paired"``; the collator unpacks them).
+    teacher distribution permuted to match (a↔b; tie stays) and its features the swapped row's:
+    as rows of their own (``True``) or as ``*_swap`` columns of the same row (``"paired"``; the
+    collator unpacks them).
     """
-    table = encode(rows, tokenizer, cfg.template, desc="render train rows")
-    if cache is not None:
-        table = table.add_column("teacher_logits", cache.logits.tolist())
-    keep = ["input_ids", "labels", "length"] + (["teacher_logits"] if cache is not None else [])
-    table = table.rename_column("label", "labels")
+    keep = ["input_ids", "labels", "length"]
+    table = encode(rows, tokenizer, cfg.template, desc="render train rows").rename_column("label", "labels")
+    table = _with_teacher(table.select_columns(keep), cache, swapped=False)
     if not cfg.swap_augment:
-        return table.select_columns(keep)
+        return table
     swapped = encode(swap_ab(rows, id_suffix=":swap"), tokenizer, cfg.template, desc="render swapped rows")
-    swapped = swapped.rename_column("label", "labels")
-    if cache is not None:
-        swapped = swapped.add_column("teacher_logits", cache.logits[:, list(SWAP_PERMUTATION)].tolist())
+    swapped = _with_teacher(swapped.rename_column("label", "labels").select_columns(keep), cache, swapped=True)
     if cfg.swap_augment == "paired":  # the swapped copy's columns beside the row's, joined in Arrow
-        paired = [c for c in keep if c != "length"]
+        paired = [c for c in swapped.column_names if c != "length"]
         return datasets.concatenate_datasets(
-            [
-                table.select_columns(keep),
-                swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired}),
-            ],
-            axis=1,
+            [table, swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired})], axis=1
         )
-    return datasets.concatenate_datasets([table.select_columns(keep), swapped.select_columns(keep)])
+    return datasets.concatenate_datasets([table, swapped])
 
 
-def _live_teacher(teacher, student_model, cfg: DistillConfig):
-    """The frozen teacher that runs in every training step (hidden-state term or ``teacher_logits="live"``),
-    and, for the hidden-state term, the student→teacher layer map recorded by ``kdq.shrink``."""
-    from ..models import default_device, model_dtype_for
+def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.Dataset:
+    """``table`` with the cache's columns for its rows (or for their A/B-swapped copies) joined beside it."""
+    if cache is None:
+        return table
+    names = {"logits": "teacher_logits"}
+    if cache.has_features:
+        names["features_swap" if swapped else "features"] = "teacher_features"
+    teacher = cache.table.select_columns(list(names)).rename_columns(names)
+    if swapped:
+        perm = list(SWAP_PERMUTATION)
+        teacher = teacher.with_format("numpy").map(
+            lambda b: {"teacher_logits": b["teacher_logits"][:, perm]}, batched=True, desc="swap teacher targets"
+        )
+        teacher = teacher.with_format(None)
+    return datasets.concatenate_datasets([table, teacher], axis=1)
 
-    info = getattr(student_model.config, "kdq_shrink", None)
-    if cfg.hidden_weight > 0 and (not info or "kept_layers" not in info):
-        raise ValueError(
-            "DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
-            "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
-            "hidden_weight=0."
-        )
-    device = default_device()
-    t = load_classifier(teacher, dtype=model_dtype_for(device), device=device).model
-    if cfg.hidden_weight == 0:
-        return t, None
-    n_t, h_t = t.config.num_hidden_layers, t.config.hidden_size
-    if n_t != info["source_layers"] or h_t != student_model.config.hidden_size:
-        raise ValueError(
-            f"hidden_weight > 0: the student was shrunk from a {info['source_layers']}-layer model, but "
-            f"the teacher has {n_t} layers and hidden size {h_t} (student {student_model.config.hidden_size}). "
-            "Distil from the model the student was shrunk from, or set hidden_weight=0."
-        )
-    return t, list(info["kept_layers"])
+
+def _needs_live_teacher(teacher, cfg: DistillConfig) -> bool:
+    """A teacher forward in every step: the hidden-state term, live logits, or live features."""
+    return teacher is not None and (
+        cfg.hidden_weight > 0
+        or cfg.teacher_logits == "live"
+        or (cfg.feature_weight > 0 and cfg.teacher_logits == "live")
+    )
+
+
+def _live_teacher(teacher, student_tokenizer, cfg: DistillConfig):
+    """The frozen teacher that runs in every training step, after checking it reads the student's token ids."""
+    from ..utils.distributed import training_device
+    from .teachers import check_same_tokenizer, load_live_teacher
+
+    loaded = load_live_teacher(teacher, cfg, training_device())
+    why = "DistillConfig.hidden_weight > 0" if cfg.hidden_weight > 0 else "a live teacher (teacher_logits='live')"
+    check_same_tokenizer(student_tokenizer, loaded.tokenizer, why)
+    return loaded.model
 
 
 def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
@@ -207,11 +215,15 @@ def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
     return training_arguments(cfg, out / "checkpoints", has_eval=has_eval)
 
 
-def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, live_teacher=None):
+def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, teacher_model=None, cache=None):
+    from .objective import build_objective
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora)
+    width = cache.feature_width if cache is not None and cache.has_features else None
+    say = print if is_main_process() else (lambda *_: None)
+    objective, model = build_objective(cfg, model, teacher_model=teacher_model, teacher_width=width, log=say)
     return KDTrainer(
         model=model,
         args=args,
@@ -220,9 +232,7 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
         data_collator=ArenaCollator(tokenizer.pad_token_id),
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
-        kd_config=cfg,
-        teacher_model=live_teacher[0] if live_teacher else None,
-        layer_map=live_teacher[1] if live_teacher else None,
+        objective=objective,
     )
 
 

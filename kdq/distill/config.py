@@ -11,6 +11,8 @@ from ..runtime.template import TemplateConfig
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
 TEACHER_LOGITS = ("cache", "live")
+HIDDEN_PROJECTIONS = ("auto", "linear")
+TEACHER_QUANTIZE = ("none", "int8", "nf4")
 BASE_DTYPES = PRECISIONS
 LORA_QUANTIZE = ("none", "nf4")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,9 +55,14 @@ class DistillConfig(Config):
     Loss per row: ``α·CE + (1−α)·divergence(student, teacher) + γ·(1 − cos(p_S, p_T))`` at
     temperature ``T`` (``γ = cosine_weight``; see :mod:`kdq.distill.losses`); transfer rows
     (no label) drop the CE term. With ``teacher=None`` the loss is plain CE. With
-    ``hidden_weight > 0`` (students made by :func:`kdq.shrink` from the same teacher) the batch
-    loss adds ``hidden_weight ·`` :func:`~kdq.distill.losses.hidden_state_loss` between each
-    student layer and the teacher layer it was copied from.
+    ``hidden_weight > 0`` the batch loss adds ``hidden_weight ·``
+    :func:`~kdq.distill.losses.hidden_state_loss` between each student layer and its teacher
+    layer (``hidden_layer_map``), through a learned projection where the widths differ
+    (:mod:`kdq.distill.objective`); any student that shares the teacher's tokenizer can use
+    it. With ``feature_weight > 0`` it adds ``feature_weight ·``
+    :func:`~kdq.distill.losses.feature_loss` between the student's pooled final hidden state
+    (projected) and the teacher's: from the teacher cache when ``teacher_logits="cache"``
+    (no live teacher in memory, no teacher forward per step), else live.
 
     ``swap_augment``: ``False``; ``True`` adds every row's A/B-swapped copy to the table
     (shuffled independently); ``"paired"`` puts each row and its swapped copy in the same
@@ -79,6 +86,11 @@ class DistillConfig(Config):
     cosine_weight: float = 0.0
     hidden_weight: float = 0.0
     hidden_loss: str = "cosine"
+    hidden_layer_map: object = "auto"  # "auto" or a teacher layer (or None) per student layer
+    hidden_projection: str = "auto"  # "auto": learned where the widths differ, identity otherwise; "linear": always
+    feature_weight: float = 0.0
+    feature_loss: str = "cosine"
+    teacher_quantize: str = "none"  # the live teacher's weights: "none" (fp16 on CUDA, fp32 on CPU), "int8", "nf4"
     # teacher pass
     teacher_logits: str = "cache"
     teacher_tta: bool = False
@@ -121,6 +133,30 @@ class DistillConfig(Config):
         check_range(cls, "cosine_weight", self.cosine_weight, 0.0)
         check_range(cls, "hidden_weight", self.hidden_weight, 0.0)
         check_choice(cls, "hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        check_range(cls, "feature_weight", self.feature_weight, 0.0)
+        check_choice(cls, "feature_loss", self.feature_loss, HIDDEN_LOSSES)
+        check_choice(cls, "hidden_projection", self.hidden_projection, HIDDEN_PROJECTIONS)
+        check_choice(cls, "teacher_quantize", self.teacher_quantize, TEACHER_QUANTIZE)
+        if isinstance(self.hidden_layer_map, (list, tuple)):
+            object.__setattr__(self, "hidden_layer_map", tuple(self.hidden_layer_map))
+            bad = [
+                t for t in self.hidden_layer_map if t is not None and (not isinstance(t, int) or isinstance(t, bool))
+            ]
+            if bad or not self.hidden_layer_map:
+                raise ValueError(
+                    f"{cls}.hidden_layer_map must be 'auto' or a list with a teacher layer index (or null) per "
+                    f"student layer, e.g. [1, 3, 5, 23], got {self.hidden_layer_map!r}"
+                )
+        elif self.hidden_layer_map != "auto":
+            raise ValueError(
+                f"{cls}.hidden_layer_map must be 'auto' or a list of teacher layers, got {self.hidden_layer_map!r}"
+            )
+        if self.feature_weight > 0 and self.swap_augment and self.teacher_logits == "cache" and not self.teacher_tta:
+            raise ValueError(
+                f"{cls}: feature_weight > 0 with swap_augment trains on swapped rows, whose teacher features only a "
+                "cache pass with teacher_tta=True scores. Set teacher_tta=True, swap_augment=False, or "
+                "teacher_logits='live'."
+            )
         check_choice(cls, "teacher_logits", self.teacher_logits, TEACHER_LOGITS)
         if self.teacher_logits == "live" and self.teacher_tta:
             raise ValueError(

@@ -182,3 +182,23 @@ def hidden_state_loss(student_states, teacher_states, mask: torch.Tensor, kind: 
             d = (s - t).pow(2).mean(-1)
         per_layer.append((d * m).sum() / m.sum().clamp(min=1.0))
     return torch.stack(per_layer).mean()
+
+
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean over rows of a distance between pooled features, ``(B, H)`` each (any float dtype).
+
+    ``"cosine"``: ``1 − cos`` per row (scale-free); ``"mse"``: mean squared difference over the
+    hidden size (matches the scale too, which is what the teacher's ``score`` head reads:
+    SimKD, Chen et al. 2022, trains the student's projected feature with this L2 loss). Scalar fp32.
+    """
+    if kind not in HIDDEN_LOSSES:
+        raise ValueError(f"unknown feature loss {kind!r}; choose from {HIDDEN_LOSSES}")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher features must have the same shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}; project the student's feature into the teacher's width first"
+        )
+    s, t = student.float(), teacher.float()
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-6)).mean()
+    return (s - t).pow(2).mean()

@@ -1,4 +1,4 @@
-"""Make a student by dropping decoder layers from a (fine-tuned) teacher.
+"""Make a student from a (fine-tuned) teacher: drop decoder layers, narrow the width, or both.
 
 Initialising the student from the teacher's own weights (embeddings, kept layers, final
 norm and ``score`` head) starts it far closer to the teacher than a random or generic
@@ -15,9 +15,14 @@ Which layers to keep (``strategy``):
   rest are filled with the highest-scoring layers;
 * an explicit ``keep`` list.
 
+Width pruning (``hidden_size``, ``intermediate_size``, ``num_attention_heads``,
+``num_key_value_heads``) narrows the kept layers by Minitron's activation importance
+(:mod:`kdq.distill.width`).
+
 The kept-layer map is saved in ``config.json`` under ``kdq_shrink`` (``kept_layers``: the
-teacher layer each student layer was copied from), which is what the hidden-state
-distillation term (``DistillConfig.hidden_weight``) reads.
+teacher layer each student layer was copied from; ``width``: the kept channels, neurons and
+heads), which is what the hidden-state distillation term (``DistillConfig.hidden_weight``)
+reads: its layer map, and the initial projection of a narrower student into the teacher's width.
 """
 
 from __future__ import annotations
@@ -64,17 +69,21 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @torch.no_grad()
-def block_influence(model, tokenizer, calibration, *, template=None, batch_size: int = 8) -> list:
-    """``BI_i = 1 − mean cos(input_i, output_i)`` per decoder layer, over the real tokens of ``calibration``.
+def calibrate(model, tokenizer, calibration, *, template=None, batch_size: int = 8, width: bool = False):
+    """One pass of ``calibration`` rows through ``model``: block influence per layer, and (``width``) the
+    Minitron width importance (:class:`kdq.distill.width.WidthImportance`).
 
-    Args:
-        calibration: arena rows (anything :func:`kdq.data.load_arena` reads), rendered with
-            ``template`` (default: the template recorded in the model's config).
+    ``BI_i = 1 − mean cos(input_i, output_i)`` per decoder layer, over real tokens. Rows are
+    rendered with ``template`` (default: the template recorded in the model's config).
+    Returns ``(scores, importance or None)``.
     """
+    from contextlib import nullcontext
+
     from ..data import encode, load_arena
     from ..models import template_of
     from ..runtime.batching import length_sorted_batches, pad_batch
     from ..runtime.template import TemplateConfig
+    from .width import WidthMeter
 
     template = template or template_of(model) or TemplateConfig()
     rows = load_arena(calibration)
@@ -93,22 +102,31 @@ def block_influence(model, tokenizer, calibration, *, template=None, batch_size:
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    meter = WidthMeter(model) if width else None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
-            ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id)
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            m = mask.to(device).float()
-            for i in range(n):
-                sums[i] += float(((1.0 - captured[i]) * m).sum())
-            count += float(m.sum())
+        with meter or nullcontext():
+            for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
+                ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id)
+                if meter is not None:
+                    meter.set_mask(mask)
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                m = mask.to(device).float()
+                for i in range(n):
+                    sums[i] += float(((1.0 - captured[i]) * m).sum())
+                count += float(m.sum())
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return (sums / max(count, 1.0)).tolist()
+    return (sums / max(count, 1.0)).tolist(), (meter.result() if meter is not None else None)
+
+
+def block_influence(model, tokenizer, calibration, *, template=None, batch_size: int = 8) -> list:
+    """``BI_i`` per decoder layer (see :func:`calibrate`)."""
+    return calibrate(model, tokenizer, calibration, template=template, batch_size=batch_size)[0]
 
 
 def shrink(
@@ -118,35 +136,58 @@ def shrink(
     every: int = 3,
     strategy: str = "uniform",
     num_layers: int | None = None,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    num_attention_heads: int | None = None,
+    num_key_value_heads: int | None = None,
     calibration=None,
     out_dir=None,
     tokenizer=None,
     overwrite: bool = False,
     verbose: bool = True,
 ):
-    """Return (or save) a copy of ``model`` that keeps only some decoder layers.
+    """Return (or save) a copy of ``model`` with fewer decoder layers and/or narrower ones.
 
     Args:
         model: folder or ``*ForSequenceClassification`` (Llama-style). Never modified.
         keep: explicit layer indices to keep (overrides ``strategy``).
         every: ``"uniform"`` keeps every ``every``-th layer plus the last; for
             ``"block-influence"`` it sets the default layer count, so both strategies give
-            students of the same depth.
+            students of the same depth. ``every=1`` keeps every layer (width pruning alone).
         strategy: ``"uniform"`` or ``"block-influence"`` (needs ``calibration``).
-        num_layers: how many layers ``"block-influence"`` keeps (default: as many as uniform).
-        calibration: arena rows for the block-influence scores (a few hundred are plenty).
-        out_dir: when given, the student is saved there (atomically, with the tokenizer)
-            and the folder path is returned; otherwise the model object is returned.
-    The kept layers are renumbered (``self_attn.layer_idx``) and ``config.num_hidden_layers``
-    (and ``layer_types`` when present) updated, so the copy saves and reloads as a normal model.
-    ``config.kdq_shrink`` records the source, the strategy, the kept-layer map and the scores.
+        num_layers: how many layers to keep (default: as many as ``every`` gives).
+        hidden_size, intermediate_size, num_attention_heads, num_key_value_heads: narrow that
+            dimension to this size by Minitron activation importance on ``calibration``
+            (:mod:`kdq.distill.width`); ``None`` keeps it. Combines with layer dropping.
+        calibration: arena rows for block influence and width importance (a few hundred are plenty).
+        out_dir: when given, the student is saved there (atomically, with the tokenizer), reloaded
+            with stock transformers and checked against the model in memory on calibration rows;
+            the folder path is returned. Otherwise the model object is returned.
+    Returns:
+        the student (``*ForSequenceClassification``) or its folder. ``config.kdq_shrink`` records
+        the source, the strategy, the kept-layer map (``kept_layers``: the teacher layer of each
+        student layer), the block-influence scores and, when narrowed, ``width``: the source
+        sizes, the new ones and the kept channels, neurons, query heads and KV heads.
+    Raises:
+        ValueError: an unknown strategy, missing calibration rows, bad layer indices, or a width
+        that cannot be honoured (the message names the nearest valid sizes).
     """
+    from .width import check_width, plan_width, prune_width
+
     if strategy not in STRATEGIES:
         raise ValueError(f"shrink: strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy == "block-influence" and keep is None and calibration is None:
+    widths = {
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+    }
+    narrow = any(v is not None for v in widths.values())
+    if calibration is None and ((strategy == "block-influence" and keep is None) or narrow):
+        what = "width importance" if narrow else "block influence"
         raise ValueError(
-            "shrink(strategy='block-influence') scores layers on calibration rows: pass calibration=rows "
-            "(a few hundred training rows), or use strategy='uniform'."
+            f"shrink: {what} is measured on calibration rows: pass calibration=rows (a few hundred training "
+            "rows)" + ("." if narrow else ", or use strategy='uniform'.")
         )
     # Copy an object before load_classifier touches it (it merges adapters and sets pad ids in place).
     loaded = load_classifier(
@@ -155,7 +196,10 @@ def shrink(
     src = loaded.model
     base, layers = _decoder_layers(src)
     n = len(layers)
-    scores = None
+    sizes = check_width(src.config, **widths) if narrow else None  # fail before the calibration pass
+    scores, importance = None, None
+    if strategy == "block-influence" or narrow:
+        scores, importance = calibrate(src, loaded.tokenizer, calibration, width=narrow)
     if keep is not None:
         strategy = "explicit"
         keep = list(keep)
@@ -166,7 +210,6 @@ def shrink(
             else sorted({round(k * (n - 1) / max(num_layers - 1, 1)) for k in range(num_layers)})
         )
     else:
-        scores = block_influence(src, loaded.tokenizer, calibration)
         keep = select_by_influence(scores, num_layers if num_layers is not None else len(select_layers(n, every)))
     bad = [i for i in keep if not 0 <= i < n]
     if bad or not keep or len(set(keep)) != len(keep):
@@ -181,18 +224,54 @@ def shrink(
     cfg.num_hidden_layers = len(keep)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in keep]
-    cfg.kdq_shrink = {
+    record = {
         "source": loaded.source or loaded.fingerprint,
         "source_layers": n,
         "kept_layers": keep,
         "strategy": strategy,
         "scores": [round(x, 6) for x in scores] if scores else None,
     }
+    if narrow:
+        source_sizes = {k: int(getattr(cfg, k)) for k in widths}
+        kept_rows = torch.tensor(keep, dtype=torch.long)
+        importance.neurons, importance.heads = importance.neurons[kept_rows], importance.heads[kept_rows]
+        plan = plan_width(cfg, importance, sizes)
+        src = prune_width(src, plan)
+        record["width"] = plan.record(source_sizes)
+    src.config.kdq_shrink = record
     if verbose:
-        print(f"kdq shrink: kept {len(keep)} of {n} layers ({strategy}): {keep}")
+        what = f"kept {len(keep)} of {n} layers ({strategy}): {keep}"
+        if narrow:
+            what += "; width " + ", ".join(f"{k} {record['width']['source'][k]}→{v}" for k, v in sizes.items())
+        print(f"kdq shrink: {what}")
     if out_dir is None:
         return src
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         src.save_pretrained(str(tmp))
         loaded.tokenizer.save_pretrained(str(tmp))
+        _check_reload(src, loaded.tokenizer, tmp, calibration)
     return Path(out_dir)
+
+
+def _check_reload(model, tokenizer, folder: Path, calibration, atol: float = 1e-4) -> None:
+    """The saved folder, loaded the stock way, scores probe rows as the model in memory does."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ..data import encode, load_arena
+    from ..data.probe import make_arena_rows
+    from ..models import template_of
+    from ..runtime.batching import predict_logits
+    from ..runtime.template import TemplateConfig
+    from ..utils.errors import CheckFailed
+
+    template = template_of(model) or TemplateConfig()
+    rows = load_arena(calibration) if calibration is not None else load_arena(make_arena_rows(4, seed=0, max_words=60))
+    seqs = encode(rows.select(range(min(4, len(rows)))), tokenizer, template, desc="render probe rows")["input_ids"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=next(model.parameters()).dtype)
+    pad = tokenizer.pad_token_id
+    diff = float((predict_logits(reloaded, seqs, pad) - predict_logits(model, seqs, pad)).abs().max())
+    if not diff <= atol:
+        raise CheckFailed(
+            f"shrink: the saved student reloads with stock transformers to logits {diff:.3g} away from the model in "
+            f"memory (tolerance {atol:g}); nothing was written."
+        )

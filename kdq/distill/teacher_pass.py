@@ -20,7 +20,7 @@ from .config import DistillConfig
 log = logging.getLogger("kdq.distill")
 
 
-def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None):
+def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None, features: bool = False):
     """Teacher logits for ``rows`` (then ``transfer`` rows, if any) from the shared cache.
 
     Args:
@@ -29,15 +29,16 @@ def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None):
         config: the :class:`DistillConfig` of the run that will read the cache (template,
             ``teacher_tta``, ``teacher_batch_size``, ``cache_dir``).
         transfer: optional transfer rows (see :func:`transfer_rows`).
+        features: also cache the teacher's pooled final hidden state (the feature term's target).
     Returns:
         :class:`kdq.distill.cache.TeacherCache` over ``rows`` then ``transfer``, in order.
     """
     rows = load_arena(rows)
     extra = transfer_rows(transfer, rows, teacher) if transfer is not None else None
-    return _score(teacher, scored_rows(rows, extra), config)
+    return _score(teacher, scored_rows(rows, extra), config, features)
 
 
-def _score(teacher, rows, cfg: DistillConfig):
+def _score(teacher, rows, cfg: DistillConfig, features: bool):
     from ..models import LazyClassifier, default_device, load_classifier, model_dtype_for
     from ..utils.cachedir import default_cache_dir
     from .cache import cache_teacher_logits
@@ -52,6 +53,7 @@ def _score(teacher, rows, cfg: DistillConfig):
             cache_dir=cfg.cache_dir or default_cache_dir(),
             template=cfg.template,
             tta=cfg.teacher_tta,
+            features=features,
             batch_size=cfg.teacher_batch_size,
             device=device,
         )

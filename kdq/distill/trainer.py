@@ -1,25 +1,29 @@
 """Student training on Hugging Face ``Trainer``: only the loss is ours.
 
 AMP, gradient accumulation, checkpoints, resumption and DDP (``accelerate launch`` /
-``torchrun``) all come from ``Trainer``; :class:`KDTrainer` overrides ``compute_loss`` to
-mix hard-label CE with a divergence to cached teacher logits (plus, optionally, a cosine term
-and a hidden-state term against a live teacher), and logs ``ce``, ``kd``, ``cos`` and
-``hidden`` separately.
+``torchrun``) all come from ``Trainer``; :class:`KDTrainer` overrides ``compute_loss`` with a
+:class:`~kdq.distill.objective.DistillObjective` (hard-label CE, a divergence to the teacher's
+logits, and optionally a cosine term, a hidden-state term and a pooled-feature term), and logs
+each part of :data:`~kdq.distill.objective.LOSS_PARTS` separately.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
 from ..runtime.batching import pad_batch
 from ..utils.distributed import world_size
 from .config import DistillConfig
-from .losses import distillation_loss, hidden_state_loss
+from .objective import LOSS_PARTS, DistillObjective
+
+TEACHER_COLUMNS = ("teacher_logits", "teacher_features")  # per-row teacher targets a training table may carry
 
 
 class ArenaCollator:
-    """Pad ``input_ids`` on the right; stack ``labels`` ``(B,)`` and, when present, ``teacher_logits`` ``(B, C)``.
+    """Pad ``input_ids`` on the right; stack ``labels`` ``(B,)`` and, when present, ``teacher_logits``
+    ``(B, C)`` and ``teacher_features`` ``(B, H_t)`` (fp32).
 
     A feature that also carries ``input_ids_swap`` (``swap_augment="paired"``) becomes two
     rows, the original and its A/B-swapped copy, side by side in the same batch.
@@ -29,11 +33,12 @@ class ArenaCollator:
         self.pad_id = pad_id
 
     def __call__(self, features):
+        keys = ("input_ids", "labels", *TEACHER_COLUMNS)
         if "input_ids_swap" in features[0]:
             rows = []
             for f in features:
-                rows.append({k: f[k] for k in ("input_ids", "labels", "teacher_logits") if k in f})
-                rows.append({k: f[k + "_swap"] for k in ("input_ids", "labels", "teacher_logits") if k + "_swap" in f})
+                rows.append({k: f[k] for k in keys if k in f})
+                rows.append({k: f[k + "_swap"] for k in keys if k + "_swap" in f})
             features = rows
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id)
         batch = {
@@ -41,71 +46,45 @@ class ArenaCollator:
             "attention_mask": mask,
             "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
         }
-        if "teacher_logits" in features[0]:
-            batch["teacher_logits"] = torch.tensor([f["teacher_logits"] for f in features], dtype=torch.float32)
+        for key in TEACHER_COLUMNS:
+            if key in features[0]:
+                batch[key] = torch.tensor(np.asarray([f[key] for f in features]), dtype=torch.float32)
         return batch
 
 
 class KDTrainer(Trainer):
-    """``Trainer`` whose loss is :func:`kdq.distill.losses.distillation_loss`."""
+    """``Trainer`` whose loss is a :class:`~kdq.distill.objective.DistillObjective`; only the loss is ours."""
 
     # compute_loss returns a batch mean; Trainer must still divide it by the accumulation steps
     # (it would assume otherwise because the Llama forward accepts loss kwargs).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, kd_config: DistillConfig, teacher_model=None, layer_map=None, **kwargs):
-        """``teacher_model`` and ``layer_map`` (teacher layer index per student layer) are needed
-        only for the hidden-state term; the teacher is frozen and runs under ``torch.no_grad()``."""
+    def __init__(self, *args, objective: DistillObjective, **kwargs):
+        """``objective``: the loss; its teacher (if any) is frozen, moved to this process's device and
+        run under ``torch.no_grad()``."""
         super().__init__(*args, **kwargs)
-        self.kd_config = kd_config
-        self.teacher_model = teacher_model
-        self.layer_map = list(layer_map) if layer_map is not None else None
-        if teacher_model is not None:
-            teacher_model.eval().requires_grad_(False)
-            teacher_model.to(self.args.device)
-        self._parts = {"ce": [], "kd": [], "cos": [], "hidden": []}
+        self.objective = objective
+        if objective.teacher is not None:
+            objective.teacher.eval().requires_grad_(False)
+            if not getattr(objective.teacher, "is_loaded_in_4bit", False) and not getattr(
+                objective.teacher, "is_loaded_in_8bit", False
+            ):
+                objective.teacher.to(self.args.device)  # quantized weights are placed at load time
+        self._parts = {name: [] for name in LOSS_PARTS}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        teacher_logits = inputs.pop("teacher_logits", None)
-        cfg = self.kd_config
-        live = self.teacher_model is not None and model.training  # the teacher runs in this step
-        hidden = live and cfg.hidden_weight > 0
-        outputs = model(**inputs, output_hidden_states=hidden)
-        t_out = None
-        if live:
-            with torch.no_grad():
-                t_out = self.teacher_model(**inputs, output_hidden_states=hidden, use_cache=False)
-            if teacher_logits is None:  # teacher_logits="live": the teacher scores exactly this batch
-                teacher_logits = t_out.logits.float()
-        parts = distillation_loss(
-            outputs.logits,
-            teacher_logits,
-            labels,
-            divergence=cfg.divergence,
-            alpha=cfg.alpha,
-            temperature=cfg.temperature,
-            beta=cfg.jsd_beta,
-            cosine_weight=cfg.cosine_weight,
-        )
-        loss = parts.loss
-        logged = {"ce": parts.ce, "kd": parts.kd, "cos": parts.cos}
-        if hidden:
-            # hidden_states[k + 1] is the output of layer k (the last entry is after the final norm, for both)
-            s_states, t_states = outputs.hidden_states[1:], t_out.hidden_states
-            h = hidden_state_loss(
-                s_states, [t_states[j + 1] for j in self.layer_map], inputs["attention_mask"], kind=cfg.hidden_loss
-            )
-            loss = loss + cfg.hidden_weight * h
-            logged["hidden"] = h
+        targets = {k: inputs.pop(k) for k in TEACHER_COLUMNS if k in inputs}
+        outputs = model(**inputs)
+        loss, parts = self.objective(outputs, {**inputs, **targets}, labels, training=model.training)
         if model.training:
-            for name, value in logged.items():
+            for name, value in parts.items():
                 if value is not None:
                     self._parts[name].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if "loss" in logs:  # a training log line: add the mean ce / kd / cos / hidden since the last one
+        if "loss" in logs:  # a training log line: add the mean of each loss part since the last one
             for name, vals in self._parts.items():
                 # (sum, count) from every process, gathered unconditionally: a process whose batches held
                 # only transfer rows has no "ce" values, and a gather that only some processes join hangs.

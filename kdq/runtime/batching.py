@@ -61,6 +61,7 @@ def predict_logits(
     max_batch_tokens: int | None = None,
     progress=None,
     stats: dict | None = None,
+    return_pooled: bool = False,
 ):
     """Score token sequences with a sequence classifier, in the original order.
 
@@ -72,32 +73,48 @@ def predict_logits(
         progress: optional ``tqdm``-like object with ``update(n)`` and ``set_postfix``.
         stats: optional dict, filled with ``rows``, ``seconds``, ``real_tokens``,
             ``padded_tokens`` and ``padding_efficiency``.
+        return_pooled: also return the pooled final hidden state of every row, the vector the
+            classification head (``score``) reads at the last real token.
     Returns:
-        ``torch.FloatTensor`` of shape ``(N, num_labels)``, fp32, on CPU.
+        ``torch.FloatTensor`` of shape ``(N, num_labels)``, fp32, on CPU; with ``return_pooled``
+        the pair ``(logits, pooled)``, ``pooled`` of shape ``(N, hidden_size)`` fp32 on CPU.
     """
     if device is None:
         device = next(model.parameters()).device
     lengths = [len(s) for s in sequences]
     out = [None] * len(sequences)
-    real = padded = 0
+    pooled = [None] * len(sequences) if return_pooled else None
+    head_inputs = []
+    hook = model.score.register_forward_hook(lambda m, a, o: head_inputs.append(a[0])) if return_pooled else None
+    real = padded = done = 0
     start = time.perf_counter()
-    for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
-        ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
-        # use_cache=False: a classifier never decodes, and the KV cache would cost ~0.75 GB
-        # for a 4B model at batch 8 x 1024 tokens.
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float().cpu()
-        for row, i in enumerate(batch):
-            out[i] = logits[row]
-        real += int(mask.sum())
-        padded += mask.numel()
-        if progress is not None:
-            progress.update(len(batch))
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            progress.set_postfix(
-                rows_s=f"{sum(1 for o in out if o is not None) / elapsed:.1f}",
-                pad_eff=f"{real / max(padded, 1):.0%}",
-                refresh=False,
-            )
+    try:
+        for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
+            ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
+            # use_cache=False: a classifier never decodes, and the KV cache would cost ~0.75 GB
+            # for a 4B model at batch 8 x 1024 tokens.
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logits = logits.float().cpu()
+            for row, i in enumerate(batch):
+                out[i] = logits[row]
+            if return_pooled:  # right padding: the last real token is at length - 1
+                states = head_inputs.pop()
+                last = (mask.sum(1) - 1).to(states.device)
+                feats = states[torch.arange(len(batch), device=states.device), last].float().cpu()
+                for row, i in enumerate(batch):
+                    pooled[i] = feats[row]
+            real += int(mask.sum())
+            padded += mask.numel()
+            done += len(batch)
+            if progress is not None:
+                progress.update(len(batch))
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                progress.set_postfix(
+                    rows_s=f"{done / elapsed:.1f}", pad_eff=f"{real / max(padded, 1):.0%}", refresh=False
+                )
+    finally:
+        if hook is not None:
+            hook.remove()
     seconds = time.perf_counter() - start
     if stats is not None:
         stats.update(
@@ -108,8 +125,9 @@ def predict_logits(
             padding_efficiency=real / max(padded, 1),
         )
     if not sequences:
-        return torch.zeros((0, model.config.num_labels))
-    return torch.stack(out)
+        empty = torch.zeros((0, model.config.num_labels))
+        return (empty, torch.zeros((0, model.config.hidden_size))) if return_pooled else empty
+    return (torch.stack(out), torch.stack(pooled)) if return_pooled else torch.stack(out)
 
 
 def add_stats(total: dict, part: dict) -> dict:
