@@ -19,6 +19,7 @@ from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
 from .lora import load_student, merge_for_save, wrap_lora
+from .objective import projection_summary
 from .planning import plan_training
 from .teacher_pass import scored_rows, teacher_pass, transfer_rows
 
@@ -82,7 +83,7 @@ def distill(
             "resume=True to continue a run, or choose another output_dir."
         )
     # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
-    cfg, memory = plan_training(student, cfg)
+    cfg, memory = plan_training(student, cfg, teacher=teacher if _needs_teacher_terms(cfg) else None)
     # TrainingArguments sets up the (possibly distributed) process state; build it first so
     # the teacher pass below can synchronise processes through the same state.
     args = _training_args(cfg, out, has_eval=eval_data is not None)
@@ -138,6 +139,7 @@ def distill(
         metrics["best_eval_accuracy"] = best.get("eval_accuracy")
         metrics["best_epoch"] = best.get("epoch")
     metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["projections"] = projection_summary(trainer.model)
     metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
 
     if state.is_main_process:  # the student alone: projections never leave training
@@ -187,6 +189,11 @@ def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.
         )
         teacher = teacher.with_format(None)
     return datasets.concatenate_datasets([table, teacher], axis=1)
+
+
+def _needs_teacher_terms(cfg: DistillConfig) -> bool:
+    """Whether a term reads the teacher beyond cached logits (what the memory plan must count)."""
+    return cfg.hidden_weight > 0 or cfg.feature_weight > 0 or cfg.teacher_logits == "live"
 
 
 def _needs_live_teacher(teacher, cfg: DistillConfig) -> bool:

@@ -298,3 +298,18 @@ def build_objective(cfg, student_model, *, teacher_model=None, teacher_width: in
         feature = make(h_t)
     model = StudentWithProjections(student_model, hidden, feature, objective.layer_map)
     return objective, model
+
+
+def projection_summary(model) -> dict | None:
+    """``{"params": n, "checksum": sha256[:16]}`` of the learned projections of a :class:`StudentWithProjections`
+    (``None`` for a plain student): a cheap identity of their values, equal on every DDP process."""
+    import hashlib
+
+    if not isinstance(model, StudentWithProjections):
+        return None
+    h, n = hashlib.sha256(), 0
+    for name, p in sorted((k, v) for k, v in model.named_parameters() if not k.startswith("student.")):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        n += p.numel()
+    return {"params": n, "checksum": h.hexdigest()[:16]}

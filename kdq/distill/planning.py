@@ -58,8 +58,13 @@ def student_spec(student) -> ModelSpec | None:
     return None
 
 
-def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainSetup:
-    """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``."""
+def training_setup(cfg: DistillConfig, device, *, checkpointing: bool, student=None, teacher=None) -> TrainSetup:
+    """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``.
+
+    With ``student`` and ``teacher`` :class:`ModelSpec` s it also counts what distillation adds:
+    the live teacher (in ``cfg.teacher_quantize``, half precision on CUDA, fp32 on CPU) when a
+    term runs it, its hidden states when a term keeps them, and the learned projections.
+    """
     device = torch.device(device)
     lora = cfg.lora
     if lora is not None and lora.base_dtype != "auto":
@@ -77,6 +82,8 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainS
             lora_targets=tuple(m for m in lora.target_modules if m in LLAMA_LINEAR) or ("q_proj",),
         )
     )
+    if student is not None and teacher is not None:
+        extra.update(_distillation_setup(cfg, device, student, teacher))
     return TrainSetup(
         method=method,
         batch_size=cfg.batch_size,
@@ -87,11 +94,31 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool) -> TrainS
     )
 
 
-def plan_training(student, cfg: DistillConfig, *, device: TrainDevice | None = None, log=print):
+def _distillation_setup(cfg: DistillConfig, device, student: ModelSpec, teacher: ModelSpec) -> dict:
+    live = cfg.hidden_weight > 0 or cfg.teacher_logits == "live"
+    learned = student.hidden_size != teacher.hidden_size or cfg.hidden_projection == "linear"
+    out = {"projection_width": teacher.hidden_size}
+    if live:
+        quantized = cfg.teacher_quantize != "none"
+        out.update(
+            teacher=teacher,
+            teacher_weights=cfg.teacher_quantize if quantized else ("half" if device.type == "cuda" else "full"),
+            teacher_states=cfg.hidden_weight > 0 or (cfg.feature_weight > 0 and cfg.teacher_logits == "live"),
+        )
+    if cfg.hidden_weight > 0 and learned:
+        layers = cfg.hidden_layer_map
+        out["projections"] = student.num_layers if layers == "auto" else sum(x is not None for x in layers)
+    out["feature_projection"] = cfg.feature_weight > 0 and learned
+    return out
+
+
+def plan_training(student, cfg: DistillConfig, *, teacher=None, device: TrainDevice | None = None, log=print):
     """Project peak training memory, decide gradient checkpointing, refuse what cannot fit.
 
     Args:
         student: what :func:`kdq.distill` will train (its config is read, never its weights).
+        teacher: the run's teacher (a folder, adapter folder, Hub id or model; its config is read):
+            the live teacher and the projections count too.
         cfg: the run's config; ``cfg.gradient_checkpointing=None`` lets the projection decide.
         device: the GPU to plan for; default: this process's CUDA GPU, or none on CPU (the
             projection is printed, nothing is refused).
@@ -116,7 +143,8 @@ def plan_training(student, cfg: DistillConfig, *, device: TrainDevice | None = N
             f"gradient checkpointing {'on' if ckpt else 'off'}"
         )
         return cfg.replace(gradient_checkpointing=ckpt), None
-    setup = training_setup(cfg, plan_device, checkpointing=bool(user))
+    teacher_spec = student_spec(teacher) if teacher is not None else None
+    setup = training_setup(cfg, plan_device, checkpointing=bool(user), student=spec, teacher=teacher_spec)
     why = "set by you"
     if user is None:
         need = device is not None and not fits(spec, setup, device)
@@ -160,4 +188,6 @@ def _as_settings(option: TrainSetup, current: TrainSetup) -> str:
         out.append(f"batch_size={option.batch_size} (grad_accum x{factor} keeps the effective batch)")
     if option.seq_len != current.seq_len:
         out.append(f"template.max_length={option.seq_len}")
+    if option.teacher_weights != current.teacher_weights:
+        out.append(f"teacher_quantize='{option.teacher_weights}' (--set teacher_quantize={option.teacher_weights})")
     return ", ".join(out)

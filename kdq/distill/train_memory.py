@@ -50,6 +50,9 @@ DEVICES_FILE = BUDGET_DIR / "_train_devices.json"
 MODELS_FILE = BUDGET_DIR / "_models.json"
 GB = 1e9
 METHODS = ("full", "lora", "qlora")
+# bytes per decoder weight of a live (frozen) teacher: "full" fp32 (CPU), "half" fp16/bf16, bitsandbytes int8
+# (one fp32 scale per output row, negligible) and nf4 with double quantization; its other weights stay fp16/fp32
+TEACHER_WEIGHTS = ("full", "half", "int8", "nf4")
 NF4_DQ_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit code + int8 absmax per 64 + fp32 per 256 absmax blocks
 
 
@@ -142,9 +145,18 @@ class TrainSetup:
     lora_targets: tuple = LORA_TARGETS
     lora_dropout: float = 0.05
     padded: bool = True
+    teacher: ModelSpec | None = None
+    teacher_weights: str = "half"
+    teacher_states: bool = False
+    projections: int = 0
+    projection_width: int = 0
+    feature_projection: bool = False
 
     def __post_init__(self):
         c = "TrainSetup"
+        if isinstance(self.teacher, dict):  # from asdict(): a projection's "setup" read back
+            object.__setattr__(self, "teacher", ModelSpec(**self.teacher))
+        check_choice(c, "teacher_weights", self.teacher_weights, TEACHER_WEIGHTS)
         check_choice(c, "method", self.method, METHODS)
         check_range(c, "batch_size", self.batch_size, 1, kind=int)
         check_range(c, "seq_len", self.seq_len, 1, kind=int)
@@ -158,9 +170,14 @@ class TrainSetup:
     def describe(self) -> str:
         m = {"full": "full fine-tuning", "lora": f"LoRA r={self.lora_r}", "qlora": f"QLoRA (nf4) r={self.lora_r}"}
         prec = "fp16/bf16" if self.half else "fp32"
+        extra = ""
+        if self.teacher is not None:
+            extra += f", live teacher ({self.teacher.num_layers} layers, {self.teacher_weights} weights)"
+        if self.projections or self.feature_projection:
+            extra += f", {self.projections + self.feature_projection} learned projection(s)"
         return (
             f"{m[self.method]}, {prec}, batch {self.batch_size} x {self.seq_len} tokens, "
-            f"gradient checkpointing {'on' if self.checkpointing else 'off'}"
+            f"gradient checkpointing {'on' if self.checkpointing else 'off'}" + extra
         )
 
 
@@ -247,16 +264,46 @@ def project_training(spec: ModelSpec, setup: TrainSetup) -> dict:
     activations = kept + tokens * final_norm + kv_cache
     gradients = p * 4 + largest * 4
     states = p * 8
-    peak = weights + states + max(activations, gradients)
+    extra = _distillation_terms(spec, setup, tokens)
+    weights += extra["projection_weights"]
+    states += 2 * extra["projection_weights"]  # Adam's two moments
+    activations += extra["projection_activations"]
+    gradients += extra["projection_weights"]
+    peak = weights + extra["teacher_weights"] + states + max(activations + extra["teacher_activations"], gradients)
     return {
         "weights": weights,
         "optimizer_states": states,
         "activations": activations,
         "gradients": gradients,
+        "teacher_weights": extra["teacher_weights"],
+        "teacher_activations": extra["teacher_activations"],
+        "projection_params": extra["projection_weights"] // 4,
         "peak": peak,
-        "trainable_params": p,
+        "trainable_params": p + extra["projection_weights"] // 4,
         "setup": asdict(setup),
     }
+
+
+def _distillation_terms(spec: ModelSpec, setup: TrainSetup, tokens: int) -> dict:
+    """Bytes a distillation step adds: the live teacher and the learned projections (module doc)."""
+    out = {"teacher_weights": 0, "teacher_activations": 0, "projection_weights": 0, "projection_activations": 0}
+    t = setup.teacher
+    if t is not None:
+        counts = param_counts(t)
+        dense = 4 if setup.teacher_weights == "full" else 2
+        per = {"full": 4.0, "half": 2.0, "int8": 1.0, "nf4": NF4_DQ_BYTES}[setup.teacher_weights]
+        out["teacher_weights"] = counts["decoder_linear"] * per + (counts["total"] - counts["decoder_linear"]) * dense
+        attn = 3 * (t.num_heads + t.num_kv_heads) * t.head_dim
+        transient = tokens * dense * (3 * t.hidden_size + max(attn, 3 * t.intermediate_size))  # one layer, no grad
+        kept = (t.num_layers + 1) * tokens * t.hidden_size * dense if setup.teacher_states else 0
+        out["teacher_activations"] = transient + kept
+    width = setup.projection_width
+    n = setup.projections + (1 if setup.feature_projection else 0)
+    out["projection_weights"] = n * spec.hidden_size * width * 4  # fp32
+    # each learned projection keeps its fp32 input and output for backward (per token; pooled: per row)
+    rows = setup.projections * tokens + (setup.batch_size if setup.feature_projection else 0)
+    out["projection_activations"] = rows * (spec.hidden_size + width) * 4
+    return out
 
 
 def peak_fits(projection: dict, device: TrainDevice) -> bool:
@@ -284,6 +331,8 @@ def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> lis
         return out
 
     kinds = [[replace(setup, checkpointing=True)], batches(setup)[2:]]
+    if setup.teacher is not None:  # a smaller live teacher: bitsandbytes int8, then nf4
+        kinds += [batches(replace(setup, teacher_weights=w)) for w in ("int8", "nf4")]
     for method in ("lora", "qlora"):
         if METHODS.index(method) > METHODS.index(setup.method):
             kinds.append(batches(replace(setup, method=method)))
@@ -303,9 +352,17 @@ def alternatives(spec: ModelSpec, setup: TrainSetup, device: TrainDevice) -> lis
 def format_projection(spec_name: str, proj: dict, device: TrainDevice | None) -> str:
     """One line for a log: the terms, the peak, and the verdict against ``device`` (if any)."""
     s = TrainSetup(**proj["setup"])
+    teacher = proj.get("teacher_weights", 0)
     terms = (
-        f"weights {proj['weights'] / GB:.2f} + Adam states {proj['optimizer_states'] / GB:.2f} + "
-        f"max(activations {proj['activations'] / GB:.2f}, gradients {proj['gradients'] / GB:.2f})"
+        f"weights {proj['weights'] / GB:.2f} + "
+        + (f"live teacher {teacher / GB:.2f} + " if teacher else "")
+        + f"Adam states {proj['optimizer_states'] / GB:.2f} + max(activations "
+        + (
+            f"{proj['activations'] / GB:.2f} + teacher's {proj['teacher_activations'] / GB:.2f}"
+            if teacher
+            else f"{proj['activations'] / GB:.2f}"
+        )
+        + f", gradients {proj['gradients'] / GB:.2f})"
     )
     text = f"training memory ({spec_name}; {s.describe()}): {terms} = {proj['peak'] / GB:.2f} GB"
     if device is not None:
