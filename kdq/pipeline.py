@@ -24,8 +24,8 @@ from .evaluate import EvalConfig, compare
 from .evaluate.recommend import recommend
 from .export import ExportConfig, export, verify
 from .models import is_hub_id
+from .quant_methods import get_quantizer, settings_fields, variant_fields, variant_names
 from .quantize import QuantConfig, quantize
-from .quantize.config import VARIANTS
 from .utils.atomic import atomic_dir
 from .utils.distributed import process_group, run_on_rank0
 from .utils.errors import CheckFailed
@@ -71,9 +71,9 @@ class PipelineConfig(Config):
 
     def __post_init__(self):
         self._accept_dicts()
-        unknown = [m for m in self.quant_methods if m not in VARIANTS]
+        unknown = [m for m in self.quant_methods if m not in variant_names()]
         if unknown:
-            raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {sorted(VARIANTS)}")
+            raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {variant_names()}")
         object.__setattr__(self, "quant_methods", tuple(self.quant_methods))
         object.__setattr__(self, "export_variants", tuple(self.export_variants))
         check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
@@ -87,9 +87,12 @@ class PipelineConfig(Config):
             raise ValueError(f"PipelineConfig.export_variants: {bad} will not exist; choose from {sorted(names)}")
 
     def quant_config(self, method: str) -> QuantConfig:
+        quantizer = get_quantizer(variant_fields(method)["method"])
         overrides = {}
-        if VARIANTS[method]["method"] == "gptq":
-            overrides = {"num_samples": self.calibration_samples, "group_size": self.gptq_group_size}
+        if quantizer.needs_calibration:
+            overrides["num_samples"] = self.calibration_samples
+        if "group_size" in settings_fields(quantizer.settings):  # GPTQ's, and any method with groups
+            overrides["group_size"] = self.gptq_group_size
         return QuantConfig.from_name(method, **overrides)
 
     def variant_names(self) -> list:

@@ -18,6 +18,25 @@ def test_help_lists_every_stage():
         assert name in proc.stdout
 
 
+def test_method_help_and_choices_come_from_the_registry():
+    import argparse
+
+    from kdq.cli.main import build_parser, variant_fields
+    from kdq.quant_methods import variant_names, variants
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    method = next(a for a in commands.choices["quantize"]._actions if "--method" in a.option_strings)
+    assert all(name in method.help for name in variant_names())
+    for name in variant_names():
+        assert variant_fields(name) == variants()[name]
+    with pytest.raises(ValueError, match=r"--method 'gptq-3': choose one of \['"):
+        variant_fields("gptq-3")
+    # the same options reach QuantConfig through --set, as keywords, or as options.FIELD
+    argv = ["quantize", "m", "--out", "o", "--method", "gptq-4", "--set", "options.group_size=32"]
+    args = build_parser().parse_args(argv)
+    assert args.command_spec.config_from(args).group_size == 32
+
+
 def test_config_file_plus_set_flags_build_nested_dataclasses(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 3\ntemplate:\n  max_length: 256\nlora:\n  r: 4\n")

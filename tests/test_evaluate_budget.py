@@ -21,7 +21,9 @@ from kdq.evaluate import (
     weight_format_of,
 )
 from kdq.evaluate.budget import GB, gpu_peak_tflops
-from kdq.evaluate.modelspec import FP16, activation_bytes, batch_flops
+from kdq.evaluate.modelspec import FP16, WeightFormat, activation_bytes, batch_flops
+from kdq.quant_methods import get_quantizer, variant_names
+from kdq.quantize import QuantConfig
 
 # Published H2O Danube3 configs (tie_word_embeddings false), built in code: no Hub access.
 DANUBE3_4B = dict(
@@ -137,6 +139,39 @@ def test_weight_bytes_per_format():
     assert weight_format_of({}) is FP16
     with pytest.raises(ValueError, match="awq"):
         weight_format_of({"quantization_config": {"quant_method": "awq", "bits": 4}})
+
+
+@pytest.mark.parametrize("variant", variant_names())
+def test_every_shipped_profile_knows_every_registered_format(variant):
+    """A new method's weight format needs a compute_slowdown entry in every shipped profile."""
+    cfg = QuantConfig.from_name(variant)
+    method = get_quantizer(cfg.method)
+    fmt = weight_format_of({"quantization_config": method.quantization_config_for(cfg)})
+    assert fmt.bits == cfg.bits and fmt.needs in method.wheels
+    spec = ModelSpec.from_config(LlamaConfig(**DANUBE3_500M))
+    for name in available_budgets():
+        profile = load_budget(name)
+        assert fmt.name in profile.compute_slowdown, f"kdq/budgets/{name}.json lacks compute_slowdown[{fmt.name!r}]"
+        verdict = project(spec, fmt, [512] * 8, profile)
+        assert verdict["compute_slowdown"] == profile.compute_slowdown[fmt.name] >= 1.0
+        assert verdict["weight_format"] == fmt.name and verdict["weights_gb"] < weight_bytes(spec, FP16) / GB
+
+
+def test_a_format_the_profile_does_not_know_is_an_error_not_fp16_speed():
+    """A weight format missing from compute_slowdown once counted as fp16 speed (1.0): an unknown
+    method got an optimistic verdict. Now the error names the format, the profile's file and the fix."""
+    spec = ModelSpec.from_config(LlamaConfig(**DANUBE3_500M))
+    mystery = WeightFormat("mystery-3", 3, 64, 2.0)
+    p = load_budget("lmsys-2xt4")
+    with pytest.raises(ValueError) as err:
+        project(spec, mystery, [512] * 8, p)
+    msg = str(err.value)
+    assert "'mystery-3'" in msg and "lmsys-2xt4.json" in msg and "compute_slowdown" in msg
+    assert '"mystery-3": <factor >= 1' in msg  # the fix: the entry to add
+    with pytest.raises(ValueError, match=r"the JSON file it was loaded from"):  # a user's own profile
+        dataclasses.replace(p, name="my-gpu").slowdown(mystery)
+    # fp16 is the reference: 1.0 even where a profile does not list it
+    assert dataclasses.replace(p, compute_slowdown={}).slowdown(FP16) == 1.0
 
 
 def test_shipped_lmsys_profile_states_the_notebook():

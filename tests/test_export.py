@@ -19,6 +19,7 @@ import kdq
 from kdq.cli.main import main as cli_main
 from kdq.export import ExportConfig, ExportError, VerificationError, dataset_metadata_problems, export, verify
 from kdq.export.script import load_predict_module
+from kdq.quant_methods import registered_methods
 from kdq.runtime.constants import LABELS
 from kdq.runtime.template import TemplateConfig
 from kdq.testing import make_tiny_classifier, write_arena_csv
@@ -346,24 +347,41 @@ def test_template_conflicting_with_the_recorded_one_is_refused(exported, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model_dir):
-    """The issue's scenario: a tiny 4-bit (bnb nf4) student, exported, scored by its own predict.py.
+@pytest.mark.parametrize("method", registered_methods())
+def test_quantized_student_exports_and_predicts_without_kdq(method, tmp_path, tiny_model_dir):
+    """The issue's scenario, for every registered method (its first variant): a tiny quantized
+    student, exported, verified, scored by its own predict.py with kdq out of reach.
 
     nf4 is also the format whose reload can go wrong on AVX512-BF16 CPUs: export's probe
     compares the folder's predict.py with the model loaded by kdq."""
+    from kdq.quant_methods import get_quantizer, runtime_settings, variants
+
+    quantizer = get_quantizer(method)
+    variant = next(v for v, fields in variants().items() if fields["method"] == method)
     template = TemplateConfig(max_length=96)  # short rows: bitsandbytes is slow on CPU
+    calibration = write_arena_csv(tmp_path / "calibration.csv", 24, seed=3, max_words=60)
     qdir = kdq.quantize(
-        str(tiny_model_dir), kdq.QuantConfig.from_name("bnb-nf4", template=template), out_dir=tmp_path / "q"
+        str(tiny_model_dir),
+        kdq.QuantConfig.from_name(variant, template=template, num_samples=16, device="cpu"),
+        calibration=calibration,
+        out_dir=tmp_path / "q",
     )
     # no template given: the one quantize recorded in config.json is used
-    out = export(qdir, tmp_path / "export", _config(tta=False, title="Tiny arena nf4", template=None, probe_rows=3))
+    out = export(
+        qdir, tmp_path / "export", _config(tta=False, title="Tiny arena quantized", template=None, probe_rows=3)
+    )
     manifest = json.loads((out / "kdq-manifest.json").read_text())
-    assert manifest["model"]["quant_method"] == "bitsandbytes"
+    assert manifest["model"]["quant_method"] == quantizer.quant_method
     assert manifest["model"]["template"] == template.to_dict()
+    assert all(p in manifest["versions"] for p in quantizer.wheels)  # the backend's versions are recorded
     # provenance from kdq.quantize's report: the variant and the model it was quantized from
-    assert manifest["configs"]["quantize_report"]["variant"] == "bnb-nf4"
+    assert manifest["configs"]["quantize_report"]["variant"] == variant
     assert manifest["sources"]["quantized_from"]["path"] == tiny_model_dir.name  # a name, not this machine's path
-    assert "bitsandbytes" in (out / "predict.py").read_text().split('"""')[1]  # header names the backend
+    assert quantizer.quant_method in (out / "predict.py").read_text().split('"""')[1]  # header names the backend
+    # what predict.py needs to load it is recorded, so the runtime never names a method
+    settings = json.loads((out / "kdq-predict.json").read_text())
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert {k: settings[k] for k in ("backend_modules", "backend_packages", "load")} == runtime_settings(qc)
     assert verify(out).probe_rows == 3
 
     test_csv = write_arena_csv(tmp_path / "test.csv", 6, seed=11, max_words=60)
@@ -374,7 +392,7 @@ def test_quantized_student_exports_and_predicts_without_kdq(tmp_path, tiny_model
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "quantization=bitsandbytes" in run.stderr and "submission ok: 6 rows" in run.stdout
+    assert f"quantization={quantizer.quant_method}" in run.stderr and "submission ok: 6 rows" in run.stdout
     with open(sub, newline="") as f:
         probs = np.array([[float(x) for x in r[1:]] for r in list(csv.reader(f))[1:]])
     metrics = kdq.evaluate(

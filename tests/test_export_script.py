@@ -14,6 +14,8 @@ import torch
 
 import kdq
 from kdq.export.script import bad_imports, copy_runtime, kdq_imports, load_predict_module, render_script, runtime_files
+from kdq.quant_methods import get_quantizer, variant_names
+from kdq.quantize import QuantConfig
 
 KDQ_DIR = Path(kdq.__file__).parent
 
@@ -183,6 +185,13 @@ def test_version_mismatch_is_one_line_with_the_offline_install(predict, tmp_path
     (tmp_path / "kdq-manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError, match=rf"needs transformers >= {major + 1}\): pip install --no-index"):
         predict.check_versions(tmp_path)
+    # the backend's packages are whatever the export recorded (kdq-predict.json), not a list in the runtime
+    manifest["versions"] = {"transformers": have, "safetensors": "0.1.0"}
+    (tmp_path / "kdq-manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "kdq-predict.json").write_text(json.dumps({"backend_packages": ["safetensors"]}))
+    assert predict.check_versions(tmp_path) == []  # not quantized: no backend to compare
+    (line,) = predict.check_versions(tmp_path, "some-method")
+    assert line.startswith("safetensors ") and line.endswith("safetensors==0.1.0")
 
 
 def test_non_finite_probabilities_are_refused_naming_the_row(predict, tmp_path):
@@ -213,7 +222,51 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
     assert "WILL NOT FINISH" in slow.reported
 
 
-def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tmp_path):
+def _recorded_folder(folder, model_dir, qc, **export_fields):
+    """``folder`` with ``model_dir``'s config.json carrying ``qc`` and the kdq-predict.json the export writes for it."""
+    from kdq.export.build import settings_record
+    from kdq.export.config import ExportConfig
+
+    folder.mkdir(exist_ok=True)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": qc}))
+    record = settings_record(ExportConfig(title="a tiny export", dataset_id="me/tiny", **export_fields), qc)
+    (folder / "kdq-predict.json").write_text(json.dumps(record))
+    return record
+
+
+@pytest.mark.parametrize("variant", variant_names())
+def test_predict_py_loads_every_variant_as_the_export_recorded_it(
+    variant, predict, tmp_path, tiny_model_dir, monkeypatch
+):
+    """What predict.py does with a folder comes from kdq-predict.json (the registry's answers at export
+    time), never from method names in the runtime: environment, overrides per device type, checks."""
+    cfg = QuantConfig.from_name(variant)
+    method = get_quantizer(cfg.method)
+    qc = method.quantization_config_for(cfg)
+    record = _recorded_folder(tmp_path / variant, tiny_model_dir, qc)
+    folder = tmp_path / variant
+    assert record["backend_modules"] == list(method.runtime_modules)
+    assert record["backend_packages"] == list(method.wheels)
+    assert predict.check_backend(folder) == method.quant_method  # the backends are installed here
+    for device in ("cpu", "cuda:1"):
+        kind = device.split(":")[0]
+        kw = predict.load_kwargs(folder, device)  # arguments only: nothing is loaded
+        assert kw["dtype"] == (torch.float16 if kind == "cuda" else torch.float32)
+        assert kw.get("device_map") == ({"": device} if kind == "cuda" else None)
+        overrides = method.load_overrides(qc).get(kind)
+        if overrides:  # merged into config.json's quantization_config, passed as config=
+            assert kw["config"].quantization_config == {**qc, **overrides}
+        else:
+            assert "config" not in kw
+    env = {k: str(v) for k, v in method.load_env.get("cpu", {}).items()}
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *env):
+        monkeypatch.setenv(key, "x")  # recorded, so the test's end restores the environment
+        monkeypatch.delenv(key)
+    assert predict._set_env(["cpu"], record["load"]) == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+
+
+def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tmp_path, tiny_model_dir):
     qc = {
         "quant_method": "bitsandbytes",
         "load_in_4bit": True,
@@ -221,16 +274,53 @@ def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tm
         "bnb_4bit_compute_dtype": "float32",
         "bnb_4bit_use_double_quant": True,
     }
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
-    kw = predict.load_kwargs(tmp_path, "cuda:1")  # arguments only: nothing is loaded
+    _recorded_folder(tmp_path / "nf4", tiny_model_dir, qc)
+    kw = predict.load_kwargs(tmp_path / "nf4", "cuda:1")  # arguments only: nothing is loaded
     assert kw["dtype"] == torch.float16 and kw["device_map"] == {"": "cuda:1"}
-    assert kw["quantization_config"].bnb_4bit_compute_dtype == torch.float16
-    assert kw["quantization_config"].bnb_4bit_use_double_quant is True
-    assert predict.load_kwargs(tmp_path, "cpu") == {"dtype": torch.float32}
-    (tmp_path / "config.json").write_text(
-        json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 8, "backend": "torch"}})
+    assert kw["config"].quantization_config["bnb_4bit_compute_dtype"] == "float16"
+    assert kw["config"].quantization_config["bnb_4bit_use_double_quant"] is True
+    assert predict.load_kwargs(tmp_path / "nf4", "cpu") == {"dtype": torch.float32}
+    _recorded_folder(tmp_path / "gptq", tiny_model_dir, {"quant_method": "gptq", "bits": 8, "backend": "torch"})
+    assert predict.load_kwargs(tmp_path / "gptq", "cuda:0")["config"].quantization_config["backend"] == "auto"
+    # a backend chosen at quantization time is kept
+    _recorded_folder(tmp_path / "exllama", tiny_model_dir, {"quant_method": "gptq", "bits": 4, "backend": "exllama_v2"})
+    assert "config" not in predict.load_kwargs(tmp_path / "exllama", "cuda:0")
+
+
+def test_recorded_overrides_take_effect_where_a_quantization_config_argument_does_not(
+    predict, tmp_path, tiny_model_dir
+):
+    """Trap (transformers 5.x): ``from_pretrained(folder, quantization_config=...)`` on a pre-quantized
+    folder keeps the folder's own config, except a few "loading attributes" of some methods (GPTQ's
+    backend); bitsandbytes' compute dtype, say, is silently ignored. predict.py merges the recorded
+    overrides into config.json's quantization_config instead, and they take effect."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    folder = tmp_path / "nf4"
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["score"],
     )
-    assert predict.load_kwargs(tmp_path, "cuda:0")["quantization_config"].backend == "auto"
+    AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
+    ).save_pretrained(str(folder))
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    ignored = AutoModelForSequenceClassification.from_pretrained(
+        str(folder),
+        dtype=torch.float32,
+        device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig.from_dict(dict(qc, bnb_4bit_compute_dtype="float16")),
+    )
+    assert ignored.model.layers[0].self_attn.q_proj.compute_dtype == torch.float32  # the argument did nothing
+    # predict.py's way, exercised on CPU by recording the override for "cpu"
+    (folder / "kdq-predict.json").write_text(
+        json.dumps({"load": {"cpu": {"quantization_config": {"bnb_4bit_compute_dtype": "float16"}}}})
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **predict.load_kwargs(folder, "cpu"))
+    assert model.model.layers[0].self_attn.q_proj.compute_dtype == torch.float16
 
 
 def test_settings_need_the_recorded_template(predict, tmp_path):

@@ -10,6 +10,7 @@ from _launch import launch_two_processes
 
 import kdq
 from kdq.pipeline import PipelineConfig, _export_names, recommend
+from kdq.quant_methods import get_quantizer, settings_fields, variant_names
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 
@@ -25,6 +26,16 @@ def test_bad_settings_fail_before_any_training():
     cfg = PipelineConfig(quant_methods=("gptq-8", "bnb-nf4"), quantize_teacher=False, baseline=False)
     assert cfg.variant_names() == ["teacher", "student-kd", "student-kd-gptq-8", "student-kd-bnb-nf4"]
     assert cfg.quant_config("gptq-8").num_samples == cfg.calibration_samples
+
+
+@pytest.mark.parametrize("variant", variant_names())
+def test_every_registered_variant_is_a_pipeline_quant_method(variant):
+    cfg = PipelineConfig(quant_methods=(variant,), calibration_samples=32, gptq_group_size=64)
+    qc = cfg.quant_config(variant)
+    assert qc.name == variant and cfg.variant_names()[-1] == f"student-kd-{variant}"
+    quantizer = get_quantizer(qc.method)
+    assert qc.num_samples == (32 if quantizer.needs_calibration else 128)
+    assert getattr(qc, "group_size", None) == (64 if "group_size" in settings_fields(quantizer.settings) else None)
 
 
 def _variant(probs, probs_tta=None, *, fits=True, hours=1.0, size=1e9):

@@ -13,20 +13,37 @@ import pytest
 import torch
 
 import kdq
+from kdq.evaluate.budget import available_budgets, load_budget
+from kdq.evaluate.modelspec import weight_format_of
+from kdq.quant_methods import get_quantizer, method_for, registered_methods, variant_names
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report, recheck
-from kdq.quantize.verify import REPORT_FILE, check_head
+from kdq.quantize.verify import REPORT_FILE, check_head, is_quantized_layer
 from kdq.runtime.template import TemplateConfig
 
 TEMPLATE = TemplateConfig(max_length=128)
-CASES = {  # variant name -> QuantConfig overrides on top of QuantConfig.from_name
-    "gptq-4": ("gptq-4", {"group_size": 32}),
-    "gptq-8": ("gptq-8", {"desc_act": True}),
-    "bnb-int8": ("bnb-int8", {}),
-    "bnb-nf4": ("bnb-nf4", {}),
-    "bnb-nf4-nodq": ("bnb-nf4", {"double_quant": False}),
-    "bnb-fp4": ("bnb-fp4", {}),
-    "bnb-fp4-nodq": ("bnb-fp4", {"double_quant": False}),
-}
+# case name -> (variant name, QuantConfig overrides on top of QuantConfig.from_name): every
+# registered variant with its defaults, so a new method is covered without editing this file,
+# plus the built-in methods' own options worth a case of their own
+CASES = {name: (name, {}) for name in variant_names()}
+CASES.update(
+    {
+        "gptq-4": ("gptq-4", {"group_size": 32}),
+        "gptq-8": ("gptq-8", {"desc_act": True}),
+        "bnb-nf4-nodq": ("bnb-nf4", {"double_quant": False}),
+        "bnb-fp4-nodq": ("bnb-fp4", {"double_quant": False}),
+    }
+)
+# one case per registered method (its first variant): where one per method is enough
+ONE_PER_METHOD = [
+    next(c for c, (v, o) in CASES.items() if QuantConfig.from_name(v).method == m) for m in registered_methods()
+]
+
+
+def _contains(big, small) -> bool:
+    """``small``'s entries (recursively) are all in ``big``."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and _contains(big[k], v) for k, v in small.items())
+    return big == small
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,6 +77,8 @@ def _load(folder):
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_method_quantizes_and_reloads_exactly(case, quantized, tiny_model_dir):
     folder = quantized(case)
+    config = config_for(case)
+    method = get_quantizer(config.method)
     report = read_report(folder)
     assert report.variant == case and report.device == "cpu" and report.dtype == "float32"
     # the saved folder is the model that was in memory: same machine, same kernels, no drift
@@ -68,26 +87,37 @@ def test_every_method_quantizes_and_reloads_exactly(case, quantized, tiny_model_
     assert 0.0 < report.kl_to_source < 0.05 and report.argmax_agreement >= 0.75
     assert report.weights_bytes < report.source_weights_bytes
     assert report.probe_rows == 8 and report.probe_source == "held-out"
-    assert report.calibration_rows == (16 if case.startswith("gptq") else 0)
+    assert report.calibration_rows == (16 if method.needs_calibration else 0)
+    assert all(p in report.versions for p in method.wheels)  # the backend's versions are recorded
 
     cfg = json.loads((folder / "config.json").read_text())
     qc = cfg["quantization_config"]
     assert cfg["kdq_template"] == TEMPLATE.to_dict()  # later stages render rows the same way
+    assert "input_ids" not in (folder / "config.json").read_text()  # no calibration rows leak into config.json
+    # the method owns its folder, and what it says about it without quantizing is what was saved
+    assert method_for(folder) is method
+    assert _contains(qc, method.quantization_config_for(config)), (qc, method.quantization_config_for(config))
+    # every shipped budget profile knows how fast this format runs (an unknown format is an error)
+    fmt = weight_format_of(folder)
+    for profile in available_budgets():
+        assert load_budget(profile).slowdown(fmt) >= 1.0
+    # the built-in methods' own details
     if case.startswith("gptq"):
         assert qc["quant_method"] == "gptq" and qc["bits"] == int(case[-1])
         assert qc["dataset"] is None and qc["backend"] == "torch"  # calibration set removed; CPU-safe kernel
-        assert "input_ids" not in (folder / "config.json").read_text()
-    else:
+    elif case.startswith("bnb"):
         assert qc["load_in_8bit"] == (case == "bnb-int8")
         if case != "bnb-int8":
             assert qc["bnb_4bit_quant_type"] == case.split("-")[1]
             assert qc["bnb_4bit_use_double_quant"] == (not case.endswith("nodq"))
 
+    method.prepare_load("cpu")
     model, source = _load(folder), _load(tiny_model_dir)
-    q_proj = model.model.layers[0].self_attn.q_proj
-    assert type(q_proj) is not torch.nn.Linear  # the decoder really is quantized
+    assert is_quantized_layer(model.model.layers[0].self_attn.q_proj)  # the decoder really is quantized
+    assert not is_quantized_layer(source.model.layers[0].self_attn.q_proj)
     # the head is never quantized: a plain fp32 Linear holding exactly the source weights
     assert type(model.score) is torch.nn.Linear and model.score.weight.dtype == torch.float32
+    assert not is_quantized_layer(model.score)
     assert torch.equal(model.score.weight, source.score.weight)
     assert check_head(model, case) == "score"
 
@@ -95,7 +125,7 @@ def test_every_method_quantizes_and_reloads_exactly(case, quantized, tiny_model_
 def test_stock_transformers_loads_without_kdq(quantized, tmp_path):
     """In a subprocess where ``import kdq`` fails, each folder loads with from_pretrained and
     predicts the probabilities kdq measured in memory."""
-    folders = [str(quantized(c)) for c in ("gptq-4", "gptq-8", "bnb-int8", "bnb-nf4", "bnb-fp4-nodq")]
+    folders = [str(quantized(c)) for c in CASES]
     script = tmp_path / "stock_load.py"
     script.write_text(
         textwrap.dedent("""
@@ -159,28 +189,27 @@ def test_stock_transformers_loads_without_kdq(quantized, tmp_path):
         assert torch.allclose(stock, torch.softmax(memory, -1), atol=1e-6), folder
 
 
-def test_recheck_catches_a_corrupted_artifact(quantized, tmp_path):
+@pytest.mark.parametrize("case", ONE_PER_METHOD)
+def test_recheck_catches_a_corrupted_artifact(case, quantized, tmp_path):
     """A real corruption of the saved weights (inverted quantized codes) fails verification."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    for case in ("gptq-4", "bnb-nf4"):
-        good = quantized(case)
-        assert recheck(good) == 0.0
-        bad = tmp_path / case
-        shutil.copytree(good, bad)
-        tensors = load_file(str(bad / "model.safetensors"))
-        key = max(
-            (
-                k
-                for k, t in tensors.items()
-                if "layers.1." in k and not t.dtype.is_floating_point and t.dtype != torch.bool
-            ),
-            key=lambda k: tensors[k].numel(),
-        )
-        tensors[key] = torch.bitwise_not(tensors[key])
-        save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
-        with pytest.raises(ReloadMismatchError, match=case):
-            recheck(bad)
+    good = quantized(case)
+    assert recheck(good) == 0.0
+    bad = tmp_path / case
+    shutil.copytree(good, bad)
+    with safe_open(str(bad / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()  # tensor-subclass formats (torchao) need theirs to reload
+    tensors = load_file(str(bad / "model.safetensors"))
+    key = max(
+        (k for k, t in tensors.items() if "layers.1." in k and not t.dtype.is_floating_point and t.dtype != torch.bool),
+        key=lambda k: tensors[k].numel(),
+    )
+    tensors[key] = torch.bitwise_not(tensors[key])
+    save_file(tensors, str(bad / "model.safetensors"), metadata=metadata or {"format": "pt"})
+    with pytest.raises(ReloadMismatchError, match=case):
+        recheck(bad)
 
 
 def test_peft_adapter_teacher_is_merged_first(tiny_model_dir, tiny_tokenizer, arena_csv, tmp_path):
@@ -255,6 +284,25 @@ def test_quantized_head_is_detected(tiny_model_dir):
     assert type(bad.score).__name__ == "Linear8bitLt"
     with pytest.raises(QuantizationError, match="head 'score' was quantized"):
         check_head(bad, "bnb-int8")
+
+
+def test_a_tensor_subclass_quantized_head_is_detected(tiny_model_dir):
+    """Trap: torchao quantizes by swapping the weight for a tensor subclass. The layer stays a
+    plain nn.Linear and the weight still reports a floating dtype, so checking the module class and
+    the dtype (as kdq once did) passes a quantized head."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import AutoModelForSequenceClassification, TorchAoConfig
+
+    bad = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir),
+        device_map={"": "cpu"},
+        quantization_config=TorchAoConfig(Int8WeightOnlyConfig(set_inductor_config=False), modules_to_not_convert=[]),
+    )
+    assert type(bad.score) is torch.nn.Linear and bad.score.weight.dtype.is_floating_point  # looks plain
+    assert is_quantized_layer(bad.score)
+    with pytest.raises(QuantizationError, match=r"head 'score' was quantized \(Linear, Int8Tensor"):
+        check_head(bad, "torchao")
 
 
 def test_load_classifier_reads_gptq_folders_and_requantizing_is_refused(quantized, tmp_path):

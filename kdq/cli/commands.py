@@ -8,6 +8,7 @@ configs are named ``"module:name"`` and imported when the command runs. An ``Arg
 
 from __future__ import annotations
 
+from ..quant_methods import variant_names  # the method registry: standard library only at import
 from .spec import Arg, Command
 
 _OVERWRITE = Arg(("--overwrite",), "replace an existing output folder", switch=True)
@@ -60,15 +61,16 @@ COMMANDS = (
     ),
     Command(
         "quantize",
-        "quantize a classifier (GPTQ 8/4-bit, bitsandbytes int8/nf4/fp4) and verify the reload",
+        "quantize a classifier with a registered method (see --method) and verify the reload",
         "kdq.cli.main:run_quantize",
         config="kdq.quantize.config:QuantConfig",
-        hint=": pass --method (e.g. gptq-8, gptq-4, bnb-int8, bnb-nf4) or method: in --config",
+        hint=f": pass --method ({', '.join(variant_names())}) or method: in --config",
         args=(
             Arg(("model",), "classifier folder (or PEFT adapter folder: merged first)"),
             Arg(
                 ("--method",),
-                "gptq-8 | gptq-4 | bnb-int8 | bnb-nf4 | bnb-fp4 (config fields method, bits)",
+                f"{' | '.join(variant_names())} (config fields method, bits; a method's own fields "
+                "with --set, e.g. --set group_size=64)",
                 to_fields="kdq.cli.main:variant_fields",
             ),
             Arg(("--calibration",), "arena CSV/parquet for GPTQ calibration and the probe batch"),

@@ -82,12 +82,13 @@ def run_shrink(args) -> int:
 
 
 def variant_fields(name: str) -> dict:
-    """``--method gptq-4`` → ``{"method": "gptq", "bits": 4}``."""
-    from ..quantize.config import VARIANTS
+    """``--method gptq-4`` → ``{"method": "gptq", "bits": 4}`` (the method registry's variants)."""
+    from ..quant_methods import variants
 
-    if name not in VARIANTS:
-        raise ValueError(f"--method {name!r}: choose one of {sorted(VARIANTS)}")
-    return dict(VARIANTS[name])
+    table = variants()
+    if name not in table:
+        raise ValueError(f"--method {name!r}: choose one of {list(table)}")
+    return dict(table[name])
 
 
 def run_quantize(args, cfg) -> int:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..config.validate import check_range
-from .modelspec import ModelSpec, WeightFormat, activation_bytes, batch_flops, weight_bytes
+from .modelspec import FP16, ModelSpec, WeightFormat, activation_bytes, batch_flops, weight_bytes
 
 BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
 GPU_PEAKS_FILE = BUDGET_DIR / "_gpu_peaks.json"
@@ -29,8 +29,9 @@ class BudgetProfile:
     Units: GB are 10^9 bytes, TFLOP/s dense fp16 tensor-core peak, GB/s memory bandwidth.
     ``compute_efficiency``: the fraction of ``peak_tflops`` a forward pass reaches;
     ``compute_slowdown``: per weight format (``fp16``, ``gptq-8``, ``bnb-nf4``...), how much
-    slower its kernels are than fp16 (dequantization). Both are stated assumptions; a
-    throughput measured on CUDA replaces them.
+    slower its kernels are than fp16 (dequantization); a format missing from it is an error,
+    never a silent 1.0 (``fp16`` is the reference, 1.0 unless stated). Both are stated
+    assumptions; a throughput measured on CUDA replaces them.
     """
 
     name: str
@@ -92,7 +93,28 @@ class BudgetProfile:
         return asdict(self)
 
     def slowdown(self, fmt: WeightFormat) -> float:
-        return float(self.compute_slowdown.get(fmt.name, 1.0))
+        """How much slower ``fmt``'s kernels are than fp16 on this profile's GPU.
+
+        Raises ``ValueError`` (naming the format, the profile's file and the fix) for a format the
+        profile does not list: assuming fp16 speed would give an unknown method an optimistic verdict.
+        """
+        if fmt.name in self.compute_slowdown:
+            return float(self.compute_slowdown[fmt.name])
+        if fmt.name == FP16.name:
+            return 1.0
+        raise ValueError(
+            f"budget profile {self.name!r} ({profile_file(self.name)}) has no compute_slowdown entry for "
+            f"weight format {fmt.name!r}, so how fast its kernels run on {self.gpu_name} is unknown "
+            f'(listed: {sorted(self.compute_slowdown)}). Add "{fmt.name}": <factor >= 1, its kernels\' '
+            "time / fp16's> to compute_slowdown in that file (bench/gpu_check.py measures it on a GPU)."
+        )
+
+
+def profile_file(name: str) -> str:
+    """The shipped JSON file of profile ``name`` (``kdq/budgets/<name>.json``; a profile adjusted by
+    :func:`measured_profile` is named ``<name>+measured``), else where a user profile comes from."""
+    path = BUDGET_DIR / f"{name.split('+')[0]}.json"
+    return str(path) if path.is_file() else "the JSON file it was loaded from"
 
 
 def available_budgets() -> list:

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..quant_methods import prepare_to_load, quantization_config_of, runtime_modules_by_quant_method
+from ..quant_methods import prepare_to_load, quantization_config_of, runtime_settings
 from ..runtime.constants import DEFAULT_TTA_FRACTION, MANIFEST_FILE, SETTINGS_FILE, WHEELS_DIR
 from ..utils.atomic import atomic_dir
 from ..utils.errors import CheckFailed
@@ -81,7 +81,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
-            write_json(tmp / SETTINGS_FILE, settings_record(config, quant_method))
+            write_json(tmp / SETTINGS_FILE, settings_record(config, quantization_config_of(tmp)))
             from .. import __version__ as kdq_version
 
             (tmp / SCRIPT_NAME).write_text(
@@ -115,17 +115,20 @@ export.VerificationError = VerificationError
 export.ExportError = ExportError
 
 
-def settings_record(config: ExportConfig, quant_method) -> dict:
-    """``kdq-predict.json``: predict.py's defaults and ``backend_modules``, the modules transformers
-    imports itself when ``config.json`` names ``quant_method``. predict.py checks them up front, so a
-    missing backend fails in seconds with the offline install line, not mid-load. Asked of the
-    registry at export time, so a method registered later counts too."""
+def settings_record(config: ExportConfig, quantization_config: dict | None) -> dict:
+    """``kdq-predict.json``: predict.py's defaults, and what loading the weights needs, asked of the
+    method registry (:func:`kdq.quant_methods.runtime_settings`) for the folder's
+    ``quantization_config`` (``None``: not quantized): the modules transformers imports (checked up
+    front, so a missing backend fails in seconds with the offline install line, not mid-load), the
+    packages whose versions predict.py compares, and per device type the environment defaults and
+    ``quantization_config`` overrides predict.py applies. The standalone runtime cannot import the
+    registry, so this record is how a method registered later reaches it."""
     return {
         "tta": config.tta,
         "tta_fraction": config.tta_fraction,
         "batch_size": config.batch_size,
         "max_batch_tokens": config.max_batch_tokens,
-        "backend_modules": list(runtime_modules_by_quant_method().get(quant_method, ())),
+        **runtime_settings(quantization_config),
     }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .registry import HEAD_MODULES, QuantMethod, WeightFormat, register_quantizer
+from dataclasses import dataclass
+
+from .registry import HEAD_MODULES, MethodSettings, QuantMethod, WeightFormat, register_quantizer
 
 
 class _BnbMethod(QuantMethod):
@@ -49,18 +51,38 @@ class BnbInt8(_BnbMethod):
         # LLM.int8: one fp32 scale per output row (negligible)
         return WeightFormat(self.name, 8, 0, 0.0, needs=self.wheels[0])
 
+    def quantization_config_for(self, config) -> dict:
+        return {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False}
+
     def bnb_config(self, config, dtype):
         from transformers import BitsAndBytesConfig
 
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_MODULES))
 
 
+@dataclass(frozen=True)
+class Bnb4bitSettings(MethodSettings):
+    """bitsandbytes 4-bit's own field.
+
+    Args:
+        double_quant: also quantize the per-block scales. On by default: without it,
+            bitsandbytes 0.50 saves a wrong layout after a CPU forward pass on AVX512-BF16
+            machines (kdq saves before any forward pass and verifies either way).
+    """
+
+    double_quant: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"QuantConfig.double_quant must be True or False, got {self.double_quant!r}")
+
+
 class _Bnb4bit(_BnbMethod):
+    settings = Bnb4bitSettings
     allowed_bits = (4,)
-    uses_fields = frozenset({"double_quant"})
 
     def variant_name(self, config) -> str:
-        return self.name if config.double_quant else f"{self.name}-nodq"
+        return self.name if config.settings.double_quant else f"{self.name}-nodq"
 
     def owns(self, qc: dict) -> bool:
         return (
@@ -74,13 +96,26 @@ class _Bnb4bit(_BnbMethod):
         scale = 1.0 + 4.0 / 256 if qc.get("bnb_4bit_use_double_quant") else 4.0
         return WeightFormat(self.name, 4, 64, scale, needs=self.wheels[0])
 
+    def quantization_config_for(self, config) -> dict:
+        return {
+            "quant_method": "bitsandbytes",
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": self.quant_type,
+            "bnb_4bit_use_double_quant": config.settings.double_quant,
+        }
+
+    def load_overrides(self, qc: dict) -> dict:
+        # Quantized on CPU, the folder records compute dtype float32: 2-4x slower on a T4, whose
+        # predict.py computes in fp16.
+        return {"cuda": {"bnb_4bit_compute_dtype": "float16"}}
+
     def bnb_config(self, config, dtype):
         from transformers import BitsAndBytesConfig
 
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=self.quant_type,
-            bnb_4bit_use_double_quant=config.double_quant,
+            bnb_4bit_use_double_quant=config.settings.double_quant,
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=list(HEAD_MODULES),
         )

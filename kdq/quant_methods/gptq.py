@@ -8,7 +8,10 @@ the embeddings and the norms stay in floating point.
 
 from __future__ import annotations
 
-from .registry import QuantMethod, WeightFormat, register_quantizer
+from dataclasses import dataclass
+
+from .gptq_env import GPTQ_CPU_DEFAULTS
+from .registry import MethodSettings, QuantMethod, WeightFormat, register_quantizer
 
 
 def default_backend(device) -> str:
@@ -22,8 +25,39 @@ def default_backend(device) -> str:
     return "torch" if str(device).split(":")[0] == "cpu" else "auto"
 
 
+@dataclass(frozen=True)
+class GPTQSettings(MethodSettings):
+    """GPTQ's own fields.
+
+    Args:
+        group_size: columns sharing one scale; ``-1`` = one group per row.
+        desc_act: act-order (quantize columns by decreasing activation).
+        backend: gptqmodel kernel backend passed to ``GPTQConfig``; ``None`` = ``"torch"`` on CPU
+            (the default backend repacks weights on the first CPU forward pass into a layout
+            that does not reload) and ``"auto"`` on CUDA. Saved into ``config.json``.
+    """
+
+    group_size: int = 128
+    desc_act: bool = False
+    backend: str | None = None
+
+    def __post_init__(self):
+        g = self.group_size
+        if not isinstance(g, int) or isinstance(g, bool) or not (g == -1 or g > 0):
+            raise ValueError(f"QuantConfig.group_size must be a positive int or -1 (one group per row), got {g!r}.")
+        if not isinstance(self.desc_act, bool):
+            raise ValueError(f"QuantConfig.desc_act must be True or False, got {self.desc_act!r}")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise ValueError(
+                f"QuantConfig.backend must be a gptqmodel backend name (e.g. 'torch', 'auto') "
+                f"or None, got {self.backend!r}."
+            )
+
+
 @register_quantizer("gptq")
 class GPTQMethod(QuantMethod):
+    settings = GPTQSettings
+    variants = {"gptq-8": {"bits": 8}, "gptq-4": {"bits": 4}}
     extra = "gptq"
     runtime_modules = ("gptqmodel", "optimum")
     wheels = ("gptqmodel", "optimum")
@@ -31,24 +65,7 @@ class GPTQMethod(QuantMethod):
     allowed_bits = (4, 8)
     bits_required = True
     needs_calibration = True
-    uses_fields = frozenset({"group_size", "desc_act", "backend"})
-
-    def validate(self, config) -> int:
-        bits = super().validate(config)
-        if (
-            not isinstance(config.group_size, int)
-            or isinstance(config.group_size, bool)
-            or not (config.group_size == -1 or config.group_size > 0)
-        ):
-            raise ValueError(
-                f"QuantConfig.group_size must be a positive int or -1 (one group per row), got {config.group_size!r}."
-            )
-        if config.backend is not None and not isinstance(config.backend, str):
-            raise ValueError(
-                f"QuantConfig.backend must be a gptqmodel backend name (e.g. 'torch', 'auto') "
-                f"or None, got {config.backend!r}."
-            )
-        return bits
+    load_env = {"cpu": GPTQ_CPU_DEFAULTS}
 
     def variant_name(self, config) -> str:
         return f"gptq-{config.bits}"
@@ -60,6 +77,16 @@ class GPTQMethod(QuantMethod):
             f"gptq-{bits}", bits, group_size if group_size > 0 else 0, 2 + bits / 8, needs=self.wheels[0]
         )
 
+    def quantization_config_for(self, config) -> dict:
+        s = config.settings
+        return {"quant_method": "gptq", "bits": config.bits, "group_size": s.group_size, "desc_act": s.desc_act}
+
+    def load_overrides(self, qc: dict) -> dict:
+        # kdq quantizes on CPU with gptqmodel's portable torch kernel and records it; on a GPU let
+        # gptqmodel pick its fastest kernel for the card (same checkpoint format). A backend chosen
+        # explicitly at quantization time is kept.
+        return {"cuda": {"backend": "auto"}} if qc.get("backend") in (None, "torch") else {}
+
     def prepare_load(self, device) -> None:
         """gptqmodel's CPU-safe environment, and an import of it that leaves ``HF_HOME`` alone."""
         from .gptq_env import prepare_gptq
@@ -67,21 +94,22 @@ class GPTQMethod(QuantMethod):
         prepare_gptq(device)
 
     def backend_for(self, config, device) -> str:
-        return config.backend or default_backend(device)
+        return config.settings.backend or default_backend(device)
 
     def quantize(self, source_dir, config, *, calibration, tokenizer, device, dtype):
         from transformers import AutoModelForSequenceClassification, GPTQConfig
 
+        s = config.settings
         # Pre-tokenized rows skip optimum's own tokenization, so calibration sees exactly the
         # template-rendered ids. Each row is its own (1, L) batch: no padding inside calibration.
         dataset = [{"input_ids": [list(ids)], "attention_mask": [[1] * len(ids)]} for ids in calibration]
         qcfg = GPTQConfig(
             bits=config.bits,
             dataset=dataset,
-            group_size=config.group_size,
-            desc_act=config.desc_act,
+            group_size=s.group_size,
+            desc_act=s.desc_act,
             # group-aware act order needs real groups, and is off with desc_act anyway
-            act_group_aware=(config.group_size > 0 and not config.desc_act),
+            act_group_aware=(s.group_size > 0 and not s.desc_act),
             backend=self.backend_for(config, device),
             pad_token_id=tokenizer.pad_token_id,
         )
@@ -97,14 +125,14 @@ class GPTQMethod(QuantMethod):
         qc.tokenizer = None
         # transformers rebuilds quantization_config from optimum's dict, which drops the backend;
         # record the one used so a stock reload picks the same kernel (bit-exact on CPU).
-        # A GPU notebook may override it at load time: GPTQConfig(bits=..., backend="auto").
+        # A GPU notebook may override it at load time (load_overrides; predict.py does).
         qc.backend = self.backend_for(config, device)
 
     def describe(self, model, config, device) -> dict:
         kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
         return {
             "backend": self.backend_for(config, device),
-            "group_size": config.group_size,
-            "desc_act": config.desc_act,
+            "group_size": config.settings.group_size,
+            "desc_act": config.settings.desc_act,
             "kernels": kernels,
         }

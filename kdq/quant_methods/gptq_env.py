@@ -28,7 +28,8 @@ from ..utils.imports import require
 
 log = logging.getLogger("kdq.quantize")
 
-# Values kdq uses when the user has not set the variable (os.environ.setdefault semantics).
+# Values kdq uses when the user has not set the variable (os.environ.setdefault semantics). The
+# GPTQ method's ``load_env["cpu"]``: the export records them for predict.py (kdq-predict.json).
 GPTQ_CPU_DEFAULTS = {
     "TORCH_COMPILE_DISABLE": "1",
     "GPTQMODEL_DISABLE_PACK_EXT": "1",

@@ -1,19 +1,27 @@
 """Quantization methods, registered by name: ``QuantConfig.method`` selects one, no if/else chain.
 
-Each :class:`QuantMethod` owns every fact about its method: the kdq pip extra, the modules
-transformers imports to load it, the wheels an offline notebook needs, the ``config.json``
-``quant_method`` it writes, its on-disk weight format (budget arithmetic) and what a process
-must do before loading it. Everything else asks this registry: :mod:`kdq.models` and
-:mod:`kdq.export` (which never import :mod:`kdq.quantize`), :mod:`kdq.evaluate.modelspec`.
+Each :class:`QuantMethod` owns every fact about its method: its variant names (``gptq-8``,
+``gptq-4``), its own config fields with their defaults and validation (a :class:`MethodSettings`
+dataclass), the kdq pip extra, the modules transformers imports to load it, the pip packages an
+offline notebook needs (and whose versions kdq records and ``predict.py`` checks), the
+``config.json`` ``quant_method`` it writes, its on-disk weight format (budget arithmetic), and
+what a process must do before loading it (environment defaults, ``quantization_config``
+overrides per device type). Everything else asks this registry: :mod:`kdq.quantize.config`
+(variants, fields), :mod:`kdq.models`, :mod:`kdq.export` (which never import
+:mod:`kdq.quantize`; the export records what the standalone ``predict.py`` needs in
+``kdq-predict.json``, see :func:`runtime_settings`), :mod:`kdq.evaluate.modelspec`, the CLI.
 Standard library only at import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..utils.versions import track_versions
 
 # Sequence-classification heads (Llama: ``score``; BERT-like: ``classifier``). No method may
 # quantize them: three logits carry the whole prediction, and they cost almost nothing to keep.
@@ -46,6 +54,29 @@ class WeightFormat:
 FP16 = WeightFormat("fp16", 16)
 
 
+@dataclass(frozen=True)
+class MethodSettings:
+    """A method's own ``QuantConfig`` fields: subclass it (a frozen dataclass) in the method's file.
+
+    Field defaults are the method's defaults; ``__post_init__`` validates them and raises
+    ``ValueError`` naming ``QuantConfig.<field>``. ``QuantConfig`` accepts each field as a keyword
+    (``QuantConfig(method="gptq", bits=4, group_size=64)``, ``--set group_size=64``) or in its
+    ``options`` dict, and rejects the fields of other methods. A method without fields of its
+    own keeps this empty base.
+    """
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def settings_fields(settings_cls) -> dict:
+    """``{field name: default}`` of a :class:`MethodSettings` dataclass."""
+    return {
+        f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(settings_cls)
+    }
+
+
 class QuantMethod:
     """One quantization method. Subclasses are registered with :func:`register_quantizer`.
 
@@ -56,12 +87,18 @@ class QuantMethod:
     """
 
     name: str = ""
+    #: the method's own QuantConfig fields, defaults and validation (a MethodSettings dataclass)
+    settings: type = MethodSettings
+    #: ``{variant name: QuantConfig fields}`` for the short names the CLI, the pipeline and
+    #: ``QuantConfig.from_name`` accept; ``None``: one variant named like the method, no fields
+    variants: dict | None = None
     #: the kdq pip extra that installs the backend: ``pip install 'kdq[<extra>]'``
     extra: str | None = None
     #: modules transformers imports to load a folder of this method; checked before loading
     #: (here, and in the exported predict.py, which reads them from ``kdq-predict.json``)
     runtime_modules: tuple = ()
-    #: pip packages an offline notebook needs for this method (shipped in the export's wheels/)
+    #: pip packages an offline notebook needs for this method: shipped in the export's wheels/,
+    #: their versions recorded (kdq-quantize.json, the manifest) and compared by predict.py
     wheels: tuple = ()
     #: ``quantization_config["quant_method"]`` in the ``config.json`` this method saves
     quant_method: str = ""
@@ -73,20 +110,19 @@ class QuantMethod:
     #: than the export's: dequantize-then-matmul kernels reduce in a batch-shape-dependent order
     #: (unquantized folders: 1e-4, only the summation order differs; docs/export.md)
     batch_size_atol: float = 1e-3
-    #: QuantConfig fields this method reads; any other method-specific field must stay default
-    uses_fields: frozenset = frozenset()
+    #: ``{device type: {environment variable: value}}`` set (where unset) before loading or
+    #: quantizing on that kind of device, by kdq and by the exported predict.py
+    load_env: dict = {}
 
-    _METHOD_FIELDS = {"group_size": 128, "desc_act": False, "double_quant": True, "backend": None}
+    def variant_fields(self) -> dict:
+        """``{variant name: QuantConfig fields}`` (``method`` included)."""
+        variants = self.variants if self.variants is not None else {self.name: {}}
+        return {v: {"method": self.name, **fields} for v, fields in variants.items()}
 
     def validate(self, config) -> int:
-        """Check the method-specific fields of ``config``; return the resolved ``bits``."""
-        for field, default in self._METHOD_FIELDS.items():
-            if field not in self.uses_fields and getattr(config, field) != default:
-                users = sorted(n for n, m in _REGISTRY.items() if field in m.uses_fields)
-                raise ValueError(
-                    f"QuantConfig.{field}={getattr(config, field)!r} does not apply to method "
-                    f"{self.name!r} (only to {users}); leave it at its default {default!r}."
-                )
+        """Check ``config.bits`` (and any rule across fields); return the resolved ``bits``.
+
+        The method's own fields are validated by its :attr:`settings` dataclass already."""
         bits = config.bits
         if bits is None:
             if self.bits_required:
@@ -112,12 +148,28 @@ class QuantMethod:
         """The on-disk weight format of a folder this method saved (budget arithmetic)."""
         raise NotImplementedError
 
+    def quantization_config_for(self, config) -> dict:
+        """The ``quantization_config`` entries a folder saved with ``config`` holds, as far as this
+        method's facts read them (:meth:`owns`, :meth:`weight_format`, :meth:`load_overrides`).
+
+        The quantize tests check it against every saved ``config.json``, so the other tests ask
+        about a variant (its budget entry, what predict.py does with it) without quantizing it."""
+        return {"quant_method": self.quant_method}
+
+    def load_overrides(self, qc: dict) -> dict:
+        """``{device type: {key: value}}`` merged into ``config.json``'s ``quantization_config``
+        when predict.py loads the folder on that kind of device (default: none). Recorded in
+        ``kdq-predict.json`` at export, so predict.py applies them without knowing the method."""
+        return {}
+
     # ---- process set-up
     def prepare_load(self, device) -> None:
         """Before loading a folder of this method on ``device`` (``"cpu"``, ``"cuda:0"``...):
-        import the backend (an error names the pip extra) and set up the process."""
+        set :attr:`load_env` where unset, import the backend (an error names the pip extra)."""
         from ..utils.imports import require
 
+        for key, value in self.load_env.get(str(device).split(":")[0], {}).items():
+            os.environ.setdefault(key, str(value))
         for module in self.runtime_modules:
             require(module, purpose=f"quantization method {self.name!r}", extra=self.extra)
 
@@ -130,6 +182,7 @@ class QuantMethod:
 
         Args:
             source_dir: a saved full-precision classifier folder.
+            config: the ``QuantConfig``; ``config.settings`` holds this method's own fields.
             calibration: ``list[list[int]]`` rendered rows (empty for methods without calibration).
             device: ``torch.device``; dtype: ``torch.dtype`` of the unquantized layers.
         """
@@ -151,9 +204,21 @@ def register_quantizer(name: str):
             raise ValueError(f"quantization method {name!r} is already registered ({type(_REGISTRY[name]).__name__}).")
         if not (isinstance(cls, type) and issubclass(cls, QuantMethod)):
             raise ValueError(f"register_quantizer({name!r}) decorates QuantMethod subclasses, got {cls!r}.")
+        settings = cls.settings
+        params = getattr(settings, "__dict__", {}).get("__dataclass_params__")  # its own, not inherited
+        if not (isinstance(settings, type) and issubclass(settings, MethodSettings) and params and params.frozen):
+            raise ValueError(
+                f"{cls.__name__}.settings must be a MethodSettings subclass decorated with "
+                f"@dataclass(frozen=True), got {settings!r}."
+            )
         method = cls()
         method.name = name
+        taken = variants()
+        clash = sorted(v for v in method.variant_fields() if v in taken)
+        if clash:
+            raise ValueError(f"quantization method {name!r}: variant name(s) {clash} are taken by {taken[clash[0]]}.")
         _REGISTRY[name] = method
+        track_versions(*method.wheels)
         return cls
 
     return deco
@@ -169,6 +234,41 @@ def get_quantizer(name) -> QuantMethod:
 
 def registered_methods() -> list:
     return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------- variant names and method fields
+def variants() -> dict:
+    """``{variant name: QuantConfig fields}`` of every registered method, in registration order
+    (``{"gptq-4": {"method": "gptq", "bits": 4}, ...}``): what ``--method``, the pipeline's
+    ``quant_methods`` and ``QuantConfig.from_name`` accept."""
+    out: dict = {}
+    for method in _REGISTRY.values():
+        out.update(method.variant_fields())
+    return out
+
+
+def variant_names() -> list:
+    return list(variants())
+
+
+def variant_fields(name) -> dict:
+    """The ``QuantConfig`` fields of variant ``name``; ``ValueError`` lists the variants."""
+    table = variants()
+    if name not in table:
+        raise ValueError(
+            f"unknown quantization variant {name!r}; choose one of {list(table)} "
+            "or build QuantConfig(method=..., bits=...) directly."
+        )
+    return dict(table[name])
+
+
+def method_fields() -> dict:
+    """``{field: [methods that have it]}``: every registered method's own ``QuantConfig`` fields."""
+    out: dict = {}
+    for name, method in _REGISTRY.items():
+        for field in settings_fields(method.settings):
+            out.setdefault(field, []).append(name)
+    return out
 
 
 # --------------------------------------------------------------- questions about saved folders
@@ -213,8 +313,31 @@ def prepare_to_load(folder, device=None) -> None:
         method.prepare_load(device if device is not None else "cpu")
 
 
+def runtime_settings(qc: dict | None) -> dict:
+    """What the standalone ``predict.py`` needs to load a folder whose ``config.json`` holds ``qc``
+    (``None``: not quantized), for ``kdq-predict.json``; predict.py cannot import this registry.
+
+    ``backend_modules``: modules to check before loading (a missing one fails with the offline
+    install line); ``backend_packages``: pip packages whose installed versions predict.py
+    compares with the manifest's; ``load``: ``{device type: {"env": {variable: default},
+    "quantization_config": {key: value}}}``, the environment defaults to set and the entries to
+    override in ``quantization_config`` when loading on that kind of device.
+    """
+    method = method_for({"quantization_config": qc}) if qc else None
+    if method is None:
+        return {"backend_modules": [], "backend_packages": [], "load": {}}
+    load: dict = {}
+    for device_type, env in method.load_env.items():
+        if env:
+            load.setdefault(device_type, {})["env"] = {k: str(v) for k, v in env.items()}
+    for device_type, overrides in method.load_overrides(qc).items():
+        if overrides:
+            load.setdefault(device_type, {})["quantization_config"] = dict(overrides)
+    return {"backend_modules": list(method.runtime_modules), "backend_packages": list(method.wheels), "load": load}
+
+
 def runtime_modules_by_quant_method() -> dict:
-    """``{config.json quant_method: modules transformers imports to load it}`` (for predict.py)."""
+    """``{config.json quant_method: modules transformers imports to load it}``."""
     out: dict = {}
     for _, m in sorted(_REGISTRY.items()):
         out[m.quant_method] = tuple(dict.fromkeys(out.get(m.quant_method, ()) + m.runtime_modules))

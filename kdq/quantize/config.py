@@ -1,39 +1,65 @@
-"""QuantConfig: what to quantize, how, and how strictly to verify the result."""
+"""QuantConfig: what to quantize, how, and how strictly to verify the result.
+
+The fields every method shares are declared here. A method's own fields (GPTQ's ``group_size``,
+bitsandbytes 4-bit's ``double_quant``...) are declared, with their defaults and validation, in
+the method's file (a :class:`~kdq.quant_methods.MethodSettings` dataclass, see
+:mod:`kdq.quant_methods`), and reach ``QuantConfig`` in either of two spellings:
+
+* as keyword fields: this module adds every registered method's own fields to ``QuantConfig``
+  (default ``None``, "not given"), so ``QuantConfig(method="gptq", bits=4, group_size=64)``,
+  ``--set group_size=64`` and ``group_size: 64`` in a config file keep working;
+* in ``options``: ``QuantConfig(method="gptq", bits=4, options={"group_size": 64})``, the only
+  spelling for a method registered after this module was imported.
+
+After validation the chosen method's fields hold their resolved values (``config.group_size``
+is 128 for GPTQ by default), ``config.settings`` is the method's settings object, and the
+fields of other methods stay ``None`` (setting one is an error that names the methods it
+belongs to).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_device, check_range
+from ..quant_methods import get_quantizer, method_fields, settings_fields, variant_fields
 from ..runtime.template import TemplateConfig
 
 DTYPES = ("float16", "bfloat16", "float32")
 
-# Short variant names used by the CLI, the demo and reports.
-VARIANTS = {
-    "gptq-8": {"method": "gptq", "bits": 8},
-    "gptq-4": {"method": "gptq", "bits": 4},
-    "bnb-int8": {"method": "bnb-int8"},
-    "bnb-nf4": {"method": "bnb-nf4"},
-    "bnb-fp4": {"method": "bnb-fp4"},
-}
+
+def _with_method_fields(cls):
+    """Add each registered method's own fields to ``cls`` as keyword fields (default ``None``:
+    the method's default applies). Runs before ``@dataclass`` turns them into fields."""
+    annotations = cls.__dict__["__annotations__"]
+    added = []
+    for name in method_fields():
+        if name in annotations:
+            raise TypeError(
+                f"a quantization method declares its own field {name!r}, which is a common QuantConfig "
+                f"field ({', '.join(annotations)}); rename the method's field."
+            )
+        annotations[name] = "object"
+        setattr(cls, name, None)
+        added.append(name)
+    cls.METHOD_FIELDS = tuple(added)
+    return cls
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
+@_with_method_fields
 class QuantConfig(Config):
     """How :func:`kdq.quantize` quantizes a classifier and verifies the saved folder.
 
     Args:
-        method: a registered method: ``"gptq"``, ``"bnb-int8"``, ``"bnb-nf4"``, ``"bnb-fp4"``
-            (see :func:`kdq.quantize.registered_methods`).
-        bits: GPTQ: 4 or 8 (required). bitsandbytes: implied by the method (8 or 4); leave ``None``.
-        group_size: GPTQ columns sharing one scale; ``-1`` = one group per row.
-        desc_act: GPTQ act-order (quantize columns by decreasing activation).
-        num_samples: GPTQ calibration rows drawn from ``calibration`` (all rows when fewer).
-        double_quant: bitsandbytes 4-bit: also quantize the per-block scales. On by default:
-            without it, bitsandbytes 0.50 saves a wrong layout after a CPU forward pass on
-            AVX512-BF16 machines (kdq saves before any forward pass and verifies either way).
+        method: a registered method (:func:`kdq.quantize.registered_methods`: ``"gptq"``,
+            ``"bnb-int8"``, ``"bnb-nf4"``...). :meth:`from_name` takes a variant name instead.
+        bits: bits per weight; the method lists the allowed ones (GPTQ: 4 or 8, required;
+            the others imply theirs: leave ``None``).
+        num_samples: calibration rows drawn from ``calibration`` (all rows when fewer), for the
+            methods that calibrate (GPTQ).
         template: how rows are rendered; ``None`` uses the one recorded in the model's
             ``config.json`` (``kdq_template``), else ``TemplateConfig()``.
         probe_rows: rows in the fixed probe batch used for verification.
@@ -41,68 +67,122 @@ class QuantConfig(Config):
             quantized model in memory (same machine, same kernels: normally exactly 0).
         max_kl: optional ceiling on the mean KL(source || quantized) over the probe rows (nats);
             ``None`` only reports it.
-        backend: GPTQ kernel backend passed to ``GPTQConfig``; ``None`` = ``"torch"`` on CPU
-            (the default backend repacks weights on the first CPU forward pass into a layout
-            that does not reload) and ``"auto"`` on CUDA. Saved into ``config.json``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` = CUDA when available.
         dtype: dtype of the layers left unquantized (embeddings, norms, the ``score`` head):
             ``None`` = float16 on CUDA, float32 on CPU.
         seed: seeds the choice of calibration and probe rows.
+        options: the method's own fields as a dict (or give them as keywords; see the module doc).
+            Their meaning, defaults and checks are in the method's settings class, e.g. GPTQ:
+            ``group_size`` (128), ``desc_act`` (False), ``backend`` (None: ``"torch"`` on CPU,
+            ``"auto"`` on CUDA); bitsandbytes 4-bit: ``double_quant`` (True).
     """
 
     method: str
     bits: int | None = None
-    group_size: int = 128
-    desc_act: bool = False
     num_samples: int = 128
-    double_quant: bool = True
     template: TemplateConfig | None = None
     probe_rows: int = 8
     reload_tolerance: float = 5e-3
     max_kl: float | None = None
-    backend: str | None = None
     device: str | None = None
     dtype: str | None = None
     seed: int = 0
+    options: dict | None = None
 
     def __post_init__(self):
-        from ..quant_methods import get_quantizer  # the registry validates method-specific fields
-
         cls = "QuantConfig"
         self._accept_dicts()
         method = get_quantizer(self.method)
+        settings = method.settings(**self._given_method_fields(method))
         check_range(cls, "num_samples", self.num_samples, 1, 100_000, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 1024, kind=int)
         check_range(cls, "reload_tolerance", self.reload_tolerance, 0.0, None, kind=(int, float))
         if self.max_kl is not None:
             check_range(cls, "max_kl", self.max_kl, 0.0, None, kind=(int, float))
         check_range(cls, "seed", self.seed, 0, None, kind=int)
-        if not isinstance(self.desc_act, bool):
-            raise ValueError(f"{cls}.desc_act must be True or False, got {self.desc_act!r}")
-        if not isinstance(self.double_quant, bool):
-            raise ValueError(f"{cls}.double_quant must be True or False, got {self.double_quant!r}")
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
         if self.dtype is not None:
             check_choice(cls, "dtype", self.dtype, DTYPES + (None,))
         check_device(cls, "device", self.device)
-        bits = method.validate(self)
-        object.__setattr__(self, "bits", bits)
+        # One spelling after validation: the method's resolved fields as keyword fields (options
+        # keeps only those QuantConfig has no keyword for), so replace() and to_dict() round-trip.
+        resolved = settings.to_dict()
+        for name, value in resolved.items():
+            if name in self.METHOD_FIELDS:
+                object.__setattr__(self, name, value)
+        rest = {k: v for k, v in resolved.items() if k not in self.METHOD_FIELDS}
+        object.__setattr__(self, "options", rest or None)
+        object.__setattr__(self, "bits", method.validate(self))
+
+    def _given_method_fields(self, method) -> dict:
+        """The method's own fields given as keywords or in ``options``; a field of another method is an error."""
+        own = settings_fields(method.settings)
+        owners = method_fields()
+        if self.options is not None and not isinstance(self.options, dict):
+            raise ValueError(
+                f"QuantConfig.options must be a dict of method {self.method!r}'s own fields "
+                f"({sorted(own) or 'it has none'}), got {type(self.options).__name__}"
+            )
+        given: dict = {}
+        keywords = [(n, getattr(self, n)) for n in self.METHOD_FIELDS if getattr(self, n) is not None]
+        for source, items in (("", keywords), ("options", (self.options or {}).items())):
+            for name, value in items:
+                if name not in own:
+                    where = " (in options)" if source else ""
+                    if name in owners:
+                        raise ValueError(
+                            f"QuantConfig.{name}={value!r}{where} does not apply to method {self.method!r} "
+                            f"(only to {owners[name]}); leave it unset."
+                        )
+                    raise ValueError(
+                        f"QuantConfig.options: no quantization method has a field {name!r}; method "
+                        f"{self.method!r} has {sorted(own) or 'no fields of its own'}."
+                    )
+                if name in given and given[name] != value:
+                    raise ValueError(
+                        f"QuantConfig.{name} is given twice ({given[name]!r}, and {value!r} in options); give it once."
+                    )
+                given[name] = value
+        return given
+
+    @property
+    def settings(self):
+        """The method's own fields, as its settings object (e.g. ``GPTQSettings(group_size=128, ...)``)."""
+        method = get_quantizer(self.method)
+        own = settings_fields(method.settings)
+        values = {n: getattr(self, n) for n in self.METHOD_FIELDS if n in own}
+        return method.settings(**values, **(self.options or {}))
+
+    def to_dict(self) -> dict:
+        """The common fields and this method's own fields (other methods' fields are left out)."""
+        data = super().to_dict()
+        own = settings_fields(get_quantizer(self.method).settings)
+        return {
+            k: v
+            for k, v in data.items()
+            if (k not in self.METHOD_FIELDS or k in own) and not (k == "options" and v is None)
+        }
+
+    def __repr__(self) -> str:
+        return f"QuantConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> QuantConfig:
-        """The config for a short variant name (``"gptq-8"``, ``"gptq-4"``, ``"bnb-int8"``,
-        ``"bnb-nf4"``, ``"bnb-fp4"``), with field overrides, e.g. ``from_name("gptq-4", num_samples=64)``."""
-        if name not in VARIANTS:
-            raise ValueError(
-                f"unknown quantization variant {name!r}; choose one of {sorted(VARIANTS)} "
-                "or build QuantConfig(method=..., bits=...) directly."
-            )
-        return cls(**{**VARIANTS[name], **overrides})
+        """The config for a variant name (``"gptq-8"``, ``"gptq-4"``, ``"bnb-int8"``... see
+        :func:`kdq.quantize.variant_names`), with field overrides, e.g.
+        ``from_name("gptq-4", num_samples=64)``. A variant's own-field values that QuantConfig has
+        no keyword for go into ``options``."""
+        data = {**variant_fields(name), **overrides}
+        keywords = {f.name for f in dataclasses.fields(cls)}
+        own = settings_fields(get_quantizer(data["method"]).settings)
+        options = {k: v for k, v in data.items() if k not in keywords and k in own}
+        data = {k: v for k, v in data.items() if k not in options}
+        if options:
+            data["options"] = {**options, **(data.get("options") or {})}
+        return cls(**data)
 
     @property
     def name(self) -> str:
         """Short variant name, e.g. ``"gptq-4"`` or ``"bnb-nf4-nodq"`` (used in reports)."""
-        from ..quant_methods import get_quantizer
-
         return get_quantizer(self.method).variant_name(self)

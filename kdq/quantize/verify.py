@@ -84,28 +84,43 @@ def max_abs_delta(a, b) -> float:
     return float(d) if d.numel() else 0.0
 
 
+def is_quantized_layer(layer) -> bool:
+    """Whether a leaf module with a ``weight`` holds quantized weights, whichever way a method does it.
+
+    Some methods swap the module class (bitsandbytes' ``Linear8bitLt`` / ``Linear4bit`` subclass
+    ``nn.Linear``, so the exact type is checked; gptqmodel's kernels), some store integer weights,
+    and tensor-subclass methods (torchao) keep a plain ``nn.Linear`` whose weight reports a
+    floating dtype but is not a plain tensor: each case counts.
+    """
+    import torch
+
+    weight = getattr(layer, "weight", None)
+    if type(layer) is not torch.nn.Linear:
+        return True
+    return weight is not None and (
+        not weight.dtype.is_floating_point or type(weight) not in (torch.Tensor, torch.nn.Parameter)
+    )
+
+
 def check_head(model, where: str) -> str:
     """Raise :class:`QuantizationError` unless the classification head is a plain floating-point Linear.
 
     Returns the head's module name.
     """
-    import torch
-
     from ..quant_methods import HEAD_MODULES
 
     for name in HEAD_MODULES:
         head = getattr(model, name, None)
         if head is None:
             continue
-        # bitsandbytes' Linear8bitLt / Linear4bit subclass nn.Linear, so check the exact type.
         for layer in head.modules():
             weight = getattr(layer, "weight", None)
             if list(layer.children()) or weight is None:
                 continue
-            if type(layer) is not torch.nn.Linear or not weight.dtype.is_floating_point:
+            if is_quantized_layer(layer):
                 raise QuantizationError(
                     f"{where}: the classification head {name!r} was quantized "
-                    f"({type(layer).__name__}, {weight.dtype}); it must stay a "
+                    f"({type(layer).__name__}, {type(weight).__name__} {weight.dtype}); it must stay a "
                     "floating-point nn.Linear. Exclude it from quantization."
                 )
         return name

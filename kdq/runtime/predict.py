@@ -47,8 +47,10 @@ def read_settings(model_dir) -> dict:
 
     The template comes from ``config.json`` (key ``kdq_template``), where kdq recorded it for
     training; ``kdq-predict.json`` holds the defaults (``tta``, ``tta_fraction``, ``batch_size``,
-    ``max_batch_tokens``) and the packages the quantization backend needs (``backend_modules``).
-    Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
+    ``max_batch_tokens``) and what loading the quantized weights needs, as the export recorded it
+    from kdq's method registry: ``backend_modules`` (imported by transformers), ``backend_packages``
+    (versions to compare) and ``load`` (per device type: ``env`` defaults and ``quantization_config``
+    overrides). Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
@@ -63,6 +65,8 @@ def read_settings(model_dir) -> dict:
         "batch_size": 8,
         "max_batch_tokens": None,
         "backend_modules": [],
+        "backend_packages": [],
+        "load": {},
     }
     settings.update(_export_settings(model_dir))
     settings["tta"] = tta_mode(settings["tta"])
@@ -197,8 +201,9 @@ def check_versions(model_dir, method=None) -> list:
     """
     manifest_path = Path(model_dir) / MANIFEST_FILE
     exported = (_read_json(manifest_path).get("versions") or {}) if manifest_path.is_file() else {}
-    backend = (_export_settings(model_dir).get("backend_modules") or []) if method else []
-    names = ["torch", "transformers"] + [m for m in backend if m in ("bitsandbytes", "gptqmodel")]
+    # the quantization backend's pip packages, as the export recorded them (kdq-predict.json)
+    backend = (_export_settings(model_dir).get("backend_packages") or []) if method else []
+    names = list(dict.fromkeys(["torch", "transformers", *backend]))
     lines = []
     for name in names:
         want, have = exported.get(name), installed_version(name)
@@ -222,27 +227,35 @@ def load_tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
+def load_overrides(model_dir, device) -> dict:
+    """The ``quantization_config`` entries to override when loading on ``device``'s kind of device,
+    as the export recorded them (``kdq-predict.json`` ``load``; e.g. a faster GPU kernel)."""
+    load = _export_settings(model_dir).get("load") or {}
+    return dict((load.get(torch.device(device).type) or {}).get("quantization_config") or {})
+
+
 def load_kwargs(model_dir, device) -> dict:
-    """``from_pretrained`` arguments for ``device``: fp16 on CUDA (a T4 has no bf16), fp32 on CPU;
-    on CUDA, GPTQ picks its CUDA kernel and bitsandbytes 4-bit computes in fp16."""
+    """``from_pretrained`` arguments for ``device``: fp16 on CUDA (a T4 has no bf16), fp32 on CPU,
+    weights placed at load time on CUDA, and the folder's recorded :func:`load_overrides`.
+
+    The overrides are merged into ``config.json``'s ``quantization_config`` and passed as
+    ``config=``: transformers (5.x) ignores a ``quantization_config=`` argument for a pre-quantized
+    folder except for a few "loading attributes" of some methods (GPTQ's ``backend``), so e.g.
+    bitsandbytes' compute dtype could not be changed that way.
+    """
     dev = torch.device(device)
     kwargs = {"dtype": torch.float16 if dev.type == "cuda" else torch.float32}
-    if dev.type != "cuda":
-        return kwargs
-    # Place the weights at load time: quantized layers cannot always be moved afterwards.
-    kwargs["device_map"] = {"": str(dev)}
-    qc = _read_json(Path(model_dir) / "config.json").get("quantization_config") or {}
-    if qc.get("quant_method") == "gptq" and qc.get("backend") in (None, "torch"):
-        # kdq quantizes on CPU with gptqmodel's portable torch kernel and records it; on a GPU
-        # let gptqmodel pick its fastest kernel for this card (same checkpoint format).
-        from transformers import GPTQConfig
+    if dev.type == "cuda":
+        # Place the weights at load time: quantized layers cannot always be moved afterwards.
+        kwargs["device_map"] = {"": str(dev)}
+    overrides = load_overrides(model_dir, device)
+    if overrides:
+        from transformers import AutoConfig
 
-        kwargs["quantization_config"] = GPTQConfig(bits=qc["bits"], backend="auto")
-    elif qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_4bit"):
-        # Quantized on CPU, the folder records compute dtype float32: 2-4x slower on a T4.
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(dict(qc, bnb_4bit_compute_dtype="float16"))
+        config = AutoConfig.from_pretrained(str(model_dir))
+        qc = config.quantization_config
+        config.quantization_config = {**(qc if isinstance(qc, dict) else qc.to_dict()), **overrides}
+        kwargs["config"] = config
     return kwargs
 
 
@@ -455,14 +468,17 @@ def write_submission(path, ids, probs):
     return path
 
 
-def _set_env(devices):
-    # The notebook is offline: never let transformers wait on the Hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if any(torch.device(d).type == "cpu" for d in devices):
-        # On CPU gptqmodel would compile kernels on first use and fail without a compiler.
-        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
-        os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
+def _set_env(devices, load=None) -> dict:
+    """Environment defaults (``os.environ.setdefault``: a value already set wins): offline Hub
+    access, and the quantization backend's variables for the kinds of device in use, as the
+    export recorded them (``kdq-predict.json`` ``load[device type]["env"]``; e.g. gptqmodel on
+    CPU). Returns the variables this call set."""
+    wanted = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never let transformers wait on the Hub
+    for kind in dict.fromkeys(torch.device(d).type for d in devices):
+        wanted.update(((load or {}).get(kind) or {}).get("env") or {})
+    applied = {k: str(v) for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
 
 
 def build_parser(settings_hint: str = ""):
@@ -499,8 +515,8 @@ def main(argv=None, *, default_model_dir=None) -> int:
     model_dir = Path(args.model_dir or default_model_dir or Path(__file__).resolve().parent.parent)
     try:
         devices = pick_devices(args.devices)
-        _set_env(devices)
         settings = read_settings(model_dir)
+        _set_env(devices, settings["load"])
         tta = settings["tta"] if args.tta is None else args.tta
         fraction = settings["tta_fraction"] if args.tta_fraction is None else args.tta_fraction
         batch_size = args.batch_size or settings["batch_size"]
