@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_device, check_range
@@ -24,46 +24,53 @@ VARIANTS = {
 class QuantConfig(Config):
     """How :func:`kdq.quantize` quantizes a classifier and verifies the saved folder.
 
-    Args:
-        method: a registered method: ``"gptq"``, ``"bnb-int8"``, ``"bnb-nf4"``, ``"bnb-fp4"``
-            (see :func:`kdq.quantize.registered_methods`).
-        bits: GPTQ: 4 or 8 (required). bitsandbytes: implied by the method (8 or 4); leave ``None``.
-        group_size: GPTQ columns sharing one scale; ``-1`` = one group per row.
-        desc_act: GPTQ act-order (quantize columns by decreasing activation).
-        num_samples: GPTQ calibration rows drawn from ``calibration`` (all rows when fewer).
-        double_quant: bitsandbytes 4-bit: also quantize the per-block scales. On by default:
-            without it, bitsandbytes 0.50 saves a wrong layout after a CPU forward pass on
-            AVX512-BF16 machines (kdq saves before any forward pass and verifies either way).
-        template: how rows are rendered; ``None`` uses the one recorded in the model's
-            ``config.json`` (``kdq_template``), else ``TemplateConfig()``.
-        probe_rows: rows in the fixed probe batch used for verification.
-        reload_tolerance: largest allowed ``max |Δlogit|`` between the reloaded folder and the
-            quantized model in memory (same machine, same kernels: normally exactly 0).
-        max_kl: optional ceiling on the mean KL(source || quantized) over the probe rows (nats);
-            ``None`` only reports it.
-        backend: GPTQ kernel backend passed to ``GPTQConfig``; ``None`` = ``"torch"`` on CPU
-            (the default backend repacks weights on the first CPU forward pass into a layout
-            that does not reload) and ``"auto"`` on CUDA. Saved into ``config.json``.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` = CUDA when available.
-        dtype: dtype of the layers left unquantized (embeddings, norms, the ``score`` head):
-            ``None`` = float16 on CUDA, float32 on CPU.
-        seed: seeds the choice of calibration and probe rows.
+    ``double_quant`` is on by default: without it, bitsandbytes 0.50 saves a wrong layout after
+    a CPU forward pass on AVX512-BF16 machines (kdq saves before any forward pass and verifies
+    either way). GPTQ's default backend repacks weights on the first CPU forward pass into a
+    layout that does not reload, hence ``backend=None`` = ``"torch"`` on CPU. Each field's help
+    is in its metadata (``kdq quantize --help`` lists them).
     """
 
-    method: str
-    bits: int | None = None
-    group_size: int = 128
-    desc_act: bool = False
-    num_samples: int = 128
-    double_quant: bool = True
-    template: TemplateConfig | None = None
-    probe_rows: int = 8
-    reload_tolerance: float = 5e-3
-    max_kl: float | None = None
-    backend: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    seed: int = 0
+    method: str = field(
+        metadata={"help": "a registered method: gptq, bnb-int8, bnb-nf4, bnb-fp4 (kdq.quantize.registered_methods)"}
+    )
+    bits: int | None = field(
+        default=None, metadata={"help": "GPTQ: 4 or 8 (required); bitsandbytes: implied by the method, leave null"}
+    )
+    group_size: int = field(default=128, metadata={"help": "GPTQ columns sharing one scale; -1: one group per row"})
+    desc_act: bool = field(
+        default=False, metadata={"help": "GPTQ act-order: quantize columns by decreasing activation"}
+    )
+    num_samples: int = field(
+        default=128, metadata={"help": "GPTQ calibration rows drawn from calibration (all when fewer)"}
+    )
+    double_quant: bool = field(
+        default=True, metadata={"help": "bitsandbytes 4-bit: also quantize the per-block scales"}
+    )
+    template: TemplateConfig | None = field(
+        default=None,
+        metadata={"help": "how rows are rendered; null: the model's recorded kdq_template, else the default"},
+    )
+    probe_rows: int = field(default=8, metadata={"help": "rows in the fixed probe batch used for verification"})
+    reload_tolerance: float = field(
+        default=5e-3,
+        metadata={"help": "largest allowed max |Δlogit| between the reloaded folder and the model in memory"},
+    )
+    max_kl: float | None = field(
+        default=None,
+        metadata={"help": "optional ceiling on the mean KL(source || quantized) over the probe rows (nats)"},
+    )
+    backend: str | None = field(
+        default=None, metadata={"help": "GPTQ kernel backend; null: torch on CPU, auto on CUDA (saved in config.json)"}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N; null: CUDA when available"})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the layers left unquantized (float16, bfloat16, float32); null: fp16 on CUDA, fp32 on CPU"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the choice of calibration and probe rows"})
 
     def __post_init__(self):
         from ..quant_methods import get_quantizer  # the registry validates method-specific fields
