@@ -201,3 +201,15 @@ def test_compare_reprojects_stored_metrics_onto_another_budget(tmp_path, rows, m
     verdict = res.metrics["student"].budget
     assert verdict["profile"] == "tiny-box" and verdict["fits"] is False and not verdict["fits_time"]
     assert isinstance(res.metrics["student"], Metrics) and "✗" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_compare_reprojects_gated_tta_metrics_at_their_own_passes_per_row(tmp_path, tiny_model_dir, rows):
+    """Stored Metrics scored with gated TTA cost about 1 + tta_fraction passes per row, in compare's table as in
+    evaluate's verdict (compare once re-projected them at full TTA's 2 passes)."""
+    gated = evaluate(tiny_model_dir, rows, CFG.replace(tta="gated", tta_fraction=0.25, budget="lmsys-2xt4"))
+    assert gated.budget["tta_factor"] == pytest.approx(1.25)
+    res = compare({"student": gated}, rows, CFG.replace(budget="lmsys-2xt4"), out_dir=tmp_path / "r")
+    verdict = res.metrics["student"].budget
+    assert verdict["tta_factor"] == pytest.approx(1.25)
+    assert verdict["projected_hours"] == pytest.approx(gated.budget["projected_hours"])
+    assert res.rows[0]["t4_hours"] == pytest.approx(gated.budget["projected_hours"])

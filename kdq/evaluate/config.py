@@ -102,7 +102,8 @@ class Metrics:
     """What one variant scored and cost on a set of held-out rows.
 
     Quality: ``log_loss`` (competition definition), ``accuracy``, ``ece``, and the same with
-    swap TTA (``*_tta``; ``None`` when TTA was off). Cost: ``size_bytes`` (weight files on
+    swap TTA (``*_tta``; ``None`` when TTA was off), scored with ``tta_mode`` (``"none"``,
+    ``"full"``, ``"gated"``) and ``tta_fraction`` (gated). Cost: ``size_bytes`` (weight files on
     disk, or parameter bytes in memory for a model object: see ``size_source``),
     ``peak_memory_bytes`` (``peak_memory_kind``: process RSS on CPU, max allocated on
     CUDA), ``rows_per_s`` / ``tokens_per_s`` over every scored sequence (a TTA row counts
@@ -118,6 +119,8 @@ class Metrics:
     log_loss_tta: float | None
     accuracy_tta: float | None
     ece_tta: float | None
+    tta_mode: str
+    tta_fraction: float
     size_bytes: int
     size_source: str
     peak_memory_bytes: int
