@@ -23,6 +23,7 @@ from .distill.config import DistillConfig
 from .evaluate.config import EvalConfig
 from .export.config import ExportConfig
 from .quantize.config import VARIANTS, QuantConfig
+from .runtime.constants import SHRINK_KEY
 from .utils.atomic import atomic_dir
 from .utils.distributed import process_group, run_on_rank0
 from .utils.errors import CheckFailed
@@ -282,7 +283,7 @@ def _shrink_map(folder) -> dict | None:
     cfg = Path(folder, "config.json") if folder else None
     if cfg is None or not cfg.is_file():
         return None
-    info = json.loads(cfg.read_text()).get("kdq_shrink")
+    info = json.loads(cfg.read_text()).get(SHRINK_KEY)
     return {"strategy": info.get("strategy", "uniform"), **info} if info else None
 
 

@@ -15,7 +15,9 @@ import kdq
 from kdq.data import encode, swap_ab
 from kdq.evaluate import EvalConfig, Metrics, compare, evaluate, load_budget
 from kdq.evaluate.metrics import softmax
+from kdq.evaluate.report import REPORT_FORMAT
 from kdq.models import load_classifier
+from kdq.runtime.constants import FORMAT_KEY
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=160)
@@ -177,6 +179,7 @@ def test_compare_writes_table_plot_and_verdicts(tmp_path, variants, rows, metric
     assert any("bitsandbytes wheel" in n for n in res.notes)  # offline notebook must bring the wheel
     report = json.loads((out / "report.json").read_text())
     assert [v["variant"] for v in report["variants"]] == names and report["profile"]["name"] == "lmsys-2xt4"
+    assert report[FORMAT_KEY] == REPORT_FORMAT == 1
     assert report["variants"][1]["metrics"]["budget"]["weight_format"] == "bnb-nf4"
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ and the budget profile takes its measured efficiencies from it. No GPU is needed
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,13 @@ def test_dry_run_runs_every_check_and_writes_one_json(check):
         assert (shape["full"]["sequences"], shape["gated"]["sequences"]) == (2 * n, n + -(-n * 33 // 100))
     assert max(data["scoring"]["lengths"]) == data["scoring"]["max_length"]  # the long tail reaches the budget
     assert data["kd_train_step"]["loss_finite"] and data["kd_train_step"]["seconds_per_step"] > 0
-    # bench/gpu_check_train.py belongs to another change: present -> its dict, absent -> "skipped"
+    # bench/gpu_check_train.py's dry run: one training step per setting, measured beside its projection
     train = data["train"]
-    assert train["status"] == "skipped" if not (ROOT / "bench" / "gpu_check_train.py").is_file() else "train" in data
+    assert "status" not in train, train  # the module is in this checkout and imports: it ran, not skipped
+    assert train["dry_run"] is True and len(train["steps"]) == 2, train
+    for step in train["steps"]:
+        assert step["step_s"] > 0 and step["peak_gb"] > 0 and step["projected_gb"] > 0, step
+        assert math.isfinite(step["loss"]), step
     for name in ("gptq", "bnb", "predict"):  # skipped only where a package is missing, never an error
         assert data[name]["status"] in ("ok", "skipped"), data[name]
     if data["predict"]["status"] == "ok":

@@ -15,6 +15,7 @@ import torch
 import kdq
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report, recheck
 from kdq.quantize.verify import REPORT_FILE, check_head
+from kdq.runtime.constants import TEMPLATE_KEY
 from kdq.runtime.template import TemplateConfig
 
 TEMPLATE = TemplateConfig(max_length=128)
@@ -72,7 +73,7 @@ def test_every_method_quantizes_and_reloads_exactly(case, quantized, tiny_model_
 
     cfg = json.loads((folder / "config.json").read_text())
     qc = cfg["quantization_config"]
-    assert cfg["kdq_template"] == TEMPLATE.to_dict()  # later stages render rows the same way
+    assert cfg[TEMPLATE_KEY] == TEMPLATE.to_dict()  # later stages render rows the same way
     if case.startswith("gptq"):
         assert qc["quant_method"] == "gptq" and qc["bits"] == int(case[-1])
         assert qc["dataset"] is None and qc["backend"] == "torch"  # calibration set removed; CPU-safe kernel

@@ -13,7 +13,7 @@ import datasets
 
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template, load_classifier
-from ..runtime.constants import SWAP_PERMUTATION
+from ..runtime.constants import FORMAT_KEY, SHRINK_KEY, SWAP_PERMUTATION
 from ..utils.atomic import atomic_dir
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
@@ -22,6 +22,7 @@ from .planning import plan_training
 from .teacher_pass import scored_rows, teacher_pass, transfer_rows
 
 log = logging.getLogger("kdq.distill")
+DISTILL_RECORD_FORMAT = 1  # kdq-distill.json's format version (under FORMAT_KEY), written by _save_student
 
 
 @dataclass
@@ -180,11 +181,11 @@ def _live_teacher(teacher, student_model, cfg: DistillConfig):
     and, for the hidden-state term, the student→teacher layer map recorded by ``kdq.shrink``."""
     from ..models import default_device, model_dtype_for
 
-    info = getattr(student_model.config, "kdq_shrink", None)
+    info = getattr(student_model.config, SHRINK_KEY, None)
     if cfg.hidden_weight > 0 and (not info or "kept_layers" not in info):
         raise ValueError(
             "DistillConfig.hidden_weight > 0 needs a student made by kdq.shrink from this teacher "
-            "(its config.json has no kdq_shrink layer map). Shrink the teacher first, or set "
+            f"(its config.json has no {SHRINK_KEY} layer map). Shrink the teacher first, or set "
             "hidden_weight=0."
         )
     device = default_device()
@@ -233,6 +234,7 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         record = {
+            FORMAT_KEY: DISTILL_RECORD_FORMAT,
             "config": cfg.to_dict(),
             "metrics": jsonable(metrics),
             "student_source": fingerprint,

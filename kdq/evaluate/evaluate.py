@@ -129,10 +129,10 @@ def rows_fingerprint(rows) -> str:
 
 def _resolve(model, config: EvalConfig, device):
     """Load or adopt the model; return ``(LoadedModel, size_bytes, size_source)``."""
-    import torch
 
-    from ..models import LoadedModel, is_adapter_dir, load_classifier, model_dtype_for
+    from ..models import LoadedModel, is_adapter_dir, load_classifier
     from ..quant_methods import quantization_config_of
+    from ..runtime.dtypes import resolve_dtype
 
     if isinstance(model, LoadedModel):
         loaded = model
@@ -140,7 +140,7 @@ def _resolve(model, config: EvalConfig, device):
         quantized = Path(model).is_dir() and quantization_config_of(model) is not None
         dtype = None
         if not quantized:  # quantized folders bring their own compute dtype
-            dtype = model_dtype_for(device) if config.dtype == "auto" else getattr(torch, config.dtype)
+            dtype = resolve_dtype(config.dtype, device)
         loaded = load_classifier(model, dtype=dtype, device=None if quantized else device)
     else:
         loaded = load_classifier(model)

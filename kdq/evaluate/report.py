@@ -9,11 +9,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.constants import FORMAT_KEY
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
 from .stats import Interval, gap_closed_value, paired_intervals
 
 MB = 1e6
+REPORT_FORMAT = 1  # report.json's format version (under FORMAT_KEY), written by compare
 
 
 @dataclass
@@ -290,6 +292,7 @@ def compare(
     )
     report = jsonable(
         {
+            FORMAT_KEY: REPORT_FORMAT,
             "rows": len(rows),
             "rows_fingerprint": fingerprint,
             "teacher": teacher,

@@ -70,7 +70,10 @@ class QuantConfig(Config):
             "help": "dtype of the layers left unquantized (float16, bfloat16, float32); null: fp16 on CUDA, fp32 on CPU"
         },
     )
-    seed: int = field(default=0, metadata={"help": "seeds the choice of calibration and probe rows"})
+    seed: int = field(
+        default=0,
+        metadata={"help": "seeds which calibration rows calibrate and which probe (the synthetic probe is fixed)"},
+    )
 
     def __post_init__(self):
         from ..quant_methods import get_quantizer  # the registry validates method-specific fields
