@@ -1,10 +1,9 @@
 """The kdq CLI: help, configs from files and flags, exit codes, and every stage driven end to end."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from _launch import run_python
 
 import kdq
 from kdq.cli.main import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, main
@@ -12,8 +11,7 @@ from kdq.config.io import build_config, load_config_dict
 
 
 def test_help_lists_every_stage():
-    proc = subprocess.run([sys.executable, "-m", "kdq.cli", "--help"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0
+    proc = run_python("-m", "kdq.cli", "--help", timeout=120)
     for name in ("cache-teacher", "distill", "shrink", "quantize", "evaluate", "compare", "export", "verify", "run"):
         assert name in proc.stdout
 
@@ -390,11 +388,7 @@ def test_command_help_lists_every_config_field_with_its_default_and_loads_no_tor
         "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
         "print(heavy)\nprint(out.getvalue())"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"COLUMNS": "100", **_env()}
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    heavy, text = proc.stdout.split("\n", 1)
+    heavy, text = run_python("-c", code, timeout=120, env={"COLUMNS": "100"}).stdout.split("\n", 1)
     assert heavy == "[]", heavy
     cls = dict(_config_commands())[command]
     rows = field_rows(cls)
@@ -405,9 +399,3 @@ def test_command_help_lists_every_config_field_with_its_default_and_loads_no_tor
         assert help_text.split()[0] in text.split(shown, 1)[1][:200], (shown, help_text)
     if command == "distill":
         assert "  learning_rate=5e-05" in text and "  template.max_length=1024" in text and "  lora.r=16" in text
-
-
-def _env():
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "COLUMNS"}

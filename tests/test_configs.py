@@ -3,10 +3,8 @@ round-trips through to_dict, and imports no torch."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from _launch import run_python
 
 import kdq
 from kdq.config.io import build_config
@@ -103,9 +101,7 @@ def test_configs_import_no_torch():
         "kdq.EvalConfig(template={'max_length': 64}, device='cuda:1')\n"
         "print('torch' in sys.modules)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "False"
+    assert run_python("-c", code).stdout.strip() == "False"
 
 
 def test_load_arena_reads_a_list_of_row_dicts():

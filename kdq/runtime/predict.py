@@ -8,6 +8,7 @@ the folder's ``predict.py`` is a launcher that loads it from there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -353,28 +354,19 @@ class Throughput:
 
 
 def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
-    if torch.device(device).type == "cuda":
-        # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which
-        # is per thread: make it this shard's GPU.
-        with torch.cuda.device(torch.device(device)):
-            return predict_logits(
-                model,
-                sequences,
-                pad_id,
-                batch_size=batch_size,
-                device=device,
-                max_batch_tokens=max_batch_tokens,
-                progress=progress,
-            )
-    return predict_logits(
-        model,
-        sequences,
-        pad_id,
-        batch_size=batch_size,
-        device=device,
-        max_batch_tokens=max_batch_tokens,
-        progress=progress,
-    )
+    # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which is per
+    # thread: make it this shard's GPU.
+    dev = torch.device(device)
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        return predict_logits(
+            model,
+            sequences,
+            pad_id,
+            batch_size=batch_size,
+            device=device,
+            max_batch_tokens=max_batch_tokens,
+            progress=progress,
+        )
 
 
 def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
