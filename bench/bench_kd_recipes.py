@@ -41,6 +41,7 @@ from pathlib import Path
 import kdq
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
+from kdq.runtime.constants import SHRINK_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +129,7 @@ def main(argv=None):
         m = kdq.evaluate(str(init), test, ev_cfg)
         results["init"][strategy] = {
             "log_loss": m.log_loss,
-            "kept_layers": json.loads((init / "config.json").read_text())["kdq_shrink"]["kept_layers"],
+            "kept_layers": json.loads((init / "config.json").read_text())[SHRINK_KEY]["kept_layers"],
         }
         print(f"{strategy}: student right after shrinking: test log loss {m.log_loss:.4f}", flush=True)
         for recipe in recipes:

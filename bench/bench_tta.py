@@ -27,6 +27,7 @@ import kdq
 from kdq.data import labels_of
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
+from kdq.runtime.constants import TEMPLATE_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def quick_inputs(tmp: Path):
         folder = tmp / name
         make_tiny_classifier(folder, tok, seed=layers, num_layers=layers)
         cfg = json.loads((folder / "config.json").read_text())
-        cfg["kdq_template"] = template.to_dict()
+        cfg[TEMPLATE_KEY] = template.to_dict()
         (folder / "config.json").write_text(json.dumps(cfg))
         models[name] = str(folder)
     return models, kdq.load_arena(make_arena_rows(48, seed=3, max_words=100))

@@ -284,9 +284,7 @@ def _small_model_folder(ctx) -> Path:
     if not folder.exists():
         from kdq.testing import make_tokenizer
 
-        model = build_classifier(
-            list(ctx["shapes"].values())[-1], "cpu", torch.float16 if ctx["cuda"] else torch.float32
-        )
+        model = build_classifier(list(ctx["shapes"].values())[-1], "cpu", ctx["dtype"])
         model.save_pretrained(folder)
         make_tokenizer(folder)
     return folder
@@ -477,7 +475,7 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
     start = time.perf_counter()
     deadline = start + plan["deadline_s"]
     kdq, why = kdq_or_reason()
-    for sub in ("batching", "tta", "predict"):  # torch and transformers only: runs without datasets
+    for sub in ("batching", "dtypes", "tta", "predict"):  # torch and transformers only: runs without datasets
         importlib.import_module(f"kdq.runtime.{sub}")
     runtime = sys.modules["kdq.runtime"]
     import transformers
@@ -502,7 +500,7 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
             "dry_run": dry_run,
             "cuda": cuda,
             "device": device,
-            "dtype": torch.float16 if cuda else torch.float32,
+            "dtype": runtime.dtypes.compute_dtype(device),  # kdq's rule: fp16 on CUDA (as on a T4), fp32 on CPU
             "plan": plan,
             "batch_size": plan["batch_size"],
             "max_length": plan["max_length"],

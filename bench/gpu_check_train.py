@@ -28,6 +28,7 @@ import kdq
 from kdq.distill.lora import load_student, wrap_lora
 from kdq.distill.train_memory import GB, LiveTensorBytes, TrainSetup, known_models, project_training
 from kdq.evaluate.modelspec import ModelSpec
+from kdq.runtime.dtypes import compute_dtype
 from kdq.testing import make_tokenizer
 
 TINY = dict(
@@ -153,7 +154,7 @@ def run(dry_run: bool = False) -> dict:
     cuda = torch.cuda.is_available() and not dry_run
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if cuda:
-        half = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        half = compute_dtype(device, bf16=True)  # kdq's training rule: bf16 where the GPU has it, else fp16
         batch, length, name = 4, 1024, f"cuda:0 ({torch.cuda.get_device_name(0)})"
     else:
         half, batch, length, name = torch.bfloat16, 2, 64, "cpu"

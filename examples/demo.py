@@ -105,6 +105,19 @@ def tiny_inputs(size, cache: Path, seed: int):
     )
 
 
+def _training(size, epochs: str, seed: int) -> dict:
+    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key)."""
+    return dict(
+        template=kdq.TemplateConfig(max_length=size["max_length"]),
+        epochs=size[epochs],
+        batch_size=16,
+        eval_batch_size=32,
+        warmup_ratio=0.1,
+        logging_steps=10,
+        seed=seed,
+    )
+
+
 def train_teacher(base, train, ev, size, out: Path, seed: int):
     """The teacher recipe: the base fine-tuned on hard labels, with swap augmentation."""
     return kdq.distill(
@@ -114,14 +127,8 @@ def train_teacher(base, train, ev, size, out: Path, seed: int):
         teacher=None,
         config=kdq.DistillConfig(
             output_dir=str(out),
-            template=kdq.TemplateConfig(max_length=size["max_length"]),
-            epochs=size["teacher_epochs"],
-            batch_size=16,
-            eval_batch_size=32,
+            **_training(size, "teacher_epochs", seed),
             learning_rate=1e-4,
-            warmup_ratio=0.1,
-            logging_steps=10,
-            seed=seed,
             overwrite=True,
             # Swap augmentation (every pair also as B-vs-A; twice the steps) took the teacher from
             # 1.083 to 0.944 eval log loss in our runs: the judge must learn not to care about order.
@@ -141,12 +148,8 @@ def shrink_student(teacher, train, out: Path, strategy: str = "block-influence",
 def student_config(size, seed: int) -> kdq.DistillConfig:
     """The student recipe (chosen by bench/bench_kd_recipes.py; see BENCHMARKS.md)."""
     return kdq.DistillConfig(
-        template=kdq.TemplateConfig(max_length=size["max_length"]),
-        epochs=size["student_epochs"],
-        batch_size=16,
-        eval_batch_size=32,
+        **_training(size, "student_epochs", seed),
         learning_rate=2e-4,
-        warmup_ratio=0.1,
         alpha=0.5,
         temperature=1.0,
         # bench/bench_kd_recipes.py: cached swap-TTA teacher logits + transfer set + hidden-state term, with swap
@@ -155,8 +158,6 @@ def student_config(size, seed: int) -> kdq.DistillConfig:
         teacher_tta=True,
         swap_augment=True,
         hidden_weight=HIDDEN_WEIGHT,
-        logging_steps=10,
-        seed=seed,
     )
 
 

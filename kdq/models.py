@@ -12,6 +12,7 @@ import torch
 
 from .quant_methods import prepare_to_load
 from .runtime.constants import LABELS, TEMPLATE_KEY
+from .runtime.dtypes import compute_dtype
 
 ID2LABEL = dict(enumerate(LABELS))
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
@@ -240,8 +241,9 @@ def fingerprint_module(model) -> str:
 
 
 def model_dtype_for(device) -> torch.dtype:
-    """fp16 on CUDA (T4 has no bf16), fp32 on CPU (fp16 matmuls are slow or missing there)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    """The dtype a model is loaded in to score on ``device``: the runtime's rule
+    (:func:`kdq.runtime.dtypes.compute_dtype`: fp16 on CUDA, a T4 has no bf16; fp32 on CPU)."""
+    return compute_dtype(device)
 
 
 def default_device() -> torch.device:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 from .config.base import Config
 from .config.validate import check_range
-from .distill import DistillConfig, distill
-from .evaluate import EvalConfig, compare
-from .evaluate.recommend import recommend
-from .export import ExportConfig, export, verify
-from .models import is_hub_id
+from .distill.config import DistillConfig
+from .evaluate.config import EvalConfig
+from .export.config import ExportConfig
 from .quant_methods import get_quantizer, settings_fields, variant_fields, variant_names
-from .quantize import QuantConfig, quantize
+from .quantize.config import QuantConfig
+from .runtime.constants import SHRINK_KEY
 from .utils.atomic import atomic_dir
 from .utils.distributed import process_group, run_on_rank0
 from .utils.errors import CheckFailed
@@ -34,40 +33,44 @@ from .utils.jsonable import jsonable
 
 @dataclass(frozen=True)
 class PipelineConfig(Config):
-    """What to run after the teacher exists.
-
-    Args:
-        out_dir: run folder; every stage writes a subfolder of it.
-        distill: base :class:`DistillConfig` of the student runs (``output_dir`` is set per run).
-        baseline: also train the hard-label student (needed for "gap closed").
-        quant_methods: short variant names (``QuantConfig.from_name``) applied to teacher and student.
-        quantize_teacher: quantize the teacher too (the student always is).
-        calibration_samples, gptq_group_size: GPTQ settings (rows rendered with the model's template).
-        eval: :class:`EvalConfig` used for every variant.
-        export_variants: variant names to export, or ``"recommended"``: ranked on the **eval**
-            rows (never the test rows it reports) by log loss with the TTA the export ships
-            (``eval.tta``), among the variants that fit the budget; variants within the 95%
-            interval of the best count as tied, and a tie goes to the faster, then smaller one.
-        dataset_owner: Kaggle user or organisation for ``dataset-metadata.json`` ids.
-        wheels: put the pip wheels the notebook needs into each export (``pip download``).
-        ddp_timeout: seconds a process may wait at a collective under ``accelerate launch``
-            (the process group is created with it). The teacher pass and the single-process
-            stages (quantize, compare, export) run outside the group, so they never count.
+    """What to run after the teacher exists: the student runs, the quantized variants, the comparison
+    and the exports. ``export_variants=("recommended",)`` ranks on the **eval** rows (never the test
+    rows it reports) by log loss with the TTA the export ships (``eval.tta``), among the variants
+    that fit the budget; variants within the 95% interval of the best count as tied, and a tie goes
+    to the faster, then smaller one. The teacher pass and the single-process stages (quantize,
+    compare, export) run outside the process group, so ``ddp_timeout`` never counts them. Each
+    field's help is in its metadata (``kdq run --help`` lists them).
     """
 
-    out_dir: str = "runs/pipeline"
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    baseline: bool = True
-    quant_methods: tuple = ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4")
-    quantize_teacher: bool = True
-    calibration_samples: int = 128
-    gptq_group_size: int = 128
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export_variants: tuple = ("recommended",)
-    dataset_owner: str = "your-kaggle-name"
-    wheels: bool = False
-    overwrite: bool = False
-    ddp_timeout: int = 3 * 3600
+    out_dir: str = field(default="runs/pipeline", metadata={"help": "run folder; every stage writes a subfolder"})
+    distill: DistillConfig = field(
+        default_factory=DistillConfig,
+        metadata={"help": "base DistillConfig of the student runs (output_dir is set per run)"},
+    )
+    baseline: bool = field(
+        default=True, metadata={"help": "also train the hard-label student (needed for 'gap closed')"}
+    )
+    quant_methods: tuple = field(
+        default=("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4"),
+        metadata={"help": "short variant names (QuantConfig.from_name) applied to teacher and student"},
+    )
+    quantize_teacher: bool = field(default=True, metadata={"help": "quantize the teacher too (the student always is)"})
+    calibration_samples: int = field(default=128, metadata={"help": "GPTQ calibration rows"})
+    gptq_group_size: int = field(default=128, metadata={"help": "GPTQ columns sharing one scale"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "EvalConfig used for every variant"})
+    export_variants: tuple = field(
+        default=("recommended",),
+        metadata={"help": "variant names to export, or recommended: the best on the eval rows that fits the budget"},
+    )
+    dataset_owner: str = field(
+        default="your-kaggle-name", metadata={"help": "Kaggle user or organisation of the dataset ids"}
+    )
+    wheels: bool = field(default=False, metadata={"help": "put the pip wheels the notebook needs into each export"})
+    overwrite: bool = field(default=False, metadata={"help": "replace existing stage folders"})
+    ddp_timeout: int = field(
+        default=3 * 3600,
+        metadata={"help": "seconds a process may wait at a collective under accelerate launch (training only)"},
+    )
 
     def __post_init__(self):
         self._accept_dicts()
@@ -149,6 +152,14 @@ def run_pipeline(
     # Before any process group exists: rank 0 copies a Hub teacher and scores it over the
     # training rows (filling the cache distill reads) while the other ranks wait on a file,
     # with no collective and so no timeout. Distill then finds the cache on every rank.
+    # the stages (torch) load when the pipeline runs: kdq run --help reads only the config
+    from .distill import distill
+    from .evaluate import compare
+    from .evaluate.recommend import recommend
+    from .export import export, verify
+    from .models import is_hub_id
+    from .quantize import quantize
+
     if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
         teacher = run_on_rank0(
             out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local", config.overwrite)
@@ -276,7 +287,7 @@ def _shrink_map(folder) -> dict | None:
     cfg = Path(folder, "config.json") if folder else None
     if cfg is None or not cfg.is_file():
         return None
-    info = json.loads(cfg.read_text()).get("kdq_shrink")
+    info = json.loads(cfg.read_text()).get(SHRINK_KEY)
     return {"strategy": info.get("strategy", "uniform"), **info} if info else None
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 # The demo's data and model helpers live in examples/demo_assets (out of the library wheel).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-# Safe CPU defaults for gptqmodel, set before anything imports it (kdq.quantize does the same
-# with setdefault); tests stay single-threaded per process so parallel runs do not thrash.
+# Tokenizers' own thread pool would fight the tests' processes for the cores (and warns after a fork).
+# gptqmodel's CPU defaults are kdq.quantize's to set (kdq.quant_methods.gptq_env), and tests that want one
+# torch thread ask for the one_torch_thread fixture below.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest

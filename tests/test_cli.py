@@ -1,10 +1,9 @@
 """The kdq CLI: help, configs from files and flags, exit codes, and every stage driven end to end."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from _launch import run_python
 
 import kdq
 from kdq.cli.main import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, main
@@ -12,8 +11,7 @@ from kdq.config.io import build_config, load_config_dict
 
 
 def test_help_lists_every_stage():
-    proc = subprocess.run([sys.executable, "-m", "kdq.cli", "--help"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0
+    proc = run_python("-m", "kdq.cli", "--help", timeout=120)
     for name in ("cache-teacher", "distill", "shrink", "quantize", "evaluate", "compare", "export", "verify", "run"):
         assert name in proc.stdout
 
@@ -230,3 +228,223 @@ def _yaml(tmp_path, text):
     path = tmp_path / f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml"
     path.write_text(text)
     return path
+
+
+# ---------------------------------------------------------------- numbers in scientific notation (issue 19)
+def _numeric_fields(cls, prefix=""):
+    """``(dotted name, declared type)`` for every int/float field of ``cls`` and of its nested configs,
+    read from the dataclass (YAML 1.1 reads ``2e-5`` without a decimal point as text, for all of them)."""
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        nested = next((a for a in args if dataclasses.is_dataclass(a)), None)
+        if nested is not None:
+            yield from _numeric_fields(nested, f"{prefix}{f.name}.")
+        elif {int, float} & set(args):
+            yield prefix + f.name, next(a for a in args if a in (int, float))
+
+
+def _sci(value) -> str:
+    """``value`` written in scientific notation without a decimal point (what YAML 1.1 reads as text):
+    0.05 -> 5e-2, 1024 -> 1024e0, 2000 -> 2e3."""
+    from decimal import Decimal
+
+    sign, digits, exp = Decimal(repr(value)).normalize().as_tuple()
+    return f"{'-' if sign else ''}{''.join(map(str, digits))}e{exp}"
+
+
+# The required fields a config cannot be built without (everything else is derived from the dataclasses).
+_REQUIRED = {
+    "QuantConfig": {"method": "gptq", "bits": 8},
+    "ExportConfig": {"title": "a title", "dataset_id": "me/slug"},
+}
+
+
+def _config_commands():
+    from kdq.cli.commands import COMMANDS
+    from kdq.cli.spec import load_object
+
+    seen = {}
+    for c in COMMANDS:
+        if c.config and c.config not in seen:
+            seen[c.config] = (c.name, load_object(c.config))
+    return list(seen.values())
+
+
+def _nested_class(hint):
+    """The config class in a field's type hint (``X`` or ``X | None``), or ``None``."""
+    import dataclasses
+    import types
+    import typing
+
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return next((a for a in args if dataclasses.is_dataclass(a)), None)
+
+
+def _field(cls, dotted: str):
+    """The dataclass field a dotted name reaches (through nested, possibly optional, configs)."""
+    import dataclasses
+    import typing
+
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        cls = _nested_class(typing.get_type_hints(cls)[p])
+    return next(f for f in dataclasses.fields(cls) if f.name == leaf)
+
+
+def _all_fields(cls, prefix=""):
+    """``(dotted name, field)`` for every field of ``cls`` and of its nested configs."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield prefix + f.name, f
+        nested = _nested_class(hints[f.name])
+        if nested is not None:
+            yield from _all_fields(nested, f"{prefix}{f.name}.")
+
+
+def _valid_number(cls, base: dict, dotted: str, kind):
+    """``(value, config)``: a value the field accepts (its default when that is a number, else the first
+    candidate that builds) and the config built with it as a Python number."""
+    default = base.get(dotted, _field(cls, dotted).default)
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    for v in ([default] if numeric else []) + [8, 1024, 0.5]:
+        if kind is int and not float(v).is_integer():
+            continue
+        v = kind(v)
+        try:
+            return v, build_config(cls, _nested_set(dict(base), dotted, v))
+        except ValueError:
+            continue
+    raise AssertionError(f"no candidate value builds {cls.__name__} with {dotted}")
+
+
+def _nested_set(data: dict, dotted: str, value) -> dict:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return data
+
+
+_SWEEP = [(name, cls, dotted, kind) for name, cls in _config_commands() for dotted, kind in _numeric_fields(cls)]
+
+
+@pytest.mark.parametrize("command, cls, dotted, kind", _SWEEP, ids=[f"{c}:{d}" for c, _, d, _ in _SWEEP])
+def test_every_numeric_field_takes_scientific_notation_through_set(command, cls, dotted, kind):
+    from kdq.cli.main import build_parser
+
+    base = dict(_REQUIRED.get(cls.__name__, {}))
+    value, expected = _valid_number(cls, base, dotted, kind)
+    text = _sci(value)
+    text = text.upper() if len(dotted) % 2 else text  # 1E-3 as well as 1e-3
+    argv = {
+        "cache-teacher": ["cache-teacher", "--teacher", "t", "--data", "d"],
+        "distill": ["distill", "--student", "s", "--train", "t"],
+        "quantize": ["quantize", "m", "--out", "o", "--method", "gptq-8"],
+        "evaluate": ["evaluate", "m", "--data", "d"],
+        "compare": ["compare", "--variant", "a=b", "--data", "d", "--out", "o"],
+        "export": ["export", "m", "--out", "o", "--title", "a title", "--id", "me/slug"],
+        "run": ["run", "--teacher", "t", "--student", "s", "--train", "a", "--eval", "b", "--test", "c"],
+    }[command]
+    args = build_parser().parse_args([*argv, "--set", f"{dotted}={text}"])
+    cfg = args.command_spec.config_from(args)
+    assert cfg == expected, (dotted, text)
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    assert type(node) is kind and node == value, (dotted, text, node)
+
+
+def test_scientific_notation_in_a_config_file_and_in_a_dict(tmp_path):
+    from kdq.config.io import resolve_config
+
+    fields = dict(_numeric_fields(kdq.DistillConfig))
+    lines, data = [], {}
+    for dotted, kind in fields.items():
+        if dotted.startswith("lora."):
+            continue
+        value, _ = _valid_number(kdq.DistillConfig, {}, dotted, kind)
+        _nested_set(data, dotted, value)
+        indent = "  " * dotted.count(".")
+        if "." in dotted and f"{dotted.split('.')[0]}:" not in lines:
+            lines.append(f"{dotted.split('.')[0]}:")
+        lines.append(f"{indent}{dotted.split('.')[-1]}: {_sci(value)}")
+    lines.append("learning_rate: 2e-5")
+    data["learning_rate"] = 2e-5
+    path = tmp_path / "sci.yaml"
+    path.write_text("\n".join(sorted(lines, key=lambda ln: ln.startswith(("template", " ")))) + "\n")
+    # the file as a YAML 1.1 reader sees it: the numbers are text
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    assert raw["learning_rate"] == "2e-5"
+    expected = build_config(kdq.DistillConfig, data)
+    assert resolve_config(kdq.DistillConfig, path) == expected  # --config
+    assert kdq.DistillConfig(**raw) == expected  # DistillConfig(**dict) from a file
+    assert kdq.DistillConfig(**raw).learning_rate == 2e-5
+
+
+def test_text_values_follow_the_declared_type_and_bad_ones_name_the_field():
+    from kdq.config.io import resolve_config
+
+    cfg = resolve_config(kdq.DistillConfig, overrides=["batch_size=5e2", "max_steps=1E3", "learning_rate=1E-3"])
+    assert (cfg.batch_size, cfg.max_steps, cfg.learning_rate) == (500, 1000, 1e-3)
+    assert type(cfg.batch_size) is int and type(cfg.learning_rate) is float
+    with pytest.raises(ValueError, match=r"DistillConfig\.batch_size .*integer.*e\.g\. batch_size=8.*'25e-1'"):
+        resolve_config(kdq.DistillConfig, overrides=["batch_size=25e-1"])
+    with pytest.raises(ValueError, match=r"DistillConfig\.learning_rate .*number.*e\.g\. learning_rate=.*'fast'"):
+        resolve_config(kdq.DistillConfig, overrides=["learning_rate=fast"])
+    # booleans given as text follow YAML's true/false; anything else is named
+    assert kdq.DistillConfig(deterministic="false", teacher_tta="True", swap_augment="yes").deterministic is False
+    assert kdq.DistillConfig(teacher_tta="True").teacher_tta is True
+    assert kdq.DistillConfig(swap_augment="false").swap_augment is False
+    assert kdq.DistillConfig(swap_augment="paired").swap_augment == "paired"
+    with pytest.raises(ValueError, match=r"DistillConfig\.deterministic .*true or false.*e\.g\. deterministic=true"):
+        kdq.DistillConfig(deterministic="maybe")
+    # text for a tuple field is one entry, not its characters
+    assert kdq.LoraSettings(target_modules="q_proj").target_modules == ("q_proj",)
+    assert kdq.EvalConfig(template={"max_length": "5e2"}).template.max_length == 500
+
+
+@pytest.mark.parametrize("command", [c for c, _ in _config_commands()])
+def test_command_help_lists_every_config_field_with_its_default_and_loads_no_torch(command):
+    """``kdq COMMAND --help`` lists what ``--set`` accepts (nested fields dotted) with each field's default and
+    its metadata help, read from the config class without importing torch."""
+    import dataclasses
+
+    code = (
+        "import contextlib, io, sys\nfrom kdq.cli.main import main\nout = io.StringIO()\n"
+        f"with contextlib.redirect_stdout(out):\n    try:\n        main([{command!r}, '--help'])\n"
+        "    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "print(heavy)\nprint(out.getvalue())"
+    )
+    heavy, text = run_python("-c", code, timeout=120, env={"COLUMNS": "100"}).stdout.split("\n", 1)
+    assert heavy == "[]", heavy
+    section = text.split("config fields of", 1)[-1]
+    listed = [ln.split()[0] for ln in section.splitlines() if ln.startswith("  ") and not ln.startswith("   ")]
+    fields = list(_all_fields(dict(_config_commands())[command]))
+    assert len(fields) >= 10
+    for name, f in fields:
+        entry = next((e for e in listed if e.split("=")[0] in (name, name + ".*")), None)
+        assert entry is not None, f"{name} is not listed"
+        if f.default is not dataclasses.MISSING and isinstance(f.default, (int, float, str)):
+            if isinstance(f.default, bool):
+                want = "true" if f.default else "false"
+            else:
+                want = str(f.default) if f.default != "" else '""'
+            assert entry.split("=", 1)[1] == want, (name, entry)
+        help_text = f.metadata.get("help", "")
+        after = section.split("\n  " + entry, 1)[1][:200]
+        assert help_text and help_text.split()[0] in after, (name, help_text)
+    if command == "distill":
+        assert "  learning_rate=5e-05" in text and "  template.max_length=1024" in text and "  lora.r=16" in text

@@ -3,10 +3,8 @@ round-trips through to_dict, and imports no torch."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from _launch import run_python
 
 import kdq
 from kdq.config.io import build_config
@@ -85,6 +83,7 @@ def test_configs_import_no_torch():
         "runtime/template.py",
         "config/base.py",
         "config/io.py",
+        "config/fields.py",
         "config/validate.py",
         "cli/spec.py",
         "distill/config.py",
@@ -102,9 +101,7 @@ def test_configs_import_no_torch():
         "kdq.EvalConfig(template={'max_length': 64}, device='cuda:1')\n"
         "print('torch' in sys.modules)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "False"
+    assert run_python("-c", code).stdout.strip() == "False"
 
 
 def test_load_arena_reads_a_list_of_row_dicts():
@@ -136,3 +133,48 @@ def test_load_arena_reads_a_list_of_row_dicts():
         kdq.load_arena(["not a row"])
     with pytest.raises(ValueError, match="empty list"):
         kdq.load_arena([])
+
+
+def _all_configs() -> set:
+    """Every config class: those the commands read, every config nested in them, and every ``Config``."""
+    import dataclasses
+
+    from kdq.cli.commands import COMMANDS
+    from kdq.cli.spec import load_object
+    from kdq.config.base import Config
+    from kdq.config.fields import dataclass_in, declared_types
+
+    todo = [load_object(c.config) for c in COMMANDS if c.config]
+    found = set()
+    while todo:
+        cls = todo.pop()
+        if cls in found:
+            continue
+        found.add(cls)
+        todo += [t for t in map(dataclass_in, declared_types(cls).values()) if t is not None]
+        todo += Config.__subclasses__()
+    assert all(dataclasses.is_dataclass(c) for c in found)
+    return found
+
+
+def test_every_config_field_carries_a_one_line_help():
+    import dataclasses
+
+    classes = _all_configs()
+    names = {c.__name__ for c in classes}
+    assert {
+        "TemplateConfig",
+        "LoraSettings",
+        "DistillConfig",
+        "QuantConfig",
+        "EvalConfig",
+        "ExportConfig",
+        "PipelineConfig",
+    } <= names, names
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if not str(f.metadata.get("help", "")).strip() or "\n" in f.metadata["help"]
+    ]
+    assert not missing, f"fields without a one-line metadata help: {missing}"

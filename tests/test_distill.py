@@ -13,8 +13,10 @@ from transformers import AutoModelForSequenceClassification
 import kdq
 from kdq.data import load_arena
 from kdq.distill import cache as cache_mod
+from kdq.distill.api import DISTILL_RECORD_FORMAT
 from kdq.distill.cache import cache_teacher_logits
 from kdq.models import LazyClassifier, load_classifier, template_of
+from kdq.runtime.constants import FORMAT_KEY, SHRINK_KEY
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
@@ -54,7 +56,8 @@ def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
     m = AutoModelForSequenceClassification.from_pretrained(res.student_dir)
     assert m.config.num_labels == 3 and m.config.id2label[2] == "winner_tie"
     assert template_of(res.student_dir) == TEMPLATE
-    assert json.loads((res.student_dir / "kdq-distill.json").read_text())["config"]["teacher_tta"] is True
+    record = json.loads((res.student_dir / "kdq-distill.json").read_text())
+    assert record["config"]["teacher_tta"] is True and record[FORMAT_KEY] == DISTILL_RECORD_FORMAT == 1
     with pytest.raises(FileExistsError, match="overwrite=True"):
         kdq.distill(str(models / "student"), arena_csv, teacher=str(models / "teacher"), config=_cfg(tmp_path))
 
@@ -226,7 +229,7 @@ def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
     out = kdq.shrink(str(tmp_path / "t"), every=3, out_dir=tmp_path / "s")
     m = AutoModelForSequenceClassification.from_pretrained(out)
     assert m.config.num_hidden_layers == 3
-    assert m.config.kdq_shrink["kept_layers"] == [0, 3, 6]
+    assert getattr(m.config, SHRINK_KEY)["kept_layers"] == [0, 3, 6]
     assert [layer.self_attn.layer_idx for layer in m.model.layers] == [0, 1, 2]
     t = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t")
     assert torch.equal(m.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight)

@@ -18,7 +18,7 @@ from kdq.distill.losses import forward_kl
 from kdq.distill.shrink import block_influence, select_by_influence
 from kdq.distill.trainer import ArenaCollator
 from kdq.models import load_classifier
-from kdq.runtime.constants import SWAP_PERMUTATION
+from kdq.runtime.constants import SHRINK_KEY, SWAP_PERMUTATION
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
@@ -166,9 +166,10 @@ def test_block_influence_drops_the_layers_that_do_nothing(tmp_path, tiny_tokeniz
     )
     cfg = load_classifier(out).model.config
     assert cfg.num_hidden_layers == 6
-    assert cfg.kdq_shrink["kept_layers"] == [0, 1, 3, 4, 6, 7] and cfg.kdq_shrink["strategy"] == "block-influence"
+    shrink_map = getattr(cfg, SHRINK_KEY)
+    assert shrink_map["kept_layers"] == [0, 1, 3, 4, 6, 7] and shrink_map["strategy"] == "block-influence"
     uniform = kdq.shrink(str(tmp_path / "src"), every=2)  # same depth by default: 0,2,4,6 + last
-    assert uniform.config.kdq_shrink["kept_layers"] == [0, 2, 4, 6, 7]
+    assert getattr(uniform.config, SHRINK_KEY)["kept_layers"] == [0, 2, 4, 6, 7]
     with pytest.raises(ValueError, match="calibration"):
         kdq.shrink(str(tmp_path / "src"), strategy="block-influence")
     with pytest.raises(ValueError, match="strategy"):

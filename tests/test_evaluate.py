@@ -15,7 +15,9 @@ import kdq
 from kdq.data import encode, swap_ab
 from kdq.evaluate import EvalConfig, Metrics, compare, evaluate, load_budget
 from kdq.evaluate.metrics import softmax
+from kdq.evaluate.report import REPORT_FORMAT
 from kdq.models import load_classifier
+from kdq.runtime.constants import FORMAT_KEY
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=160)
@@ -177,6 +179,7 @@ def test_compare_writes_table_plot_and_verdicts(tmp_path, variants, rows, metric
     assert any("bitsandbytes wheel" in n for n in res.notes)  # offline notebook must bring the wheel
     report = json.loads((out / "report.json").read_text())
     assert [v["variant"] for v in report["variants"]] == names and report["profile"]["name"] == "lmsys-2xt4"
+    assert report[FORMAT_KEY] == REPORT_FORMAT == 1
     assert report["variants"][1]["metrics"]["budget"]["weight_format"] == "bnb-nf4"
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -201,3 +204,15 @@ def test_compare_reprojects_stored_metrics_onto_another_budget(tmp_path, rows, m
     verdict = res.metrics["student"].budget
     assert verdict["profile"] == "tiny-box" and verdict["fits"] is False and not verdict["fits_time"]
     assert isinstance(res.metrics["student"], Metrics) and "✗" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_compare_reprojects_gated_tta_metrics_at_their_own_passes_per_row(tmp_path, tiny_model_dir, rows):
+    """Stored Metrics scored with gated TTA cost about 1 + tta_fraction passes per row, in compare's table as in
+    evaluate's verdict (compare once re-projected them at full TTA's 2 passes)."""
+    gated = evaluate(tiny_model_dir, rows, CFG.replace(tta="gated", tta_fraction=0.25, budget="lmsys-2xt4"))
+    assert gated.budget["tta_factor"] == pytest.approx(1.25)
+    res = compare({"student": gated}, rows, CFG.replace(budget="lmsys-2xt4"), out_dir=tmp_path / "r")
+    verdict = res.metrics["student"].budget
+    assert verdict["tta_factor"] == pytest.approx(1.25)
+    assert verdict["projected_hours"] == pytest.approx(gated.budget["projected_hours"])
+    assert res.rows[0]["t4_hours"] == pytest.approx(gated.budget["projected_hours"])

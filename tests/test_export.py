@@ -20,7 +20,7 @@ from kdq.cli.main import main as cli_main
 from kdq.export import ExportConfig, ExportError, VerificationError, dataset_metadata_problems, export, verify
 from kdq.export.script import load_predict_module
 from kdq.quant_methods import registered_methods
-from kdq.runtime.constants import LABELS
+from kdq.runtime.constants import LABELS, TEMPLATE_KEY
 from kdq.runtime.template import TemplateConfig
 from kdq.testing import make_tiny_classifier, write_arena_csv
 
@@ -120,11 +120,44 @@ def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_mo
     assert manifest["configs"]["template"] == TEMPLATE.to_dict()
     assert manifest["metrics"]["log_loss"] == 1.05 and manifest["budget"]["fits"] is True
     assert manifest["versions"]["transformers"] and manifest["versions"]["torch"]
-    assert json.loads((exported / "config.json").read_text())["kdq_template"] == TEMPLATE.to_dict()
+    assert json.loads((exported / "config.json").read_text())[TEMPLATE_KEY] == TEMPLATE.to_dict()
     card = (exported / "README.md").read_text()
     assert "| tiny | 1.05 |" in card and "kaggle datasets create -p" in card and "fits" in card
     mb = manifest["files"]["model.safetensors"]["size"] / 1e6
     assert f"weights in this folder: **{mb:.1f} MB** (fp16 on disk" in card
+
+
+def test_records_carry_their_format_and_predict_py_takes_the_budget_from_the_export(exported, exported_copy):
+    """Every JSON record says its format; kdq-predict.json carries the budget profile's time limit and rows,
+    which predict.py's ETA checks (one source: kdq/budgets/lmsys-2xt4.json)."""
+    from kdq.evaluate.budget import load_budget
+    from kdq.runtime.checksums import read_manifest
+    from kdq.runtime.constants import FORMAT_KEY, MANIFEST_FORMAT, SETTINGS_FORMAT
+
+    manifest = json.loads((exported / "kdq-manifest.json").read_text())
+    settings = json.loads((exported / "kdq-predict.json").read_text())
+    assert manifest[FORMAT_KEY] == MANIFEST_FORMAT == 1 and "kdq_manifest_version" not in manifest
+    assert settings[FORMAT_KEY] == SETTINGS_FORMAT == 1
+    profile = load_budget("lmsys-2xt4")
+    assert settings["budget"] == {"name": profile.name, "time_limit_hours": profile.time_limit_hours, "rows": 25_000}
+    module = load_predict_module(exported / "predict.py")
+    assert module.read_settings(exported)["budget"] == settings["budget"]
+    # a folder exported before these keys: predict.py's own defaults; the old manifest spelling still reads
+    old = json.loads((exported_copy / "kdq-predict.json").read_text())
+    del old["budget"], old[FORMAT_KEY]
+    (exported_copy / "kdq-predict.json").write_text(json.dumps(old))
+    assert module.read_settings(exported_copy)["budget"] == module.DEFAULT_BUDGET
+    m = dict(manifest)
+    m["kdq_manifest_version"] = m.pop(FORMAT_KEY)
+    (exported_copy / "kdq-manifest.json").write_text(json.dumps(m))
+    assert read_manifest(exported_copy)["files"] == manifest["files"]
+    # an unknown (newer) format says what to do
+    (exported_copy / "kdq-predict.json").write_text(json.dumps({**old, FORMAT_KEY: 99}))
+    with pytest.raises(ValueError, match=r"kdq-predict.json has format 99; .*re-export the model"):
+        module.read_settings(exported_copy)
+    (exported_copy / "kdq-manifest.json").write_text(json.dumps({**manifest, FORMAT_KEY: 2}))
+    with pytest.raises(VerificationError, match=r"kdq-manifest.json has format 2; .*pip install -U kdq"):
+        verify(exported_copy, probe=False)
 
 
 def test_dataset_metadata_is_valid_for_the_kaggle_cli(exported):
@@ -219,7 +252,7 @@ def test_predict_py_refuses_altered_weights_before_inference(exported_copy):
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     module = load_predict_module(exported_copy / "predict.py")
-    with pytest.raises(RuntimeError, match="model.safetensors: sha256 differs"):
+    with pytest.raises(RuntimeError, match="model.safetensors: sha256 mismatch: .*re-upload the dataset"):
         module.check_files(exported_copy)
 
 

@@ -7,6 +7,7 @@ import ast
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import kdq
 from kdq.export.script import bad_imports, copy_runtime, kdq_imports, load_predict_module, render_script, runtime_files
 from kdq.quant_methods import get_quantizer, variant_names
 from kdq.quantize import QuantConfig
+from kdq.runtime.constants import TEMPLATE_KEY
 
 KDQ_DIR = Path(kdq.__file__).parent
 
@@ -219,7 +221,14 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
     slow = Throughput(2_000_000, 1_000_000, report_after_s=0.0, stream=io.StringIO())
     slow.start -= 100.0
     slow.update(1)
-    assert "WILL NOT FINISH" in slow.reported
+    assert "WILL NOT FINISH in the 9 h notebook limit" in slow.reported
+    # the limit and the hidden rows come from the export's budget (kdq-predict.json), not from predict.py
+    tight = Throughput(
+        200, 100, budget={"time_limit_hours": 0.01, "rows": 1000}, report_after_s=0.0, stream=io.StringIO()
+    )
+    tight.start -= 100.0
+    tight.update(1)
+    assert "WILL NOT FINISH in the 0.01 h notebook limit" in tight.reported and "1000 rows: ~" in tight.reported
 
 
 def _recorded_folder(folder, model_dir, qc, **export_fields):
@@ -325,9 +334,9 @@ def test_recorded_overrides_take_effect_where_a_quantization_config_argument_doe
 
 def test_settings_need_the_recorded_template(predict, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
-    with pytest.raises(ValueError, match="kdq_template"):
+    with pytest.raises(ValueError, match=TEMPLATE_KEY):
         predict.read_settings(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"kdq_template": {"max_length": 64, "min_part_share": 0.1}}))
+    (tmp_path / "config.json").write_text(json.dumps({TEMPLATE_KEY: {"max_length": 64, "min_part_share": 0.1}}))
     (tmp_path / "kdq-predict.json").write_text(json.dumps({"tta": False, "batch_size": 3}))
     s = predict.read_settings(tmp_path)
     assert (s["template"].max_length, s["template"].min_part_share, s["tta"], s["batch_size"]) == (64, 0.1, "none", 3)
@@ -341,3 +350,29 @@ def test_lone_surrogates_from_the_csv_do_not_crash_the_tokenizer(predict, tmp_pa
     assert rows[0][0] == ["hi \ufffd there"] and rows[0][1] == ["ok \U0001f600"]
     seqs = predict.render(tiny_tokenizer, rows, predict.TemplateConfig(max_length=64))
     assert 0 < len(seqs[0]) <= 64
+
+
+def test_one_dtype_rule_in_the_runtime_that_kdq_asks():
+    """fp16 on CUDA (a T4 has no bf16; bf16 only where training asks and the GPU has it), fp32 on CPU: written
+    once in kdq/runtime/dtypes.py, asked by predict.py, loading, evaluation, quantization and training."""
+    from kdq.distill.lora import base_dtype
+    from kdq.models import model_dtype_for
+    from kdq.runtime.dtypes import compute_dtype, resolve_dtype
+
+    assert compute_dtype("cpu") == torch.float32 and compute_dtype("cuda:1") == torch.float16
+    assert model_dtype_for("cuda") == torch.float16 and model_dtype_for("cpu") == torch.float32
+    assert resolve_dtype("auto", "cpu", bf16=True) == torch.float32 == base_dtype(kdq.LoraSettings(), "cpu")
+    assert resolve_dtype(None, "cuda") == torch.float16 and resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert resolve_dtype("fp16", "cpu") == torch.float16 == base_dtype(kdq.LoraSettings(base_dtype="fp16"), "cpu")
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", "cpu")
+    # no other module picks a half dtype by device for itself (`torch.float16 if cuda else torch.float32`)
+    dtype = r"(torch\.(b?float16|float32)|\"(bf16|fp16|fp32)\")"
+    choice = re.compile(dtype + " if .+ else " + dtype)
+    files = [
+        *KDQ_DIR.rglob("*.py"),
+        *(KDQ_DIR.parent / "bench").glob("*.py"),
+        *(KDQ_DIR.parent / "examples").glob("*.py"),
+    ]
+    deciders = sorted(str(p.relative_to(KDQ_DIR.parent)) for p in files if choice.search(p.read_text()))
+    assert deciders == [], deciders

@@ -4,11 +4,11 @@ and the budget profile takes its measured efficiencies from it. No GPU is needed
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import pytest
+from _launch import run_python
 
 from kdq.evaluate.budget import load_budget, measured_profile
 
@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check") / "check.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_python(ROOT / "bench" / "gpu_check.py", "--dry-run", "--out", out, timeout=900)
     return out, json.loads(out.read_text())
 
 
@@ -39,9 +33,13 @@ def test_dry_run_runs_every_check_and_writes_one_json(check):
         assert (shape["full"]["sequences"], shape["gated"]["sequences"]) == (2 * n, n + -(-n * 33 // 100))
     assert max(data["scoring"]["lengths"]) == data["scoring"]["max_length"]  # the long tail reaches the budget
     assert data["kd_train_step"]["loss_finite"] and data["kd_train_step"]["seconds_per_step"] > 0
-    # bench/gpu_check_train.py belongs to another change: present -> its dict, absent -> "skipped"
+    # bench/gpu_check_train.py's dry run: one training step per setting, measured beside its projection
     train = data["train"]
-    assert train["status"] == "skipped" if not (ROOT / "bench" / "gpu_check_train.py").is_file() else "train" in data
+    assert train["status"] == "ok", train  # the module is in this checkout and imports: it ran, not skipped
+    assert train["dry_run"] is True and len(train["steps"]) == 2, train
+    for step in train["steps"]:
+        assert step["step_s"] > 0 and step["peak_gb"] > 0 and step["projected_gb"] > 0, step
+        assert math.isfinite(step["loss"]), step
     for name in ("gptq", "bnb", "predict"):  # skipped only where a package is missing, never an error
         assert data[name]["status"] in ("ok", "skipped"), data[name]
     if data["predict"]["status"] == "ok":
@@ -75,13 +73,7 @@ def test_bench_tta_quick_reports_paired_intervals_against_full_tta(tmp_path):
     """bench/bench_tta.py --quick: no/full/gated TTA per model, Δ vs full TTA with a paired-bootstrap
     interval that holds its point, and the gated verdict line (the figures in BENCHMARKS.md come from this)."""
     out = tmp_path / "tta.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_tta.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(ROOT / "bench" / "bench_tta.py", "--quick", "--json", out, timeout=600)
     table = json.loads(out.read_text())
     assert [(r["model"], r["tta"]) for r in table] == [
         (m, t) for m in ("tiny-teacher", "tiny-student") for t in ("none", "full", "gated 0.33")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _launch import run_python
 
 KDQ = Path(__file__).resolve().parents[1] / "kdq"
 
@@ -149,9 +148,7 @@ def test_help_imports_no_heavy_library():
         "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy', 'pandas') if m in sys.modules)\n"
         "print(heavy)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    assert run_python("-c", code, timeout=120).stdout.strip() == "[]"
 
 
 def test_stage_verbs_stay_functions_after_their_subpackages_load():
@@ -161,9 +158,7 @@ def test_stage_verbs_stay_functions_after_their_subpackages_load():
         "print(type(shrink).__name__ == 'function' and all(type(getattr(kdq, v)).__name__ == 'function' "
         "for v in ('distill', 'quantize', 'evaluate', 'export', 'verify', 'compare', 'shrink')))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "True"
+    assert run_python("-c", code).stdout.strip() == "True"
 
 
 @pytest.mark.parametrize(
@@ -172,6 +167,4 @@ def test_stage_verbs_stay_functions_after_their_subpackages_load():
 def test_stage_configs_import_without_torch(module):
     """A config module (what the CLI and a notebook's first cell read) loads no torch."""
     code = f"import sys, {module}\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    assert run_python("-c", code, timeout=120).stdout.strip() == "[]"

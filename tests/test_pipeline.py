@@ -9,7 +9,8 @@ import pytest
 from _launch import launch_two_processes
 
 import kdq
-from kdq.pipeline import PipelineConfig, _export_names, recommend
+from kdq.evaluate.recommend import recommend
+from kdq.pipeline import PipelineConfig, _export_names
 from kdq.quant_methods import get_quantizer, settings_fields, variant_names
 from kdq.testing import make_arena_rows, make_tiny_classifier
 

@@ -18,6 +18,7 @@ from kdq.evaluate.modelspec import weight_format_of
 from kdq.quant_methods import get_quantizer, method_for, registered_methods, variant_names
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report, recheck
 from kdq.quantize.verify import REPORT_FILE, check_head, is_quantized_layer
+from kdq.runtime.constants import TEMPLATE_KEY
 from kdq.runtime.template import TemplateConfig
 
 TEMPLATE = TemplateConfig(max_length=128)
@@ -92,7 +93,7 @@ def test_every_method_quantizes_and_reloads_exactly(case, quantized, tiny_model_
 
     cfg = json.loads((folder / "config.json").read_text())
     qc = cfg["quantization_config"]
-    assert cfg["kdq_template"] == TEMPLATE.to_dict()  # later stages render rows the same way
+    assert cfg[TEMPLATE_KEY] == TEMPLATE.to_dict()  # later stages render rows the same way
     assert "input_ids" not in (folder / "config.json").read_text()  # no calibration rows leak into config.json
     # the method owns its folder, and what it says about it without quantizing is what was saved
     assert method_for(folder) is method

@@ -227,6 +227,16 @@ def test_calibration_strings_and_errors(tiny_tokenizer):
         None, tiny_tokenizer, TEMPLATE, num_samples=2, probe_rows=3, seed=0, needs_calibration=False
     )
     assert synthetic.calibration == [] and len(synthetic.probe) == 3 and synthetic.probe_source == "synthetic"
+    # one probe-row definition (kdq.data.probe): the export's probe rows, whatever the seed
+    from kdq.data.probe import probe_turns
+    from kdq.runtime.template import render
+
+    again = prepare_calibration(
+        None, tiny_tokenizer, TEMPLATE, num_samples=2, probe_rows=3, seed=7, needs_calibration=False
+    )
+    ids, rows = probe_turns(3)
+    assert again.probe == synthetic.probe == render(tiny_tokenizer, rows, TEMPLATE)
+    assert probe_turns(5)[1][:3] == rows and len(set(ids)) == 3
 
 
 def test_builtin_methods_own_their_facts(tmp_path):

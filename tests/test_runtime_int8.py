@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import kdq
+from kdq.data.probe import probe_turns
 from kdq.export import ExportConfig, export, verify
-from kdq.export.build import probe_rows
 from kdq.export.script import load_predict_module
 from kdq.runtime.batching import combine_swap_tta, predict_logits
 from kdq.runtime.template import TemplateConfig, encode_row
@@ -46,7 +46,7 @@ def int8_dir(tmp_path_factory, tiny_tokenizer):
 
 
 def _sequences(loaded, n):
-    _, rows = probe_rows(n)
+    _, rows = probe_turns(n)
     seqs = [encode_row(loaded.tokenizer, p, a, b, TEMPLATE) for p, a, b in rows]
     swapped = [encode_row(loaded.tokenizer, p, b, a, TEMPLATE) for p, a, b in rows]
     return rows, seqs, swapped
@@ -92,7 +92,7 @@ def test_int8_export_with_outliers_verifies_and_predict_py_matches_kdq_exactly(i
     if tta == "full":
         # predict.py re-run on the folder at the export's batch size gives the stored probabilities, bit for bit
         module = load_predict_module(out / "predict.py")
-        _, rows = probe_rows(8)
+        _, rows = probe_turns(8)
         got = module.predict_probs(out, rows, tta=tta, batch_size=4).numpy()
         np.testing.assert_array_equal(got, np.array(probe["probs"]))
         # another batch size regroups the rows: within the documented int8 allowance, not bit-equal

@@ -118,7 +118,23 @@ class Command:
         return self.args + (CONFIG_ARGS if self.config else ())
 
     def add_parser(self, subparsers) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(self.name, help=self.help, description=self.help)
+        if self.config is None:
+            p = subparsers.add_parser(self.name, help=self.help, description=self.help)
+        else:  # -h lists the config's fields, read from the class only when asked
+            p = subparsers.add_parser(
+                self.name,
+                help=self.help,
+                description=self.help,
+                add_help=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            p.add_argument(
+                "-h",
+                "--help",
+                action=HelpWithFields,
+                config=self.config,
+                help="show this help, with every config field --set accepts and its default, and exit",
+            )
         for arg in self.all_args():
             arg.add_to(p)
         p.set_defaults(command_spec=self)
@@ -138,6 +154,27 @@ class Command:
         if self.config is None:
             return fn(args)
         return fn(args, self.config_from(args))
+
+
+class HelpWithFields(argparse.Action):
+    """``-h``/``--help`` that also lists the command's config fields, their defaults and help
+    (:func:`kdq.config.fields.describe`). The config class is imported when help is asked for,
+    not when the parser is built: ``kdq --help`` imports no config module, and none imports torch.
+    """
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None, config=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.config = config
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import shutil
+
+        from ..config.fields import describe
+
+        width = min(max(shutil.get_terminal_size().columns - 2, 80), 120)
+        parser.epilog = describe(load_object(self.config), width=width)
+        parser.print_help()
+        parser.exit()
 
 
 def load_object(path: str):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import typing
 
-from .io import build_config, dataclass_in
+from .fields import coerce_fields, dataclass_in, declared_types
+from .io import build_config
 
 
 class Config:
@@ -30,7 +30,12 @@ class Config:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def _accept_dicts(self) -> None:
-        """Turn a dict given for a nested config field into that config (unknown keys: ``ValueError``)."""
+        """Turn a dict given for a nested config field into that config (unknown keys: ``ValueError``),
+        and a value given as text into its field's declared type (``DistillConfig(**yaml_dict)``)."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in coerce_fields(type(self), given).items():
+            if value is not given[name]:
+                object.__setattr__(self, name, value)
         for name, cls in _nested_fields(type(self)).items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -46,7 +51,7 @@ def _plain(value):
 @functools.cache
 def _nested_fields(cls) -> dict:
     """``{field name: config class}`` for the fields of ``cls`` typed as a (possibly optional) dataclass."""
-    hints = typing.get_type_hints(cls)
+    hints = declared_types(cls)
     out = {}
     for f in dataclasses.fields(cls):
         target = dataclass_in(hints.get(f.name))

@@ -12,9 +12,9 @@ themselves are declared in :mod:`kdq.cli.spec` / :mod:`kdq.cli.commands`). Stand
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from pathlib import Path
+
+from .fields import coerce_fields, dataclass_in, declared_types
 
 
 # ---------------------------------------------------------------- files, flags and --set
@@ -74,10 +74,12 @@ def load_config_dict(path=None, overrides=(), *, flags: dict | None = None) -> d
 def build_config(cls, data: dict, hint: str = ""):
     """Instantiate dataclass ``cls`` from a nested dict, converting nested dataclass fields.
 
-    Unknown keys are an error that lists the valid field names; missing required fields are
-    an error that names them (``hint``: how to give them, e.g. ``": pass --method"``).
+    Values given as text take their field's declared type (:func:`kdq.config.fields.coerce_text`:
+    ``"2e-5"`` is a float, ``"5e2"`` for an int field is 500). Unknown keys are an error that
+    lists the valid field names; missing required fields are an error that names them (``hint``:
+    how to give them, e.g. ``": pass --method"``).
     """
-    hints = typing.get_type_hints(cls)
+    hints = declared_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -93,7 +95,7 @@ def build_config(cls, data: dict, hint: str = ""):
     if missing:
         raise ValueError(f"{cls.__name__} needs field(s) {missing}{hint}")
     kwargs = {}
-    for key, value in data.items():
+    for key, value in coerce_fields(cls, data).items():
         target = dataclass_in(hints.get(key))
         if isinstance(value, dict) and target is not None:
             value = build_config(target, value)
@@ -101,15 +103,6 @@ def build_config(cls, data: dict, hint: str = ""):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def dataclass_in(hint):
-    """The dataclass in a type hint (``X``, ``X | None``), or ``None``."""
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-    return None
 
 
 def resolve_config(cls, path=None, flags: dict | None = None, overrides=(), hint: str = ""):

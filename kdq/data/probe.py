@@ -1,9 +1,9 @@
 """Synthetic arena rows from a seed: the probe batch of every quantized or exported model.
 
-Library code (not a test helper): :mod:`kdq.quantize` scores them when no calibration rows
-are given, and :func:`kdq.export` stores their probabilities in the manifest so
-:func:`kdq.verify` can re-score them. :mod:`kdq.testing` re-exports :func:`make_arena_rows`
-for users' own tests.
+Library code (not a test helper). :func:`probe_rows` is the one definition of the probe rows:
+:mod:`kdq.quantize` scores them when no calibration rows are given, and :func:`kdq.export`
+stores their probabilities in the manifest so :func:`kdq.verify` can re-score them.
+:mod:`kdq.testing` re-exports :func:`make_arena_rows` for users' own tests.
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ import json
 import random
 
 from ..runtime.constants import LABELS
+from ..runtime.template import PARTS, parse_turns
+
+# The probe rows: fixed, so kdq.verify re-scores exactly the rows kdq.export scored (the manifest stores
+# them too), and a quantized folder's synthetic probe is the same rows whatever the config.
+PROBE_SEED = 20240
+PROBE_MAX_WORDS = 120
 
 WORDS = (
     "the a of to and in is it that for on with as was be this by are not or have from at "
@@ -70,3 +76,16 @@ def make_arena_rows(
         for lab in LABELS:
             del rows[lab]
     return rows
+
+
+def probe_rows(n: int) -> dict:
+    """The ``n`` probe rows: unlabelled synthetic arena rows in the competition columns (``id``, JSON turn
+    lists). The first ``k`` of ``probe_rows(n)`` are ``probe_rows(k)``."""
+    return make_arena_rows(n, seed=PROBE_SEED, labelled=False, max_words=PROBE_MAX_WORDS)
+
+
+def probe_turns(n: int) -> tuple:
+    """``(ids, rows)`` of :func:`probe_rows`, each row the tuple of turn lists ``(prompt, response_a,
+    response_b)`` (as predict.py's ``read_rows`` returns them)."""
+    raw = probe_rows(n)
+    return list(raw["id"]), [tuple(parse_turns(raw[c][i]) for c in PARTS) for i in range(n)]

@@ -13,7 +13,7 @@ import datasets
 
 from ..data import encode, load_arena, swap_ab
 from ..models import attach_template
-from ..runtime.constants import SWAP_PERMUTATION
+from ..runtime.constants import FORMAT_KEY, SWAP_PERMUTATION
 from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
@@ -24,6 +24,7 @@ from .planning import plan_training
 from .teacher_pass import scored_rows, teacher_pass, transfer_rows
 
 log = logging.getLogger("kdq.distill")
+DISTILL_RECORD_FORMAT = 1  # kdq-distill.json's format version (under FORMAT_KEY), written by _save_student
 
 
 @dataclass
@@ -250,6 +251,7 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         record = {
+            FORMAT_KEY: DISTILL_RECORD_FORMAT,
             "config": cfg.to_dict(),
             "metrics": jsonable(metrics),
             "student_source": fingerprint,

@@ -22,19 +22,30 @@ LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LoraSettings(Config):
     """LoRA for the student through peft. The ``score`` head is always trained in full (fp32).
 
-    ``base_dtype``: the dtype the frozen base is held in; ``"auto"`` is bf16 on CUDA GPUs that
-    have it, fp16 on the others (T4), fp32 on CPU (see :mod:`kdq.distill.lora`).
-    ``quantize="nf4"``: QLoRA — the base loads in 4-bit nf4 with double quantization through
-    bitsandbytes (computing in ``base_dtype``); the ``score`` head is never quantized, and the
-    saved student is merged onto the dequantized base, unquantized.
+    ``quantize="nf4"`` is QLoRA: the saved student is merged onto the dequantized base,
+    unquantized (see :mod:`kdq.distill.lora`). Each field's help is in its metadata.
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple = LLAMA_LINEAR
-    base_dtype: str = "auto"
-    quantize: str = "none"
+    r: int = field(default=16, metadata={"help": "LoRA rank of each adapted matrix"})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator: the update is B·A·alpha/r"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input, in [0, 1)"})
+    target_modules: tuple = field(
+        default=LLAMA_LINEAR, metadata={"help": "the linear layers that get adapters (Llama names)"}
+    )
+    base_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype the frozen base is held in: auto (bf16 on GPUs that have it, fp16 on the others, "
+            "fp32 on CPU), fp16, bf16 or fp32"
+        },
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "none, or nf4 for QLoRA: the base in 4-bit nf4 with double quantization (bitsandbytes); "
+            "the score head is never quantized"
+        },
+    )
 
     def __post_init__(self):
         self._accept_dicts()
@@ -64,59 +75,110 @@ class DistillConfig(Config):
     (projected) and the teacher's: from the teacher cache when ``teacher_logits="cache"``
     (no live teacher in memory, no teacher forward per step), else live.
 
-    ``swap_augment``: ``False``; ``True`` adds every row's A/B-swapped copy to the table
-    (shuffled independently); ``"paired"`` puts each row and its swapped copy in the same
-    batch (``batch_size`` rows = ``batch_size / 2`` pairs; it must be even).
-    ``teacher_logits``: ``"cache"`` scores the teacher once over all rows (fingerprinted Arrow
-    cache, optional swap TTA) before training; ``"live"`` runs the frozen teacher in every
-    training step on exactly the batch the student sees (swapped copies included: a
-    consistent teacher, Beyer et al. 2022), with no cache pass and no TTA. The hidden-state
-    term runs the teacher live anyway, so ``"live"`` saves the cache pass there.
-    ``deterministic``: ``Trainer``'s ``full_determinism`` (the same seed on the same machine
-    gives the same figures); turn it off on a GPU whose kernels lack a deterministic variant.
+    ``teacher_logits="live"`` runs the frozen teacher in every training step on exactly the batch
+    the student sees (swapped copies included: a consistent teacher, Beyer et al. 2022), with no
+    cache pass and no TTA; the hidden-state term runs the teacher live anyway, so ``"live"`` saves
+    the cache pass there. Each field's help is in its metadata (``kdq distill --help`` lists them).
     """
 
-    output_dir: str = "runs/distill"
-    template: TemplateConfig = field(default_factory=TemplateConfig)
+    output_dir: str = field(
+        default="runs/distill", metadata={"help": "run folder; the student is saved in <output_dir>/student"}
+    )
+    template: TemplateConfig = field(
+        default_factory=TemplateConfig, metadata={"help": "how rows become tokens (recorded in the student)"}
+    )
     # distillation loss
-    divergence: str = "forward_kl"
-    temperature: float = 2.0
-    alpha: float = 0.5
-    jsd_beta: float = 0.5
-    cosine_weight: float = 0.0
-    hidden_weight: float = 0.0
-    hidden_loss: str = "cosine"
-    hidden_layer_map: object = "auto"  # "auto" or a teacher layer (or None) per student layer
-    hidden_projection: str = "auto"  # "auto": learned where the widths differ, identity otherwise; "linear": always
-    feature_weight: float = 0.0
-    feature_loss: str = "cosine"
-    teacher_quantize: str = "none"  # the live teacher's weights: "none" (fp16 on CUDA, fp32 on CPU), "int8", "nf4"
+    divergence: str = field(
+        default="forward_kl",
+        metadata={"help": "teacher-student divergence: forward_kl, reverse_kl, jsd, prob_cosine (or registered)"},
+    )
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature T of the divergence (> 0)"})
+    alpha: float = field(
+        default=0.5, metadata={"help": "weight of the hard-label CE; the divergence gets 1 - alpha (0 to 1)"}
+    )
+    jsd_beta: float = field(
+        default=0.5, metadata={"help": "jsd only: mixture weight beta (0 = forward KL, 1 = reverse KL)"}
+    )
+    cosine_weight: float = field(
+        default=0.0, metadata={"help": "weight of the extra 1 - cos(p_S, p_T) term on the probabilities"}
+    )
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the hidden-state loss (the student needs the teacher's tokenizer)"},
+    )
+    hidden_loss: str = field(
+        default="cosine", metadata={"help": "hidden-state loss per layer: cosine (1 - cos) or mse"}
+    )
+    hidden_layer_map: object = field(
+        default="auto",
+        metadata={
+            "help": "teacher layer (or null) per student layer; auto: kdq.shrink's record, else proportional by depth"
+        },
+    )
+    hidden_projection: str = field(
+        default="auto",
+        metadata={"help": "student→teacher hidden projection: auto (learned where widths differ), linear (always)"},
+    )
+    feature_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the pooled-feature loss (cached with teacher_logits=cache, else live)"},
+    )
+    feature_loss: str = field(default="cosine", metadata={"help": "pooled-feature loss: cosine (1 - cos) or mse"})
+    teacher_quantize: str = field(
+        default="none",
+        metadata={"help": "the live teacher's weights: none (fp16 on CUDA, fp32 on CPU), int8 or nf4 (bitsandbytes)"},
+    )
     # teacher pass
-    teacher_logits: str = "cache"
-    teacher_tta: bool = False
-    teacher_batch_size: int = 16
-    cache_dir: str | None = None  # None: the shared user cache, kdq.utils.cachedir.default_cache_dir()
+    teacher_logits: str = field(
+        default="cache",
+        metadata={"help": "cache: score the teacher once before training (optional TTA); live: in every step"},
+    )
+    teacher_tta: bool = field(
+        default=False, metadata={"help": "cache the teacher's swap-TTA probabilities (each row scored A/B swapped too)"}
+    )
+    teacher_batch_size: int = field(default=16, metadata={"help": "rows per forward pass of the teacher pass"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "teacher-logit cache root; null: the shared user cache ($KDQ_CACHE, ~/.cache/kdq)"},
+    )
     # data
-    swap_augment: bool | str = False
+    swap_augment: bool | str = field(
+        default=False,
+        metadata={
+            "help": "add each row's A/B-swapped copy: false, true (shuffled apart) or paired (same batch; "
+            "batch_size even)"
+        },
+    )
     # optimisation (forwarded to transformers.TrainingArguments)
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    eval_batch_size: int = 16
-    lora: LoraSettings | None = None
-    precision: str = "auto"
-    gradient_checkpointing: bool | None = None  # None: on when the memory projection says it must be
-    seed: int = 0
-    deterministic: bool = True
-    logging_steps: int = 10
-    save_total_limit: int = 2
+    epochs: float = field(default=1.0, metadata={"help": "training epochs (may be fractional)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1: as many as epochs give"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate of AdamW, e.g. 2e-5"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps spent warming up, in [0, 1)"})
+    batch_size: int = field(default=8, metadata={"help": "training rows per device and step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
+    eval_batch_size: int = field(default=16, metadata={"help": "rows per forward pass when evaluating"})
+    lora: LoraSettings | None = field(default=None, metadata={"help": "LoRA / QLoRA settings; null: full fine-tuning"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "compute precision: auto (bf16 or fp16 AMP on CUDA, fp32 on CPU), fp32, fp16, bf16"},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "true, false, or null: on when the memory projection says it must be"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the run (data order, initialisation)"})
+    deterministic: bool = field(
+        default=True,
+        metadata={
+            "help": "Trainer's full_determinism (same seed, same machine, same figures); off on GPUs "
+            "whose kernels lack a deterministic variant"
+        },
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log the loss parts every N steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept in the run folder"})
     # run management
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output_dir"})
 
     def __post_init__(self):
         cls = "DistillConfig"
@@ -163,8 +225,6 @@ class DistillConfig(Config):
                 f"{cls}: teacher_logits='live' scores each row as the student sees it, so there is no "
                 "swap TTA; set teacher_tta=False, or teacher_logits='cache' for TTA targets."
             )
-        if isinstance(self.swap_augment, str) and self.swap_augment.lower() in ("true", "false"):  # --set from the CLI
-            object.__setattr__(self, "swap_augment", self.swap_augment.lower() == "true")
         if not any(self.swap_augment is v or (isinstance(v, str) and self.swap_augment == v) for v in SWAP_AUGMENT):
             raise ValueError(f"{cls}.swap_augment must be False, True or 'paired', got {self.swap_augment!r}")
         if self.swap_augment == "paired" and self.batch_size % 2:

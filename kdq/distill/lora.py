@@ -26,22 +26,16 @@ import torch
 
 from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
 from ..quantize.config import QuantConfig
+from ..runtime.dtypes import resolve_dtype
 from ..utils.distributed import training_device
 from .config import DistillConfig, LoraSettings
 
-HALF = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
-    """The dtype the (frozen) base is loaded in: the rule in the module doc."""
-    device = torch.device(device)
+    """The dtype the (frozen) base is loaded in: the rule in the module doc (the runtime's, with bf16)."""
     if lora is None:
         return torch.float32
-    if lora.base_dtype != "auto":
-        return HALF[lora.base_dtype]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return resolve_dtype(lora.base_dtype, device, bf16=True)
 
 
 # --------------------------------------------------------------------------- loading and wrapping

@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..runtime.batching import pad_batch
+from ..runtime.dtypes import SHORT_NAMES, resolve_dtype
 from ..utils.distributed import world_size
 from .config import DistillConfig
 from .objective import LOSS_PARTS, DistillObjective
@@ -110,9 +111,8 @@ def compute_metrics(eval_pred):
 def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) -> TrainingArguments:
     """Map :class:`DistillConfig` onto ``TrainingArguments`` (one place, no kwargs soup)."""
     cuda = torch.cuda.is_available()
-    precision = cfg.precision
-    if precision == "auto":  # fp16 AMP on GPUs without bf16 (T4), bf16 where it exists, fp32 on CPU
-        precision = ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16") if cuda else "fp32"
+    # auto: fp16 AMP on GPUs without bf16 (T4), bf16 where it exists, fp32 on CPU (the runtime's rule)
+    precision = SHORT_NAMES[resolve_dtype(cfg.precision, "cuda" if cuda else "cpu", bf16=True)]
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),

@@ -18,41 +18,49 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class EvalConfig(Config):
-    """How to score a variant.
-
-    Args:
-        batch_size: rows per forward pass (length-sorted, dynamically padded).
-        max_batch_tokens: optional cap on ``rows x longest`` per batch.
-        tta: swap TTA behind the ``*_tta`` metrics: ``True`` or ``"full"`` scores every row
-            also with A and B swapped (original and swapped rows in one length-sorted pass);
-            ``"gated"`` scores every row once, then swaps only the ``tta_fraction`` least
-            confident rows; ``False`` or ``"none"``: no TTA metrics.
-        tta_fraction: share of rows gated TTA swap-scores (``0.33``: about 1.33 passes).
-        template: row rendering; default: the template recorded in the model's config
-            (``kdq_template``), else ``TemplateConfig()``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
-        dtype: weights dtype when loading an unquantized folder; ``"auto"`` is fp16 on CUDA
-            and fp32 on CPU. Model objects are scored as given.
-        ece_bins: confidence bins of the expected calibration error.
-        budget: budget profile (shipped name, JSON path or ``BudgetProfile``) to project the
-            variant onto, or ``None`` for no verdict.
-        progress: show tqdm progress bars.
-        bootstrap_samples, bootstrap_seed: the paired bootstrap behind :func:`kdq.compare`'s
-            95% intervals (rows resampled jointly across variants; the seed makes reruns equal).
+    """How to score a variant: batching, swap TTA, device, calibration bins, the budget verdict and
+    :func:`kdq.compare`'s paired bootstrap (rows resampled jointly across variants). Each field's
+    help is in its metadata (``kdq evaluate --help`` lists them).
     """
 
-    batch_size: int = 8
-    max_batch_tokens: int | None = None
-    tta: object = True
-    tta_fraction: float = DEFAULT_TTA_FRACTION
-    template: TemplateConfig | None = None
-    device: str | None = None
-    dtype: str = "auto"
-    ece_bins: int = 15
-    budget: object = "lmsys-2xt4"
-    progress: bool = True
-    bootstrap_samples: int = 2000
-    bootstrap_seed: int = 0
+    batch_size: int = field(default=8, metadata={"help": "rows per forward pass (length-sorted, dynamically padded)"})
+    max_batch_tokens: int | None = field(
+        default=None, metadata={"help": "optional cap on rows x longest row per batch"}
+    )
+    tta: object = field(
+        default=True,
+        metadata={
+            "help": "swap TTA behind the *_tta metrics: true/full (every row also A/B-swapped, one pass), gated "
+            "(only the tta_fraction least confident rows), false/none"
+        },
+    )
+    tta_fraction: float = field(
+        default=DEFAULT_TTA_FRACTION,
+        metadata={"help": "share of rows gated TTA swap-scores (0.33: about 1.33 passes per row)"},
+    )
+    template: TemplateConfig | None = field(
+        default=None, metadata={"help": "row rendering; null: the model's recorded kdq_template, else the default"}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1...; null: CUDA when available"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "weights dtype of an unquantized folder: auto (fp16 on CUDA, fp32 on CPU), float32, "
+            "float16, bfloat16"
+        },
+    )
+    ece_bins: int = field(default=15, metadata={"help": "confidence bins of the expected calibration error"})
+    budget: object = field(
+        default="lmsys-2xt4",
+        metadata={
+            "help": "budget profile to project onto (shipped name, JSON path or BudgetProfile); null: no verdict"
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+    bootstrap_samples: int = field(
+        default=2000, metadata={"help": "paired bootstrap resamples behind compare's 95% intervals"}
+    )
+    bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap (reruns give the same intervals)"})
 
     def __post_init__(self):
         c = "EvalConfig"
@@ -94,7 +102,8 @@ class Metrics:
     """What one variant scored and cost on a set of held-out rows.
 
     Quality: ``log_loss`` (competition definition), ``accuracy``, ``ece``, and the same with
-    swap TTA (``*_tta``; ``None`` when TTA was off). Cost: ``size_bytes`` (weight files on
+    swap TTA (``*_tta``; ``None`` when TTA was off), scored with ``tta_mode`` (``"none"``,
+    ``"full"``, ``"gated"``) and ``tta_fraction`` (gated). Cost: ``size_bytes`` (weight files on
     disk, or parameter bytes in memory for a model object: see ``size_source``),
     ``peak_memory_bytes`` (``peak_memory_kind``: process RSS on CPU, max allocated on
     CUDA), ``rows_per_s`` / ``tokens_per_s`` over every scored sequence (a TTA row counts
@@ -110,6 +119,8 @@ class Metrics:
     log_loss_tta: float | None
     accuracy_tta: float | None
     ece_tta: float | None
+    tta_mode: str
+    tta_fraction: float
     size_bytes: int
     size_source: str
     peak_memory_bytes: int

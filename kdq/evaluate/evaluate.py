@@ -129,10 +129,10 @@ def rows_fingerprint(rows) -> str:
 
 def _resolve(model, config: EvalConfig, device):
     """Load or adopt the model; return ``(LoadedModel, size_bytes, size_source)``."""
-    import torch
 
-    from ..models import LoadedModel, is_adapter_dir, load_classifier, model_dtype_for
+    from ..models import LoadedModel, is_adapter_dir, load_classifier
     from ..quant_methods import quantization_config_of
+    from ..runtime.dtypes import resolve_dtype
 
     if isinstance(model, LoadedModel):
         loaded = model
@@ -140,7 +140,7 @@ def _resolve(model, config: EvalConfig, device):
         quantized = Path(model).is_dir() and quantization_config_of(model) is not None
         dtype = None
         if not quantized:  # quantized folders bring their own compute dtype
-            dtype = model_dtype_for(device) if config.dtype == "auto" else getattr(torch, config.dtype)
+            dtype = resolve_dtype(config.dtype, device)
         loaded = load_classifier(model, dtype=dtype, device=None if quantized else device)
     else:
         loaded = load_classifier(model)
@@ -244,7 +244,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
     from ..data import encode, labels_of, load_arena
     from ..models import default_device, template_of
     from ..runtime.template import TemplateConfig
-    from .budget import load_budget, project
+    from .budget import load_budget
     from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
 
     config = EvalConfig() if config is None else config
@@ -279,32 +279,8 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
 
     spec = ModelSpec.from_config(loaded.model.config)
     fmt = weight_format_of(loaded.model.config)
-    dev_name = device_name(device)
     lengths = np.asarray(enc["length"], dtype=np.int64)
-    verdict = None
-    if profile is not None:
-        measured = None
-        if device.type == "cuda":
-            measured = {"device": dev_name, "tokens_per_s": real / max(seconds, 1e-9)}
-        if config.tta_mode == "gated":  # about 1 + fraction forward passes per row
-            profile = dataclasses.replace(profile, tta_factor=1.0 + config.tta_fraction)
-        verdict = project(
-            spec,
-            fmt,
-            lengths,
-            profile,
-            max_length=template.max_length,
-            tta=config.tta_mode != "none",
-            measured=measured,
-        )
-        dtype = next(loaded.model.parameters()).dtype
-        if measured is not None and fmt is FP16 and dtype != torch.float16:
-            verdict["notes"].append(
-                f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
-                "throughput is pessimistic for a fp16 T4 run"
-            )
-
-    return Metrics(
+    metrics = Metrics(
         n_rows=len(rows),
         log_loss=log_loss(probs, labels),
         accuracy=accuracy(probs, labels),
@@ -312,6 +288,8 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
         accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
         ece_tta=ece(probs_tta, labels, config.ece_bins) if probs_tta is not None else None,
+        tta_mode=config.tta_mode,
+        tta_fraction=config.tta_fraction,
         size_bytes=int(size_bytes),
         size_source=size_source,
         peak_memory_bytes=int(peak.peak),
@@ -319,7 +297,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         rows_per_s=scored_rows / max(seconds, 1e-9),
         tokens_per_s=real / max(seconds, 1e-9),
         seconds=seconds,
-        device=dev_name,
+        device=device_name(device),
         n_params=int(param_counts(spec)["total"]),
         weight_format=_stored_format(loaded, fmt),
         weight_format_spec=dataclasses.asdict(fmt),
@@ -330,8 +308,45 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         model_fingerprint=loaded.fingerprint,
         source=loaded.source,
         spec=spec.to_dict(),
-        budget=verdict,
+        budget=None,
         probs=probs,
         probs_tta=probs_tta,
         lengths=lengths,
+    )
+    verdict = project_metrics(metrics, profile)
+    dtype = next(loaded.model.parameters()).dtype
+    if verdict is not None and verdict["basis"] == "measured-cuda" and fmt is FP16 and dtype != torch.float16:
+        verdict["notes"].append(
+            f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
+            "throughput is pessimistic for a fp16 T4 run"
+        )
+    return dataclasses.replace(metrics, budget=verdict)
+
+
+def project_metrics(metrics: Metrics, profile) -> dict | None:
+    """The budget verdict of a scored variant on ``profile`` (``None`` without a profile).
+
+    The one place that turns what a variant was scored with into the projection, for
+    :func:`evaluate` and for the :class:`Metrics` :func:`kdq.compare` is handed: passes per row
+    from its TTA (full: ``profile.tta_factor``; gated: about ``1 + tta_fraction``; none: 1), and a
+    CUDA measurement as the throughput basis (``budget.project``'s ``measured``).
+    """
+    from .budget import project
+    from .modelspec import ModelSpec, WeightFormat
+
+    if profile is None:
+        return None
+    if metrics.tta_mode == "gated":  # every row once, the least confident fraction twice
+        profile = dataclasses.replace(profile, tta_factor=1.0 + metrics.tta_fraction)
+    measured = None
+    if metrics.device.startswith("cuda"):
+        measured = {"device": metrics.device, "tokens_per_s": metrics.tokens_per_s}
+    return project(
+        ModelSpec(**metrics.spec),
+        WeightFormat(**metrics.weight_format_spec),
+        metrics.lengths,
+        profile,
+        max_length=metrics.max_length,
+        tta=metrics.tta_mode != "none",
+        measured=measured,
     )

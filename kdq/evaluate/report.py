@@ -9,11 +9,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.constants import FORMAT_KEY
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
 from .stats import Interval, gap_closed_value, paired_intervals
 
 MB = 1e6
+REPORT_FORMAT = 1  # report.json's format version (under FORMAT_KEY), written by compare
 
 
 @dataclass
@@ -225,9 +227,8 @@ def compare(
 
     from ..data import load_arena
     from ..utils.atomic import atomic_dir
-    from .budget import load_budget, project
-    from .evaluate import evaluate, rows_fingerprint
-    from .modelspec import ModelSpec, WeightFormat
+    from .budget import load_budget
+    from .evaluate import evaluate, project_metrics, rows_fingerprint
 
     config = EvalConfig() if config is None else config
     if not isinstance(variants, dict) or not variants:
@@ -254,20 +255,7 @@ def compare(
                     "Pass the model instead so it is re-scored."
                 )
             # re-project on this comparison's profile (cheap arithmetic), so every row answers the same budget
-            verdict = None
-            if profile is not None:
-                measured = {"device": v.device, "tokens_per_s": v.tokens_per_s} if v.device.startswith("cuda") else None
-                verdict = project(
-                    ModelSpec(**v.spec),
-                    WeightFormat(**v.weight_format_spec),
-                    v.lengths,
-                    profile,
-                    max_length=v.max_length,
-                    tta=v.log_loss_tta is not None,
-                    measured=measured,
-                )
-            v = dataclasses.replace(v, budget=verdict)
-            metrics[name] = v
+            metrics[name] = dataclasses.replace(v, budget=project_metrics(v, profile))
         else:
             metrics[name] = evaluate(v, rows, config)
             gc.collect()  # free a loaded variant before the next one loads
@@ -304,6 +292,7 @@ def compare(
     )
     report = jsonable(
         {
+            FORMAT_KEY: REPORT_FORMAT,
             "rows": len(rows),
             "rows_fingerprint": fingerprint,
             "teacher": teacher,
@@ -375,15 +364,12 @@ def _markdown(
     table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows, intervals=None, intervals_tta=None
 ) -> str:
     lines = [f"# Variant trade-offs on {n_rows} held-out rows", ""]
+    factors = sorted({m.budget["tta_factor"] for m in metrics.values() if m.budget and m.budget["tta_factor"] > 1})
     if profile is not None:
         lines += [
             f"Budget **{profile.name}**: {profile.description}. Projected hours are for "
             f"{profile.rows} rows at batch {profile.batch_size}"
-            + (
-                f", with swap TTA (x{profile.tta_factor:g})"
-                if any(m.log_loss_tta is not None for m in metrics.values())
-                else ""
-            )
+            + (f", with swap TTA (x{', x'.join(f'{f:g}' for f in factors)} passes per row)" if factors else "")
             + "; (est.) = FLOP/bandwidth estimate, (meas.) = CUDA measurement scaled by peak FLOP/s. "
             "Fits shows the time margin / GPU-memory margin per GPU.",
             "",

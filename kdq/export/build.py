@@ -9,19 +9,27 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.probe import probe_turns
 from ..quant_methods import prepare_to_load, quantization_config_of, runtime_settings
-from ..runtime.constants import DEFAULT_TTA_FRACTION, MANIFEST_FILE, SETTINGS_FILE, WHEELS_DIR
+from ..runtime.constants import (
+    DEFAULT_TTA_FRACTION,
+    FORMAT_KEY,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    SETTINGS_FILE,
+    SETTINGS_FORMAT,
+    TEMPLATE_KEY,
+    WHEELS_DIR,
+)
 from ..utils.atomic import atomic_dir
 from ..utils.errors import CheckFailed
 from ..utils.jsonable import jsonable
 from ..utils.versions import library_versions
 from .config import ExportConfig, dataset_metadata_problems
 from .files import CARD_FILE, METADATA_FILE, copy_model_files, list_files
-from .manifest import MANIFEST_VERSION, metrics_record, utc_now, write_json
+from .manifest import metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
 from .verify import VerificationError
-
-PROBE_SEED = 20240  # fixed: verify re-scores the same synthetic rows
 
 
 class ExportError(CheckFailed):
@@ -67,6 +75,10 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
         raise FileExistsError(f"{out_dir} already exists; pass ExportConfig(overwrite=True) or choose another folder.")
     metrics_dict, budget = metrics_record(metrics)
     from tqdm.auto import tqdm
+
+    from ..evaluate.budget import load_budget
+
+    load_budget(config.budget)  # a bad profile fails now, not after staging the weights
 
     steps = ["stage model files", "write predict.py", "wheels", "probe batch", "card and manifest"]
     bar = tqdm(total=len(steps), desc="export", unit="step")
@@ -122,13 +134,20 @@ def settings_record(config: ExportConfig, quantization_config: dict | None) -> d
     front, so a missing backend fails in seconds with the offline install line, not mid-load), the
     packages whose versions predict.py compares, and per device type the environment defaults and
     ``quantization_config`` overrides predict.py applies. The standalone runtime cannot import the
-    registry, so this record is how a method registered later reaches it."""
+    registry, so this record is how a method registered later reaches it. ``budget``: the time limit
+    and hidden-test rows of ``config.budget``'s profile, which predict.py's ETA checks (one source:
+    the profile JSON)."""
+    from ..evaluate.budget import load_budget
+
+    profile = load_budget(config.budget)
     return {
+        FORMAT_KEY: SETTINGS_FORMAT,
         "tta": config.tta,
         "tta_fraction": config.tta_fraction,
         "batch_size": config.batch_size,
         "max_batch_tokens": config.max_batch_tokens,
         **runtime_settings(quantization_config),
+        "budget": {"name": profile.name, "time_limit_hours": profile.time_limit_hours, "rows": profile.rows},
     }
 
 
@@ -151,7 +170,7 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Sta
     if next(original.model.parameters()).dtype == torch.float16:
         return staged  # saved from an fp16 model: fp16 on disk already
     half = copy.deepcopy(original.model).to(torch.float16)
-    _, rows = probe_rows(config.probe_rows)
+    _, rows = probe_turns(config.probe_rows)
     ref = kdq_probs(
         original, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
     )
@@ -257,12 +276,12 @@ def _resolve_template(config: ExportConfig, model):
     if config.template is not None and recorded is not None and config.template != recorded:
         raise ValueError(
             f"ExportConfig.template={config.template} differs from the template recorded in the model "
-            f"(config.json kdq_template={recorded}); the notebook must render rows as training did. "
+            f"(config.json {TEMPLATE_KEY}={recorded}); the notebook must render rows as training did. "
             "Drop ExportConfig.template to use the recorded one."
         )
     if config.template is None and recorded is None:
         warnings.warn(
-            "the model records no row template (config.json 'kdq_template'); exporting with the default "
+            f"the model records no row template (config.json {TEMPLATE_KEY!r}); exporting with the default "
             f"{TemplateConfig()}. Pass ExportConfig(template=...) if it was trained otherwise.",
             stacklevel=3,
         )
@@ -271,7 +290,7 @@ def _resolve_template(config: ExportConfig, model):
 
 def _finish_config_json(tmp: Path, template, tokenizer) -> str | None:
     """Record the template, pad id and labels in the exported config.json; return the quant method."""
-    from ..models import ID2LABEL, LABEL2ID, TEMPLATE_KEY
+    from ..models import ID2LABEL, LABEL2ID
 
     path = tmp / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -299,16 +318,6 @@ def _wheels(tmp: Path, config: ExportConfig, quant_method):
         )
     except WheelError as err:
         raise ExportError(f"wheels: {err} Nothing was written.") from err
-
-
-def probe_rows(n: int):
-    """``(ids, rows)`` of ``n`` fixed synthetic arena rows (rows as predict.py's read_rows returns them)."""
-    from ..data.probe import make_arena_rows
-    from ..runtime.template import parse_turns
-
-    raw = make_arena_rows(n, seed=PROBE_SEED, labelled=False, max_words=120)
-    rows = [tuple(parse_turns(raw[c][i]) for c in ("prompt", "response_a", "response_b")) for i in range(n)]
-    return list(raw["id"]), rows
 
 
 def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: float = DEFAULT_TTA_FRACTION):
@@ -340,7 +349,7 @@ def _probe(tmp: Path, loaded, config: ExportConfig, template) -> dict:
     """
     first = next(loaded.model.parameters())
     device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
-    ids, rows = probe_rows(config.probe_rows)
+    ids, rows = probe_turns(config.probe_rows)
     expected = kdq_probs(
         loaded, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
     )
@@ -406,7 +415,7 @@ def _write_card_and_manifest(
     write_json(tmp / METADATA_FILE, meta)
     cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
     manifest = {
-        "kdq_manifest_version": MANIFEST_VERSION,
+        FORMAT_KEY: MANIFEST_FORMAT,
         "created_utc": utc_now(),
         "dataset": config.dataset_metadata(),
         "export_config": public_paths(config.to_dict()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -115,69 +116,86 @@ def _tuple_of_str(cls, name, value) -> tuple:
 class ExportConfig(Config):
     """How :func:`kdq.export` packs a model into a Kaggle dataset folder.
 
-    Args:
-        title: Kaggle dataset title, 6 to 50 characters.
-        dataset_id: ``"owner/slug"``: your Kaggle user name and the dataset's URL slug.
-        licenses: exactly one Kaggle licence name (Danube3 is Apache-2.0, hence the default).
-        overwrite: replace an existing output folder (only once the new one is complete).
-        tta: default of predict.py's ``--tta``: ``"full"`` (or ``True``) averages each row with
-            its A/B-swapped copy (twice the compute, usually a lower log loss); ``"gated"``
-            swap-scores only the ``tta_fraction`` least confident rows; ``"none"`` (or ``False``).
-            Stored as the mode name.
-        tta_fraction: the share of rows gated TTA swap-scores.
-        weights_dtype: how unquantized weights are stored: ``"float16"`` (default; half the
-            bytes, and what a T4 computes in) or ``"float32"``. The export checks fp16 against
-            fp32 on the probe rows (finite, within ``fp16_atol``) and says when to fall back.
-        fp16_atol: largest allowed |Δ probability| between fp16 and fp32 compute on the probe rows.
-        batch_size: default of predict.py's ``--batch-size`` (rows per forward pass per GPU).
-        max_batch_tokens: optional default cap on ``rows x longest row`` per batch.
-        template: the row template; ``None`` uses the one recorded in the model's config
-            (``kdq_template``), else ``TemplateConfig()``. A template that contradicts the
-            recorded one is an error: the notebook must render rows as training did.
-        probe_rows: synthetic rows scored at export time; verify re-scores them.
-        probe_atol: largest allowed |Δ probability| between the exported predict.py and
-            kdq's own pipeline on the source model, and at verify time.
-        wheels: fill ``wheels/`` with ``pip download`` for the Kaggle platform.
-        wheel_packages: the packages to ship; ``None`` derives them from the model:
-            transformers and accelerate, plus gptqmodel+optimum for GPTQ or bitsandbytes for
-            bnb. Entries are pinned to the version installed here unless pinned already.
-        wheel_deps: also ship their dependencies (read from the installed metadata), except
-            torch and its CUDA stack, which the Kaggle image provides.
-        wheel_python_versions: target interpreters (default: Kaggle's current image, 3.11). A
-            pinned package whose ``Requires-Python`` excludes one is an error before any download.
-        wheel_platforms: pip ``--platform`` tags accepted on the target.
-        wheel_files: local ``.whl`` files to ship as well (e.g. a gptqmodel wheel you built:
-            it has no binary wheel on PyPI); their packages are not downloaded.
-        configs: free-form record for the manifest, e.g. ``{"distill": DistillConfig(...),
-            "quantize": QuantConfig(...), "eval": EvalConfig(...)}``; dataclasses are converted
-            with ``dataclasses.asdict``.
-        sources: source model folders (or names) -> fingerprint; ``None`` values are
-            fingerprinted from the folder at export time.
-        description: one paragraph for the model card.
+    The export checks fp16 against fp32 on the probe rows (finite, within ``fp16_atol``) and says
+    when to fall back to ``weights_dtype="float32"``. A ``template`` that contradicts the one
+    recorded in the model is an error: the notebook must render rows as training did. Wheel
+    entries are pinned to the versions installed here unless pinned already. Each field's help
+    is in its metadata (``kdq export --help`` lists them).
     """
 
-    title: str
-    dataset_id: str
-    licenses: tuple = ("apache-2.0",)
-    overwrite: bool = False
-    tta: object = "full"
-    tta_fraction: float = DEFAULT_TTA_FRACTION
-    weights_dtype: str = "float16"
-    fp16_atol: float = 2e-3
-    batch_size: int = 8
-    max_batch_tokens: int | None = None
-    template: TemplateConfig | None = None
-    probe_rows: int = 6
-    probe_atol: float = 1e-4
-    wheels: bool = False
-    wheel_packages: tuple | None = None
-    wheel_deps: bool = True
-    wheel_python_versions: tuple = KAGGLE_PYTHON_VERSIONS
-    wheel_platforms: tuple = DEFAULT_PLATFORMS
-    wheel_files: tuple = ()
-    configs: object = field(default_factory=dict, hash=False)
-    sources: object = field(default_factory=dict, hash=False)
-    description: str = ""
+    title: str = field(metadata={"help": "Kaggle dataset title, 6 to 50 characters"})
+    dataset_id: str = field(metadata={"help": "owner/slug: your Kaggle user name and the dataset's URL slug"})
+    licenses: tuple = field(
+        default=("apache-2.0",),
+        metadata={"help": "exactly one Kaggle licence name (Danube3 is Apache-2.0, hence the default)"},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an existing output folder (once the new one is complete)"}
+    )
+    tta: object = field(
+        default="full",
+        metadata={
+            "help": "predict.py's default swap TTA: full/true (every row also A/B-swapped), gated (the "
+            "tta_fraction least confident rows), none/false; stored as the mode name"
+        },
+    )
+    tta_fraction: float = field(
+        default=DEFAULT_TTA_FRACTION, metadata={"help": "the share of rows gated TTA swap-scores"}
+    )
+    weights_dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "how unquantized weights are stored: float16 (half the bytes; what a T4 computes in) or float32"
+        },
+    )
+    fp16_atol: float = field(
+        default=2e-3, metadata={"help": "largest allowed |Δp| of fp16 against fp32 compute on the probe rows"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "predict.py's default rows per forward pass per GPU"})
+    max_batch_tokens: int | None = field(
+        default=None, metadata={"help": "predict.py's optional default cap on rows x longest row per batch"}
+    )
+    template: TemplateConfig | None = field(
+        default=None, metadata={"help": "row template; null: the one recorded in the model, else the default"}
+    )
+    probe_rows: int = field(default=6, metadata={"help": "synthetic rows scored at export time; verify re-scores them"})
+    probe_atol: float = field(
+        default=1e-4,
+        metadata={"help": "largest allowed |Δp| between the exported predict.py and kdq on the source model"},
+    )
+    budget: str = field(
+        default="lmsys-2xt4",
+        metadata={"help": "budget profile (name or JSON path) whose time limit and rows predict.py's ETA checks"},
+    )
+    wheels: bool = field(default=False, metadata={"help": "fill wheels/ with pip download for the Kaggle platform"})
+    wheel_packages: tuple | None = field(
+        default=None,
+        metadata={"help": "packages to ship; null: transformers, accelerate and the quantization method's wheels"},
+    )
+    wheel_deps: bool = field(
+        default=True, metadata={"help": "also ship their dependencies, except torch and its CUDA stack"}
+    )
+    wheel_python_versions: tuple = field(
+        default=KAGGLE_PYTHON_VERSIONS,
+        metadata={"help": "target interpreters, X.Y (default: Kaggle's current image)"},
+    )
+    wheel_platforms: tuple = field(
+        default=DEFAULT_PLATFORMS, metadata={"help": "pip --platform tags accepted on the target"}
+    )
+    wheel_files: tuple = field(
+        default=(), metadata={"help": "local .whl files to ship as well; their packages are not downloaded"}
+    )
+    configs: object = field(
+        default_factory=dict,
+        hash=False,
+        metadata={"help": "free-form record for the manifest, e.g. {distill: DistillConfig(...)}"},
+    )
+    sources: object = field(
+        default_factory=dict,
+        hash=False,
+        metadata={"help": "source folders (or names) -> fingerprint; null values are fingerprinted at export"},
+    )
+    description: str = field(default="", metadata={"help": "one paragraph for the model card"})
 
     def __post_init__(self):
         cls = "ExportConfig"
@@ -211,6 +229,12 @@ class ExportConfig(Config):
             check_range(cls, "max_batch_tokens", self.max_batch_tokens, 32, None, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 256, kind=int)
         check_range(cls, "probe_atol", self.probe_atol, 0.0, 1.0, lo_open=True)
+        if isinstance(self.budget, os.PathLike):
+            object.__setattr__(self, "budget", os.fspath(self.budget))
+        if not isinstance(self.budget, str) or not self.budget:
+            raise ValueError(
+                f"{cls}.budget must be a budget profile name or JSON path, e.g. 'lmsys-2xt4', got {self.budget!r}"
+            )
         if self.template is not None:
             if not isinstance(self.template, TemplateConfig):
                 raise ValueError(

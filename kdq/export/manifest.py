@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..utils.jsonable import jsonable
 
-MANIFEST_VERSION = 1
+# The manifest's format version (MANIFEST_FORMAT, under FORMAT_KEY) lives in kdq/runtime/constants.py, beside
+# its reader kdq.runtime.checksums.read_manifest: the notebook reads the manifest and cannot import kdq.
 
 
 def metrics_record(metrics) -> tuple:
@@ -30,9 +31,3 @@ def write_json(path, data) -> Path:
     path = Path(path)
     path.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
-
-
-def read_manifest(folder) -> dict:
-    from ..runtime.constants import MANIFEST_FILE
-
-    return json.loads(Path(folder, MANIFEST_FILE).read_text(encoding="utf-8"))

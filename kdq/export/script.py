@@ -15,7 +15,7 @@ import types
 import uuid
 from pathlib import Path
 
-from ..runtime.constants import RUNTIME_DIR
+from ..runtime.constants import MANIFEST_FILE, RUNTIME_DIR, SETTINGS_FILE, TEMPLATE_KEY
 
 SCRIPT_NAME = "predict.py"
 _RUNTIME_SRC = Path(__file__).resolve().parent.parent / "runtime"
@@ -30,8 +30,8 @@ and transformers only (transformers loads the quantization backend: {backend}); 
 Kaggle notebook (no internet):
     !python /kaggle/input/{slug}/predict.py --out submission.csv
 Options: --test-csv, --out, --tta none|full|gated, --batch-size, --devices, --model-dir; see --help.
-Settings recorded at export: the row template in config.json ("kdq_template"), the
-defaults in kdq-predict.json, every file's sha256 in kdq-manifest.json.
+Settings recorded at export: the row template in config.json ("{template_key}"), the
+defaults in {settings}, every file's sha256 in {manifest}.
 """
 import importlib.util
 import sys
@@ -103,7 +103,14 @@ def render_script(*, title: str, slug: str, kdq_version: str, quant_method: str 
     """The predict.py launcher text; compiled and checked for kdq imports (its own and the runtime's)."""
     safe_title = title.replace("\\", "/").replace('"""', "'''").replace("{", "(").replace("}", ")")
     text = _LAUNCHER.format(
-        title=safe_title, slug=slug, kdq_version=kdq_version, backend=quant_method or "none", runtime=RUNTIME_DIR
+        title=safe_title,
+        slug=slug,
+        kdq_version=kdq_version,
+        backend=quant_method or "none",
+        runtime=RUNTIME_DIR,
+        template_key=TEMPLATE_KEY,
+        settings=SETTINGS_FILE,
+        manifest=MANIFEST_FILE,
     )
     compile(text, SCRIPT_NAME, "exec")  # a syntax error must fail the export, not the notebook
     bad = kdq_imports(text) + [

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..quant_methods import method_for, prepare_to_load
+from ..runtime.checksums import file_problems, read_manifest
 from ..runtime.constants import MANIFEST_FILE
 from ..utils.errors import CheckFailed
-from .files import OPTIONAL_ROLES, sha256_file
+from .files import OPTIONAL_ROLES
 
 
 class VerificationError(CheckFailed):
@@ -42,40 +42,26 @@ class VerifyReport:
 
 
 def check_checksums(folder) -> tuple:
-    """Compare every file listed in the manifest; returns ``(problems, warnings, n_files, n_bytes)``."""
+    """Compare every file listed in the manifest; returns ``(problems, warnings, n_files, n_bytes)``.
+
+    The checks are the runtime's (:func:`kdq.runtime.checksums.file_problems`, which predict.py
+    runs too); a missing optional file and unlisted extra files are warnings.
+    """
     folder = Path(folder)
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return [(MANIFEST_FILE, "missing: this is not a kdq export folder, or its manifest was deleted")], [], 0, 0
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        files = read_manifest(folder)["files"]
+    except FileNotFoundError:
+        return [(MANIFEST_FILE, "missing: this is not a kdq export folder, or its manifest was deleted")], [], 0, 0
+    except (ValueError, KeyError, TypeError) as err:
         return [(MANIFEST_FILE, f"unreadable ({type(err).__name__}: {err})")], [], 0, 0
-    problems, notes, n_bytes = [], [], 0
-    for rel, entry in sorted(files.items()):
-        path = folder / rel
-        if not path.is_file():
-            if entry.get("role") in OPTIONAL_ROLES:
-                notes.append(f"{rel}: missing (the Kaggle CLI does not upload it; fine on a downloaded copy)")
-            else:
-                problems.append((rel, f"missing (expected {entry['size']} bytes)"))
-            continue
-        size = path.stat().st_size
-        if size != entry["size"]:
-            problems.append((rel, f"size mismatch: {size} bytes, manifest says {entry['size']}"))
-            continue
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problems.append((rel, f"sha256 mismatch: {digest[:16]}…, manifest says {entry['sha256'][:16]}…"))
-            continue
-        n_bytes += size
+    problems, missing, n_files, n_bytes = file_problems(folder, files, optional_roles=OPTIONAL_ROLES)
+    notes = [f"{rel}: {what}" for rel, what in missing]
     listed = set(files) | {MANIFEST_FILE}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and rel not in listed:
             notes.append(f"{rel}: not listed in the manifest (it would be uploaded too)")
-    return problems, notes, len(files), n_bytes
+    return problems, notes, n_files, n_bytes
 
 
 UNQUANTIZED_BATCH_SIZE_ATOL = 1e-4  # padding is masked out; only the summation order differs
@@ -124,8 +110,7 @@ def verify(
     report = VerifyReport(str(folder), n_files, n_bytes, warnings=notes)
     if not probe:
         return report
-    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    stored = manifest.get("probe") or {}
+    stored = read_manifest(folder).get("probe") or {}
     if not stored.get("rows"):
         raise VerificationError(folder, [(MANIFEST_FILE, "has no probe batch to re-score")])
     import torch

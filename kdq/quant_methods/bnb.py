@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .registry import HEAD_MODULES, MethodSettings, QuantMethod, WeightFormat, register_quantizer
 
@@ -70,7 +70,9 @@ class Bnb4bitSettings(MethodSettings):
             machines (kdq saves before any forward pass and verifies either way).
     """
 
-    double_quant: bool = True
+    double_quant: bool = field(
+        default=True, metadata={"help": "bitsandbytes 4-bit: also quantize the per-block scales"}
+    )
 
     def __post_init__(self):
         if not isinstance(self.double_quant, bool):

@@ -8,7 +8,7 @@ the embeddings and the norms stay in floating point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .gptq_env import GPTQ_CPU_DEFAULTS
 from .registry import MethodSettings, QuantMethod, WeightFormat, register_quantizer
@@ -37,9 +37,13 @@ class GPTQSettings(MethodSettings):
             that does not reload) and ``"auto"`` on CUDA. Saved into ``config.json``.
     """
 
-    group_size: int = 128
-    desc_act: bool = False
-    backend: str | None = None
+    group_size: int = field(default=128, metadata={"help": "GPTQ columns sharing one scale; -1: one group per row"})
+    desc_act: bool = field(
+        default=False, metadata={"help": "GPTQ act-order: quantize columns by decreasing activation"}
+    )
+    backend: str | None = field(
+        default=None, metadata={"help": "GPTQ kernel backend; null: torch on CPU, auto on CUDA (saved in config.json)"}
+    )
 
     def __post_init__(self):
         g = self.group_size

@@ -271,6 +271,16 @@ def method_fields() -> dict:
     return out
 
 
+def method_field_help(name: str) -> str:
+    """The one-line help of a method's own field (its settings dataclass's metadata), naming its methods."""
+    users = method_fields().get(name, [])
+    for method in users:
+        for f in dataclasses.fields(_REGISTRY[method].settings):
+            if f.name == name and f.metadata.get("help"):
+                return f"{f.metadata['help']} ({', '.join(sorted(users))} only)"
+    return f"a field of {', '.join(sorted(users))}"
+
+
 # --------------------------------------------------------------- questions about saved folders
 def quantization_config_of(config) -> dict | None:
     """``quantization_config`` as a dict (``None`` when absent) from a ``PretrainedConfig``, a

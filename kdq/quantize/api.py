@@ -30,11 +30,9 @@ def _resolve_device(config):
 
 
 def _resolve_dtype(config, device):
-    import torch
+    from ..runtime.dtypes import resolve_dtype
 
-    from ..models import model_dtype_for
-
-    return getattr(torch, config.dtype) if config.dtype else model_dtype_for(device)
+    return resolve_dtype(config.dtype, device)
 
 
 def _release(device) -> None:

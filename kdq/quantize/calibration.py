@@ -65,12 +65,12 @@ def _render(rows, indices, tokenizer, template):
     return list(encode(rows.select(indices), tokenizer, template, desc="render calibration rows")["input_ids"])
 
 
-def synthetic_probe(tokenizer, template, n: int, seed: int) -> list:
-    """Deterministic arena-style rows for the probe when no calibration is given."""
+def synthetic_probe(tokenizer, template, n: int) -> list:
+    """The probe when no calibration is given: :func:`kdq.data.probe.probe_rows`, rendered."""
     from ..data import encode, load_arena
-    from ..data.probe import make_arena_rows
+    from ..data.probe import probe_rows
 
-    rows = load_arena(make_arena_rows(n, seed=seed, max_words=200))
+    rows = load_arena(probe_rows(n))
     return list(encode(rows, tokenizer, template, desc="render probe rows")["input_ids"])
 
 
@@ -88,7 +88,7 @@ def prepare_calibration(
                 "this method needs calibration data: pass calibration= arena rows (CSV/parquet "
                 "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows."
             )
-        return CalibrationSet([], synthetic_probe(tokenizer, template, probe_rows, seed), "synthetic")
+        return CalibrationSet([], synthetic_probe(tokenizer, template, probe_rows), "synthetic")
     rows = _as_rows(calibration)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)

@@ -20,11 +20,11 @@ belongs to).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_device, check_range
-from ..quant_methods import get_quantizer, method_fields, settings_fields, variant_fields
+from ..quant_methods import get_quantizer, method_field_help, method_fields, settings_fields, variant_fields
 from ..runtime.template import TemplateConfig
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -42,7 +42,7 @@ def _with_method_fields(cls):
                 f"field ({', '.join(annotations)}); rename the method's field."
             )
         annotations[name] = "object"
-        setattr(cls, name, None)
+        setattr(cls, name, dataclasses.field(default=None, metadata={"help": method_field_help(name)}))
         added.append(name)
     cls.METHOD_FIELDS = tuple(added)
     return cls
@@ -56,38 +56,50 @@ class QuantConfig(Config):
     Args:
         method: a registered method (:func:`kdq.quantize.registered_methods`: ``"gptq"``,
             ``"bnb-int8"``, ``"bnb-nf4"``...). :meth:`from_name` takes a variant name instead.
-        bits: bits per weight; the method lists the allowed ones (GPTQ: 4 or 8, required;
-            the others imply theirs: leave ``None``).
-        num_samples: calibration rows drawn from ``calibration`` (all rows when fewer), for the
-            methods that calibrate (GPTQ).
-        template: how rows are rendered; ``None`` uses the one recorded in the model's
-            ``config.json`` (``kdq_template``), else ``TemplateConfig()``.
-        probe_rows: rows in the fixed probe batch used for verification.
-        reload_tolerance: largest allowed ``max |Δlogit|`` between the reloaded folder and the
-            quantized model in memory (same machine, same kernels: normally exactly 0).
-        max_kl: optional ceiling on the mean KL(source || quantized) over the probe rows (nats);
-            ``None`` only reports it.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` = CUDA when available.
-        dtype: dtype of the layers left unquantized (embeddings, norms, the ``score`` head):
-            ``None`` = float16 on CUDA, float32 on CPU.
-        seed: seeds the choice of calibration and probe rows.
         options: the method's own fields as a dict (or give them as keywords; see the module doc).
             Their meaning, defaults and checks are in the method's settings class, e.g. GPTQ:
             ``group_size`` (128), ``desc_act`` (False), ``backend`` (None: ``"torch"`` on CPU,
             ``"auto"`` on CUDA); bitsandbytes 4-bit: ``double_quant`` (True).
+
+    Each field's help is in its metadata (``kdq quantize --help`` lists them).
     """
 
-    method: str
-    bits: int | None = None
-    num_samples: int = 128
-    template: TemplateConfig | None = None
-    probe_rows: int = 8
-    reload_tolerance: float = 5e-3
-    max_kl: float | None = None
-    device: str | None = None
-    dtype: str | None = None
-    seed: int = 0
-    options: dict | None = None
+    method: str = field(
+        metadata={"help": "a registered method: gptq, bnb-int8, bnb-nf4, bnb-fp4 (kdq.quantize.registered_methods)"}
+    )
+    bits: int | None = field(
+        default=None, metadata={"help": "bits per weight; the method lists the allowed ones (GPTQ: 4 or 8, required)"}
+    )
+    num_samples: int = field(
+        default=128, metadata={"help": "calibration rows drawn from calibration (all when fewer), for GPTQ"}
+    )
+    template: TemplateConfig | None = field(
+        default=None,
+        metadata={"help": "how rows are rendered; null: the model's recorded kdq_template, else the default"},
+    )
+    probe_rows: int = field(default=8, metadata={"help": "rows in the fixed probe batch used for verification"})
+    reload_tolerance: float = field(
+        default=5e-3,
+        metadata={"help": "largest allowed max |Δlogit| between the reloaded folder and the model in memory"},
+    )
+    max_kl: float | None = field(
+        default=None,
+        metadata={"help": "optional ceiling on the mean KL(source || quantized) over the probe rows (nats)"},
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N; null: CUDA when available"})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the layers left unquantized (float16, bfloat16, float32); null: fp16 on CUDA, fp32 on CPU"
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "seeds which calibration rows calibrate and which probe (the synthetic probe is fixed)"},
+    )
+    options: dict | None = field(
+        default=None, metadata={"help": "the method's own fields as a dict (or as keywords), e.g. {group_size: 64}"}
+    )
 
     def __post_init__(self):
         cls = "QuantConfig"

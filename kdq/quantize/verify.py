@@ -19,9 +19,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..runtime.constants import FORMAT_KEY, check_format
 from ..utils.errors import CheckFailed
 
 REPORT_FILE = "kdq-quantize.json"
+REPORT_FORMAT = 1  # kdq-quantize.json's format version (under FORMAT_KEY), written by write_report
 
 
 class QuantizationError(CheckFailed):
@@ -182,6 +184,7 @@ def cpu_has_avx512_bf16() -> bool:
 def write_report(folder, report: QuantReport, *, probe, memory_logits, source_logits) -> Path:
     path = Path(folder, REPORT_FILE)
     payload = {
+        FORMAT_KEY: REPORT_FORMAT,
         **report.to_dict(),
         "probe": {
             "input_ids": [list(map(int, ids)) for ids in probe],
@@ -193,13 +196,21 @@ def write_report(folder, report: QuantReport, *, probe, memory_logits, source_lo
     return path
 
 
-def read_report(folder) -> QuantReport:
-    """The :class:`QuantReport` stored in a quantized folder."""
+def _read_raw(folder) -> dict:
+    """``kdq-quantize.json`` as stored (``ValueError`` when absent or of a format this kdq does not read)."""
     path = Path(folder, REPORT_FILE)
     if not path.is_file():
         raise ValueError(f"{str(folder)!r} has no {REPORT_FILE}; it was not written by kdq.quantize.")
     raw = json.loads(path.read_text())
+    check_format(raw, REPORT_FORMAT, str(path), "it was written by a newer kdq; read it with that version")
+    return raw
+
+
+def read_report(folder) -> QuantReport:
+    """The :class:`QuantReport` stored in a quantized folder."""
+    raw = _read_raw(folder)
     raw.pop("probe", None)
+    raw.pop(FORMAT_KEY, None)
     return QuantReport(**raw)
 
 
@@ -216,9 +227,7 @@ def recheck(folder, *, tolerance: float | None = None, device=None) -> float:
     from ..quant_methods import get_quantizer
 
     folder = Path(folder)
-    raw = json.loads(Path(folder, REPORT_FILE).read_text()) if Path(folder, REPORT_FILE).is_file() else None
-    if raw is None:
-        raise ValueError(f"{str(folder)!r} has no {REPORT_FILE}; it was not written by kdq.quantize.")
+    raw = _read_raw(folder)
     device = torch.device(device or raw["device"])
     get_quantizer(raw["method"]).prepare_load(device)
     pad_id = load_tokenizer(folder).pad_token_id

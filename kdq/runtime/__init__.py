@@ -9,7 +9,8 @@ cache, the export probe and the notebook's ``predict.py`` run the same code:
 * ``template``: arena row → token ids;
 * ``batching``: length-sorted, dynamically padded scoring;
 * ``tta``: swap TTA (full: original and swapped rows in one length-sorted pass; gated);
-* ``checksums``: the folder's sha256 checks;
+* ``checksums``: the folder's manifest and sha256 checks (also what ``kdq.verify`` runs);
+* ``dtypes``: the dtype rule (fp16 on CUDA, bf16 only where training asks and the GPU has it, fp32 on CPU);
 * ``versions``: installed package versions;
 * ``predict``: the notebook's command line.
 """

@@ -8,6 +8,7 @@ the folder's ``predict.py`` is a launcher that loads it from there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -24,22 +25,27 @@ from .batching import predict_logits
 from .checksums import check_files
 from .constants import (
     DEFAULT_TTA_FRACTION,
+    FORMAT_KEY,
     LABELS,
     MANIFEST_FILE,
     SETTINGS_FILE,
+    SETTINGS_FORMAT,
     TEMPLATE_KEY,
     TTA_MODES,
     WHEELS_DIR,
+    check_format,
     tta_mode,
 )
-from .template import TemplateConfig, parse_turns, render
+from .dtypes import compute_dtype
+from .template import PARTS, TemplateConfig, parse_turns, render
 from .tta import gated_count, score_tta
 from .versions import installed_version
 
 DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
-TEXT_COLUMNS = ("prompt", "response_a", "response_b")
-NOTEBOOK_HOURS = 9.0  # Kaggle's limit for the competition notebook
-KAGGLE_TEST_ROWS = 25_000  # the hidden test set the ETA is projected onto
+TEXT_COLUMNS = PARTS  # the competition's text columns, in the template's order
+# The notebook's time limit and hidden test rows the ETA is checked against: kdq-predict.json records them
+# from the export's budget profile (kdq/budgets/*.json); this is the fallback for folders exported before.
+DEFAULT_BUDGET = {"name": "lmsys-2xt4", "time_limit_hours": 9.0, "rows": 25_000}
 
 
 def read_settings(model_dir) -> dict:
@@ -47,10 +53,12 @@ def read_settings(model_dir) -> dict:
 
     The template comes from ``config.json`` (key ``kdq_template``), where kdq recorded it for
     training; ``kdq-predict.json`` holds the defaults (``tta``, ``tta_fraction``, ``batch_size``,
-    ``max_batch_tokens``) and what loading the quantized weights needs, as the export recorded it
+    ``max_batch_tokens``), what loading the quantized weights needs, as the export recorded it
     from kdq's method registry: ``backend_modules`` (imported by transformers), ``backend_packages``
     (versions to compare) and ``load`` (per device type: ``env`` defaults and ``quantization_config``
-    overrides). Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
+    overrides), and the notebook budget the ETA is checked against (``budget``: ``name``,
+    ``time_limit_hours``, ``rows``). Returns a dict with those keys plus ``template``
+    (TemplateConfig); ``tta`` is a mode name.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
@@ -67,6 +75,7 @@ def read_settings(model_dir) -> dict:
         "backend_modules": [],
         "backend_packages": [],
         "load": {},
+        "budget": dict(DEFAULT_BUDGET),
     }
     settings.update(_export_settings(model_dir))
     settings["tta"] = tta_mode(settings["tta"])
@@ -76,7 +85,12 @@ def read_settings(model_dir) -> dict:
 
 def _export_settings(model_dir) -> dict:
     path = Path(model_dir) / SETTINGS_FILE
-    return _read_json(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    settings = _read_json(path)
+    check_format(settings, SETTINGS_FORMAT, str(path), "re-export the model with the kdq that reads it")
+    settings.pop(FORMAT_KEY, None)
+    return settings
 
 
 def _read_json(path):
@@ -244,7 +258,7 @@ def load_kwargs(model_dir, device) -> dict:
     bitsandbytes' compute dtype could not be changed that way.
     """
     dev = torch.device(device)
-    kwargs = {"dtype": torch.float16 if dev.type == "cuda" else torch.float32}
+    kwargs = {"dtype": compute_dtype(dev)}
     if dev.type == "cuda":
         # Place the weights at load time: quantized layers cannot always be moved afterwards.
         kwargs["device_map"] = {"": str(dev)}
@@ -291,8 +305,9 @@ def shard_bounds(lengths, n_shards: int):
 
 class Throughput:
     """Progress sink for every device's thread: forwards to a tqdm bar (if any) and, once the
-    first batches are done, prints rows/s and the ETA of the whole job (and of Kaggle's hidden
-    test set), saying early when the notebook would not finish in :data:`NOTEBOOK_HOURS`.
+    first batches are done, prints rows/s and the ETA of the whole job (and of the budget's hidden
+    test rows), saying early when the notebook would not finish in the budget's time limit
+    (``budget``: ``time_limit_hours`` and ``rows``, as :func:`read_settings` returns it).
 
     Batches run longest first, so the first rate is pessimistic: the ETA is an upper bound.
     """
@@ -303,11 +318,13 @@ class Throughput:
         rows: int,
         *,
         bar=None,
+        budget=None,
         report_after_s: float = 60.0,
         report_after_frac: float = 0.05,
         stream=sys.stderr,
     ):
         self.total, self.rows, self._bar, self._stream = total_sequences, rows, bar, stream
+        self.budget = budget or DEFAULT_BUDGET
         self.after_s, self.after_frac = report_after_s, report_after_frac
         self.done, self.start, self.reported = 0, time.perf_counter(), None
         self._lock = threading.Lock()
@@ -335,43 +352,35 @@ class Throughput:
         rate = self.done / max(elapsed, 1e-9)  # scored sequences per second
         per_row = self.total / max(self.rows, 1)  # sequences per row (TTA scores some twice)
         eta_h = (self.total - self.done) / max(rate, 1e-9) / 3600
-        kaggle_h = KAGGLE_TEST_ROWS * per_row / max(rate, 1e-9) / 3600
+        limit, test_rows = float(self.budget["time_limit_hours"]), int(self.budget["rows"])
+        kaggle_h = test_rows * per_row / max(rate, 1e-9) / 3600
         verdict = (
-            f"WILL NOT FINISH in the {NOTEBOOK_HOURS:g} h notebook limit: use fewer TTA rows "
+            f"WILL NOT FINISH in the {limit:g} h notebook limit: use fewer TTA rows "
             "(--tta gated / none), a smaller or quantized model, or more GPUs"
-            if (elapsed / 3600 + eta_h) > NOTEBOOK_HOURS
-            else f"within the {NOTEBOOK_HOURS:g} h limit"
+            if (elapsed / 3600 + eta_h) > limit
+            else f"within the {limit:g} h limit"
         )
         return (
             f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
             f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows, {verdict} "
-            f"(longest rows go first, so this is an upper bound; {KAGGLE_TEST_ROWS} rows: ~{kaggle_h:.1f} h)"
+            f"(longest rows go first, so this is an upper bound; {test_rows} rows: ~{kaggle_h:.1f} h)"
         )
 
 
 def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
-    if torch.device(device).type == "cuda":
-        # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which
-        # is per thread: make it this shard's GPU.
-        with torch.cuda.device(torch.device(device)):
-            return predict_logits(
-                model,
-                sequences,
-                pad_id,
-                batch_size=batch_size,
-                device=device,
-                max_batch_tokens=max_batch_tokens,
-                progress=progress,
-            )
-    return predict_logits(
-        model,
-        sequences,
-        pad_id,
-        batch_size=batch_size,
-        device=device,
-        max_batch_tokens=max_batch_tokens,
-        progress=progress,
-    )
+    # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which is per
+    # thread: make it this shard's GPU.
+    dev = torch.device(device)
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        return predict_logits(
+            model,
+            sequences,
+            pad_id,
+            batch_size=batch_size,
+            device=device,
+            max_batch_tokens=max_batch_tokens,
+            progress=progress,
+        )
 
 
 def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
@@ -423,7 +432,8 @@ def predict_probs(
     pad_id = models[0][1].config.pad_token_id
     n_seq = {"none": len(rows), "full": 2 * len(rows), "gated": len(rows) + gated_count(len(rows), fraction)}[mode]
     bar = _progress(n_seq, "score", progress)
-    sink = Throughput(n_seq, len(rows), bar=bar) if (progress if report is None else report) else bar
+    report = progress if report is None else report
+    sink = Throughput(n_seq, len(rows), bar=bar, budget=settings["budget"]) if report else bar
 
     def swapped(idx):
         return render(tokenizer, [rows[i] for i in idx], template, swap=True)

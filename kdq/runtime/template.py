@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 PARTS = ("prompt", "response_a", "response_b")
 _MARKERS = {
@@ -45,18 +45,16 @@ _TURN_END = "\n"
 
 @dataclass(frozen=True)
 class TemplateConfig:
-    """How an arena row becomes a token sequence.
+    """How an arena row becomes a token sequence (each field's help is in its metadata)."""
 
-    Args:
-        max_length: total tokens per row, special tokens and markers included.
-        min_part_share: fraction of the text budget that each of prompt / A / B is
-            guaranteed when it is long enough to use it (0 <= share <= 1/3).
-        add_bos: prepend the tokenizer's BOS token when it has one.
-    """
-
-    max_length: int = 1024
-    min_part_share: float = 0.15
-    add_bos: bool = True
+    max_length: int = field(
+        default=1024, metadata={"help": "total tokens per row, special tokens and markers included (>= 32)"}
+    )
+    min_part_share: float = field(
+        default=0.15,
+        metadata={"help": "share of the text budget each of prompt / A / B is guaranteed when long enough (0 to 1/3)"},
+    )
+    add_bos: bool = field(default=True, metadata={"help": "prepend the tokenizer's BOS token when it has one"})
 
     def __post_init__(self):
         if not isinstance(self.max_length, int) or self.max_length < 32:
