@@ -43,6 +43,7 @@ _EXPORTS = {
     "evaluate": ".evaluate",
     "compare": ".evaluate",
     "EvalConfig": ".evaluate",
+    "recipe": ".recipes",
     "Metrics": ".evaluate",
     "export": ".export",
     "verify": ".export",

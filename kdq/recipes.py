@@ -1,0 +1,119 @@
+"""Named distillation recipes: library data that the demo, ``examples/lmsys_danube3.py``, the
+benches and the docs all read, so one place says what T, α and the loss terms are for each kind
+of student.
+
+A :class:`Recipe` holds the loss and optimisation choices of a run (``DistillConfig`` fields);
+the run's size (epochs, batch sizes, ``template``, ``output_dir``) is the caller's. Each recipe
+names the student it is for and where its evidence is (BENCHMARKS.md)::
+
+    cfg = kdq.recipes.recipe("cross-width").config(output_dir="runs/kd", epochs=1, batch_size=16,
+                                                   template=kdq.TemplateConfig(max_length=96))
+
+Kinds of student (``Recipe.student``):
+
+* ``"teacher"``: fine-tuning the teacher itself on hard labels;
+* ``"any"``: anything the teacher's logits can teach (any tokenizer);
+* ``"layer-dropped"``: :func:`kdq.shrink` by depth (same width as the teacher);
+* ``"width-pruned"``: :func:`kdq.shrink` with a narrower width, or a separately pretrained
+  student that shares the teacher's tokenizer (Danube3-500M for Danube3-4B): narrower and shallower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+STUDENT_KINDS = ("teacher", "any", "layer-dropped", "width-pruned")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named recipe: ``settings`` are :class:`~kdq.distill.DistillConfig` fields."""
+
+    name: str
+    student: str
+    summary: str
+    settings: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    teacher: bool = True  # distils from a teacher (False: trains on hard labels alone)
+    transfer: bool = True  # uses a transfer set of unlabelled rows when one is given
+    evidence: str = ""
+
+    def __post_init__(self):
+        if self.student not in STUDENT_KINDS:
+            raise ValueError(f"Recipe.student must be one of {STUDENT_KINDS}, got {self.student!r}")
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+
+    def config(self, **run):
+        """A :class:`~kdq.distill.DistillConfig` of this recipe; ``run`` sets the run's own fields
+        (``output_dir``, ``epochs``, ``batch_size``, ``template``...) and may override the recipe's."""
+        from .distill.config import DistillConfig
+
+        return DistillConfig(**{**self.settings, **run})
+
+
+_COMMON = {"alpha": 0.5, "temperature": 1.0, "teacher_tta": True, "swap_augment": True, "warmup_ratio": 0.1}
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe(
+            "teacher",
+            "teacher",
+            "fine-tune the teacher on hard labels with swap copies (every pair also as B-vs-A)",
+            {"learning_rate": 1e-4, "swap_augment": True, "warmup_ratio": 0.1},
+            teacher=False,
+            transfer=False,
+        ),
+        Recipe(
+            "hard-labels",
+            "any",
+            "the no-distillation baseline: the student's init and labelled rows, hard labels only",
+            {"learning_rate": 2e-4, "swap_augment": True, "warmup_ratio": 0.1},
+            teacher=False,
+            transfer=False,
+        ),
+        Recipe(
+            "logit-kd",
+            "any",
+            "cached swap-TTA teacher logits (forward KL, T = 1, alpha = 0.5) on labelled + transfer rows",
+            {**_COMMON, "learning_rate": 2e-4},
+            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-bench_kd_recipespy",
+        ),
+        Recipe(
+            "layer-dropped",
+            "layer-dropped",
+            "logit-kd plus the hidden-state term against the live teacher, layer by layer (identity map)",
+            {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
+            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-bench_kd_recipespy",
+        ),
+        Recipe(
+            "cross-width",
+            "width-pruned",
+            "logit-kd plus the hidden-state term through learned projections into the teacher's width",
+            {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
+            evidence="BENCHMARKS.md#distillation-across-widths-bench_kd_recipespy",
+        ),
+        Recipe(
+            "cross-width-cached",
+            "width-pruned",
+            "logit-kd plus the pooled-feature term from the teacher cache: no live teacher in memory",
+            {**_COMMON, "learning_rate": 2e-4, "feature_weight": 1.0},
+            evidence="BENCHMARKS.md#distillation-across-widths-bench_kd_recipespy",
+        ),
+    )
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ``ValueError`` lists the known ones."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def for_student(kind: str) -> Recipe:
+    """The recommended recipe for a kind of student (:data:`STUDENT_KINDS`)."""
+    best = {"teacher": "teacher", "any": "logit-kd", "layer-dropped": "layer-dropped", "width-pruned": "cross-width"}
+    if kind not in best:
+        raise ValueError(f"unknown kind of student {kind!r}; choose from {list(best)}")
+    return RECIPES[best[kind]]
