@@ -249,7 +249,9 @@ def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher
 
     d, teacher = trained_teacher
     os.symlink(teacher, tmp_path / "teacher")
-    kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "student")
+    # a narrower student: the hidden term trains a learned projection on every process
+    calib = make_arena_rows(16, seed=40, max_words=30)
+    kdq.shrink(str(teacher), keep=[0, 3], calibration=calib, hidden_size=48, out_dir=tmp_path / "student")
     launch_two_processes("_ddp_recipes.py", tmp_path)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world_size"] == 2 for i in infos)
@@ -257,6 +259,9 @@ def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher
     history = infos[0]["metrics"]["history"]
     assert history[-1]["step"] == 8 and all("hidden" in h and "kd" in h for h in history if "ce" in h)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+    # DDP synchronised the projections: both processes end with the same values
+    projections = [i["metrics"]["projections"] for i in infos]
+    assert projections[0]["params"] == 2 * 48 * 64 and projections[0] == projections[1]
 
 
 def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_tokenizer):

@@ -106,9 +106,9 @@ def pooled(states: torch.Tensor, input_ids: torch.Tensor, pad_token_id) -> torch
 class StudentWithProjections(nn.Module):
     """What the Trainer trains when the objective uses the student's hidden states.
 
-    ``forward`` runs the student; in training it also returns ``kdq_hidden``: the mapped layers'
-    hidden states projected into the teacher's width (a list, one ``(B, L, H_t)`` per matched
-    student layer), and ``kdq_feature``: the projected pooled feature ``(B, H_t)``. Everything
+    ``forward`` runs the student; in training it returns a dict of ``logits``, ``kdq_hidden``: the
+    mapped layers' hidden states projected into the teacher's width (a list, one ``(B, L, H_t)``
+    per matched student layer), and ``kdq_feature``: the projected pooled feature ``(B, H_t)``. Everything
     differentiable happens inside ``forward``, which DDP needs. :attr:`student` is what is saved.
     """
 
@@ -142,13 +142,15 @@ class StudentWithProjections(nn.Module):
             return self.student(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
         states = out.hidden_states[1:]  # states[k]: the output of student layer k (the last one after the final norm)
+        # a plain dict: DDP rebuilds a ModelOutput from its fields, and these are not fields of it
+        result = {"logits": out.logits}
         if self.hidden_projections is not None:
             matched = [k for k, t in enumerate(self.layer_map) if t is not None]
-            out["kdq_hidden"] = [proj(states[k].float()) for proj, k in zip(self.hidden_projections, matched)]
+            result["kdq_hidden"] = [proj(states[k].float()) for proj, k in zip(self.hidden_projections, matched)]
         if self.feature_projection is not None:
             feature = pooled(states[-1], input_ids, self.student.config.pad_token_id)
-            out["kdq_feature"] = self.feature_projection(feature.float())
-        return out
+            result["kdq_feature"] = self.feature_projection(feature.float())
+        return result
 
 
 # --------------------------------------------------------------------------- the objective
@@ -195,8 +197,8 @@ class DistillObjective:
         """``(loss, {part: scalar or None})`` for one batch.
 
         Args:
-            outputs: the student's forward output (with ``kdq_hidden`` / ``kdq_feature`` in
-                training when the hidden / feature terms are on, see :class:`StudentWithProjections`).
+            outputs: the student's forward output, or in training with the hidden / feature terms
+                the dict of :class:`StudentWithProjections` (``logits``, ``kdq_hidden``, ``kdq_feature``).
             batch: the collated inputs: ``input_ids``, ``attention_mask`` and, when cached,
                 ``teacher_logits`` ``(B, C)`` and ``teacher_features`` ``(B, H_t)``.
             labels: ``(B,)`` class ids, ``-1`` for transfer rows.
@@ -217,7 +219,7 @@ class DistillObjective:
             if teacher_logits is None or self.live_logits:
                 teacher_logits = t_out.logits.float()
         terms = distillation_loss(
-            outputs.logits,
+            outputs["logits"],
             teacher_logits,
             labels,
             divergence=self.divergence,
