@@ -140,8 +140,9 @@ def run_pipeline(
     Args:
         teacher: fine-tuned teacher folder (or PEFT adapter folder / Hub id).
         student_init: student starting point (folder, e.g. from :func:`kdq.shrink`, or Hub id).
-        train, eval_rows, test_rows: arena rows; ``eval_rows`` selects checkpoints,
-            ``test_rows`` only measures (never seen by training or calibration).
+        train, eval_rows, test_rows: arena rows; ``eval_rows`` selects checkpoints (and the
+            export's fp16 check computes them: ``ExportConfig.check_rows``), ``test_rows`` only
+            measures (never seen by training or calibration).
         transfer: unlabelled arena rows (a transfer set) for the distilled student; the
             hard-label baseline never sees them (they have no labels).
     """
@@ -244,6 +245,7 @@ def run_pipeline(
                         tta=config.eval.tta_mode,
                         tta_fraction=config.eval.tta_fraction,
                         batch_size=config.eval.batch_size,
+                        check_rows=eval_rows,  # the fp16 check computes them too, besides kdq's arena-like rows
                         configs={"distill": base.to_dict(), "eval": config.eval},
                     ),
                     metrics=report.metrics[name],

@@ -210,6 +210,24 @@ def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
     return result, totals
 
 
+def _check_finite(ids, result, loaded, device) -> None:
+    """Raise ``ValueError`` naming the first row **id** whose probabilities are NaN or infinite, in the
+    plain pass or with TTA (``result``: :class:`kdq.runtime.tta.TTAResult`), as predict.py does."""
+    import torch
+
+    bad = ~torch.isfinite(result.logits).all(dim=-1) | ~torch.isfinite(result.log_probs).all(dim=-1)
+    rows = bad.nonzero().flatten().tolist()
+    if not rows:
+        return
+    dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+    raise ValueError(
+        f"kdq.evaluate: {len(rows)} of {len(ids)} row(s) have non-finite probabilities, the first is id "
+        f"{ids[rows[0]]!r} (computed in {dtype} on {device}). An fp16 overflow is the usual cause: evaluate in "
+        "fp32 (EvalConfig(dtype='float32')) to confirm; kdq.export's fp16 check names such rows too "
+        "(ExportConfig.check_rows, fp16_fallback)."
+    )
+
+
 def _stored_format(loaded, fmt):
     """The format name as stored on disk: ``fp32``/``bf16`` for an unquantized folder saved so."""
     import json
@@ -270,6 +288,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
         _score(loaded, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
         result, stats = _score_tta(loaded, rows, sequences, template, config)
+    _check_finite(rows["id"], result, loaded, device)
 
     probs = softmax(result.logits.numpy())
     probs_tta = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.probe import probe_turns
+from ..data.probe import ARENA_LIKE_ROWS, arena_like_turns, probe_turns
 from ..quant_methods import prepare_to_load, quantization_config_of, runtime_settings
 from ..runtime.constants import (
     DEFAULT_TTA_FRACTION,
@@ -25,7 +26,7 @@ from ..utils.atomic import atomic_dir
 from ..utils.errors import CheckFailed
 from ..utils.jsonable import jsonable
 from ..utils.versions import library_versions
-from .config import ExportConfig, dataset_metadata_problems
+from .config import ExportConfig, dataset_metadata_problems, describe_rows
 from .files import CARD_FILE, METADATA_FILE, copy_model_files, list_files
 from .manifest import metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
@@ -44,7 +45,17 @@ class _Staged:
     source: str | None
     fingerprint: str
     weights_sha256: dict
-    fp16_check: dict | None = None  # fp16 vs fp32 on the probe rows, for unquantized weights
+    fp16_check: dict | None = None  # fp16 vs fp32 on the check rows, for unquantized weights
+
+
+@dataclass
+class CheckRows:
+    """The rows the fp16 check computes, in order: the probe rows, kdq's arena-like rows, the user's."""
+
+    ids: list
+    rows: list  # (prompt, response_a, response_b) turn lists, as predict.py's read_rows gives them
+    origins: list  # per row: "probe", "arena-like" or "check_rows"
+    record: dict  # how many of each, and where the user's came from (for the manifest), not the rows
 
 
 def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str | None = None, tokenizer=None) -> Path:
@@ -64,9 +75,11 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
 
     The folder holds the weights (safetensors), config and tokenizer; ``predict.py``;
     ``kdq-predict.json``; ``README.md``; ``dataset-metadata.json``; optional ``wheels/``; and
-    ``kdq-manifest.json`` with every file's sha256. Before the rename, the exported predict.py
-    scores a probe batch from the folder and must match kdq's pipeline on the source model
-    within ``config.probe_atol``.
+    ``kdq-manifest.json`` with every file's sha256. For unquantized weights, the fp16 check
+    (:func:`_fp16_check`) computes the probe rows, kdq's arena-like rows and ``config.check_rows``
+    in fp16 and fp32 first, and refuses or records fp32 compute (``config.fp16_fallback``) when fp16
+    gets a row wrong. Before the rename, the exported predict.py scores a probe batch from the
+    folder and must match kdq's pipeline on the source model within ``config.probe_atol``.
     """
     if not isinstance(config, ExportConfig):
         raise ValueError(f"config must be a kdq.ExportConfig, got {type(config).__name__}")
@@ -79,6 +92,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     from ..evaluate.budget import load_budget
 
     load_budget(config.budget)  # a bad profile fails now, not after staging the weights
+    check = fp16_check_rows(config)  # so do unreadable check_rows
 
     steps = ["stage model files", "write predict.py", "wheels", "probe batch", "card and manifest"]
     bar = tqdm(total=len(steps), desc="export", unit="step")
@@ -87,13 +101,15 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             bar.set_postfix_str(steps[0])
             staged = _stage_files(model, tmp, tokenizer)
             template = _resolve_template(config, staged.loaded.model)
-            if config.weights_dtype == "float16" and quantization_config_of(tmp) is None:
-                staged = _to_fp16(staged, tmp, config, template)  # quantized folders stay byte for byte
+            if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
+                staged = _fp16_check(staged, tmp, config, template, check)
             quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer)
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
-            write_json(tmp / SETTINGS_FILE, settings_record(config, quantization_config_of(tmp)))
+            write_json(
+                tmp / SETTINGS_FILE, settings_record(config, quantization_config_of(tmp), fp16_check=staged.fp16_check)
+            )
             from .. import __version__ as kdq_version
 
             (tmp / SCRIPT_NAME).write_text(
@@ -127,7 +143,7 @@ export.VerificationError = VerificationError
 export.ExportError = ExportError
 
 
-def settings_record(config: ExportConfig, quantization_config: dict | None) -> dict:
+def settings_record(config: ExportConfig, quantization_config: dict | None, *, fp16_check: dict | None = None) -> dict:
     """``kdq-predict.json``: predict.py's defaults, and what loading the weights needs, asked of the
     method registry (:func:`kdq.quant_methods.runtime_settings`) for the folder's
     ``quantization_config`` (``None``: not quantized): the modules transformers imports (checked up
@@ -136,10 +152,22 @@ def settings_record(config: ExportConfig, quantization_config: dict | None) -> d
     ``quantization_config`` overrides predict.py applies. The standalone runtime cannot import the
     registry, so this record is how a method registered later reaches it. ``budget``: the time limit
     and hidden-test rows of ``config.budget``'s profile, which predict.py's ETA checks (one source:
-    the profile JSON)."""
+    the profile JSON). ``cuda_compute_dtype``: what predict.py loads and computes the model in on
+    CUDA, ``"float16"`` unless the fp16 check (``fp16_check``, from :func:`_fp16_check`) found rows
+    that fp16 gets wrong and ``config.fp16_fallback`` is ``"fp32-compute"``: then ``"float32"``,
+    with ``cuda_compute_dtype_reason`` (predict.py prints it)."""
     from ..evaluate.budget import load_budget
 
     profile = load_budget(config.budget)
+    cuda_dtype = (fp16_check or {}).get("cuda_compute_dtype") or "float16"
+    reason = None
+    if cuda_dtype == "float32":
+        first = fp16_check["first_bad_row"]
+        reason = (
+            f"kdq export's fp16 check: fp16 compute was non-finite or off by more than {fp16_check['atol']:g} "
+            f"on {fp16_check['bad_rows']} of {fp16_check['rows']} rows (first: id {first['id']!r}, "
+            f"{first['excerpt']!r}); details in {MANIFEST_FILE} fp16_check"
+        )
     return {
         FORMAT_KEY: SETTINGS_FORMAT,
         "tta": config.tta,
@@ -148,16 +176,72 @@ def settings_record(config: ExportConfig, quantization_config: dict | None) -> d
         "max_batch_tokens": config.max_batch_tokens,
         **runtime_settings(quantization_config),
         "budget": {"name": profile.name, "time_limit_hours": profile.time_limit_hours, "rows": profile.rows},
+        "cuda_compute_dtype": cuda_dtype,
+        "cuda_compute_dtype_reason": reason,
     }
 
 
-def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Staged:
-    """Store the weights in fp16 (a T4 has no bf16; half the bytes of fp32).
+def fp16_check_rows(config: ExportConfig) -> CheckRows:
+    """The rows the fp16 check computes: the ``config.probe_rows`` probe rows, kdq's arena-like rows
+    (:func:`kdq.data.probe.arena_like_rows`: code, maths, markup, long numbers, non-English text) and,
+    when ``config.check_rows`` is given, up to ``config.check_rows_max`` of those rows, evenly spaced
+    (loaded with :func:`kdq.load_arena`, so a bad file fails here, before anything is staged)."""
+    ids, rows = probe_turns(config.probe_rows)
+    origins = ["probe"] * len(ids)
+    like_ids, like_rows = arena_like_turns(ARENA_LIKE_ROWS)
+    ids, rows, origins = ids + like_ids, rows + like_rows, origins + ["arena-like"] * len(like_ids)
+    user = None
+    if config.check_rows is not None:
+        from ..data import load_arena
 
-    Checks fp16 compute against the reference on the probe rows: finite, and within
-    ``config.fp16_atol`` in probability; otherwise :class:`ExportError` suggests fp32 or a
-    quantized variant. The probe reference becomes the fp16-rounded weights computed in fp32,
-    which is what predict.py runs on CPU.
+        try:
+            data = load_arena(config.check_rows)
+        except ValueError as err:
+            raise ValueError(f"ExportConfig.check_rows: {err}") from None
+        n, k = len(data), min(len(data), config.check_rows_max)
+        picked = data.select(sorted({i * n // k for i in range(k)}))
+        ids += list(picked["id"])
+        rows += [tuple(r[c] for c in ("prompt", "response_a", "response_b")) for r in picked]
+        origins += ["check_rows"] * len(picked)
+        user = {"source": describe_rows(config.check_rows), "rows": len(picked), "of": n}
+    record = {"probe": config.probe_rows, "arena_like": len(like_ids), "check_rows": user}
+    return CheckRows(ids, rows, origins, record)
+
+
+def _excerpt(row, width: int = 60) -> str:
+    """The start of a row's first non-empty turn (prompt first), on one line, for an error message."""
+    text = next((t for part in row for t in part if t.strip()), "")
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _json_float(x):
+    """``x`` as a float, ``None`` when it is not finite (JSON has no inf)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _row_diffs(got, ref):
+    """Per row: max |Δp| of ``got`` from ``ref``, ``inf`` where ``got`` is not finite."""
+    import torch
+
+    diff = (got - ref).abs().amax(dim=-1)
+    return torch.where(torch.isfinite(got).all(dim=-1), diff, torch.full_like(diff, float("inf")))
+
+
+def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, check: CheckRows) -> _Staged:
+    """Compute the check rows in fp16 and in fp32; store the weights in fp16 when
+    ``config.weights_dtype`` says so (a T4 has no bf16; half the bytes of fp32).
+
+    A T4 computes an unquantized folder in fp16, whatever its weights are stored as, and activations
+    overflow fp16 (65504) on particular inputs only: so the check runs on rows that look like the arena
+    (:func:`fp16_check_rows`), not just the probe's lowercase words. Every row must be finite in fp16
+    and within ``config.fp16_atol`` of fp32. When one is not, ``config.fp16_fallback="refuse"`` raises
+    :class:`ExportError` naming the first such row (id, origin, excerpt) and the options;
+    ``"fp32-compute"`` records ``cuda_compute_dtype="float32"`` (:func:`settings_record`), so predict.py
+    loads and computes the model in fp32 on CUDA, after checking that fp32 compute on the stored weights
+    reproduces the source within ``fp16_atol``. The probe reference becomes what predict.py computes from
+    the stored weights: the fp16-rounded weights in fp32 (predict.py on CPU, or on CUDA under the fp32 record).
     """
     import copy
 
@@ -167,45 +251,101 @@ def _to_fp16(staged: _Staged, tmp: Path, config: ExportConfig, template) -> _Sta
     from .files import model_files
 
     original = staged.loaded
-    if next(original.model.parameters()).dtype == torch.float16:
-        return staged  # saved from an fp16 model: fp16 on disk already
-    half = copy.deepcopy(original.model).to(torch.float16)
-    _, rows = probe_turns(config.probe_rows)
-    ref = kdq_probs(
-        original, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
-    )
-    got = kdq_probs(
-        LoadedModel(half, original.tokenizer, original.source, original.fingerprint),
-        rows,
-        template,
-        tta=config.tta,
-        batch_size=config.batch_size,
-        tta_fraction=config.tta_fraction,
-    )
-    finite = bool(torch.isfinite(got).all())
-    diff = float((got - ref).abs().max()) if finite else float("inf")
-    if not diff <= config.fp16_atol:
-        what = "non-finite (fp16 overflow)" if not finite else f"up to {diff:.3g} away from fp32"
-        raise ExportError(
-            f"fp16 weights: the probe rows' probabilities computed in fp16 are {what} "
-            f"(ExportConfig.fp16_atol={config.fp16_atol:g}). Export this model with "
-            "ExportConfig(weights_dtype='float32'), or export a quantized variant "
-            "(kdq.quantize(..., QuantConfig.from_name('gptq-8'))). Nothing was written."
+
+    def as_loaded(model):
+        return LoadedModel(model, original.tokenizer, original.source, original.fingerprint)
+
+    def probs(loaded):
+        return kdq_probs(
+            loaded,
+            check.rows,
+            template,
+            tta=config.tta,
+            batch_size=config.batch_size,
+            tta_fraction=config.tta_fraction,
         )
-    for p in model_files(tmp):
-        if p.suffix == ".safetensors" or p.name == "model.safetensors.index.json":
-            p.unlink()
-    with tempfile.TemporaryDirectory(prefix=".kdq-export-fp16-", dir=tmp.parent) as scratch:
-        half.save_pretrained(scratch)
-        copy_model_files(scratch, tmp, skip_roles=("tokenizer", "quantization"))
-    reference = LoadedModel(half.float(), original.tokenizer, original.source, original.fingerprint)
-    return _Staged(
-        reference,
-        staged.source,
-        staged.fingerprint,
-        staged.weights_sha256,
-        fp16_check={"max_abs_diff_vs_fp32": diff, "atol": config.fp16_atol, "rows": len(rows)},
-    )
+
+    source_fp16 = next(original.model.parameters()).dtype == torch.float16
+    if source_fp16:  # saved from an fp16 model: fp16 on disk already; fp32 compute of the same weights
+        half, full = original.model, as_loaded(copy.deepcopy(original.model).float())
+    else:
+        half, full = copy.deepcopy(original.model).to(torch.float16), original
+    ref = probs(full)
+    broken = (~torch.isfinite(ref).all(dim=-1)).nonzero().flatten().tolist()
+    if broken:
+        i = broken[0]
+        raise ExportError(
+            f"fp16 check: the model's probabilities are not finite even in fp32 on {len(broken)} of "
+            f"{len(check.ids)} rows, the first id {check.ids[i]!r} ({check.origins[i]}: {_excerpt(check.rows[i])!r}); "
+            "no compute dtype fixes that: check the model. Nothing was written."
+        )
+    diffs = _row_diffs(probs(as_loaded(half)), ref)
+    bad = (~(diffs <= config.fp16_atol)).nonzero().flatten().tolist()
+    record = {
+        "max_abs_diff_vs_fp32": _json_float(diffs.max()),  # null: some row is not finite in fp16
+        "atol": config.fp16_atol,
+        "rows": len(check.ids),
+        "row_sources": check.record,
+        "bad_rows": len(bad),
+        "first_bad_row": None,
+        "fallback": config.fp16_fallback,
+        "cuda_compute_dtype": "float32" if bad else "float16",
+    }
+    if bad:
+        i = bad[0]
+        d = float(diffs[i])
+        record["first_bad_row"] = {
+            "id": check.ids[i],
+            "origin": check.origins[i],
+            "excerpt": _excerpt(check.rows[i]),
+            "max_abs_diff_vs_fp32": _json_float(d),
+            "finite_in_fp16": d != float("inf"),
+        }
+        what = "not finite in fp16 (an fp16 overflow)" if d == float("inf") else f"{d:.3g} away from fp32"
+        found = (
+            f"fp16 check: {len(bad)} of {len(check.ids)} rows give probabilities that are not finite in fp16 "
+            f"or off by more than ExportConfig.fp16_atol={config.fp16_atol:g} from fp32; the first is id "
+            f"{check.ids[i]!r} ({check.origins[i]} row: {_excerpt(check.rows[i])!r}), {what}."
+        )
+        if config.fp16_fallback == "refuse":
+            raise ExportError(
+                f"{found} A T4 computes this folder in fp16, so the notebook would give such rows NaN or wrong "
+                "probabilities. Options: ExportConfig(fp16_fallback='fp32-compute') records in kdq-predict.json "
+                "that predict.py loads and computes the model in fp32 on CUDA (correct, several times slower on "
+                "a T4: watch its ETA); add weights_dtype='float32' to keep the weights exact as well (fp32 "
+                "weights alone do not help: predict.py computes in fp16 on CUDA whatever is stored); or a "
+                "quantized variant (kdq.quantize(..., QuantConfig.from_name('gptq-8'))), whose activations are "
+                "fp16 on CUDA too, so check it on these rows. Nothing was written."
+            )
+    reference = original
+    if config.weights_dtype == "float16" and not source_fp16:
+        for p in model_files(tmp):
+            if p.suffix == ".safetensors" or p.name == "model.safetensors.index.json":
+                p.unlink()
+        with tempfile.TemporaryDirectory(prefix=".kdq-export-fp16-", dir=tmp.parent) as scratch:
+            half.save_pretrained(scratch)
+            copy_model_files(scratch, tmp, skip_roles=("tokenizer", "quantization"))
+        # what predict.py computes from these weights on CPU (and on CUDA under the fp32 record)
+        reference = as_loaded(half.float())
+    elif source_fp16 and bad:
+        reference = full  # predict.py computes this folder in fp32 wherever it runs
+    if bad:
+        if reference is not original and not source_fp16:  # fp32 compute must survive the fp16 rounding
+            drift = float(_row_diffs(probs(reference), ref).max())
+            record["fp32_compute_max_abs_diff_vs_source"] = drift
+            if not drift <= config.fp16_atol:
+                raise ExportError(
+                    f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
+                    f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}): export with "
+                    "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
+                )
+        warnings.warn(
+            f"{found} kdq-predict.json records cuda_compute_dtype='float32' (ExportConfig.fp16_fallback="
+            "'fp32-compute'): predict.py will load and compute this model in fp32 on CUDA, several times "
+            "slower on a T4 than the fp16 speed the budget verdict assumes.",
+            stacklevel=3,
+        )
+    return _Staged(reference, staged.source, staged.fingerprint, staged.weights_sha256, fp16_check=record)
 
 
 def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
@@ -406,6 +546,7 @@ def _write_card_and_manifest(
         wheels=wheels,
         versions=versions,
         sources=flat_sources,
+        fp16_check=staged.fp16_check,
     )
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     meta = config.dataset_metadata(description=card)
@@ -433,7 +574,7 @@ def _write_card_and_manifest(
         "budget": budget,
         "trade_off_table": table_md,
         "probe": probe,
-        "fp16_check": staged.fp16_check,
+        "fp16_check": public_paths(staged.fp16_check),
         "wheels": wheels,
         "versions": versions,
         "files": list_files(tmp),

@@ -69,6 +69,7 @@ def render_card(
     wheels: dict | None,
     versions: dict,
     sources: dict,
+    fp16_check: dict | None = None,
 ) -> str:
     """README.md: what the model is, how it scores, how to upload it and run it offline."""
     slug = config.slug
@@ -84,6 +85,15 @@ def render_card(
         f"- weights in this folder: **{_weights_mb(files):.1f} MB** "
         f"({quant_method or config.weights_dtype.replace('float', 'fp')} on disk; the metrics below were "
         "measured on the source variant)",
+        *(
+            [
+                "- compute on CUDA: **fp32** (fp16 was not finite or off on "
+                f"{fp16_check['bad_rows']} of {fp16_check['rows']} check rows at export, the first id "
+                f"`{fp16_check['first_bad_row']['id']}`): slower on a T4 than the fp16 speed the budget verdict assumes"
+            ]
+            if (fp16_check or {}).get("cuda_compute_dtype") == "float32"
+            else []
+        ),
         f"- row template: `{template}`",
         f"- predict.py defaults: tta={config.tta}"
         + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -52,8 +53,11 @@ _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 PYTHON_VERSION_RE = re.compile(r"^3\.\d{1,2}$")
 # Kaggle's current notebook image runs CPython 3.11 (the pinned transformers 5 needs >= 3.10 anyway).
 KAGGLE_PYTHON_VERSIONS = ("3.11",)
-# What unquantized weights are stored as: fp16 (a T4 has no bf16), or fp32 when fp16 overflows.
+# What unquantized weights are stored as: fp16 (a T4 has no bf16; half the bytes), or fp32 (exact).
 WEIGHT_DTYPES = ("float16", "float32")
+# What the export does when fp16 compute is non-finite or off on a check row: refuse, or record in
+# kdq-predict.json that predict.py computes in fp32 on CUDA (whatever the weights are stored as).
+FP16_FALLBACKS = ("refuse", "fp32-compute")
 # glibc tags a Kaggle image (Ubuntu 22.04, glibc 2.35) can install; pip needs each one named
 # explicitly with --platform, or it rejects e.g. bitsandbytes' manylinux_2_24 wheel.
 DEFAULT_PLATFORMS = (
@@ -106,6 +110,39 @@ def dataset_metadata_problems(meta) -> list:
     return problems
 
 
+def describe_rows(rows):
+    """What the manifest records of ``ExportConfig.check_rows``: ``None``, the path as given, or
+    ``{"in_memory": type name, "rows": count}`` (never the rows themselves)."""
+    if rows is None or isinstance(rows, str):
+        return rows
+    if isinstance(rows, Mapping):  # a dict of columns
+        first = next(iter(rows.values()), ())
+        n = len(first) if hasattr(first, "__len__") else None
+    else:
+        n = len(rows) if hasattr(rows, "__len__") else None
+    return {"in_memory": type(rows).__name__, "rows": n}
+
+
+def _check_rows_value(cls, value):
+    """``check_rows`` as kept: ``None``, a path (``str``), or in-memory rows (a tuple for a list)."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{cls}.check_rows must be a path to arena rows (.csv or .parquet), got ''")
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, (tuple, Mapping)) or hasattr(value, "column_names") or hasattr(value, "columns"):
+        return value
+    raise ValueError(
+        f"{cls}.check_rows must be None or arena rows kdq.load_arena reads (a .csv/.parquet path, a pandas "
+        f"DataFrame, a datasets.Dataset, a dict of columns or a list of row dicts), got {type(value).__name__}"
+    )
+
+
 def _tuple_of_str(cls, name, value) -> tuple:
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{cls}.{name} must be a tuple of strings, got {value!r}")
@@ -116,8 +153,11 @@ def _tuple_of_str(cls, name, value) -> tuple:
 class ExportConfig(Config):
     """How :func:`kdq.export` packs a model into a Kaggle dataset folder.
 
-    The export checks fp16 against fp32 on the probe rows (finite, within ``fp16_atol``) and says
-    when to fall back to ``weights_dtype="float32"``. A ``template`` that contradicts the one
+    For unquantized weights the export computes fp16 against fp32 on the probe rows, kdq's arena-like
+    rows (code, maths, markup, long numbers, non-English text: :func:`kdq.data.probe.arena_like_rows`)
+    and up to ``check_rows_max`` of your ``check_rows``; a row that is non-finite in fp16 or off by more
+    than ``fp16_atol`` makes it refuse (naming the row) or, with ``fp16_fallback="fp32-compute"``,
+    record that predict.py must compute in fp32 on CUDA. A ``template`` that contradicts the one
     recorded in the model is an error: the notebook must render rows as training did. Wheel
     entries are pinned to the versions installed here unless pinned already. Each field's help
     is in its metadata (``kdq export --help`` lists them).
@@ -149,7 +189,29 @@ class ExportConfig(Config):
         },
     )
     fp16_atol: float = field(
-        default=2e-3, metadata={"help": "largest allowed |Δp| of fp16 against fp32 compute on the probe rows"}
+        default=2e-3,
+        metadata={"help": "largest allowed |Δp| of fp16 against fp32 compute on every row of the fp16 check"},
+    )
+    fp16_fallback: str = field(
+        default="refuse",
+        metadata={
+            "help": "when fp16 compute is non-finite or off by more than fp16_atol on a check row: refuse (an "
+            "error naming the row and the options) or fp32-compute (kdq-predict.json records that predict.py "
+            "computes in fp32 on CUDA: several times slower on a T4)"
+        },
+    )
+    check_rows: object = field(
+        default=None,
+        hash=False,
+        compare=False,
+        metadata={
+            "help": "your arena rows (a .csv/.parquet path, or rows kdq.load_arena reads) that the fp16 check "
+            "computes besides the probe and kdq's arena-like rows, e.g. the eval rows; the manifest records "
+            "where they came from and how many, not the rows"
+        },
+    )
+    check_rows_max: int = field(
+        default=64, metadata={"help": "at most this many of check_rows are checked (evenly spaced over them)"}
     )
     batch_size: int = field(default=8, metadata={"help": "predict.py's default rows per forward pass per GPU"})
     max_batch_tokens: int | None = field(
@@ -224,6 +286,9 @@ class ExportConfig(Config):
         check_range(cls, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         check_choice(cls, "weights_dtype", self.weights_dtype, WEIGHT_DTYPES)
         check_range(cls, "fp16_atol", self.fp16_atol, 0.0, 1.0, lo_open=True)
+        check_choice(cls, "fp16_fallback", self.fp16_fallback, FP16_FALLBACKS)
+        object.__setattr__(self, "check_rows", _check_rows_value(cls, self.check_rows))
+        check_range(cls, "check_rows_max", self.check_rows_max, 1, 100_000, kind=int)
         check_range(cls, "batch_size", self.batch_size, 1, 4096, kind=int)
         if self.max_batch_tokens is not None:
             check_range(cls, "max_batch_tokens", self.max_batch_tokens, 32, None, kind=int)
@@ -288,6 +353,9 @@ class ExportConfig(Config):
             if f.name in ("configs", "sources"):
                 continue
             value = getattr(self, f.name)
+            if f.name == "check_rows":  # where they came from and how many, not the rows
+                out[f.name] = describe_rows(value)
+                continue
             out[f.name] = (
                 value.to_dict() if hasattr(value, "to_dict") else (list(value) if isinstance(value, tuple) else value)
             )

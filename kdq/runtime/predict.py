@@ -46,6 +46,9 @@ TEXT_COLUMNS = PARTS  # the competition's text columns, in the template's order
 # The notebook's time limit and hidden test rows the ETA is checked against: kdq-predict.json records them
 # from the export's budget profile (kdq/budgets/*.json); this is the fallback for folders exported before.
 DEFAULT_BUDGET = {"name": "lmsys-2xt4", "time_limit_hours": 9.0, "rows": 25_000}
+# What the model is loaded and computed in on CUDA (kdq-predict.json ``cuda_compute_dtype``): fp16, or fp32 where
+# the export's fp16 check found rows whose fp16 activations overflow (ExportConfig.fp16_fallback="fp32-compute").
+CUDA_COMPUTE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 def read_settings(model_dir) -> dict:
@@ -56,9 +59,10 @@ def read_settings(model_dir) -> dict:
     ``max_batch_tokens``), what loading the quantized weights needs, as the export recorded it
     from kdq's method registry: ``backend_modules`` (imported by transformers), ``backend_packages``
     (versions to compare) and ``load`` (per device type: ``env`` defaults and ``quantization_config``
-    overrides), and the notebook budget the ETA is checked against (``budget``: ``name``,
-    ``time_limit_hours``, ``rows``). Returns a dict with those keys plus ``template``
-    (TemplateConfig); ``tta`` is a mode name.
+    overrides), the notebook budget the ETA is checked against (``budget``: ``name``,
+    ``time_limit_hours``, ``rows``), and ``cuda_compute_dtype`` (``"float16"``, or ``"float32"`` where
+    the export found fp16 overflowing, with ``cuda_compute_dtype_reason``; see :func:`model_dtype`).
+    Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
@@ -76,8 +80,11 @@ def read_settings(model_dir) -> dict:
         "backend_packages": [],
         "load": {},
         "budget": dict(DEFAULT_BUDGET),
+        "cuda_compute_dtype": "float16",
+        "cuda_compute_dtype_reason": None,
     }
     settings.update(_export_settings(model_dir))
+    model_dtype(settings, "cuda")  # an unknown cuda_compute_dtype fails here, before any loading
     settings["tta"] = tta_mode(settings["tta"])
     settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
     return settings
@@ -248,9 +255,38 @@ def load_overrides(model_dir, device) -> dict:
     return dict((load.get(torch.device(device).type) or {}).get("quantization_config") or {})
 
 
+def model_dtype(settings: dict, device) -> torch.dtype:
+    """The dtype the model is loaded and computed in on ``device``: fp32 on CPU; on CUDA fp16 (a T4 has
+    no bf16), or fp32 where the export recorded that this model's fp16 activations overflow on some
+    inputs (``settings["cuda_compute_dtype"] == "float32"``, from ``kdq-predict.json``; folders exported
+    before the record compute in fp16)."""
+    name = settings.get("cuda_compute_dtype") or "float16"
+    if name not in CUDA_COMPUTE_DTYPES:
+        raise ValueError(
+            f"{SETTINGS_FILE}: cuda_compute_dtype {name!r} is not one of {sorted(CUDA_COMPUTE_DTYPES)}; "
+            "re-export the model with kdq.export."
+        )
+    dev = torch.device(device)
+    return CUDA_COMPUTE_DTYPES[name] if dev.type == "cuda" else compute_dtype(dev)
+
+
+def compute_note(settings: dict, devices) -> str | None:
+    """The line predict.py prints when it computes in fp32 on CUDA because the export recorded it
+    (:func:`model_dtype`); ``None`` otherwise."""
+    cuda = [d for d in devices if torch.device(d).type == "cuda"]
+    if not cuda or model_dtype(settings, cuda[0]) != torch.float32:
+        return None
+    reason = settings.get("cuda_compute_dtype_reason") or "recorded at export"
+    return (
+        f"computing in fp32 on {','.join(cuda)}, not fp16, as {SETTINGS_FILE} records (cuda_compute_dtype=float32: "
+        f"{reason}); expect several times fewer rows/s than an fp16 model, and watch the ETA below"
+    )
+
+
 def load_kwargs(model_dir, device) -> dict:
-    """``from_pretrained`` arguments for ``device``: fp16 on CUDA (a T4 has no bf16), fp32 on CPU,
-    weights placed at load time on CUDA, and the folder's recorded :func:`load_overrides`.
+    """``from_pretrained`` arguments for ``device``: the :func:`model_dtype` (fp16 on CUDA unless the export
+    recorded fp32, fp32 on CPU), weights placed at load time on CUDA, and the folder's recorded
+    :func:`load_overrides`.
 
     The overrides are merged into ``config.json``'s ``quantization_config`` and passed as
     ``config=``: transformers (5.x) ignores a ``quantization_config=`` argument for a pre-quantized
@@ -258,7 +294,7 @@ def load_kwargs(model_dir, device) -> dict:
     bitsandbytes' compute dtype could not be changed that way.
     """
     dev = torch.device(device)
-    kwargs = {"dtype": compute_dtype(dev)}
+    kwargs = {"dtype": model_dtype(_export_settings(model_dir), dev)}
     if dev.type == "cuda":
         # Place the weights at load time: quantized layers cannot always be moved afterwards.
         kwargs["device_map"] = {"": str(dev)}
@@ -457,7 +493,8 @@ def check_finite(ids, probs) -> None:
         raise ValueError(
             f"{len(bad)} row(s) have non-finite probabilities, the first is id {ids[bad[0]]!r}; "
             "submission.csv was not written. An fp16 overflow is the usual cause: rerun with "
-            "--devices cpu on a few rows to confirm, or export the model in fp32 or quantized."
+            "--devices cpu on a few rows to confirm, then re-export with kdq's ExportConfig(check_rows=[rows like "
+            "this one], fp16_fallback='fp32-compute'), which records that this folder computes in fp32 on CUDA."
         )
 
 
@@ -527,6 +564,9 @@ def main(argv=None, *, default_model_dir=None) -> int:
         devices = pick_devices(args.devices)
         settings = read_settings(model_dir)
         _set_env(devices, settings["load"])
+        note = compute_note(settings, devices)
+        if note:
+            print(f"predict.py: {note}", file=sys.stderr)
         tta = settings["tta"] if args.tta is None else args.tta
         fraction = settings["tta_fraction"] if args.tta_fraction is None else args.tta_fraction
         batch_size = args.batch_size or settings["batch_size"]
