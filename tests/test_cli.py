@@ -186,7 +186,8 @@ def test_flags_beat_the_file_and_set_beats_both(tmp_path):
     from kdq.cli.main import build_parser
 
     data = load_config_dict(_yaml(tmp_path, "lora: null\n"), ["lora.r=4"])
-    assert data["lora"] == {"r": 4}  # a null parent becomes a mapping instead of a crash
+    assert data["lora"] == {"r": "4"}  # a null parent becomes a mapping instead of a crash; text until typed
+    assert build_config(kdq.DistillConfig, data).lora.r == 4
 
     def config(argv):
         args = build_parser().parse_args(argv)

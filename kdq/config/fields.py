@@ -81,6 +81,35 @@ def _number(text: str):
         return None
 
 
+class YamlText(str):
+    """A scalar read from ``--set`` or a config file, still as its text (:func:`kdq.config.io.parse_value`)."""
+
+
+def yaml_text(value):
+    """``value`` (YAML structure) with every string scalar marked :class:`YamlText`."""
+    if isinstance(value, str):
+        return YamlText(value)
+    if isinstance(value, list):
+        return [yaml_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: yaml_text(v) for k, v in value.items()}
+    return value
+
+
+def _yaml_typed(value):
+    """Text read from ``--set`` or a file (and lists / mappings of it) typed as YAML 1.1 would type it, for
+    fields that take any type. A string given in Python stays as it is."""
+    import yaml
+
+    if isinstance(value, YamlText):
+        return yaml.safe_load(value) if value.strip() else str(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_yaml_typed(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _yaml_typed(v) for k, v in value.items()}
+    return value
+
+
 def coerce_text(cls, name: str, value, default=None):
     """``value`` converted to field ``name``'s declared type when it is text; other values pass unchanged.
 
@@ -91,17 +120,19 @@ def coerce_text(cls, name: str, value, default=None):
     that does not convert raises ``ValueError`` naming ``Class.field``, the expected kind and an
     example (from the default when it is one).
     """
-    if not isinstance(value, str):
-        return value
     hint = declared_types(cls).get(name)
     if hint is None:
         return value
     kinds = _members(hint)
+    if object in kinds or typing.Any in kinds:  # any type: text, and text inside lists/mappings, typed as YAML
+        return _yaml_typed(value)
+    if not isinstance(value, str):
+        return value
     where = f"{cls.__name__}.{name}"
     if bool in kinds and (value in _TRUE or value in _FALSE):
         return value in _TRUE
-    if str in kinds or object in kinds or typing.Any in kinds:
-        return value
+    if str in kinds:
+        return str(value)
     if type(None) in kinds and value.strip() in _NULL:
         return None
     if bool in kinds:

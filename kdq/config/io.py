@@ -14,24 +14,28 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .fields import coerce_fields, dataclass_in, declared_types
+from .fields import coerce_fields, dataclass_in, declared_types, yaml_text
 
 
 # ---------------------------------------------------------------- files, flags and --set
 def parse_value(text: str):
-    """``--set`` values are YAML scalars: ``2`` is an int, ``true`` a bool, ``null`` None, ``[a, b]`` a list."""
+    """A ``--set`` value as YAML structure with every scalar kept as text (``[3.10, 2e-5]`` is
+    ``["3.10", "2e-5"]``): the field's declared type converts it (:func:`kdq.config.fields.coerce_text`),
+    so ``3.10`` stays ``"3.10"`` for a text field and ``2e-5`` is a number for a float field. YAML 1.1's
+    own typing would read ``3.10`` as the float 3.1 and ``2e-5`` as text."""
     import yaml
 
-    return yaml.safe_load(text)
+    return yaml_text(yaml.load(text, Loader=yaml.BaseLoader))
 
 
 def read_config_file(path) -> dict:
-    """The mapping in a YAML or JSON file (``{}`` when ``path`` is ``None`` or the file is empty)."""
+    """The mapping in a YAML or JSON file (``{}`` when ``path`` is ``None`` or the file is empty), its
+    scalars kept as text for the fields' declared types to convert (see :func:`parse_value`)."""
     if not path:
         return {}
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yaml_text(yaml.load(Path(path).read_text(), Loader=yaml.BaseLoader) or {})
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
     return data

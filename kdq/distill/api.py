@@ -73,6 +73,7 @@ def distill(
         folder (LoRA merged) that stock ``AutoModelForSequenceClassification`` loads.
     """
     from accelerate import PartialState
+    from transformers import set_seed
 
     cfg = config or DistillConfig()
     started = time.perf_counter()
@@ -116,6 +117,10 @@ def distill(
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     state.wait_for_everyone()
+    # One seed fixes every random initialisation kdq causes: a new score head (load_student), LoRA
+    # matrices (wrap_lora) and projections (build_objective) are all drawn after this, before the
+    # Trainer seeds its own generators.
+    set_seed(cfg.seed, deterministic=cfg.deterministic)
     loaded = load_student(student, cfg, tokenizer=tokenizer)  # dtype rule, QLoRA: kdq/distill/lora.py
     model, tok = loaded.model, loaded.tokenizer
     attach_template(model, cfg.template)

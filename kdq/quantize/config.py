@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..config.base import Config
+from ..config.fields import coerce_fields
 from ..config.validate import check_choice, check_device, check_range
 from ..quant_methods import get_quantizer, method_field_help, method_fields, settings_fields, variant_fields
 from ..runtime.template import TemplateConfig
@@ -105,7 +106,8 @@ class QuantConfig(Config):
         cls = "QuantConfig"
         self._accept_dicts()
         method = get_quantizer(self.method)
-        settings = method.settings(**self._given_method_fields(method))
+        # the method's own fields take the types its settings declare (text from --set / files converts)
+        settings = method.settings(**coerce_fields(method.settings, self._given_method_fields(method)))
         check_range(cls, "num_samples", self.num_samples, 1, 100_000, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 1024, kind=int)
         check_range(cls, "reload_tolerance", self.reload_tolerance, 0.0, None, kind=(int, float))
