@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,7 @@ from kdq.testing import make_arena_rows, make_tiny_classifier, make_wsdm_rows, w
 
 TEMPLATE = TemplateConfig(max_length=96)
 EVAL = EvalConfig(template=TEMPLATE, batch_size=4, progress=False, budget=None)
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "kaggle_notebook.py"
 
 
 def _wsdm_df(n=4, **kw):
@@ -266,3 +269,22 @@ def test_wsdm_export_predicts_id_winner(tmp_path, wsdm_student, wsdm_data, capsy
     capsys.readouterr()
     assert predict.main(["--out", str(sub), "--devices", "cpu", "--quiet", "--skip-checksums"]) == 1
     assert "wsdm-cup-multilingual-chatbot-arena/test.parquet is parquet" in capsys.readouterr().err
+
+    # the example notebook checks the submission the model's scheme asks for
+    notebook = runpy.run_path(str(NOTEBOOK))
+    args = ["--dataset-dir", str(out), "--test-csv", str(held), "--out", str(tmp_path / "nb.csv")]
+    assert notebook["main"]([*args, "--", "--devices", "cpu", "--quiet"]) == 0
+    assert (tmp_path / "nb.csv").read_text() == sub.read_text()
+
+
+def test_a_quantized_wsdm_model_keeps_its_scheme(tmp_path, wsdm_student, wsdm_data):
+    train, held = wsdm_data
+    q = kdq.quantize(
+        str(wsdm_student.student_dir),
+        kdq.QuantConfig.from_name("bnb-int8", template=TEMPLATE, device="cpu"),
+        calibration=train,  # WSDM rows calibrate too
+        out_dir=tmp_path / "int8",
+    )
+    assert json.loads((q / "config.json").read_text())[SCHEME_KEY] == "wsdm"
+    m = evaluate(str(q), held, EVAL)
+    assert m.scheme == "wsdm" and m.probs.shape == (16, 2)

@@ -66,7 +66,7 @@ def _shown(iv: Interval | None, headline: Headline) -> Interval | None:
     """An interval of Δ cost as an interval of Δ ``headline`` (accuracy: the sign flips)."""
     if iv is None or not headline.higher_is_better:
         return iv
-    return Interval(-iv.value, -iv.high, -iv.low, iv.level)
+    return Interval(0.0 - iv.value, 0.0 - iv.high, 0.0 - iv.low, iv.level)  # 0.0 - x: never a negative zero
 
 
 def _fmt(x, spec=".4f", none="–"):
