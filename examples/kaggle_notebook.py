@@ -78,14 +78,20 @@ def run_predict(dataset_dir: Path, test_csv, out, extra_args=()) -> None:
 
 
 # %%
-def check_submission(test_csv, out) -> int:
+def check_submission(test_csv, out, scheme: str = "lmsys") -> int:
+    """``scheme``: the model's label scheme (``config.json`` ``kdq_scheme``): ``lmsys`` submits three
+    probabilities per row, ``wsdm`` (WSDM Cup 2025) the winner's name."""
     csv.field_size_limit(2**31 - 1)
     with open(test_csv, newline="", encoding="utf-8") as f:
         ids = [row["id"] for row in csv.DictReader(f)]
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["id", "winner_model_a", "winner_model_b", "winner_tie"], rows[0]
     assert [r[0] for r in rows[1:]] == ids, "submission ids differ from the test CSV"
+    if scheme == "wsdm":
+        assert rows[0] == ["id", "winner"], rows[0]
+        assert all(r[1] in ("model_a", "model_b") for r in rows[1:]), "a winner is not model_a / model_b"
+        return len(ids)
+    assert rows[0] == ["id", "winner_model_a", "winner_model_b", "winner_tie"], rows[0]
     for r in rows[1:]:
         p = [float(x) for x in r[1:]]
         assert all(0.0 <= x <= 1.0 for x in p) and math.isclose(sum(p), 1.0, abs_tol=1e-6), r
@@ -106,7 +112,8 @@ def main(argv=None) -> int:
     if installed:
         print("installed from wheels:", " ".join(installed[3:]))
     run_predict(dataset_dir, args.test_csv, args.out, args.predict_args)
-    n = check_submission(args.test_csv, args.out)
+    scheme = json.loads((dataset_dir / "config.json").read_text()).get("kdq_scheme", "lmsys")
+    n = check_submission(args.test_csv, args.out, scheme)
     print(f"submission ok: {n} rows in {time.time() - start:.0f} s -> {args.out}")
     return 0
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from .quant_methods import prepare_to_load
-from .runtime.constants import LABELS, TEMPLATE_KEY
+from .runtime.constants import LMSYS, SCHEME_KEY, TEMPLATE_KEY, label_scheme, scheme_of_config
 from .runtime.dtypes import compute_dtype
 
-ID2LABEL = dict(enumerate(LABELS))
-LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+# The LMSYS scheme's labels (the default); a model's own come from its scheme (prepare_classifier).
+ID2LABEL = LMSYS.id2label
+LABEL2ID = LMSYS.label2id
 
 
 @dataclass
@@ -45,12 +46,48 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def prepare_classifier(model, tokenizer):
-    """Make the model pool the last real token and name its three arena labels."""
+def prepare_classifier(model, tokenizer, scheme=None):
+    """Make the model pool the last real token, name its classes and record its label scheme.
+
+    ``scheme``: a :class:`~kdq.runtime.constants.LabelScheme` or its name; default: the one the
+    model's config records or implies (:func:`~kdq.runtime.constants.scheme_of_config`). The
+    scheme's name goes into ``config.json`` under ``kdq_scheme``. A model whose head has another
+    number of outputs than the scheme has classes is an error.
+    """
+    scheme = label_scheme(scheme) if scheme is not None else scheme_of_config(model.config)
+    outputs = getattr(getattr(model, "score", None), "out_features", None)
+    if outputs is not None and outputs != scheme.num_labels:
+        raise ValueError(
+            f"the model's classification head has {outputs} outputs, but {scheme.describe()} needs "
+            f"{scheme.num_labels}; load it from a folder (kdq re-initialises the head for training) or use "
+            f"a model trained for {scheme.name!r} rows."
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.id2label = dict(ID2LABEL)
-    model.config.label2id = dict(LABEL2ID)
+    model.config.id2label = scheme.id2label
+    model.config.label2id = scheme.label2id
+    setattr(model.config, SCHEME_KEY, scheme.name)
     return model
+
+
+def scheme_of(model_or_path):
+    """The :class:`~kdq.runtime.constants.LabelScheme` of a model (object or folder; a Hub id is LMSYS)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        cfg_file = Path(model_or_path, "config.json")
+        if is_adapter_dir(model_or_path) and not cfg_file.is_file():
+            base = _adapter_base(model_or_path)
+            cfg_file = Path(base, "config.json")
+        return scheme_of_config(json.loads(cfg_file.read_text())) if cfg_file.is_file() else LMSYS
+    return scheme_of_config(getattr(model_or_path, "config", None) or {})
+
+
+def check_scheme(model_or_path, scheme, role: str = "teacher") -> None:
+    """Raise ``ValueError`` when a model (object or folder) was trained for another label scheme than ``scheme``."""
+    scheme, own = label_scheme(scheme), scheme_of(model_or_path)
+    if own != scheme:
+        raise ValueError(
+            f"the {role} is a classifier for {own.describe()}, but the rows are {scheme.describe()}; "
+            f"use a {role} trained on {scheme.name} rows, or rows of its own layout."
+        )
 
 
 def load_tokenizer(*candidates):
@@ -75,7 +112,7 @@ def load_classifier(
     src,
     *,
     tokenizer=None,
-    num_labels: int = 3,
+    scheme=None,
     dtype=None,
     device=None,
     base_model=None,
@@ -94,6 +131,10 @@ def load_classifier(
             before quantization).
         quantization_config: load a full model folder quantized on the fly (e.g. a
             ``BitsAndBytesConfig``), placed on ``device`` at load time.
+        scheme: the label scheme (:class:`~kdq.runtime.constants.LabelScheme` or its name) the
+            classifier is for; default: the one its folder or object records (:func:`scheme_of`),
+            else LMSYS. A folder whose saved head has another number of classes gets a new,
+            randomly initialised head (a warning says so): training starts from it.
     """
     from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
@@ -103,12 +144,24 @@ def load_classifier(
         path = Path(src)
         if not path.is_dir():
             if is_hub_id(src):
-                return _load_hub(str(src), tokenizer, num_labels, dtype, device)
+                return _load_hub(str(src), tokenizer, label_scheme(scheme or LMSYS), dtype, device)
             raise ValueError(
                 f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
                 "such as 'h2oai/h2o-danube3-500m-base', or a model object."
             )
-        kwargs = {"num_labels": num_labels}
+        recorded = scheme_of(path)
+        scheme = label_scheme(scheme) if scheme is not None else recorded
+        kwargs = {"num_labels": scheme.num_labels}
+        if recorded.num_labels != scheme.num_labels and _has_head(path):
+            import warnings
+
+            warnings.warn(
+                f"{path} holds a classifier for {recorded.describe()}; loading it for {scheme.describe()} "
+                "re-initialises its classification head.",
+                stacklevel=2,
+            )
+            kwargs.update(ignore_mismatched_sizes=True, id2label=scheme.id2label, label2id=scheme.label2id)
+            del kwargs["num_labels"]  # id2label says it, without transformers' warning that they disagree
         if dtype is not None:
             kwargs["dtype"] = dtype
         if quantization_config is not None:
@@ -122,7 +175,7 @@ def load_classifier(
             base = _adapter_base(path, base_model)
             model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
             tokenizer = tokenizer or load_tokenizer(path, base)
-            prepare_classifier(model, tokenizer)
+            prepare_classifier(model, tokenizer, scheme)
             model = PeftModel.from_pretrained(model, str(path))
             if merge_adapter:
                 model = model.merge_and_unload()
@@ -146,7 +199,7 @@ def load_classifier(
     else:
         raise ValueError(f"model must be a folder path or a transformers model, got {type(src).__name__}.")
     tokenizer = prepare_tokenizer(tokenizer)
-    prepare_classifier(model, tokenizer)
+    prepare_classifier(model, tokenizer, scheme)
     if device is not None:
         model.to(device)
     model.eval()
@@ -190,17 +243,23 @@ class LazyClassifier:
         return self._model
 
 
+def _has_head(path) -> bool:
+    """Whether a full model folder's config names classes (a classifier, whose head weights are saved)."""
+    cfg = Path(path, "config.json")
+    return not is_adapter_dir(path) and cfg.is_file() and bool(json.loads(cfg.read_text()).get("id2label"))
+
+
 def is_hub_id(src) -> bool:
     """``"org/name"``: one slash, not a local path (which would exist or start with . / ~)."""
     text = str(src)
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
 
 
-def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
+def _load_hub(repo_id, tokenizer, scheme, dtype, device) -> LoadedModel:
     """Load ``org/name`` from the Hugging Face Hub (GPU machines with network; never in tests)."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs = {"num_labels": num_labels, **({"dtype": dtype} if dtype is not None else {})}
+    kwargs = {"num_labels": scheme.num_labels, **({"dtype": dtype} if dtype is not None else {})}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
     except OSError as err:  # a mistyped local path looks like "org/name" too
@@ -209,7 +268,7 @@ def _load_hub(repo_id, tokenizer, num_labels, dtype, device) -> LoadedModel:
             "Check the path, or the network and the Hub id."
         ) from None
     tokenizer = prepare_tokenizer(tokenizer or load_tokenizer(repo_id))
-    prepare_classifier(model, tokenizer)
+    prepare_classifier(model, tokenizer, scheme)
     if device is not None:
         model.to(device)
     model.eval()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .data.probe import WORDS, make_arena_rows
+from .data.probe import WORDS, make_arena_rows, make_wsdm_rows
 
 
 def make_tokenizer(out_dir=None, vocab_size: int = 400):
@@ -55,12 +55,16 @@ def tiny_llama_config(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     max_positions: int = 2048,
+    scheme="lmsys",
     **extra,
 ):
-    """A ``LlamaConfig`` for a 3-label classifier. Dims are multiples of 32 so GPTQ 4/8-bit can pack them."""
+    """A ``LlamaConfig`` for a classifier of ``scheme``'s classes (``"lmsys"``: 3, ``"wsdm"``: 2; recorded
+    under ``kdq_scheme``). Dims are multiples of 32 so GPTQ 4/8-bit can pack them."""
     from transformers import LlamaConfig
 
-    from .models import ID2LABEL, LABEL2ID
+    from .runtime.constants import SCHEME_KEY, label_scheme
+
+    scheme = label_scheme(scheme)
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
@@ -73,10 +77,11 @@ def tiny_llama_config(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        num_labels=3,
-        id2label=dict(ID2LABEL),
-        label2id=dict(LABEL2ID),
+        num_labels=scheme.num_labels,
+        id2label=scheme.id2label,
+        label2id=scheme.label2id,
         tie_word_embeddings=False,
+        **{SCHEME_KEY: scheme.name},
         **extra,
     )
 
@@ -102,4 +107,18 @@ def write_arena_csv(path, n: int, **kwargs) -> Path:
 
     path = Path(path)
     pd.DataFrame(make_arena_rows(n, **kwargs)).to_csv(path, index=False)
+    return path
+
+
+def write_wsdm_file(path, n: int, **kwargs) -> Path:
+    """Write :func:`make_wsdm_rows` as a WSDM Cup-style table (``.parquet``, as the competition ships it,
+    or ``.csv``) and return its path."""
+    import pandas as pd
+
+    path = Path(path)
+    df = pd.DataFrame(make_wsdm_rows(n, **kwargs))
+    if path.suffix == ".parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
     return path

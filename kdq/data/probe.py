@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 
-from ..runtime.constants import LABELS
+from ..runtime.constants import LABELS, WSDM
 from ..runtime.template import PARTS, parse_turns
 
 # The probe rows: fixed, so kdq.verify re-scores exactly the rows kdq.export scored (the manifest stores
@@ -78,6 +78,28 @@ def make_arena_rows(
     if not labelled:
         for lab in LABELS:
             del rows[lab]
+    return rows
+
+
+def make_wsdm_rows(n: int, *, seed: int = 0, labelled: bool = True, max_words: int = 600, id_offset: int = 0) -> dict:
+    """Synthetic rows in the WSDM Cup 2025 layout: plain-string ``prompt`` / ``response_a`` / ``response_b``
+    (one turn each), ``winner`` (``model_a`` / ``model_b``), ``language``, and hex ids.
+
+    The first turn of :func:`make_arena_rows` rows with the same arguments, so the winner is learnable
+    the same way; a tie there is a winner drawn at random here (the WSDM data has no tie).
+    """
+    rng = random.Random(seed + 1)
+    src = make_arena_rows(n, seed=seed, labelled=True, max_words=max_words, id_offset=id_offset)
+    rows = {"id": [], "prompt": [], "response_a": [], "response_b": [], "winner": [], "language": []}
+    for r in range(n):
+        rows["id"].append(f"{int(src['id'][r]):08x}{rng.getrandbits(32):08x}")
+        for c in PARTS:
+            rows[c].append(parse_turns(src[c][r])[0])
+        k = next(k for k, lab in enumerate(LABELS) if src[lab][r])
+        rows["winner"].append(WSDM.labels[k if k < 2 else rng.randrange(2)])
+        rows["language"].append(rng.choice(("English", "Chinese", "Russian", "Spanish")))
+    if not labelled:
+        del rows["winner"]
     return rows
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import datasets
 
-from ..data import encode, load_arena, swap_ab
-from ..models import attach_template
-from ..runtime.constants import FORMAT_KEY, SWAP_PERMUTATION
+from ..data import encode, load_arena, scheme_of_rows, swap_ab  # scheme_of_rows: issue 19.5
+from ..models import attach_template, check_scheme  # check_scheme: issue 19.5
+from ..runtime.constants import FORMAT_KEY, swap_permutation  # swap_permutation: issue 19.5
 from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
@@ -91,7 +91,10 @@ def distill(
     args = _training_args(cfg, out, has_eval=eval_data is not None)
     state = PartialState()
     train_rows = load_arena(train_data, require_labels=True)
-    eval_rows = load_arena(eval_data, require_labels=True) if eval_data is not None else None
+    scheme = scheme_of_rows(train_rows)  # issue 19.5: the rows' label scheme (LMSYS or WSDM) sets the classes
+    if teacher is not None:
+        check_scheme(teacher, scheme)  # issue 19.5
+    eval_rows = load_arena(eval_data, require_labels=True, scheme=scheme) if eval_data is not None else None
     extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
     for name in ("hidden_weight", "feature_weight"):
         if getattr(cfg, name) > 0 and teacher is None:
@@ -121,7 +124,7 @@ def distill(
     # matrices (wrap_lora) and projections (build_objective) are all drawn after this, before the
     # Trainer seeds its own generators.
     set_seed(cfg.seed, deterministic=cfg.deterministic)
-    loaded = load_student(student, cfg, tokenizer=tokenizer)  # dtype rule, QLoRA: kdq/distill/lora.py
+    loaded = load_student(student, cfg, tokenizer=tokenizer, scheme=scheme)  # dtype rule, QLoRA: kdq/distill/lora.py
     model, tok = loaded.model, loaded.tokenizer
     attach_template(model, cfg.template)
     train_set = _training_table(scored, tok, cfg, cache)
@@ -189,7 +192,7 @@ def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.
         names["features_swap" if swapped else "features"] = "teacher_features"
     teacher = cache.table.select_columns(list(names)).rename_columns(names)
     if swapped:
-        perm = list(SWAP_PERMUTATION)
+        perm = list(swap_permutation(cache.table.features["logits"].length))  # the scheme's swap (issue 19.5)
         teacher = teacher.with_format("numpy").map(
             lambda b: {"teacher_logits": b["teacher_logits"][:, perm]}, batched=True, desc="swap teacher targets"
         )

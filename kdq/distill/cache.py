@@ -3,7 +3,7 @@
 Layout::
 
     <cache_dir>/teacher-<key>/
-        fingerprint.json        # what <key> hashes: teacher identity, template, TTA, label count
+        fingerprint.json        # what <key> hashes: teacher identity, template, TTA, label scheme
         shards/part-<n>/        # datasets.Dataset.save_to_disk: id, row_hash, logits[num_labels]
         shards/part-<n>/ ...    #   (+ features[H], and features_swap[H] with TTA, when asked for)
 
@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..data import encode
+from ..data import encode, scheme_of_rows  # scheme_of_rows: issue 19.5
 from ..runtime.batching import add_stats, predict_logits
-from ..runtime.constants import LABELS
+from ..runtime.constants import LMSYS, label_scheme  # issue 19.5
 from ..runtime.template import TemplateConfig
 from ..runtime.tta import score_tta
 from ..utils.atomic import atomic_dir
@@ -86,15 +86,19 @@ class TeacherCache:
         return {"reused": self.reused, "computed": self.computed, **self.stats}
 
 
-def cache_fingerprint(teacher_fingerprint: str, template: TemplateConfig, tta: bool, num_labels: int) -> dict:
-    return {
+def cache_fingerprint(teacher_fingerprint: str, template: TemplateConfig, tta: bool, scheme) -> dict:
+    scheme = label_scheme(scheme)  # issue 19.5: the rows' label scheme (its name, not only its class count)
+    fp = {
         "format": CACHE_FORMAT,
         "teacher": teacher_fingerprint,
         "template": template.to_dict(),
         "max_length": template.max_length,
         "tta": bool(tta),
-        "num_labels": int(num_labels),
+        "num_labels": scheme.num_labels,
     }
+    if scheme != LMSYS:  # issue 19.5: LMSYS caches written before schemes existed keep their key
+        fp["scheme"] = scheme.name
+    return fp
 
 
 def _key(fp: dict) -> str:
@@ -171,7 +175,7 @@ def cache_teacher_logits(
         :class:`TeacherCache` aligned with ``rows``.
     """
     tok = teacher.tokenizer  # teacher.model is touched only if a row needs scoring (it may load lazily)
-    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, len(LABELS)))
+    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))  # 19.5
     enc = encode(rows, tok, template, desc="render rows (teacher)")
     enc = enc.map(lambda b: {"row_hash": [_row_hash(x) for x in b["input_ids"]]}, batched=True, desc="hash rows")
     hashes = enc.data.column("row_hash")

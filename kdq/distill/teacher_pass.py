@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data import load_arena
+from ..data import core_columns, load_arena, scheme_of_rows  # core_columns, scheme_of_rows: issue 19.5
 from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")
@@ -80,7 +80,7 @@ def transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
             "transfer_data needs a teacher: transfer rows have no labels, only the teacher's logits "
             "teach from them. Pass teacher=... or drop transfer_data."
         )
-    rows = load_arena(transfer_data)
+    rows = load_arena(transfer_data, scheme=scheme_of_rows(train_rows))  # the training rows' layout (19.5)
     rows = rows.map(lambda b: {"label": [-1] * len(b["id"])}, batched=True, desc="drop transfer labels")
     train_ids = set(train_rows["id"])
     clash = next((i for i in rows["id"] if i in train_ids), None)
@@ -95,4 +95,6 @@ def transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
 
 def scored_rows(train_rows: datasets.Dataset, transfer_rows) -> datasets.Dataset:
     """The rows the teacher scores and the student trains on: the training rows, then the transfer rows."""
-    return train_rows if transfer_rows is None else datasets.concatenate_datasets([train_rows, transfer_rows])
+    if transfer_rows is None:
+        return train_rows
+    return datasets.concatenate_datasets([core_columns(train_rows), core_columns(transfer_rows)])  # 19.5: language

@@ -109,7 +109,11 @@ class Metrics:
     CUDA), ``rows_per_s`` / ``tokens_per_s`` over every scored sequence (a TTA row counts
     twice) on ``device``. ``budget``: the verdict dict of :func:`kdq.evaluate.budget.project`.
 
-    Arrays: ``probs`` / ``probs_tta`` ``(N, 3)`` in row order; ``lengths`` ``(N,)`` tokens per row.
+    ``scheme``: the label scheme's name (``"lmsys"``, ``"wsdm"``): the classes, and the headline
+    metric reports rank by (:attr:`headline`: ``"log_loss"`` or ``"accuracy"``).
+
+    Arrays: ``probs`` / ``probs_tta`` ``(N, C)`` in row order (``C``: the scheme's classes); ``lengths``
+    ``(N,)`` tokens per row.
     """
 
     n_rows: int
@@ -143,7 +147,17 @@ class Metrics:
     probs: np.ndarray = field(repr=False)
     probs_tta: np.ndarray | None = field(repr=False)
     lengths: np.ndarray = field(repr=False)
+    scheme: str = "lmsys"
+
+    @property
+    def headline(self) -> str:
+        """The field that ranks this variant: its label scheme's headline metric."""
+        from ..runtime.constants import label_scheme
+
+        return label_scheme(self.scheme).headline
 
     def to_dict(self) -> dict:
-        """Every scalar field (JSON-able), without the arrays."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ARRAY_FIELDS}
+        """Every scalar field (JSON-able), without the arrays; plus ``headline``."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ARRAY_FIELDS}
+        out["headline"] = self.headline
+        return out

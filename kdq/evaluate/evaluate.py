@@ -167,7 +167,7 @@ def _resolve(model, config: EvalConfig, device):
 
 
 def _score(loaded, sequences, config: EvalConfig, desc: str):
-    """Logits ``(N, 3)`` and timing stats for token sequences."""
+    """Logits ``(N, C)`` and timing stats for token sequences."""
     from tqdm.auto import tqdm
 
     from ..runtime.batching import predict_logits
@@ -255,12 +255,14 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         rows: anything :func:`kdq.load_arena` accepts; every row needs a label.
         config: :class:`EvalConfig`.
     Returns:
-        :class:`Metrics`; ``probs`` is ``(N, 3)`` in row order.
+        :class:`Metrics`; ``probs`` is ``(N, C)`` in row order, ``C`` the classes of the model's label
+        scheme, which the rows' must be (a WSDM model on WSDM rows: accuracy is its headline).
     """
     import torch
 
-    from ..data import encode, labels_of, load_arena
+    from ..data import encode, labels_of, load_arena, scheme_of_rows
     from ..models import default_device, template_of
+    from ..runtime.constants import scheme_of_config
     from ..runtime.template import TemplateConfig
     from .budget import load_budget
     from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
@@ -270,17 +272,27 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
     rows = load_arena(rows)
     labels = labels_of(rows)
+    scheme = scheme_of_rows(rows)
     if (labels < 0).any():
         r = int(np.flatnonzero(labels < 0)[0])
+        need = (
+            f"the {scheme.winner_column!r} column"
+            if scheme.winner_column
+            else f"the one-hot {' / '.join(scheme.labels)} columns"
+        )
         raise ValueError(
-            f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows (the one-hot "
-            "winner_model_a / winner_model_b / winner_tie columns). Drop unlabelled rows first."
+            f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows ({need}). Drop unlabelled rows first."
         )
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
     device = torch.device(config.device) if config.device else default_device()
 
     with PeakMemory(device) as peak:
         loaded, size_bytes, size_source = _resolve(model, config, device)
+        if scheme_of_config(loaded.model.config) != scheme:
+            raise ValueError(
+                f"the model is a classifier for {scheme_of_config(loaded.model.config).describe()}, but the rows "
+                f"are {scheme.describe()}; evaluate it on rows of its own layout."
+            )
         template = config.template or template_of(loaded.model) or TemplateConfig()
         enc = encode(rows, loaded.tokenizer, template)
         sequences = enc["input_ids"]
@@ -331,6 +343,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         probs=probs,
         probs_tta=probs_tta,
         lengths=lengths,
+        scheme=scheme.name,
     )
     verdict = project_metrics(metrics, profile)
     dtype = next(loaded.model.parameters()).dtype

@@ -6,6 +6,9 @@ All take ``probs``: ``(N, C)`` float probabilities (rows need not sum to one) an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 
 COMPETITION_EPS = 1e-15
@@ -82,3 +85,47 @@ def softmax(logits) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def row_errors(probs, labels) -> np.ndarray:
+    """``1.0`` where the arg-max class is not the label, else ``0.0``, per row ``(N,)``: the mean is
+    ``1 − accuracy`` (ties go to the lowest index, as in :func:`accuracy`)."""
+    probs, labels = _check(probs, labels)
+    return (probs.argmax(axis=1) != labels).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A label scheme's headline metric (:attr:`kdq.runtime.constants.LabelScheme.headline`): what a
+    report ranks variants by.
+
+    ``key``: the :class:`~kdq.evaluate.Metrics` field (``key + "_tta"``: with swap TTA). Ranking and the
+    paired bootstrap work on per-row **costs**, lower is better (:meth:`row_costs`: log loss per row,
+    or 1 − correct per row), whose mean is :meth:`cost` of the metric's value.
+    """
+
+    key: str
+    title: str
+    higher_is_better: bool
+    fmt: str
+    row_cost: Callable = field(repr=False, compare=False)
+
+    def row_costs(self, probs, labels) -> np.ndarray:
+        return self.row_cost(probs, labels)
+
+    def cost(self, value: float) -> float:
+        """The metric's value as a lower-is-better cost (the mean of :meth:`row_costs`)."""
+        return 1.0 - value if self.higher_is_better else value
+
+
+HEADLINES = {
+    "log_loss": Headline("log_loss", "log loss", False, ".4f", row_log_losses),
+    "accuracy": Headline("accuracy", "accuracy", True, ".3f", row_errors),
+}
+
+
+def headline_of(scheme) -> Headline:
+    """The :class:`Headline` of a label scheme (a ``LabelScheme`` or its name)."""
+    from ..runtime.constants import label_scheme
+
+    return HEADLINES[label_scheme(scheme).headline]

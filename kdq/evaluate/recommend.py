@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from .metrics import row_log_losses
+from .metrics import headline_of, row_log_losses
 from .stats import paired_intervals
 
 
 def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Rank variants for export on ``rows`` (the eval rows) with ``tta_mode``'s probabilities.
 
-    Only variants that fit the budget compete (all of them when none fits). A variant whose
-    Δ log loss to the best one has a 95% paired-bootstrap interval that reaches 0
+    Variants rank by the rows' label scheme's headline metric (``metric``: log loss for LMSYS,
+    accuracy for WSDM). Only variants that fit the budget compete (all of them when none fits).
+    A variant whose Δ headline to the best one has a 95% paired-bootstrap interval that reaches 0
     (:func:`kdq.evaluate.stats.paired_intervals`, the same intervals as the report) is tied
     with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
-    smaller, and the rest follow by log loss.
-    Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "log_loss": {...}}``.
+    smaller, and the rest follow by the headline.
+    Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "metric": key,
+    "log_loss": {...}}`` (and ``"accuracy": {...}`` when accuracy ranks).
     """
-    from ..data import labels_of, load_arena
+    from ..data import labels_of, load_arena, scheme_of_rows
 
-    labels = labels_of(load_arena(rows))
+    rows = load_arena(rows)
+    labels = labels_of(rows)
+    headline = headline_of(scheme_of_rows(rows))
     probs = {
         n: (m.probs_tta if tta_mode != "none" and m.probs_tta is not None else m.probs) for n, m in metrics.items()
     }
-    losses = {n: row_log_losses(p, labels) for n, p in probs.items()}
+    losses = {n: headline.row_costs(p, labels) for n, p in probs.items()}  # lower is better
     fits = [n for n, m in metrics.items() if (m.budget or {}).get("fits")]
     pool = fits or list(metrics)
     best = min(pool, key=lambda n: losses[n].mean())
@@ -36,12 +40,16 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
 
     tied.sort(key=cost)
     rest = sorted((n for n in pool if n not in tied), key=lambda n: losses[n].mean())
-    return {
+    out = {
         "ranking": tied + rest,
         "tied": tied,
         "best": best,
         "tta": tta_mode,
         "rows": int(len(labels)),
         "fits_budget": bool(fits),
-        "log_loss": {n: float(losses[n].mean()) for n in pool},
+        "metric": headline.key,
+        "log_loss": {n: float(row_log_losses(probs[n], labels).mean()) for n in pool},
     }
+    if headline.key != "log_loss":
+        out[headline.key] = {n: headline.cost(float(losses[n].mean())) for n in pool}  # cost is its own inverse
+    return out

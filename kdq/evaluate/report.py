@@ -12,6 +12,7 @@ from pathlib import Path
 from ..runtime.constants import FORMAT_KEY
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
+from .metrics import HEADLINES, Headline, headline_of
 from .stats import Interval, gap_closed_value, paired_intervals
 
 MB = 1e6
@@ -24,9 +25,11 @@ class CompareResult:
 
     ``rows``: one dict per variant (the table's cells, unformatted); ``metrics``: name ->
     :class:`Metrics`; ``paths``: ``{"md", "json", "png"}`` -> file; ``gap_closed`` /
-    ``gap_closed_tta``: fraction of the teacher-vs-baseline log-loss gap the student closed
-    (``None`` when undefined, see ``notes``); ``intervals`` / ``intervals_tta``: the paired
-    bootstrap 95% intervals (:func:`kdq.evaluate.stats.paired_intervals`).
+    ``gap_closed_tta``: fraction of the teacher-vs-baseline gap in the headline metric the student
+    closed (``None`` when undefined, see ``notes``); ``intervals`` / ``intervals_tta``: the paired
+    bootstrap 95% intervals (:func:`kdq.evaluate.stats.paired_intervals`) of the headline's per-row
+    costs (log loss, or 1 − correct for accuracy: lower is better). ``headline``: the metric that
+    ranks (the rows' label scheme's: log loss for LMSYS, accuracy for WSDM).
     """
 
     rows: list
@@ -37,21 +40,33 @@ class CompareResult:
     notes: list
     intervals: dict | None = None
     intervals_tta: dict | None = None
+    headline: str = "log_loss"
 
 
-def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float) -> tuple:
+def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float, headline: Headline | None = None) -> tuple:
     """``(LL_baseline - LL_student) / (LL_baseline - LL_teacher)`` and a note when undefined.
 
     1.0 means the student matches the teacher; 0.0 means distillation did no better than
-    training on hard labels; above 1 the student beats the teacher.
+    training on hard labels; above 1 the student beats the teacher. ``headline`` (default log
+    loss): the metric the three values are in; a higher-is-better one (accuracy) is turned into its
+    cost first, so the baseline must be *worse* than the teacher either way.
     """
-    value = gap_closed_value(ll_teacher, ll_baseline, ll_student)  # the formula lives once, in stats.py
+    h = headline or HEADLINES["log_loss"]
+    # the formula lives once, in stats.py
+    value = gap_closed_value(h.cost(ll_teacher), h.cost(ll_baseline), h.cost(ll_student))
     if math.isnan(value):
         return None, (
-            f"gap closed is undefined: the hard-label baseline ({ll_baseline:.4f}) is not worse than "
-            f"the teacher ({ll_teacher:.4f}), so there is no gap for distillation to close"
+            f"gap closed is undefined: the hard-label baseline ({format(ll_baseline, h.fmt)}) is not worse than "
+            f"the teacher ({format(ll_teacher, h.fmt)}) in {h.title}, so there is no gap for distillation to close"
         )
     return value, None
+
+
+def _shown(iv: Interval | None, headline: Headline) -> Interval | None:
+    """An interval of Δ cost as an interval of Δ ``headline`` (accuracy: the sign flips)."""
+    if iv is None or not headline.higher_is_better:
+        return iv
+    return Interval(0.0 - iv.value, 0.0 - iv.high, 0.0 - iv.low, iv.level)  # 0.0 - x: never a negative zero
 
 
 def _fmt(x, spec=".4f", none="–"):
@@ -72,27 +87,33 @@ def _fits_cell(v: dict | None) -> str:
     return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"
 
 
-def _table_rows(metrics: dict, teacher: str, roles: dict, intervals=None, intervals_tta=None) -> list:
+def _table_rows(
+    metrics: dict, teacher: str, roles: dict, intervals=None, intervals_tta=None, headline: Headline | None = None
+) -> list:
+    """One dict per variant; ``delta_vs_teacher`` / ``delta_ci`` are in the ``headline`` metric (default log loss)."""
+    h = headline or HEADLINES["log_loss"]
     t = metrics[teacher]
+    key, key_tta = h.key, h.key + "_tta"
     out = []
     for name, m in metrics.items():
         v = m.budget
-        ci = intervals["delta"][name] if intervals else None
-        ci_tta = intervals_tta["delta"][name] if intervals_tta else None
+        ci = _shown(intervals["delta"][name], h) if intervals else None
+        ci_tta = _shown(intervals_tta["delta"][name], h) if intervals_tta else None
+        value, value_tta, t_tta = getattr(m, key), getattr(m, key_tta), getattr(t, key_tta)
         out.append(
             {
                 "delta_ci": [ci.low, ci.high] if ci else None,
                 "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
                 "variant": name,
                 "role": roles.get(name, ""),
+                "headline": key,
                 "log_loss": m.log_loss,
-                "delta_vs_teacher": m.log_loss - t.log_loss,
+                "delta_vs_teacher": value - getattr(t, key),
                 "accuracy": m.accuracy,
                 "ece": m.ece,
                 "log_loss_tta": m.log_loss_tta,
-                "delta_tta_vs_teacher": (m.log_loss_tta - t.log_loss_tta)
-                if m.log_loss_tta is not None and t.log_loss_tta is not None
-                else None,
+                "accuracy_tta": m.accuracy_tta,
+                "delta_tta_vs_teacher": (value_tta - t_tta) if value_tta is not None and t_tta is not None else None,
                 "size_mb": m.size_bytes / MB,
                 "size_source": m.size_source,
                 "peak_memory_mb": m.peak_memory_bytes / MB,
@@ -110,17 +131,20 @@ def _table_rows(metrics: dict, teacher: str, roles: dict, intervals=None, interv
     return out
 
 
-def markdown_table(rows: list, profile_name: str | None, profile_rows: int | None) -> str:
-    """The trade-off table as GitHub markdown (one line per variant)."""
+def markdown_table(rows: list, profile_name: str | None, profile_rows: int | None, headline: str = "log_loss") -> str:
+    """The trade-off table as GitHub markdown (one line per variant); the ``headline`` metric's column
+    comes first, with its Δ vs the teacher (log loss: then accuracy; accuracy: then log loss)."""
+    h = HEADLINES[headline]
+    other = HEADLINES["accuracy" if headline == "log_loss" else "log_loss"]
     hours = f"T4 h ({profile_rows / 1000:g}k rows)" if profile_rows else "T4 h"
     head = [
         "variant",
         "format",
-        "log loss",
+        h.title,
         "Δ vs teacher [95% CI]",
-        "accuracy",
+        other.title,
         "ECE",
-        "log loss (TTA)",
+        f"{h.title} (TTA)",
         "size MB",
         "peak mem MB",
         "rows/s",
@@ -132,17 +156,18 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
     for r in rows:
         name = f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
         basis = {"measured-cuda": " (meas.)", "flops-estimate": " (est.)"}.get(r["basis"], "")
-        delta = _fmt(r["delta_vs_teacher"], "+.4f")
+        signed = "+" + h.fmt
+        delta = _fmt(r["delta_vs_teacher"], signed)
         if r.get("delta_ci") and r["role"] != "teacher":
-            delta += f" [{_fmt(r['delta_ci'][0], '+.4f')}, {_fmt(r['delta_ci'][1], '+.4f')}]"
+            delta += f" [{_fmt(r['delta_ci'][0], signed)}, {_fmt(r['delta_ci'][1], signed)}]"
         cells = [
             name,
             r["weight_format"],
-            _fmt(r["log_loss"]),
+            _fmt(r[h.key], h.fmt),
             delta,
-            _fmt(r["accuracy"], ".3f"),
+            _fmt(r[other.key], other.fmt),
             _fmt(r["ece"], ".3f"),
-            _fmt(r["log_loss_tta"]),
+            _fmt(r.get(h.key + "_tta"), h.fmt),
             _fmt(r["size_mb"], ".1f") + ("" if r["size_source"] == "disk" else " (mem)"),
             _fmt(r["peak_memory_mb"], ".0f"),
             _fmt(r["rows_per_s"], ".1f"),
@@ -154,17 +179,19 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
     return "\n".join(lines)
 
 
-def _plot(rows: list, path: Path, title: str) -> None:
+def _plot(rows: list, path: Path, title: str, headline: str = "log_loss") -> None:
     """A forest plot, one line per variant (names on the y axis, so labels never overlap).
 
-    Left: log loss with its 95% paired-bootstrap interval (teacher's log loss + Δ interval);
+    Left: the ``headline`` metric (log loss, or accuracy) with its 95% paired-bootstrap interval
+    (the teacher's value + Δ interval);
     middle: size on disk; right: projected T4 hours for the budget's rows (or measured rows/s
     when no budget was given). Green fits the budget, red does not, grey: no verdict.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = sorted(rows, key=lambda r: r["log_loss"], reverse=True)  # best at the top
+    h = HEADLINES[headline]
+    rows = sorted(rows, key=lambda r: h.cost(r[h.key]), reverse=True)  # best at the top
     names = [f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"] for r in rows]
     colours = [{True: "tab:green", False: "tab:red"}.get(r["fits"], "tab:gray") for r in rows]
     y = list(range(len(rows)))
@@ -174,13 +201,14 @@ def _plot(rows: list, path: Path, title: str) -> None:
     for yi, r, c in zip(y, rows, colours):
         ci = r.get("delta_ci")
         if ci and all(v is not None and math.isfinite(v) for v in ci):
-            base = r["log_loss"] - r["delta_vs_teacher"]  # the teacher's log loss
+            base = r[h.key] - r["delta_vs_teacher"]  # the teacher's value
             ax_ll.plot([base + ci[0], base + ci[1]], [yi, yi], color=c, lw=2, alpha=0.6)
-        ax_ll.scatter([r["log_loss"]], [yi], color=c, s=30, zorder=3)
+        ax_ll.scatter([r[h.key]], [yi], color=c, s=30, zorder=3)
     teacher = next((r for r in rows if r["role"] == "teacher"), None)
     if teacher is not None:
-        ax_ll.axvline(teacher["log_loss"], color="k", lw=0.8, ls="--", alpha=0.6)
-    ax_ll.set_xlabel("log loss, 95% paired-bootstrap CI (lower is better)")
+        ax_ll.axvline(teacher[h.key], color="k", lw=0.8, ls="--", alpha=0.6)
+    better = "higher" if h.higher_is_better else "lower"
+    ax_ll.set_xlabel(f"{h.title}, 95% paired-bootstrap CI ({better} is better)")
     ax_size.barh(y, [r["size_mb"] for r in rows], color=colours, alpha=0.7)
     ax_size.set_xlabel("size on disk (MB)")
     if all(r.get("t4_hours") is not None for r in rows):
@@ -220,6 +248,10 @@ def compare(
         teacher: the reference for the Δ column (default: the first variant).
         baseline, student: the hard-label student and the distilled one; with both, the
             report gives the fraction of the teacher-vs-baseline gap that distillation closed.
+
+    Every variant must be a classifier for the rows' label scheme; the scheme's headline metric
+    (log loss for LMSYS, accuracy for WSDM) is the Δ column, the intervals and the gap closed, and
+    the report says so.
     Returns:
         :class:`CompareResult`.
     """
@@ -260,22 +292,29 @@ def compare(
             metrics[name] = evaluate(v, rows, config)
             gc.collect()  # free a loaded variant before the next one loads
 
+    schemes = {m.scheme for m in metrics.values()}
+    if len(schemes) > 1:
+        raise ValueError(
+            f"variants are classifiers for different label schemes ({sorted(schemes)}: "
+            f"{ {n: m.scheme for n, m in metrics.items()} }); compare variants of one scheme on its rows."
+        )
+    scheme = next(iter(schemes))
+    headline = headline_of(scheme)
     roles = {teacher: "teacher"}
     if baseline:
         roles[baseline] = "baseline"
     if student:
         roles[student] = "student"
-    intervals, intervals_tta = _intervals(metrics, rows, teacher, baseline, student, config)
-    table = _table_rows(metrics, teacher, roles, intervals, intervals_tta)
+    intervals, intervals_tta = _intervals(metrics, rows, teacher, baseline, student, config, headline)
+    table = _table_rows(metrics, teacher, roles, intervals, intervals_tta, headline)
     notes, gap, gap_tta = [], None, None
+    key, key_tta = headline.key, headline.key + "_tta"
     if baseline and student:
-        gap, note = gap_closed(metrics[teacher].log_loss, metrics[baseline].log_loss, metrics[student].log_loss)
+        gap, note = gap_closed(*(getattr(metrics[n], key) for n in (teacher, baseline, student)), headline)
         if note:
             notes.append(note)
-        if all(metrics[n].log_loss_tta is not None for n in (teacher, baseline, student)):
-            gap_tta, note = gap_closed(
-                metrics[teacher].log_loss_tta, metrics[baseline].log_loss_tta, metrics[student].log_loss_tta
-            )
+        if all(getattr(metrics[n], key_tta) is not None for n in (teacher, baseline, student)):
+            gap_tta, note = gap_closed(*(getattr(metrics[n], key_tta) for n in (teacher, baseline, student)), headline)
             if note:
                 notes.append("TTA: " + note)
     devices = sorted({m.device for m in metrics.values()})
@@ -288,11 +327,25 @@ def compare(
     notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
 
     md = _markdown(
-        table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, len(rows), intervals, intervals_tta
+        table,
+        metrics,
+        profile,
+        teacher,
+        baseline,
+        student,
+        gap,
+        gap_tta,
+        notes,
+        len(rows),
+        intervals,
+        intervals_tta,
+        scheme=scheme,
     )
     report = jsonable(
         {
             FORMAT_KEY: REPORT_FORMAT,
+            "scheme": scheme,
+            "headline": headline.key,
             "rows": len(rows),
             "rows_fingerprint": fingerprint,
             "teacher": teacher,
@@ -310,7 +363,8 @@ def compare(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "report.md").write_text(md)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        _plot(table, tmp / "report.png", f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else ""))
+        title = f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else "")
+        _plot(table, tmp / "report.png", title, headline.key)
     paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
     return CompareResult(
         rows=table,
@@ -321,22 +375,24 @@ def compare(
         notes=notes,
         intervals=intervals,
         intervals_tta=intervals_tta,
+        headline=headline.key,
     )
 
 
-def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConfig):
-    """Paired-bootstrap intervals without and (when every variant has it) with TTA."""
+def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConfig, headline: Headline | None = None):
+    """Paired-bootstrap intervals of the ``headline``'s per-row costs (default log loss), without and (when
+    every variant has it) with TTA."""
     from ..data import labels_of
-    from .metrics import row_log_losses
 
+    cost = (headline or HEADLINES["log_loss"]).row_costs
     labels = labels_of(rows)
     if (labels < 0).any():
         return None, None
     kw = dict(baseline=baseline, student=student, n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed)
-    plain = paired_intervals({n: row_log_losses(m.probs, labels) for n, m in metrics.items()}, teacher, **kw)
+    plain = paired_intervals({n: cost(m.probs, labels) for n, m in metrics.items()}, teacher, **kw)
     tta = None
     if all(m.probs_tta is not None for m in metrics.values()):
-        tta = paired_intervals({n: row_log_losses(m.probs_tta, labels) for n, m in metrics.items()}, teacher, **kw)
+        tta = paired_intervals({n: cost(m.probs_tta, labels) for n, m in metrics.items()}, teacher, **kw)
     return plain, tta
 
 
@@ -349,7 +405,9 @@ def _intervals_dict(iv):
     }
 
 
-def _difference_sentence(iv: Interval, what: str) -> str:
+def _difference_sentence(iv: Interval, what: str, headline: Headline | None = None) -> str:
+    """``iv``: an interval of Δ cost (lower is better), said in the ``headline`` metric (default log loss)."""
+    h = headline or HEADLINES["log_loss"]
     verdict = (
         "no measurable difference"
         if not iv.excludes_zero
@@ -357,13 +415,37 @@ def _difference_sentence(iv: Interval, what: str) -> str:
         if iv.high < 0
         else "measurably worse"
     )
-    return f"{what}: Δ log loss {iv.fmt()} (95% paired bootstrap): {verdict}."
+    return f"{what}: Δ {h.title} {_shown(iv, h).fmt('+' + h.fmt)} (95% paired bootstrap): {verdict}."
 
 
 def _markdown(
-    table, metrics, profile, teacher, baseline, student, gap, gap_tta, notes, n_rows, intervals=None, intervals_tta=None
+    table,
+    metrics,
+    profile,
+    teacher,
+    baseline,
+    student,
+    gap,
+    gap_tta,
+    notes,
+    n_rows,
+    intervals=None,
+    intervals_tta=None,
+    *,
+    scheme: str = "lmsys",
 ) -> str:
-    lines = [f"# Variant trade-offs on {n_rows} held-out rows", ""]
+    from ..runtime.constants import label_scheme
+
+    s = label_scheme(scheme)
+    h = headline_of(s)
+    better = "higher" if h.higher_is_better else "lower"
+    lines = [
+        f"# Variant trade-offs on {n_rows} held-out rows",
+        "",
+        f"Ranked by **{h.title}** ({better} is better), the headline metric of the {s.competition} rows "
+        f"({s.describe()}): the Δ column, its intervals, the gap closed and the export recommendation use it.",
+        "",
+    ]
     factors = sorted({m.budget["tta_factor"] for m in metrics.values() if m.budget and m.budget["tta_factor"] > 1})
     if profile is not None:
         lines += [
@@ -374,9 +456,9 @@ def _markdown(
             "Fits shows the time margin / GPU-memory margin per GPU.",
             "",
         ]
-    lines += [markdown_table(table, profile.name if profile else None, profile.rows if profile else None), ""]
+    lines += [markdown_table(table, profile.name if profile else None, profile.rows if profile else None, h.key), ""]
     if baseline and student:
-        t, b, s = (metrics[n].log_loss for n in (teacher, baseline, student))
+        t, b, st = (format(getattr(metrics[n], h.key), h.fmt) for n in (teacher, baseline, student))
 
         def ci(iv, key):
             g = iv[key] if iv else None
@@ -385,7 +467,7 @@ def _markdown(
         if gap is not None:
             lines.append(
                 f"**Gap closed: {gap:.0%}**{ci(intervals, 'gap_closed')} of the teacher-vs-baseline "
-                f"log-loss gap (baseline {b:.4f} → student {s:.4f}; teacher {t:.4f})"
+                f"{h.title.replace(' ', '-')} gap (baseline {b} → student {st}; teacher {t})"
                 + (f"; with TTA {gap_tta:.0%}{ci(intervals_tta, 'gap_closed')}." if gap_tta is not None else ".")
             )
         else:
@@ -396,6 +478,7 @@ def _markdown(
                 _difference_sentence(
                     intervals["student_vs_baseline"],
                     f"Distilled student ({student}) vs hard-label baseline ({baseline})",
+                    h,
                 ),
             ]
         lines.append("")

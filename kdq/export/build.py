@@ -17,10 +17,12 @@ from ..runtime.constants import (
     FORMAT_KEY,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
+    SCHEME_KEY,
     SETTINGS_FILE,
     SETTINGS_FORMAT,
     TEMPLATE_KEY,
     WHEELS_DIR,
+    scheme_of_config,
 )
 from ..utils.atomic import atomic_dir
 from ..utils.errors import CheckFailed
@@ -103,7 +105,8 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             template = _resolve_template(config, staged.loaded.model)
             if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
                 staged = _fp16_check(staged, tmp, config, template, check)
-            quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer)
+            scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
+            quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
@@ -113,7 +116,13 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             from .. import __version__ as kdq_version
 
             (tmp / SCRIPT_NAME).write_text(
-                render_script(title=config.title, slug=config.slug, kdq_version=kdq_version, quant_method=quant_method),
+                render_script(
+                    title=config.title,
+                    slug=config.slug,
+                    kdq_version=kdq_version,
+                    quant_method=quant_method,
+                    competition=scheme.competition,
+                ),
                 encoding="utf-8",
             )
             copy_runtime(tmp)
@@ -428,17 +437,17 @@ def _resolve_template(config: ExportConfig, model):
     return config.template or recorded or TemplateConfig()
 
 
-def _finish_config_json(tmp: Path, template, tokenizer) -> str | None:
-    """Record the template, pad id and labels in the exported config.json; return the quant method."""
-    from ..models import ID2LABEL, LABEL2ID
-
+def _finish_config_json(tmp: Path, template, tokenizer, scheme) -> str | None:
+    """Record the template, pad id, label scheme and labels in the exported config.json; return the quant method."""
     path = tmp / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
     cfg[TEMPLATE_KEY] = template.to_dict()
     # kdq pools the tokenizer's pad id (kdq.models.prepare_classifier); the notebook must too.
     cfg["pad_token_id"] = tokenizer.pad_token_id
-    cfg.setdefault("id2label", {str(k): v for k, v in ID2LABEL.items()})
-    cfg.setdefault("label2id", dict(LABEL2ID))
+    # predict.py writes the submission this scheme asks for (kdq_runtime.constants.scheme_of_config)
+    cfg[SCHEME_KEY] = scheme.name
+    cfg.setdefault("id2label", {str(k): v for k, v in scheme.id2label.items()})
+    cfg.setdefault("label2id", dict(scheme.label2id))
     write_json(path, cfg)
     return (cfg.get("quantization_config") or {}).get("quant_method")
 
@@ -462,7 +471,7 @@ def _wheels(tmp: Path, config: ExportConfig, quant_method):
 
 def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: float = DEFAULT_TTA_FRACTION):
     """kdq's own scoring (the runtime's template, batching and TTA) on the in-memory model:
-    probabilities ``(N, 3)`` float64. The same :func:`kdq.runtime.tta.score_tta` call as predict.py,
+    probabilities ``(N, C)`` float64. The same :func:`kdq.runtime.tta.score_tta` call as predict.py,
     with predict.py's rendering: swapped rows are rendered only for the rows TTA scores."""
     import torch
 
@@ -535,6 +544,8 @@ def _write_card_and_manifest(
     # Published files name sources by folder name and fingerprint, never by this machine's paths.
     sources, configs, metrics = public_paths(sources), public_paths(configs), public_paths(metrics)
     flat_sources = {k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()}
+    cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    scheme = scheme_of_config(cfg)
     card = render_card(
         config=config,
         quant_method=quant_method,
@@ -547,6 +558,7 @@ def _write_card_and_manifest(
         versions=versions,
         sources=flat_sources,
         fp16_check=staged.fp16_check,
+        scheme=scheme,
     )
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     meta = config.dataset_metadata(description=card)
@@ -554,7 +566,6 @@ def _write_card_and_manifest(
     if problems:  # ExportConfig validates the same rules; this guards the file itself
         raise ExportError("dataset-metadata.json would be rejected by Kaggle: " + "; ".join(problems))
     write_json(tmp / METADATA_FILE, meta)
-    cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
     manifest = {
         FORMAT_KEY: MANIFEST_FORMAT,
         "created_utc": utc_now(),
@@ -565,6 +576,8 @@ def _write_card_and_manifest(
             "quant_method": quant_method,
             "num_labels": len(cfg.get("id2label") or {}),
             "id2label": cfg.get("id2label"),
+            "label_scheme": scheme.name,
+            "submission": list(scheme.submission_columns),
             "pad_token_id": cfg.get("pad_token_id"),
             "template": template.to_dict(),
         },

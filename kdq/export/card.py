@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..runtime.constants import WHEELS_DIR
+from ..runtime.constants import LMSYS, WHEELS_DIR
 
 # Metrics worth a line on the card, in order: (key in Metrics.to_dict(), label, format).
 _CARD_METRICS = (
@@ -29,8 +29,11 @@ def _fmt(key, fmt, value):
         return str(value)
 
 
-def metrics_table(metrics: dict) -> str:
-    rows = [(label, _fmt(key, fmt, metrics.get(key))) for key, label, fmt in _CARD_METRICS if key in metrics]
+def metrics_table(metrics: dict, headline: str = "log_loss") -> str:
+    """The card's metrics, the label scheme's ``headline`` metric (and its TTA value) first."""
+    first = [m for m in _CARD_METRICS if m[0] in (headline, headline + "_tta")]
+    ordered = first + [m for m in _CARD_METRICS if m not in first]
+    rows = [(label, _fmt(key, fmt, metrics.get(key))) for key, label, fmt in ordered if key in metrics]
     if not rows:
         return ""
     return "\n".join(["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
@@ -70,16 +73,20 @@ def render_card(
     versions: dict,
     sources: dict,
     fp16_check: dict | None = None,
+    scheme=LMSYS,
 ) -> str:
-    """README.md: what the model is, how it scores, how to upload it and run it offline."""
+    """README.md: what the model is, how it scores, how to upload it and run it offline.
+
+    ``scheme``: the model's :class:`~kdq.runtime.constants.LabelScheme` (its competition, classes,
+    headline metric and submission)."""
     slug = config.slug
     install = install_line(slug, wheels)
     lines = [f"# {config.title}", ""]
     if config.description:
         lines += [config.description, ""]
     lines += [
-        "A sequence classifier for the LMSYS Chatbot Arena competition (winner_model_a / winner_model_b / "
-        "winner_tie), packed by kdq for an offline Kaggle notebook.",
+        f"A sequence classifier for the {scheme.competition} competition ({' / '.join(scheme.labels)}; "
+        f"scored by {scheme.headline.replace('_', ' ')}), packed by kdq for an offline Kaggle notebook.",
         "",
         f"- quantization: **{quant_method or 'none'}**",
         f"- weights in this folder: **{_weights_mb(files):.1f} MB** "
@@ -104,7 +111,7 @@ def render_card(
     if table_md:
         lines += ["## Trade-offs", "", table_md.strip(), ""]
     if metrics:
-        lines += ["## This model", "", metrics_table(metrics), ""]
+        lines += ["## This model", "", metrics_table(metrics, scheme.headline), ""]
     if budget:
         lines += [budget_lines(budget), ""]
     lines += [
@@ -133,13 +140,24 @@ def render_card(
             f"# this {quant_method} model needs its backend in the notebook: export with ExportConfig(wheels=True),",
             "# or attach a dataset holding the wheels and pip install --no-index --find-links from it",
         ]
+    test = scheme.test_path
+    if test.endswith(".parquet"):  # predict.py reads CSV (standard library only)
+        lines += [
+            f"!python -c \"import pandas as pd; pd.read_parquet('{test}').to_csv('/kaggle/working/test.csv', "
+            'index=False)"'
+        ]
+        test = "/kaggle/working/test.csv"
+    written = (
+        f"`{', '.join(scheme.submission_columns)}`, rows summing to 1"
+        if scheme.submission == "probabilities"
+        else f"`{', '.join(scheme.submission_columns)}`, the most probable of {' / '.join(scheme.labels)} per row"
+    )
     lines += [
-        f"!python /kaggle/input/{slug}/predict.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv "
-        "--out /kaggle/working/submission.csv",
+        f"!python /kaggle/input/{slug}/predict.py --test-csv {test} --out /kaggle/working/submission.csv",
         "```",
         "",
         "predict.py checks the model files against `kdq-manifest.json`, splits the rows over the visible GPUs "
-        "(one thread per GPU, falls back to CPU) and writes `submission.csv` with rows summing to 1.",
+        f"(one thread per GPU, falls back to CPU) and writes `submission.csv`: {written}.",
         "",
     ]
     if wheels:

@@ -5,7 +5,7 @@ only, never kdq (relative imports between themselves). ``kdq.export`` copies the
 whole into the exported folder as ``kdq_runtime/``, so training, evaluation, the teacher
 cache, the export probe and the notebook's ``predict.py`` run the same code:
 
-* ``constants``: labels, the A/B swap permutation, TTA modes, file names;
+* ``constants``: the label schemes (LMSYS, WSDM: classes, A/B swap, submission, headline metric), TTA modes, file names;
 * ``template``: arena row → token ids;
 * ``batching``: length-sorted, dynamically padded scoring;
 * ``tta``: swap TTA (full: original and swapped rows in one length-sorted pass; gated);

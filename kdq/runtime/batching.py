@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .constants import SWAP_PERMUTATION
+from .constants import swap_permutation
 
 
 def length_sorted_batches(lengths, batch_size: int, max_batch_tokens: int | None = None):
@@ -143,12 +143,13 @@ def combine_swap_tta(logits, swapped_logits):
     """Average a row's prediction with that of its A/B-swapped copy.
 
     ``swapped_logits[i]`` scores row ``i`` with A and B exchanged, so its classes are
-    un-swapped with :data:`SWAP_PERMUTATION` before averaging the *probabilities*:
+    un-swapped with the label scheme's swap permutation (:func:`~.constants.swap_permutation` of
+    the class count: LMSYS a<->b with tie in place, WSDM a<->b) before averaging the *probabilities*:
     ``p = (softmax(z) + softmax(z_swap)[:, perm]) / 2``.
 
-    Args: both ``(N, 3)``. Returns ``log p``, ``(N, 3)`` fp32: log-probabilities, which
+    Args: both ``(N, C)``. Returns ``log p``, ``(N, C)`` fp32: log-probabilities, which
     can stand in for logits anywhere (softmax of ``log p`` is ``p``).
     """
     p = torch.softmax(logits.float(), -1)
-    q = torch.softmax(swapped_logits.float(), -1)[:, list(SWAP_PERMUTATION)]
+    q = torch.softmax(swapped_logits.float(), -1)[:, list(swap_permutation(int(logits.shape[-1])))]
     return torch.log((p + q) / 2)

@@ -26,7 +26,7 @@ from .checksums import check_files
 from .constants import (
     DEFAULT_TTA_FRACTION,
     FORMAT_KEY,
-    LABELS,
+    LMSYS,
     MANIFEST_FILE,
     SETTINGS_FILE,
     SETTINGS_FORMAT,
@@ -34,14 +34,15 @@ from .constants import (
     TTA_MODES,
     WHEELS_DIR,
     check_format,
+    scheme_of_config,
     tta_mode,
 )
 from .dtypes import compute_dtype
-from .template import PARTS, TemplateConfig, parse_turns, render
+from .template import PARTS, TemplateConfig, parse_cell, render
 from .tta import gated_count, score_tta
 from .versions import installed_version
 
-DEFAULT_TEST_CSV = "/kaggle/input/lmsys-chatbot-arena/test.csv"
+DEFAULT_TEST_CSV = LMSYS.test_path  # an LMSYS model's; a model's own label scheme names its competition's test file
 TEXT_COLUMNS = PARTS  # the competition's text columns, in the template's order
 # The notebook's time limit and hidden test rows the ETA is checked against: kdq-predict.json records them
 # from the export's budget profile (kdq/budgets/*.json); this is the fallback for folders exported before.
@@ -62,7 +63,9 @@ def read_settings(model_dir) -> dict:
     overrides), the notebook budget the ETA is checked against (``budget``: ``name``,
     ``time_limit_hours``, ``rows``), and ``cuda_compute_dtype`` (``"float16"``, or ``"float32"`` where
     the export found fp16 overflowing, with ``cuda_compute_dtype_reason``; see :func:`model_dtype`).
-    Returns a dict with those keys plus ``template`` (TemplateConfig); ``tta`` is a mode name.
+    Returns a dict with those keys plus ``template`` (TemplateConfig) and ``scheme`` (the ``LabelScheme``
+    config.json records under ``kdq_scheme``: which classes the model predicts and how the submission is
+    written); ``tta`` is a mode name.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
@@ -87,6 +90,7 @@ def read_settings(model_dir) -> dict:
     model_dtype(settings, "cuda")  # an unknown cuda_compute_dtype fails here, before any loading
     settings["tta"] = tta_mode(settings["tta"])
     settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
+    settings["scheme"] = scheme_of_config(config)
     return settings
 
 
@@ -118,13 +122,22 @@ def _raise_csv_field_limit():
             limit //= 10
 
 
-def read_rows(csv_path):
-    """Read the competition's test CSV.
+def read_rows(csv_path, scheme=LMSYS):
+    """Read the competition's test CSV, its cells written the way ``scheme`` writes them (LMSYS: JSON
+    lists of turns; WSDM: plain strings, one turn each).
 
     Returns ``(ids, rows)``: ``ids`` is ``list[str]``; ``rows[i]`` is the tuple of turn lists
     ``(prompt, response_a, response_b)``. Raises ``ValueError`` naming the row and column for
-    a missing column, a duplicate id or a cell that is not a JSON list of strings.
+    a missing column, a duplicate id or a cell that is not a JSON list of strings (LMSYS); and for
+    a parquet file, with the line that converts it (this runtime reads CSV with the standard library).
     """
+    if str(csv_path).lower().endswith((".parquet", ".pq")):
+        out = "/kaggle/working/test.csv"
+        raise ValueError(
+            f"{csv_path} is parquet; predict.py reads CSV (it imports no parquet reader). Convert it first: "
+            f"python -c \"import pandas as pd; pd.read_parquet('{csv_path}').to_csv('{out}', index=False)\" "
+            f"and pass --test-csv {out}."
+        )
     _raise_csv_field_limit()
     ids, rows, seen = [], [], {}
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -143,7 +156,7 @@ def read_rows(csv_path):
                 )
             seen[rid] = n
             ids.append(rid)
-            rows.append(tuple(parse_turns(record[c], row=rid, column=c) for c in TEXT_COLUMNS))
+            rows.append(tuple(parse_cell(record[c], scheme, row=rid, column=c) for c in TEXT_COLUMNS))
     if not ids:
         raise ValueError(f"{csv_path} has a header but no rows.")
     return ids, rows
@@ -452,7 +465,7 @@ def predict_probs(
     tta_fraction: float | None = None,
     report=None,
 ):
-    """Class probabilities ``(N, 3)`` float64 for ``rows`` (see :func:`read_rows`), rows summing to 1.
+    """Class probabilities ``(N, C)`` float64 for ``rows`` (see :func:`read_rows`), rows summing to 1.
 
     ``tta``: ``"none"``, ``"full"``, ``"gated"`` (or ``True``/``False``), through
     :func:`kdq_runtime.tta.score_tta`, the same code kdq evaluates with. ``tta_fraction``
@@ -498,19 +511,21 @@ def check_finite(ids, probs) -> None:
         )
 
 
-def write_submission(path, ids, probs):
-    """Write ``id, winner_model_a, winner_model_b, winner_tie``; written whole or not at all.
+def write_submission(path, ids, probs, scheme=LMSYS):
+    """Write the submission ``scheme`` asks for; written whole or not at all.
 
-    Refuses (``ValueError``) when any probability is NaN or infinite.
+    LMSYS: ``id, winner_model_a, winner_model_b, winner_tie``, the probabilities. WSDM: ``id, winner``,
+    the most probable class's name (``model_a`` / ``model_b``). Refuses (``ValueError``) when any
+    probability is NaN or infinite.
     """
     check_finite(ids, probs)
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", *LABELS])
+        writer.writerow(list(scheme.submission_columns))
         for rid, p in zip(ids, probs.tolist()):
-            writer.writerow([rid, *(repr(float(x)) for x in p)])
+            writer.writerow(scheme.submission_row(rid, p))
     os.replace(tmp, path)
     return path
 
@@ -530,10 +545,14 @@ def _set_env(devices, load=None) -> dict:
 
 def build_parser(settings_hint: str = ""):
     p = argparse.ArgumentParser(
-        description="Score the LMSYS arena test CSV with the classifier in this folder "
-        "and write submission.csv." + settings_hint
+        description="Score the arena competition's test CSV with the classifier in this folder "
+        "and write submission.csv (the columns its label scheme asks for)." + settings_hint
     )
-    p.add_argument("--test-csv", default=DEFAULT_TEST_CSV, help="competition test CSV (default: %(default)s)")
+    p.add_argument(
+        "--test-csv",
+        default=None,
+        help=f"competition test CSV (default: the model's competition's, e.g. {DEFAULT_TEST_CSV} for LMSYS)",
+    )
     p.add_argument("--out", default="submission.csv", help="output CSV (default: %(default)s)")
     p.add_argument("--model-dir", default=None, help="exported folder (default: the folder holding this script)")
     p.add_argument(
@@ -578,7 +597,8 @@ def main(argv=None, *, default_model_dir=None) -> int:
         if not args.skip_checksums:
             n_files = check_files(model_dir)
             print(f"checked {n_files} model files against {MANIFEST_FILE}", file=sys.stderr)
-        ids, rows = read_rows(args.test_csv)
+        scheme = settings["scheme"]
+        ids, rows = read_rows(args.test_csv or scheme.test_path, scheme)
         start = time.perf_counter()
         probs = predict_probs(
             model_dir,
@@ -591,7 +611,7 @@ def main(argv=None, *, default_model_dir=None) -> int:
             tta_fraction=fraction,
             report=True,
         )
-        write_submission(args.out, ids, probs)
+        write_submission(args.out, ids, probs, scheme)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"predict.py: error: {err}", file=sys.stderr)
         return 1

@@ -111,6 +111,28 @@ def parse_turns(value, *, row=None, column=None) -> list:
     return out
 
 
+def parse_plain(value, *, row=None, column=None) -> list:
+    """Parse one WSDM Cup cell: a plain string is the single turn (``None`` becomes ``""``).
+
+    Returns a one-element ``list[str]``; already-parsed lists pass through as in :func:`parse_turns`.
+    Raises ``ValueError`` naming the row and column when the cell is neither.
+    """
+    if value is None:
+        return [""]
+    if isinstance(value, str):
+        return [_valid_unicode(value)]
+    if isinstance(value, (list, tuple)):
+        return parse_turns(value, row=row, column=column)
+    where = f"row {row!r}, column {column!r}" if row is not None else f"column {column!r}"
+    raise ValueError(f"{where}: expected a string (the WSDM layout: one plain-text turn), got {type(value).__name__}.")
+
+
+def parse_cell(value, scheme, *, row=None, column=None) -> list:
+    """One text cell as a list of turns, the way ``scheme`` (a ``constants.LabelScheme``) writes them:
+    plain strings (:func:`parse_plain`) or JSON lists of turns (:func:`parse_turns`)."""
+    return (parse_plain if scheme.plain_turns else parse_turns)(value, row=row, column=column)
+
+
 def _valid_unicode(text: str) -> str:
     """``text`` with lone UTF-16 surrogates (JSON escapes of a cut emoji, e.g. ``\\ud83d``) made U+FFFD.
 
