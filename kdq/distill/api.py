@@ -11,9 +11,9 @@ from pathlib import Path
 
 import datasets
 
-from ..data import encode, load_arena, scheme_of_rows, swap_ab  # scheme_of_rows: issue 19.5
-from ..models import attach_template, check_scheme  # check_scheme: issue 19.5
-from ..runtime.constants import FORMAT_KEY, swap_permutation  # swap_permutation: issue 19.5
+from ..data import encode, load_arena, scheme_of_rows, swap_ab
+from ..models import attach_template, check_scheme
+from ..runtime.constants import FORMAT_KEY, swap_permutation
 from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
@@ -91,9 +91,9 @@ def distill(
     args = _training_args(cfg, out, has_eval=eval_data is not None)
     state = PartialState()
     train_rows = load_arena(train_data, require_labels=True)
-    scheme = scheme_of_rows(train_rows)  # issue 19.5: the rows' label scheme (LMSYS or WSDM) sets the classes
+    scheme = scheme_of_rows(train_rows)  # the rows' label scheme (LMSYS or WSDM) sets the classes
     if teacher is not None:
-        check_scheme(teacher, scheme)  # issue 19.5
+        check_scheme(teacher, scheme)
     eval_rows = load_arena(eval_data, require_labels=True, scheme=scheme) if eval_data is not None else None
     extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
     for name in ("hidden_weight", "feature_weight"):
@@ -192,7 +192,7 @@ def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.
         names["features_swap" if swapped else "features"] = "teacher_features"
     teacher = cache.table.select_columns(list(names)).rename_columns(names)
     if swapped:
-        perm = list(swap_permutation(cache.table.features["logits"].length))  # the scheme's swap (issue 19.5)
+        perm = list(swap_permutation(cache.table.features["logits"].length))  # the scheme's swap
         teacher = teacher.with_format("numpy").map(
             lambda b: {"teacher_logits": b["teacher_logits"][:, perm]}, batched=True, desc="swap teacher targets"
         )

@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..data import encode, scheme_of_rows  # scheme_of_rows: issue 19.5
+from ..data import encode, scheme_of_rows
 from ..runtime.batching import add_stats, predict_logits
-from ..runtime.constants import LMSYS, label_scheme  # issue 19.5
+from ..runtime.constants import LMSYS, label_scheme
 from ..runtime.template import TemplateConfig
 from ..runtime.tta import score_tta
 from ..utils.atomic import atomic_dir
@@ -87,7 +87,7 @@ class TeacherCache:
 
 
 def cache_fingerprint(teacher_fingerprint: str, template: TemplateConfig, tta: bool, scheme) -> dict:
-    scheme = label_scheme(scheme)  # issue 19.5: the rows' label scheme (its name, not only its class count)
+    scheme = label_scheme(scheme)  # the rows' label scheme (its name, not only its class count)
     fp = {
         "format": CACHE_FORMAT,
         "teacher": teacher_fingerprint,
@@ -96,7 +96,7 @@ def cache_fingerprint(teacher_fingerprint: str, template: TemplateConfig, tta: b
         "tta": bool(tta),
         "num_labels": scheme.num_labels,
     }
-    if scheme != LMSYS:  # issue 19.5: LMSYS caches written before schemes existed keep their key
+    if scheme != LMSYS:  # LMSYS caches written before schemes existed keep their key
         fp["scheme"] = scheme.name
     return fp
 

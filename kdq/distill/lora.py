@@ -39,7 +39,7 @@ def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- loading and wrapping
-def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None, scheme=None):  # scheme: issue 19.5
+def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None, scheme=None):
     """Load the model to train as the dtype rule says; a :class:`kdq.models.LoadedModel`.
 
     QLoRA loads straight onto ``device`` through bitsandbytes (a folder or Hub id only: an
@@ -51,13 +51,13 @@ def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None, sc
     lora = cfg.lora
     dtype = base_dtype(lora, device)
     if lora is not None and lora.quantize == "nf4":
-        return _load_nf4(student, tokenizer, dtype, device, scheme)  # scheme: issue 19.5
-    loaded = load_classifier(student, tokenizer=tokenizer, dtype=dtype, scheme=scheme)  # scheme: issue 19.5
+        return _load_nf4(student, tokenizer, dtype, device, scheme)
+    loaded = load_classifier(student, tokenizer=tokenizer, dtype=dtype, scheme=scheme)
     loaded.model.to(dtype)  # dtype= only reaches folders; cast objects too
     return loaded
 
 
-def _load_nf4(student, tokenizer, dtype, device, scheme=None):  # scheme: issue 19.5
+def _load_nf4(student, tokenizer, dtype, device, scheme=None):
     from transformers import AutoModelForSequenceClassification
 
     from ..models import (
@@ -67,10 +67,10 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):  # scheme: issue 
         load_tokenizer,
         prepare_classifier,
         prepare_tokenizer,
-        scheme_of,  # issue 19.5
+        scheme_of,
         source_fingerprint,
     )
-    from ..runtime.constants import label_scheme  # issue 19.5
+    from ..runtime.constants import label_scheme
     from ..utils.imports import require
 
     require("bitsandbytes", purpose="QLoRA (LoraSettings(quantize='nf4'))")
@@ -88,7 +88,7 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):  # scheme: issue 
     qc = get_quantizer("bnb-nf4").bnb_config(QuantConfig.from_name("bnb-nf4"), dtype)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(student),
-        num_labels=label_scheme(scheme or scheme_of(student)).num_labels,  # scheme: issue 19.5
+        num_labels=label_scheme(scheme or scheme_of(student)).num_labels,
         quantization_config=qc,
         dtype=dtype,
         device_map={"": str(device)},
@@ -96,7 +96,7 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):  # scheme: issue 
     tok = prepare_tokenizer(
         tokenizer if hasattr(tokenizer, "pad_token_id") else load_tokenizer(tokenizer, str(student))
     )
-    prepare_classifier(model, tok, scheme)  # scheme: issue 19.5
+    prepare_classifier(model, tok, scheme)
     return LoadedModel(model=model, tokenizer=tok, source=str(student), fingerprint=source_fingerprint(student))
 
 

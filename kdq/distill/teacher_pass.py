@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data import core_columns, load_arena, scheme_of_rows  # core_columns, scheme_of_rows: issue 19.5
+from ..data import core_columns, load_arena, scheme_of_rows
 from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")
