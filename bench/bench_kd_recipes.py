@@ -1,32 +1,32 @@
-"""Which distillation recipe pays off on real weights? One shared teacher, the same seeds, side by side.
+"""Which distillation recipe pays off on real weights, for which student? Side by side, same teacher, same seeds.
 
-On VADER arena pairs (real human ratings) with the SmolLM2-135M teacher that ``make demo``
-trains, each student starts from the same shrunk copy of the teacher and trains for the same
-epochs with one of these recipes:
+On real arena pairs (``--data``: the VADER human ratings the demo uses, and Rotten Tomatoes critics'
+verdicts, a second data set built independently) with a SmolLM2-135M teacher fine-tuned by
+``kdq.recipe("teacher")``, every student of a kind starts from the same ``kdq.shrink`` of that teacher
+and trains with each recipe of :mod:`kdq.recipes`, for every seed:
 
-* ``hard``: hard labels only (the no-distillation baseline; ``gap closed`` is measured against it);
-* ``kd``: cached teacher logits (swap TTA) mixed with CE;
-* ``kd+transfer``: plus a transfer set of unlabelled pairs the teacher labels;
-* ``kd+transfer+paired``: plus both answer orders of a row in the same batch;
-* ``kd+transfer+hidden``: plus the hidden-state term against the live teacher;
-* ``live+transfer+hidden``: the same terms, but the KD logits come from the live teacher forward
-  (no cache pass, no TTA) and without swap copies: half the steps (the demo's recipe); it is
-  compared with ``hard/no-swap``, the hard-label run without swap copies.
+* students (``--students``): ``width``: narrower *and* shallower (block-influence layers plus Minitron
+  width pruning, ``--shape``), the shape of Danube3-500M under Danube3-4B; ``layer``: layers dropped by
+  block influence, the teacher's width;
+* recipes (``--recipes``, names in ``kdq.recipes.RECIPES``): ``hard-labels`` (the baseline gap closed is
+  measured against), ``logit-kd`` (cached swap-TTA logits + transfer set), ``cross-width`` (+ the
+  hidden-state term through learned projections, live teacher), ``cross-width-cached`` (+ the pooled
+  feature term from the cache, no live teacher), ``layer-dropped`` (+ the hidden-state term, identity map).
 
-Every recipe but ``hard`` / ``hard/no-swap`` uses swap augmentation (``True``) unless it says otherwise.
-
-for each shrink strategy (``uniform``, ``block-influence``) and temperature. It records the
-log loss of each student right after shrinking, the training curves (when does CE leave the
-ln 3 plateau?), and on the held-out test pairs: log loss, Δ vs teacher, gap closed and the
-distilled-vs-hard difference, each with a 95% paired-bootstrap interval, and wall time.
+Recipes are chosen on the **eval** rows and reported on the **test** rows. For each run: log loss on
+eval and test, gap closed and the distilled-vs-hard difference with 95% paired-bootstrap intervals
+(against the hard-label student of the same kind and seed; 2000 resamples, seed 0), when the training
+CE leaves the ln 3 plateau, seconds per optimizer step and the process's peak RSS during training; and
+over seeds, the mean and range of gap closed.
 
 Usage::
 
-    python bench/bench_kd_recipes.py                      # the grid in BENCHMARKS.md (about 1.5-2 h on 2 cores)
-    python bench/bench_kd_recipes.py --strategies block-influence --temperatures 1   # a slice
-    python bench/bench_kd_recipes.py --quick              # tiny random models, synthetic rows: a smoke run
+    python bench/bench_kd_recipes.py                       # the grid in BENCHMARKS.md (hours on 2 cores)
+    python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes hard-labels,logit-kd
+    python bench/bench_kd_recipes.py --quick               # tiny random models, synthetic rows: a smoke run
 
-Writes ``<out>/recipes.json``, ``recipes.md`` and ``curves.png``.
+Runs already in ``<out>/results.jsonl`` are kept (the grid resumes). Writes ``results.jsonl``,
+``recipes.md`` and ``curves.png`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -34,37 +34,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import kdq
+from kdq.evaluate.evaluate import PeakMemory
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
-from kdq.runtime.constants import SHRINK_KEY
+from kdq.recipes import RECIPES
+from kdq.utils.versions import library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
-
 LN3 = math.log(3)
-PLATEAU = LN3 - 0.05  # training CE below this (smoothed) = the student left the chance plateau
-RECIPES = {  # each compared with the hard-label run of the same strategy and the same swap setting
-    "hard": dict(teacher=False, swap_augment=True),
-    "kd": dict(swap_augment=True, baseline="hard"),
-    "kd+transfer": dict(transfer=True, swap_augment=True, baseline="hard"),
-    "kd+transfer+paired": dict(transfer=True, swap_augment="paired", baseline="hard"),
-    "kd+transfer+hidden": dict(transfer=True, hidden=True, swap_augment=True, baseline="hard"),
-    # the demo's time-boxed recipe: KD logits from the live teacher forward that the hidden term needs
-    # anyway (no cache pass, no TTA), and no swap copies (half the steps); its baseline has no swap copies either
-    "hard/no-swap": dict(teacher=False, swap_augment=False),
-    "live+transfer+hidden": dict(
-        transfer=True,
-        hidden=True,
-        teacher_logits="live",
-        teacher_tta=False,
-        swap_augment=False,
-        baseline="hard/no-swap",
-    ),
+PLATEAU = LN3 - 0.05  # training CE below this (moving average) = the student left the chance plateau
+SIZES = {  # rows and the row template per data set (Rotten Tomatoes snippets are longer than VADER's)
+    "vader": dict(n_train=800, n_eval=400, n_test=400, n_transfer=800, max_length=96),
+    "rotten-tomatoes": dict(n_train=800, n_eval=400, n_test=400, n_transfer=800, max_length=128),
+    "quick": dict(n_train=64, n_eval=32, n_test=32, n_transfer=64, max_length=64),
 }
+DEFAULT_RECIPES = {"width": "hard-labels,logit-kd,cross-width,cross-width-cached", "layer": "hard-labels,layer-dropped"}
+RUN = dict(epochs=1, batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
 
 
 def plateau_exit(history, window: int = 3):
@@ -77,200 +69,274 @@ def plateau_exit(history, window: int = 3):
     return None
 
 
-def main(argv=None):
-    sys.path.insert(0, str(ROOT / "examples"))
-    import demo  # examples/demo.py: the data, the teacher recipe and the student recipe live there, once
+def _inputs(name, size, cache: Path, seed: int, quick: bool):
+    """``(base model folder, train, eval, test, transfer, info)``."""
+    if quick:
+        from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer
 
+        base = cache / "tiny-base"
+        if not base.exists():
+            make_tiny_classifier(base, make_tokenizer(), seed=seed, num_layers=6, hidden_size=64, intermediate_size=128)
+        rows = [
+            make_arena_rows(size[k], seed=seed + i, max_words=40, id_offset=i * 10**6)
+            for i, k in enumerate(("n_train", "n_eval", "n_test"))
+        ]
+        transfer = make_arena_rows(size["n_transfer"], seed=seed + 3, max_words=40, labelled=False, id_offset=3 * 10**6)
+        return (base, *rows, transfer, {"name": "synthetic"})
+    sys.path.insert(0, str(ROOT / "examples"))
+    from demo_assets.datasets import arena_data
+    from demo_assets.smollm2 import smollm2_classifier
+
+    counts = {k: v for k, v in size.items() if k.startswith("n_")}
+    train, ev, test, transfer, info = arena_data(name, cache, seed=seed, **counts)
+    return (smollm2_classifier(cache / "smollm2-135m-cls"), train, ev, test, transfer, info)
+
+
+def _student(kind: str, teacher: Path, train, out: Path, shape: str, quick: bool) -> Path:
+    """The student's starting point, made once per data set and kind."""
+    folder = out / f"init-{kind}"
+    if (folder / "config.json").is_file():
+        return folder
+    hidden, inter, heads, kv, layers = map(int, shape.split(","))
+    calib = {k: v[:128] for k, v in train.items()}
+    width = (
+        dict(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv)
+        if kind == "width"
+        else {}
+    )
+    kdq.shrink(str(teacher), num_layers=layers, strategy="block-influence", calibration=calib, out_dir=folder, **width)
+    return folder
+
+
+def _row_losses(model, rows, cfg) -> tuple:
+    m = kdq.evaluate(str(model), rows, cfg)
+    return m.log_loss, row_log_losses(m.probs, kdq.load_arena(rows)["label"])
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random models and synthetic rows (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-kd-recipes"))
-    ap.add_argument("--cache", default=str(ROOT / ".cache" / "kdq"), help="downloads, base model, bench teacher")
-    ap.add_argument("--strategies", default="uniform,block-influence")
-    ap.add_argument("--temperatures", default="1,2")
-    ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--transfer", type=int, help="transfer pairs (default: the demo's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--reuse",
-        action="store_true",
-        help="keep students already trained in --out (the grid resumes; wall time read from their record)",
-    )
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "kdq"), help="downloads and the base model")
+    ap.add_argument("--data", default="vader,rotten-tomatoes")
+    ap.add_argument("--students", default="width,layer")
+    ap.add_argument("--recipes", default=None, help="comma-separated recipe names (default: per student kind)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--shape", default="384,1024,6,2,11", help="width student: hidden,intermediate,heads,kv,layers")
+    ap.add_argument("--layers", type=int, default=11, help="layer-dropped student: layers kept")
     args = ap.parse_args(argv)
-    size = dict(demo.SIZES["tiny" if args.quick else "default"])
-    if args.transfer is not None:
-        size["transfer"] = args.transfer
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
-    recipes = args.recipes.split(",")
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        ap.error(f"unknown recipes {unknown}; choose from {list(RECIPES)}")
-
-    t0 = time.perf_counter()
-    base, train, ev, test, transfer, info = (demo.tiny_inputs if args.quick else demo.real_inputs)(
-        size, cache, args.seed
-    )
-    teacher_dir = out / "teacher"
-    if not (teacher_dir / "student" / "config.json").exists():  # one teacher for every recipe (kept between runs)
-        demo.train_teacher(base, train, ev, size, teacher_dir, args.seed)
-    teacher = teacher_dir / "student"
-    teacher_s = time.perf_counter() - t0
+    results_file = out / "results.jsonl"
+    done = {(r["data"], r["student"], r["recipe"], r["seed"]) for r in _read(results_file) if "recipe" in r}
+    datasets = ["quick"] if args.quick else args.data.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    shape = "48,96,2,1,3" if args.quick else args.shape
     ev_cfg = kdq.EvalConfig(batch_size=32, tta=False, budget=None, progress=False)
-    labels = kdq.load_arena(test)["label"]
-    t_metrics = kdq.evaluate(str(teacher), test, ev_cfg)
-    losses = {"teacher": row_log_losses(t_metrics.probs, labels)}
-    results = {"teacher": {"log_loss": t_metrics.log_loss}, "runs": [], "init": {}, "sizes": size, "data": info}
-    print(f"teacher: test log loss {t_metrics.log_loss:.4f} ({teacher_s:.0f} s incl. data)", flush=True)
-
-    for strategy in args.strategies.split(","):
-        init = out / f"init-{strategy}"
-        if not (args.reuse and (init / "config.json").is_file()):
-            init = demo.shrink_student(teacher, train, init, strategy, overwrite=True)
-        m = kdq.evaluate(str(init), test, ev_cfg)
-        results["init"][strategy] = {
-            "log_loss": m.log_loss,
-            "kept_layers": json.loads((init / "config.json").read_text())[SHRINK_KEY]["kept_layers"],
-        }
-        print(f"{strategy}: student right after shrinking: test log loss {m.log_loss:.4f}", flush=True)
-        for recipe in recipes:
-            spec = RECIPES[recipe]
-            temps = [None] if spec.get("teacher") is False else [float(t) for t in args.temperatures.split(",")]
-            for T in temps:
-                name = f"{strategy}/{recipe}" + (f"/T={T:g}" if T is not None else "")
-                cfg = demo.student_config(size, args.seed).replace(
-                    output_dir=str(out / name.replace("/", "_")),
-                    overwrite=True,
-                    cache_dir=str(out / "teacher-cache"),
-                    **({"temperature": T} if T is not None else {}),
-                    **{k: spec[k] for k in ("swap_augment", "teacher_logits", "teacher_tta") if k in spec},
-                    hidden_weight=demo.HIDDEN_WEIGHT if spec.get("hidden") else 0.0,
-                )
-                done = Path(cfg.output_dir) / "student" / "kdq-distill.json"
-                if args.reuse and done.is_file():
-                    record = json.loads(done.read_text())
-                    r = kdq.DistillResult(student_dir=done.parent, metrics=record["metrics"])
-                    wall = record["metrics"].get("wall_seconds") or (  # runs from before wall_seconds was recorded
-                        record["metrics"]["train_seconds"]
-                        + (record["metrics"].get("teacher_pass") or {}).get("seconds", 0)
+    started = time.perf_counter()
+    for name in datasets:
+        size = SIZES[name]
+        base, train, ev, test, transfer, info = _inputs(name, size, cache, 0, args.quick)
+        d = out / name
+        template = kdq.TemplateConfig(max_length=size["max_length"])
+        teacher_dir = d / "teacher"
+        if not (teacher_dir / "student" / "config.json").exists():  # one teacher per data set, kept between runs
+            kdq.distill(
+                str(base),
+                train,
+                ev,
+                teacher=None,
+                config=RECIPES["teacher"].config(output_dir=str(teacher_dir), template=template, overwrite=True, **RUN),
+            )
+        teacher = teacher_dir / "student"
+        if (name, "teacher") not in {(r["data"], r.get("role")) for r in _read(results_file)}:
+            record = {"data": name, "role": "teacher", "info": {k: v for k, v in info.items() if k != "citation"}}
+            for split, rows in (("eval", ev), ("test", test)):
+                ll, losses = _row_losses(teacher, rows, ev_cfg)
+                record[split], record[split + "_rows"] = ll, [round(float(x), 6) for x in losses]
+            _append(results_file, record)
+        for kind in args.students.split(","):
+            layers = shape if kind == "width" else f"0,0,0,0,{3 if args.quick else args.layers}"
+            init = _student(kind, teacher, train, d, layers, args.quick)
+            for seed in seeds:
+                for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
+                    if (name, kind, recipe_name, seed) in done:
+                        continue
+                    recipe = RECIPES[recipe_name]
+                    cfg = recipe.config(
+                        output_dir=str(d / f"{kind}-{recipe_name}-s{seed}"),
+                        template=template,
+                        seed=seed,
+                        overwrite=True,
+                        cache_dir=str(d / "teacher-cache"),
+                        **RUN,
                     )
-                else:
-                    start = time.perf_counter()
-                    r = kdq.distill(
-                        str(init),
-                        train,
-                        ev,
-                        teacher=None if spec.get("teacher") is False else str(teacher),
-                        transfer_data=transfer if spec.get("transfer") else None,
-                        config=cfg,
-                    )
-                    wall = time.perf_counter() - start
-                m = kdq.evaluate(str(r.student_dir), test, ev_cfg)
-                losses[name] = row_log_losses(m.probs, labels)
-                results["runs"].append(
-                    {
-                        "name": name,
-                        "strategy": strategy,
-                        "recipe": recipe,
-                        "temperature": T,
-                        "log_loss": m.log_loss,
+                    t0 = time.perf_counter()
+                    with PeakMemory("cpu") as peak:
+                        r = kdq.distill(
+                            str(init),
+                            train,
+                            ev,
+                            teacher=str(teacher) if recipe.teacher else None,
+                            transfer_data=transfer if recipe.teacher and recipe.transfer else None,
+                            config=cfg,
+                        )
+                    wall = time.perf_counter() - t0
+                    steps = max((h.get("step", 0) for h in r.metrics["history"]), default=0)
+                    record = {
+                        "data": name,
+                        "student": kind,
+                        "recipe": recipe_name,
+                        "seed": seed,
                         "wall_s": wall,
+                        "steps": steps,
+                        "s_per_step": r.metrics["train_seconds"] / max(steps, 1),
+                        "peak_rss_gb": peak.peak / 1e9,
+                        "peak_kind": peak.kind,
                         "teacher_pass": r.metrics.get("teacher_pass"),
+                        "projections": r.metrics.get("projections"),
                         "plateau_exit_step": plateau_exit(r.metrics["history"]),
-                        "steps": max((h.get("step", 0) for h in r.metrics["history"]), default=0),
                         "curve": [
-                            {k: h[k] for k in ("step", "ce", "kd", "hidden") if k in h}
+                            {k: h[k] for k in ("step", "ce", "kd", "hidden", "feature") if k in h}
                             for h in r.metrics["history"]
                             if "ce" in h
                         ],
+                        "shape": json.loads((init / "config.json").read_text())["kdq_shrink"],
                     }
-                )
-                print(f"{name}: test log loss {m.log_loss:.4f}, {wall:.0f} s", flush=True)
-    results["wall_s"] = time.perf_counter() - t0
-    _intervals(results, losses)
-    results["row_losses"] = {k: [round(float(x), 6) for x in v] for k, v in losses.items()}  # to recombine runs
-    (out / "recipes.json").write_text(json.dumps(results, indent=2, default=str))
-    md = _markdown(results)
+                    for split, rows in (("eval", ev), ("test", test)):
+                        ll, losses = _row_losses(r.student_dir, rows, ev_cfg)
+                        record[split], record[split + "_rows"] = ll, [round(float(x), 6) for x in losses]
+                    _append(results_file, record)
+                    print(
+                        f"{name}/{kind}/{recipe_name}/seed {seed}: eval {record['eval']:.4f} test {record['test']:.4f},"
+                        f" {wall:.0f} s",
+                        flush=True,
+                    )
+    results = _read(results_file)
+    md = markdown(results, environment={**library_versions(), "cpu": _cpu()})
     (out / "recipes.md").write_text(md)
-    _plot(results, out / "curves.png")
-    print("\n" + md)
+    plot(results, out / "curves.png")
+    print("\n" + md + f"\n(this invocation: {time.perf_counter() - started:.0f} s)")
     return results
 
 
-def _intervals(results, losses):
-    for run in results["runs"]:
-        hard = f"{run['strategy']}/{RECIPES[run['recipe']].get('baseline', run['recipe'])}"
-        if hard not in losses:
+def _read(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _cpu() -> str:
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    import torch
+
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def gaps(results: list, split: str) -> dict:
+    """``{(data, student, recipe, seed): {"gap": Interval, "vs_hard": Interval}}`` on ``split``'s rows."""
+    teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
+    runs = {(r["data"], r["student"], r["recipe"], r["seed"]): r for r in results if "recipe" in r}
+    out = {}
+    for (data, kind, recipe, seed), r in runs.items():
+        hard = runs.get((data, kind, "hard-labels", seed))
+        if hard is None or recipe == "hard-labels" or data not in teacher:
             continue
-        iv = paired_intervals(
-            {"teacher": losses["teacher"], "hard": losses[hard], "x": losses[run["name"]]},
-            "teacher",
-            baseline="hard",
-            student="x",
-            n_resamples=2000,
-            seed=0,
-        )
-        run["delta_vs_teacher"] = iv["delta"]["x"].to_dict()
-        if "baseline" in RECIPES[run["recipe"]]:
-            run["gap_closed"] = iv["gap_closed"].to_dict()
-            run["vs_hard"] = iv["student_vs_baseline"].to_dict()
+        losses = {"teacher": teacher[data][split + "_rows"], "hard": hard[split + "_rows"], "x": r[split + "_rows"]}
+        iv = paired_intervals(losses, "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)
+        out[(data, kind, recipe, seed)] = {"gap": iv["gap_closed"], "vs_hard": iv["student_vs_baseline"]}
+    return out
 
 
-def _ci(d, spec):
-    return Interval(**d).fmt(spec) if d else "–"
-
-
-def _markdown(results) -> str:
-    lines = [
-        f"Teacher test log loss {results['teacher']['log_loss']:.4f} (chance ln 3 = {LN3:.4f}); "
-        f"{results['sizes']['test']} test pairs; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
-        "",
-        "| strategy | recipe | T | log loss (init → trained) | Δ vs teacher | gap closed | vs hard labels | "
-        "CE leaves plateau at step | steps | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results["runs"]:
-        vs = r.get("vs_hard")
-        iv = Interval(**vs) if vs else None
-        verdict = (
-            ""
-            if iv is None
-            else " (no measurable difference)"
-            if not iv.excludes_zero
-            else " (better)"
-            if iv.high < 0
-            else " (worse)"
-        )
-        init = results["init"][r["strategy"]]["log_loss"]
-        lines.append(
-            f"| {r['strategy']} | {r['recipe']} | {'' if r['temperature'] is None else format(r['temperature'], 'g')} "
-            f"| {init:.4f} → {r['log_loss']:.4f} | {_ci(r.get('delta_vs_teacher'), '+.4f')} "
-            f"| {_ci(r.get('gap_closed'), '.0%')} | {_ci(vs, '+.4f')}{verdict} "
-            f"| {r['plateau_exit_step'] if r['plateau_exit_step'] is not None else 'never'} | {r['steps']} "
-            f"| {r['wall_s']:.0f} |"
-        )
-    lines += ["", "Kept layers: " + "; ".join(f"{k}: {v['kept_layers']}" for k, v in results["init"].items())]
+def markdown(results: list, environment: dict | None = None) -> str:
+    """One table per data set: every (student, recipe) with its seeds' figures, then the environment."""
+    test, ev = gaps(results, "test"), gaps(results, "eval")
+    teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in results):
+        if data not in teacher:
+            continue
+        t = teacher[data]
+        lines += [
+            f"### {data}",
+            "",
+            f"Teacher log loss: eval {t['eval']:.4f}, test {t['test']:.4f} (chance ln 3 = {LN3:.4f}); "
+            f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
+            "",
+            "| student | recipe | seeds | test log loss (mean) | gap closed, test: mean [range] | per seed [95% CI] "
+            "| gap closed, eval: mean | vs hard labels (seed 0) | CE leaves plateau at step | s/step | peak RSS GB |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        runs = [r for r in results if r.get("data") == data and "recipe" in r]
+        for kind, recipe in dict.fromkeys((r["student"], r["recipe"]) for r in runs):
+            group = sorted((r for r in runs if (r["student"], r["recipe"]) == (kind, recipe)), key=lambda r: r["seed"])
+            keys = [(data, kind, recipe, r["seed"]) for r in group]
+            g = [test[k]["gap"] for k in keys if k in test]
+            ge = [ev[k]["gap"].value for k in keys if k in ev]
+            vs = test.get(keys[0], {}).get("vs_hard")
+            exits = [r["plateau_exit_step"] for r in group]
+            gap_cell = (
+                f"{statistics.mean(x.value for x in g):.0%} [{min(x.value for x in g):.0%}, "
+                f"{max(x.value for x in g):.0%}]"
+                if g
+                else "–"
+            )
+            per_seed = "; ".join(Interval(**x.to_dict()).fmt(".0%") for x in g) or "–"
+            ge_cell = f"{statistics.mean(ge):.0%}" if ge else "–"
+            lines.append(
+                f"| {kind} | {recipe} | {len(group)} | {statistics.mean(r['test'] for r in group):.4f} | {gap_cell} "
+                f"| {per_seed} | {ge_cell} | {vs.fmt('+.4f') if vs else '–'} "
+                f"| {', '.join(str(e) if e else 'never' for e in exits)} "
+                f"| {statistics.mean(r['s_per_step'] for r in group):.2f} "
+                f"| {max(r['peak_rss_gb'] for r in group):.1f} |"
+            )
+        shapes = {r["student"]: r["shape"] for r in runs}
+        for kind, s in shapes.items():
+            w = s.get("width", {})
+            lines.append("")
+            lines.append(
+                f"{kind} student: layers {s['kept_layers']} of {s['source_layers']}"
+                + (f"; width {w['source']} → {w['sizes']}" if w else " (teacher's width)")
+            )
+        lines.append("")
+    if environment:
+        lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items())]
     return "\n".join(lines) + "\n"
 
 
-def _plot(results, path):
+def plot(results: list, path: Path) -> None:
+    """Training CE per optimizer step (seed 0), one panel per data set and student kind."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    strategies = list(results["init"])
-    fig = Figure(figsize=(6 * len(strategies), 4.2), dpi=110)
+    runs = [r for r in results if "recipe" in r and r["seed"] == min(x["seed"] for x in results if "seed" in x)]
+    panels = list(dict.fromkeys((r["data"], r["student"]) for r in runs))
+    if not panels:
+        return
+    teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), dpi=110)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(strategies), squeeze=False)[0]
-    for ax, strategy in zip(axes, strategies):
-        for r in results["runs"]:
-            if r["strategy"] != strategy:
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (data, kind) in zip(axes, panels):
+        for r in runs:
+            if (r["data"], r["student"]) != (data, kind) or not r["curve"]:
                 continue
-            pts = [(c["step"], c["ce"]) for c in r["curve"]]
-            if pts:
-                label = r["recipe"] + (f" T={r['temperature']:g}" if r["temperature"] is not None else "")
-                ax.plot(*zip(*pts), label=f"{label} → {r['log_loss']:.3f}", lw=1.2)
+            ax.plot(
+                [c["step"] for c in r["curve"]],
+                [c["ce"] for c in r["curve"]],
+                lw=1.2,
+                label=f"{r['recipe']} → test {r['test']:.3f}",
+            )
         ax.axhline(LN3, color="k", ls="--", lw=0.8)
-        ax.axhline(results["teacher"]["log_loss"], color="tab:green", ls=":", lw=0.8)
-        ax.set_title(f"{strategy} shrink: training CE (labelled rows)", fontsize=10)
+        if data in teacher:
+            ax.axhline(teacher[data]["test"], color="tab:green", ls=":", lw=0.8)
+        ax.set_title(f"{data}, {kind} student: training CE (labelled rows)", fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("CE")
         ax.legend(fontsize=7)

@@ -44,8 +44,13 @@ SIZES = {
     ),
     "tiny": dict(train=96, eval=32, test=48, transfer=96, teacher_epochs=1, student_epochs=1, calib=8, max_length=64),
 }
-SHRINK_EVERY = 3  # 11 of SmolLM2's 30 layers
-HIDDEN_WEIGHT = 1.0  # weight of the hidden-state term in the demo's student recipe
+# The student: narrower and shallower than the teacher, as Danube3-500M is under Danube3-4B (kdq.shrink:
+# block-influence layers, Minitron width importance); sizes chosen by bench/bench_kd_recipes.py (BENCHMARKS.md)
+STUDENT_SHAPE = {
+    "real": dict(num_layers=11, hidden_size=384, intermediate_size=1024, num_attention_heads=6, num_key_value_heads=2),
+    "tiny": dict(num_layers=3, hidden_size=48, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1),
+}
+STUDENT_RECIPE = "cross-width"  # kdq.recipes: the recipe the bench measured best for such a student
 
 
 class Stopwatch:
@@ -68,14 +73,18 @@ class Stopwatch:
 
 
 def real_inputs(size, cache: Path, seed: int):
+    from demo_assets.datasets import arena_data
     from demo_assets.smollm2 import smollm2_classifier
-    from demo_assets.vader import arena_pairs, fetch_sdist, transfer_pairs
 
-    sdist = fetch_sdist(cache)
-    train, ev, test, info = arena_pairs(
-        sdist, n_train=size["train"], n_eval=size["eval"], n_test=size["test"], seed=seed
+    train, ev, test, transfer, info = arena_data(
+        "vader",
+        cache,
+        n_train=size["train"],
+        n_eval=size["eval"],
+        n_test=size["test"],
+        n_transfer=size["transfer"],
+        seed=seed,
     )
-    transfer = transfer_pairs(sdist, size["transfer"], seed=seed)
     print(
         f"VADER pairs: {info['sentences']} rated sentences, tie threshold {info['tie_threshold']:.2f}, "
         f"class balance (a, b, tie) train {[round(x, 2) for x in info['class_balance']['train']]}; "
@@ -119,46 +128,25 @@ def _training(size, epochs: str, seed: int) -> dict:
 
 
 def train_teacher(base, train, ev, size, out: Path, seed: int):
-    """The teacher recipe: the base fine-tuned on hard labels, with swap augmentation."""
-    return kdq.distill(
-        str(base),
-        train,
-        ev,
-        teacher=None,
-        config=kdq.DistillConfig(
-            output_dir=str(out),
-            **_training(size, "teacher_epochs", seed),
-            learning_rate=1e-4,
-            overwrite=True,
-            # Swap augmentation (every pair also as B-vs-A; twice the steps) took the teacher from
-            # 1.083 to 0.944 eval log loss in our runs: the judge must learn not to care about order.
-            swap_augment=True,
-        ),
+    """The teacher: the base fine-tuned on hard labels with swap copies (``kdq.recipe("teacher")``)."""
+    config = kdq.recipe("teacher").config(
+        output_dir=str(out), **_training(size, "teacher_epochs", seed), overwrite=True
     )
+    return kdq.distill(str(base), train, ev, teacher=None, config=config)
 
 
-def shrink_student(teacher, train, out: Path, strategy: str = "block-influence", overwrite: bool = False):
-    """The student's starting point: 11 of the teacher's 30 layers, chosen by block influence on 128 train rows."""
-    calib = {k: v[:128] for k, v in train.items()} if strategy == "block-influence" else None
+def shrink_student(teacher, train, out: Path, shape: dict, overwrite: bool = False):
+    """The student's starting point: ``shape``'s layers by block influence and width by Minitron importance,
+    both measured on 128 train rows."""
+    calib = {k: v[:128] for k, v in train.items()}
     return kdq.shrink(
-        str(teacher), every=SHRINK_EVERY, strategy=strategy, calibration=calib, out_dir=out, overwrite=overwrite
+        str(teacher), strategy="block-influence", calibration=calib, out_dir=out, overwrite=overwrite, **shape
     )
 
 
 def student_config(size, seed: int) -> kdq.DistillConfig:
-    """The student recipe (chosen by bench/bench_kd_recipes.py; see BENCHMARKS.md)."""
-    return kdq.DistillConfig(
-        **_training(size, "student_epochs", seed),
-        learning_rate=2e-4,
-        alpha=0.5,
-        temperature=1.0,
-        # bench/bench_kd_recipes.py: cached swap-TTA teacher logits + transfer set + hidden-state term, with swap
-        # copies, is the recipe that left the ln 3 plateau (gap closed 73% [57%, 88%]); the cheaper variant
-        # without swap copies (half the steps) closed 7% [1%, 14%], so the demo pays for the steps.
-        teacher_tta=True,
-        swap_augment=True,
-        hidden_weight=HIDDEN_WEIGHT,
-    )
+    """The student's run: ``STUDENT_RECIPE`` from ``kdq.recipes`` at the demo's size."""
+    return kdq.recipe(STUDENT_RECIPE).config(**_training(size, "student_epochs", seed))
 
 
 def main(argv=None):
@@ -193,8 +181,9 @@ def main(argv=None):
     with clock("teacher: fine-tune the base on hard labels"):
         teacher = train_teacher(base, train, ev, size, out / "teacher", args.seed)
         print(f"teacher best eval log loss {teacher.metrics.get('best_eval_log_loss'):.4f}")
-    with clock("student: keep 11 of 30 teacher layers by block influence"):
-        student_init = shrink_student(teacher.student_dir, train, out / "student-init")
+    shape = STUDENT_SHAPE["tiny" if args.tiny else "real"]
+    with clock("student: shrink the teacher's depth and width"):
+        student_init = shrink_student(teacher.student_dir, train, out / "student-init", shape)
     pipeline_cfg = PipelineConfig(
         out_dir=str(out),
         quant_methods=tuple(args.quant),

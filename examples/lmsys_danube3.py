@@ -31,9 +31,13 @@ from kdq.data import load_arena
 from kdq.distill.planning import student_spec, training_setup
 from kdq.distill.train_memory import GB, cuda_train_device, fits, project_training, train_device
 from kdq.pipeline import PipelineConfig, run_pipeline
+from kdq.recipes import for_student
 
 TEACHER_BASE = "h2oai/h2o-danube3-4b-base"
 STUDENT_BASE = "h2oai/h2o-danube3-500m-base"
+# Danube3-500M is narrower (1536 vs 3840) and shallower (16 vs 24 layers) than Danube3-4B and shares its
+# tokenizer: the recipe for such a student (kdq.recipes, BENCHMARKS.md "Distillation across widths")
+STUDENT_RECIPE = for_student("width-pruned").name
 
 
 def split_by_id(rows, eval_frac: float, test_frac: float):
@@ -66,10 +70,21 @@ def parse_args(argv=None):
     ap.add_argument(
         "--train-gpu",
         default=None,
-        help="plan the teacher fine-tune for this GPU (t4-16gb, a100-40gb, a100-80gb, h100-80gb) "
+        help="plan the training runs for this GPU (t4-16gb, a100-40gb, a100-80gb, h100-80gb) "
         "instead of the CUDA device found",
     )
     ap.add_argument("--student", default=STUDENT_BASE, help="student starting point: Hub id or folder")
+    ap.add_argument(
+        "--transfer",
+        default=None,
+        help="unlabelled arena rows (a transfer set: CSV/parquet; winner columns, if any, are ignored) "
+        "that the teacher labels for the student",
+    )
+    ap.add_argument(
+        "--recipe",
+        default=STUDENT_RECIPE,
+        help=f"the student's recipe in kdq.recipes (default {STUDENT_RECIPE}: see BENCHMARKS.md for the evidence)",
+    )
     ap.add_argument("--out", default="runs/lmsys-danube3")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=None, help="use only the first N rows (smoke runs)")
@@ -117,6 +132,32 @@ def teacher_lora(teacher, cfg: kdq.DistillConfig, device):
     )
 
 
+def student_config(recipe: str, run: dict, teacher, student, device):
+    """The student's :class:`DistillConfig` from ``kdq.recipes``, fitted to ``device``.
+
+    A recipe whose live teacher does not fit beside the student (a 4B teacher in fp16 next to a
+    500M student on a 16 GB T4) loads the live teacher in int8, then nf4, where that fits;
+    otherwise it falls back to the cached-feature recipe (no live teacher at all). Returns
+    ``(config, reason)``.
+    """
+    cfg = kdq.recipe(recipe).config(**run)
+    live = cfg.hidden_weight > 0 or cfg.teacher_logits == "live"
+    s_spec, t_spec = student_spec(student), student_spec(teacher)
+    if device is None or not live or s_spec is None or t_spec is None:
+        return cfg, f"recipe {recipe}" + ("" if device is not None else " (no GPU to plan for)")
+    for quantize in ("none", "int8", "nf4"):
+        trial = cfg.replace(teacher_quantize=quantize)
+        for ckpt in (False, True):
+            setup = training_setup(trial, "cuda", checkpointing=ckpt, student=s_spec, teacher=t_spec)
+            if fits(s_spec, setup, device):
+                return trial, f"recipe {recipe}, live teacher in {quantize}: fits {device.name} ({setup.describe()})"
+    cached = kdq.recipe("cross-width-cached").config(**run)
+    return cached, (
+        f"recipe {recipe} does not fit {device.name} even with the live teacher in nf4: using cross-width-cached "
+        "(the teacher's pooled features from the cache, no live teacher)"
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
@@ -125,35 +166,28 @@ def main(argv=None):
         rows = rows.select(range(min(args.rows, len(rows))))
     train, ev, test = split_by_id(rows, args.eval_frac, args.test_frac)
     print(f"rows: {len(train)} train / {len(ev)} eval / {len(test)} held-out test")
-    template = kdq.TemplateConfig(max_length=args.max_length)
     lora = kdq.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r > 0 else None
-    base = kdq.DistillConfig(
-        template=template,
+    run = dict(  # the run's size; the loss and optimisation choices come from kdq.recipes
+        template=kdq.TemplateConfig(max_length=args.max_length),
         epochs=args.epochs,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         eval_batch_size=2 * args.batch_size,
         learning_rate=args.lr,
-        warmup_ratio=0.05,
         lora=lora,
         teacher_tta=not args.no_tta,
         teacher_batch_size=8,
-        alpha=0.5,
-        temperature=2.0,
-        divergence="forward_kl",
         logging_steps=20,
         overwrite=args.overwrite,
     )
+    import torch
 
+    gpu = train_device(args.train_gpu) if args.train_gpu else None
+    if gpu is None and torch.cuda.is_available():
+        gpu = cuda_train_device()
     teacher = args.teacher
     if args.fine_tune_teacher:
-        import torch
-
-        gpu = (
-            train_device(args.train_gpu)
-            if args.train_gpu
-            else (cuda_train_device() if torch.cuda.is_available() else None)
-        )
+        base = kdq.recipe("teacher").config(**run)
         lora, why = teacher_lora(teacher, base, gpu)
         print(f"teacher fine-tune: {why}")
         tuned = kdq.distill(
@@ -166,9 +200,11 @@ def main(argv=None):
         teacher = str(tuned.student_dir)
         print(f"teacher fine-tuned: eval log loss {tuned.metrics.get('best_eval_log_loss')}")
 
+    student_cfg, why = student_config(args.recipe, run, teacher, args.student, gpu)
+    print(f"student: {why}")
     cfg = PipelineConfig(
         out_dir=str(out),
-        distill=base,
+        distill=student_cfg,
         quant_methods=tuple(args.quant),
         calibration_samples=args.calibration_samples,
         eval=kdq.EvalConfig(batch_size=8),
@@ -176,7 +212,8 @@ def main(argv=None):
         wheels=args.wheels,
         overwrite=args.overwrite,
     )
-    result = run_pipeline(teacher, args.student, train, ev, test, cfg)
+    transfer = load_arena(args.transfer) if args.transfer else None
+    result = run_pipeline(teacher, args.student, train, ev, test, cfg, transfer=transfer)
     print(result.summary())
     return result
 

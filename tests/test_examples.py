@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import kdq
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -22,9 +23,12 @@ def _load(name):
 
 
 def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer):
-    make_tiny_classifier(tmp_path / "teacher-base", tiny_tokenizer, seed=1, num_layers=2)
-    make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1)
+    # as Danube3-500M under Danube3-4B: a student narrower and shallower than the teacher, same tokenizer
+    make_tiny_classifier(tmp_path / "teacher-base", tiny_tokenizer, seed=1, num_layers=2, hidden_size=64)
+    make_tiny_classifier(tmp_path / "student", tiny_tokenizer, seed=2, num_layers=1, hidden_size=32)
     pd.DataFrame(make_arena_rows(120, seed=11, max_words=40)).to_csv(tmp_path / "train.csv", index=False)
+    transfer = make_arena_rows(40, seed=12, max_words=40, labelled=False, id_offset=10_000)
+    pd.DataFrame(transfer).to_csv(tmp_path / "transfer.csv", index=False)
     recipe = _load("lmsys_danube3")
     result = recipe.main(
         [
@@ -53,6 +57,8 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
             "bnb-int8",
             "--calibration-samples",
             "8",
+            "--transfer",
+            str(tmp_path / "transfer.csv"),
         ]
     )
     assert set(result.variants) == {"teacher", "student-kd", "student-hard", "teacher-bnb-int8", "student-kd-bnb-int8"}
@@ -64,6 +70,8 @@ def test_lmsys_danube3_recipe_runs_on_tiny_local_models(tmp_path, tiny_tokenizer
     # every export attempted passed its checks: a fallback past a failed variant is a failure here
     assert summary["export_failures"] == {}, summary["export_failures"]
     assert summary["recommendation"]["ranking"][0] == name  # chosen on the eval rows, with the shipped TTA
+    kd = result.distill_metrics["student-kd"]
+    assert kd["n_transfer"] == 40 and kd["projections"]["params"] > 0  # the transfer set, through projections
 
 
 def test_demo_tiny_mode_runs_every_stage(tmp_path):
@@ -105,6 +113,24 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
     assert lora.quantize == "none" and "fits a100-80gb" in why
     lora, why = recipe.teacher_lora("h2oai/h2o-danube3-4b-base", cfg, None)  # CPU: nothing to plan for
     assert lora == cfg.lora and "no GPU" in why
+
+
+def test_lmsys_student_recipe_fits_a_t4_with_its_live_teacher_quantized(tmp_path):
+    from transformers import LlamaConfig
+
+    from kdq.distill.train_memory import known_models, train_device
+
+    for name in ("danube3-4b", "danube3-500m"):  # configs only
+        LlamaConfig(**known_models()[name]["config"]).save_pretrained(tmp_path / name)
+    recipe = _load("lmsys_danube3")
+    run = dict(batch_size=4, template=kdq.TemplateConfig(max_length=1024), lora=kdq.LoraSettings(r=16))
+    teacher, student = str(tmp_path / "danube3-4b"), str(tmp_path / "danube3-500m")
+    cfg, why = recipe.student_config("cross-width", run, teacher, student, train_device("t4-16gb"))
+    assert cfg.hidden_weight > 0 and cfg.teacher_quantize in ("int8", "nf4") and "fits t4-16gb" in why
+    cfg, why = recipe.student_config("cross-width", run, teacher, student, train_device("a100-80gb"))
+    assert cfg.teacher_quantize == "none"
+    cfg, why = recipe.student_config("cross-width-cached", run, teacher, student, train_device("t4-16gb"))
+    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0  # no live teacher: nothing to fit beside the student
 
 
 def test_make_bench_runs_every_benchmark_quick_mode():
