@@ -47,7 +47,7 @@ def test_configs_are_copied_read_only_and_recorded():
         ("batch_size", 0, r"ExportConfig.batch_size"),
         ("probe_atol", 0.0, r"ExportConfig.probe_atol"),
         ("tta", "yes", r"ExportConfig.tta must be True or False"),
-        ("wheel_python_versions", "3.10", r"ExportConfig.wheel_python_versions must be a tuple"),
+        ("wheel_python_versions", 3.10, r"ExportConfig.wheel_python_versions must be a tuple"),
         ("wheel_python_versions", ("310",), r"'X.Y'"),
         ("wheel_files", ("gptqmodel.tar.gz",), r"ExportConfig.wheel_files must be paths to .whl"),
         ("template", "max_length=64", r"ExportConfig.template must be a kdq.TemplateConfig"),

@@ -43,7 +43,7 @@ def test_dtype_rule_on_cpu():
     with pytest.raises(ValueError, match="LoraSettings.base_dtype"):
         kdq.LoraSettings(base_dtype="fp8")
     with pytest.raises(ValueError, match="gradient_checkpointing must be true, false or null"):
-        kdq.DistillConfig(gradient_checkpointing="yes")
+        kdq.DistillConfig(gradient_checkpointing="sometimes")
 
 
 def test_half_precision_base_freezes_in_bf16_and_trains_fp32(base_dir, one_torch_thread):

@@ -104,9 +104,13 @@ def _yaml_typed(value):
     if isinstance(value, YamlText):
         return yaml.safe_load(value) if value.strip() else str(value)
     if isinstance(value, (list, tuple)):
-        return type(value)(_yaml_typed(v) for v in value)
+        typed = [_yaml_typed(v) for v in value]
+        changed = any(t is not v for t, v in zip(typed, value))
+        return type(value)(typed) if changed else value  # the caller's own object when nothing was text
     if isinstance(value, dict):
-        return {k: _yaml_typed(v) for k, v in value.items()}
+        typed = {k: _yaml_typed(v) for k, v in value.items()}
+        changed = any(typed[k] is not v for k, v in value.items())
+        return typed if changed else value
     return value
 
 
@@ -119,6 +123,10 @@ def coerce_text(cls, name: str, value, default=None):
     (``str``, ``object``) keep it, except that a ``bool | str`` field reads YAML booleans. A value
     that does not convert raises ``ValueError`` naming ``Class.field``, the expected kind and an
     example (from the default when it is one).
+
+    The same holds for a plain ``str`` given in Python (a dict a user read with ``yaml.safe_load``,
+    where ``2e-5`` stays text), except in fields of any type, where only :class:`YamlText` is typed:
+    a Python value there (rows, a template) is never rewritten or copied.
     """
     hint = declared_types(cls).get(name)
     if hint is None:
@@ -136,7 +144,8 @@ def coerce_text(cls, name: str, value, default=None):
     if type(None) in kinds and value.strip() in _NULL:
         return None
     if bool in kinds:
-        raise ValueError(f"{where} must be true or false, e.g. {_example(name, bool, default)}; got {value!r}")
+        kind = "true, false or null" if type(None) in kinds else "true or false"
+        raise ValueError(f"{where} must be {kind}, e.g. {_example(name, bool, default)}; got {value!r}")
     if int in kinds or float in kinds:
         number = _number(value)
         if float in kinds:

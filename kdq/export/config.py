@@ -144,7 +144,7 @@ def _check_rows_value(cls, value):
 
 
 def _tuple_of_str(cls, name, value) -> tuple:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{cls}.{name} must be a tuple of strings, got {value!r}")
     return tuple(value)
 
