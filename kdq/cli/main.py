@@ -143,7 +143,7 @@ def run_run(args, cfg) -> int:
         load_arena(args.eval),
         load_arena(args.test),
         cfg,
-        transfer=load_arena(args.transfer) if args.transfer else None,
+        transfer=load_arena(args.transfer, unlabelled=True) if args.transfer else None,
     )
     print(result.summary())
     return EXIT_OK

@@ -33,7 +33,7 @@ def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None, feature
     Returns:
         :class:`kdq.distill.cache.TeacherCache` over ``rows`` then ``transfer``, in order.
     """
-    rows = load_arena(rows)
+    rows = load_arena(rows, unlabelled=True)  # the teacher reads text only: labels, if any, are dropped
     extra = transfer_rows(transfer, rows, teacher) if transfer is not None else None
     return _score(teacher, scored_rows(rows, extra), config, features)
 
@@ -74,23 +74,35 @@ def _score(teacher, rows, cfg: DistillConfig, features: bool):
 
 
 def transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
-    """Unlabelled transfer rows (label -1), checked against the training rows' ids."""
+    """Unlabelled transfer rows (label -1), checked against the training rows' ids.
+
+    Transfer rows are unlabelled by role: their winner columns, blank, soft or partial, are dropped
+    before validation (:func:`kdq.data.load_arena` ``unlabelled=True``) and never reach the CE term.
+    """
+    import pyarrow.compute as pc
+
     if teacher is None:
         raise ValueError(
             "transfer_data needs a teacher: transfer rows have no labels, only the teacher's logits "
             "teach from them. Pass teacher=... or drop transfer_data."
         )
-    rows = load_arena(transfer_data, scheme=scheme_of_rows(train_rows))  # the training rows' layout (19.5)
-    rows = rows.map(lambda b: {"label": [-1] * len(b["id"])}, batched=True, desc="drop transfer labels")
-    train_ids = set(train_rows["id"])
-    clash = next((i for i in rows["id"] if i in train_ids), None)
-    if clash is not None:
+    # the training rows' layout (19.5), labels dropped
+    rows = load_arena(transfer_data, scheme=scheme_of_rows(train_rows), unlabelled=True)
+    ids = _ids(rows)
+    shared = pc.is_in(ids, value_set=_ids(train_rows))
+    if pc.any(shared).as_py():
+        clash = ids[pc.index(shared, True).as_py()].as_py()
         raise ValueError(
             f"transfer_data: id {clash!r} is also a training row id; transfer rows are extra unlabelled "
             "pairs, and a shared id makes the training table ambiguous. Drop training rows from the "
             "transfer set, or give transfer rows their own ids (e.g. prefix them with 'transfer-')."
         )
     return rows
+
+
+def _ids(rows: datasets.Dataset):
+    """The rows' ``id`` column as one Arrow array (no Python list)."""
+    return rows.select_columns(["id"]).with_format("arrow")[:]["id"].combine_chunks()
 
 
 def scored_rows(train_rows: datasets.Dataset, transfer_rows) -> datasets.Dataset:
