@@ -98,7 +98,8 @@ def test_cli_transfer_and_cache_teacher_take_blank_and_soft_winners(tmp_path, mo
     _blank().to_csv(blank, index=False)
     common = ["--set", "template.max_length=48", "--set", f"cache_dir={tmp_path / 'cache'}"]
     assert main(["cache-teacher", "--teacher", str(models / "teacher"), "--data", str(soft), *common]) == 0
-    assert json.loads(capsys.readouterr().out)["rows"] == 6
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{\n") :])["rows"] == 6
     assert main(["cache-teacher", "--teacher", str(models / "teacher"), "--data", str(blank), *common]) == 0
     code = main(
         [
