@@ -122,3 +122,52 @@ def test_one_process_with_several_devices_splits_rows_over_them(tmp_path, teache
     assert split.stats["rows"] == 2 * N
     out = capsys.readouterr().out
     assert f"kdq: teacher pass: {N} rows to score" in out and "est.:" in out and "no estimate for a CPU" in out
+
+
+MEASURED = ("peak_memory_mb", "peak_memory_kind", "rows_per_s", "device")  # what a run measures, not what it scores
+
+
+def _table(md: str) -> list:
+    """report.md's table, without the columns a run measures (peak memory, rows/s)."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    drop = {head.index("peak mem MB"), head.index("rows/s")}
+    return [[c.strip() for k, c in enumerate(ln.strip("|").split("|")) if k not in drop] for ln in lines]
+
+
+@pytest.mark.parametrize("tta", ["gated"])
+def test_compare_on_two_processes_gives_the_table_one_process_gives(tmp_path, teacher_dir, tiny_tokenizer, tta):
+    work = _work(tmp_path, teacher_dir)
+    make_tiny_classifier(work / "student", tiny_tokenizer, seed=2, num_layers=1)
+    launch_two_processes("_ddp_compare.py", work, tta)
+    ranks = _ranks(work)
+    two = (work / "report" / "report.md").read_text()
+    one = kdq.compare(
+        {"teacher": str(work / "teacher"), "student": str(work / "student")},
+        make_arena_rows(40, seed=13, max_words=60),
+        kdq.EvalConfig(tta=tta, batch_size=4, progress=False, bootstrap_samples=200),
+        out_dir=tmp_path / "one",
+        teacher="teacher",
+        student="student",
+    )
+    assert _table(two) == _table(one.paths["md"].read_text())
+    for r in ranks:  # every process returned the same table (and the first wrote it)
+        assert [{k: v for k, v in row.items() if k not in MEASURED} for row in r["rows"]] == [
+            {k: v for k, v in row.items() if k not in MEASURED} for row in ranks[0]["rows"]
+        ]
+        got = {row["variant"]: row["log_loss"] for row in r["rows"]}
+        want = {row["variant"]: row["log_loss"] for row in one.rows}
+        assert got == pytest.approx(want, abs=1e-6)
+    assert ranks[0]["rows"][0]["device"].endswith("x2")
+
+
+def test_evaluate_splits_rows_over_several_devices_of_one_process(tmp_path, teacher_dir):
+    """Two CPU "devices" (cpu twice) stand in for two GPUs: a model copy and a thread each, predict.py's split."""
+    rows = make_arena_rows(30, seed=14, max_words=60)
+    cfg = kdq.EvalConfig(tta="full", batch_size=4, progress=False, budget=None)
+    one = kdq.evaluate(str(teacher_dir / "teacher"), rows, cfg)
+    two = kdq.evaluate(str(teacher_dir / "teacher"), rows, cfg.replace(device="cpu,cpu"))
+    np.testing.assert_allclose(two.probs_tta, one.probs_tta, atol=1e-6, rtol=0)
+    assert two.n_devices == 2 and two.device.endswith("x2") and one.n_devices == 1
+    with pytest.raises(ValueError, match="EvalConfig.device"):
+        kdq.EvalConfig(device="cpu,gpu")

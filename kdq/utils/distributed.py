@@ -147,8 +147,25 @@ def exchange(folder, name: str, record) -> list:
     if world_size() == 1:
         return [record]
     where = Path(folder) / call_key(name)
+    if rank() == 0:
+        _prune(Path(folder))
     post(where, rank(), record)
     return wait_for_all(where, world_size())
+
+
+def _prune(folder: Path, older_than_s: float = 86400.0) -> None:
+    """Remove exchange folders of launches older than a day (their processes have read them long ago)."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for old in folder.iterdir():
+        try:
+            if old.is_dir() and now - old.stat().st_mtime > older_than_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def is_main_process() -> bool:
