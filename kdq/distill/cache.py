@@ -258,11 +258,13 @@ def cache_teacher_logits(
         :class:`TeacherCache` aligned with ``rows``.
     """
     tok = teacher.tokenizer  # teacher.model is touched only if a row needs scoring (it may load lazily)
-    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))  # 19.5
+    began = time.perf_counter()
+    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))
     enc = encode(rows, tok, template, desc="render rows (teacher)")
     enc = enc.map(lambda b: {"row_hash": [_row_hash(x) for x in b["input_ids"]]}, batched=True, desc="hash rows")
     hashes = column(enc, "row_hash")
     lengths = column(enc, "length").to_numpy()
+    rendered = time.perf_counter() - began
     world, me = world_size(), rank()
     pass_key = call_key(f"teacher-pass-{folder.name}") if world > 1 else None
     stats = add_stats({}, {})  # zeros
@@ -305,7 +307,9 @@ def cache_teacher_logits(
         def complete():
             return not len(_distinct_missing(hashes, _positions(hashes, _cached(folder, features))))
 
+        waited = time.perf_counter()
         wait_for_all(folder / "passes" / tag, world, done=complete)
+        stats["wait_seconds"] = stats.get("wait_seconds", 0.0) + time.perf_counter() - waited
     cached = _cached(folder, features)
     where = _positions(hashes, cached)
     if (where < 0).any():
@@ -313,6 +317,8 @@ def cache_teacher_logits(
     keep = ["logits"] + (["features"] + (["features_swap"] if tta else []) if features else [])
     if world > 1:
         stats["processes"] = world
+    stats["render_seconds"] = rendered
+    stats["pass_seconds"] = time.perf_counter() - began
     return TeacherCache(
         path=folder,
         ids=IdList(column(enc, "id")),
