@@ -37,6 +37,7 @@ _EXPORTS = {
     "DistillConfig": ".distill",
     "DistillResult": ".distill",
     "LoraSettings": ".distill",
+    "Teacher": ".distill",
     "shrink": ".distill",
     "quantize": ".quantize",
     "QuantConfig": ".quantize",

@@ -26,7 +26,7 @@ from .quant_methods import get_quantizer, settings_fields, variant_fields, varia
 from .quantize.config import QuantConfig
 from .runtime.constants import SHRINK_KEY
 from .utils.atomic import atomic_dir
-from .utils.distributed import process_group, run_on_rank0
+from .utils.distributed import process_group, run_on_rank0, single_process
 from .utils.errors import CheckFailed
 from .utils.jsonable import jsonable
 
@@ -150,24 +150,19 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     base = dataclasses.replace(config.distill, overwrite=config.overwrite or config.distill.overwrite)
     kd_config = dataclasses.replace(base, output_dir=str(out / "student-kd"))
-    # Before any process group exists: rank 0 copies a Hub teacher and scores it over the
-    # training rows (filling the cache distill reads) while the other ranks wait on a file,
-    # with no collective and so no timeout. Distill then finds the cache on every rank.
+    # Before any process group exists: rank 0 copies a Hub teacher while the other ranks wait on a file;
+    # then every rank scores its share of the training rows the teacher cache lacks (filling the cache
+    # distill reads), the ranks waiting on each other's done-files: no collective, so no timeout.
+    # Distill then finds the cache on every rank.
     # the stages (torch) load when the pipeline runs: kdq run --help reads only the config
     from .distill import distill
-    from .evaluate import compare
-    from .evaluate.recommend import recommend
-    from .export import export, verify
     from .models import is_hub_id
-    from .quantize import quantize
 
     if is_hub_id(teacher):  # quantize and export work on folders: keep a local copy of a Hub teacher
         teacher = run_on_rank0(
             out, "teacher-local", lambda: _save_local(teacher, out / "teacher-local", config.overwrite)
         )
-    teacher_pass = run_on_rank0(
-        out, "teacher-pass", lambda: _teacher_pass_outside_group(teacher, train, transfer, kd_config)
-    )
+    teacher_pass = _teacher_pass_outside_group(teacher, train, transfer, kd_config)
     state = process_group(config.ddp_timeout)
     variants = {"teacher": str(teacher)}
     metrics = {"teacher-pass": teacher_pass}  # distill then reuses this cache on every rank
@@ -193,6 +188,16 @@ def run_pipeline(
     # group: the other processes return now instead of waiting at a barrier for hours.
     if not state.is_main_process:
         return PipelineResult(variants=variants, report=None, exports={}, distill_metrics=metrics)
+    with single_process():  # the other ranks have returned: rank 0 neither splits rows with nor waits for them
+        return _single_process_stages(config, out, base, train, eval_rows, test_rows, variants, metrics)
+
+
+def _single_process_stages(config, out, base, train, eval_rows, test_rows, variants, metrics) -> PipelineResult:
+    """Quantize, compare, recommend, export and verify: rank 0 alone (every GPU of its process)."""
+    from .evaluate import compare
+    from .evaluate.recommend import recommend
+    from .export import export, verify
+    from .quantize import quantize
 
     sources = ["teacher", "student-kd"] if config.quantize_teacher else ["student-kd"]
     for src in sources:
@@ -300,7 +305,7 @@ def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConf
 
     if kd_config.teacher_logits == "live":
         return {"computed": 0, "reused": 0, "live": True}
-    return teacher_pass(teacher, train, kd_config, transfer=transfer).summary()
+    return teacher_pass(teacher, train, kd_config, transfer=transfer, features=kd_config.feature_weight > 0).summary()
 
 
 def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:

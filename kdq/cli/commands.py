@@ -13,6 +13,10 @@ from .spec import Arg, Command
 
 _OVERWRITE = Arg(("--overwrite",), "replace an existing output folder", switch=True)
 _DISTILL_CONFIG = "kdq.distill.config:DistillConfig"
+_TEACHER_HELP = (
+    "teacher folder (or PEFT adapter folder), or a CSV/parquet table of id plus one probability column per "
+    "class; repeat for an ensemble averaged in probability space, a weight after a colon (runs/t1:2)"
+)
 
 COMMANDS = (
     Command(
@@ -21,8 +25,8 @@ COMMANDS = (
         "kdq.cli.main:run_cache_teacher",
         config=_DISTILL_CONFIG,
         args=(
-            Arg(("--teacher",), "teacher folder or PEFT adapter folder", required=True),
-            Arg(("--data",), "arena CSV/parquet", required=True),
+            Arg(("--teacher",), _TEACHER_HELP, required=True, repeat=True, metavar="TEACHER[:WEIGHT]"),
+            Arg(("--data",), "arena CSV/parquet (winner columns, if any, are ignored)", required=True),
             Arg(
                 ("--cache-dir",),
                 "cache root (config field cache_dir; default $KDQ_CACHE or ~/.cache/kdq/teacher-logits)",
@@ -39,8 +43,17 @@ COMMANDS = (
             Arg(("--student",), "student folder (or PEFT adapter folder)", required=True),
             Arg(("--train",), "training rows: CSV or parquet in the competition format", required=True),
             Arg(("--eval",), "held-out rows for per-epoch log loss and best-checkpoint selection"),
-            Arg(("--teacher",), "teacher folder; omit to train on hard labels alone"),
-            Arg(("--transfer",), "unlabelled arena rows (a transfer set) the teacher labels; needs --teacher"),
+            Arg(
+                ("--teacher",),
+                _TEACHER_HELP + "; omit to train on hard labels alone",
+                repeat=True,
+                metavar="TEACHER[:WEIGHT]",
+            ),
+            Arg(
+                ("--transfer",),
+                "unlabelled arena rows (a transfer set) the teacher labels; winner columns, if any, are ignored; "
+                "needs --teacher",
+            ),
             Arg(("--output-dir",), "run folder (config field output_dir)", field="output_dir"),
         ),
     ),

@@ -28,14 +28,38 @@ def _print_json(obj):
 
 
 # ---------------------------------------------------------------- stages (run when chosen)
+def teacher_of(values):
+    """``--teacher`` values (repeatable; ``PATH:WEIGHT``) as what ``kdq.distill(teacher=...)`` takes: ``None``,
+    one teacher, or a list of ``(path, weight)`` pairs (an ensemble)."""
+    values = [values] if isinstance(values, str) else list(values or [])
+    if not values:
+        return None
+    members = []
+    for text in values:
+        head, sep, tail = text.rpartition(":")
+        try:
+            weight = float(tail) if sep and head else None
+        except ValueError:
+            weight = None
+        if weight is not None and not Path(text).exists():
+            if not weight > 0:
+                raise ValueError(f"--teacher {text!r}: the weight after the colon must be a positive number")
+            members.append((head, weight))
+        else:
+            members.append((text, 1.0))
+    if len(members) == 1:
+        return members[0][0]
+    return members
+
+
 def run_cache_teacher(args, cfg) -> int:
     from ..distill.teacher_pass import teacher_pass
 
     # the same teacher pass as kdq.distill: same cache key, same cache folder, teacher freed after
-    cache = teacher_pass(args.teacher, args.data, cfg)
+    cache = teacher_pass(teacher_of(args.teacher), args.data, cfg)
     _print_json(
         {
-            "cache": str(cache.path),
+            "cache": str(cache.path) if cache.path else None,
             "rows": len(cache.ids),
             "reused": cache.reused,
             "computed": cache.computed,
@@ -49,7 +73,12 @@ def run_distill(args, cfg) -> int:
     from ..distill import distill
 
     result = distill(
-        args.student, args.train, eval_data=args.eval, teacher=args.teacher, config=cfg, transfer_data=args.transfer
+        args.student,
+        args.train,
+        eval_data=args.eval,
+        teacher=teacher_of(args.teacher),
+        config=cfg,
+        transfer_data=args.transfer,
     )
     _print_json(
         {
@@ -143,7 +172,7 @@ def run_run(args, cfg) -> int:
         load_arena(args.eval),
         load_arena(args.test),
         cfg,
-        transfer=load_arena(args.transfer) if args.transfer else None,
+        transfer=load_arena(args.transfer, unlabelled=True) if args.transfer else None,
     )
     print(result.summary())
     return EXIT_OK

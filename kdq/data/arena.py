@@ -41,15 +41,18 @@ _TEXT_CSV_COLUMNS = (
 )
 
 
-def _read_table(source) -> datasets.Dataset:
+def _read_table(source, blank=frozenset()) -> datasets.Dataset:
+    """``source`` as a ``datasets.Dataset``; the in-memory sources' columns named in ``blank`` are read as
+    all-null columns (their names stay: they still tell the layout), whatever values they hold."""
     if isinstance(source, datasets.Dataset):
         return source
     if isinstance(source, dict):  # columns → lists, as kdq.data.probe.make_arena_rows returns
-        return datasets.Dataset.from_dict(source)
+        return datasets.Dataset.from_dict(_blanked(source, blank))
     if isinstance(source, (list, tuple)):  # row dicts, e.g. [{"id": "1", "prompt": ..., ...}, ...]
-        return datasets.Dataset.from_dict(_columns_of(source))
+        return datasets.Dataset.from_dict(_blanked(_columns_of(source), blank))
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
-        return datasets.Dataset.from_pandas(source, preserve_index=False)
+        drop = {c: None for c in source.columns if c in blank}
+        return datasets.Dataset.from_pandas(source.assign(**drop) if drop else source, preserve_index=False)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -59,12 +62,7 @@ def _read_table(source) -> datasets.Dataset:
             )
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            import pandas as pd  # datasets' CSV reader infers types per chunk; pandas keeps ids stable
-
-            return datasets.Dataset.from_pandas(
-                pd.read_csv(path, dtype=dict.fromkeys(_TEXT_CSV_COLUMNS, str), keep_default_na=False),
-                preserve_index=False,
-            )
+            return datasets.Dataset(_read_csv(path))
         if suffix in (".parquet", ".pq"):
             return datasets.Dataset.from_parquet(str(path))
         raise ValueError(f"arena data file {str(path)!r}: unsupported suffix {suffix!r}; use .csv or .parquet.")
@@ -72,6 +70,46 @@ def _read_table(source) -> datasets.Dataset:
         f"arena data: cannot read a {type(source).__name__}; pass a CSV or parquet path, "
         "a pandas DataFrame, a list of row dicts, a dict of columns or a datasets.Dataset."
     )
+
+
+def _read_csv(path: Path):
+    """A CSV as an Arrow table (no Python object per cell), typed as pandas' ``read_csv(dtype=str for the
+    known text columns, keep_default_na=False)`` would: text columns stay text whatever they look like
+    (ids stay ``"007"``, an empty winner ``""``), and every other column is int64 when all its cells are
+    integers, else float64 when all are numbers, else text (an empty cell is text, never a missing value)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    table = pacsv.read_csv(
+        str(path),
+        read_options=pacsv.ReadOptions(block_size=64 << 20),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()),
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    for i, name in enumerate(table.column_names):
+        if name in _TEXT_CSV_COLUMNS:
+            continue
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                table = table.set_column(i, name, pc.cast(table.column(i), kind))
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+    return table
+
+
+def _blanked(columns: dict, blank) -> dict:
+    return {k: ([None] * len(v) if k in blank else v) for k, v in columns.items()}
 
 
 def _columns_of(rows) -> dict:
@@ -101,7 +139,7 @@ def _columns_of(rows) -> dict:
     return columns
 
 
-def load_arena(source, *, require_labels: bool = False, scheme=None) -> datasets.Dataset:
+def load_arena(source, *, require_labels: bool = False, scheme=None, unlabelled: bool = False) -> datasets.Dataset:
     """Load and validate arena rows from CSV, parquet, a DataFrame, a list of row dicts, a dict
     of columns or a ``datasets.Dataset``, in the LMSYS or the WSDM layout (module doc).
 
@@ -110,12 +148,25 @@ def load_arena(source, *, require_labels: bool = False, scheme=None) -> datasets
     LMSYS; without labels, a ``language`` column is WSDM and anything else LMSYS (pass
     ``scheme="wsdm"`` for unlabelled WSDM rows without ``language``).
 
+    ``unlabelled=True``: the rows are unlabelled by their role (a transfer set, the rows the teacher
+    caches, calibration rows): the winner columns (LMSYS one-hot, WSDM ``winner``) and a ``label``
+    column still tell the layout, then are dropped before validation, so blank, soft (0.6/0.1/0.3) or
+    partial labels never fail, and every row's label is ``-1`` (no CE term ever reads it).
+
     Raises ``ValueError`` naming the row or column, with the fix, for: a missing column,
     an empty table, duplicate ids, unparseable JSON, labels that are not one-hot, a ``winner``
     that names no class, and a table that mixes the two layouts.
     Rows already in canonical form (list columns, ``label``) pass through validated.
+
+    The rows are converted in Arrow, a batch at a time (``datasets.Dataset.map``): no Python list of
+    every row is built, and a file-backed source (parquet) gives a file-backed, memory-mapped result.
     """
-    table = _read_table(source)
+    if require_labels and unlabelled:
+        raise ValueError(
+            "load_arena: require_labels=True and unlabelled=True contradict each other; unlabelled=True is for "
+            "rows whose labels are never read (transfer rows, rows to score)."
+        )
+    table = _read_table(source, _LABEL_COLUMNS if unlabelled else frozenset())
     if len(table) == 0:
         raise ValueError("arena data is empty: it has no rows. Check the file or the filter that produced it.")
     cols = set(table.column_names)
@@ -127,6 +178,9 @@ def load_arena(source, *, require_labels: bool = False, scheme=None) -> datasets
             f"(winner columns only for training rows). Found {sorted(cols)}."
         )
     scheme = _layout(table, cols, scheme)
+    if unlabelled:  # the layout is known: the labels go before anything reads them
+        table = table.remove_columns([c for c in table.column_names if c in _LABEL_COLUMNS])
+        cols = set(table.column_names)
     has_onehot = [c for c in LMSYS.labels if c in cols] if scheme.winner_column is None else []
     if has_onehot and len(has_onehot) != len(scheme.labels):
         raise ValueError(
@@ -142,51 +196,123 @@ def load_arena(source, *, require_labels: bool = False, scheme=None) -> datasets
         )
         raise ValueError(f"arena data has no labels: add {need}.")
 
-    ids = [str(i) for i in table["id"]]
-    seen = {}
-    for r, i in enumerate(ids):
-        if i in seen:
-            raise ValueError(
-                f"column 'id': duplicate id {i!r} at rows {seen[i]} and {r}; ids must be unique "
-                "(drop the duplicate or give it a new id)."
-            )
-        seen[i] = r
-
-    out = {"id": ids}
-    labelled = has_onehot or has_winner or "label" in cols
-    for col in TEXT_COLUMNS:
-        try:
-            out[col] = [parse_cell(v, scheme, row=ids[r], column=col) for r, v in enumerate(table[col])]
-        except ValueError as err:
-            if scheme.plain_turns or labelled or "JSON" not in str(err):
-                raise
-            raise ValueError(
-                f"{err} If these are WSDM Cup rows (plain-string turns), load them with scheme='wsdm' "
-                "or keep their winner or language column."
-            ) from None
-    if has_onehot:
-        out["label"] = _onehot_labels(table, ids, scheme)
-    elif has_winner:
-        out["label"] = _winner_labels(table[scheme.winner_column], ids, scheme)
-    elif "label" in cols:
-        labels = [int(v) for v in table["label"]]
-        bad = next((r for r, v in enumerate(labels) if not -1 <= v < scheme.num_labels), None)
-        if bad is not None:
-            names = ", ".join(f"{k} ({n})" for k, n in scheme.id2label.items())
-            raise ValueError(f"row {ids[bad]!r}: label {labels[bad]} is not one of -1 (unknown), {names}.")
-        out["label"] = labels
-    else:
-        out["label"] = [-1] * len(ids)
+    _check_unique_ids(table)
+    labels = "onehot" if has_onehot else "winner" if has_winner else "label" if "label" in cols else None
+    metadata = [c for c in METADATA_COLUMNS if c in cols]
     features = {
         "id": datasets.Value("string"),
         **{c: datasets.List(datasets.Value("string")) for c in TEXT_COLUMNS},
         "label": datasets.ClassLabel(names=list(scheme.labels)),
     }
-    for col in METADATA_COLUMNS:
-        if col in cols:
-            out[col] = ["" if v is None else str(v) for v in table[col]]
-            features[col] = datasets.Value("string")
-    return datasets.Dataset.from_dict(out, features=datasets.Features(features))
+    features.update(dict.fromkeys(metadata, datasets.Value("string")))
+    convert = _Converter(scheme, labels, metadata)
+    try:
+        return table.map(
+            convert,
+            batched=True,
+            batch_size=1000,
+            remove_columns=table.column_names,
+            features=datasets.Features(features),
+            desc="validate rows",
+        )
+    except ValueError as err:
+        # One batch at a time finds the first bad batch's error; report the error the column-by-column
+        # order gives (every text column in turn, then the labels), which does not depend on batching.
+        first = convert.first_error(table)
+        raise (first or err) from None
+
+
+_LABEL_COLUMNS = frozenset({"label", *LMSYS.labels, *(s.winner_column for s in SCHEMES.values() if s.winner_column)})
+
+
+def _id_strings(values) -> list:
+    return [str(i) for i in values]
+
+
+def _check_unique_ids(table: datasets.Dataset) -> None:
+    """Raise naming the first id that repeats an earlier one and both rows; computed in Arrow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.select_columns(["id"]).with_format("arrow")[:]["id"]
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        ids = column
+    elif pa.types.is_integer(column.type):
+        ids = pc.cast(column, pa.string())
+    else:  # str() of each value, as the rows' ids are written
+        ids = pa.chunked_array([pa.array(_id_strings(chunk.to_pylist()), pa.string()) for chunk in column.chunks])
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    unique = pc.unique(ids)
+    if len(unique) == len(ids):
+        return
+    which = np.asarray(pc.index_in(ids, value_set=unique).fill_null(-1), dtype=np.int64)
+    _, first = np.unique(which, return_index=True)
+    r = int(np.flatnonzero(first[which] != np.arange(len(ids)))[0])
+    raise ValueError(
+        f"column 'id': duplicate id {ids[r].as_py()!r} at rows {int(first[which[r]])} and {r}; ids must be unique "
+        "(drop the duplicate or give it a new id)."
+    )
+
+
+class _Converter:
+    """The batched function :func:`load_arena` maps over the source rows: ids as text, cells as turn lists,
+    the label, metadata as text. Picklable (``datasets`` fingerprints it)."""
+
+    def __init__(self, scheme: LabelScheme, labels: str | None, metadata: list):
+        self.scheme, self.labels, self.metadata = scheme, labels, list(metadata)
+
+    def _text(self, values, ids: list, column: str) -> list:
+        scheme = self.scheme
+        try:
+            return [parse_cell(v, scheme, row=ids[r], column=column) for r, v in enumerate(values)]
+        except ValueError as err:
+            if scheme.plain_turns or self.labels or "JSON" not in str(err):
+                raise
+            raise ValueError(
+                f"{err} If these are WSDM Cup rows (plain-string turns), load them with scheme='wsdm' "
+                "or keep their winner or language column."
+            ) from None
+
+    def _label(self, batch, ids: list) -> list:
+        scheme = self.scheme
+        if self.labels == "onehot":
+            return _onehot_labels(batch, ids, scheme)
+        if self.labels == "winner":
+            return _winner_labels(batch[scheme.winner_column], ids, scheme)
+        if self.labels == "label":
+            values = [int(v) for v in batch["label"]]
+            bad = next((r for r, v in enumerate(values) if not -1 <= v < scheme.num_labels), None)
+            if bad is not None:
+                names = ", ".join(f"{k} ({n})" for k, n in scheme.id2label.items())
+                raise ValueError(f"row {ids[bad]!r}: label {values[bad]} is not one of -1 (unknown), {names}.")
+            return values
+        return [-1] * len(ids)
+
+    def __call__(self, batch) -> dict:
+        ids = _id_strings(batch["id"])
+        out = {"id": ids, **{c: self._text(batch[c], ids, c) for c in TEXT_COLUMNS}, "label": self._label(batch, ids)}
+        for col in self.metadata:
+            out[col] = ["" if v is None else str(v) for v in batch[col]]
+        return out
+
+    def first_error(self, table: datasets.Dataset, batch_size: int = 1000):
+        """The error of the first bad cell, column by column (each text column over every row, then the
+        labels), or ``None``."""
+        columns = [[c] for c in TEXT_COLUMNS] + [[c for c in table.column_names if c in _LABEL_COLUMNS]]
+        for names in columns:
+            part = table.select_columns(["id", *[n for n in names if n != "id"]])
+            for start in range(0, len(part), batch_size):
+                batch = part[start : start + batch_size]
+                ids = _id_strings(batch["id"])
+                try:
+                    if names and names[0] in TEXT_COLUMNS:
+                        self._text(batch[names[0]], ids, names[0])
+                    else:
+                        self._label(batch, ids)
+                except ValueError as err:
+                    return err
+        return None
 
 
 def _layout(table: datasets.Dataset, cols: set, scheme) -> LabelScheme:
@@ -221,9 +347,9 @@ def _layout(table: datasets.Dataset, cols: set, scheme) -> LabelScheme:
     return SCHEMES["wsdm"] if "language" in cols else LMSYS
 
 
-def _onehot_labels(table: datasets.Dataset, ids: list, scheme: LabelScheme) -> list:
+def _onehot_labels(batch, ids: list, scheme: LabelScheme) -> list:
     labels = []
-    for r, vec in enumerate(zip(*(table[c] for c in scheme.labels))):
+    for r, vec in enumerate(zip(*(batch[c] for c in scheme.labels))):
         try:
             vals = [float(v) for v in vec]
         except (TypeError, ValueError):

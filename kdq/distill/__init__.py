@@ -10,7 +10,7 @@ checks the loss registry).
 
 from ..utils.lazy import lazy_package
 
-__all__ = ["distill", "DistillConfig", "DistillResult", "LoraSettings", "shrink", "teacher_pass"]
+__all__ = ["distill", "DistillConfig", "DistillResult", "LoraSettings", "Teacher", "shrink", "teacher_pass"]
 
 lazy_package(
     __name__,
@@ -20,6 +20,7 @@ lazy_package(
         "DistillConfig": ".config",
         "LoraSettings": ".config",
         "shrink": ".shrink",
+        "Teacher": ".teachers",
         "teacher_pass": ".teacher_pass",
     },
 )

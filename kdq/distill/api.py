@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from ..data import encode, load_arena, scheme_of_rows, swap_ab
-from ..models import attach_template, check_scheme
+from ..models import attach_template
 from ..runtime.constants import FORMAT_KEY, swap_permutation
 from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
@@ -21,7 +21,8 @@ from .config import DistillConfig
 from .lora import load_student, merge_for_save, wrap_lora
 from .objective import projection_summary
 from .planning import plan_training
-from .teacher_pass import scored_rows, teacher_pass, transfer_rows
+from .teacher_pass import run_pass, scored_rows, transfer_rows
+from .teachers import ModelTeacher, as_teacher
 
 log = logging.getLogger("kdq.distill")
 DISTILL_RECORD_FORMAT = 1  # kdq-distill.json's format version (under FORMAT_KEY), written by _save_student
@@ -61,7 +62,10 @@ def distill(
         student: folder (full model or PEFT adapter) or ``PreTrainedModel`` to start from.
         train_data, eval_data: anything :func:`kdq.data.load_arena` reads (CSV, parquet,
             DataFrame, ``datasets.Dataset``). ``eval_data`` drives best-checkpoint selection.
-        teacher: folder, PEFT adapter folder or model; ``None`` trains on hard labels only
+        teacher: a folder, PEFT adapter folder, Hub id or model; a table of the teacher's class
+            probabilities (CSV, parquet or DataFrame of ``id`` plus one column per class); a list of
+            teachers or ``(teacher, weight)`` pairs, averaged in probability space; or a
+            :class:`kdq.Teacher` (:mod:`kdq.distill.teachers`). ``None`` trains on hard labels only
             (the no-distillation baseline, and the way to fine-tune a teacher).
         config: :class:`DistillConfig`.
         transfer_data: extra arena rows without labels (a transfer set; label columns, if
@@ -76,6 +80,9 @@ def distill(
     from transformers import set_seed
 
     cfg = config or DistillConfig()
+    teacher = as_teacher(teacher)
+    if teacher is not None:
+        teacher.check_terms(cfg)  # a table or an ensemble cannot run live: say so before anything loads
     started = time.perf_counter()
     out = Path(cfg.output_dir)
     student_dir = out / "student"
@@ -85,7 +92,8 @@ def distill(
             "resume=True to continue a run, or choose another output_dir."
         )
     # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
-    cfg, memory = plan_training(student, cfg, teacher=teacher if _needs_teacher_terms(cfg) else None)
+    live = teacher.model_source if teacher is not None and _needs_teacher_terms(cfg) else None
+    cfg, memory = plan_training(student, cfg, teacher=live)
     # TrainingArguments sets up the (possibly distributed) process state; build it first so
     # the teacher pass below can synchronise processes through the same state.
     args = _training_args(cfg, out, has_eval=eval_data is not None)
@@ -93,7 +101,7 @@ def distill(
     train_rows = load_arena(train_data, require_labels=True)
     scheme = scheme_of_rows(train_rows)  # the rows' label scheme (LMSYS or WSDM) sets the classes
     if teacher is not None:
-        check_scheme(teacher, scheme)
+        teacher.check_scheme(scheme)
     eval_rows = load_arena(eval_data, require_labels=True, scheme=scheme) if eval_data is not None else None
     extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
     for name in ("hidden_weight", "feature_weight"):
@@ -111,10 +119,14 @@ def distill(
     scored = scored_rows(train_rows, extra_rows)
 
     cache = None
+    if teacher is not None:
+        metrics["teacher"] = {"kind": teacher.kind, "fingerprint": teacher.fingerprint}
     if teacher is not None and cfg.teacher_logits == "cache":
-        # One process scores the teacher; the others wait and then read the same cache.
-        with state.main_process_first():
-            cache = teacher_pass(teacher, scored, cfg, features=cfg.feature_weight > 0)
+        if isinstance(teacher, ModelTeacher):  # the pass's copy serves the live forward too: one load
+            teacher.keep_loaded = _needs_live_teacher(teacher, cfg) and cfg.teacher_quantize == "none"
+        # Every process scores its share of the missing rows and reads the merged cache; they wait on each
+        # other's done-files, never at a collective, however long a share takes.
+        cache = run_pass(teacher, scored, cfg, features=cfg.feature_weight > 0)
         metrics["teacher_pass"] = cache.summary()
 
     if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
@@ -215,11 +227,12 @@ def _needs_live_teacher(teacher, cfg: DistillConfig) -> bool:
 
 
 def _live_teacher(teacher, student_tokenizer, cfg: DistillConfig):
-    """The frozen teacher that runs in every training step, after checking it reads the student's token ids."""
+    """The frozen teacher that runs in every training step, after checking it reads the student's token ids
+    (the copy the teacher pass loaded, when it kept one: :meth:`ModelTeacher.live`)."""
     from ..utils.distributed import training_device
-    from .teachers import check_same_tokenizer, load_live_teacher
+    from .teachers import check_same_tokenizer
 
-    loaded = load_live_teacher(teacher, cfg, training_device())
+    loaded = teacher.live(cfg, training_device())
     why = "DistillConfig.hidden_weight > 0" if cfg.hidden_weight > 0 else "a live teacher (teacher_logits='live')"
     check_same_tokenizer(student_tokenizer, loaded.tokenizer, why)
     return loaded.model
@@ -263,7 +276,7 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
             "config": cfg.to_dict(),
             "metrics": jsonable(metrics),
             "student_source": fingerprint,
-            "teacher_cache": str(cache.path) if cache else None,
+            "teacher_cache": str(cache.path) if cache and cache.path else None,
         }
         (tmp / "kdq-distill.json").write_text(json.dumps(record, indent=2, default=str))
     return student_dir

@@ -24,6 +24,14 @@ Layout::
 * Reading never turns rows into Python lists: the shards are memory-mapped Arrow tables, rows are
   found with ``pyarrow.compute.index_in`` on ``row_hash``, and :attr:`TeacherCache.table` is a
   selection of them aligned with the requested rows, which the training table joins in Arrow.
+* **Several processes** (``accelerate launch`` / ``torchrun``, one node or several, the cache on a
+  filesystem they share) split the pass: each works out the same list of missing rows (the shards
+  written before this pass; this pass's own shards are named after it), takes every ``W``-th row of it
+  longest first (the same length profile on every process, token counts within one row), writes its
+  own shards and then a done-file under ``passes/<pass>/``; it waits on the others' done-files (no
+  collective, so no process-group timeout) and reads the merged cache. Rows still missing then (a
+  writer outside the pass) are shared out again. **Several GPUs in one process** split each shard's
+  rows over the GPUs, one thread each (:func:`kdq.runtime.predict.score_sharded`, as ``predict.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +58,39 @@ from ..runtime.constants import LMSYS, label_scheme
 from ..runtime.template import TemplateConfig
 from ..runtime.tta import score_tta
 from ..utils.atomic import atomic_dir
+from ..utils.distributed import call_key, post, rank, wait_for_all, world_size
 
 CACHE_FORMAT = 1
+PASS_ROUNDS = (
+    5  # shares handed out per pass before a missing row is an error (one, unless a writer outside it interferes)
+)
+
+
+class IdList(Sequence):
+    """The rows' ids, read from an Arrow string array on demand (no Python list of every id)."""
+
+    def __init__(self, array):
+        self.array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.array[i].to_pylist()
+        return self.array[i].as_py()
+
+    def index(self, value, start: int = 0, stop=None) -> int:
+        found = pc.index(self.array, value, start=start, end=stop).as_py()
+        if found < 0:
+            raise ValueError(f"{value!r} is not among the ids")
+        return found
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"IdList({len(self)} ids)"
 
 
 @dataclass
@@ -55,13 +98,15 @@ class TeacherCache:
     """Teacher outputs for the requested rows, in their order.
 
     ``table``: a ``datasets.Dataset`` aligned with the rows: ``logits`` ``(num_labels,)`` float32
-    (log-probabilities when TTA is on) and, when asked for, ``features`` ``(H,)`` fp16 (with TTA
-    also ``features_swap``). ``ids``: the rows' ids. ``reused`` / ``computed``: rows served from
-    the cache / scored now (distinct inputs); ``stats``: the pass's timing stats.
+    (log-probabilities when TTA is on, or for a table or ensemble teacher) and, when asked for,
+    ``features`` ``(H,)`` fp16 (with TTA also ``features_swap``). ``ids``: the rows' ids (a sequence
+    read from Arrow on demand). ``reused`` / ``computed``: rows served from the cache / scored now by
+    the whole pass (distinct inputs; every process of a split pass reports the same); ``stats``: this
+    process's timing stats. ``path``: the cache folder (``None`` for an ensemble: see ``stats``).
     """
 
-    path: Path
-    ids: list
+    path: Path | None
+    ids: Sequence
     table: datasets.Dataset
     reused: int
     computed: int
@@ -114,10 +159,13 @@ def _fixed(rows: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(rows).reshape(-1)), rows.shape[1])
 
 
-def _cached(folder: Path, features: bool):
-    """Every finished shard (those with features, when they are needed), memory-mapped, or ``None``."""
+def _cached(folder: Path, features: bool, skip: str | None = None):
+    """Every finished shard (those with features, when they are needed; not those whose name starts with
+    ``skip``), memory-mapped, or ``None``."""
     parts = []
     for shard in sorted((folder / "shards").glob("part-*")):
+        if skip and shard.name.startswith(skip):
+            continue
         part = datasets.load_from_disk(str(shard))
         if not features or "features" in part.column_names:
             parts.append(part.select_columns([c for c in part.column_names if c != "id"]))
@@ -135,6 +183,29 @@ def _positions(hashes: pa.ChunkedArray, cached) -> np.ndarray:
     return np.asarray(found.fill_null(-1), dtype=np.int64)
 
 
+def _distinct_missing(hashes: pa.ChunkedArray, where: np.ndarray) -> np.ndarray:
+    """Positions of the rows absent from the cache, one per distinct input (its first row), ascending."""
+    missing = np.flatnonzero(where < 0)
+    if not len(missing):
+        return missing
+    table = pa.table({"h": pc.take(hashes, pa.array(missing)), "i": pa.array(missing)})
+    first = table.group_by("h", use_threads=False).aggregate([("i", "min")]).column("i_min")
+    return np.sort(first.to_numpy())
+
+
+def column(table: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column of a ``datasets.Dataset`` as Arrow, its selection (indices mapping) applied."""
+    return table.select_columns([name]).with_format("arrow")[:][name]
+
+
+def aligned(cached: datasets.Dataset, where: np.ndarray) -> datasets.Dataset:
+    """Rows ``where`` of ``cached`` as a dataset over the same (memory-mapped) table: an indices
+    mapping built in Arrow, never a Python list of indices."""
+    base = cached.flatten_indices() if cached._indices is not None else cached
+    indices = pa.table({"indices": pa.array(np.asarray(where, dtype=np.uint64))})
+    return datasets.Dataset(base.data, info=base.info.copy(), indices_table=indices)
+
+
 def _open(cache_dir, fp: dict) -> Path:
     folder = Path(cache_dir) / f"teacher-{_key(fp)}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +217,7 @@ def _open(cache_dir, fp: dict) -> Path:
                 "it was edited by hand. Delete the folder to rebuild it."
             )
     else:
-        tmp = meta.with_name(meta.name + f".{time.time_ns()}.partial")
+        tmp = meta.with_name(meta.name + f".{time.time_ns()}.{os.getpid()}.partial")
         tmp.write_text(json.dumps(fp, indent=2, sort_keys=True))
         tmp.replace(meta)  # atomic: concurrent processes write the same content
     return folder
@@ -163,59 +234,201 @@ def cache_teacher_logits(
     batch_size: int = 16,
     chunk_rows: int = 1024,
     device=None,
+    devices=None,
+    announce=None,
+    report_every_s: float = 60.0,
 ) -> TeacherCache:
-    """Score ``rows`` with ``teacher`` (a :class:`~kdq.models.LoadedModel` or ``LazyClassifier``), reusing the cache.
+    """Score ``rows`` with ``teacher``, reusing the cache; split over the launcher's processes and this
+    process's ``devices`` (module doc).
 
     Args:
+        teacher: a :class:`~kdq.models.LoadedModel`, ``LazyClassifier`` or
+            :class:`~kdq.distill.teachers.ModelTeacher` (``tokenizer``, ``fingerprint``; ``model``, or
+            ``models_on(devices)`` for several devices).
         rows: canonical arena rows (:func:`kdq.data.load_arena`).
         tta: also score the A/B-swapped row and store ``log`` of the averaged probabilities.
         features: also store the pooled final hidden state (fp16; with TTA the swapped row's too).
         chunk_rows: rows per shard; the unit of resumption after an interruption.
+        device / devices: where this process scores (default: where the model is); several devices
+            split each shard's rows, one thread each.
+        announce: called once, on the main process, before anything is scored, with the token lengths
+            ``(n,)`` of the distinct rows the whole pass will score (the projection is printed from them).
+        report_every_s: how often the main process prints rows/s and the ETA of the whole pass.
     Returns:
         :class:`TeacherCache` aligned with ``rows``.
     """
     tok = teacher.tokenizer  # teacher.model is touched only if a row needs scoring (it may load lazily)
-    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))  # 19.5
+    began = time.perf_counter()
+    folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))
     enc = encode(rows, tok, template, desc="render rows (teacher)")
     enc = enc.map(lambda b: {"row_hash": [_row_hash(x) for x in b["input_ids"]]}, batched=True, desc="hash rows")
-    hashes = enc.data.column("row_hash")
-    where = _positions(hashes, _cached(folder, features))
-    missing = np.flatnonzero(where < 0)
-    # one score per distinct input, however many rows share it
-    _, first = np.unique(np.asarray(pc.take(hashes, pa.array(missing))), return_index=True)
-    todo = missing[np.sort(first)]
+    hashes = column(enc, "row_hash")
+    lengths = column(enc, "length").to_numpy()
+    rendered = time.perf_counter() - began
+    world, me = world_size(), rank()
+    pass_key = call_key(f"teacher-pass-{folder.name}") if world > 1 else None
     stats = add_stats({}, {})  # zeros
-    if len(todo):
-        _score_rows(teacher, rows, enc, todo, folder, template, tta, features, batch_size, chunk_rows, device, stats)
-        where = _positions(hashes, _cached(folder, features))
+    computed = 0
+    devices = list(devices) if devices else ([device] if device is not None else None)
+    for round_ in range(1, PASS_ROUNDS + 1):
+        tag = hashlib.sha1(f"{pass_key}/{round_}".encode()).hexdigest()[:16] if pass_key else None
+        # the shards written before this round: every process works out the same missing rows
+        todo = _distinct_missing(hashes, _positions(hashes, _cached(folder, features, skip=f"part-{tag}-")))
+        if not len(todo):
+            break
+        computed += len(todo)
+        order = todo[np.argsort(-lengths[todo], kind="stable")]  # longest first: shards are length-homogeneous
+        if round_ == 1 and announce is not None and me == 0:
+            announce(lengths[order])
+        share = order[me::world]
+        if len(share):
+            part_stats = _score_rows(
+                teacher,
+                rows,
+                enc,
+                share,
+                folder,
+                template,
+                tta,
+                features,
+                batch_size,
+                chunk_rows,
+                devices,
+                tag,
+                total_rows=len(order),
+                report_every_s=report_every_s,
+            )
+            add_stats(stats, part_stats)
+        if world == 1:
+            break
+        # the others' shares: wait on their done-files (or until nothing is missing), never at a collective
+        post(folder / "passes" / tag, me, {"rows": int(len(share)), "host": socket.gethostname(), "pid": os.getpid()})
+
+        def complete():
+            return not len(_distinct_missing(hashes, _positions(hashes, _cached(folder, features))))
+
+        waited = time.perf_counter()
+        wait_for_all(folder / "passes" / tag, world, done=complete)
+        stats["wait_seconds"] = stats.get("wait_seconds", 0.0) + time.perf_counter() - waited
+    cached = _cached(folder, features)
+    where = _positions(hashes, cached)
     if (where < 0).any():
         raise RuntimeError(f"teacher cache {folder}: {int((where < 0).sum())} rows are still missing after the pass")
-    cached = _cached(folder, features)
     keep = ["logits"] + (["features"] + (["features_swap"] if tta else []) if features else [])
-    table = cached.select_columns(keep).select(where)
+    if world > 1:
+        stats["processes"] = world
+    stats["render_seconds"] = rendered
+    stats["pass_seconds"] = time.perf_counter() - began
     return TeacherCache(
         path=folder,
-        ids=list(enc["id"]),
-        table=table,
-        reused=len(enc) - len(todo),
-        computed=len(todo),
+        ids=IdList(column(enc, "id")),
+        table=aligned(cached.select_columns(keep), where),
+        reused=len(enc) - computed,
+        computed=computed,
         stats=stats,
     )
 
 
-def _score_rows(teacher, rows, enc, todo, folder, template, tta, features, batch_size, chunk_rows, device, stats):
-    """Score rows ``todo`` (positions in ``enc``), longest first, one atomic shard per ``chunk_rows``."""
+def scorers(teacher, devices) -> list:
+    """``[(device, model)]`` this process scores with: the teacher's copy on each of ``devices``
+    (``models_on``), or its one model."""
+    if hasattr(teacher, "models_on"):
+        return teacher.models_on(devices)
+    model = teacher.model
+    return [((devices or [None])[0] or next(model.parameters()).device, model)]
+
+
+class PassProgress:
+    """Progress sink of the teacher pass: forwards to a tqdm bar and, on the main process, prints rows/s and
+    the ETA of the whole pass after the first 5% (or ``every_s``) and then every ``every_s`` seconds.
+    Rows run longest first, so the rate rises as the pass goes on and the ETA is an upper bound."""
+
+    def __init__(self, bar, total: int, per_row: int, *, every_s: float = 60.0, enabled: bool = True, note: str = ""):
+        self._bar, self.total, self.per_row, self.every_s = bar, total, per_row, every_s
+        self.enabled, self.note = enabled, note
+        self.done, self.start, self.last, self.lines = 0, time.perf_counter(), None, []
+        self._lock = threading.Lock()
+
+    def update(self, n):
+        with self._lock:
+            self.done += n
+            self._bar.update(n)
+            now = time.perf_counter()
+            due = (
+                (now - self.start >= self.every_s or self.done >= 0.05 * self.total)
+                if self.last is None
+                else (now - self.last >= self.every_s)
+            )
+            if self.enabled and due and self.done < self.total:
+                self.last = now
+                self.lines.append(self.message(now - self.start))
+                print(self.lines[-1], file=sys.stderr, flush=True)
+
+    def set_postfix(self, **kwargs):
+        with self._lock:
+            self._bar.set_postfix(**kwargs)
+
+    def message(self, elapsed: float) -> str:
+        rate = self.done / max(elapsed, 1e-9) / self.per_row  # rows (an original and its swapped copy: one)
+        eta = (self.total - self.done) / self.per_row / max(rate, 1e-9)
+        return (
+            f"kdq: teacher pass: {self.done // self.per_row}/{self.total // self.per_row} rows in {elapsed:.0f} s, "
+            f"{rate:.1f} rows/s; ETA {_duration(eta)} for the whole pass{self.note} "
+            "(longest rows first: an upper bound)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _shard_name(tag, who: int, k: int) -> str:
+    """A shard's folder name: the pass's tag and the writer's rank under a launcher, else the time."""
+    return f"part-{tag}-r{who:05d}-{k:06d}" if tag else f"part-{time.time_ns():020d}-{os.getpid()}"
+
+
+def _score_rows(
+    teacher,
+    rows,
+    enc,
+    order,
+    folder,
+    template,
+    tta,
+    features,
+    batch_size,
+    chunk_rows,
+    devices,
+    tag,
+    *,
+    total_rows,
+    report_every_s,
+):
+    """Score rows ``order`` (positions in ``enc``, longest first), one atomic shard per ``chunk_rows``.
+    Returns the timing stats."""
     from tqdm.auto import tqdm
 
-    model, tok = teacher.model, teacher.tokenizer
-    lengths = np.asarray(enc.select(todo)["length"])
-    order = todo[np.argsort(-lengths, kind="stable")]  # longest first: shards are length-homogeneous
-    bar = tqdm(total=len(order) * (2 if tta else 1), desc="teacher logits", unit="row", dynamic_ncols=True)
+    from ..runtime.predict import score_sharded
+
+    tok = teacher.tokenizer
+    models = scorers(teacher, devices)
+    world, me = world_size(), rank()
+    per_row = 2 if tta else 1
+    desc = "teacher logits" + (f" (rank {me}/{world})" if world > 1 else "")
+    note = f" (this process's share, 1/{world} of {total_rows} rows: the shares are balanced)" if world > 1 else ""
+    bar = tqdm(total=len(order) * per_row, desc=desc, unit="seq", dynamic_ncols=True)
+    sink = PassProgress(bar, len(order) * per_row, per_row, every_s=report_every_s, enabled=me == 0, note=note)
+    stats = add_stats({}, {})
+    ids, hashes, input_ids = column(enc, "id"), column(enc, "row_hash"), column(enc, "input_ids")
     try:
-        for start in range(0, len(order), chunk_rows):
-            chunk = order[start : start + chunk_rows].tolist()
-            part = enc.select(chunk)
-            seqs = list(part["input_ids"])
+        for k, start in enumerate(range(0, len(order), chunk_rows)):
+            chunk = order[start : start + chunk_rows]
+            take = pa.array(chunk)
+            seqs = pc.take(input_ids, take).to_pylist()  # one shard's rows at a time
             swapped = (
                 list(encode(rows.select(chunk), tok, template, swap=True, desc="render swapped rows")["input_ids"])
                 if tta
@@ -225,9 +438,15 @@ def _score_rows(teacher, rows, enc, todo, folder, template, tta, features, batch
 
             def score(s, pooled=pooled):  # kdq.runtime.tta: original and swapped rows in one length-sorted pass
                 st = {}
-                out = predict_logits(
-                    model, s, tok.pad_token_id, batch_size, device, progress=bar, stats=st, return_pooled=features
-                )
+                if len(models) == 1:
+                    device, model = models[0]
+                    out = predict_logits(
+                        model, s, tok.pad_token_id, batch_size, device, progress=sink, stats=st, return_pooled=features
+                    )
+                else:  # one thread per device, token-balanced, as predict.py splits rows over GPUs
+                    out = score_sharded(
+                        models, s, tok.pad_token_id, batch_size, progress=sink, stats=st, pooled=features
+                    )
                 add_stats(stats, st)
                 if features:
                     out, feats = out
@@ -236,8 +455,8 @@ def _score_rows(teacher, rows, enc, todo, folder, template, tta, features, batch
 
             scored = score_tta(score, seqs, swapped, mode="full" if tta else "none")
             columns = {
-                "id": pa.array(list(part["id"]), pa.string()),
-                "row_hash": pa.array(list(part["row_hash"]), pa.string()),
+                "id": pc.take(ids, take).combine_chunks(),
+                "row_hash": pc.take(hashes, take).combine_chunks(),
                 "logits": _fixed((scored.log_probs if tta else scored.logits).numpy().astype(np.float32)),
             }
             if features:
@@ -245,8 +464,8 @@ def _score_rows(teacher, rows, enc, todo, folder, template, tta, features, batch
                 columns["features"] = _fixed(feats[: len(seqs)])
                 if tta:
                     columns["features_swap"] = _fixed(feats[len(seqs) :])
-            name = f"part-{time.time_ns():020d}-{os.getpid()}"
-            with atomic_dir(folder / "shards" / name) as tmp:
+            with atomic_dir(folder / "shards" / _shard_name(tag, me, k)) as tmp:
                 datasets.Dataset(pa.table(columns)).save_to_disk(str(tmp))
     finally:
         bar.close()
+    return stats

@@ -141,6 +141,20 @@ class DistillConfig(Config):
         default=None,
         metadata={"help": "teacher-logit cache root; null: the shared user cache ($KDQ_CACHE, ~/.cache/kdq)"},
     )
+    budget: str | None = field(
+        default="lmsys-2xt4",
+        metadata={
+            "help": "budget profile (shipped name or JSON path) the teacher pass's time projection assumes: its "
+            "compute efficiency, and its GPUs on a machine without one"
+        },
+    )
+    gpu_check: str | None = field(
+        default=None,
+        metadata={
+            "help": "bench/gpu_check.py's JSON: its measured efficiency replaces the profile's in the projection; "
+            "null: <kdq cache>/gpu_check.json when it exists"
+        },
+    )
     # data
     swap_augment: bool | str = field(
         default=False,

@@ -41,7 +41,13 @@ class EvalConfig(Config):
     template: TemplateConfig | None = field(
         default=None, metadata={"help": "row rendering; null: the model's recorded kdq_template, else the default"}
     )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1...; null: CUDA when available"})
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "cpu, cuda, cuda:1, or a comma list (cuda:0,cuda:1: rows split over them, one thread each); "
+            "null: every CUDA GPU (under a launcher: the process's own), else the CPU"
+        },
+    )
     dtype: str = field(
         default="auto",
         metadata={
@@ -74,7 +80,8 @@ class EvalConfig(Config):
         check_range(c, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         if self.template is not None and not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{c}.template must be a kdq.TemplateConfig or None, got {type(self.template).__name__}")
-        check_device(c, "device", self.device)
+        for part in self.device.split(",") if isinstance(self.device, str) and "," in self.device else [self.device]:
+            check_device(c, "device", part.strip() if isinstance(part, str) else part)
         check_choice(c, "dtype", self.dtype, DTYPES)
         check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
         check_range(c, "bootstrap_samples", self.bootstrap_samples, 1, kind=int)
@@ -148,6 +155,7 @@ class Metrics:
     probs_tta: np.ndarray | None = field(repr=False)
     lengths: np.ndarray = field(repr=False)
     scheme: str = "lmsys"
+    n_devices: int = 1  # devices the rows were split over (every GPU of every process): tokens_per_s is their sum
 
     @property
     def headline(self) -> str:

@@ -40,7 +40,9 @@ class PeakMemory:
     def __init__(self, device):
         import torch
 
-        self.device = torch.device(device)
+        devices = list(device) if isinstance(device, (list, tuple)) else [device]
+        self.devices = [torch.device(d) for d in devices]
+        self.device = self.devices[0]
         self.peak = 0
         self.kind = ""
         self._stop = threading.Event()
@@ -56,9 +58,10 @@ class PeakMemory:
     def __enter__(self):
         import torch
 
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.device.type == "cuda":  # the highest of the GPUs' peaks: the budget's memory is per GPU
+            for d in self.devices:
+                torch.cuda.synchronize(d)
+                torch.cuda.reset_peak_memory_stats(d)
             self.kind = "cuda-max-allocated"
             return self
         try:
@@ -77,8 +80,9 @@ class PeakMemory:
         import torch
 
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            for d in self.devices:
+                torch.cuda.synchronize(d)
+            self.peak = max(int(torch.cuda.max_memory_allocated(d)) for d in self.devices)
             return False
         self._stop.set()
         self._thread.join()
@@ -167,7 +171,7 @@ def _resolve(model, config: EvalConfig, device):
 
 
 def _score(loaded, sequences, config: EvalConfig, desc: str):
-    """Logits ``(N, C)`` and timing stats for token sequences."""
+    """Logits ``(N, C)`` and timing stats for token sequences, on the loaded model's device alone."""
     from tqdm.auto import tqdm
 
     from ..runtime.batching import predict_logits
@@ -187,8 +191,67 @@ def _score(loaded, sequences, config: EvalConfig, desc: str):
     return logits, stats
 
 
-def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
-    """:func:`kdq.runtime.tta.score_tta` with ``config.tta_mode``, the same call predict.py makes.
+def eval_devices(config: EvalConfig) -> list:
+    """Where this process scores: ``config.device`` (a comma list splits rows over several), else its own
+    GPU under a launcher, else every CUDA GPU (one thread each, as predict.py), else the CPU."""
+    import torch
+
+    from ..utils.distributed import training_device, world_size
+
+    if config.device:
+        return [torch.device(d.strip()) for d in config.device.split(",") if d.strip()]
+    if world_size() > 1:
+        return [training_device()]
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [torch.device("cuda", i) for i in range(n)] or [torch.device("cpu")]
+
+
+def sync_dir() -> Path:
+    """Where the processes of a launch exchange their shares of an evaluation: ``<kdq cache>/sync`` (on a
+    filesystem every node shares when the launch spans several)."""
+    from ..utils.cachedir import cache_root
+
+    return cache_root() / "sync"
+
+
+def _score_everywhere(models, sequences, pad_id, config: EvalConfig, desc: str):
+    """Logits ``(N, C)`` and timing stats for token sequences, scored on every device of every process.
+
+    Under a launcher the rows are cut into one contiguous, token-balanced range per process (predict.py's
+    :func:`~kdq.runtime.predict.shard_bounds`, the split ``score_sharded`` makes over GPUs); each process splits
+    its range over its own devices, one thread each; the processes exchange their logits through files (no
+    collective) and every one returns all of them, in row order. Stats: summed, but ``seconds`` is the longest
+    share's (they run at the same time).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..runtime.predict import score_sharded, shard_bounds
+    from ..utils.distributed import exchange, rank, world_size
+
+    world, me = world_size(), rank()
+    lo, hi = 0, len(sequences)
+    if world > 1:
+        bounds = shard_bounds([len(s) for s in sequences], world)
+        lo, hi = bounds[me] if me < len(bounds) else (len(sequences), len(sequences))
+    part = list(sequences[lo:hi])
+    stats = {}
+    with tqdm(total=len(part), desc=desc, unit="row", disable=not config.progress or me != 0, leave=False) as bar:
+        logits = score_sharded(
+            models, part, pad_id, config.batch_size, config.max_batch_tokens, progress=bar, stats=stats
+        )
+    if world == 1:
+        return logits, stats
+    records = exchange(sync_dir(), "evaluate-score", (logits.numpy(), stats))
+    merged = {k: sum(r[1].get(k, 0) for r in records) for k in ("rows", "real_tokens", "padded_tokens")}
+    merged["seconds"] = max(r[1].get("seconds", 0.0) for r in records)
+    merged["padding_efficiency"] = merged["real_tokens"] / max(merged["padded_tokens"], 1)
+    return torch.cat([torch.from_numpy(r[0]) for r in records]), merged
+
+
+def _score_tta(loaded, rows, sequences, template, config: EvalConfig, models=None):
+    """:func:`kdq.runtime.tta.score_tta` with ``config.tta_mode``, the same call predict.py makes, on every device
+    (``models``: ``[(device, model)]``; default the loaded model alone) and every process.
 
     Returns ``(TTAResult, stats)``: stats summed over every forward pass.
     """
@@ -197,9 +260,10 @@ def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
     from ..runtime.tta import score_tta
 
     totals = {}
+    models = models or [(next(loaded.model.parameters()).device, loaded.model)]
 
     def score(seqs):
-        logits, st = _score(loaded, seqs, config, "score")
+        logits, st = _score_everywhere(models, seqs, loaded.tokenizer.pad_token_id, config, "score")
         add_stats(totals, st)
         return logits
 
@@ -208,6 +272,32 @@ def _score_tta(loaded, rows, sequences, template, config: EvalConfig):
 
     result = score_tta(score, sequences, swapped, mode=config.tta_mode, fraction=config.tta_fraction)
     return result, totals
+
+
+def _copies(model, loaded, config: EvalConfig, devices) -> list:
+    """``[(device, model)]``: ``loaded`` on the first device, a copy on each of the others (a folder is loaded
+    there, as predict.py loads one per GPU; a model object is copied)."""
+    import copy
+
+    import torch
+
+    from ..models import load_classifier
+    from ..quant_methods import quantization_config_of
+    from ..runtime.dtypes import resolve_dtype
+
+    out = [(devices[0], loaded.model)]
+    for d in devices[1:]:
+        if loaded.source is not None and quantization_config_of(loaded.source) is not None:
+            from ..runtime.predict import load_model
+
+            out.append((d, load_model(loaded.source, d)))  # quantized weights are placed at load time
+        elif loaded.source is not None:
+            dtype = resolve_dtype(config.dtype, d)
+            out.append((d, load_classifier(loaded.source, tokenizer=loaded.tokenizer, dtype=dtype, device=d).model))
+        else:
+            copy_ = copy.deepcopy(loaded.model)
+            out.append((d, copy_.to(torch.device(d))))
+    return out
 
 
 def _check_finite(ids, result, loaded, device) -> None:
@@ -261,9 +351,10 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
     import torch
 
     from ..data import encode, labels_of, load_arena, scheme_of_rows
-    from ..models import default_device, template_of
+    from ..models import LoadedModel, template_of
     from ..runtime.constants import scheme_of_config
     from ..runtime.template import TemplateConfig
+    from ..utils.distributed import exchange, world_size
     from .budget import load_budget
     from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
 
@@ -284,22 +375,30 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
             f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows ({need}). Drop unlabelled rows first."
         )
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
-    device = torch.device(config.device) if config.device else default_device()
+    devices = eval_devices(config)
+    device = devices[0]
+    world = world_size()
 
-    with PeakMemory(device) as peak:
+    with PeakMemory(devices) as peak:
         loaded, size_bytes, size_source = _resolve(model, config, device)
         if scheme_of_config(loaded.model.config) != scheme:
             raise ValueError(
                 f"the model is a classifier for {scheme_of_config(loaded.model.config).describe()}, but the rows "
                 f"are {scheme.describe()}; evaluate it on rows of its own layout."
             )
+        models = _copies(model, loaded, config, devices)
         template = config.template or template_of(loaded.model) or TemplateConfig()
         enc = encode(rows, loaded.tokenizer, template)
         sequences = enc["input_ids"]
         # one untimed pass on the shortest row: lazy initialisation (kernels, allocator) is not throughput
         shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
-        _score(loaded, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
-        result, stats = _score_tta(loaded, rows, sequences, template, config)
+        for _, m in models:
+            warm = LoadedModel(model=m, tokenizer=loaded.tokenizer, source=None, fingerprint="")
+            _score(warm, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
+        result, stats = _score_tta(loaded, rows, sequences, template, config, models)
+    peak_bytes = peak.peak
+    if world > 1:  # every process reports the same figures: the highest peak of any of them
+        peak_bytes = max(exchange(sync_dir(), "evaluate-peak", int(peak.peak)))
     _check_finite(rows["id"], result, loaded, device)
 
     probs = softmax(result.logits.numpy())
@@ -323,12 +422,12 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         tta_fraction=config.tta_fraction,
         size_bytes=int(size_bytes),
         size_source=size_source,
-        peak_memory_bytes=int(peak.peak),
+        peak_memory_bytes=int(peak_bytes),
         peak_memory_kind=peak.kind,
         rows_per_s=scored_rows / max(seconds, 1e-9),
         tokens_per_s=real / max(seconds, 1e-9),
         seconds=seconds,
-        device=device_name(device),
+        device=device_name(device) + (f" x{len(devices) * world}" if len(devices) * world > 1 else ""),
         n_params=int(param_counts(spec)["total"]),
         weight_format=_stored_format(loaded, fmt),
         weight_format_spec=dataclasses.asdict(fmt),
@@ -344,6 +443,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         probs_tta=probs_tta,
         lengths=lengths,
         scheme=scheme.name,
+        n_devices=len(devices) * world,
     )
     verdict = project_metrics(metrics, profile)
     dtype = next(loaded.model.parameters()).dtype
@@ -371,8 +471,8 @@ def project_metrics(metrics: Metrics, profile) -> dict | None:
     if metrics.tta_mode == "gated":  # every row once, the least confident fraction twice
         profile = dataclasses.replace(profile, tta_factor=1.0 + metrics.tta_fraction)
     measured = None
-    if metrics.device.startswith("cuda"):
-        measured = {"device": metrics.device, "tokens_per_s": metrics.tokens_per_s}
+    if metrics.device.startswith("cuda"):  # one GPU's rate: the rows were split over n_devices of them
+        measured = {"device": metrics.device, "tokens_per_s": metrics.tokens_per_s / max(metrics.n_devices, 1)}
     return project(
         ModelSpec(**metrics.spec),
         WeightFormat(**metrics.weight_format_spec),

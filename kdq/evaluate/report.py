@@ -249,6 +249,10 @@ def compare(
         baseline, student: the hard-label student and the distilled one; with both, the
             report gives the fraction of the teacher-vs-baseline gap that distillation closed.
 
+    Every variant is scored on every device of the process (several GPUs: one thread each, as predict.py
+    splits rows); under ``accelerate launch`` / ``torchrun`` the processes split the rows too, exchange their
+    logits through files (no collective) and each returns the same table, which the first process writes.
+
     Every variant must be a classifier for the rows' label scheme; the scheme's headline metric
     (log loss for LMSYS, accuracy for WSDM) is the Δ column, the intervals and the gap closed, and
     the report says so.
@@ -259,8 +263,9 @@ def compare(
 
     from ..data import load_arena
     from ..utils.atomic import atomic_dir
+    from ..utils.distributed import exchange, rank, world_size
     from .budget import load_budget
-    from .evaluate import evaluate, project_metrics, rows_fingerprint
+    from .evaluate import evaluate, project_metrics, rows_fingerprint, sync_dir
 
     config = EvalConfig() if config is None else config
     if not isinstance(variants, dict) or not variants:
@@ -278,7 +283,8 @@ def compare(
     config = dataclasses.replace(config, budget=profile)
 
     metrics = {}
-    for name, v in tqdm(list(variants.items()), desc="variants", unit="variant", disable=not config.progress):
+    bar = tqdm(list(variants.items()), desc="variants", unit="variant", disable=not config.progress or rank() != 0)
+    for name, v in bar:
         if isinstance(v, Metrics):
             if v.rows_fingerprint != fingerprint:
                 raise ValueError(
@@ -360,11 +366,14 @@ def compare(
             "variants": [{**r, "metrics": metrics[r["variant"]].to_dict()} for r in table],
         }
     )
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "report.md").write_text(md)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        title = f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else "")
-        _plot(table, tmp / "report.png", title, headline.key)
+    if rank() == 0:  # under a launcher every process holds the same table; the first writes it
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            (tmp / "report.md").write_text(md)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            title = f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else "")
+            _plot(table, tmp / "report.png", title, headline.key)
+    if world_size() > 1:  # the others return once the report is written (a file, not a barrier)
+        exchange(sync_dir(), "compare-report", out_dir.name)
     paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
     return CompareResult(
         rows=table,

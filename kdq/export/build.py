@@ -204,7 +204,7 @@ def fp16_check_rows(config: ExportConfig) -> CheckRows:
         from ..data import load_arena
 
         try:
-            data = load_arena(config.check_rows)
+            data = load_arena(config.check_rows, unlabelled=True)  # computed, never scored
         except ValueError as err:
             raise ValueError(f"ExportConfig.check_rows: {err}") from None
         n, k = len(data), min(len(data), config.check_rows_max)

@@ -32,7 +32,7 @@ def _as_rows(calibration):
     if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(r, dict) for r in calibration):
         from ..data import load_arena
 
-        return load_arena(calibration)
+        return load_arena(calibration, unlabelled=True)
     if isinstance(calibration, (list, tuple)):
         if not calibration:
             raise ValueError("calibration is an empty list; pass arena rows or a non-empty list of strings.")
@@ -45,7 +45,7 @@ def _as_rows(calibration):
         return list(calibration)
     from ..data import load_arena
 
-    return load_arena(calibration)
+    return load_arena(calibration, unlabelled=True)  # calibration reads text only: labels are never needed
 
 
 def _render(rows, indices, tokenizer, template):

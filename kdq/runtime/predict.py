@@ -416,7 +416,9 @@ class Throughput:
         )
 
 
-def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress):
+def _score_on(
+    device, model, sequences, pad_id, batch_size, max_batch_tokens, progress, stats=None, return_pooled=False
+):
     # Quantized kernels (bitsandbytes, gptqmodel) may use the *current* CUDA device, which is per
     # thread: make it this shard's GPU.
     dev = torch.device(device)
@@ -429,27 +431,45 @@ def _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, pr
             device=device,
             max_batch_tokens=max_batch_tokens,
             progress=progress,
+            stats=stats,
+            return_pooled=return_pooled,
         )
 
 
-def score_sharded(models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None):
+def score_sharded(
+    models, sequences, pad_id: int, batch_size: int, max_batch_tokens=None, progress=None, *, stats=None, pooled=False
+):
     """Logits ``(N, num_labels)`` fp32 for ``sequences``, in their order.
 
     ``models`` is a list of ``(device, model)``, one per GPU. Rows are cut into contiguous,
     token-balanced shards, one thread per device (the GPU work releases the GIL), each
     running the length-sorted batching of :func:`predict_logits` on its shard. With one device
     the batches are exactly those of kdq's own scoring at the same batch size.
+
+    ``stats``: a dict filled as :func:`predict_logits` fills it, summed over the shards except
+    ``seconds``, the longest shard's (they run at the same time). ``pooled``: also return the pooled
+    final hidden states, as ``(logits, pooled)``.
     """
     bounds = shard_bounds([len(s) for s in sequences], len(models))
     if len(bounds) <= 1:
         device, model = models[0]
-        return _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress)
+        return _score_on(device, model, sequences, pad_id, batch_size, max_batch_tokens, progress, stats, pooled)
+    parts_stats = [{} for _ in bounds]
     with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
         futures = [
-            pool.submit(_score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, progress)
-            for (device, model), (a, b) in zip(models, bounds)
+            pool.submit(
+                _score_on, device, model, sequences[a:b], pad_id, batch_size, max_batch_tokens, progress, st, pooled
+            )
+            for (device, model), (a, b), st in zip(models, bounds, parts_stats)
         ]
         parts = [f.result() for f in futures]  # re-raises a worker's exception here
+    if stats is not None:
+        for key in ("rows", "real_tokens", "padded_tokens"):
+            stats[key] = sum(st.get(key, 0) for st in parts_stats)
+        stats["seconds"] = max(st.get("seconds", 0.0) for st in parts_stats)
+        stats["padding_efficiency"] = stats["real_tokens"] / max(stats["padded_tokens"], 1)
+    if pooled:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return torch.cat(parts)
 
 
