@@ -1,4 +1,4 @@
-"""The teacher pass on one process against two, and its peak memory as the rows grow (issue 17).
+"""The teacher pass on one process against two, and its peak memory as the rows grow.
 
 1. **Speed and identity**: the same rows through :func:`kdq.distill.teacher_pass` in one process and in two
    (``torchrun --nproc_per_node 2``, a gloo process group, one torch thread each): rows/s of the whole pass

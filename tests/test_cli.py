@@ -231,7 +231,7 @@ def _yaml(tmp_path, text):
     return path
 
 
-# ---------------------------------------------------------------- numbers in scientific notation (issue 19)
+# ---------------------------------------------------------------- numbers in scientific notation
 def _numeric_fields(cls, prefix=""):
     """``(dotted name, declared type)`` for every int/float field of ``cls`` and of its nested configs,
     read from the dataclass (YAML 1.1 reads ``2e-5`` without a decimal point as text, for all of them)."""

@@ -1,4 +1,4 @@
-"""The teacher pass on several processes (issue 17): each scores a disjoint share and writes its own shards, every
+"""The teacher pass on several processes: each scores a disjoint share and writes its own shards, every
 one reads the merged cache, a killed pass resumes with the missing rows only; and a process with several devices
 splits rows over them, one thread each."""
 

@@ -1,4 +1,4 @@
-"""Teachers as data (issue 19.6): a model, a table of probabilities or an ensemble, one object each; tables are
+"""Teachers as data: a model, a table of probabilities or an ensemble, one object each; tables are
 checked and used exactly like cached teacher logits; ensembles average in probability space; one load of a model
 teacher serves the cache pass and the live forward."""
 

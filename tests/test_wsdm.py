@@ -1,4 +1,4 @@
-"""WSDM Cup 2025 rows (issue 19.5): plain-string turns, a ``winner`` column, no tie, ``language`` metadata,
+"""WSDM Cup 2025 rows: plain-string turns, a ``winner`` column, no tie, ``language`` metadata,
 an ``id,winner`` submission scored by accuracy. The label scheme is one fact (kdq.runtime.constants), and
 rows load, a 2-class model distils, evaluates, exports and predicts through it; LMSYS stays as it was."""
 

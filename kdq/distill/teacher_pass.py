@@ -191,4 +191,6 @@ def scored_rows(train_rows: datasets.Dataset, transfer_rows) -> datasets.Dataset
     """The rows the teacher scores and the student trains on: the training rows, then the transfer rows."""
     if transfer_rows is None:
         return train_rows
-    return datasets.concatenate_datasets([core_columns(train_rows), core_columns(transfer_rows)])  # 19.5: language
+    return datasets.concatenate_datasets(
+        [core_columns(train_rows), core_columns(transfer_rows)]
+    )  # the WSDM language column too
