@@ -56,7 +56,8 @@ SIZES = {  # rows and the row template per data set (Rotten Tomatoes snippets ar
     "quick": dict(n_train=64, n_eval=32, n_test=32, n_transfer=64, max_length=64),
 }
 DEFAULT_RECIPES = {"width": "hard-labels,logit-kd,cross-width,cross-width-cached", "layer": "hard-labels,layer-dropped"}
-RUN = dict(epochs=1, batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
+RUN = dict(batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
+TEACHER_EPOCHS = 1  # the demo teacher's
 
 
 def plateau_exit(history, window: int = 3):
@@ -124,6 +125,7 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--shape", default="384,1024,6,2,11", help="width student: hidden,intermediate,heads,kv,layers")
     ap.add_argument("--layers", type=int, default=11, help="layer-dropped student: layers kept")
+    ap.add_argument("--epochs", type=float, default=2.0, help="student epochs (labelled + transfer rows, swap copies)")
     args = ap.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,9 @@ def main(argv=None):
                 train,
                 ev,
                 teacher=None,
-                config=RECIPES["teacher"].config(output_dir=str(teacher_dir), template=template, overwrite=True, **RUN),
+                config=RECIPES["teacher"].config(
+                    output_dir=str(teacher_dir), template=template, overwrite=True, epochs=TEACHER_EPOCHS, **RUN
+                ),
             )
         teacher = teacher_dir / "student"
         if (name, "teacher") not in {(r["data"], r.get("role")) for r in _read(results_file)}:
@@ -169,6 +173,7 @@ def main(argv=None):
                         seed=seed,
                         overwrite=True,
                         cache_dir=str(d / "teacher-cache"),
+                        epochs=args.epochs,
                         **RUN,
                     )
                     t0 = time.perf_counter()
@@ -188,6 +193,7 @@ def main(argv=None):
                         "student": kind,
                         "recipe": recipe_name,
                         "seed": seed,
+                        "epochs": args.epochs,
                         "wall_s": wall,
                         "steps": steps,
                         "s_per_step": r.metrics["train_seconds"] / max(steps, 1),

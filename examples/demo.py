@@ -48,9 +48,9 @@ SIZES = {
 # block-influence layers, Minitron width importance); sizes chosen by bench/bench_kd_recipes.py (BENCHMARKS.md)
 STUDENT_SHAPE = {
     "real": dict(num_layers=11, hidden_size=384, intermediate_size=1024, num_attention_heads=6, num_key_value_heads=2),
-    "tiny": dict(num_layers=3, hidden_size=48, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1),
+    "tiny": dict(num_layers=3, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
 }
-STUDENT_RECIPE = "cross-width"  # kdq.recipes: the recipe the bench measured best for such a student
+STUDENT_RECIPE = "cross-width-cached"  # kdq.recipes: the recipe the bench measured best for such a student
 
 
 class Stopwatch:
@@ -96,9 +96,11 @@ def real_inputs(size, cache: Path, seed: int):
 def tiny_inputs(size, cache: Path, seed: int):
     from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer
 
-    base = cache / "tiny-base"
+    base = cache / "tiny-base-128"  # wide enough that the narrower student's layers suit GPTQ (multiples of 32)
     if not base.exists():
-        make_tiny_classifier(base, make_tokenizer(), seed=seed, num_layers=6)
+        make_tiny_classifier(
+            base, make_tokenizer(), seed=seed, num_layers=6, hidden_size=128, intermediate_size=256, num_heads=8
+        )
 
     def rows(n, s, off, **kw):
         return make_arena_rows(n, seed=s, max_words=40, id_offset=off, **kw)

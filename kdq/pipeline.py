@@ -177,9 +177,7 @@ def run_pipeline(
             train,
             eval_rows,
             teacher=None,
-            config=dataclasses.replace(
-                base, output_dir=str(out / "student-hard"), cosine_weight=0.0, hidden_weight=0.0
-            ),
+            config=base.hard_labels_only(output_dir=str(out / "student-hard")),
         )
         variants["student-hard"] = str(hard.student_dir)
         metrics["student-hard"] = hard.metrics

@@ -90,7 +90,7 @@ def test_demo_tiny_mode_runs_every_stage(tmp_path):
     )
     assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
     assert result.distill_metrics["student-kd"]["n_transfer"] == 96  # the demo's recipe: a transfer set ...
-    assert any("hidden" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and hidden states
+    assert any("feature" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and pooled features
     text = result.summary()
     assert "| student-kd" in text and "export:" in text
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["mode"] == "tiny"

@@ -194,6 +194,11 @@ class DistillConfig(Config):
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output_dir"})
 
+    def hard_labels_only(self, **changes) -> DistillConfig:
+        """This config with every teacher term off (``cosine_weight``, ``hidden_weight``, ``feature_weight``):
+        the no-distillation baseline trained like this run, on hard labels alone. ``changes`` as :meth:`replace`."""
+        return self.replace(cosine_weight=0.0, hidden_weight=0.0, feature_weight=0.0, **changes)
+
     def __post_init__(self):
         cls = "DistillConfig"
         self._accept_dicts()
