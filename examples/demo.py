@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # rows: train / eval / test pairs and unlabelled transfer pairs; epochs: teacher / student
 SIZES = {
     "default": dict(
-        train=800, eval=160, test=400, transfer=800, teacher_epochs=1, student_epochs=1, calib=16, max_length=96
+        train=800, eval=160, test=400, transfer=800, teacher_epochs=1, student_epochs=2, calib=16, max_length=96
     ),
     "full": dict(
         train=4000, eval=600, test=1500, transfer=8000, teacher_epochs=3, student_epochs=3, calib=128, max_length=128

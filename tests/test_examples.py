@@ -115,7 +115,7 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
     assert lora == cfg.lora and "no GPU" in why
 
 
-def test_lmsys_student_recipe_fits_a_t4_with_its_live_teacher_quantized(tmp_path):
+def test_lmsys_student_recipe_fits_a_t4_live_teacher_quantized_or_cached(tmp_path):
     from transformers import LlamaConfig
 
     from kdq.distill.train_memory import known_models, train_device
@@ -123,14 +123,23 @@ def test_lmsys_student_recipe_fits_a_t4_with_its_live_teacher_quantized(tmp_path
     for name in ("danube3-4b", "danube3-500m"):  # configs only
         LlamaConfig(**known_models()[name]["config"]).save_pretrained(tmp_path / name)
     recipe = _load("lmsys_danube3")
-    run = dict(batch_size=4, template=kdq.TemplateConfig(max_length=1024), lora=kdq.LoraSettings(r=16))
     teacher, student = str(tmp_path / "danube3-4b"), str(tmp_path / "danube3-500m")
-    cfg, why = recipe.student_config("cross-width", run, teacher, student, train_device("t4-16gb"))
-    assert cfg.hidden_weight > 0 and cfg.teacher_quantize in ("int8", "nf4") and "fits t4-16gb" in why
-    cfg, why = recipe.student_config("cross-width", run, teacher, student, train_device("a100-80gb"))
+    t4 = train_device("t4-16gb")
+
+    def plan(batch, tokens, device=t4, name="cross-width"):
+        run = dict(batch_size=batch, template=kdq.TemplateConfig(max_length=tokens), lora=kdq.LoraSettings(r=16))
+        return recipe.student_config(name, run, teacher, student, device)
+
+    cfg, why = plan(4, 1024)  # the fp16 teacher (7.5 GB) fits beside a LoRA student at batch 4
+    assert cfg.hidden_weight > 0 and cfg.teacher_quantize == "none" and "fits t4-16gb" in why
+    cfg, why = plan(8, 1024)  # at batch 8 it does not: the live teacher goes int8
+    assert cfg.hidden_weight > 0 and cfg.teacher_quantize == "int8" and "fits t4-16gb" in why
+    cfg, why = plan(8, 1024, device=train_device("a100-80gb"))
     assert cfg.teacher_quantize == "none"
-    cfg, why = recipe.student_config("cross-width-cached", run, teacher, student, train_device("t4-16gb"))
-    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0  # no live teacher: nothing to fit beside the student
+    cfg, why = plan(16, 1024)  # not even in nf4: the cached-feature recipe, no live teacher
+    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0 and "cross-width-cached" in why
+    cfg, why = plan(16, 1024, name="cross-width-cached")
+    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0  # nothing to fit beside the student
 
 
 def test_make_bench_runs_every_benchmark_quick_mode():
