@@ -112,8 +112,18 @@ def recipe(name: str) -> Recipe:
 
 
 def for_student(kind: str) -> Recipe:
-    """The recommended recipe for a kind of student (:data:`STUDENT_KINDS`)."""
-    best = {"teacher": "teacher", "any": "logit-kd", "layer-dropped": "layer-dropped", "width-pruned": "cross-width"}
+    """The recommended recipe for a kind of student (:data:`STUDENT_KINDS`).
+
+    For a width-pruned (or separately pretrained, narrower) student that is ``cross-width-cached``: on the
+    SmolLM2 bench it was no worse than the live all-layer term at a fraction of the step time and memory
+    (BENCHMARKS.md, "Distillation across widths"); ``cross-width`` remains for a GPU where the live teacher fits.
+    """
+    best = {
+        "teacher": "teacher",
+        "any": "logit-kd",
+        "layer-dropped": "layer-dropped",
+        "width-pruned": "cross-width-cached",
+    }
     if kind not in best:
         raise ValueError(f"unknown kind of student {kind!r}; choose from {list(best)}")
     return RECIPES[best[kind]]
