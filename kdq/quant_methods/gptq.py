@@ -13,6 +13,35 @@ from dataclasses import dataclass, field
 from .gptq_env import GPTQ_CPU_DEFAULTS
 from .registry import MethodSettings, QuantMethod, WeightFormat, register_quantizer
 
+PACK_MULTIPLE = 32  # GPTQModel packs a layer's input columns in blocks of 32 ("in_features must be divisible by 32")
+
+
+def check_widths(model_config, group_size: int) -> None:
+    """Refuse, before calibration, a model whose decoder layers GPTQModel cannot pack.
+
+    Every quantized linear layer's input width (``hidden_size`` for q/k/v/gate/up, heads x head_dim for
+    o_proj, ``intermediate_size`` for down_proj) must be a multiple of 32, and of ``group_size`` where a
+    group fits in it. A width-pruned student (``kdq.shrink(hidden_size=...)``) may have neither.
+
+    Raises:
+        ValueError: naming each width and the fix.
+    """
+    c = model_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    widths = {
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads x head_dim": c.num_attention_heads * head_dim,
+    }
+    bad = {k: v for k, v in widths.items() if v % PACK_MULTIPLE or (0 < group_size <= v and v % group_size)}
+    if bad:
+        raise ValueError(
+            f"gptq: the decoder's input widths {bad} must be multiples of {PACK_MULTIPLE} (GPTQModel packs columns "
+            f"in blocks of {PACK_MULTIPLE}) and of group_size={group_size}. Fix: pick a group_size that divides them "
+            "(--set group_size=32, or -1 for one group per row), or width-prune to multiples of 32 "
+            "(kdq.shrink hidden_size=..., intermediate_size=...); bnb methods have no such constraint."
+        )
+
 
 def default_backend(device) -> str:
     """``"torch"`` on CPU, ``"auto"`` elsewhere.
@@ -101,9 +130,10 @@ class GPTQMethod(QuantMethod):
         return config.settings.backend or default_backend(device)
 
     def quantize(self, source_dir, config, *, calibration, tokenizer, device, dtype):
-        from transformers import AutoModelForSequenceClassification, GPTQConfig
+        from transformers import AutoConfig, AutoModelForSequenceClassification, GPTQConfig
 
         s = config.settings
+        check_widths(AutoConfig.from_pretrained(str(source_dir)), s.group_size)
         # Pre-tokenized rows skip optimum's own tokenization, so calibration sees exactly the
         # template-rendered ids. Each row is its own (1, L) batch: no padding inside calibration.
         dataset = [{"input_ids": [list(ids)], "attention_mask": [[1] * len(ids)]} for ids in calibration]
