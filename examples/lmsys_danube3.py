@@ -93,7 +93,7 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grad-accum", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank for the student (0 = full fine-tuning)")
     ap.add_argument("--no-tta", action="store_true", help="score the teacher without swap TTA")
     ap.add_argument("--quant", nargs="*", default=["gptq-8", "gptq-4", "bnb-int8", "bnb-nf4"])
@@ -173,7 +173,7 @@ def main(argv=None):
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         eval_batch_size=2 * args.batch_size,
-        learning_rate=args.lr,
+        **({"learning_rate": args.lr} if args.lr is not None else {}),
         lora=lora,
         teacher_tta=not args.no_tta,
         teacher_batch_size=8,
@@ -212,7 +212,7 @@ def main(argv=None):
         wheels=args.wheels,
         overwrite=args.overwrite,
     )
-    transfer = load_arena(args.transfer) if args.transfer else None
+    transfer = load_arena(args.transfer, unlabelled=True) if args.transfer else None
     result = run_pipeline(teacher, args.student, train, ev, test, cfg, transfer=transfer)
     print(result.summary())
     return result

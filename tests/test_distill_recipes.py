@@ -1,4 +1,4 @@
-"""Issue 9 recipes on tiny models: transfer set, paired swap, cosine term, block-influence
+"""The distillation recipes on tiny models: transfer set, paired swap, cosine term, block-influence
 shrink, hidden-state distillation and reproducible reruns."""
 
 from pathlib import Path

@@ -171,3 +171,19 @@ def test_evaluate_splits_rows_over_several_devices_of_one_process(tmp_path, teac
     assert two.n_devices == 2 and two.device.endswith("x2") and one.n_devices == 1
     with pytest.raises(ValueError, match="EvalConfig.device"):
         kdq.EvalConfig(device="cpu,gpu")
+
+
+def test_a_quantized_model_object_scores_on_its_own_device_only(tmp_path, teacher_dir):
+    """A bitsandbytes model held in memory cannot be deep-copied to another device: it scores alone."""
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    folder = str(teacher_dir / "teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": "cpu"}
+    )
+    rows = make_arena_rows(6, seed=15, max_words=20)
+    cfg = kdq.EvalConfig(tta="none", batch_size=4, progress=False, budget=None)
+    one = kdq.evaluate(model, rows, cfg)
+    two = kdq.evaluate(model, rows, cfg.replace(device="cpu,cpu"))
+    assert two.n_devices == 1
+    np.testing.assert_allclose(two.probs, one.probs, atol=1e-6, rtol=0)

@@ -168,7 +168,7 @@ def transfer_rows(transfer_data, train_rows, teacher) -> datasets.Dataset:
             "transfer_data needs a teacher: transfer rows have no labels, only the teacher's logits "
             "teach from them. Pass teacher=... or drop transfer_data."
         )
-    # the training rows' layout (19.5), labels dropped
+    # the training rows' layout (LMSYS or WSDM), labels dropped
     rows = load_arena(transfer_data, scheme=scheme_of_rows(train_rows), unlabelled=True)
     ids = _ids(rows)
     shared = pc.is_in(ids, value_set=_ids(train_rows))

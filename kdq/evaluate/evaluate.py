@@ -276,7 +276,7 @@ def _score_tta(loaded, rows, sequences, template, config: EvalConfig, models=Non
 
 def _copies(model, loaded, config: EvalConfig, devices) -> list:
     """``[(device, model)]``: ``loaded`` on the first device, a copy on each of the others (a folder is loaded
-    there, as predict.py loads one per GPU; a model object is copied)."""
+    there, as predict.py loads one per GPU; a model object is copied, unless quantized: then it is the only one)."""
     import copy
 
     import torch
@@ -286,6 +286,8 @@ def _copies(model, loaded, config: EvalConfig, devices) -> list:
     from ..runtime.dtypes import resolve_dtype
 
     out = [(devices[0], loaded.model)]
+    if loaded.source is None and getattr(loaded.model.config, "quantization_config", None) is not None:
+        return out  # a quantized model object cannot be copied across devices: it scores on its own device
     for d in devices[1:]:
         if loaded.source is not None and quantization_config_of(loaded.source) is not None:
             from ..runtime.predict import load_model
@@ -427,7 +429,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         rows_per_s=scored_rows / max(seconds, 1e-9),
         tokens_per_s=real / max(seconds, 1e-9),
         seconds=seconds,
-        device=device_name(device) + (f" x{len(devices) * world}" if len(devices) * world > 1 else ""),
+        device=device_name(device) + (f" x{len(models) * world}" if len(models) * world > 1 else ""),
         n_params=int(param_counts(spec)["total"]),
         weight_format=_stored_format(loaded, fmt),
         weight_format_spec=dataclasses.asdict(fmt),
@@ -443,7 +445,7 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         probs_tta=probs_tta,
         lengths=lengths,
         scheme=scheme.name,
-        n_devices=len(devices) * world,
+        n_devices=len(models) * world,
     )
     verdict = project_metrics(metrics, profile)
     dtype = next(loaded.model.parameters()).dtype

@@ -35,11 +35,16 @@ def check_widths(model_config, group_size: int) -> None:
     }
     bad = {k: v for k, v in widths.items() if v % PACK_MULTIPLE or (0 < group_size <= v and v % group_size)}
     if bad:
+        unpackable = any(v % PACK_MULTIPLE for v in bad.values())
+        fix = (
+            "width-prune to multiples of 32 (kdq.shrink hidden_size=..., intermediate_size=...), or use a "
+            "bitsandbytes method, which has no such constraint"
+            if unpackable
+            else "pick a group_size that divides them (--set group_size=32, or -1 for one group per row)"
+        )
         raise ValueError(
             f"gptq: the decoder's input widths {bad} must be multiples of {PACK_MULTIPLE} (GPTQModel packs columns "
-            f"in blocks of {PACK_MULTIPLE}) and of group_size={group_size}. Fix: pick a group_size that divides them "
-            "(--set group_size=32, or -1 for one group per row), or width-prune to multiples of 32 "
-            "(kdq.shrink hidden_size=..., intermediate_size=...); bnb methods have no such constraint."
+            f"in blocks of {PACK_MULTIPLE}) and of group_size={group_size}. Fix: {fix}."
         )
 
 
