@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU (38 minutes measured on 2 cores).
+"""kdq's main job on real weights and real human labels, on a CPU (35 minutes measured on 2 cores).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
@@ -18,7 +18,8 @@
    teacher), compare every variant on held-out pairs with paired-bootstrap intervals against
    the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 
-The student recipe is the one ``bench/bench_kd_recipes.py`` measured to pay off (BENCHMARKS.md).
+The student recipe is the one ``bench/bench_kd_recipes.py`` measured for a narrower student (BENCHMARKS.md,
+"Distillation across widths": 16% of the gap over 3 seeds; the 50% target is missed).
 ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny`` swaps in tiny random
 models and synthetic rows: a smoke test of the wiring in under a minute.
 """
