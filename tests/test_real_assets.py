@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _net import pypi_reachable
+from _net import fetch_or_skip
 
 from demo_assets.vader import arena_pairs, fetch_sdist, load_sentences
 from kdq.data import load_arena
@@ -14,19 +14,9 @@ from kdq.data import load_arena
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
 
 
-def _fetch_or_skip(fetch):
-    """The asset, or a skip when it is not cached and PyPI cannot be reached (a real failure still fails)."""
-    try:
-        return fetch()
-    except RuntimeError:
-        if not pypi_reachable():
-            pytest.skip("offline: the asset is not cached and pypi.org:443 is unreachable")
-        raise
-
-
 @pytest.fixture(scope="module")
 def sdist():
-    return _fetch_or_skip(lambda: fetch_sdist(CACHE))
+    return fetch_or_skip(lambda: fetch_sdist(CACHE))
 
 
 def test_vader_sentences_are_the_published_ground_truth(sdist):
@@ -60,7 +50,7 @@ def test_smollm2_gguf_becomes_a_shrinkable_classifier(tmp_path):
     from demo_assets.smollm2 import smollm2_classifier
     from kdq.models import load_classifier
 
-    folder = _fetch_or_skip(lambda: smollm2_classifier(tmp_path / "smol"))
+    folder = fetch_or_skip(lambda: smollm2_classifier(tmp_path / "smol"))
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 30 and "quantization_config" not in cfg
     student = kdq.shrink(str(folder), every=10, out_dir=tmp_path / "small")

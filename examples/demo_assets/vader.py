@@ -21,7 +21,6 @@ Pair construction (``arena_pairs``):
 from __future__ import annotations
 
 import io
-import json
 import random
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdq.runtime.constants import LABELS
+
+from . import text_columns
 
 SDIST = "vaderSentiment==3.3.2"
 MEMBER = "additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -149,13 +150,7 @@ def transfer_pairs(sdist, n: int, *, seed: int = 0, split_fractions=(0.7, 0.15, 
 
 
 def _text_columns(pairs) -> dict:
-    """Arena text columns (``id``, ``prompt``, ``response_a``, ``response_b``) of ``(id, a, b)`` pairs."""
-    return {
-        "id": [pid for pid, _, _ in pairs],
-        "prompt": [json.dumps([PROMPTS[a.source]]) for _, a, _ in pairs],
-        "response_a": [json.dumps([a.text]) for _, a, _ in pairs],
-        "response_b": [json.dumps([b.text]) for _, _, b in pairs],
-    }
+    return text_columns(pairs, lambda a: PROMPTS[a.source])
 
 
 def arena_pairs(
