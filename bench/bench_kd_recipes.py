@@ -16,7 +16,8 @@ and trains with each recipe of :mod:`kdq.recipes`, for every seed:
 Recipes are chosen on the **eval** rows and reported on the **test** rows. For each run: log loss on
 eval and test, gap closed and the distilled-vs-hard difference with 95% paired-bootstrap intervals
 (against the hard-label student of the same kind and seed; 2000 resamples, seed 0), when the training
-CE leaves the ln 3 plateau, seconds per optimizer step and the process's peak RSS during training; and
+CE leaves the ln 3 plateau (a moving average of the labelled rows' training CE, and the eval log loss at
+the half-way evaluation), seconds per optimizer step and the process's peak RSS during training; and
 over seeds, the mean and range of gap closed.
 
 Usage::
@@ -207,6 +208,11 @@ def main(argv=None):
                             for h in r.metrics["history"]
                             if "ce" in h
                         ],
+                        "eval_curve": [
+                            {"step": h["step"], "log_loss": h["eval_log_loss"]}
+                            for h in r.metrics["history"]
+                            if "eval_log_loss" in h
+                        ],
                         "shape": json.loads((init / "config.json").read_text())["kdq_shrink"],
                     }
                     for split, rows in (("eval", ev), ("test", test)):
@@ -245,6 +251,14 @@ def _cpu() -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
+def _half_way(run: dict) -> str:
+    """The eval log loss at the end of the first half of training (the first of the per-epoch evals, when the
+    run has two or more), or "–"."""
+    curve = run.get("eval_curve") or []
+    mid = [c for c in curve if c["step"] <= run["steps"] / 2]
+    return f"{mid[-1]['log_loss']:.4f}" if len(curve) >= 2 and mid else "–"
+
+
 def gaps(results: list, split: str) -> dict:
     """``{(data, student, recipe, seed): {"gap": Interval, "vs_hard": Interval}}`` on ``split``'s rows."""
     teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
@@ -276,8 +290,9 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
             "",
             "| student | recipe | seeds | test log loss (mean) | gap closed, test: mean [range] | per seed [95% CI] "
-            "| gap closed, eval: mean | vs hard labels (seed 0) | CE leaves plateau at step | s/step | peak RSS GB |",
-            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+            "| gap closed, eval: mean | vs hard labels (seed 0) | CE leaves plateau at step | eval log loss half-way "
+            "| s/step | peak RSS GB |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         runs = [r for r in results if r.get("data") == data and "recipe" in r]
         for kind, recipe in dict.fromkeys((r["student"], r["recipe"]) for r in runs):
@@ -299,6 +314,7 @@ def markdown(results: list, environment: dict | None = None) -> str:
                 f"| {kind} | {recipe} | {len(group)} | {statistics.mean(r['test'] for r in group):.4f} | {gap_cell} "
                 f"| {per_seed} | {ge_cell} | {vs.fmt('+.4f') if vs else '–'} "
                 f"| {', '.join(str(e) if e else 'never' for e in exits)} "
+                f"| {', '.join(_half_way(r) for r in group)} "
                 f"| {statistics.mean(r['s_per_step'] for r in group):.2f} "
                 f"| {max(r['peak_rss_gb'] for r in group):.1f} |"
             )

@@ -96,8 +96,8 @@ RECIPES = {
         Recipe(
             "cross-width-cached",
             "width-pruned",
-            "logit-kd plus the pooled-feature term from the teacher cache: no live teacher in memory",
-            {**_COMMON, "learning_rate": 2e-4, "feature_weight": 1.0},
+            "logit-kd plus the pooled-feature term (weight 4) from the teacher cache: no live teacher in memory",
+            {**_COMMON, "learning_rate": 2e-4, "feature_weight": 4.0},
             evidence="BENCHMARKS.md#distillation-across-widths-bench_kd_recipespy",
         ),
     )
