@@ -25,6 +25,8 @@ Usage::
     python bench/bench_kd_recipes.py                       # the grid in BENCHMARKS.md (hours on 2 cores)
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes hard-labels,logit-kd
     python bench/bench_kd_recipes.py --quick               # tiny random models, synthetic rows: a smoke run
+    python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
+        --set feature_weight=8                             # a setting swept: recorded as cross-width-cached[...]
 
 Runs already in ``<out>/results.jsonl`` are kept (the grid resumes). Writes ``results.jsonl``,
 ``recipes.md`` and ``curves.png`` in ``--out``.
@@ -127,6 +129,14 @@ def main(argv=None):
     ap.add_argument("--shape", default="384,1024,6,2,11", help="width student: hidden,intermediate,heads,kv,layers")
     ap.add_argument("--layers", type=int, default=11, help="layer-dropped student: layers kept")
     ap.add_argument("--epochs", type=float, default=2.0, help="student epochs (labelled + transfer rows, swap copies)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a DistillConfig field in every recipe with a teacher (e.g. feature_weight=8); the run is "
+        "recorded as <recipe>[FIELD=VALUE] (hard-labels is never overridden: it is the baseline)",
+    )
     args = ap.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +145,7 @@ def main(argv=None):
     datasets = ["quick"] if args.quick else args.data.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     shape = "48,96,2,1,3" if args.quick else args.shape
+    overrides = dict(_field_value(item) for item in args.set)
     ev_cfg = kdq.EvalConfig(batch_size=32, tta=False, budget=None, progress=False)
     started = time.perf_counter()
     for name in datasets:
@@ -165,17 +176,22 @@ def main(argv=None):
             init = _student(kind, teacher, train, d, layers, args.quick)
             for seed in seeds:
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
-                    if (name, kind, recipe_name, seed) in done:
-                        continue
                     recipe = RECIPES[recipe_name]
+                    changes = overrides if recipe.teacher else {}
+                    label = recipe_name + (
+                        "[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]" if changes else ""
+                    )
+                    if (name, kind, label, seed) in done:
+                        continue
                     cfg = recipe.config(
-                        output_dir=str(d / f"{kind}-{recipe_name}-s{seed}"),
+                        output_dir=str(d / _folder_name(f"{kind}-{label}-s{seed}")),
                         template=template,
                         seed=seed,
                         overwrite=True,
                         cache_dir=str(d / "teacher-cache"),
                         epochs=args.epochs,
                         **RUN,
+                        **changes,
                     )
                     t0 = time.perf_counter()
                     with PeakMemory("cpu") as peak:
@@ -192,7 +208,7 @@ def main(argv=None):
                     record = {
                         "data": name,
                         "student": kind,
-                        "recipe": recipe_name,
+                        "recipe": label,
                         "seed": seed,
                         "epochs": args.epochs,
                         "wall_s": wall,
@@ -220,7 +236,7 @@ def main(argv=None):
                         record[split], record[split + "_rows"] = ll, [round(float(x), 6) for x in losses]
                     _append(results_file, record)
                     print(
-                        f"{name}/{kind}/{recipe_name}/seed {seed}: eval {record['eval']:.4f} test {record['test']:.4f},"
+                        f"{name}/{kind}/{label}/seed {seed}: eval {record['eval']:.4f} test {record['test']:.4f},"
                         f" {wall:.0f} s",
                         flush=True,
                     )
@@ -230,6 +246,22 @@ def main(argv=None):
     plot(results, out / "curves.png")
     print("\n" + md + f"\n(this invocation: {time.perf_counter() - started:.0f} s)")
     return results
+
+
+def _folder_name(run: str) -> str:
+    """A run's folder: its label without brackets, commas or equals signs."""
+    return run.translate(str.maketrans({"[": "-", "]": "", ",": "-", "=": "-"}))
+
+
+def _field_value(item: str) -> tuple:
+    """``"feature_weight=8"`` → ``("feature_weight", 8.0)`` (JSON values; anything else stays text)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. --set feature_weight=8")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _read(path: Path) -> list:
