@@ -19,7 +19,8 @@
    the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 
 The student recipe is the one ``bench/bench_kd_recipes.py`` measured for a narrower student (BENCHMARKS.md,
-"Distillation across widths": 16% of the gap over 3 seeds; the 50% target is missed).
+"Distillation across widths": 34% of the gap over 3 seeds, about 50% for two of them; the 50% target is
+missed on average).
 ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny`` swaps in tiny random
 models and synthetic rows: a smoke test of the wiring in under a minute.
 """
