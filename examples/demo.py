@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU (35 minutes measured on 2 cores).
+"""kdq's main job on real weights and real human labels, on a CPU (32 minutes measured on 2 cores).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
@@ -135,10 +135,11 @@ def _training(size, epochs: str, seed: int) -> dict:
     )
 
 
-def train_teacher(base, train, ev, size, out: Path, seed: int):
-    """The teacher: the base fine-tuned on hard labels with swap copies (``kdq.recipe("teacher")``)."""
+def train_teacher(base, train, ev, size, out: Path, seed: int, **changes):
+    """The teacher: the base fine-tuned on hard labels with swap copies (``kdq.recipe("teacher")``);
+    ``changes`` override its DistillConfig fields (``bench/bench_cpu_bf16.py``: ``max_steps``, ``precision``)."""
     config = kdq.recipe("teacher").config(
-        output_dir=str(out), **_training(size, "teacher_epochs", seed), overwrite=True
+        output_dir=str(out), **{**_training(size, "teacher_epochs", seed), **changes}, overwrite=True
     )
     return kdq.distill(str(base), train, ev, teacher=None, config=config)
 
