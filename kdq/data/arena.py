@@ -24,13 +24,12 @@ The canonical in-memory form is a ``datasets.Dataset`` with columns
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import datasets
 
 from ..runtime.constants import LMSYS, SCHEMES, LabelScheme, label_scheme, scheme_with_labels
 from ..runtime.template import PARTS, TemplateConfig, encode_row, parse_cell
+from .tables import read_table
 
 TEXT_COLUMNS = PARTS
 REQUIRED = ("id",) + TEXT_COLUMNS
@@ -42,70 +41,21 @@ _TEXT_CSV_COLUMNS = (
 
 
 def _read_table(source, blank=frozenset()) -> datasets.Dataset:
-    """``source`` as a ``datasets.Dataset``; the in-memory sources' columns named in ``blank`` are read as
-    all-null columns (their names stay: they still tell the layout), whatever values they hold."""
-    if isinstance(source, datasets.Dataset):
-        return source
+    """``source`` as a ``datasets.Dataset`` (:func:`kdq.data.tables.read_table`, plus row dicts and dicts of
+    columns); the in-memory sources' columns named in ``blank`` are read as all-null columns (their names
+    stay: they still tell the layout), whatever values they hold."""
     if isinstance(source, dict):  # columns → lists, as kdq.data.probe.make_arena_rows returns
         return datasets.Dataset.from_dict(_blanked(source, blank))
     if isinstance(source, (list, tuple)):  # row dicts, e.g. [{"id": "1", "prompt": ..., ...}, ...]
         return datasets.Dataset.from_dict(_blanked(_columns_of(source), blank))
-    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
-        drop = {c: None for c in source.columns if c in blank}
-        return datasets.Dataset.from_pandas(source.assign(**drop) if drop else source, preserve_index=False)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ValueError(
-                f"arena data file {str(path)!r} does not exist; pass a CSV or parquet path, "
-                "a pandas DataFrame or a datasets.Dataset."
-            )
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            return datasets.Dataset(_read_csv(path))
-        if suffix in (".parquet", ".pq"):
-            return datasets.Dataset.from_parquet(str(path))
-        raise ValueError(f"arena data file {str(path)!r}: unsupported suffix {suffix!r}; use .csv or .parquet.")
-    raise ValueError(
-        f"arena data: cannot read a {type(source).__name__}; pass a CSV or parquet path, "
-        "a pandas DataFrame, a list of row dicts, a dict of columns or a datasets.Dataset."
+    return read_table(
+        source,
+        what="arena data",
+        expects="a CSV or parquet path, a pandas DataFrame, a list of row dicts, a dict of columns or a "
+        "datasets.Dataset",
+        text_columns=_TEXT_CSV_COLUMNS,
+        blank=blank,
     )
-
-
-def _read_csv(path: Path):
-    """A CSV as an Arrow table (no Python object per cell), typed as pandas' ``read_csv(dtype=str for the
-    known text columns, keep_default_na=False)`` would: text columns stay text whatever they look like
-    (ids stay ``"007"``, an empty winner ``""``), and every other column is int64 when all its cells are
-    integers, else float64 when all are numbers, else text (an empty cell is text, never a missing value)."""
-    import csv
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
-    table = pacsv.read_csv(
-        str(path),
-        read_options=pacsv.ReadOptions(block_size=64 << 20),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.string()),
-            null_values=[],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for i, name in enumerate(table.column_names):
-        if name in _TEXT_CSV_COLUMNS:
-            continue
-        for kind in (pa.int64(), pa.float64()):
-            try:
-                table = table.set_column(i, name, pc.cast(table.column(i), kind))
-                break
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-    return table
 
 
 def _blanked(columns: dict, blank) -> dict:

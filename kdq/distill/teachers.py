@@ -34,10 +34,10 @@ import math
 import os
 from pathlib import Path
 
+from ..data.tables import TABLE_SUFFIXES
 from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 SUM_TOLERANCE = 1e-3  # how far from 1 a table row's probabilities may sum
 
 PROBE_TEXTS = (
@@ -636,36 +636,19 @@ def _floats(table, name: str, where: str):
 
 
 def _read_teacher_table(source, name: str):
-    """A teacher table as a ``pyarrow.Table`` with ``id`` as text."""
+    """A teacher table as a ``pyarrow.Table`` with ``id`` as text (:func:`kdq.data.tables.read_table`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(
-                f"teacher table {str(path)!r} does not exist; pass a CSV or parquet of id plus one probability "
-                "column per class."
-            )
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as pacsv
+    from ..data.tables import read_table
 
-            table = pacsv.read_csv(
-                str(path),
-                convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}, strings_can_be_null=False),
-            )
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(str(path))
-    elif isinstance(source, pa.Table):
-        table = source
-    elif hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
-        table = pa.Table.from_pandas(source, preserve_index=False)
-    elif hasattr(source, "with_format"):  # datasets.Dataset
-        table = source.with_format("arrow")[:]
-    else:
-        raise ValueError(f"teacher table: cannot read a {type(source).__name__}")
+    table = read_table(
+        source,
+        what="teacher table",
+        expects="a CSV or parquet of id plus one probability column per class, a pandas DataFrame, a "
+        "pyarrow.Table or a datasets.Dataset",
+        text_columns=("id",),
+    ).with_format("arrow")[:]
     if "id" not in table.column_names:
         raise ValueError(
             f"teacher table {name} has no 'id' column: it needs id plus one probability column per class "
