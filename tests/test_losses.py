@@ -130,3 +130,26 @@ def test_hidden_state_loss_masks_padding_and_matches_hand_values():
     assert hidden_state_loss([s, s], [t, t], mask, kind="mse").item() == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError, match="hidden-state loss"):
         hidden_state_loss([s], [t], mask, kind="l1")
+
+
+def test_centered_cosine_ignores_what_every_row_shares():
+    """``centered-cosine``: a vector added to every row (the shared template feature) changes nothing, a
+    positive rescaling of the centred rows is a perfect match, and plain cosine is fooled by the shared vector."""
+    from kdq.distill.losses import feature_loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(6, 8, generator=g)
+    shared = 50.0 * torch.randn(1, 8, generator=g)  # dominates every row, as the teacher's pooled feature does
+    s = torch.randn(6, 8, generator=g)
+    base = feature_loss(s, t, "centered-cosine")
+    assert torch.allclose(feature_loss(s + 3.0 * shared, t + shared, "centered-cosine"), base, atol=1e-5)
+    assert feature_loss(2.5 * (t - t.mean(0)) - shared, t, "centered-cosine") < 1e-5
+    # closed form: 1 - cos of the centred rows, averaged
+    sc, tc = s - s.mean(0), t - t.mean(0)
+    expected = (1 - (sc * tc).sum(-1) / (sc.norm(dim=-1) * tc.norm(dim=-1))).mean()
+    assert torch.allclose(base, expected, atol=1e-6)
+    # plain cosine calls unrelated rows nearly equal once both share the large vector; centred cosine does not
+    assert feature_loss(s + shared, t + shared, "cosine") < 0.05 < 0.5 < base
+    assert feature_loss(s[:1], t[:1], "centered-cosine") == 0.0  # one row: nothing to tell apart
+    with pytest.raises(ValueError, match="centered-cosine"):
+        feature_loss(s, t, "centred")

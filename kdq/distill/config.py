@@ -123,7 +123,10 @@ class DistillConfig(Config):
         default=0.0,
         metadata={"help": "weight of the pooled-feature loss (cached with teacher_logits=cache, else live)"},
     )
-    feature_loss: str = field(default="cosine", metadata={"help": "pooled-feature loss: cosine (1 - cos) or mse"})
+    feature_loss: str = field(
+        default="cosine",
+        metadata={"help": "pooled-feature loss: cosine (1 - cos), centered-cosine (batch means removed) or mse"},
+    )
     teacher_quantize: str = field(
         default="none",
         metadata={"help": "the live teacher's weights: none (fp16 on CUDA, fp32 on CPU), int8 or nf4 (bitsandbytes)"},
@@ -204,7 +207,11 @@ class DistillConfig(Config):
         self._accept_dicts()
         if not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a TemplateConfig, got {type(self.template).__name__}")
-        from .losses import DIVERGENCES, HIDDEN_LOSSES  # the registry (torch): only when a config is built
+        from .losses import (
+            DIVERGENCES,
+            FEATURE_LOSSES,
+            HIDDEN_LOSSES,
+        )  # the registry (torch): only when a config is built
 
         check_choice(cls, "divergence", self.divergence, DIVERGENCES)
         check_choice(cls, "precision", self.precision, PRECISIONS)
@@ -215,7 +222,7 @@ class DistillConfig(Config):
         check_range(cls, "hidden_weight", self.hidden_weight, 0.0)
         check_choice(cls, "hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         check_range(cls, "feature_weight", self.feature_weight, 0.0)
-        check_choice(cls, "feature_loss", self.feature_loss, HIDDEN_LOSSES)
+        check_choice(cls, "feature_loss", self.feature_loss, FEATURE_LOSSES)
         check_choice(cls, "hidden_projection", self.hidden_projection, HIDDEN_PROJECTIONS)
         check_choice(cls, "teacher_quantize", self.teacher_quantize, TEACHER_QUANTIZE)
         if isinstance(self.hidden_layer_map, (list, tuple)):

@@ -184,21 +184,32 @@ def hidden_state_loss(student_states, teacher_states, mask: torch.Tensor, kind: 
     return torch.stack(per_layer).mean()
 
 
+FEATURE_LOSSES = HIDDEN_LOSSES + ("centered-cosine",)
+
+
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
     """Mean over rows of a distance between pooled features, ``(B, H)`` each (any float dtype).
 
     ``"cosine"``: ``1 − cos`` per row (scale-free); ``"mse"``: mean squared difference over the
     hidden size (matches the scale too, which is what the teacher's ``score`` head reads:
-    SimKD, Chen et al. 2022, trains the student's projected feature with this L2 loss). Scalar fp32.
+    SimKD, Chen et al. 2022, trains the student's projected feature with this L2 loss);
+    ``"centered-cosine"``: ``1 − cos`` after subtracting each side's batch mean, so a vector that every
+    row shares counts for nothing (a pooled feature that is mostly the same template token's state
+    otherwise lets ``1 − cos`` fall to ~0.2 with no row told apart); a batch of one row gives 0. Scalar fp32.
+    Raises ``ValueError`` for another ``kind`` or unequal shapes.
     """
-    if kind not in HIDDEN_LOSSES:
-        raise ValueError(f"unknown feature loss {kind!r}; choose from {HIDDEN_LOSSES}")
+    if kind not in FEATURE_LOSSES:
+        raise ValueError(f"unknown feature loss {kind!r}; choose from {FEATURE_LOSSES}")
     if student.shape != teacher.shape:
         raise ValueError(
             f"student and teacher features must have the same shape, got {tuple(student.shape)} and "
             f"{tuple(teacher.shape)}; project the student's feature into the teacher's width first"
         )
     s, t = student.float(), teacher.float()
-    if kind == "cosine":
+    if kind == "centered-cosine":
+        if s.shape[0] < 2:  # one row has no batch to be told apart from (a last, short batch): no signal
+            return (s * 0.0).sum()
+        s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
+    if kind in ("cosine", "centered-cosine"):
         return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-6)).mean()
     return (s - t).pow(2).mean()
