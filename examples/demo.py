@@ -13,14 +13,13 @@
    9 -> 6 (KV 3 -> 2). Like Danube3-500M under Danube3-4B, it is narrower and shallower.
 4. Then ``kdq.pipeline.run_pipeline``: cache the teacher's logits and pooled final hidden states
    (train + transfer rows, swap TTA) and distil the student with ``kdq.recipes.for_student
-   ("width-pruned")`` (logit KD + the cached features through a learned projection), train the
+   ("width-pruned")`` (logit KD + the cached features, centered cosine, through a learned projection), train the
    same student on hard labels alone, quantize the student (GPTQ-8, bnb-int8; ``--quantize-teacher`` adds the
    teacher), compare every variant on held-out pairs with paired-bootstrap intervals against
    the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
 
 The student recipe is the one ``bench/bench_kd_recipes.py`` measured for a narrower student (BENCHMARKS.md,
-"Distillation across widths": 34% of the gap over 3 seeds, about 50% for two of them; the 50% target is
-missed on average).
+"Distillation across widths": 70-84% of the gap on each of 3 seeds with the centered-cosine feature loss).
 ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny`` swaps in tiny random
 models and synthetic rows: a smoke test of the wiring in under a minute.
 """

@@ -299,7 +299,8 @@ def test_cache_stores_the_pooled_features_the_score_head_reads(tmp_path, teacher
     assert not np.allclose(feats["features_swap"], feats["features"])  # the swapped rows' own states
 
 
-def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, teacher, calib, monkeypatch):
+@pytest.mark.parametrize("loss", ["cosine", "centered-cosine"])
+def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, teacher, calib, monkeypatch, loss):
     student = kdq.shrink(str(teacher), every=2, calibration=calib, hidden_size=48, out_dir=tmp_path / "s")
     rows = make_arena_rows(32, seed=38, max_words=30)
     api = importlib.import_module("kdq.distill.api")  # `import kdq.distill.api` meets the kdq.distill function
@@ -313,6 +314,7 @@ def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, tea
             output_dir=str(tmp_path / "run"),
             template=TEMPLATE,
             feature_weight=1.0,
+            feature_loss=loss,
             teacher_tta=True,
             swap_augment=True,
             epochs=2,
