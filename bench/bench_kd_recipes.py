@@ -322,7 +322,7 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
             "",
             "| student | recipe | seeds | test log loss (mean) | gap closed, test: mean [range] | per seed [95% CI] "
-            "| gap closed, eval: mean | vs hard labels (seed 0) | CE leaves plateau at step | eval log loss half-way "
+            "| gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step | eval log loss half-way "
             "| s/step | peak RSS GB |",
             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
