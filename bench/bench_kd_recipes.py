@@ -322,8 +322,8 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
             "",
             "| student | recipe | seeds | test log loss (mean) | gap closed, test: mean [range] | per seed [95% CI] "
-            "| gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step | eval log loss half-way "
-            "| s/step | peak RSS GB |",
+            "| gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step "
+            "| eval log loss half-way | s/step | peak RSS GB |",
             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         runs = [r for r in results if r.get("data") == data and "recipe" in r]
