@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU (23 minutes measured on 2 Intel Xeon cores, 32 on 2 AMD EPYC cores).
+"""kdq's main job on real weights and real human labels, on a CPU (23-32 minutes on 2 cores: Intel, AMD).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
