@@ -207,11 +207,8 @@ class DistillConfig(Config):
         self._accept_dicts()
         if not isinstance(self.template, TemplateConfig):
             raise ValueError(f"{cls}.template must be a TemplateConfig, got {type(self.template).__name__}")
-        from .losses import (
-            DIVERGENCES,
-            FEATURE_LOSSES,
-            HIDDEN_LOSSES,
-        )  # the registry (torch): only when a config is built
+        # the registry (torch): imported only when a config is built
+        from .losses import DIVERGENCES, FEATURE_LOSSES, HIDDEN_LOSSES
 
         check_choice(cls, "divergence", self.divergence, DIVERGENCES)
         check_choice(cls, "precision", self.precision, PRECISIONS)
