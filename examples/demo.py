@@ -121,8 +121,9 @@ def tiny_inputs(size, cache: Path, seed: int):
     )
 
 
-def _training(size, epochs: str, seed: int) -> dict:
-    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key)."""
+def _training(size, epochs: str, seed: int, precision: str = "auto") -> dict:
+    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key;
+    ``precision``: ``DistillConfig.precision``, "auto" is fp32 on a CPU)."""
     return dict(
         template=kdq.TemplateConfig(max_length=size["max_length"]),
         epochs=size[epochs],
@@ -131,6 +132,7 @@ def _training(size, epochs: str, seed: int) -> dict:
         warmup_ratio=0.1,
         logging_steps=10,
         seed=seed,
+        precision=precision,
     )
 
 
@@ -152,9 +154,9 @@ def shrink_student(teacher, train, out: Path, shape: dict, overwrite: bool = Fal
     )
 
 
-def student_config(size, seed: int) -> kdq.DistillConfig:
+def student_config(size, seed: int, precision: str = "auto") -> kdq.DistillConfig:
     """The student's run: ``STUDENT_RECIPE`` from ``kdq.recipes`` at the demo's size."""
-    return kdq.recipe(STUDENT_RECIPE).config(**_training(size, "student_epochs", seed))
+    return kdq.recipe(STUDENT_RECIPE).config(**_training(size, "student_epochs", seed, precision))
 
 
 def main(argv=None):
@@ -176,6 +178,13 @@ def main(argv=None):
     )
     ap.add_argument("--quantize-teacher", action="store_true", help="also quantize the teacher (slower: GPTQ on CPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "bf16"),
+        default="auto",
+        help="training precision of the teacher and the students: auto (fp32 on a CPU) or bf16 autocast "
+        "(BENCHMARKS.md, 'CPU bf16 autocast')",
+    )
     args = ap.parse_args(argv)
     size = SIZES["full" if args.full else "tiny" if args.tiny else "default"]
     out, cache = Path(args.out), Path(args.cache)
@@ -187,7 +196,7 @@ def main(argv=None):
     with clock("data and base model"):
         base, train, ev, test, transfer, info = (tiny_inputs if args.tiny else real_inputs)(size, cache, args.seed)
     with clock("teacher: fine-tune the base on hard labels"):
-        teacher = train_teacher(base, train, ev, size, out / "teacher", args.seed)
+        teacher = train_teacher(base, train, ev, size, out / "teacher", args.seed, precision=args.precision)
         print(f"teacher best eval log loss {teacher.metrics.get('best_eval_log_loss'):.4f}")
     shape = STUDENT_SHAPE["tiny" if args.tiny else "real"]
     with clock("student: shrink the teacher's depth and width"):
@@ -198,7 +207,7 @@ def main(argv=None):
         quantize_teacher=args.quantize_teacher,
         calibration_samples=size["calib"],
         gptq_group_size=64,  # SmolLM2's hidden size 576 is not a multiple of 128
-        distill=student_config(size, args.seed),
+        distill=student_config(size, args.seed, args.precision),
         eval=kdq.EvalConfig(batch_size=16),
         dataset_owner="your-kaggle-name",
     )
@@ -212,6 +221,7 @@ def main(argv=None):
         json.dumps(
             {
                 "mode": "full" if args.full else "tiny" if args.tiny else "default",
+                "precision": args.precision,
                 "sizes": size,
                 "data": info,
                 "stage_seconds": clock.times,
