@@ -182,8 +182,9 @@ def main(argv=None):
         "--precision",
         choices=("auto", "bf16"),
         default="auto",
-        help="training precision of the teacher and the students: auto (fp32 on a CPU) or bf16 autocast "
-        "(BENCHMARKS.md, 'CPU bf16 autocast')",
+        help="training precision of the teacher and the students: auto (fp32 on a CPU) or bf16 autocast, "
+        "1.41x faster per step on an AMD EPYC and 0.60x on an Intel Xeon, both with AVX512-BF16: run "
+        "bench/bench_cpu_bf16.py first (BENCHMARKS.md, 'CPU bf16 autocast'); the figures move with it",
     )
     args = ap.parse_args(argv)
     size = SIZES["full" if args.full else "tiny" if args.tiny else "default"]
