@@ -28,8 +28,10 @@ Usage::
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
         --set feature_weight=8                             # a setting swept: recorded as cross-width-cached[...]
 
-Runs already in ``<out>/results.jsonl`` are kept (the grid resumes). Writes ``results.jsonl``,
-``recipes.md`` and ``curves.png`` in ``--out``.
+Runs already in ``<out>/results.jsonl`` are kept (the grid resumes); a run is its data set, student, recipe
+(with its ``--set`` changes), seed and ``--epochs``, and gap closed compares it with the hard-label run of the
+same data set, student, seed and epochs. Writes ``results.jsonl``, ``recipes.md`` and ``curves.png`` in
+``--out``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ SIZES = {  # rows and the row template per data set (Rotten Tomatoes snippets ar
 }
 DEFAULT_RECIPES = {"width": "hard-labels,logit-kd,cross-width,cross-width-cached", "layer": "hard-labels,layer-dropped"}
 RUN = dict(batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
+# DistillConfig fields the bench sets for every run: --set cannot change them per recipe
+RUN_FIELDS = {*RUN, "epochs", "output_dir", "template", "seed", "overwrite", "cache_dir"}
 TEACHER_EPOCHS = 1  # the demo teacher's
 
 
@@ -135,17 +139,23 @@ def main(argv=None):
         default=[],
         metavar="FIELD=VALUE",
         help="override a DistillConfig field in every recipe with a teacher (e.g. feature_weight=8); the run is "
-        "recorded as <recipe>[FIELD=VALUE] (hard-labels is never overridden: it is the baseline)",
+        "recorded as <recipe>[FIELD=VALUE] (hard-labels is never overridden: it is the baseline; the run's own "
+        "settings, such as epochs or batch_size, are refused: --epochs sets the length)",
     )
     args = ap.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {(r["data"], r["student"], r["recipe"], r["seed"]) for r in _read(results_file) if "recipe" in r}
+    done = {_run_key(r) for r in _read(results_file) if "recipe" in r}
     datasets = ["quick"] if args.quick else args.data.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     shape = "48,96,2,1,3" if args.quick else args.shape
     overrides = dict(_field_value(item) for item in args.set)
+    if clash := sorted(set(overrides) & RUN_FIELDS):
+        raise SystemExit(
+            f"--set {', '.join(clash)}: the run's own settings, the same for every recipe, cannot be set per "
+            "recipe; --epochs sets the length of every run"
+        )
     ev_cfg = kdq.EvalConfig(batch_size=32, tta=False, budget=None, progress=False)
     started = time.perf_counter()
     for name in datasets:
@@ -181,7 +191,7 @@ def main(argv=None):
                     label = recipe_name + (
                         "[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]" if changes else ""
                     )
-                    if (name, kind, label, seed) in done:
+                    if (name, kind, label, seed, float(args.epochs)) in done:
                         continue
                     cfg = recipe.config(
                         output_dir=str(d / _folder_name(f"{kind}-{label}-s{seed}")),
@@ -210,7 +220,7 @@ def main(argv=None):
                         "student": kind,
                         "recipe": label,
                         "seed": seed,
-                        "epochs": args.epochs,
+                        "epochs": float(args.epochs),
                         "wall_s": wall,
                         "steps": steps,
                         "s_per_step": r.metrics["train_seconds"] / max(steps, 1),
@@ -246,6 +256,12 @@ def main(argv=None):
     plot(results, out / "curves.png")
     print("\n" + md + f"\n(this invocation: {time.perf_counter() - started:.0f} s)")
     return results
+
+
+def _run_key(run: dict) -> tuple:
+    """What makes a run itself: data set, student, recipe label, seed and epochs (a run at 3 epochs is not the
+    run at 2; its baseline is the hard-label run of the same length)."""
+    return run["data"], run["student"], run["recipe"], run["seed"], float(run["epochs"])
 
 
 def _folder_name(run: str) -> str:
@@ -292,17 +308,18 @@ def _half_way(run: dict) -> str:
 
 
 def gaps(results: list, split: str) -> dict:
-    """``{(data, student, recipe, seed): {"gap": Interval, "vs_hard": Interval}}`` on ``split``'s rows."""
+    """``{(data, student, recipe, seed, epochs): {"gap": Interval, "vs_hard": Interval}}`` on ``split``'s rows,
+    each against the hard-label run of the same data set, student, seed and epochs."""
     teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
-    runs = {(r["data"], r["student"], r["recipe"], r["seed"]): r for r in results if "recipe" in r}
+    runs = {_run_key(r): r for r in results if "recipe" in r}
     out = {}
-    for (data, kind, recipe, seed), r in runs.items():
-        hard = runs.get((data, kind, "hard-labels", seed))
+    for (data, kind, recipe, seed, epochs), r in runs.items():
+        hard = runs.get((data, kind, "hard-labels", seed, epochs))
         if hard is None or recipe == "hard-labels" or data not in teacher:
             continue
         losses = {"teacher": teacher[data][split + "_rows"], "hard": hard[split + "_rows"], "x": r[split + "_rows"]}
         iv = paired_intervals(losses, "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)
-        out[(data, kind, recipe, seed)] = {"gap": iv["gap_closed"], "vs_hard": iv["student_vs_baseline"]}
+        out[(data, kind, recipe, seed, epochs)] = {"gap": iv["gap_closed"], "vs_hard": iv["student_vs_baseline"]}
     return out
 
 
@@ -321,15 +338,19 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"Teacher log loss: eval {t['eval']:.4f}, test {t['test']:.4f} (chance ln 3 = {LN3:.4f}); "
             f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
             "",
-            "| student | recipe | seeds | test log loss (mean) | gap closed, test: mean [range] | per seed [95% CI] "
-            "| gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step "
+            "| student | recipe | epochs | seeds | test log loss (mean) | gap closed, test: mean [range] "
+            "| per seed [95% CI] | gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step "
             "| eval log loss half-way | s/step | peak RSS GB |",
-            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         runs = [r for r in results if r.get("data") == data and "recipe" in r]
-        for kind, recipe in dict.fromkeys((r["student"], r["recipe"]) for r in runs):
-            group = sorted((r for r in runs if (r["student"], r["recipe"]) == (kind, recipe)), key=lambda r: r["seed"])
-            keys = [(data, kind, recipe, r["seed"]) for r in group]
+        rows = {}  # one table row per student, recipe and length, over seeds (in the order first run)
+        for r in runs:
+            _, kind, recipe, _, epochs = _run_key(r)
+            rows.setdefault((kind, recipe, epochs), []).append(r)
+        for (kind, recipe, epochs), group in rows.items():
+            group.sort(key=lambda r: r["seed"])
+            keys = [_run_key(r) for r in group]
             g = [test[k]["gap"] for k in keys if k in test]
             ge = [ev[k]["gap"].value for k in keys if k in ev]
             vs = test.get(keys[0], {}).get("vs_hard")
@@ -343,7 +364,8 @@ def markdown(results: list, environment: dict | None = None) -> str:
             per_seed = "; ".join(Interval(**x.to_dict()).fmt(".0%") for x in g) or "–"
             ge_cell = f"{statistics.mean(ge):.0%}" if ge else "–"
             lines.append(
-                f"| {kind} | {recipe} | {len(group)} | {statistics.mean(r['test'] for r in group):.4f} | {gap_cell} "
+                f"| {kind} | {recipe} | {epochs:g} | {len(group)} | {statistics.mean(r['test'] for r in group):.4f} "
+                f"| {gap_cell} "
                 f"| {per_seed} | {ge_cell} | {vs.fmt('+.4f') if vs else '–'} "
                 f"| {', '.join(str(e) if e else 'never' for e in exits)} "
                 f"| {', '.join(_half_way(r) for r in group)} "
@@ -385,7 +407,7 @@ def plot(results: list, path: Path) -> None:
                 [c["step"] for c in r["curve"]],
                 [c["ce"] for c in r["curve"]],
                 lw=1.2,
-                label=f"{r['recipe']} → test {r['test']:.3f}",
+                label=f"{r['recipe']}, {float(r['epochs']):g} ep → test {r['test']:.3f}",
             )
         ax.axhline(LN3, color="k", ls="--", lw=0.8)
         if data in teacher:

@@ -1,0 +1,70 @@
+"""bench/bench_kd_recipes.py's bookkeeping: which hard-label run a distilled run is measured against, and which
+settings ``--set`` refuses. No training: the records are written here, in the bench's results format."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_kd_recipes.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_kd_recipes", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kd_recipes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(recipe: str, epochs: float, rows: np.ndarray, seed: int = 0) -> dict:
+    return {
+        "data": "d",
+        "student": "width",
+        "recipe": recipe,
+        "seed": seed,
+        "epochs": epochs,
+        "eval": float(rows.mean()),
+        "test": float(rows.mean()),
+        "eval_rows": rows.tolist(),
+        "test_rows": rows.tolist(),
+        "steps": 10,
+        "s_per_step": 1.0,
+        "peak_rss_gb": 1.0,
+        "plateau_exit_step": None,
+        "curve": [],
+        "eval_curve": [],
+        "shape": {"kept_layers": [0], "source_layers": 2},
+    }
+
+
+def test_a_run_is_measured_against_the_hard_label_run_of_the_same_length(bench):
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.01, 200)
+    rows = (0.6 + noise).tolist()
+    teacher = {"data": "d", "role": "teacher", "eval": 0.6, "test": 0.6, "eval_rows": rows, "test_rows": rows}
+    results = [
+        teacher,
+        _run("hard-labels", 2.0, 1.1 + noise),
+        _run("cross-width-cached", 2.0, 0.85 + noise),  # gap closed 50% against the 2-epoch baseline
+        _run("hard-labels", 3.0, 1.0 + noise),
+        _run("cross-width-cached", 3.0, 0.8 + noise),  # 50% against the 3-epoch baseline (it would be 60% at 2)
+    ]
+    gaps = bench.gaps(results, "test")
+    assert gaps[("d", "width", "cross-width-cached", 0, 2.0)]["gap"].value == pytest.approx(0.5)
+    assert gaps[("d", "width", "cross-width-cached", 0, 3.0)]["gap"].value == pytest.approx(0.5)
+    table = bench.markdown(results)
+    assert "| width | cross-width-cached | 2 | 1 |" in table and "| width | cross-width-cached | 3 | 1 |" in table
+    # resuming: a 3-epoch run is not the 2-epoch run already recorded
+    assert len({bench._run_key(r) for r in results[1:]}) == 4
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size", "seed"])
+def test_set_refuses_the_runs_own_settings(bench, field, tmp_path):
+    with pytest.raises(SystemExit, match=f"--set {field}: the run's own settings"):
+        bench.main(["--set", f"{field}=3", "--out", str(tmp_path)])
