@@ -77,21 +77,21 @@ RECIPES = {
             "any",
             "cached swap-TTA teacher logits (forward KL, T = 1, alpha = 0.5) on labelled + transfer rows",
             {**_COMMON, "learning_rate": 2e-4},
-            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-bench_kd_recipespy",
+            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "layer-dropped",
             "layer-dropped",
             "logit-kd plus the hidden-state term against the live teacher, layer by layer (identity map)",
             {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
-            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-bench_kd_recipespy",
+            evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "cross-width",
             "width-pruned",
             "logit-kd plus the hidden-state term through learned projections into the teacher's width",
             {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
-            evidence="BENCHMARKS.md#distillation-across-widths-bench_kd_recipespy",
+            evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),
         Recipe(
             "cross-width-cached",
@@ -99,7 +99,7 @@ RECIPES = {
             "logit-kd plus the pooled-feature term (centered cosine, weight 4) from the teacher cache: no live "
             "teacher in memory",
             {**_COMMON, "learning_rate": 2e-4, "feature_weight": 4.0, "feature_loss": "centered-cosine"},
-            evidence="BENCHMARKS.md#distillation-across-widths-bench_kd_recipespy",
+            evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),
     )
 }
