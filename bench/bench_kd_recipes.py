@@ -191,7 +191,7 @@ def main(argv=None):
                     label = recipe_name + (
                         "[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]" if changes else ""
                     )
-                    if (name, kind, label, seed, float(args.epochs)) in done:
+                    if (name, kind, label, seed, args.epochs) in done:
                         continue
                     cfg = recipe.config(
                         output_dir=str(d / _folder_name(f"{kind}-{label}-s{seed}")),
@@ -220,7 +220,7 @@ def main(argv=None):
                         "student": kind,
                         "recipe": label,
                         "seed": seed,
-                        "epochs": float(args.epochs),
+                        "epochs": args.epochs,
                         "wall_s": wall,
                         "steps": steps,
                         "s_per_step": r.metrics["train_seconds"] / max(steps, 1),
@@ -407,7 +407,7 @@ def plot(results: list, path: Path) -> None:
                 [c["step"] for c in r["curve"]],
                 [c["ce"] for c in r["curve"]],
                 lw=1.2,
-                label=f"{r['recipe']}, {float(r['epochs']):g} ep → test {r['test']:.3f}",
+                label=f"{r['recipe']}, {r['epochs']:g} ep → test {r['test']:.3f}",
             )
         ax.axhline(LN3, color="k", ls="--", lw=0.8)
         if data in teacher:

@@ -121,9 +121,8 @@ def tiny_inputs(size, cache: Path, seed: int):
     )
 
 
-def _training(size, epochs: str, seed: int, precision: str = "auto") -> dict:
-    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key;
-    ``precision``: ``DistillConfig.precision``, "auto" is fp32 on a CPU)."""
+def _training(size, epochs: str, seed: int) -> dict:
+    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key)."""
     return dict(
         template=kdq.TemplateConfig(max_length=size["max_length"]),
         epochs=size[epochs],
@@ -132,7 +131,6 @@ def _training(size, epochs: str, seed: int, precision: str = "auto") -> dict:
         warmup_ratio=0.1,
         logging_steps=10,
         seed=seed,
-        precision=precision,
     )
 
 
@@ -154,9 +152,10 @@ def shrink_student(teacher, train, out: Path, shape: dict, overwrite: bool = Fal
     )
 
 
-def student_config(size, seed: int, precision: str = "auto") -> kdq.DistillConfig:
-    """The student's run: ``STUDENT_RECIPE`` from ``kdq.recipes`` at the demo's size."""
-    return kdq.recipe(STUDENT_RECIPE).config(**_training(size, "student_epochs", seed, precision))
+def student_config(size, seed: int, **changes) -> kdq.DistillConfig:
+    """The student's run: ``STUDENT_RECIPE`` from ``kdq.recipes`` at the demo's size; ``changes`` override its
+    DistillConfig fields (``--precision``)."""
+    return kdq.recipe(STUDENT_RECIPE).config(**{**_training(size, "student_epochs", seed), **changes})
 
 
 def main(argv=None):
@@ -208,7 +207,7 @@ def main(argv=None):
         quantize_teacher=args.quantize_teacher,
         calibration_samples=size["calib"],
         gptq_group_size=64,  # SmolLM2's hidden size 576 is not a multiple of 128
-        distill=student_config(size, args.seed, args.precision),
+        distill=student_config(size, args.seed, precision=args.precision),
         eval=kdq.EvalConfig(batch_size=16),
         dataset_owner="your-kaggle-name",
     )
