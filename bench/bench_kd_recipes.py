@@ -142,6 +142,14 @@ def main(argv=None):
         "recorded as <recipe>[FIELD=VALUE] (hard-labels is never overridden: it is the baseline; the run's own "
         "settings, such as epochs or batch_size, are refused: --epochs sets the length)",
     )
+    ap.add_argument(
+        "--transfer",
+        type=int,
+        default=None,
+        metavar="N",
+        help="transfer pairs per data set (default: 800, the grid's); a recipe with a transfer set run at another "
+        "count is recorded as <recipe>[transfer=N] (the first N pairs: the grid's 800 are a prefix of them)",
+    )
     args = ap.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ def main(argv=None):
     ev_cfg = kdq.EvalConfig(batch_size=32, tta=False, budget=None, progress=False)
     started = time.perf_counter()
     for name in datasets:
-        size = SIZES[name]
+        size = {**SIZES[name], **({"n_transfer": args.transfer} if args.transfer is not None else {})}
         base, train, ev, test, transfer, info = _inputs(name, size, cache, 0, args.quick)
         d = out / name
         template = kdq.TemplateConfig(max_length=size["max_length"])
@@ -188,9 +196,8 @@ def main(argv=None):
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
                     recipe = RECIPES[recipe_name]
                     changes = overrides if recipe.teacher else {}
-                    label = recipe_name + (
-                        "[" + ",".join(f"{k}={v}" for k, v in changes.items()) + "]" if changes else ""
-                    )
+                    n_transfer = len(transfer["id"]) if recipe.teacher and recipe.transfer else 0
+                    label = run_label(recipe_name, changes, n_transfer, SIZES[name]["n_transfer"])
                     if (name, kind, label, seed, args.epochs) in done:
                         continue
                     cfg = recipe.config(
@@ -221,6 +228,7 @@ def main(argv=None):
                         "recipe": label,
                         "seed": seed,
                         "epochs": args.epochs,
+                        "transfer_rows": n_transfer,
                         "wall_s": wall,
                         "steps": steps,
                         "s_per_step": r.metrics["train_seconds"] / max(steps, 1),
@@ -256,6 +264,13 @@ def main(argv=None):
     plot(results, out / "curves.png")
     print("\n" + md + f"\n(this invocation: {time.perf_counter() - started:.0f} s)")
     return results
+
+
+def run_label(recipe: str, changes: dict, n_transfer: int, default_transfer: int) -> str:
+    """A run's recipe label: the recipe's name, then in brackets the ``--set`` changes and a transfer-set size
+    other than the grid's (``cross-width-cached[feature_weight=8,transfer=2400]``)."""
+    tags = {**changes, **({"transfer": n_transfer} if n_transfer and n_transfer != default_transfer else {})}
+    return recipe + ("[" + ",".join(f"{k}={v}" for k, v in tags.items()) + "]" if tags else "")
 
 
 def _run_key(run: dict) -> tuple:

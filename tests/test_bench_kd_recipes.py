@@ -68,3 +68,10 @@ def test_a_run_is_measured_against_the_hard_label_run_of_the_same_length(bench):
 def test_set_refuses_the_runs_own_settings(bench, field, tmp_path):
     with pytest.raises(SystemExit, match=f"--set {field}: the run's own settings"):
         bench.main(["--set", f"{field}=3", "--out", str(tmp_path)])
+
+
+def test_a_transfer_set_of_another_size_is_a_run_of_its_own(bench):
+    assert bench.run_label("cross-width-cached", {}, 800, 800) == "cross-width-cached"
+    assert bench.run_label("cross-width-cached", {}, 2400, 800) == "cross-width-cached[transfer=2400]"
+    assert bench.run_label("logit-kd", {"feature_weight": 8}, 2400, 800) == "logit-kd[feature_weight=8,transfer=2400]"
+    assert bench.run_label("hard-labels", {}, 0, 800) == "hard-labels"  # no transfer set: the baseline stays one run
