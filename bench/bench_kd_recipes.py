@@ -27,11 +27,13 @@ Usage::
     python bench/bench_kd_recipes.py --quick               # tiny random models, synthetic rows: a smoke run
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
         --set feature_weight=8                             # a setting swept: recorded as cross-width-cached[...]
+    python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
+        --transfer 2400                                    # 3x the transfer pairs: cross-width-cached[transfer=2400]
 
 Runs already in ``<out>/results.jsonl`` are kept (the grid resumes); a run is its data set, student, recipe
-(with its ``--set`` changes), seed and ``--epochs``, and gap closed compares it with the hard-label run of the
-same data set, student, seed and epochs. Writes ``results.jsonl``, ``recipes.md`` and ``curves.png`` in
-``--out``.
+(with its ``--set`` changes and a ``--transfer`` size other than 800), seed and ``--epochs``, and gap closed
+compares it with the hard-label run of the same data set, student, seed and epochs. Writes ``results.jsonl``,
+``recipes.md`` and ``curves.png`` in ``--out``.
 """
 
 from __future__ import annotations

@@ -88,18 +88,20 @@ def test_demo_tiny_mode_runs_every_stage(tmp_path):
             "--quantize-teacher",
             "--precision",
             "bf16",
+            "--transfer",
+            "64",
         ]
     )
     assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
     for variant in ("teacher", "student-kd", "student-hard"):  # --precision reaches every training run
         record = json.loads((Path(result.variants[variant]) / "kdq-distill.json").read_text())
         assert record["config"]["precision"] == "bf16", variant
-    assert result.distill_metrics["student-kd"]["n_transfer"] == 96  # the demo's recipe: a transfer set ...
+    assert result.distill_metrics["student-kd"]["n_transfer"] == 64  # the demo's recipe: a transfer set ...
     assert any("feature" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and pooled features
     text = result.summary()
     assert "| student-kd" in text and "export:" in text
     demo_record = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert (demo_record["mode"], demo_record["precision"]) == ("tiny", "bf16")
+    assert (demo_record["mode"], demo_record["precision"], demo_record["sizes"]["transfer"]) == ("tiny", "bf16", 64)
     summary = json.loads((tmp_path / "demo" / "pipeline" / "summary.json").read_text())
     assert summary["exports"] and summary["export_failures"] == {}, summary["export_failures"]
 
