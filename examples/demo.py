@@ -193,7 +193,7 @@ def main(argv=None):
         default=None,
         metavar="N",
         help="unlabelled transfer pairs (default 800; --full 8000): 2400 closed 84%% of the gap on average over 3 "
-        "bench seeds against 75%% with 800, at about 9 more minutes (BENCHMARKS.md, 'More transfer rows')",
+        "bench seeds against 75%% with 800, for about 9 more minutes, estimated (BENCHMARKS.md, 'More transfer rows')",
     )
     args = ap.parse_args(argv)
     size = SIZES["full" if args.full else "tiny" if args.tiny else "default"]
