@@ -198,7 +198,8 @@ def main(argv=None):
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
                     recipe = RECIPES[recipe_name]
                     changes = overrides if recipe.teacher else {}
-                    n_transfer = len(transfer["id"]) if recipe.teacher and recipe.transfer else 0
+                    run_transfer = transfer if recipe.teacher and recipe.transfer else None
+                    n_transfer = len(run_transfer["id"]) if run_transfer else 0
                     label = run_label(recipe_name, changes, n_transfer, SIZES[name]["n_transfer"])
                     if (name, kind, label, seed, args.epochs) in done:
                         continue
@@ -219,7 +220,7 @@ def main(argv=None):
                             train,
                             ev,
                             teacher=str(teacher) if recipe.teacher else None,
-                            transfer_data=transfer if recipe.teacher and recipe.transfer else None,
+                            transfer_data=run_transfer,
                             config=cfg,
                         )
                     wall = time.perf_counter() - t0

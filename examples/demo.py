@@ -192,8 +192,8 @@ def main(argv=None):
         type=int,
         default=None,
         metavar="N",
-        help="unlabelled transfer pairs (default 800; --full 8000): 2400 closed 84%% of the gap on average over 3 "
-        "bench seeds against 75%% with 800, for about 9 more minutes, estimated (BENCHMARKS.md, 'More transfer rows')",
+        help="unlabelled transfer pairs (default 800; --full 8000); what 2400 buys, and costs, is above and in "
+        "BENCHMARKS.md, 'More transfer rows'",
     )
     args = ap.parse_args(argv)
     size = SIZES["full" if args.full else "tiny" if args.tiny else "default"]
