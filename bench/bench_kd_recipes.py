@@ -18,7 +18,9 @@ eval and test, gap closed and the distilled-vs-hard difference with 95% paired-b
 (against the hard-label student of the same kind and seed; 2000 resamples, seed 0), when the training
 CE leaves the ln 3 plateau (a moving average of the labelled rows' training CE, and the eval log loss at
 the half-way evaluation), seconds per optimizer step and the process's peak RSS during training; and
-over seeds, the mean and range of gap closed.
+over seeds, the mean and range of gap closed, and the seed mean (each row's log loss averaged over the seeds,
+then the same paired bootstrap: :func:`seed_means`), also for each variant ``recipe[...]`` against the grid's
+recipe over the seeds both ran.
 
 Usage::
 
@@ -46,6 +48,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 import kdq
 from kdq.evaluate.evaluate import PeakMemory
@@ -341,9 +345,57 @@ def gaps(results: list, split: str) -> dict:
     return out
 
 
+def base_recipe(recipe: str) -> str:
+    """The grid's recipe a variant changes: ``"cross-width-cached[transfer=2400]"`` → ``"cross-width-cached"``."""
+    return recipe.split("[", 1)[0]
+
+
+def seed_means(results: list, split: str) -> dict:
+    """Figures over seeds, on ``split``'s rows: each row's log loss averaged over the seeds of an arm, then the
+    same paired bootstrap over rows (2000 resamples, seed 0). The interval holds the rows' noise, not the seeds'.
+
+    Returns ``{(data, student, recipe, epochs): {"seeds": [...], "gap": Interval, "vs_base": Interval | None,
+    "base_seeds": [...]}}``: ``gap`` is gap closed against the hard-label runs of the same seeds and length;
+    ``vs_base`` (variants ``recipe[...]`` only) is the variant's log loss minus the grid's recipe's
+    (:func:`base_recipe`), over the seeds both have. Groups with no hard-label run of a matching seed are left out.
+    """
+    teacher = {r["data"]: r[split + "_rows"] for r in results if r.get("role") == "teacher"}
+    runs = {_run_key(r): r for r in results if "recipe" in r}
+    groups: dict = {}
+    for data, kind, recipe, seed, epochs in runs:
+        groups.setdefault((data, kind, recipe, epochs), []).append(seed)
+
+    def mean_rows(data, kind, recipe, epochs, seeds):
+        return np.mean([runs[(data, kind, recipe, s, epochs)][split + "_rows"] for s in seeds], axis=0)
+
+    out = {}
+    for (data, kind, recipe, epochs), seeds in groups.items():
+        seeds = sorted(s for s in seeds if (data, kind, "hard-labels", s, epochs) in runs)
+        if recipe == "hard-labels" or data not in teacher or not seeds:
+            continue
+        losses = {
+            "teacher": teacher[data],
+            "hard": mean_rows(data, kind, "hard-labels", epochs, seeds),
+            "x": mean_rows(data, kind, recipe, epochs, seeds),
+        }
+        entry = {"seeds": seeds, "vs_base": None, "base_seeds": []}
+        entry["gap"] = paired_intervals(losses, "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)[
+            "gap_closed"
+        ]
+        base = base_recipe(recipe)
+        both = sorted(set(seeds) & set(groups.get((data, kind, base, epochs), [])))
+        if base != recipe and both:
+            pair = {"base": mean_rows(data, kind, base, epochs, both), "x": mean_rows(data, kind, recipe, epochs, both)}
+            entry["vs_base"] = paired_intervals(pair, "base", n_resamples=2000, seed=0)["delta"]["x"]
+            entry["base_seeds"] = both
+        out[(data, kind, recipe, epochs)] = entry
+    return out
+
+
 def markdown(results: list, environment: dict | None = None) -> str:
     """One table per data set: every (student, recipe) with its seeds' figures, then the environment."""
     test, ev = gaps(results, "test"), gaps(results, "eval")
+    pooled, pooled_ev = seed_means(results, "test"), seed_means(results, "eval")
     teacher = {r["data"]: r for r in results if r.get("role") == "teacher"}
     lines = []
     for data in dict.fromkeys(r["data"] for r in results):
@@ -357,9 +409,10 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
             "",
             "| student | recipe | epochs | seeds | test log loss (mean) | gap closed, test: mean [range] "
-            "| per seed [95% CI] | gap closed, eval: mean | vs hard labels (first seed) | CE leaves plateau at step "
-            "| eval log loss half-way | s/step | peak RSS GB |",
-            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| per seed [95% CI] | gap closed, test: seed mean [95% CI] | gap closed, eval: mean "
+            "| vs hard labels (first seed) | CE leaves plateau at step | eval log loss half-way | s/step "
+            "| peak RSS GB |",
+            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         runs = [r for r in results if r.get("data") == data and "recipe" in r]
         rows = {}  # one table row per student, recipe and length, over seeds (in the order first run)
@@ -380,16 +433,36 @@ def markdown(results: list, environment: dict | None = None) -> str:
                 else "–"
             )
             per_seed = "; ".join(Interval(**x.to_dict()).fmt(".0%") for x in g) or "–"
+            mean_gap = pooled.get((data, kind, recipe, epochs))
+            mean_cell = f"{mean_gap['gap'].fmt('.0%')} ({len(mean_gap['seeds'])})" if mean_gap else "–"
             ge_cell = f"{statistics.mean(ge):.0%}" if ge else "–"
             lines.append(
                 f"| {kind} | {recipe} | {epochs:g} | {len(group)} | {statistics.mean(r['test'] for r in group):.4f} "
                 f"| {gap_cell} "
-                f"| {per_seed} | {ge_cell} | {vs.fmt('+.4f') if vs else '–'} "
+                f"| {per_seed} | {mean_cell} | {ge_cell} | {vs.fmt('+.4f') if vs else '–'} "
                 f"| {', '.join(str(e) if e else 'never' for e in exits)} "
                 f"| {', '.join(_half_way(r) for r in group)} "
                 f"| {statistics.mean(r['s_per_step'] for r in group):.2f} "
                 f"| {max(r['peak_rss_gb'] for r in group):.1f} |"
             )
+        variants = [(k, v) for k, v in pooled.items() if k[0] == data and v["vs_base"] is not None]
+        if variants:
+            lines += [
+                "",
+                "Each variant against the grid's recipe, over the seeds both ran (seed mean: each row's log loss "
+                "averaged over those seeds, then the paired bootstrap; negative = the variant is better):",
+                "",
+                "| student | recipe | against | epochs | seeds | Δ log loss, eval [95% CI] "
+                "| Δ log loss, test [95% CI] |",
+                "|---|---|---|---:|---|---:|---:|",
+            ]
+            for (_, kind, recipe, epochs), v in variants:
+                e = pooled_ev.get((data, kind, recipe, epochs), {}).get("vs_base")
+                lines.append(
+                    f"| {kind} | {recipe} | {base_recipe(recipe)} | {epochs:g} "
+                    f"| {', '.join(map(str, v['base_seeds']))} | {e.fmt('+.4f') if e else '–'} "
+                    f"| {v['vs_base'].fmt('+.4f')} |"
+                )
         shapes = {r["student"]: r["shape"] for r in runs}
         for kind, s in shapes.items():
             w = s.get("width", {})

@@ -75,3 +75,29 @@ def test_a_transfer_set_of_another_size_is_a_run_of_its_own(bench):
     assert bench.run_label("cross-width-cached", {}, 2400, 800) == "cross-width-cached[transfer=2400]"
     assert bench.run_label("logit-kd", {"feature_weight": 8}, 2400, 800) == "logit-kd[feature_weight=8,transfer=2400]"
     assert bench.run_label("hard-labels", {}, 0, 800) == "hard-labels"  # no transfer set: the baseline stays one run
+
+
+def test_seed_means_pool_rows_over_seeds_and_pair_a_variant_with_the_grid_recipe(bench):
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.01, 300)
+    rows = (0.6 + noise).tolist()
+    teacher = {"data": "d", "role": "teacher", "eval": 0.6, "test": 0.6, "eval_rows": rows, "test_rows": rows}
+    results = [teacher]
+    for seed, (grid, variant) in enumerate([(0.8, 0.7), (0.9, 0.7)]):
+        results += [
+            _run("hard-labels", 2.0, 1.1 + noise, seed=seed),
+            _run("cross-width-cached", 2.0, grid + noise, seed=seed),
+            _run("cross-width-cached[transfer=2400]", 2.0, variant + noise, seed=seed),
+        ]
+    results.append(_run("cross-width-cached", 2.0, 0.6 + noise, seed=5))  # no hard-label run for seed 5: left out
+    pooled = bench.seed_means(results, "test")
+    grid = pooled[("d", "width", "cross-width-cached", 2.0)]
+    assert grid["seeds"] == [0, 1]
+    assert grid["gap"].value == pytest.approx(0.5)  # rows averaged over seeds: 0.85 against 1.1, teacher 0.6
+    assert grid["vs_base"] is None  # the grid's recipe is no variant
+    variant = pooled[("d", "width", "cross-width-cached[transfer=2400]", 2.0)]
+    assert variant["gap"].value == pytest.approx(0.8)
+    assert variant["vs_base"].value == pytest.approx(-0.15)  # 0.7 against the grid's seed mean 0.85
+    assert variant["vs_base"].high < 0
+    table = bench.markdown(results)
+    assert "| width | cross-width-cached[transfer=2400] | cross-width-cached | 2 | 0, 1 |" in table
