@@ -1,4 +1,4 @@
-"""kdq's main job on real weights and real human labels, on a CPU (23-32 minutes on 2 cores: Intel, AMD).
+"""kdq's main job on real weights and real human labels, on a CPU (37 minutes on 2 cores, Intel Xeon).
 
     make demo              # or: .venv/bin/python examples/demo.py [--full]
 
@@ -22,7 +22,7 @@ The student recipe is the one ``bench/bench_kd_recipes.py`` measured best for a 
 "Distillation across widths"): the centered-cosine feature loss with 2,400 transfer pairs, 84% of the gap on
 average over 3 seeds against 75% with 800 (seed-mean test log loss −0.014 [−0.025, −0.004]), for twice the
 student's steps and a longer teacher pass. ``--transfer 800`` runs the shorter grid setting instead (the demo's
-default until commit b73256d). ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny``
+default before commit 7b4da3b). ``--full`` trains on 5x more pairs for 3 epochs (not yet measured). ``--tiny``
 swaps in tiny random models and synthetic rows: a smoke test of the wiring in under a minute.
 """
 
