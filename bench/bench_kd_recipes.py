@@ -71,6 +71,7 @@ RUN = dict(batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's siz
 # DistillConfig fields the bench sets for every run: --set cannot change them per recipe
 RUN_FIELDS = {*RUN, "epochs", "output_dir", "template", "seed", "overwrite", "cache_dir"}
 TEACHER_EPOCHS = 1  # the demo teacher's
+BOOTSTRAP = dict(n_resamples=2000, seed=0)  # every interval of the bench's tables
 
 
 def plateau_exit(history, window: int = 3):
@@ -339,10 +340,16 @@ def gaps(results: list, split: str) -> dict:
         hard = runs.get((data, kind, "hard-labels", seed, epochs))
         if hard is None or recipe == "hard-labels" or data not in teacher:
             continue
-        losses = {"teacher": teacher[data][split + "_rows"], "hard": hard[split + "_rows"], "x": r[split + "_rows"]}
-        iv = paired_intervals(losses, "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)
+        iv = _against_hard(teacher[data][split + "_rows"], hard[split + "_rows"], r[split + "_rows"])
         out[(data, kind, recipe, seed, epochs)] = {"gap": iv["gap_closed"], "vs_hard": iv["student_vs_baseline"]}
     return out
+
+
+def _against_hard(teacher_rows, hard_rows, rows) -> dict:
+    """:func:`paired_intervals` of a run's per-row log losses against the hard-label run's, the teacher's as the
+    reference: its ``gap_closed`` and ``student_vs_baseline``."""
+    losses = {"teacher": teacher_rows, "hard": hard_rows, "x": rows}
+    return paired_intervals(losses, "teacher", baseline="hard", student="x", **BOOTSTRAP)
 
 
 def base_recipe(recipe: str) -> str:
@@ -373,20 +380,14 @@ def seed_means(results: list, split: str) -> dict:
         seeds = sorted(s for s in seeds if (data, kind, "hard-labels", s, epochs) in runs)
         if recipe == "hard-labels" or data not in teacher or not seeds:
             continue
-        losses = {
-            "teacher": teacher[data],
-            "hard": mean_rows(data, kind, "hard-labels", epochs, seeds),
-            "x": mean_rows(data, kind, recipe, epochs, seeds),
-        }
+        hard, rows = mean_rows(data, kind, "hard-labels", epochs, seeds), mean_rows(data, kind, recipe, epochs, seeds)
         entry = {"seeds": seeds, "vs_base": None, "base_seeds": []}
-        entry["gap"] = paired_intervals(losses, "teacher", baseline="hard", student="x", n_resamples=2000, seed=0)[
-            "gap_closed"
-        ]
+        entry["gap"] = _against_hard(teacher[data], hard, rows)["gap_closed"]
         base = base_recipe(recipe)
         both = sorted(set(seeds) & set(groups.get((data, kind, base, epochs), [])))
         if base != recipe and both:
             pair = {"base": mean_rows(data, kind, base, epochs, both), "x": mean_rows(data, kind, recipe, epochs, both)}
-            entry["vs_base"] = paired_intervals(pair, "base", n_resamples=2000, seed=0)["delta"]["x"]
+            entry["vs_base"] = paired_intervals(pair, "base", **BOOTSTRAP)["delta"]["x"]
             entry["base_seeds"] = both
         out[(data, kind, recipe, epochs)] = entry
     return out
@@ -406,7 +407,8 @@ def markdown(results: list, environment: dict | None = None) -> str:
             f"### {data}",
             "",
             f"Teacher log loss: eval {t['eval']:.4f}, test {t['test']:.4f} (chance ln 3 = {LN3:.4f}); "
-            f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals (2000 resamples, seed 0).",
+            f"{len(t['test_rows'])} test rows; 95% paired-bootstrap intervals ({BOOTSTRAP['n_resamples']} resamples, "
+            f"seed {BOOTSTRAP['seed']}).",
             "",
             "| student | recipe | epochs | seeds | test log loss (mean) | gap closed, test: mean [range] "
             "| per seed [95% CI] | gap closed, test: seed mean [95% CI] | gap closed, eval: mean "
