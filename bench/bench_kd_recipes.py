@@ -34,7 +34,8 @@ Usage::
 
 Runs already in ``<out>/results.jsonl`` are kept (the grid resumes); a run is its data set, student, recipe
 (with its ``--set`` changes and a ``--transfer`` size other than 800), seed and ``--epochs``, and gap closed
-compares it with the hard-label run of the same data set, student, seed and epochs. Writes ``results.jsonl``,
+compares it with the hard-label run of the same data set, student, seed and epochs, trained with the same
+``--set`` changes outside the teacher's own fields (:func:`baseline_label`). Writes ``results.jsonl``,
 ``recipes.md`` and ``curves.png`` in ``--out``.
 """
 
@@ -44,6 +45,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -52,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 import kdq
+from kdq.distill.config import TEACHER_FIELDS
 from kdq.evaluate.evaluate import PeakMemory
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
@@ -145,9 +148,11 @@ def main(argv=None):
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a DistillConfig field in every recipe with a teacher (e.g. feature_weight=8); the run is "
-        "recorded as <recipe>[FIELD=VALUE] (hard-labels is never overridden: it is the baseline; the run's own "
-        "settings, such as epochs or batch_size, are refused: --epochs sets the length)",
+        help="override a DistillConfig field in every recipe (e.g. feature_weight=8); the run is recorded as "
+        "<recipe>[FIELD=VALUE]. hard-labels takes the fields that are not the teacher's own (learning_rate=5e-4 "
+        "gives hard-labels[learning_rate=0.0005], the baseline such runs are measured against; feature_weight "
+        "leaves it alone). The run's own settings, such as epochs or batch_size, are refused: --epochs sets the "
+        "length",
     )
     ap.add_argument(
         "--transfer",
@@ -202,7 +207,7 @@ def main(argv=None):
             for seed in seeds:
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
                     recipe = RECIPES[recipe_name]
-                    changes = overrides if recipe.teacher else {}
+                    changes = overrides if recipe.teacher else baseline_changes(overrides)
                     run_transfer = transfer if recipe.teacher and recipe.transfer else None
                     n_transfer = len(run_transfer["id"]) if run_transfer else 0
                     label = run_label(recipe_name, changes, n_transfer, SIZES[name]["n_transfer"])
@@ -281,6 +286,25 @@ def run_label(recipe: str, changes: dict, n_transfer: int, default_transfer: int
     return recipe + ("[" + ",".join(f"{k}={v}" for k, v in tags.items()) + "]" if tags else "")
 
 
+def baseline_changes(changes: dict) -> dict:
+    """The ``--set`` changes the hard-label baseline shares with the distillation runs: all but the teacher's own
+    fields (:data:`kdq.distill.config.TEACHER_FIELDS`). A run at ``learning_rate=5e-4`` is measured against
+    hard labels at ``5e-4``, not at the recipe's own rate; ``feature_weight=8`` leaves the baseline as it is."""
+    return {k: v for k, v in changes.items() if k not in TEACHER_FIELDS}
+
+
+def baseline_label(recipe: str) -> str:
+    """The label of the hard-label run that ``recipe``'s label is measured against (transfer sets and the
+    teacher's fields do not touch the baseline)::
+
+        "cross-width-cached[feature_weight=8,learning_rate=0.0005,transfer=2400]" → "hard-labels[learning_rate=0.0005]"
+    """
+    base, _, tags = recipe.partition("[")
+    pairs = [t.split("=", 1) for t in re.split(r",(?=\w+=)", tags[:-1])] if tags else []
+    kept = {k: v for k, v in pairs if k != "transfer" and k not in TEACHER_FIELDS}
+    return run_label("hard-labels", kept, 0, 0)
+
+
 def _run_key(run: dict) -> tuple:
     """What makes a run itself: data set, student, recipe label, seed and epochs (a run at 3 epochs is not the
     run at 2; its baseline is the hard-label run of the same length)."""
@@ -337,8 +361,8 @@ def gaps(results: list, split: str) -> dict:
     runs = {_run_key(r): r for r in results if "recipe" in r}
     out = {}
     for (data, kind, recipe, seed, epochs), r in runs.items():
-        hard = runs.get((data, kind, "hard-labels", seed, epochs))
-        if hard is None or recipe == "hard-labels" or data not in teacher:
+        hard = runs.get((data, kind, baseline_label(recipe), seed, epochs))
+        if hard is None or base_recipe(recipe) == "hard-labels" or data not in teacher:
             continue
         iv = _against_hard(teacher[data][split + "_rows"], hard[split + "_rows"], r[split + "_rows"])
         out[(data, kind, recipe, seed, epochs)] = {"gap": iv["gap_closed"], "vs_hard": iv["student_vs_baseline"]}
@@ -377,10 +401,11 @@ def seed_means(results: list, split: str) -> dict:
 
     out = {}
     for (data, kind, recipe, epochs), seeds in groups.items():
-        seeds = sorted(s for s in seeds if (data, kind, "hard-labels", s, epochs) in runs)
-        if recipe == "hard-labels" or data not in teacher or not seeds:
+        hard_label = baseline_label(recipe)
+        seeds = sorted(s for s in seeds if (data, kind, hard_label, s, epochs) in runs)
+        if base_recipe(recipe) == "hard-labels" or data not in teacher or not seeds:
             continue
-        hard, rows = mean_rows(data, kind, "hard-labels", epochs, seeds), mean_rows(data, kind, recipe, epochs, seeds)
+        hard, rows = mean_rows(data, kind, hard_label, epochs, seeds), mean_rows(data, kind, recipe, epochs, seeds)
         entry = {"seeds": seeds, "vs_base": None, "base_seeds": []}
         entry["gap"] = _against_hard(teacher[data], hard, rows)["gap_closed"]
         base = base_recipe(recipe)

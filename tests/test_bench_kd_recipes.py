@@ -101,3 +101,35 @@ def test_seed_means_pool_rows_over_seeds_and_pair_a_variant_with_the_grid_recipe
     assert variant["vs_base"].high < 0
     table = bench.markdown(results)
     assert "| width | cross-width-cached[transfer=2400] | cross-width-cached | 2 | 0, 1 |" in table
+
+
+def test_set_trains_the_hard_label_baseline_like_the_runs_it_measures(bench):
+    # an optimisation setting is shared with the baseline; the teacher's own fields and the transfer size are not
+    assert bench.baseline_changes({"learning_rate": 5e-4, "feature_weight": 8.0}) == {"learning_rate": 5e-4}
+    label = bench.run_label("cross-width-cached", {"feature_weight": 8.0, "learning_rate": 5e-4}, 2400, 800)
+    assert bench.baseline_label(label) == "hard-labels[learning_rate=0.0005]"
+    assert bench.baseline_label("cross-width-cached[transfer=2400]") == "hard-labels"
+    assert bench.baseline_label("cross-width[hidden_layer_map=[0, 5, 10],alpha=0.3]") == "hard-labels"
+    assert bench.baseline_label("hard-labels[learning_rate=0.0005]") == "hard-labels[learning_rate=0.0005]"
+
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0, 0.01, 200)
+    rows = (0.6 + noise).tolist()
+    teacher = {"data": "d", "role": "teacher", "eval": 0.6, "test": 0.6, "eval_rows": rows, "test_rows": rows}
+    fast = "cross-width-cached[learning_rate=0.0005]"
+    results = [
+        teacher,
+        _run("hard-labels", 2.0, 1.1 + noise),
+        _run("hard-labels[learning_rate=0.0005]", 2.0, 1.0 + noise),  # a faster rate helps hard labels too
+        _run(fast, 2.0, 0.8 + noise),  # 50% against the baseline at its rate (it would be 60% at the default)
+        _run("cross-width-cached[transfer=2400]", 2.0, 0.85 + noise),  # 50% against the default baseline
+    ]
+    for split in ("test", "eval"):
+        assert bench.gaps(results, split)[("d", "width", fast, 0, 2.0)]["gap"].value == pytest.approx(0.5)
+    pooled = bench.seed_means(results, "test")
+    assert pooled[("d", "width", fast, 2.0)]["gap"].value == pytest.approx(0.5)
+    assert pooled[("d", "width", "cross-width-cached[transfer=2400]", 2.0)]["gap"].value == pytest.approx(0.5)
+    assert ("d", "width", "hard-labels[learning_rate=0.0005]", 2.0) not in pooled  # a baseline, not a variant
+    # without its baseline, a run at another rate has no gap closed rather than one against the wrong baseline
+    without = [r for r in results if r.get("recipe") != "hard-labels[learning_rate=0.0005]"]
+    assert ("d", "width", fast, 0, 2.0) not in bench.gaps(without, "test")

@@ -178,3 +178,17 @@ def test_every_config_field_carries_a_one_line_help():
         if not str(f.metadata.get("help", "")).strip() or "\n" in f.metadata["help"]
     ]
     assert not missing, f"fields without a one-line metadata help: {missing}"
+
+
+def test_teacher_fields_are_the_distillconfig_fields_of_the_loss_and_the_teacher_pass():
+    import dataclasses
+
+    from kdq.distill.config import TEACHER_FIELDS, DistillConfig
+
+    names = [f.name for f in dataclasses.fields(DistillConfig)]
+    assert TEACHER_FIELDS <= set(names), TEACHER_FIELDS - set(names)
+    # every field of the two sections, so a new one there is either listed or made to move
+    section = names[names.index("divergence") : names.index("gpu_check") + 1]
+    assert set(section) == TEACHER_FIELDS
+    assert {n for n in names if n.startswith(("teacher_", "hidden_", "feature_"))} <= TEACHER_FIELDS
+    assert not {"learning_rate", "epochs", "swap_augment", "seed", "lora"} & TEACHER_FIELDS

@@ -59,6 +59,33 @@ class LoraSettings(Config):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
 
+#: The :class:`DistillConfig` fields only a run with a teacher reads: the distillation loss and the teacher pass.
+#: With ``teacher=None`` they do nothing (the two term weights > 0 are refused). A hard-label baseline trained
+#: like a distillation run shares every other field with it (``bench/bench_kd_recipes.py``'s ``--set``).
+TEACHER_FIELDS = frozenset(
+    {
+        "divergence",
+        "temperature",
+        "alpha",
+        "jsd_beta",
+        "cosine_weight",
+        "hidden_weight",
+        "hidden_loss",
+        "hidden_layer_map",
+        "hidden_projection",
+        "feature_weight",
+        "feature_loss",
+        "teacher_quantize",
+        "teacher_logits",
+        "teacher_tta",
+        "teacher_batch_size",
+        "cache_dir",
+        "budget",
+        "gpu_check",
+    }
+)
+
+
 @dataclass(frozen=True)
 class DistillConfig(Config):
     """Everything :func:`kdq.distill` needs besides the models and the data.
