@@ -299,8 +299,8 @@ def baseline_label(recipe: str) -> str:
 
         "cross-width-cached[feature_weight=8,learning_rate=0.0005,transfer=2400]" → "hard-labels[learning_rate=0.0005]"
     """
-    base, _, tags = recipe.partition("[")
-    pairs = [t.split("=", 1) for t in re.split(r",(?=\w+=)", tags[:-1])] if tags else []
+    tags = recipe.partition("[")[2].removesuffix("]")
+    pairs = [t.split("=", 1) for t in re.split(r",(?=\w+=)", tags)] if tags else []
     kept = {k: v for k, v in pairs if k != "transfer" and k not in TEACHER_FIELDS}
     return run_label("hard-labels", kept, 0, 0)
 
