@@ -301,8 +301,7 @@ def baseline_label(recipe: str) -> str:
     """
     tags = recipe.partition("[")[2].removesuffix("]")
     pairs = [t.split("=", 1) for t in re.split(r",(?=\w+=)", tags)] if tags else []
-    kept = {k: v for k, v in pairs if k != "transfer" and k not in TEACHER_FIELDS}
-    return run_label("hard-labels", kept, 0, 0)
+    return run_label("hard-labels", baseline_changes({k: v for k, v in pairs if k != "transfer"}), 0, 0)
 
 
 def _run_key(run: dict) -> tuple:
