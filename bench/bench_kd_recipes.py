@@ -7,7 +7,10 @@ and trains with each recipe of :mod:`kdq.recipes`, for every seed:
 
 * students (``--students``): ``width``: narrower *and* shallower (block-influence layers plus Minitron
   width pruning, ``--shape``), the shape of Danube3-500M under Danube3-4B; ``layer``: layers dropped by
-  block influence, the teacher's width;
+  block influence, the teacher's width; ``pretrained``: the ``width`` shape pruned from the *pretrained base
+  model* instead of the fine-tuned teacher, its ``kdq_shrink`` record removed (:func:`_student`), so it starts
+  task-naive, with a zero score head, and its feature projection starts from ``nn.Linear``'s default
+  initialisation: the bench's stand-in for a separately pretrained student such as Danube3-500M;
 * recipes (``--recipes``, names in ``kdq.recipes.RECIPES``): ``hard-labels`` (the baseline gap closed is
   measured against), ``logit-kd`` (cached swap-TTA logits + transfer set), ``cross-width`` (+ the
   hidden-state term through learned projections, live teacher), ``cross-width-cached`` (+ the pooled
@@ -59,6 +62,7 @@ from kdq.evaluate.evaluate import PeakMemory
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
 from kdq.recipes import RECIPES
+from kdq.runtime.constants import SHRINK_KEY
 from kdq.utils.versions import library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +73,12 @@ SIZES = {  # rows and the row template per data set (Rotten Tomatoes snippets ar
     "rotten-tomatoes": dict(n_train=800, n_eval=400, n_test=400, n_transfer=800, max_length=128),
     "quick": dict(n_train=64, n_eval=32, n_test=32, n_transfer=64, max_length=64),
 }
-DEFAULT_RECIPES = {"width": "hard-labels,logit-kd,cross-width,cross-width-cached", "layer": "hard-labels,layer-dropped"}
+DEFAULT_RECIPES = {
+    "width": "hard-labels,logit-kd,cross-width,cross-width-cached",
+    "layer": "hard-labels,layer-dropped",
+    "pretrained": "hard-labels,cross-width-cached",
+}
+SHAPE_FILE = "kdq_bench_shape.json"  # a ``pretrained`` student's shrink record, kept beside its folder's config
 RUN = dict(batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
 # DistillConfig fields the bench sets for every run: --set cannot change them per recipe
 RUN_FIELDS = {*RUN, "epochs", "output_dir", "template", "seed", "overwrite", "cache_dir"}
@@ -110,8 +119,15 @@ def _inputs(name, size, cache: Path, seed: int, quick: bool):
     return (smollm2_classifier(cache / "smollm2-135m-cls"), train, ev, test, transfer, info)
 
 
-def _student(kind: str, teacher: Path, train, out: Path, shape: str, quick: bool) -> Path:
-    """The student's starting point, made once per data set and kind."""
+def _student(kind: str, teacher: Path, base: Path, train, out: Path, shape: str, quick: bool) -> Path:
+    """The student's starting point, made once per data set and kind.
+
+    ``width`` and ``layer`` shrink the fine-tuned ``teacher``. ``pretrained`` shrinks the pretrained ``base``
+    to the ``width`` shape and then removes ``config.kdq_shrink`` (kept in ``SHAPE_FILE`` for the report):
+    without it kdq sees a student with no tie to the teacher, as Danube3-500M has none to Danube3-4B, so the
+    feature projection starts from ``nn.Linear``'s default initialisation instead of the kept-channel scatter
+    (:func:`kdq.distill.objective.projection`), and the student has none of the teacher's fine-tuning.
+    """
     folder = out / f"init-{kind}"
     if (folder / "config.json").is_file():
         return folder
@@ -119,11 +135,22 @@ def _student(kind: str, teacher: Path, train, out: Path, shape: str, quick: bool
     calib = {k: v[:128] for k, v in train.items()}
     width = (
         dict(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv)
-        if kind == "width"
+        if kind in ("width", "pretrained")
         else {}
     )
-    kdq.shrink(str(teacher), num_layers=layers, strategy="block-influence", calibration=calib, out_dir=folder, **width)
+    source = base if kind == "pretrained" else teacher
+    kdq.shrink(str(source), num_layers=layers, strategy="block-influence", calibration=calib, out_dir=folder, **width)
+    if kind == "pretrained":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / SHAPE_FILE).write_text(json.dumps(config.pop(SHRINK_KEY), indent=1))
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+def _shape(init: Path) -> dict:
+    """The student's shrink record: from its config.json, or from ``SHAPE_FILE`` for a ``pretrained`` one."""
+    config = json.loads((init / "config.json").read_text())
+    return config.get(SHRINK_KEY) or json.loads((init / SHAPE_FILE).read_text())
 
 
 def _row_losses(model, rows, cfg) -> tuple:
@@ -202,8 +229,8 @@ def main(argv=None):
                 record[split], record[split + "_rows"] = ll, [round(float(x), 6) for x in losses]
             _append(results_file, record)
         for kind in args.students.split(","):
-            layers = shape if kind == "width" else f"0,0,0,0,{3 if args.quick else args.layers}"
-            init = _student(kind, teacher, train, d, layers, args.quick)
+            layers = shape if kind != "layer" else f"0,0,0,0,{3 if args.quick else args.layers}"
+            init = _student(kind, teacher, Path(base), train, d, layers, args.quick)
             for seed in seeds:
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
                     recipe = RECIPES[recipe_name]
@@ -260,7 +287,7 @@ def main(argv=None):
                             for h in r.metrics["history"]
                             if "eval_log_loss" in h
                         ],
-                        "shape": json.loads((init / "config.json").read_text())["kdq_shrink"],
+                        "shape": _shape(init),
                     }
                     for split, rows in (("eval", ev), ("test", test)):
                         ll, losses = _row_losses(r.student_dir, rows, ev_cfg)

@@ -4,6 +4,7 @@ settings ``--set`` refuses. No training: the records are written here, in the be
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -133,3 +134,37 @@ def test_set_trains_the_hard_label_baseline_like_the_runs_it_measures(bench):
     # without its baseline, a run at another rate has no gap closed rather than one against the wrong baseline
     without = [r for r in results if r.get("recipe") != "hard-labels[learning_rate=0.0005]"]
     assert ("d", "width", fast, 0, 2.0) not in bench.gaps(without, "test")
+
+
+def test_a_pretrained_student_comes_from_the_base_model_with_no_tie_to_the_teacher(bench, tmp_path):
+    """``--students pretrained``: the ``width`` shape, pruned from the *base* model, with no ``kdq_shrink``
+    record left for kdq to read, so its feature projection starts from nn.Linear's default init."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from kdq.distill.objective import _kept_channels
+    from kdq.runtime.constants import SHRINK_KEY
+    from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer
+
+    tok = make_tokenizer()
+    kw = dict(num_layers=4, hidden_size=64, intermediate_size=128)
+    base = make_tiny_classifier(tmp_path / "base", tok, seed=1, **kw)
+    make_tiny_classifier(tmp_path / "teacher", tok, seed=2, **kw)  # another model of the same shape
+    train = make_arena_rows(32, seed=3, max_words=20)
+    folder = bench._student("pretrained", tmp_path / "teacher", tmp_path / "base", train, tmp_path, "48,96,2,1,2", True)
+
+    config = json.loads((folder / "config.json").read_text())
+    assert SHRINK_KEY not in config and config["hidden_size"] == 48 and config["num_hidden_layers"] == 2
+    shape = bench._shape(folder)  # the record the bench reports, kept beside the config
+    kept, channels = shape["kept_layers"], shape["width"]["kept_channels"]
+    assert len(kept) == 2 and len(channels) == 48
+    student, info = AutoModelForSequenceClassification.from_pretrained(str(folder), output_loading_info=True)
+    assert not any(info.values()), info  # stock transformers, no missing or unexpected keys
+    # its weights are the base model's kept channels, not the teacher's
+    emb = student.model.embed_tokens.weight
+    torch.testing.assert_close(emb, base.model.embed_tokens.weight[:, channels])
+    # and kdq sees no kept channels: its projection is nn.Linear's default init, not the kept-channel scatter
+    with_record = AutoConfig.from_pretrained(str(folder))
+    with_record.kdq_shrink = shape
+    assert _kept_channels(with_record, 64) == channels
+    assert _kept_channels(AutoConfig.from_pretrained(str(folder)), 64) is None
