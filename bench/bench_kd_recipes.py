@@ -49,6 +49,7 @@ import json
 import math
 import platform
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -293,6 +294,9 @@ def main(argv=None):
                         ll, losses = _row_losses(r.student_dir, rows, ev_cfg)
                         record[split], record[split + "_rows"] = ll, [round(float(x), 6) for x in losses]
                     _append(results_file, record)
+                    # the run is recorded and its student saved: its checkpoints (840 MB a run on the width
+                    # grid) only served resumption, and a grid of dozens of runs filled the disk with them
+                    shutil.rmtree(Path(cfg.output_dir) / "checkpoints", ignore_errors=True)
                     print(
                         f"{name}/{kind}/{label}/seed {seed}: eval {record['eval']:.4f} test {record['test']:.4f},"
                         f" {wall:.0f} s",
