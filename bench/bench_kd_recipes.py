@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import shutil
@@ -139,12 +140,16 @@ def _student(kind: str, teacher: Path, base: Path, train, out: Path, shape: str,
         if kind in ("width", "pretrained")
         else {}
     )
-    source = base if kind == "pretrained" else teacher
-    kdq.shrink(str(source), num_layers=layers, strategy="block-influence", calibration=calib, out_dir=folder, **width)
-    if kind == "pretrained":
-        config = json.loads((folder / "config.json").read_text())
-        (folder / SHAPE_FILE).write_text(json.dumps(config.pop(SHRINK_KEY), indent=1))
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    how = dict(num_layers=layers, strategy="block-influence", calibration=calib, **width)
+    if kind != "pretrained":
+        kdq.shrink(str(teacher), out_dir=folder, **how)
+        return folder
+    staged = out / f".{folder.name}.staged"  # gets the final name once the record is out of its config
+    kdq.shrink(str(base), out_dir=staged, overwrite=True, **how)
+    config = json.loads((staged / "config.json").read_text())
+    (staged / SHAPE_FILE).write_text(json.dumps(config.pop(SHRINK_KEY), indent=1))
+    (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(staged, folder)
     return folder
 
 

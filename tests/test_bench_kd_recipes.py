@@ -153,6 +153,7 @@ def test_a_pretrained_student_comes_from_the_base_model_with_no_tie_to_the_teach
     train = make_arena_rows(32, seed=3, max_words=20)
     folder = bench._student("pretrained", tmp_path / "teacher", tmp_path / "base", train, tmp_path, "48,96,2,1,2", True)
 
+    assert folder.name == "init-pretrained" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     config = json.loads((folder / "config.json").read_text())
     assert SHRINK_KEY not in config and config["hidden_size"] == 48 and config["num_hidden_layers"] == 2
     shape = bench._shape(folder)  # the record the bench reports, kept beside the config
