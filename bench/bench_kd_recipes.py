@@ -236,7 +236,8 @@ def main(argv=None):
             _append(results_file, record)
         for kind in args.students.split(","):
             layers = shape if kind != "layer" else f"0,0,0,0,{3 if args.quick else args.layers}"
-            init = _student(kind, teacher, Path(base), train, d, layers, args.quick)
+            init = _student(kind, teacher, base, train, d, layers, args.quick)
+            init_shape = _shape(init)  # the same for every run of this kind
             for seed in seeds:
                 for recipe_name in (args.recipes or DEFAULT_RECIPES[kind]).split(","):
                     recipe = RECIPES[recipe_name]
@@ -293,7 +294,7 @@ def main(argv=None):
                             for h in r.metrics["history"]
                             if "eval_log_loss" in h
                         ],
-                        "shape": _shape(init),
+                        "shape": init_shape,
                     }
                     for split, rows in (("eval", ev), ("test", test)):
                         ll, losses = _row_losses(r.student_dir, rows, ev_cfg)
