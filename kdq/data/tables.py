@@ -57,26 +57,38 @@ def read_csv(path: Path, text_columns=()):
     text_columns, keep_default_na=False)`` would: ``text_columns`` stay text whatever they look like (ids
     stay ``"007"``, an empty winner ``""``), and every other column is int64 when all its cells are
     integers, else float64 when all are numbers (``1e-3`` included), else text (an empty cell is text,
-    never a missing value)."""
-    import csv
+    never a missing value).
 
+    The file is read by the runtime's CSV rule (:mod:`kdq.runtime.csvfile`), as the exported ``predict.py``
+    reads it: a BOM, CRLF line ends and quoted line breaks are read alike, header names lose surrounding
+    spaces, and an empty file, text that is not UTF-8 or a row of another width than the header is a
+    ``ValueError`` naming the line. Arrow parses the cells (no Python object per cell); when it fails, the
+    rule's reader finds the line and says the fix."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
-    table = pacsv.read_csv(
-        str(path),
-        read_options=pacsv.ReadOptions(block_size=64 << 20),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.string()),
-            null_values=[],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    from ..runtime.csvfile import first_problem, normalise_header, read_header
+
+    header = read_header(path, raw=True)
+    names = normalise_header(header, path)
+    try:
+        table = pacsv.read_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(block_size=64 << 20),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()),
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        raise first_problem(path) or ValueError(f"{path}: {err}") from None
+    if table.column_names != header:  # Arrow read the header line otherwise than the rule: say so, never guess
+        raise ValueError(f"{path}: the header line reads as {header} but Arrow read {table.column_names}.")
+    table = table.rename_columns(names)
     for i, name in enumerate(table.column_names):
         if name in text_columns:
             continue

@@ -37,6 +37,7 @@ from .constants import (
     scheme_of_config,
     tta_mode,
 )
+from .csvfile import iter_rows, missing_columns
 from .dtypes import compute_dtype
 from .template import PARTS, TemplateConfig, parse_cell, render
 from .tta import gated_count, score_tta
@@ -111,24 +112,16 @@ def _read_json(path):
         raise FileNotFoundError(f"{path} is missing; the exported folder is incomplete.") from None
 
 
-def _raise_csv_field_limit():
-    # Arena responses can be far longer than csv's default 128 KiB field limit.
-    limit = sys.maxsize
-    while True:
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 10
-
-
 def read_rows(csv_path, scheme=LMSYS):
     """Read the competition's test CSV, its cells written the way ``scheme`` writes them (LMSYS: JSON
     lists of turns; WSDM: plain strings, one turn each).
 
     Returns ``(ids, rows)``: ``ids`` is ``list[str]``; ``rows[i]`` is the tuple of turn lists
-    ``(prompt, response_a, response_b)``. Raises ``ValueError`` naming the row and column for
-    a missing column, a duplicate id or a cell that is not a JSON list of strings (LMSYS); and for
+    ``(prompt, response_a, response_b)``. The file is read by the CSV rule kdq reads with too
+    (:mod:`.csvfile`: a BOM, CRLF line ends, quoted line breaks, spaces around header names).
+    Raises ``ValueError`` naming the row and column for a missing column (the names found shown
+    with ``repr``), a duplicate id or a cell that is not a JSON list of strings (LMSYS); naming the
+    line for an empty file, text that is not UTF-8 or a row of another width than the header; and for
     a parquet file, with the line that converts it (this runtime reads CSV with the standard library).
     """
     if str(csv_path).lower().endswith((".parquet", ".pq")):
@@ -138,25 +131,26 @@ def read_rows(csv_path, scheme=LMSYS):
             f"python -c \"import pandas as pd; pd.read_parquet('{csv_path}').to_csv('{out}', index=False)\" "
             f"and pass --test-csv {out}."
         )
-    _raise_csv_field_limit()
     ids, rows, seen = [], [], {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("id",) + TEXT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {missing}; the competition test CSV has columns "
-                f"id, prompt, response_a, response_b (found {reader.fieldnames})."
-            )
-        for n, record in enumerate(reader):
-            rid = record["id"]
-            if rid in seen:
-                raise ValueError(
-                    f"{csv_path}: duplicate id {rid!r} in data rows {seen[rid]} and {n}; ids must be unique."
-                )
-            seen[rid] = n
-            ids.append(rid)
-            rows.append(tuple(parse_cell(record[c], scheme, row=rid, column=c) for c in TEXT_COLUMNS))
+    lines = iter_rows(csv_path)  # the CSV rule kdq reads with too: BOM, line ends, header names (csvfile.py)
+    _, header = next(lines)
+    wrong = missing_columns(
+        csv_path,
+        header,
+        ("id",) + TEXT_COLUMNS,
+        expected="the competition's test CSV has columns id, prompt, response_a, response_b",
+        fix="rename the columns in the file's first line, or pass the competition's own test file.",
+    )
+    if wrong:
+        raise wrong
+    where = {c: header.index(c) for c in ("id",) + TEXT_COLUMNS}
+    for n, (_, cells) in enumerate(lines):
+        rid = cells[where["id"]]
+        if rid in seen:
+            raise ValueError(f"{csv_path}: duplicate id {rid!r} in data rows {seen[rid]} and {n}; ids must be unique.")
+        seen[rid] = n
+        ids.append(rid)
+        rows.append(tuple(parse_cell(cells[where[c]], scheme, row=rid, column=c) for c in TEXT_COLUMNS))
     if not ids:
         raise ValueError(f"{csv_path} has a header but no rows.")
     return ids, rows
