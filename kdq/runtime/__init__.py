@@ -7,7 +7,7 @@ cache, the export probe and the notebook's ``predict.py`` run the same code:
 
 * ``constants``: the label schemes (LMSYS, WSDM: classes, A/B swap, submission, headline metric), TTA modes, file names;
 * ``template``: arena row → token ids;
-* ``csvfile``: the one CSV rule (a BOM, CRLF, quoted line breaks, header names; what is refused), kdq's and predict.py's;
+* ``csvfile``: the one CSV rule kdq and predict.py read by (a BOM, CRLF, quoted line breaks, header names);
 * ``batching``: length-sorted, dynamically padded scoring;
 * ``tta``: swap TTA (full: original and swapped rows in one length-sorted pass; gated);
 * ``checksums``: the folder's manifest and sha256 checks (also what ``kdq.verify`` runs);
