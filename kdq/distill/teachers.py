@@ -11,10 +11,11 @@ terms take (:func:`as_teacher` turns anything ``teacher=`` accepts into one):
 * :class:`TableTeacher`: a CSV, parquet, DataFrame or Arrow table of ``id`` plus one probability column
   per class of the rows' label scheme (``winner_model_a``, ``winner_model_b``, ``winner_tie`` for LMSYS;
   ``model_a``, ``model_b`` for WSDM), e.g. big teachers scored elsewhere over folds. It is fingerprinted
-  by content and checked (every row the student trains on has an id in it; every row of it sums to 1 within
-  1e-3; the first bad id is named), then used exactly as cached teacher logits: log-probabilities, the
-  swapped copies getting the scheme's permuted distribution. ``teacher_tta`` does not apply: the table's
-  probabilities are used as they are.
+  by content and checked (every row has an id, unique; every row the student trains on has an id in it, ids
+  written as floats, ``30192.0``, matched as integers; every row of it sums to 1 within 1e-3, the first bad id
+  named; every blank or non-finite probability named by its row's id), then used exactly as cached teacher
+  logits: log-probabilities, the swapped copies getting the scheme's permuted distribution. ``teacher_tta``
+  does not apply: the table's probabilities are used as they are.
 * :class:`EnsembleTeacher`: several teachers, averaged in probability space with their weights
   (normalised to sum to 1), each member cached under its own fingerprint.
 
@@ -410,10 +411,8 @@ class TableTeacher(Teacher):
         return self._fingerprint
 
     def check_scheme(self, scheme) -> None:
-        """The table has a column per class of ``scheme``; ids are unique; every row is a distribution."""
-        import numpy as np
-        import pyarrow.compute as pc
-
+        """The table has a column per class of ``scheme``; every row has an id, and ids are unique; every row is
+        a distribution (:func:`_check_distributions`). Raises ``ValueError`` naming the rows and the fix."""
         from ..runtime.constants import label_scheme
 
         scheme = label_scheme(scheme)
@@ -427,23 +426,8 @@ class TableTeacher(Teacher):
                 f"column per class of the rows ({scheme.describe()}: {list(scheme.labels)}). Found columns "
                 f"{table.column_names}."
             )
-        ids = table.column("id").combine_chunks()
-        unique = pc.unique(ids)
-        if len(unique) < len(ids):
-            which = np.asarray(pc.index_in(ids, value_set=unique), dtype=np.int64)
-            _, first = np.unique(which, return_index=True)
-            r = int(np.flatnonzero(first[which] != np.arange(len(ids)))[0])
-            raise ValueError(f"{self.describe()}: id {ids[r].as_py()!r} appears twice; give each row one line.")
-        probs = self.probabilities(scheme)
-        sums = probs.sum(axis=1)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (np.abs(sums - 1.0) > SUM_TOLERANCE)
-        if bad.any():
-            r = int(np.flatnonzero(bad)[0])
-            values = dict(zip(scheme.labels, probs[r].tolist()))
-            raise ValueError(
-                f"{self.describe()}: id {ids[r].as_py()!r} has probabilities {values} (sum {sums[r]:.6g}); every row "
-                f"must be a distribution over the classes: values in [0, 1] that sum to 1 within {SUM_TOLERANCE:g}."
-            )
+        _check_ids(table, self.describe())
+        _check_distributions(table, self.probabilities(scheme), scheme, self.describe())
         self._checked = scheme.name
 
     def probabilities(self, scheme):
@@ -454,9 +438,7 @@ class TableTeacher(Teacher):
         return np.stack([_floats(table, c, self.name) for c in scheme.labels], axis=1)
 
     def targets(self, rows, cfg: DistillConfig, *, features: bool = False, devices=None, announce=None):
-        import numpy as np
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         from ..data import scheme_of_rows
         from .cache import IdList, TeacherCache, column
@@ -469,14 +451,7 @@ class TableTeacher(Teacher):
         scheme = scheme_of_rows(rows)
         self.check_scheme(scheme)
         ids = column(rows, "id").combine_chunks()
-        where = np.asarray(pc.index_in(ids, value_set=self.table().column("id").combine_chunks()).fill_null(-1))
-        if (where < 0).any():
-            missing = ids[int(np.flatnonzero(where < 0)[0])].as_py()
-            raise ValueError(
-                f"{self.describe()} has no row for id {missing!r}, a row the student trains on (a training or "
-                f"transfer row; {int((where < 0).sum())} such ids are missing). A teacher table must hold every "
-                "training and transfer id: score those rows too, or drop them."
-            )
+        where = _join_ids(ids, self.table().column("id").combine_chunks(), self.describe())
         logits = log_probabilities(self.probabilities(scheme)[where])
         path = Path(self.source) if isinstance(self.source, (str, os.PathLike)) else None
         return TeacherCache(
@@ -622,17 +597,150 @@ _CLASS_COLUMNS = frozenset({"winner_model_a", "winner_model_b", "winner_tie", "m
 
 
 def _floats(table, name: str, where: str):
+    """Column ``name`` as float64, a blank cell (empty CSV text, a null) as NaN (:func:`_check_distributions`
+    names those); text that is no number is a ``ValueError`` naming its rows' ids."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    col = table.column(name)
+    col = table.column(name).combine_chunks()
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):  # a CSV column with a blank or text
+        text = pc.utf8_trim_whitespace(col)
+        col = pc.if_else(pc.equal(text, ""), pa.scalar(None, col.type), text)
     try:
-        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        values = pc.cast(col, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        bad = [r for r, v in enumerate(col.to_pylist()) if v is not None and not _is_number(v)]
+        if not bad:
+            raise ValueError(
+                f"teacher table {where}: column {name!r} is not numeric (type {col.type}); it must hold probabilities."
+            ) from None
         raise ValueError(
-            f"teacher table {where}: column {name!r} is not numeric (type {col.type}); it must hold probabilities."
+            f"teacher table {where}: column {name!r} holds text that is no number: "
+            f"{_named_rows(table, bad, [name])}; it must hold probabilities (fix or drop those rows)."
         ) from None
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _cell(table, name: str, r: int) -> tuple:
+    """``(text, ok)``: a cell as the table holds it (``blank`` for empty text or a null, else its value as
+    ``repr`` shows it: ``nan``, ``inf``, ``'n/a'``, ``'0.25'``), and whether it is a finite number."""
+    value = table.column(name)[r].as_py()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "blank", False
+    try:
+        return repr(value), math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return repr(value), False
+
+
+def _named_rows(table, rows, columns, limit: int = 10) -> str:
+    """``id '7' (winner_tie blank), id '9' (winner_model_a nan)``: the first ``limit`` of ``rows`` (indices),
+    each with its cells in ``columns`` that are no finite number (all of them when every one is)."""
+    ids = table.column("id")
+    parts = []
+    for r in rows[:limit]:
+        cells = {c: _cell(table, c, r) for c in columns}
+        shown = {c: text for c, (text, ok) in cells.items() if not ok} or {c: text for c, (text, _) in cells.items()}
+        parts.append(f"id {ids[r].as_py()!r} ({', '.join(f'{c} {v}' for c, v in shown.items())})")
+    more = len(rows) - limit
+    return ", ".join(parts) + (f", and {more} more" if more > 0 else "")
+
+
+def _check_ids(table, describe: str) -> None:
+    """Every row has an id, and no id repeats; else ``ValueError`` naming the rows and the fix."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ids = table.column("id").combine_chunks()
+    blank = np.flatnonzero(np.asarray(pc.equal(pc.utf8_trim_whitespace(ids), "").fill_null(True)))
+    if len(blank):
+        rows = ", ".join(str(int(r)) for r in blank[:10]) + (", ..." if len(blank) > 10 else "")
+        raise ValueError(
+            f"{describe}: {len(blank)} row(s) without an id (table row {rows}, counted from 0; in a CSV, a blank "
+            "id cell). A row the student trains on is found by its id: drop the rows without one (pandas: "
+            "df.dropna(subset=['id']), then df['id'] = df['id'].astype('Int64') if the ids became floats) and "
+            "save the table again."
+        )
+    unique = pc.unique(ids)
+    if len(unique) < len(ids):
+        which = np.asarray(pc.index_in(ids, value_set=unique), dtype=np.int64)
+        _, first = np.unique(which, return_index=True)
+        r = int(np.flatnonzero(first[which] != np.arange(len(ids)))[0])
+        raise ValueError(f"{describe}: id {ids[r].as_py()!r} appears twice; give each row one line.")
+
+
+def _check_distributions(table, probs, scheme, describe: str) -> None:
+    """Every row of ``probs`` (``(N, C)``, the table's class columns in ``scheme``'s order) is a distribution;
+    else ``ValueError``: every row with a blank or non-finite probability named by its id (the first 10),
+    or the first row that is negative or does not sum to 1 within :data:`SUM_TOLERANCE`."""
+    import numpy as np
+
+    ids = table.column("id")
+    odd = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if len(odd):
+        raise ValueError(
+            f"{describe}: {len(odd)} row(s) have a blank or non-finite probability: "
+            f"{_named_rows(table, [int(r) for r in odd], list(scheme.labels))}. Every row needs a probability in "
+            "each class column: score those rows again, or drop them (a blank cell is often a row a merge left "
+            "without a prediction)."
+        )
+    sums = probs.sum(axis=1)
+    bad = (probs < 0).any(axis=1) | (np.abs(sums - 1.0) > SUM_TOLERANCE)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        values = dict(zip(scheme.labels, probs[r].tolist()))
+        raise ValueError(
+            f"{describe}: id {ids[r].as_py()!r} has probabilities {values} (sum {sums[r]:.6g}); every row "
+            f"must be a distribution over the classes: values in [0, 1] that sum to 1 within {SUM_TOLERANCE:g}."
+        )
+
+
+_WHOLE_FLOAT = r"^([+-]?[0-9]+)\.0*$"  # "30192.0": an integer id written as a float (pandas, after NaN)
+_FLOAT = r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+)$"  # any float, as text
+
+
+def _join_ids(ids, table_ids, describe: str):
+    """Where each of the rows' ``ids`` is in the table's ids (``int64`` indices). Ids are matched as text;
+    when some match none, whole-number floats (``"30192.0"``, as pandas writes an integer id column once a
+    merge put NaN in it) are matched as the integers they are, on either side. Raises ``ValueError`` for a
+    row the table lacks, saying so when the table's ids are floats, with the fix."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    where = np.asarray(pc.index_in(ids, value_set=table_ids).fill_null(-1))
+    if (where >= 0).all():
+        return where
+    as_ints = pc.replace_substring_regex(table_ids, _WHOLE_FLOAT, r"\1")
+    if len(pc.unique(as_ints)) == len(as_ints):
+        wanted = pc.replace_substring_regex(ids, _WHOLE_FLOAT, r"\1")
+        where = np.asarray(pc.index_in(wanted, value_set=as_ints).fill_null(-1))
+        if (where >= 0).all():
+            log.info("%s: ids matched as integers (e.g. %r is %r).", describe, table_ids[0].as_py(), as_ints[0].as_py())
+            return where
+    missing = np.flatnonzero(where < 0)
+    first, n = ids[int(missing[0])].as_py(), len(missing)
+    if len(table_ids) and pc.all(pc.match_substring_regex(table_ids, _FLOAT)).as_py():
+        raise ValueError(
+            f"{describe}: its ids are floats (e.g. {table_ids[0].as_py()!r}), and {n} of the rows the student "
+            f"trains on match none of them, even as integers (the first: id {first!r}). pandas writes an integer "
+            "id column as floats once a merge put NaN in it: drop the rows without an id and write the ids as "
+            "integers (df = df.dropna(subset=['id']); df['id'] = df['id'].astype('Int64')), then save the table "
+            "again."
+        )
+    raise ValueError(
+        f"{describe} has no row for id {first!r}, a row the student trains on (a training or transfer row; {n} "
+        "such ids are missing). A teacher table must hold every training and transfer id: score those rows too, "
+        "or drop them."
+    )
 
 
 def _read_teacher_table(source, name: str):
@@ -654,7 +762,9 @@ def _read_teacher_table(source, name: str):
             f"teacher table {name} has no 'id' column: it needs id plus one probability column per class "
             f"(found {table.column_names})."
         )
-    ids = table.column("id")
+    ids = table.column("id").combine_chunks()
+    if pa.types.is_floating(ids.type):  # NaN is no id (blank, as in a CSV); 30192.0 is written "30192"
+        ids = pc.if_else(pc.is_nan(ids), pa.scalar(None, ids.type), ids)
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        table = table.set_column(table.column_names.index("id"), "id", pc.cast(ids, pa.string()))
-    return table
+        ids = pc.cast(ids, pa.string())
+    return table.set_column(table.column_names.index("id"), "id", pc.fill_null(ids, ""))
