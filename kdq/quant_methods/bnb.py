@@ -4,7 +4,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .registry import HEAD_MODULES, MethodSettings, QuantMethod, WeightFormat, register_quantizer
+from .registry import (
+    ANY_CAPABILITY,
+    HEAD_MODULES,
+    CudaKernel,
+    MethodSettings,
+    QuantMethod,
+    WeightFormat,
+    register_quantizer,
+)
+
+# bitsandbytes 0.50.2 has one CUDA path per format (no quantization_config entry picks another),
+# read from its installed source (site-packages/bitsandbytes/), not measured. Its CUDA libraries
+# carry sm_75 SASS in every build (libbitsandbytes_cuda124/126: sm_60-90, cuda128: sm_70-120,
+# cuda130: sm_75-120; read from their fatbin headers).
+_BNB = "bitsandbytes 0.50.2 bitsandbytes/"
+INT8_KERNEL = CudaKernel(
+    "bnb-int8-igemmlt",
+    (7, 5),
+    (8,),
+    source=(
+        f"{_BNB}nn/modules.py:1180-1194 (Linear8bitLt.forward -> bnb.matmul); autograd/_functions.py:127-176 "
+        "(fp16 int8 row quantization, outliers past llm_int8_threshold); backends/default/ops.py:64-119 "
+        "(outlier columns in fp16, addmm); backends/cuda/ops.py:89-168 (cuBLASLt cigemmlt_32, fp32 "
+        "fallbacks); diagnostics/cuda.py:128-134 (7.5: the minimum for int8 tensor cores)"
+    ),
+    note=(
+        "LLM.int8: activations cast to fp16 and quantized per row every forward, columns with "
+        "|x| >= 6.0 kept in fp16 and added back (addmm), the rest int8 x int8 -> int32 on cuBLASLt "
+        "(int8 tensor cores from sm_75), then dequantized; an inner dimension not divisible by 4, "
+        "or no cuBLASLt algorithm, falls back to an fp32 matmul"
+    ),
+)
+GEMM_4BIT_KERNEL = CudaKernel(
+    "bnb-4bit-gemm",
+    ANY_CAPABILITY,
+    (4,),
+    source=(
+        f"{_BNB}nn/modules.py:609-637 (Linear4bit.forward -> matmul_4bit in the compute dtype); "
+        "autograd/_functions.py:407-480; backends/cuda/ops.py:583-733 (per-arch choice, sm_75 "
+        "branches), 904-916 (dequantize + F.linear), 921-982 (gemm_4bit dispatch, M > 1536 -> dequantize)"
+    ),
+    note=(
+        "nf4/fp4: for M = batch x tokens up to 1536 (fewer on sm_75, by shape) a fused "
+        "dequantize+GEMM kernel (fp16 MMA on sm_75, SIMT below M=8), otherwise dequantize_4bit to "
+        "the compute dtype then F.linear (cuBLAS); no capability check"
+    ),
+)
 
 
 class _BnbMethod(QuantMethod):
@@ -40,6 +86,7 @@ class _BnbMethod(QuantMethod):
 class BnbInt8(_BnbMethod):
     allowed_bits = (8,)
     quant_type = "int8"
+    cuda_kernels = (INT8_KERNEL,)
     # LLM.int8 picks its outlier columns (activations past 6.0) over the whole batch, padding
     # included, so other batch-mates change which columns run in fp16
     batch_size_atol = 1e-2
@@ -82,6 +129,7 @@ class Bnb4bitSettings(MethodSettings):
 class _Bnb4bit(_BnbMethod):
     settings = Bnb4bitSettings
     allowed_bits = (4,)
+    cuda_kernels = (GEMM_4BIT_KERNEL,)
 
     def variant_name(self, config) -> str:
         return self.name if config.settings.double_quant else f"{self.name}-nodq"

@@ -11,9 +11,84 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .gptq_env import GPTQ_CPU_DEFAULTS
-from .registry import MethodSettings, QuantMethod, WeightFormat, register_quantizer
+from .registry import ANY_CAPABILITY, CudaKernel, MethodSettings, QuantMethod, WeightFormat, register_quantizer
 
 PACK_MULTIPLE = 32  # GPTQModel packs a layer's input columns in blocks of 32 ("in_features must be divisible by 32")
+
+
+# GPTQModel 7.6.0's CUDA kernels for a GPTQ checkpoint, in the order its backend="auto" tries them
+# (each class's SUPPORTS_FORMATS priority, utils/importer.py:479-533; the first that validates on the
+# device wins, utils/importer.py:922-1007), read from the installed source and not measured. Left out:
+# machete (prio 100: exactly sm_90, utils/machete.py:56) and swordfish (prio 101: sm_100/103/110,
+# utils/swordfish.py:220), whose capability range is closed, so "first whose floor is met" cannot
+# express them (on an H100 "auto" picks machete where its extension builds; kdq picks marlin); triton
+# (prio 40: gptqmodel checks no capability, tritonv2.py:122-152, and triton is not installed here to
+# read its own floor); bitblas (prio 30: needs the bitblas package, bitblas.py:474-482); torch_fused,
+# torch_aten and torch_int8 (CPU/XPU only). All paths in ``source`` are under site-packages/.
+_GM = "gptqmodel 7.6.0 gptqmodel/"
+CUDA_KERNELS = (
+    CudaKernel(
+        "gptq-marlin",
+        (7, 5),
+        (4, 8),
+        overrides={"backend": "marlin"},
+        group_sizes=(-1, 32, 64, 128),
+        sym_only=True,
+        compute_dtypes=("float16", "bfloat16"),
+        source=(
+            f"{_GM}nn_modules/qlinear/marlin.py:61-86 (sm_75 floor, 4/8 bits, sym, group sizes), 274-287 "
+            "(bf16 refused on sm_75), 312-330; utils/marlin.py:48-49, 244-262 (JIT build); "
+            "gptqmodel_ext/marlin/marlin_template.h:278-286 (fp16 accumulation on sm_75)"
+        ),
+        note=(
+            "auto's first valid choice on sm_75 and sm_80 (prio 90); fused dequant+GEMM, "
+            "JIT-compiled with nvcc on first load; on sm_75 fp16 only, m16n8k8 MMA accumulating "
+            "in fp16 (except 4-bit per-channel); act-order weights need a 64x128-aligned tile"
+        ),
+    ),
+    CudaKernel(
+        "gptq-exllama-v2",
+        ANY_CAPABILITY,
+        (4,),
+        overrides={"backend": "exllama_v2"},
+        group_sizes=(-1, 32, 64, 128),
+        compute_dtypes=("float16", "bfloat16"),
+        source=(
+            f"{_GM}nn_modules/qlinear/exllamav2.py:35-56, 108-112 (no capability check); "
+            "utils/exllamav2.py:127 (JIT build)"
+        ),
+        note="4-bit only (prio 80); JIT-compiled with nvcc; in/out features multiples of 32",
+    ),
+    CudaKernel(
+        "gptq-torch",
+        ANY_CAPABILITY,
+        (2, 3, 4, 5, 6, 7, 8),
+        overrides={"backend": "torch"},
+        group_sizes=(-1, 16, 32, 64, 128, 256, 512, 1024),
+        source=(
+            f"{_GM}nn_modules/qlinear/torch.py:114-133 (bits, devices: all), 213-216 and 242-259 "
+            "(torch.compile of the dequantization), 302-337 (dequantize, cast to the input dtype, torch.matmul)"
+        ),
+        note=(
+            "the fallback (prio 20): dequantizes each layer's weight to the compute dtype every forward, then a "
+            "cuBLAS GEMM; kdq's CPU kernel"
+        ),
+    ),
+)
+
+# config.json ``backend`` values that leave the kernel to the card (kdq records "torch" after a CPU
+# quantization, and load_overrides turns it into "auto" on CUDA); any other value pins a kernel.
+FREE_BACKENDS = (None, "", "auto", "torch")
+
+
+def pinned_backend(qc: dict) -> str | None:
+    """The kernel backend a folder's ``quantization_config`` pins (``"marlin"`` for ``"marlin"`` or
+    ``"gptq_marlin"``), or ``None`` when it leaves the choice to the card (see :data:`FREE_BACKENDS`)."""
+    backend = qc.get("backend")
+    backend = backend.strip().lower() if isinstance(backend, str) else backend
+    if backend in FREE_BACKENDS:
+        return None
+    return str(backend).removeprefix("gptq_")
 
 
 def check_widths(model_config, group_size: int) -> None:
@@ -104,6 +179,7 @@ class GPTQMethod(QuantMethod):
     bits_required = True
     needs_calibration = True
     load_env = {"cpu": GPTQ_CPU_DEFAULTS}
+    cuda_kernels = CUDA_KERNELS
 
     def variant_name(self, config) -> str:
         return f"gptq-{config.bits}"
@@ -124,6 +200,21 @@ class GPTQMethod(QuantMethod):
         # gptqmodel pick its fastest kernel for the card (same checkpoint format). A backend chosen
         # explicitly at quantization time is kept.
         return {"cuda": {"backend": "auto"}} if qc.get("backend") in (None, "torch") else {}
+
+    def kernel_misfit(self, kernel, qc: dict) -> str | None:
+        # a backend chosen explicitly at quantization time stays (load_overrides), so only its kernel can run
+        pinned = pinned_backend(qc)
+        if pinned is not None and kernel.overrides.get("backend") != pinned:
+            known = [k.overrides["backend"] for k in self.cuda_kernels]
+            if pinned not in known:
+                return f"(config.json pins backend {qc['backend']!r}, a kernel kdq has no facts for; it knows {known})"
+            return f"(config.json pins backend {qc['backend']!r})"
+        group_size = qc.get("group_size", 128)
+        return kernel.misfit(
+            bits=int(qc.get("bits", 4)),
+            group_size=-1 if group_size is None else int(group_size),
+            sym=bool(qc.get("sym", True)),
+        )
 
     def prepare_load(self, device) -> None:
         """gptqmodel's CPU-safe environment, and an import of it that leaves ``HF_HOME`` alone."""

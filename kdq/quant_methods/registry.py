@@ -4,10 +4,11 @@ Each :class:`QuantMethod` owns every fact about its method: its variant names (`
 ``gptq-4``), its own config fields with their defaults and validation (a :class:`MethodSettings`
 dataclass), the kdq pip extra, the modules transformers imports to load it, the pip packages an
 offline notebook needs (and whose versions kdq records and ``predict.py`` checks), the
-``config.json`` ``quant_method`` it writes, its on-disk weight format (budget arithmetic), and
-what a process must do before loading it (environment defaults, ``quantization_config``
-overrides per device type). Everything else asks this registry: :mod:`kdq.quantize.config`
-(variants, fields), :mod:`kdq.models`, :mod:`kdq.export` (which never import
+``config.json`` ``quant_method`` it writes, its on-disk weight format (budget arithmetic), the
+CUDA kernels that run it and from which compute capability (:class:`CudaKernel`; docs/quantize.md,
+"Kernels on a T4 (sm_75)"), and what a process must do before loading it (environment defaults,
+``quantization_config`` overrides per device type). Everything else asks this registry:
+:mod:`kdq.quantize.config` (variants, fields), :mod:`kdq.models`, :mod:`kdq.export` (which never import
 :mod:`kdq.quantize`; the export records what the standalone ``predict.py`` needs in
 ``kdq-predict.json``, see :func:`runtime_settings`), :mod:`kdq.evaluate.modelspec`, the CLI.
 Standard library only at import time.
@@ -52,6 +53,119 @@ class WeightFormat:
 
 
 FP16 = WeightFormat("fp16", 16)
+
+#: ``CudaKernel.min_capability`` of a kernel whose backend checks no compute capability: it runs
+#: wherever the backend's CUDA build runs
+ANY_CAPABILITY = (0, 0)
+#: bf16 tensor cores start at sm_80 (a T4, sm_75, computes in fp16 or fp32); gptqmodel's marlin
+#: refuses bf16 on sm_75 explicitly (nn_modules/qlinear/marlin.py:274-287)
+BF16_CAPABILITY = (8, 0)
+
+
+def parse_capability(capability) -> tuple:
+    """``(major, minor)`` from ``(7, 5)``, ``[7, 5]``, ``"7.5"`` (a budget profile's
+    ``compute_capability``) or ``"sm_75"``; ``ValueError`` otherwise."""
+    value = capability
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("sm_")
+        if "." in text:
+            value = text.split(".", 1)
+        elif text.isdigit() and len(text) >= 2:
+            value = (text[:-1], text[-1])
+    try:
+        major, minor = (int(part) for part in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a compute capability is (major, minor), '7.5' or 'sm_75', got {capability!r}") from None
+    if major < 0 or minor < 0:
+        raise ValueError(f"a compute capability is (major, minor), '7.5' or 'sm_75', got {capability!r}")
+    return (major, minor)
+
+
+def _sm(capability) -> str:
+    return f"sm_{capability[0]}{capability[1]}"
+
+
+@dataclass(frozen=True)
+class CudaKernel:
+    """One CUDA kernel that runs a format's decoder matrices, as its installed backend declares it.
+
+    A method lists its kernels in preference order (:attr:`QuantMethod.cuda_kernels`); the first
+    that fits the folder's format, the card's compute capability and the compute dtype is the one
+    kdq picks (:func:`choose_cuda_kernel`). Facts read from the backend's source, not measured.
+
+    ``min_capability``: the lowest ``(major, minor)`` the backend lets it run on
+    (:data:`ANY_CAPABILITY`: it checks none); ``bits``: weight widths it runs (16: unquantized);
+    ``source``: where the installed backend says so (file:line); ``overrides``: the
+    ``quantization_config`` entries that select it at load time (``{}``: the backend has one
+    path); ``group_sizes``: the group sizes it accepts (``()``: any); ``sym_only``: symmetric
+    quantization only; ``compute_dtypes``: activation dtypes it computes in; ``note``: what it does.
+    """
+
+    name: str
+    min_capability: tuple
+    bits: tuple
+    source: str
+    overrides: dict = dataclasses.field(default_factory=dict)
+    group_sizes: tuple = ()
+    sym_only: bool = False
+    compute_dtypes: tuple = ("float16", "bfloat16", "float32")
+    note: str = ""
+
+    def misfit(self, *, bits: int, group_size: int | None = None, sym: bool = True) -> str | None:
+        """Why this kernel cannot run such weights on any card (``None``: it can)."""
+        if bits not in self.bits:
+            return f"runs {'/'.join(map(str, self.bits))}-bit weights, not {bits}-bit"
+        if self.group_sizes and group_size is not None and group_size not in self.group_sizes:
+            return f"runs group_size {list(self.group_sizes)}, not {group_size}"
+        if self.sym_only and not sym:
+            return "runs symmetric quantization only (sym=True)"
+        return None
+
+    def card_misfit(self, capability, compute_dtype: str | None = None) -> str | None:
+        """Why this kernel cannot run on a card of ``capability`` computing in ``compute_dtype``."""
+        capability = parse_capability(capability)
+        if capability < tuple(self.min_capability):
+            return f"needs compute capability >= {self.min_capability[0]}.{self.min_capability[1]}"
+        if compute_dtype is not None and compute_dtype not in self.compute_dtypes:
+            return f"computes in {'/'.join(self.compute_dtypes)}, not {compute_dtype}"
+        if compute_dtype == "bfloat16" and capability < BF16_CAPABILITY:
+            return "cannot compute in bfloat16 below compute capability 8.0 (no bf16 tensor cores)"
+        return None
+
+    def record(self) -> dict:
+        """The JSON entry ``kdq-predict.json`` ``cuda_kernels`` holds for it (see :func:`runtime_settings`)."""
+        return {
+            "kernel": self.name,
+            "min_capability": [int(x) for x in self.min_capability],
+            "quantization_config": dict(self.overrides),
+            "compute_dtypes": list(self.compute_dtypes),
+        }
+
+
+#: unquantized linears: ``F.linear``, a cuBLAS GEMM in the compute dtype (fp16 tensor cores from sm_70)
+FP16_KERNEL = CudaKernel(
+    "torch-fp16",
+    ANY_CAPABILITY,
+    (16,),
+    source="torch 2.13 torch/nn/modules/linear.py:130-134 (Linear.forward -> F.linear, a cuBLAS GEMM)",
+    note="plain nn.Linear: one cuBLAS GEMM per layer in the compute dtype",
+)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The CUDA kernel :func:`choose_cuda_kernel` picked for a folder on a card.
+
+    ``kernel``: its name; ``overrides``: the ``quantization_config`` entries to merge before
+    loading (``{}``: nothing to change); ``min_capability``: its floor; ``reason``: one line saying
+    what runs and why (for logs and the budget verdict); ``source``: the backend's file:line.
+    """
+
+    kernel: str
+    overrides: dict
+    min_capability: tuple
+    reason: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +227,9 @@ class QuantMethod:
     #: ``{device type: {environment variable: value}}`` set (where unset) before loading or
     #: quantizing on that kind of device, by kdq and by the exported predict.py
     load_env: dict = {}
+    #: the CUDA kernels that run this method's folders, best first (:class:`CudaKernel`), as the
+    #: installed backends declare them; empty: none known, so a folder of it has no CUDA kernel
+    cuda_kernels: tuple = ()
 
     def variant_fields(self) -> dict:
         """``{variant name: QuantConfig fields}`` (``method`` included)."""
@@ -161,6 +278,12 @@ class QuantMethod:
         when predict.py loads the folder on that kind of device (default: none). Recorded in
         ``kdq-predict.json`` at export, so predict.py applies them without knowing the method."""
         return {}
+
+    def kernel_misfit(self, kernel: CudaKernel, qc: dict) -> str | None:
+        """Why ``kernel`` cannot run a folder whose ``config.json`` holds ``qc``, on any card
+        (``None``: it can). Default: the format's bits; a method whose kernels also depend on
+        its own fields (group size, a backend pinned in ``qc``) says so."""
+        return kernel.misfit(bits=self.weight_format(qc).bits)
 
     # ---- process set-up
     def prepare_load(self, device) -> None:
@@ -332,10 +455,19 @@ def runtime_settings(qc: dict | None) -> dict:
     compares with the manifest's; ``load``: ``{device type: {"env": {variable: default},
     "quantization_config": {key: value}}}``, the environment defaults to set and the entries to
     override in ``quantization_config`` when loading on that kind of device.
+
+    ``cuda_kernels``: the CUDA kernels that can run this folder's format, best first, each
+    ``{"kernel": name, "min_capability": [major, minor], "quantization_config": {key: value},
+    "compute_dtypes": [dtype, ...]}``: on a CUDA card predict.py takes the first whose
+    ``min_capability`` is at most the card's (``torch.cuda.get_device_capability``) and whose
+    ``compute_dtypes`` holds the dtype it computes in, and merges its ``quantization_config``
+    over the ``load["cuda"]`` one; none: the folder has no kernel on that card
+    (:func:`choose_cuda_kernel` is the same rule, for kdq).
     """
+    kernels = [k.record() for k in cuda_kernels_for(qc)]
     method = method_for({"quantization_config": qc}) if qc else None
     if method is None:
-        return {"backend_modules": [], "backend_packages": [], "load": {}}
+        return {"backend_modules": [], "backend_packages": [], "load": {}, "cuda_kernels": kernels}
     load: dict = {}
     for device_type, env in method.load_env.items():
         if env:
@@ -343,7 +475,106 @@ def runtime_settings(qc: dict | None) -> dict:
     for device_type, overrides in method.load_overrides(qc).items():
         if overrides:
             load.setdefault(device_type, {})["quantization_config"] = dict(overrides)
-    return {"backend_modules": list(method.runtime_modules), "backend_packages": list(method.wheels), "load": load}
+    return {
+        "backend_modules": list(method.runtime_modules),
+        "backend_packages": list(method.wheels),
+        "load": load,
+        "cuda_kernels": kernels,
+    }
+
+
+# --------------------------------------------------------------- CUDA kernels by compute capability
+def _kernel_table(qc: dict | None) -> tuple:
+    """``(label, [(kernel, why it cannot run this format or None), ...])`` for a folder's
+    ``quantization_config`` (``None``: unquantized), in the method's preference order."""
+    method = method_for({"quantization_config": qc}) if qc else None
+    if method is None:
+        return FP16.name, [(FP16_KERNEL, None)]
+    return method.weight_format(qc).name, [(k, method.kernel_misfit(k, qc)) for k in method.cuda_kernels]
+
+
+def cuda_kernels_for(quantization_config: dict | None) -> list:
+    """The :class:`CudaKernel` s that can run a folder whose ``config.json`` holds
+    ``quantization_config`` (``None``: unquantized), best first, whatever the card."""
+    return [k for k, why in _kernel_table(quantization_config)[1] if why is None]
+
+
+def _choose(qc: dict | None, capability, compute_dtype: str | None) -> tuple:
+    """``(KernelChoice or None, why none)``: the first kernel that fits, else every refusal."""
+    capability = parse_capability(capability)
+    label, table = _kernel_table(qc)
+    refused: dict = {}  # why -> kernel names, in preference order
+    for kernel, why in table:
+        why = why or kernel.card_misfit(capability, compute_dtype)
+        if why is None:
+            over = f" (quantization_config {kernel.overrides})" if kernel.overrides else ""
+            reason = (
+                f"{label} on {_sm(capability)}: {kernel.name}{over}: {kernel.note} (read from source, not measured)"
+            )
+            choice = KernelChoice(
+                kernel.name, dict(kernel.overrides), tuple(kernel.min_capability), reason, kernel.source
+            )
+            return choice, ""
+        refused.setdefault(why, []).append(kernel.name)
+    detail = "; ".join(f"{', '.join(names)} {why}" for why, names in refused.items())
+    dtype = f" computing in {compute_dtype}" if compute_dtype else ""
+    return None, f"{label} has no CUDA kernel on {_sm(capability)}{dtype}: {detail or 'kdq lists none for it'}"
+
+
+def choose_cuda_kernel(
+    quantization_config: dict | None, capability, compute_dtype: str | None = "float16"
+) -> KernelChoice | None:
+    """The CUDA kernel that runs a folder whose ``config.json`` holds ``quantization_config``
+    (``None``: unquantized, the plain fp16 kernel) on a card of ``capability`` (``(7, 5)``,
+    ``"7.5"``) computing in ``compute_dtype`` (``None``: any): the first of the method's
+    :attr:`~QuantMethod.cuda_kernels` that fits all three, or ``None`` when none does.
+    Pure logic: reads no GPU, imports no backend."""
+    return _choose(quantization_config, capability, compute_dtype)[0]
+
+
+def _config_of(format_or_config) -> dict | None:
+    """A ``quantization_config`` for a weight format (its name, e.g. ``"gptq-4"``, or a
+    :class:`WeightFormat`), or the config itself (a dict, ``None``: unquantized)."""
+    if format_or_config is None or isinstance(format_or_config, dict):
+        return format_or_config
+    name = getattr(format_or_config, "name", format_or_config)
+    if name == FP16.name:
+        return None
+    seen = []
+    for fields in variants().values():
+        method = _REGISTRY[fields["method"]]
+        qc = method.quantization_config_for(_variant_stand_in(method, fields))
+        fmt = method.weight_format(qc).name
+        if fmt == name:
+            return qc
+        seen.append(fmt)
+    raise ValueError(f"unknown weight format {name!r}; known: {[FP16.name, *dict.fromkeys(seen)]}")
+
+
+def _variant_stand_in(method: QuantMethod, fields: dict):
+    """What :meth:`QuantMethod.quantization_config_for` reads of a ``QuantConfig`` (``bits``,
+    ``settings``), for a variant at its defaults; the registry never imports :mod:`kdq.quantize`."""
+    from types import SimpleNamespace
+
+    own = settings_fields(method.settings)
+    bits = fields.get("bits") or (method.allowed_bits[0] if method.allowed_bits else None)
+    settings = method.settings(**{k: v for k, v in fields.items() if k in own})
+    return SimpleNamespace(method=method.name, bits=bits, settings=settings, options=None)
+
+
+def cuda_kernel_reason(format_or_config, capability, compute_dtype: str | None = "float16") -> str:
+    """One line: the kernel a weight format (``"gptq-4"``, a :class:`WeightFormat`) or a folder's
+    ``quantization_config`` runs on a card of ``capability``, or why it has none."""
+    choice, why = _choose(_config_of(format_or_config), capability, compute_dtype)
+    return choice.reason if choice is not None else why
+
+
+def has_cuda_kernel(format_or_config, capability, compute_dtype: str | None = "float16") -> bool:
+    """Whether a weight format (``"gptq-4"``, a :class:`WeightFormat`) or a folder's
+    ``quantization_config`` has a CUDA kernel on a card of ``capability`` (``(7, 5)``, ``"7.5"``):
+    a budget verdict flags a format without one rather than projecting it at any speed
+    (:func:`cuda_kernel_reason` says why)."""
+    return _choose(_config_of(format_or_config), capability, compute_dtype)[0] is not None
 
 
 def runtime_modules_by_quant_method() -> dict:

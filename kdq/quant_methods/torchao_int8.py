@@ -12,9 +12,27 @@ whole process when the config is applied; kdq never compiles the model, so it le
 
 from __future__ import annotations
 
-from .registry import HEAD_MODULES, QuantMethod, WeightFormat, register_quantizer
+from .registry import ANY_CAPABILITY, HEAD_MODULES, CudaKernel, QuantMethod, WeightFormat, register_quantizer
 
 QUANT_TYPE = "Int8WeightOnlyConfig"
+
+# torchao 0.18.0's one path for an Int8Tensor weight under F.linear, without torch.compile (kdq
+# never compiles), read from its installed source (site-packages/torchao/), not measured.
+MM_KERNEL = CudaKernel(
+    "torchao-int8-mm",
+    ANY_CAPABILITY,
+    (8,),
+    source=(
+        "torchao 0.18.0 torchao/quantization/quantize_/workflows/int8/int8_tensor.py:266-359 "
+        "(F.linear on an Int8Tensor: weight-only branch 336-354); torchao/quantization/quant_api.py:729-772"
+    ),
+    note=(
+        "weight-only, eager: per row, the int8 weight is cast to the activation dtype every forward, "
+        "then torch.mm (cuBLAS) and the per-row scale applied to the product (which is 1/scale times "
+        "larger than the output, so an fp16 overflow risk); per group, dequantize then torch.mm; "
+        "no capability check, no _weight_int8pack_mm, no int8 tensor cores"
+    ),
+)
 
 
 def _quant_type(qc: dict) -> dict:
@@ -30,6 +48,7 @@ class TorchAoInt8(QuantMethod):
     wheels = ("torchao",)
     quant_method = "torchao"
     allowed_bits = (8,)
+    cuda_kernels = (MM_KERNEL,)
 
     def owns(self, qc: dict) -> bool:
         return super().owns(qc) and _quant_type(qc).get("_type") == QUANT_TYPE
