@@ -169,8 +169,9 @@ def shrink(
         student layer), the block-influence scores and, when narrowed, ``width``: the source
         sizes, the new ones and the kept channels, neurons, query heads and KV heads.
     Raises:
-        ValueError: an unknown strategy, missing calibration rows, bad layer indices, or a width
-        that cannot be honoured (the message names the nearest valid sizes).
+        ValueError: an unknown strategy, missing calibration rows, bad layer indices, a width that
+        cannot be honoured (the message names the nearest valid sizes), or width pruning of a model
+        family it is not proven for (:data:`kdq.distill.width.WIDTH_FAMILIES`), before the calibration pass.
     """
     from .width import check_width, plan_width, prune_width
 

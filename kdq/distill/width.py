@@ -22,6 +22,16 @@ is a standard config that stock transformers loads; the kept indices are recorde
 
 Pruning goes through the state dict: a new model is built from the narrowed config and the
 sliced tensors are loaded into it strictly, so no module keeps a stale size.
+
+Only families whose forward has been read for width-dependent constants are pruned
+(:data:`WIDTH_FAMILIES`, keyed by ``config.model_type``); any other family is refused, naming it,
+before the calibration pass. Slicing is exact only when nothing in the forward depends on the
+hidden size but the tensors' shapes: ``head_dim`` is written to the config explicitly, and Gemma's
+embedding multiplier ``sqrt(hidden_size)`` is folded into the kept embedding columns
+(``sqrt(H) / sqrt(H')``), so the hidden state entering layer 0 is the source's on the kept channels.
+Gemma's RMSNorm scales by ``1 + weight``; slicing ``weight`` slices ``1 + weight`` alike. What no
+slicing keeps, for any family, is each RMSNorm's mean square, now over the kept channels only: the
+deeper layers move, which is what the distillation after pruning is for.
 """
 
 from __future__ import annotations
@@ -32,6 +42,65 @@ from dataclasses import dataclass
 import torch
 
 WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+@dataclass(frozen=True)
+class WidthFamily:
+    """What width pruning must know of one model family's forward, read from its transformers modeling code.
+
+    ``norms``: each layer's RMSNorms over the hidden channels (sliced like the residual stream); of these,
+    ``meter_norms`` normalise the residual stream itself, and the channel importance is measured at their
+    outputs (and the final norm's). ``head_norms``: per-head norms over ``head_dim`` (Qwen3's ``q_norm`` /
+    ``k_norm``), kept whole. ``embed_scale``: the forward multiplies the embeddings by ``sqrt(hidden_size)``
+    (Gemma), a constant that changes with the width; pruning folds ``sqrt(H) / sqrt(H')`` into the kept columns.
+    """
+
+    norms: tuple = LLAMA_NORMS
+    meter_norms: tuple = LLAMA_NORMS
+    head_norms: tuple = ()
+    embed_scale: bool = False
+
+
+#: The families width pruning is proven for (``tests/test_width_families.py``: every channel kept gives the
+#: source's logits exactly; channels dropped give the source's layer-0 input on the kept channels). Llama covers
+#: Danube3 and SmolLM2. Checked against transformers' modeling code: no embedding or residual multiplier (but
+#: Gemma's, folded), no hidden-size-dependent attention scale (``head_dim`` is explicit), no fused projections.
+WIDTH_FAMILIES = {
+    "llama": WidthFamily(),
+    "mistral": WidthFamily(),
+    "qwen2": WidthFamily(),
+    "qwen3": WidthFamily(head_norms=("self_attn.q_norm.weight", "self_attn.k_norm.weight")),
+    "gemma": WidthFamily(embed_scale=True),
+    "gemma2": WidthFamily(
+        norms=(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ),
+        meter_norms=("input_layernorm", "pre_feedforward_layernorm"),
+        embed_scale=True,
+    ),
+}
+
+
+def width_family(config) -> WidthFamily:
+    """The :class:`WidthFamily` of ``config.model_type``.
+
+    Raises:
+        ValueError: a family kdq has not checked, naming it and the supported ones.
+    """
+    kind = getattr(config, "model_type", None)
+    if kind not in WIDTH_FAMILIES:
+        raise ValueError(
+            f"shrink: width pruning of model_type {kind!r} is refused: kdq has not read that family's forward for "
+            "constants that depend on the width (embedding or residual multipliers, norms, a head_dim derived "
+            "from hidden_size, fused projections), so the pruned student could compute something other than the "
+            f"source's kept channels. Width pruning supports {sorted(WIDTH_FAMILIES)}; for {kind!r}, drop layers "
+            "only (no hidden_size / intermediate_size / num_attention_heads / num_key_value_heads)."
+        )
+    return WIDTH_FAMILIES[kind]
 
 
 @dataclass
@@ -64,7 +133,8 @@ class WidthMeter:
             "neurons": torch.zeros(n_layers, inter, dtype=torch.float64),
             "heads": torch.zeros(n_layers, self.n_heads, dtype=torch.float64),
         }
-        self._norms = [m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+        family = width_family(cfg)
+        self._norms = [getattr(layer, name) for layer in self.layers for name in family.meter_norms]
         self._norms.append(base.norm)
         self._mask = None
         self._handles = []
@@ -137,10 +207,11 @@ def check_width(config, **sizes) -> dict:
             ``num_key_value_heads``, the source's KV heads are kept when the query heads
             divide among them, else the source's queries-per-group ratio is kept.
     Raises:
-        ValueError: a size larger than the source, not positive, or one that breaks the GQA
-        groups (KV heads must divide query heads, with at most the source's queries per group),
-        naming the nearest valid sizes.
+        ValueError: a model family width pruning is not proven for (:func:`width_family`), a size
+        larger than the source, not positive, or one that breaks the GQA groups (KV heads must divide
+        query heads, with at most the source's queries per group), naming the nearest valid sizes.
     """
+    width_family(config)
     src = {
         "hidden_size": int(config.hidden_size),
         "intermediate_size": int(config.intermediate_size),
@@ -254,25 +325,42 @@ def _rows(idx: list, size: int) -> torch.Tensor:
 def prune_width(model, plan: WidthPlan):
     """A new model of the same class with ``plan``'s sizes and the kept slices of ``model``'s weights.
 
-    ``model``: a Llama-style ``*ForSequenceClassification`` (Llama, Mistral, Qwen2, Danube3,
-    SmolLM2). Returns the new model (``model`` is not changed), in ``model``'s dtype.
+    ``model``: a ``*ForSequenceClassification`` of a family in :data:`WIDTH_FAMILIES` (Llama, Danube3,
+    SmolLM2, Mistral, Qwen2, Qwen3, Gemma, Gemma2). Returns the new model (``model`` is not changed), in
+    ``model``'s dtype. Raises ``ValueError`` for any other family (:func:`width_family`).
     """
     cfg = model.config
+    family = width_family(cfg)
     d = _head_dim(cfg)
     new_cfg = copy_config(cfg, plan.sizes, head_dim=d)
     ch = torch.tensor(plan.channels, dtype=torch.long)
+    dtype = next(model.parameters()).dtype
     out = {}
     for name, t in model.state_dict().items():
-        out[name] = _slice(name, t, ch, plan, d)
-    new = type(model)._from_config(new_cfg, dtype=next(model.parameters()).dtype)
+        out[name] = _slice(name, t, ch, plan, d, family)
+        if family.embed_scale and name.endswith("embed_tokens.weight"):
+            out[name] = _fold_embed_scale(out[name], int(cfg.hidden_size), int(new_cfg.hidden_size))
+    new = type(model)._from_config(new_cfg, dtype=dtype)
     missing, unexpected = new.load_state_dict(out, strict=False)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
         raise ValueError(
             f"width pruning of {type(model).__name__} left tensors unmatched (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}); shrink supports Llama-style decoders (Llama, Danube3, SmolLM2, Mistral, Qwen2)."
+            f"{unexpected[:5]}); width pruning supports {sorted(WIDTH_FAMILIES)}."
         )
     return new.eval()
+
+
+def _fold_embed_scale(embed: torch.Tensor, hidden: int, new_hidden: int) -> torch.Tensor:
+    """Kept embedding columns times ``sqrt(hidden) / sqrt(new_hidden)``: the narrowed model multiplies its
+    embeddings by ``sqrt(new_hidden)`` (rounded to the weights' dtype, as Gemma's forward rounds it), so its
+    layer-0 input is the source's on the kept channels. Computed in fp32, rounded once to the weights' dtype."""
+    if hidden == new_hidden:
+        return embed
+    scale = float(torch.tensor(hidden**0.5, dtype=embed.dtype)) / float(
+        torch.tensor(new_hidden**0.5, dtype=embed.dtype)
+    )
+    return (embed.float() * scale).to(embed.dtype)
 
 
 def copy_config(cfg, sizes: dict, *, head_dim: int):
@@ -284,7 +372,7 @@ def copy_config(cfg, sizes: dict, *, head_dim: int):
     return new
 
 
-def _slice(name: str, t: torch.Tensor, ch: torch.Tensor, plan: WidthPlan, d: int) -> torch.Tensor:
+def _slice(name: str, t: torch.Tensor, ch: torch.Tensor, plan: WidthPlan, d: int, family: WidthFamily) -> torch.Tensor:
     """The kept part of one state-dict tensor (the rules of the module doc)."""
     parts = name.split(".")
     if "layers" in parts:
@@ -292,9 +380,9 @@ def _slice(name: str, t: torch.Tensor, ch: torch.Tensor, plan: WidthPlan, d: int
         leaf = ".".join(parts[parts.index("layers") + 2 :])
         q_rows, kv_rows = _rows(plan.heads[layer], d), _rows(plan.kv_heads[layer], d)
         neurons = torch.tensor(plan.neurons[layer], dtype=torch.long)
-        rules = {
-            "input_layernorm.weight": lambda x: x[ch],
-            "post_attention_layernorm.weight": lambda x: x[ch],
+        rules = {f"{norm}.weight": lambda x: x[ch] for norm in family.norms}
+        rules |= {norm: lambda x: x for norm in family.head_norms}  # over head_dim, which never changes
+        rules |= {
             "self_attn.q_proj.weight": lambda x: x[q_rows][:, ch],
             "self_attn.k_proj.weight": lambda x: x[kv_rows][:, ch],
             "self_attn.v_proj.weight": lambda x: x[kv_rows][:, ch],
@@ -311,7 +399,7 @@ def _slice(name: str, t: torch.Tensor, ch: torch.Tensor, plan: WidthPlan, d: int
             "mlp.down_proj.bias": lambda x: x[ch],
         }
         if leaf not in rules:
-            raise ValueError(f"width pruning: no rule for tensor {name!r}; shrink supports Llama-style decoders.")
+            raise ValueError(f"width pruning: no rule for tensor {name!r}; its family's forward was not checked.")
         return rules[leaf](t).clone()
     if name.endswith("embed_tokens.weight"):
         return t[:, ch].clone()
@@ -321,4 +409,4 @@ def _slice(name: str, t: torch.Tensor, ch: torch.Tensor, plan: WidthPlan, d: int
         return t[:, ch].clone()
     if name.endswith("rotary_emb.inv_freq") or name.endswith("score.bias"):
         return t.clone()
-    raise ValueError(f"width pruning: no rule for tensor {name!r}; shrink supports Llama-style decoders.")
+    raise ValueError(f"width pruning: no rule for tensor {name!r}; its family's forward was not checked.")
