@@ -263,3 +263,27 @@ def test_measured_cuda_throughput_replaces_the_estimate():
     assert unknown["basis"] == "flops-estimate" and "_gpu_peaks.json" in unknown["notes"][0]
     cpu = project(spec, FP16, lengths, p, measured={"device": "cpu (x86, 2 threads)", "tokens_per_s": 2e5})
     assert cpu["basis"] == "flops-estimate"
+
+
+def test_the_verdict_covers_kernels_host_ram_and_disk():
+    """Issue 30: a format with no kernel on the profile's card does not fit (whatever its speed); host RAM is
+    the weights times the measured load factor plus the overhead; the export must fit the dataset limit."""
+    spec = ModelSpec.from_config(LlamaConfig(**DANUBE3_500M))
+    p = load_budget("lmsys-2xt4")
+    ok = project(spec, FP16, [512] * 8, p)
+    assert ok["has_kernel"] and ok["kernel"] == "torch-fp16" and ok["fits_dataset"] and ok["fits_working_disk"]
+    assert ok["ram_gb"] == pytest.approx(ok["weights_gb"] * p.host_load_factor + p.host_overhead_gb)
+    # the same format on a card below bitsandbytes' int8 floor (sm_75): flagged, not projected
+    old_card = dataclasses.replace(p, compute_capability="7.0")
+    int8 = WeightFormat("bnb-int8", 8)
+    flagged = project(spec, int8, [512] * 8, old_card)
+    assert not flagged["has_kernel"] and not flagged["fits"] and not flagged["fits_time"]
+    assert any("no CUDA kernel on sm_70" in n for n in flagged["notes"])
+    assert project(spec, int8, [512] * 8, p)["has_kernel"]  # the T4 itself has igemmlt
+    # host RAM: a notebook with 4 GB of RAM cannot load a 1 GB model with 4 GB of overhead
+    small = project(spec, FP16, [512] * 8, dataclasses.replace(p, ram_gb=4.0))
+    assert not small["fits_ram"] and not small["fits"]
+    # disk: an export over the dataset limit does not fit; over the working disk it is only noted
+    tiny_disk = project(spec, FP16, [512] * 8, dataclasses.replace(p, dataset_limit_gb=0.5, working_disk_gb=0.5))
+    assert not tiny_disk["fits_dataset"] and not tiny_disk["fits_working_disk"] and not tiny_disk["fits"]
+    assert any("working disk" in n for n in tiny_disk["notes"])

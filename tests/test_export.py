@@ -414,7 +414,8 @@ def test_quantized_student_exports_and_predicts_without_kdq(method, tmp_path, ti
     # what predict.py needs to load it is recorded, so the runtime never names a method
     settings = json.loads((out / "kdq-predict.json").read_text())
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert {k: settings[k] for k in ("backend_modules", "backend_packages", "load")} == runtime_settings(qc)
+    recorded = ("backend_modules", "backend_packages", "load", "cuda_kernels")
+    assert {k: settings[k] for k in recorded} == runtime_settings(qc)
     assert verify(out).probe_rows == 3
 
     test_csv = write_arena_csv(tmp_path / "test.csv", 6, seed=11, max_words=60)

@@ -60,11 +60,10 @@ def gptq(bits=4, **extra) -> dict:
 
 def predict_rule(record: list, capability, dtype: str) -> dict | None:
     """What the standalone predict.py does with kdq-predict.json ``cuda_kernels`` (it cannot import kdq):
-    the first entry whose min_capability is at most the card's and whose compute_dtypes hold its dtype."""
-    for entry in record:
-        if tuple(entry["min_capability"]) <= tuple(capability) and dtype in entry["compute_dtypes"]:
-            return entry
-    return None
+    its own rule, kdq_runtime.predict.pick_kernel, on the record."""
+    from kdq.runtime.predict import pick_kernel
+
+    return pick_kernel(record, capability, dtype)
 
 
 @pytest.mark.parametrize("capability", [T4, A100, H100], ids=["sm75", "sm80", "sm90"])

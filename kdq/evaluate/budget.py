@@ -32,6 +32,10 @@ class BudgetProfile:
     slower its kernels are than fp16 (dequantization); a format missing from it is an error,
     never a silent 1.0 (``fp16`` is the reference, 1.0 unless stated). Both are stated
     assumptions; a throughput measured on CUDA replaces them.
+    ``host_load_factor``: the notebook's peak host RAM while ``predict.py`` loads a model, over the
+    model's weight bytes (``bench/rehearsal.py`` measures it at full size); ``dataset_limit_gb`` and
+    ``working_disk_gb``: the largest dataset the platform takes, and the writable disk of a notebook
+    that builds the export itself (``None``: not checked).
     """
 
     name: str
@@ -52,6 +56,9 @@ class BudgetProfile:
     batch_size: int
     tta_factor: float
     compute_capability: str = ""
+    host_load_factor: float = 1.2
+    dataset_limit_gb: float | None = None
+    working_disk_gb: float | None = None
     bf16: bool = True
     offline: bool = False
     compute_slowdown: dict = field(default_factory=dict)
@@ -67,6 +74,10 @@ class BudgetProfile:
             check_range(c, f, getattr(self, f), 0, lo_open=True)
         for f in ("reserved_gb_per_gpu", "overhead_hours", "host_overhead_gb"):
             check_range(c, f, getattr(self, f), 0)
+        check_range(c, "host_load_factor", self.host_load_factor, 1)
+        for f in ("dataset_limit_gb", "working_disk_gb"):
+            if getattr(self, f) is not None:
+                check_range(c, f, getattr(self, f), 0, lo_open=True)
         for f in ("compute_efficiency", "bandwidth_efficiency"):
             check_range(c, f, getattr(self, f), 0, 1, lo_open=True)
         check_range(c, "tta_factor", self.tta_factor, 1)
@@ -206,6 +217,10 @@ def project(
     w_bytes = weight_bytes(spec, fmt)
     compute_s = bandwidth_s = est_s = 0.0
     slow = p.slowdown(fmt)
+    # a format with no kernel on the profile's GPU is flagged, never projected at fp16 speed
+    kernel = kernel_verdict(fmt, p)
+    if not kernel["has_kernel"]:
+        notes.append(kernel["reason"])
     for b, longest in _padded_batches(lengths, p.batch_size):
         c = batch_flops(spec, b, longest) / (p.peak_tflops * 1e12 * p.compute_efficiency) * slow
         m = w_bytes / (p.bandwidth_gbs * GB * p.bandwidth_efficiency)  # every batch streams all weights once
@@ -233,10 +248,13 @@ def project(
     L = int(max_length or max(lengths))
     act = activation_bytes(spec, p.batch_size, L)
     need = w_bytes + act["total"] + p.reserved_gb_per_gpu * GB
-    ram_need = w_bytes + p.host_overhead_gb * GB  # weights pass through host RAM while loading
-    fits_time = projected <= p.time_limit_hours
+    # weights pass through host RAM while loading: predict.py's measured peak over its weights
+    ram_need = w_bytes * p.host_load_factor + p.host_overhead_gb * GB
+    fits_time = projected <= p.time_limit_hours and kernel["has_kernel"]
     fits_gpu = need <= p.gpu_memory_gb * GB
     fits_ram = ram_need <= p.ram_gb * GB
+    disk = disk_verdict(w_bytes, p)
+    notes += disk["notes"]
     if fmt.needs and p.offline:
         notes.append(
             f"offline notebook: bring a {fmt.needs} wheel built for sm_{p.compute_capability.replace('.', '')}"
@@ -245,8 +263,13 @@ def project(
         notes.append("a full copy does not fit one GPU; splitting layers over the GPUs is not modelled")
     return {
         "profile": p.name,
-        "fits": bool(fits_time and fits_gpu and fits_ram),
+        "fits": bool(fits_time and fits_gpu and fits_ram and disk["fits_dataset"]),
         "fits_time": bool(fits_time),
+        "has_kernel": kernel["has_kernel"],
+        "kernel": kernel["kernel"],
+        "fits_dataset": disk["fits_dataset"],
+        "fits_working_disk": disk["fits_working_disk"],
+        "export_gb": disk["export_gb"],
         "fits_gpu_memory": bool(fits_gpu),
         "fits_ram": bool(fits_ram),
         "basis": basis,
@@ -258,6 +281,7 @@ def project(
         "gpu_limit_gb": p.gpu_memory_gb,
         "margin_gb": p.gpu_memory_gb - need / GB,
         "ram_gb": ram_need / GB,
+        "ram_limit_gb": p.ram_gb,
         "ram_margin_gb": p.ram_gb - ram_need / GB,
         "weights_gb": w_bytes / GB,
         "activations_gb": act["activations"] / GB,
@@ -274,6 +298,41 @@ def project(
         "mean_tokens": sum(lengths) / len(lengths),
         "notes": notes,
     }
+
+
+def kernel_verdict(fmt: WeightFormat, profile: BudgetProfile) -> dict:
+    """``{"has_kernel", "kernel", "reason"}``: whether ``fmt`` has a CUDA kernel on the profile's GPU
+    (its ``compute_capability``), asked of the method registry (:func:`kdq.quant_methods.choose_cuda_kernel`:
+    kernel facts read from the backends' sources, docs/quantize.md). A profile without a capability is
+    not checked."""
+    from ..quant_methods import choose_cuda_kernel, cuda_kernel_reason, has_cuda_kernel
+
+    if not profile.compute_capability:
+        return {"has_kernel": True, "kernel": None, "reason": "no compute capability in the profile: not checked"}
+    cc = profile.compute_capability
+    ok = has_cuda_kernel(fmt, cc)
+    choice = choose_cuda_kernel(fmt, cc) if ok else None
+    reason = cuda_kernel_reason(fmt, cc)
+    if not ok:
+        reason = f"{reason}: no projection at fp16 speed, the variant does not fit {profile.gpu_name}"
+    return {"has_kernel": ok, "kernel": choice.kernel if choice else None, "reason": reason}
+
+
+def disk_verdict(export_bytes: float, profile: BudgetProfile) -> dict:
+    """Whether an export of ``export_bytes`` (its weights: the rest of the folder is a few MB) fits the
+    platform's dataset limit and, when a notebook builds it, its writable disk."""
+    gb = export_bytes / GB
+    notes = []
+    fits_dataset = profile.dataset_limit_gb is None or gb <= profile.dataset_limit_gb
+    fits_working = profile.working_disk_gb is None or gb <= profile.working_disk_gb
+    if not fits_dataset:
+        notes.append(f"the export ({gb:.1f} GB) exceeds the {profile.dataset_limit_gb:g} GB dataset limit")
+    if not fits_working:
+        notes.append(
+            f"the export ({gb:.1f} GB) does not fit the notebook's {profile.working_disk_gb:g} GB working disk: "
+            "build it elsewhere and upload it"
+        )
+    return {"fits_dataset": fits_dataset, "fits_working_disk": fits_working, "export_gb": gb, "notes": notes}
 
 
 # --------------------------------------------------------------------------- measured efficiencies

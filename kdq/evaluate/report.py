@@ -81,7 +81,13 @@ def _fits_cell(v: dict | None) -> str:
         return "✓ " + " / ".join(parts)
     why = [
         k
-        for k, ok in (("time", v["fits_time"]), ("GPU memory", v["fits_gpu_memory"]), ("RAM", v["fits_ram"]))
+        for k, ok in (
+            ("no kernel on the GPU", v.get("has_kernel", True)),
+            ("time", v["fits_time"]),
+            ("GPU memory", v["fits_gpu_memory"]),
+            ("host RAM", v["fits_ram"]),
+            ("dataset size", v.get("fits_dataset", True)),
+        )
         if not ok
     ]
     return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"

@@ -521,15 +521,14 @@ def _choose(qc: dict | None, capability, compute_dtype: str | None) -> tuple:
     return None, f"{label} has no CUDA kernel on {_sm(capability)}{dtype}: {detail or 'kdq lists none for it'}"
 
 
-def choose_cuda_kernel(
-    quantization_config: dict | None, capability, compute_dtype: str | None = "float16"
-) -> KernelChoice | None:
+def choose_cuda_kernel(quantization_config, capability, compute_dtype: str | None = "float16") -> KernelChoice | None:
     """The CUDA kernel that runs a folder whose ``config.json`` holds ``quantization_config``
-    (``None``: unquantized, the plain fp16 kernel) on a card of ``capability`` (``(7, 5)``,
+    (``None``: unquantized, the plain fp16 kernel; a weight format's name or :class:`WeightFormat`
+    stands for its defaults, as in :func:`has_cuda_kernel`) on a card of ``capability`` (``(7, 5)``,
     ``"7.5"``) computing in ``compute_dtype`` (``None``: any): the first of the method's
     :attr:`~QuantMethod.cuda_kernels` that fits all three, or ``None`` when none does.
     Pure logic: reads no GPU, imports no backend."""
-    return _choose(quantization_config, capability, compute_dtype)[0]
+    return _choose(_config_of(quantization_config), capability, compute_dtype)[0]
 
 
 def _config_of(format_or_config) -> dict | None:

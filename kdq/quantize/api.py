@@ -214,7 +214,11 @@ def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
 
     is_path = isinstance(model, (str, os.PathLike))
     loaded = load_classifier(
-        model, tokenizer=tokenizer, dtype=dtype if is_path else None, device=device if is_path else None
+        model,
+        tokenizer=tokenizer,
+        dtype=dtype if is_path else None,
+        device=device if is_path else None,
+        frozen=True,  # only the probe runs it: a bf16 folder stays bf16 in host RAM, computed in fp32
     )
     if is_path and not is_adapter_dir(model):
         folder = Path(model)

@@ -38,7 +38,7 @@ from .constants import (
     tta_mode,
 )
 from .csvfile import iter_rows, missing_columns
-from .dtypes import compute_dtype
+from .dtypes import compute_dtype, compute_in
 from .template import PARTS, TemplateConfig, parse_cell, render
 from .tta import gated_count, score_tta
 from .versions import installed_version
@@ -255,11 +255,48 @@ def load_tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
+def pick_kernel(kernels, capability, compute_dtype: str):
+    """The first of an export's recorded ``cuda_kernels`` (best first: ``{"kernel", "min_capability",
+    "quantization_config", "compute_dtypes"}``, written by kdq's method registry) that runs on a card of
+    ``capability`` (``(major, minor)``) computing in ``compute_dtype`` (``"float16"``); ``None`` when none does."""
+    for k in kernels:
+        if tuple(capability) >= tuple(k["min_capability"]) and compute_dtype in k.get(
+            "compute_dtypes", [compute_dtype]
+        ):
+            return k
+    return None
+
+
+def cuda_kernel(model_dir, device):
+    """The recorded kernel :func:`pick_kernel` chooses for ``device`` (a CUDA device), or ``None`` for a folder
+    exported before kdq recorded kernels. Raises ``RuntimeError`` naming the card when the folder's weight
+    format has no kernel there (e.g. a GPTQ folder pinned to an sm_90-only backend, on a T4)."""
+    settings = _export_settings(model_dir)
+    kernels = settings.get("cuda_kernels")
+    if not kernels:
+        return None
+    dev = torch.device(device)
+    capability = torch.cuda.get_device_capability(dev)
+    dtype = str(model_dtype(settings, dev)).replace("torch.", "")
+    chosen = pick_kernel(kernels, capability, dtype)
+    if chosen is None:
+        raise RuntimeError(
+            f"{model_dir}: none of the kernels recorded for this folder ({[k['kernel'] for k in kernels]}) runs on "
+            f"{torch.cuda.get_device_name(dev)} (sm_{capability[0]}{capability[1]}) in {dtype}; re-quantize with a "
+            "method that has a kernel on this card (docs/quantize.md, 'Kernels on a T4')."
+        )
+    return chosen
+
+
 def load_overrides(model_dir, device) -> dict:
     """The ``quantization_config`` entries to override when loading on ``device``'s kind of device,
-    as the export recorded them (``kdq-predict.json`` ``load``; e.g. a faster GPU kernel)."""
+    as the export recorded them (``kdq-predict.json`` ``load``; e.g. a faster GPU kernel), then, on CUDA,
+    those of the kernel :func:`cuda_kernel` chooses for the card's compute capability."""
     load = _export_settings(model_dir).get("load") or {}
-    return dict((load.get(torch.device(device).type) or {}).get("quantization_config") or {})
+    overrides = dict((load.get(torch.device(device).type) or {}).get("quantization_config") or {})
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():  # the card decides; none: no choice
+        overrides.update((cuda_kernel(model_dir, device) or {}).get("quantization_config") or {})
+    return overrides
 
 
 def model_dtype(settings: dict, device) -> torch.dtype:
@@ -303,8 +340,13 @@ def load_kwargs(model_dir, device) -> dict:
     dev = torch.device(device)
     kwargs = {"dtype": model_dtype(_export_settings(model_dir), dev)}
     if dev.type == "cuda":
-        # Place the weights at load time: quantized layers cannot always be moved afterwards.
+        # Place the weights at load time, straight from the files to the GPU (host RAM holds no copy);
+        # quantized layers cannot always be moved afterwards.
         kwargs["device_map"] = {"": str(dev)}
+    elif not is_quantized(model_dir):
+        # Keep the stored fp16/bf16 weights; load_model computes them in fp32 one module at a time
+        # (an fp32 copy of a 4B model is 16 GB of host RAM, twice its fp16 weights).
+        kwargs["dtype"] = "auto"
     overrides = load_overrides(model_dir, device)
     if overrides:
         from transformers import AutoConfig
@@ -316,11 +358,25 @@ def load_kwargs(model_dir, device) -> dict:
     return kwargs
 
 
+def is_quantized(model_dir) -> bool:
+    """Whether the folder's ``config.json`` records a ``quantization_config``."""
+    return bool(_read_json(Path(model_dir) / "config.json").get("quantization_config"))
+
+
 def load_model(model_dir, device):
-    """The classifier on ``device`` (see :func:`load_kwargs`)."""
+    """The classifier on ``device`` (see :func:`load_kwargs`); on CPU an unquantized folder keeps its stored
+    weights and computes in fp32 module by module (:func:`~.dtypes.compute_in`): host RAM about 1x the
+    weights, not the 2x of an fp32 copy of fp16 weights."""
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **load_kwargs(model_dir, device))
+    if torch.device(device).type != "cuda" and not is_quantized(model_dir):
+        compute_in(model, model_dtype(_export_settings(model_dir), device))
+    elif torch.device(device).type == "cuda":
+        chosen = cuda_kernel(model_dir, device)
+        if chosen is not None:
+            cc = "".join(map(str, torch.cuda.get_device_capability(device)))
+            print(f"{device}: the {chosen['kernel']} kernel (sm_{cc}, chosen from {SETTINGS_FILE})", file=sys.stderr)
     if model.config.pad_token_id is None:
         raise ValueError(
             f"{model_dir}/config.json has no pad_token_id: the classifier could not find each row's "
