@@ -12,11 +12,14 @@ and the others still run:
 * ``kd_train_step``: the distillation train step (forward, KD + CE loss, backward, AdamW) of
   the 500M shape, fp16 autocast as on a T4; plus ``train`` from ``bench/gpu_check_train.py``
   (QLoRA / half-LoRA steps) when that file exists;
-* ``gptq``: GPTQ-8 of the 500M shape through ``kdq.quantize`` (which reloads and verifies);
-* ``bnb``: bitsandbytes int8 / nf4 of the 500M shape: scoring rows/s;
+* ``methods``: every weight format kdq ships (GPTQ-8/4, bitsandbytes int8/nf4, torchao int8) of the 500M
+  shape through ``kdq.quantize`` (which reloads and verifies), then loaded as predict.py loads it (the
+  kernel it picks by compute capability is recorded) and scored on the same lengths as the fp16 folder:
+  tokens/s, and so each format's slowdown against fp16;
 * ``predict``: ``kdq.export`` of the 500M shape, then the folder's ``predict.py`` on a test CSV;
 * ``budget_inputs``: what :func:`kdq.evaluate.budget.measured_profile` reads to put measured
-  efficiencies into a budget profile.
+  efficiencies into a budget profile; on a GPU that ``_gpu_peaks.json`` lists, the profile itself is
+  written beside the JSON (``<out>.profile.json``) for ``kdq compare --set budget=<it>``.
 
 Only torch and transformers are required: the runtime is loaded from ``kdq/runtime`` as a
 standalone package (it imports nothing from kdq). Sections that need kdq itself (``datasets``),
@@ -304,62 +307,77 @@ def ctx_reason(kdq, missing):
     return "; ".join(parts) + " (offline: --wheels DIR with their wheels)"
 
 
-def check_gptq(ctx) -> dict:
+# Every weight format kdq ships, measured on the same shape and lengths as fp16: their slowdowns go into the profile.
+METHODS = ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4", "torchao-int8")
+METHOD_NEEDS = {"gptq": ("gptqmodel", "optimum"), "bnb": ("bitsandbytes",), "torchao": ("torchao",)}
+
+
+def _quantize_method(ctx, method: str) -> Path:
     kdq = ctx["kdq"]
-    skip = _needs(kdq, "gptqmodel", "optimum")
-    if skip:
-        return skip
     from kdq.testing import make_arena_rows
 
-    folder = _small_model_folder(ctx)
-    t0 = time.perf_counter()
-    out = kdq.quantize(
-        str(folder),
-        kdq.QuantConfig.from_name(
-            "gptq-8", num_samples=ctx["plan"]["gptq_samples"], template=kdq.TemplateConfig(max_length=ctx["max_length"])
-        ),
-        calibration=make_arena_rows(ctx["plan"]["gptq_samples"], seed=1),
-        out_dir=ctx["work"] / "gptq8",
+    template = kdq.TemplateConfig(max_length=ctx["max_length"])
+    options = {"template": template}
+    calibration = None
+    if method.startswith("gptq"):
+        options["num_samples"] = ctx["plan"]["gptq_samples"]
+        calibration = make_arena_rows(ctx["plan"]["gptq_samples"], seed=1)
+    config = kdq.QuantConfig.from_name(method, **options)
+    return Path(
+        kdq.quantize(str(_small_model_folder(ctx)), config, calibration=calibration, out_dir=ctx["work"] / method)
     )
-    report = json.loads((Path(out) / "kdq-quantize.json").read_text())
+
+
+def _score_folder(ctx, folder: Path, lengths) -> dict:
+    """predict.py's load (its kernel choice by compute capability included) and no-TTA scoring of ``lengths``."""
+    runtime = ctx["runtime"]
+    model = runtime.predict.load_model(folder, ctx["device"])
+    kernel = runtime.predict.cuda_kernel(folder, ctx["device"]) if ctx["cuda"] else None
+    seqs = random_sequences(lengths, model.config.vocab_size, 3)
+    runtime.batching.predict_logits(model, seqs[:2], 0, batch_size=ctx["batch_size"], device=ctx["device"])
+    sync(ctx["device"])
+    t0 = time.perf_counter()
+    logits = runtime.batching.predict_logits(model, seqs, 0, batch_size=ctx["batch_size"], device=ctx["device"])
+    sync(ctx["device"])
+    wall = time.perf_counter() - t0
+    del model
     return {
-        "seconds": time.perf_counter() - t0,
-        "reload_verified": True,
-        "max_abs_diff": report.get("verify", {}).get("max_abs_diff"),
-        "folder_mb": _mb(out),
+        "rows": len(seqs),
+        "rows_per_s": len(seqs) / wall,
+        "tokens_per_s": sum(lengths) / wall,
+        "finite": bool(torch.isfinite(logits).all()),
+        "folder_mb": _mb(folder),
+        "kernel": (kernel or {}).get("kernel"),
     }
 
 
-def check_bnb(ctx) -> dict:
-    kdq = ctx["kdq"]
-    skip = _needs(kdq, "bitsandbytes")
-    if skip:
-        return skip
-    from transformers import AutoModelForSequenceClassification
-
-    folder = _small_model_folder(ctx)
-    res = {}
+def check_methods(ctx) -> dict:
+    """Each of :data:`METHODS` on the small shape: kdq.quantize (reload-verified), then scored as predict.py
+    scores it, on the same lengths as the fp16 run of that shape (``scoring``); a method whose package is
+    missing says so and the others still run."""
     lengths = ctx["lengths"][: max(8, len(ctx["lengths"]) // 2)]
-    for method in ("bnb-int8", "bnb-nf4"):
-        out = kdq.quantize(str(folder), kdq.QuantConfig.from_name(method), out_dir=ctx["work"] / method)
-        runtime = ctx["runtime"]
-        kwargs = runtime.predict.load_kwargs(out, ctx["device"])  # what predict.py does: fp16 compute on CUDA
-        model = AutoModelForSequenceClassification.from_pretrained(str(out), **kwargs).eval()
-        seqs = random_sequences(lengths, model.config.vocab_size, 3)
-        runtime.batching.predict_logits(model, seqs[:2], 0, batch_size=ctx["batch_size"], device=ctx["device"])
-        sync(ctx["device"])
+    res = {"fp16-small": {"status": "ok", **_score_folder(ctx, _small_model_folder(ctx), lengths)}}
+    for method in METHODS:
+        skip = _needs(ctx["kdq"], *METHOD_NEEDS[method.split("-")[0]])
+        if skip:
+            res[method] = skip
+            continue
+        if time.perf_counter() > ctx["deadline"] - 30:
+            res[method] = {"status": "skipped", "reason": "time budget spent"}
+            continue
         t0 = time.perf_counter()
-        logits = runtime.batching.predict_logits(model, seqs, 0, batch_size=ctx["batch_size"], device=ctx["device"])
-        sync(ctx["device"])
-        wall = time.perf_counter() - t0
-        res[method] = {
-            "rows": len(seqs),
-            "rows_per_s": len(seqs) / wall,
-            "tokens_per_s": sum(lengths) / wall,
-            "finite": bool(torch.isfinite(logits).all()),
-            "folder_mb": _mb(out),
-        }
-        del model
+        try:
+            folder = _quantize_method(ctx, method)
+            res[method] = {
+                "status": "ok",
+                "quantize_seconds": time.perf_counter() - t0,
+                **_score_folder(ctx, folder, lengths),
+            }
+        except Exception as err:  # one method's failure must not hide the others'
+            res[method] = {"status": "error", "error": f"{type(err).__name__}: {err}"[:1500]}
+        if ctx["cuda"]:
+            torch.cuda.empty_cache()
+    res["lengths"] = len(lengths)
     return res
 
 
@@ -444,10 +462,29 @@ def budget_inputs(results: dict) -> dict | None:
         "slowdown": {},
         "slowdown_shape": list(shapes)[-1],
     }
-    for method, r in (results.get("bnb") or {}).items():
-        if isinstance(r, dict) and r.get("tokens_per_s"):
-            inputs["slowdown"][method] = max(1.0, small["none"]["tokens_per_s"] / r["tokens_per_s"])
+    fp16 = (results.get("methods") or {}).get("fp16-small") or {}
+    reference = fp16.get("tokens_per_s") or small["none"]["tokens_per_s"]
+    for method, r in (results.get("methods") or {}).items():
+        if method in METHODS and isinstance(r, dict) and r.get("tokens_per_s"):
+            inputs["slowdown"][method] = max(1.0, reference / r["tokens_per_s"])
     return inputs
+
+
+def write_profile(results: dict, out: Path, base: str = "lmsys-2xt4") -> Path | None:
+    """The budget profile with this run's measured efficiencies (kdq.evaluate.budget.measured_profile), as JSON
+    beside ``out``: ``kdq compare --set budget=<it>`` (or ``EvalConfig(budget=path)``) projects with it."""
+    if not results.get("budget_inputs") or not results["env"].get("kdq_imports"):
+        return None
+    from kdq.evaluate.budget import measured_profile
+
+    try:
+        profile, sources = measured_profile(base, out)
+    except ValueError as err:  # e.g. measured on a CPU or a GPU _gpu_peaks.json does not list
+        results["profile"] = {"status": "skipped", "reason": str(err)}
+        return None
+    path = out.with_name(out.stem + ".profile.json")
+    path.write_text(json.dumps({**profile.to_dict(), "_sources": sources}, indent=2))
+    return path
 
 
 def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
@@ -509,13 +546,13 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
             "work": Path(work),
             "shapes": TINY_SHAPES if dry_run else SHAPES,
             "lengths": arena_lengths(plan["rows"], plan["max_length"]),
+            "deadline": deadline,
         }
         checks = [
             ("scoring", check_scoring),
             ("kd_train_step", check_kd_train_step),
             ("train", check_train_module),
-            ("gptq", check_gptq),
-            ("bnb", check_bnb),
+            ("methods", check_methods),
             ("predict", check_predict),
         ]
         for name, fn in checks:
@@ -544,6 +581,9 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(json.dumps(results, indent=2, default=str))
     os.replace(tmp, out)
+    profile = write_profile(results, out)
+    if profile is not None:
+        print(f"gpu_check: the measured budget profile: {profile}", file=sys.stderr)
     return results
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,14 @@ def test_dry_run_runs_every_check_and_writes_one_json(check):
     for step in train["steps"]:
         assert step["step_s"] > 0 and step["peak_gb"] > 0 and step["projected_gb"] > 0, step
         assert math.isfinite(step["loss"]), step
-    for name in ("gptq", "bnb", "predict"):  # skipped only where a package is missing, never an error
-        assert data[name]["status"] in ("ok", "skipped"), data[name]
+    assert data["methods"]["status"] == "ok" and data["methods"]["fp16-small"]["tokens_per_s"] > 0
+    for method in ("gptq-8", "gptq-4", "bnb-int8", "bnb-nf4", "torchao-int8"):  # each format, the same rows
+        r = data["methods"][method]
+        assert r["status"] in ("ok", "skipped"), (method, r)  # skipped only where a package is missing
+        if r["status"] == "ok":
+            assert r["tokens_per_s"] > 0 and r["finite"] and r["rows"] == data["methods"]["fp16-small"]["rows"]
+            assert data["budget_inputs"]["slowdown"][method] >= 1.0
+    assert data["predict"]["status"] in ("ok", "skipped"), data["predict"]
     if data["predict"]["status"] == "ok":
         assert data["predict"]["predict_returncode"] == 0 and data["predict"]["submission_written"]
     assert data["total_seconds"] < 900
@@ -58,12 +65,18 @@ def test_budget_takes_measured_efficiencies_with_their_sources(check, tmp_path):
     gpu.write_text(json.dumps(data))
     profile, sources = measured_profile(base, gpu)
     assert profile.name == "lmsys-2xt4+measured" and 0 < profile.compute_efficiency <= 1
-    assert (
-        profile.compute_slowdown["bnb-int8"] == 2.5
-        and profile.compute_slowdown["gptq-8"] == base.compute_slowdown["gptq-8"]
-    )
+    measured = data["budget_inputs"]["slowdown"]
+    assert profile.compute_slowdown["bnb-int8"] == 2.5
+    for fmt, factor in profile.compute_slowdown.items():  # every measured format replaced, the others kept
+        assert factor == (max(1.0, measured[fmt]) if fmt in measured else base.compute_slowdown[fmt]), fmt
     assert "on H200" in sources["compute_efficiency"] and "989 peak" in sources["compute_efficiency"]
     assert "h200.json" in sources["compute_slowdown[bnb-int8]"]
+    # what the GPU run writes beside its JSON: a profile file kdq.compare's budget= takes
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_check import write_profile
+
+    written = write_profile(data, gpu)
+    assert written.name == "h200.profile.json" and load_budget(written).compute_slowdown["bnb-int8"] == 2.5
     (tmp_path / "empty.json").write_text("{}")
     with pytest.raises(ValueError, match="no budget_inputs"):
         measured_profile(base, tmp_path / "empty.json")
