@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
-from .lora import load_student, merge_for_save, wrap_lora
+from .lora import load_student, merge_checked, wrap_lora
 from .objective import projection_summary
 from .planning import plan_training
 from .teacher_pass import run_pass, scored_rows, transfer_rows
@@ -26,6 +28,7 @@ from .teachers import ModelTeacher, as_teacher
 
 log = logging.getLogger("kdq.distill")
 DISTILL_RECORD_FORMAT = 1  # kdq-distill.json's format version (under FORMAT_KEY), written by _save_student
+MERGE_PROBE_ROWS = 8  # training rows the merged student is checked on against the trained adapters
 
 
 @dataclass
@@ -79,6 +82,8 @@ def distill(
     from accelerate import PartialState
     from transformers import set_seed
 
+    from .trainer import RUN_RECORD, RunRecordCallback, checkpoint_step, resume_point, run_record, write_record
+
     cfg = config or DistillConfig()
     teacher = as_teacher(teacher)
     if teacher is not None:
@@ -110,6 +115,15 @@ def distill(
                 f"DistillConfig.{name} > 0 matches the teacher's hidden states and needs a teacher; "
                 f"pass teacher=... or set {name}=0."
             )
+    # what this run trains with; a checkpoint resumes only under the same (before the teacher pass: it may be long)
+    data = {"train": train_rows, "eval": eval_rows, "transfer": extra_rows}
+    record = run_record(
+        cfg,
+        teacher=teacher.fingerprint if teacher is not None else None,
+        student=_init_fingerprint(student),
+        data={name: rows_fingerprint(rows) for name, rows in data.items()},
+    )
+    resume_from = resume_point(out / "checkpoints", record) if cfg.resume else None
     metrics: dict = {
         "n_train": len(train_rows),
         "n_eval": len(eval_rows) if eval_rows is not None else 0,
@@ -129,8 +143,10 @@ def distill(
         cache = run_pass(teacher, scored, cfg, features=cfg.feature_weight > 0)
         metrics["teacher_pass"] = cache.summary()
 
-    if cfg.overwrite and state.is_main_process:  # a stale checkpoint must not be resumed later
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if state.is_main_process:
+        if cfg.overwrite:  # a stale checkpoint must not be resumed later
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        write_record(out / RUN_RECORD, record)  # before training: every checkpoint gets a copy
     state.wait_for_everyone()
     # One seed fixes every random initialisation kdq causes: a new score head (load_student), LoRA
     # matrices (wrap_lora) and projections (build_objective) are all drawn after this, before the
@@ -146,10 +162,12 @@ def distill(
         eval_set = eval_set.select_columns(["input_ids", "labels", "length"])
     teacher_model = _live_teacher(teacher, tok, cfg) if _needs_live_teacher(teacher, cfg) else None
     trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, teacher_model, cache)
+    trainer.add_callback(RunRecordCallback(record))
 
-    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
+    if resume_from is not None:
+        log.info("resuming from %s (step %d)", resume_from, checkpoint_step(resume_from))
     start = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     metrics["train_seconds"] = time.perf_counter() - start
     metrics["train"] = {k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))}
     metrics["history"] = [h for h in trainer.state.log_history if "eval_log_loss" in h or "ce" in h]
@@ -164,9 +182,15 @@ def distill(
     metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
 
     if state.is_main_process:  # the student alone: projections never leave training
-        _save_student(
-            getattr(trainer.model, "student", trainer.model), tok, student_dir, cfg, metrics, loaded.fingerprint, cache
-        )
+        facts = {
+            "metrics": metrics,
+            "student_source": loaded.fingerprint,
+            "teacher_cache": str(cache.path) if cache and cache.path else None,
+            "run": record,
+            "resumed_from": _resumed_from(resume_from),
+        }
+        probe = train_set.select(range(min(MERGE_PROBE_ROWS, len(train_set))))["input_ids"]
+        _save_student(getattr(trainer.model, "student", trainer.model), tok, student_dir, cfg, facts, probe)
     state.wait_for_everyone()
     return DistillResult(student_dir=student_dir, metrics=metrics, cache_path=cache.path if cache else None, config=cfg)
 
@@ -265,8 +289,11 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
     )
 
 
-def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metrics: dict, fingerprint: str, cache):
-    model = merge_for_save(model)  # LoRA / QLoRA: ship one plain folder that stock transformers loads
+def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, facts: dict, probe: list) -> Path:
+    """Merge (LoRA / QLoRA: one plain folder that stock transformers loads; checked on ``probe``, token id lists)
+    and save the student with ``kdq-distill.json``: ``facts`` (metrics, sources, run record, resumption) and
+    the merge check."""
+    model, merge = merge_checked(model, cfg.lora, probe, tokenizer.pad_token_id)
     attach_template(model, cfg.template)
     with atomic_dir(student_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
@@ -274,9 +301,38 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, metri
         record = {
             FORMAT_KEY: DISTILL_RECORD_FORMAT,
             "config": cfg.to_dict(),
-            "metrics": jsonable(metrics),
-            "student_source": fingerprint,
-            "teacher_cache": str(cache.path) if cache and cache.path else None,
+            **jsonable(facts),
+            "merge": merge,
         }
         (tmp / "kdq-distill.json").write_text(json.dumps(record, indent=2, default=str))
     return student_dir
+
+
+def _resumed_from(checkpoint: Path | None) -> dict | None:
+    """``kdq-distill.json``'s ``resumed_from``: the checkpoint a resumed run continued and its step."""
+    from .trainer import checkpoint_step
+
+    if checkpoint is None:
+        return None
+    return {"checkpoint": checkpoint.name, "step": checkpoint_step(checkpoint)}
+
+
+def _init_fingerprint(student) -> str:
+    """The identity of what the student starts from, without loading it: a folder's or Hub id's
+    (:func:`kdq.models.source_fingerprint`), or a hash of an in-memory model's weights."""
+    from ..models import fingerprint_module, source_fingerprint
+
+    if isinstance(student, (str, os.PathLike)):
+        return source_fingerprint(student)
+    return fingerprint_module(student)
+
+
+def rows_fingerprint(rows) -> str | None:
+    """Identity of a set of canonical arena rows: a hash of every column of every row, in order
+    (``None`` for ``None``). Any change of text, label or order changes it."""
+    if rows is None:
+        return None
+    h = hashlib.sha256()
+    for batch in rows.with_format("arrow").iter(batch_size=4096):
+        h.update(json.dumps(batch.to_pydict(), sort_keys=True, ensure_ascii=False, default=str).encode())
+    return "rows:" + h.hexdigest()[:16]

@@ -15,6 +15,7 @@ HIDDEN_PROJECTIONS = ("auto", "linear")
 TEACHER_QUANTIZE = ("none", "int8", "nf4")
 BASE_DTYPES = PRECISIONS
 LORA_QUANTIZE = ("none", "nf4")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -46,11 +47,27 @@ class LoraSettings(Config):
             "the score head is never quantized"
         },
     )
+    save_dtype: str = field(
+        default="fp32",
+        metadata={
+            "help": "dtype of the merged student's weights: fp32 (keeps the adapters' updates, which fp16/bf16 "
+            "round away where they are small beside the base weight), fp16 or bf16 (half the bytes; checked)"
+        },
+    )
+    merge_atol: float = field(
+        default=2e-3,
+        metadata={
+            "help": "largest allowed max |Δp| of the merged student (save_dtype) against the trained adapters "
+            "on probe rows; above it the save is refused"
+        },
+    )
 
     def __post_init__(self):
         self._accept_dicts()
         check_choice("LoraSettings", "base_dtype", self.base_dtype, BASE_DTYPES)
         check_choice("LoraSettings", "quantize", self.quantize, LORA_QUANTIZE)
+        check_choice("LoraSettings", "save_dtype", self.save_dtype, SAVE_DTYPES)
+        check_range("LoraSettings", "merge_atol", self.merge_atol, 0.0, 1.0, lo_open=True)
         check_range("LoraSettings", "r", self.r, 1, kind=int)
         check_range("LoraSettings", "alpha", self.alpha, 0, lo_open=True)
         check_range("LoraSettings", "dropout", self.dropout, 0.0, 1.0, hi_open=True)
@@ -82,6 +99,33 @@ TEACHER_FIELDS = frozenset(
         "cache_dir",
         "budget",
         "gpu_check",
+    }
+)
+
+
+#: The :class:`DistillConfig` fields (dotted inside nested configs) a run resumed with ``resume=True`` may change:
+#: where the run lives and what it prints, how long it runs (``epochs``, ``max_steps``: continuing a run for longer
+#: is what resuming is for; the learning-rate schedule follows the new length from the checkpoint's step), the
+#: memory and throughput settings, and how the merged student is saved. Every other field changes what a
+#: training step computes, and a checkpoint resumes only under the values it was trained with
+#: (:mod:`kdq.distill.trainer`'s run record).
+RESUMABLE_FIELDS = frozenset(
+    {
+        "output_dir",
+        "overwrite",
+        "resume",
+        "logging_steps",
+        "save_total_limit",
+        "epochs",
+        "max_steps",
+        "eval_batch_size",
+        "teacher_batch_size",
+        "gradient_checkpointing",
+        "cache_dir",
+        "budget",
+        "gpu_check",
+        "lora.save_dtype",
+        "lora.merge_atol",
     }
 )
 

@@ -5,18 +5,31 @@ AMP, gradient accumulation, checkpoints, resumption and DDP (``accelerate launch
 :class:`~kdq.distill.objective.DistillObjective` (hard-label CE, a divergence to the teacher's
 logits, and optionally a cosine term, a hidden-state term and a pooled-feature term), and logs
 each part of :data:`~kdq.distill.objective.LOSS_PARTS` separately.
+
+The run record (``kdq-run.json``) says what a run trains with: the teacher's and the student's
+fingerprints, the rows' and the training config's (:func:`run_record`). It is written into the
+output folder before training and into every checkpoint (:class:`RunRecordCallback`), and
+``resume=True`` continues a checkpoint only under the same record (:func:`resume_point`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..runtime.batching import pad_batch
+from ..runtime.constants import FORMAT_KEY
 from ..runtime.dtypes import SHORT_NAMES, resolve_dtype
 from ..utils.distributed import world_size
-from .config import DistillConfig
+from ..utils.jsonable import jsonable
+from .config import RESUMABLE_FIELDS, DistillConfig
 from .objective import LOSS_PARTS, DistillObjective
 
 TEACHER_COLUMNS = ("teacher_logits", "teacher_features")  # per-row teacher targets a training table may carry
@@ -150,3 +163,120 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
         save_only_model=False,
         dataloader_num_workers=0,
     )
+
+
+# --------------------------------------------------------------------------- the run record and resumption
+RUN_RECORD = "kdq-run.json"  # in the output folder and in every checkpoint
+RUN_RECORD_FORMAT = 1  # its format version (under FORMAT_KEY)
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_record(cfg: DistillConfig, *, teacher: str | None, student: str, data: dict) -> dict:
+    """What a run trains with, as plain data: the fingerprints of the ``teacher`` (``None``: hard labels),
+    the ``student`` it starts from and the ``data`` (``{"train", "eval", "transfer"}``, ``None`` where not
+    given), and every config field a step depends on (dotted names; all but :data:`RESUMABLE_FIELDS`)."""
+    fields = {k: v for k, v in _flat(jsonable(cfg.to_dict())).items() if k not in RESUMABLE_FIELDS}
+    return {
+        FORMAT_KEY: RUN_RECORD_FORMAT,
+        "teacher": teacher,
+        "student_init": student,
+        "data": dict(data),
+        "config": dict(sorted(fields.items())),
+    }
+
+
+def _flat(value, prefix: str = "") -> dict:
+    """``{"lora": {"r": 4}}`` → ``{"lora.r": 4}``; a nested config that is ``None`` stays one key."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def record_changes(old: dict, new: dict) -> list:
+    """``["teacher (was X, now Y)", "config.learning_rate (was 5e-05, now 0.001)", ...]``: what differs."""
+    flat_old = _flat({k: v for k, v in old.items() if k != FORMAT_KEY})
+    flat_new = _flat({k: v for k, v in new.items() if k != FORMAT_KEY})
+    return [
+        f"{k} (was {flat_old.get(k, 'absent')!r}, now {flat_new.get(k, 'absent')!r})"
+        for k in sorted(set(flat_old) | set(flat_new))
+        if flat_old.get(k, "absent") != flat_new.get(k, "absent")
+    ]
+
+
+def write_record(path, record: dict) -> None:
+    """Write ``record`` as JSON at ``path`` all or nothing: a temporary file beside it, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → what an ordinary open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def last_checkpoint(checkpoint_dir) -> Path | None:
+    """The checkpoint ``Trainer`` would resume: the ``checkpoint-N`` folder with the largest ``N``."""
+    folder = Path(checkpoint_dir)
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT.match(p.name)]
+    return max(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1))) if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-N`` folder was saved at (``N``)."""
+    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1))
+
+
+def resume_point(checkpoint_dir, record: dict) -> Path | None:
+    """The checkpoint ``resume=True`` continues (``None``: none yet, the run starts from its init).
+
+    Raises:
+        ValueError: the last checkpoint was trained with another teacher, student init, data or
+            training config than ``record`` says (each change named, old and new), or it has no run
+            record to tell; the message names the choices: what the checkpoint was trained with, or
+            ``DistillConfig(overwrite=True)`` to start again.
+    """
+    checkpoint = last_checkpoint(checkpoint_dir)
+    if checkpoint is None:
+        return None
+    fix = (
+        "Either go back to what it was trained with (the same teacher folder, student, data and DistillConfig "
+        "training fields), or start again with DistillConfig(overwrite=True) (or another output_dir)."
+    )
+    saved = checkpoint / RUN_RECORD
+    if not saved.is_file():
+        raise ValueError(
+            f"resume=True: {checkpoint} has no {RUN_RECORD} (it was written before kdq recorded what a run trains "
+            "with, or the run stopped while saving it), so kdq cannot tell whether this run's teacher, data and "
+            f"config are the ones it was trained with. Delete that folder to resume from an earlier checkpoint. {fix}"
+        )
+    changes = record_changes(json.loads(saved.read_text()), record)
+    if changes:
+        raise ValueError(
+            f"resume=True would continue {checkpoint} (step {checkpoint_step(checkpoint)}) with other inputs than it "
+            f"was trained with: {'; '.join(changes)}. Resuming would mix two trainings in one student. {fix}"
+        )
+    return checkpoint
+
+
+class RunRecordCallback(TrainerCallback):
+    """Writes the run record into every checkpoint ``Trainer`` saves (on the main process), so a checkpoint
+    carries what it was trained with wherever it is copied."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_record(folder / RUN_RECORD, self.record)
+        return control
