@@ -12,9 +12,17 @@ The dtype rule:
   ``prepare_model_for_kbit_training`` freezes the base and upcasts embedding and norms to
   fp32; the ``score`` head is skipped by the quantizer and trained in full, in fp32.
 
-Saving merges: LoRA onto the base with peft's ``merge_and_unload``; QLoRA onto the
-*dequantized* nf4 base (:func:`merge_for_save`), so the saved, unquantized folder computes what
-the trained model computed, and stock transformers loads it.
+Saving merges (:func:`merge_for_save`) in fp32 on the host: LoRA after moving the model there in fp32
+(in place, one tensor at a time: one fp32 copy, never two; a 4B base is 15.8 GB of host memory then),
+QLoRA onto the *dequantized* nf4 base; the sum is rounded once to ``LoraSettings.save_dtype``. The
+saved, unquantized folder computes what the trained model computed, and stock transformers loads it.
+:func:`merge_checked` proves it on probe rows: the merged student against the trained adapters, both
+computed in fp32, within ``LoraSettings.merge_atol`` (max |Δp|), or the save is refused.
+
+Why fp32 storage by default: a LoRA update ``B·A·α/r`` is small beside the weight it is added to, and
+fp16 / bf16 keep 11 / 8 significant bits, so rounding the merged sum to them drops the part of the update
+below half a step of the weight's grid. The merge's arithmetic was never the problem (peft adds the fp32
+update to the half-precision weight in fp32 and rounds once); the storage is.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import torch
 
 from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
 from ..quantize.config import QuantConfig
-from ..runtime.dtypes import resolve_dtype
+from ..runtime.dtypes import DTYPES, resolve_dtype
 from ..utils.distributed import training_device
+from ..utils.errors import CheckFailed
 from .config import DistillConfig, LoraSettings
 
 
@@ -52,16 +61,17 @@ def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None, sc
     dtype = base_dtype(lora, device)
     if lora is not None and lora.quantize == "nf4":
         return _load_nf4(student, tokenizer, dtype, device, scheme)
-    loaded = load_classifier(student, tokenizer=tokenizer, dtype=dtype, scheme=scheme)
+    loaded = load_classifier(
+        student, tokenizer=tokenizer, dtype=dtype, scheme=scheme, head="reinit", role="the student"
+    )  # a saved head of another size, or none, is re-initialised (a warning)
     loaded.model.to(dtype)  # dtype= only reaches folders; cast objects too
     return loaded
 
 
 def _load_nf4(student, tokenizer, dtype, device, scheme=None):
-    from transformers import AutoModelForSequenceClassification
-
     from ..models import (
         LoadedModel,
+        from_pretrained_classifier,
         is_adapter_dir,
         is_hub_id,
         load_tokenizer,
@@ -70,7 +80,6 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):
         scheme_of,
         source_fingerprint,
     )
-    from ..runtime.constants import label_scheme
     from ..utils.imports import require
 
     require("bitsandbytes", purpose="QLoRA (LoraSettings(quantize='nf4'))")
@@ -86,9 +95,11 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):
         )
     # the registry's nf4 config (double quantization, head skipped), as kdq.quantize would write it
     qc = get_quantizer("bnb-nf4").bnb_config(QuantConfig.from_name("bnb-nf4"), dtype)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(student),
-        num_labels=label_scheme(scheme or scheme_of(student)).num_labels,
+    model = from_pretrained_classifier(  # a saved head of another size, or none, is re-initialised (a warning)
+        student,
+        scheme or scheme_of(student),
+        head="reinit",
+        role="the student",
         quantization_config=qc,
         dtype=dtype,
         device_map={"": str(device)},
@@ -142,26 +153,104 @@ def _cast_input_to_weight(module, args):
 
 
 # --------------------------------------------------------------------------- saving
-def merge_for_save(model):
-    """A plain ``PreTrainedModel`` with LoRA merged, ready for ``save_pretrained``.
+def merge_checked(model, lora: LoraSettings | None, probe: list, pad_id: int) -> tuple:
+    """Merge ``model`` for saving (:func:`merge_for_save`, in ``lora.save_dtype``) and prove the merge on ``probe``.
 
+    Args:
+        model: the trained model; a ``PeftModel`` (LoRA / QLoRA) is merged, anything else is returned as it is.
+        lora: the run's :class:`LoraSettings` (``None``: full fine-tuning, nothing to merge).
+        probe: token id lists (a few training rows) both models score.
+        pad_id: the tokenizer's pad id.
+    Returns:
+        ``(merged model on the CPU, record)``; the record (``kdq-distill.json``'s ``merge``, ``None`` when
+        nothing was merged) holds ``max_dp``: the largest |Δp| over the probe rows and classes between the
+        merged student (its ``save_dtype`` weights, fp32 compute) and the trained adapters (fp32 compute over
+        the stored base; QLoRA: as trained, over the nf4 base), and ``max_dp_trained_compute``: how far the
+        trained model as it ran (the base's dtype) is from that fp32 reference, for scale.
+    Raises:
+        CheckFailed: ``max_dp`` above ``lora.merge_atol``, with the number and the fixes.
+    """
+    if lora is None or not hasattr(model, "merge_and_unload"):
+        return model, None
+    dtype = DTYPES[lora.save_dtype]
+    model.eval()
+    trained = _probabilities(model, probe, pad_id)
+    qlora = _is_qlora(model)
+    if not qlora:
+        _to_host_fp32(model)
+    reference = trained if qlora else _probabilities(model, probe, pad_id)
+    merged = merge_for_save(model, torch.float32)
+    merged.to(dtype).float()  # the save dtype's grid, computed in fp32 (in place: one fp32 copy at a time)
+    got = _probabilities(merged, probe, pad_id)
+    merged.to(dtype)  # exact: the weights are on its grid already
+    record = {
+        "method": "qlora" if qlora else "lora",
+        "save_dtype": lora.save_dtype,
+        "probe_rows": len(probe),
+        "max_dp": _max_abs(got - reference),
+        "max_dp_trained_compute": _max_abs(trained - reference),
+        "atol": lora.merge_atol,
+    }
+    if not record["max_dp"] <= lora.merge_atol:
+        fix = (
+            f"{lora.save_dtype} rounds away the adapters' small updates: set LoraSettings(save_dtype='fp32') "
+            if lora.save_dtype != "fp32"
+            else "Raise LoraSettings.merge_atol if that gap is acceptable "
+        )
+        raise CheckFailed(
+            f"the merged student ({lora.save_dtype} weights) moves probabilities by up to {record['max_dp']:.3g} "
+            f"from the trained adapters on {len(probe)} training rows (LoraSettings.merge_atol="
+            f"{lora.merge_atol:g}); nothing was saved. {fix}and rerun with DistillConfig(resume=True): it continues "
+            "from the last checkpoint and saves again."
+        )
+    return merged, record
+
+
+def _probabilities(model, probe: list, pad_id: int) -> torch.Tensor:
+    """``(N, C)`` fp32 class probabilities of the token id lists ``probe``, on the model's device."""
+    from ..runtime.batching import predict_logits
+
+    return predict_logits(model, probe, pad_id).softmax(-1)
+
+
+def _max_abs(diff: torch.Tensor) -> float:
+    return float(diff.abs().max()) if diff.numel() else 0.0
+
+
+def _is_qlora(model) -> bool:
+    return bool(getattr(model.get_base_model(), "is_loaded_in_4bit", False))
+
+
+def _to_host_fp32(model) -> None:
+    """Move ``model`` to the CPU in fp32, in place, one tensor at a time: the host holds the fp32 model and
+    at most one tensor of the old one, never two full copies."""
+    model.to(device="cpu", dtype=torch.float32)
+
+
+def merge_for_save(model, dtype: torch.dtype = torch.float32):
+    """A plain ``PreTrainedModel`` with LoRA merged in fp32, its weights in ``dtype`` on the CPU, ready for
+    ``save_pretrained`` (anything that is not a ``PeftModel`` is returned as it is).
+
+    LoRA: the model is moved to the host in fp32 (in place, one tensor at a time) and peft merges
+    ``B·A·α/r`` into every adapted weight there, in fp32; the sum is then rounded once to ``dtype``.
     QLoRA: every 4-bit matrix is dequantized (``bitsandbytes.functional.dequantize_4bit``)
-    and the adapter's ``B @ A * scale`` added in fp32, then cast to the model's dtype (its
-    compute dtype, fp32 on CPU); the quantization config is removed. The saved weights are
-    therefore the nf4 values the adapters were trained against, not the original base: the
-    merged folder reproduces the trained model up to float rounding (measured in
-    ``docs/distill.md``), where merging onto the original weights would not.
+    and the adapter's update added in fp32, then stored in ``dtype``; the quantization config is
+    removed. The saved weights are therefore the nf4 values the adapters were trained against, not
+    the original base: the merged folder reproduces the trained model up to float rounding
+    (measured in ``docs/distill.md``), where merging onto the original weights would not.
     """
     if not hasattr(model, "merge_and_unload"):
         return model
-    base = model.get_base_model()
-    if not getattr(base, "is_loaded_in_4bit", False):
-        return model.merge_and_unload()
+    if _is_qlora(model):
+        return _merge_nf4(model, model.get_base_model(), dtype)
+    _to_host_fp32(model)
+    merged = model.merge_and_unload()  # every weight fp32: peft's merge is fp32; unwraps the head's trainable copy
+    return merged.to(dtype)
+
+
+def _merge_nf4(model, base, dtype: torch.dtype):
     import bitsandbytes as bnb
 
-    dtype = getattr(base.config, "dtype", None) or torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     for name, module in list(base.named_modules()):
         layer = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         if not isinstance(layer, bnb.nn.Linear4bit) or name.endswith("base_layer"):  # wrappers replace their own
@@ -178,13 +267,10 @@ def merge_for_save(model):
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
                     weight = weight + module.get_delta_weight(adapter).float()
-        linear = torch.nn.Linear(
-            layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=dtype
-        )
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if layer.bias is not None:
-                linear.bias.copy_(layer.bias)
+        linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        linear.weight = torch.nn.Parameter(weight.to(device="cpu", dtype=dtype), requires_grad=False)
+        if layer.bias is not None:
+            linear.bias = torch.nn.Parameter(layer.bias.detach().to(device="cpu", dtype=dtype), requires_grad=False)
         parent_name, _, child = name.rpartition(".")
         setattr(base.get_submodule(parent_name) if parent_name else base, child, linear)
     merged = model.merge_and_unload()  # no LoRA layers left: unwraps the head's trainable copy
@@ -192,4 +278,4 @@ def merge_for_save(model):
     if quantizer is not None:
         quantizer.remove_quantization_config(merged)  # what transformers' own dequantize() does last
     merged.is_loaded_in_4bit = False
-    return merged.to(dtype)
+    return merged.to(device="cpu", dtype=dtype)
