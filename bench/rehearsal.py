@@ -219,17 +219,24 @@ def st_shrink(ctx):
 
 def st_teacher_pass(ctx):
     """The 4B teacher's pass with swap TTA and cached pooled features, over the rehearsal's rows."""
-    import kdq
     from kdq.data import load_arena
     from kdq.distill.teacher_pass import teacher_pass
 
-    cache = ctx.out / "cache"
+    teacher_pass(str(ctx.m["4b"]), load_arena(str(ctx.rows_4b)), kd_config(ctx, "kd-teacher-pass"), features=True)
+    return {"holds": "4b", "wrote": [ctx.out / "cache"]}
+
+
+def kd_config(ctx, name: str, **changes):
+    """The recommended cross-width recipe, as the teacher pass and the distillation runs share it (one cache
+    key): swap TTA on, as the recipe's swapped training rows need the teacher's features of both orders."""
+    import dataclasses
+
+    import kdq
+
     cfg = kdq.recipe("cross-width-cached").config(
-        output_dir=str(ctx.out / "runs" / "kd-teacher-pass"), template=ctx.template(), cache_dir=str(cache)
+        output_dir=str(ctx.out / "runs" / name), template=ctx.template(), cache_dir=str(ctx.out / "cache")
     )
-    cfg = _replace(cfg, teacher_batch_size=2)
-    teacher_pass(str(ctx.m["4b"]), load_arena(str(ctx.rows_4b)), cfg, features=True)
-    return {"holds": "4b", "wrote": [cache]}
+    return dataclasses.replace(cfg, teacher_batch_size=1, **changes)
 
 
 def _replace(cfg, **kw):
@@ -242,10 +249,7 @@ def _distill(ctx, name, lora):
     import kdq
 
     out = ctx.out / "runs" / name
-    cfg = kdq.recipe("cross-width-cached").config(
-        output_dir=str(out), template=ctx.template(), cache_dir=str(ctx.out / "cache")
-    )
-    cfg = _replace(cfg, max_steps=2, batch_size=1, eval_batch_size=2, logging_steps=1, overwrite=True, lora=lora)
+    cfg = kd_config(ctx, name, max_steps=2, batch_size=1, eval_batch_size=1, logging_steps=1, overwrite=True, lora=lora)
     kdq.distill(str(ctx.student), str(ctx.rows_4b), teacher=str(ctx.m["4b"]), config=cfg)
     record = next(out.rglob("kdq-distill.json"), None)
     plan = json.loads(record.read_text()).get("metrics", {}).get("train_memory") if record else None
@@ -288,8 +292,12 @@ def _compare(ctx, names):
     import kdq
 
     variants = {n: str(_variant(ctx, n)[1]) for n in names}
-    cfg = kdq.EvalConfig(batch_size=2, tta="full", progress=False, bootstrap_samples=200)
-    rows = ctx.rows_4b if names[0].startswith("4b") else ctx.rows
+    big = names[0].startswith("4b")
+    # swap TTA doubles a 4B forward over 2,048 tokens; it changes no peak (the swapped rows are batches of their own)
+    cfg = kdq.EvalConfig(
+        batch_size=1 if big else 2, tta="none" if big else "full", progress=False, bootstrap_samples=200
+    )
+    rows = ctx.rows_4b if big else ctx.rows
     out = ctx.out / "compare" / "-".join(names)
     kdq.compare(variants, str(rows), config=cfg, out_dir=str(out), overwrite=True)
     return {"holds": _variant(ctx, names[0])[0], "wrote": [out]}
@@ -300,8 +308,10 @@ def _export(ctx, name):
 
     key, src = _variant(ctx, name)
     out = ctx.out / "export" / name
+    # no swap TTA for the 4B (its fp16 check computes every check row in fp16, slow on a CPU without fp16 units)
+    tta = "none" if key == "4b" else "full"
     cfg = kdq.ExportConfig(
-        title=f"kdq rehearsal {name}", dataset_id=f"kdq/rehearsal-{name}", overwrite=True, probe_rows=2
+        title=f"kdq rehearsal {name}", dataset_id=f"kdq/rehearsal-{name}", overwrite=True, probe_rows=2, tta=tta
     )
     kdq.export(str(src), str(out), cfg)
     kdq.verify(str(out))

@@ -223,7 +223,21 @@ class GPTQMethod(QuantMethod):
         prepare_gptq(device)
 
     def backend_for(self, config, device) -> str:
-        return config.settings.backend or default_backend(device)
+        """The gptqmodel backend for ``device``: the one the config names; on CPU ``"torch"``
+        (:func:`default_backend`); on CUDA the first of :data:`CUDA_KERNELS` that runs this config on the
+        card's compute capability (:func:`~kdq.quant_methods.registry.choose_cuda_kernel`), so a T4 gets a
+        kernel that exists on sm_75 rather than whatever ``"auto"`` tries first."""
+        if config.settings.backend or str(device).split(":")[0] != "cuda":
+            return config.settings.backend or default_backend(device)
+        import torch
+
+        from .registry import choose_cuda_kernel
+
+        capability = torch.cuda.get_device_capability(torch.device(device))
+        choice = choose_cuda_kernel(self.quantization_config_for(config), capability)
+        if choice is None:
+            return default_backend(device)  # the budget verdict and predict.py say why no kernel fits
+        return choice.overrides.get("backend", default_backend(device))
 
     def quantize(self, source_dir, config, *, calibration, tokenizer, device, dtype):
         from transformers import AutoConfig, AutoModelForSequenceClassification, GPTQConfig

@@ -157,6 +157,7 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
         prepare_classifier(qmodel, tok)
         attach_template(qmodel, template)
         details = method.describe(qmodel, config, device)
+        details.update(_cuda_kernel(qmodel, device, name))
 
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             stage(4)
@@ -194,6 +195,24 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
         report.weights_bytes / 1e6,
     )
     return out_dir
+
+
+def _cuda_kernel(qmodel, device, name: str) -> dict:
+    """On CUDA: the kernel the method registry picks for this card's compute capability (recorded in
+    ``kdq-quantize.json`` ``details``, and said); nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    import torch
+
+    from ..quant_methods import choose_cuda_kernel, quantization_config_of
+
+    capability = torch.cuda.get_device_capability(device)
+    choice = choose_cuda_kernel(quantization_config_of(qmodel.config), capability)
+    sm = f"sm_{capability[0]}{capability[1]}"
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"kdq.quantize {name}: the {choice.kernel if choice else 'no'} kernel on {device} ({sm})")
+    return {"cuda_kernel": choice.kernel if choice else None, "cuda_capability": sm}
 
 
 @dataclass
