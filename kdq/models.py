@@ -69,6 +69,17 @@ def prepare_classifier(model, tokenizer, scheme=None):
     return model
 
 
+def declared_labels(model_or_path) -> int | None:
+    """How many classes a model's config declares (``id2label``; a config object's ``num_labels``), or
+    ``None`` when a ``config.json`` names none (a base model's, or transformers' default two)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        cfg_file = Path(model_or_path, "config.json")
+        if not cfg_file.is_file():
+            return None
+        return len(json.loads(cfg_file.read_text()).get("id2label") or {}) or None
+    return getattr(getattr(model_or_path, "config", None), "num_labels", None)
+
+
 def scheme_of(model_or_path):
     """The :class:`~kdq.runtime.constants.LabelScheme` of a model (object or folder; a Hub id is LMSYS)."""
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -83,6 +94,9 @@ def scheme_of(model_or_path):
 def check_scheme(model_or_path, scheme, role: str = "teacher") -> None:
     """Raise ``ValueError`` when a model (object or folder) was trained for another label scheme than ``scheme``."""
     scheme, own = label_scheme(scheme), scheme_of(model_or_path)
+    declared = declared_labels(model_or_path)
+    if declared is not None and declared != scheme.num_labels and own.num_labels != declared:
+        raise head_error(f"the {role}", model_or_path, declared, scheme)  # a reward model: no scheme at all
     if own != scheme:
         raise ValueError(
             f"the {role} is a classifier for {own.describe()}, but the rows are {scheme.describe()}; "
@@ -118,6 +132,8 @@ def load_classifier(
     base_model=None,
     merge_adapter: bool = True,
     quantization_config=None,
+    head: str = "match",
+    role: str = "the model",
 ) -> LoadedModel:
     """Load a sequence classifier from a folder, a PEFT adapter folder, or take a model object.
 
@@ -133,35 +149,33 @@ def load_classifier(
             ``BitsAndBytesConfig``), placed on ``device`` at load time.
         scheme: the label scheme (:class:`~kdq.runtime.constants.LabelScheme` or its name) the
             classifier is for; default: the one its folder or object records (:func:`scheme_of`),
-            else LMSYS. A folder whose saved head has another number of classes gets a new,
-            randomly initialised head (a warning says so): training starts from it.
+            else LMSYS.
+        head: what a folder's (or Hub model's) classification head must be (:data:`HEAD_POLICIES`):
+            ``"match"`` (default): a saved head with another number of outputs than ``scheme`` has
+            classes (a reward model's one, say) is a ``ValueError`` naming ``num_labels``, the scheme and
+            the fix (:func:`head_error`); ``"require"``: that, and a head missing from the weights (a base
+            ``LlamaForCausalLM`` folder) is one too, naming the weight files: what is scored (evaluation,
+            export, a teacher); ``"reinit"``: a head of another size, or none, is initialised anew for
+            ``scheme``, with a warning: the student, whose training starts from it.
+        role: what the model is for, in those errors (``"the teacher"``, ``"the model to export"``).
     """
-    from transformers import AutoModelForSequenceClassification, PreTrainedModel
+    from transformers import PreTrainedModel
 
+    if head not in HEAD_POLICIES:
+        raise ValueError(f"head must be one of {list(HEAD_POLICIES)}, got {head!r}")
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_dir():
             if is_hub_id(src):
-                return _load_hub(str(src), tokenizer, label_scheme(scheme or LMSYS), dtype, device)
+                return _load_hub(str(src), tokenizer, label_scheme(scheme or LMSYS), dtype, device, head, role)
             raise ValueError(
                 f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
                 "such as 'h2oai/h2o-danube3-500m-base', or a model object."
             )
-        recorded = scheme_of(path)
-        scheme = label_scheme(scheme) if scheme is not None else recorded
-        kwargs = {"num_labels": scheme.num_labels}
-        if recorded.num_labels != scheme.num_labels and _has_head(path):
-            import warnings
-
-            warnings.warn(
-                f"{path} holds a classifier for {recorded.describe()}; loading it for {scheme.describe()} "
-                "re-initialises its classification head.",
-                stacklevel=2,
-            )
-            kwargs.update(ignore_mismatched_sizes=True, id2label=scheme.id2label, label2id=scheme.label2id)
-            del kwargs["num_labels"]  # id2label says it, without transformers' warning that they disagree
+        scheme = label_scheme(scheme) if scheme is not None else scheme_of(path)
+        kwargs = {}
         if dtype is not None:
             kwargs["dtype"] = dtype
         if quantization_config is not None:
@@ -173,7 +187,9 @@ def load_classifier(
             from peft import PeftModel
 
             base = _adapter_base(path, base_model)
-            model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
+            # a head the adapter saves replaces the base's (peft's modules_to_save): the base then needs none
+            need = "match" if head != "match" and _adapter_saves_head(path) else head
+            model = from_pretrained_classifier(base, scheme, head=need, role=role, **kwargs)
             tokenizer = tokenizer or load_tokenizer(path, base)
             prepare_classifier(model, tokenizer, scheme)
             model = PeftModel.from_pretrained(model, str(path))
@@ -181,7 +197,7 @@ def load_classifier(
                 model = model.merge_and_unload()
         else:
             prepare_to_load(path, device)
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+            model = from_pretrained_classifier(str(path), scheme, head=head, role=role, **kwargs)
             tokenizer = tokenizer or load_tokenizer(path)
         fp = source_fingerprint(path, base_model)
         source = str(path.resolve())
@@ -204,6 +220,110 @@ def load_classifier(
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+HEAD_POLICIES = ("match", "require", "reinit")  # load_classifier(head=...): what a head that does not fit is
+
+
+def head_error(role: str, source, num_labels: int, scheme) -> ValueError:
+    """The error for a model whose classification head has ``num_labels`` outputs where ``scheme`` needs
+    another number: which model, both numbers, the scheme, and the fix."""
+    return ValueError(
+        f"{role} {source} has a classification head of num_labels={num_labels}"
+        f"{' (one output: a reward model)' if num_labels == 1 else ''}, but "
+        f"{scheme.describe()} needs num_labels={scheme.num_labels}: it is no classifier for these rows. Fine-tune "
+        f"it on arena rows first, as a student (kdq.distill('{source}', rows) re-initialises a head of another "
+        "size), and use that student; or pass a classifier trained for these rows."
+    )
+
+
+def _missing_head_error(role: str, source, keys) -> ValueError:
+    files = _weight_files(source)
+    return ValueError(
+        f"{role} {source}: its classification head ({', '.join(sorted(keys))}) is not in its weights "
+        f"({', '.join(files) if files else 'no weight file'}), so transformers initialised it at random on load and "
+        "its scores would mean nothing. The folder holds a base model (saved from LlamaForCausalLM, say) or lost "
+        f"that key: fine-tune it on arena rows first (kdq.distill('{source}', rows)), or pass the classifier's own "
+        "folder."
+    )
+
+
+def _weight_files(source) -> list:
+    from .utils.weight_files import WEIGHT_SUFFIXES
+
+    path = Path(str(source))
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _is_head_key(key: str) -> bool:
+    from .quant_methods import HEAD_MODULES
+
+    return key.split(".")[0] in HEAD_MODULES
+
+
+def from_pretrained_classifier(source, scheme, *, head: str = "match", role: str = "the model", **kwargs):
+    """``AutoModelForSequenceClassification.from_pretrained(source, **kwargs)`` for ``scheme``'s classes, its
+    classification head checked against the loading report (transformers' ``output_loading_info``) as
+    ``head`` says (:func:`load_classifier`). Returns the model.
+
+    Raises:
+        ValueError: a head of another size (``head`` ``"match"`` / ``"require"``, :func:`head_error`), a head
+            missing from the weights (``"require"``), or any other weight whose shape differs from the model's.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    scheme = label_scheme(scheme)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(source),
+        id2label=scheme.id2label,  # the classes (and so num_labels) come from the scheme, never the config
+        label2id=scheme.label2id,
+        ignore_mismatched_sizes=True,  # a head of another size is kdq's to judge (below), never a RuntimeError
+        output_loading_info=True,
+        **kwargs,
+    )
+    mismatched = {key: tuple(saved) for key, saved, _ in info.get("mismatched_keys") or ()}
+    other = sorted(k for k in mismatched if not _is_head_key(k))
+    if other:
+        raise ValueError(
+            f"{role} {source}: the weights {other} do not have the shapes its config.json describes; the folder's "
+            "config and weights disagree. Save the model again (save_pretrained) from the object that trained it."
+        )
+    missing = sorted(k for k in info.get("missing_keys") or () if _is_head_key(k))
+    if mismatched and head != "reinit":
+        raise head_error(role, source, next(iter(mismatched.values()))[0], scheme)
+    if missing and head == "require":
+        raise _missing_head_error(role, source, missing)
+    if (mismatched or missing) and head == "reinit":
+        import warnings
+
+        why = (
+            f"the saved one has num_labels={next(iter(mismatched.values()))[0]}"
+            if mismatched
+            else f"{', '.join(missing)} is not in its weights"
+        )
+        warnings.warn(
+            f"{source}: loading it for {scheme.name} rows re-initialises its classification head ({why}; "
+            f"{scheme.describe()} needs num_labels={scheme.num_labels}): training starts from a new, random head.",
+            stacklevel=3,
+        )
+    return model
+
+
+def _adapter_saves_head(path) -> bool:
+    """Whether a PEFT adapter folder saves a classification head of its own (``task_type="SEQ_CLS"`` does:
+    ``modules_to_save``), which replaces its base's when it loads."""
+    from .quant_methods import HEAD_MODULES
+
+    weights = Path(path, "adapter_model.safetensors")
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            return any(len(k.split(".")) > 1 and k.split(".")[-2] in HEAD_MODULES for k in f.keys())
+    saved = json.loads(Path(path, "adapter_config.json").read_text()).get("modules_to_save") or []
+    return any(m in HEAD_MODULES for m in saved)
 
 
 def _adapter_base(path, base_model=None) -> str:
@@ -243,25 +363,17 @@ class LazyClassifier:
         return self._model
 
 
-def _has_head(path) -> bool:
-    """Whether a full model folder's config names classes (a classifier, whose head weights are saved)."""
-    cfg = Path(path, "config.json")
-    return not is_adapter_dir(path) and cfg.is_file() and bool(json.loads(cfg.read_text()).get("id2label"))
-
-
 def is_hub_id(src) -> bool:
     """``"org/name"``: one slash, not a local path (which would exist or start with . / ~)."""
     text = str(src)
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
 
 
-def _load_hub(repo_id, tokenizer, scheme, dtype, device) -> LoadedModel:
+def _load_hub(repo_id, tokenizer, scheme, dtype, device, head="match", role="the model") -> LoadedModel:
     """Load ``org/name`` from the Hugging Face Hub (GPU machines with network; never in tests)."""
-    from transformers import AutoModelForSequenceClassification
-
-    kwargs = {"num_labels": scheme.num_labels, **({"dtype": dtype} if dtype is not None else {})}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(repo_id, **kwargs)
+        model = from_pretrained_classifier(repo_id, scheme, head=head, role=role, **kwargs)
     except OSError as err:  # a mistyped local path looks like "org/name" too
         raise ValueError(
             f"{repo_id!r} is neither a local model folder nor a reachable Hub model ({err}). "

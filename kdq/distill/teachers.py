@@ -40,6 +40,8 @@ from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")
 SUM_TOLERANCE = 1e-3  # how far from 1 a table row's probabilities may sum
+# A model teacher's head must be the rows' scheme's and in its weights (kdq.models.load_classifier's head rule)
+TEACHER_HEAD = {"head": "require", "role": "the teacher"}
 
 PROBE_TEXTS = (
     "[Turn 1]\nPrompt: Which is better?\nResponse A: The first answer.\nResponse B: The second answer.\n",
@@ -97,7 +99,7 @@ def load_live_teacher(teacher, cfg: DistillConfig, device):
 
     dtype = model_dtype_for(device)
     if cfg.teacher_quantize == "none":
-        return load_classifier(teacher, dtype=dtype, device=device)
+        return load_classifier(teacher, dtype=dtype, device=device, **TEACHER_HEAD)
     from ..quant_methods import get_quantizer
     from ..quantize.config import QuantConfig
 
@@ -109,7 +111,7 @@ def load_live_teacher(teacher, cfg: DistillConfig, device):
             f"DistillConfig.teacher_quantize={cfg.teacher_quantize!r} loads the teacher quantized from a folder; got a "
             f"{type(teacher).__name__}. Save it with save_pretrained first, or set teacher_quantize='none'."
         )
-    return load_classifier(teacher, dtype=dtype, device=device, quantization_config=qc)
+    return load_classifier(teacher, dtype=dtype, device=device, quantization_config=qc, **TEACHER_HEAD)
 
 
 # --------------------------------------------------------------------------- teachers as objects
@@ -228,7 +230,7 @@ class ModelTeacher(Teacher):
         if self._adopted is None:
             from ..models import load_classifier
 
-            self._adopted = load_classifier(self.source, tokenizer=self._tokenizer)
+            self._adopted = load_classifier(self.source, tokenizer=self._tokenizer, **TEACHER_HEAD)
         return self._adopted
 
     @property
@@ -278,7 +280,7 @@ class ModelTeacher(Teacher):
         if self.is_path:
             self.loads += 1
             loaded = load_classifier(
-                self.source, tokenizer=self.tokenizer, dtype=model_dtype_for(device), device=device
+                self.source, tokenizer=self.tokenizer, dtype=model_dtype_for(device), device=device, **TEACHER_HEAD
             )
             return loaded.model
         base = self._adopt().model

@@ -145,7 +145,9 @@ def _resolve(model, config: EvalConfig, device):
         dtype = None
         if not quantized:  # quantized folders bring their own compute dtype
             dtype = resolve_dtype(config.dtype, device)
-        loaded = load_classifier(model, dtype=dtype, device=None if quantized else device)
+        loaded = load_classifier(
+            model, dtype=dtype, device=None if quantized else device, head="require", role="the model to evaluate"
+        )
     else:
         loaded = load_classifier(model)
     current = next(loaded.model.parameters()).device

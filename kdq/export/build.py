@@ -357,6 +357,9 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
     return _Staged(reference, staged.source, staged.fingerprint, staged.weights_sha256, fp16_check=record)
 
 
+_HEAD = {"head": "require", "role": "the model to export"}  # a head of another size, or none saved, is refused
+
+
 def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
     """Copy (or save) the files the notebook needs into ``tmp``; load the reference model."""
     import torch
@@ -378,7 +381,7 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
                     f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
                     "(an object or a folder) so the notebook can render rows."
                 )
-            loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu")
+            loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu", **_HEAD)
             # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
             copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
             if tokenizer is not None:
@@ -396,7 +399,7 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
             )
     else:
         # Adapter folders are merged, .bin folders and model objects re-saved as safetensors.
-        loaded = load_classifier(model, tokenizer=tokenizer)
+        loaded = load_classifier(model, tokenizer=tokenizer, **_HEAD)
     with tempfile.TemporaryDirectory(prefix=".kdq-export-save-", dir=tmp.parent) as scratch:
         loaded.model.save_pretrained(scratch)
         copy_model_files(scratch, tmp, skip_roles=("tokenizer",))
