@@ -68,6 +68,11 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
     return base, layers
 
 
+# Tokens per calibration batch (rows x the longest): 8 rows of 2,048 tokens in one batch of a 4B model hold
+# about 4.5 GB of fp32 attention scores on CPU, over half the model's bf16 bytes again (bench/rehearsal.py).
+CALIBRATION_BATCH_TOKENS = 4096
+
+
 @torch.no_grad()
 def calibrate(model, tokenizer, calibration, *, template=None, batch_size: int = 8, width: bool = False):
     """One pass of ``calibration`` rows through ``model``: block influence per layer, and (``width``) the
@@ -108,7 +113,8 @@ def calibrate(model, tokenizer, calibration, *, template=None, batch_size: int =
     device = next(model.parameters()).device
     try:
         with meter or nullcontext():
-            for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
+            lengths = [len(s) for s in seqs]
+            for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens=CALIBRATION_BATCH_TOKENS):
                 ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id)
                 if meter is not None:
                     meter.set_mask(mask)
@@ -238,6 +244,9 @@ def shrink(
         importance.neurons, importance.heads = importance.neurons[kept_rows], importance.heads[kept_rows]
         plan = plan_width(cfg, importance, sizes)
         src = prune_width(src, plan)
+        # the source (every layer, dropped ones included) is no longer needed: saving and the reload check
+        # must not hold it beside the student (a 4B source is 7.9 GB)
+        loaded.model = layers = base = None
         record["width"] = plan.record(source_sizes)
     src.config.kdq_shrink = record
     if verbose:
