@@ -12,7 +12,7 @@ import torch
 
 from .quant_methods import prepare_to_load
 from .runtime.constants import LMSYS, SCHEME_KEY, TEMPLATE_KEY, label_scheme, scheme_of_config
-from .runtime.dtypes import compute_dtype
+from .runtime.dtypes import compute_dtype, compute_in
 
 # The LMSYS scheme's labels (the default); a model's own come from its scheme (prepare_classifier).
 ID2LABEL = LMSYS.id2label
@@ -134,6 +134,7 @@ def load_classifier(
     quantization_config=None,
     head: str = "match",
     role: str = "the model",
+    frozen: bool = False,
 ) -> LoadedModel:
     """Load a sequence classifier from a folder, a PEFT adapter folder, or take a model object.
 
@@ -158,6 +159,10 @@ def load_classifier(
             export, a teacher); ``"reinit"``: a head of another size, or none, is initialised anew for
             ``scheme``, with a warning: the student, whose training starts from it.
         role: what the model is for, in those errors (``"the teacher"``, ``"the model to export"``).
+        frozen: the model only runs forward (scoring, probes, the teacher pass). A full folder stored
+            in fp16/bf16 and asked for in fp32 on CPU then keeps its stored weights and computes in fp32
+            one module at a time (:func:`kdq.runtime.dtypes.compute_in`): the same logits, bit for bit,
+            in half the host memory (a 4B model: 7.9 GB, not 15.8 GB).
     """
     from transformers import PreTrainedModel
 
@@ -176,6 +181,9 @@ def load_classifier(
             )
         scheme = label_scheme(scheme) if scheme is not None else scheme_of(path)
         kwargs = {}
+        compute = None
+        if frozen and _keeps_stored_dtype(path, dtype, device, quantization_config):
+            compute, dtype = dtype, "auto"
         if dtype is not None:
             kwargs["dtype"] = dtype
         if quantization_config is not None:
@@ -218,8 +226,23 @@ def load_classifier(
     prepare_classifier(model, tokenizer, scheme)
     if device is not None:
         model.to(device)
+    if isinstance(src, (str, os.PathLike)) and compute is not None:
+        compute_in(model, compute)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)
+
+
+def _keeps_stored_dtype(path: Path, dtype, device, quantization_config) -> bool:
+    """Whether a frozen load of ``path`` keeps the stored weights and computes in ``dtype`` layer by layer:
+    fp32 asked for on CPU, of an unquantized full folder (not an adapter) stored in fp16/bf16."""
+    from .quant_methods import quantization_config_of
+
+    if dtype != torch.float32 or torch.device(device or "cpu").type != "cpu" or quantization_config is not None:
+        return False
+    if is_adapter_dir(path) or quantization_config_of(path) is not None:
+        return False
+    config = json.loads(Path(path, "config.json").read_text())
+    return (config.get("dtype") or config.get("torch_dtype")) in ("float16", "bfloat16")
 
 
 HEAD_POLICIES = ("match", "require", "reinit")  # load_classifier(head=...): what a head that does not fit is

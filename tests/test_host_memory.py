@@ -144,3 +144,28 @@ def test_predict_py_keeps_an_fp16_folder_in_fp16_on_cpu(tmp_path, tiny_tokenizer
     assert stored_dtype(loaded) == torch.float16 and model_compute_dtype(loaded) == torch.float32
     # the same numbers as an fp32 copy of the fp16 weights (up to the attention kernel transformers picks)
     torch.testing.assert_close(_logits(loaded), _logits(model.float()), rtol=0, atol=1e-5)
+
+
+def test_emulated_fp16_rounds_like_fp16_at_fp32_speed(bf16_model):
+    """The export's fp16 check on CPU: fp32 kernels with fp16 rounding at every module boundary. It agrees with
+    true fp16 compute to the order of fp16's own error, and an activation past 65504 still becomes inf."""
+    from kdq.runtime.dtypes import HalfRounding
+
+    model = copy.deepcopy(bf16_model)
+    compute_in(model, torch.float16)
+    half = _logits(model).float().softmax(-1)
+    compute_in(model, torch.float32)
+    full = _logits(model).softmax(-1)
+    compute_in(model, torch.float32, via=torch.float16)
+    with HalfRounding(model):
+        emulated = _logits(model).softmax(-1)
+    fp16_error = float((half - full).abs().max())
+    assert 0 < float((emulated - half).abs().max()) <= 4 * fp16_error + 1e-6
+    assert _logits(model).dtype == torch.float32  # the rounding hooks are gone after the block
+    # a value past fp16's range (here token 5's embedding) turns the row non-finite, as in fp16; activations that
+    # overflow only on some tokens are tests/test_export_fp16.py's model, whose export check runs this emulation
+    model.model.embed_tokens.weight.data[5] *= 1e7
+    ids = torch.tensor([[5, 6, 7]])
+    with HalfRounding(model):
+        assert not torch.isfinite(_logits(model, ids)).all()
+    assert torch.isfinite(_logits(model, ids)).all()  # fp32 without the rounding stays finite

@@ -99,7 +99,7 @@ def load_live_teacher(teacher, cfg: DistillConfig, device):
 
     dtype = model_dtype_for(device)
     if cfg.teacher_quantize == "none":
-        return load_classifier(teacher, dtype=dtype, device=device, **TEACHER_HEAD)
+        return load_classifier(teacher, dtype=dtype, device=device, frozen=True, **TEACHER_HEAD)
     from ..quant_methods import get_quantizer
     from ..quantize.config import QuantConfig
 
@@ -280,7 +280,12 @@ class ModelTeacher(Teacher):
         if self.is_path:
             self.loads += 1
             loaded = load_classifier(
-                self.source, tokenizer=self.tokenizer, dtype=model_dtype_for(device), device=device, **TEACHER_HEAD
+                self.source,
+                tokenizer=self.tokenizer,
+                dtype=model_dtype_for(device),
+                device=device,
+                frozen=True,
+                **TEACHER_HEAD,
             )
             return loaded.model
         base = self._adopt().model

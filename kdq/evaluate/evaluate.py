@@ -146,7 +146,12 @@ def _resolve(model, config: EvalConfig, device):
         if not quantized:  # quantized folders bring their own compute dtype
             dtype = resolve_dtype(config.dtype, device)
         loaded = load_classifier(
-            model, dtype=dtype, device=None if quantized else device, head="require", role="the model to evaluate"
+            model,
+            dtype=dtype,
+            device=None if quantized else device,
+            head="require",
+            role="the model to evaluate",
+            frozen=True,
         )
     else:
         loaded = load_classifier(model)
@@ -297,7 +302,8 @@ def _copies(model, loaded, config: EvalConfig, devices) -> list:
             out.append((d, load_model(loaded.source, d)))  # quantized weights are placed at load time
         elif loaded.source is not None:
             dtype = resolve_dtype(config.dtype, d)
-            out.append((d, load_classifier(loaded.source, tokenizer=loaded.tokenizer, dtype=dtype, device=d).model))
+            copy_ = load_classifier(loaded.source, tokenizer=loaded.tokenizer, dtype=dtype, device=d, frozen=True)
+            out.append((d, copy_.model))
         else:
             copy_ = copy.deepcopy(loaded.model)
             out.append((d, copy_.to(torch.device(d))))

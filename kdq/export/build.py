@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.probe import ARENA_LIKE_ROWS, arena_like_turns, probe_turns
+from ..data.probe import arena_like_turns, probe_turns
 from ..quant_methods import prepare_to_load, quantization_config_of, runtime_settings
 from ..runtime.constants import (
     DEFAULT_TTA_FRACTION,
@@ -92,6 +93,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     from tqdm.auto import tqdm
 
     from ..evaluate.budget import load_budget
+    from ..runtime.dtypes import restored_cast
 
     load_budget(config.budget)  # a bad profile fails now, not after staging the weights
     check = fp16_check_rows(config)  # so do unreadable check_rows
@@ -102,11 +104,17 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
         with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
             bar.set_postfix_str(steps[0])
             staged = _stage_files(model, tmp, tokenizer)
-            template = _resolve_template(config, staged.loaded.model)
-            if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
-                staged = _fp16_check(staged, tmp, config, template, check)
-            scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
-            quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
+            with restored_cast(staged.loaded.model):  # a caller's model object computes as before afterwards
+                template = _resolve_template(config, staged.loaded.model)
+                if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
+                    staged = _fp16_check(staged, tmp, config, template, check)
+                scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
+                quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
+                # The probe's expected side now, then the model goes: predict.py loads its own copy from the
+                # folder, and two copies of a 4B model do not fit a notebook's host RAM.
+                expected = _expected_probe(staged.loaded, config, template)
+            staged.loaded = None
+            gc.collect()
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
@@ -133,7 +141,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             bar.update(1)
 
             bar.set_postfix_str(steps[3])
-            probe = _probe(tmp, staged.loaded, config, template)
+            probe = _probe(tmp, expected, config)
             bar.update(1)
 
             bar.set_postfix_str(steps[4])
@@ -197,7 +205,7 @@ def fp16_check_rows(config: ExportConfig) -> CheckRows:
     (loaded with :func:`kdq.load_arena`, so a bad file fails here, before anything is staged)."""
     ids, rows = probe_turns(config.probe_rows)
     origins = ["probe"] * len(ids)
-    like_ids, like_rows = arena_like_turns(ARENA_LIKE_ROWS)
+    like_ids, like_rows = arena_like_turns(config.arena_like_rows) if config.arena_like_rows else ([], [])
     ids, rows, origins = ids + like_ids, rows + like_rows, origins + ["arena-like"] * len(like_ids)
     user = None
     if config.check_rows is not None:
@@ -249,37 +257,31 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
     :class:`ExportError` naming the first such row (id, origin, excerpt) and the options;
     ``"fp32-compute"`` records ``cuda_compute_dtype="float32"`` (:func:`settings_record`), so predict.py
     loads and computes the model in fp32 on CUDA, after checking that fp32 compute on the stored weights
-    reproduces the source within ``fp16_atol``. The probe reference becomes what predict.py computes from
-    the stored weights: the fp16-rounded weights in fp32 (predict.py on CPU, or on CUDA under the fp32 record).
-    """
-    import copy
+    reproduces the source within ``fp16_atol``.
 
+    One copy of the model is held throughout, in the dtype it was loaded in: fp32 and fp16 compute are
+    layerwise casts of it (:func:`kdq.runtime.dtypes.compute_in`), never a second, upcast copy (a 4B model:
+    7.9 GB in bf16, 15.8 GB more in fp32). The weights are stored in fp16 tensor by tensor
+    (:func:`kdq.export.fp16.convert_folder`), and the record says what that conversion changed. On return
+    the model computes what predict.py computes from the stored files on CPU: fp32, from the fp16-rounded
+    weights when they were converted; the probe compares against that.
+    """
     import torch
 
-    from ..models import LoadedModel
-    from .files import model_files
+    from ..runtime.dtypes import compute_in, stored_dtype
+    from .fp16 import convert_folder, describe
 
-    original = staged.loaded
+    loaded = staged.loaded
+    model = loaded.model
 
-    def as_loaded(model):
-        return LoadedModel(model, original.tokenizer, original.source, original.fingerprint)
-
-    def probs(loaded):
+    def probs(dtype, via=None):
+        compute_in(model, dtype, via)
         return kdq_probs(
-            loaded,
-            check.rows,
-            template,
-            tta=config.tta,
-            batch_size=config.batch_size,
-            tta_fraction=config.tta_fraction,
+            loaded, check.rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
         )
 
-    source_fp16 = next(original.model.parameters()).dtype == torch.float16
-    if source_fp16:  # saved from an fp16 model: fp16 on disk already; fp32 compute of the same weights
-        half, full = original.model, as_loaded(copy.deepcopy(original.model).float())
-    else:
-        half, full = copy.deepcopy(original.model).to(torch.float16), original
-    ref = probs(full)
+    source_fp16 = stored_dtype(model) == torch.float16
+    ref = probs(torch.float32)  # the source's weights, computed in fp32
     broken = (~torch.isfinite(ref).all(dim=-1)).nonzero().flatten().tolist()
     if broken:
         i = broken[0]
@@ -288,7 +290,7 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
             f"{len(check.ids)} rows, the first id {check.ids[i]!r} ({check.origins[i]}: {_excerpt(check.rows[i])!r}); "
             "no compute dtype fixes that: check the model. Nothing was written."
         )
-    diffs = _row_diffs(probs(as_loaded(half)), ref)
+    diffs = _row_diffs(_half_probs(model, probs), ref)  # what a T4 computes: fp16 weights, fp16 activations
     bad = (~(diffs <= config.fp16_atol)).nonzero().flatten().tolist()
     record = {
         "max_abs_diff_vs_fp32": _json_float(diffs.max()),  # null: some row is not finite in fp16
@@ -299,7 +301,11 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
         "first_bad_row": None,
         "fallback": config.fp16_fallback,
         "cuda_compute_dtype": "float32" if bad else "float16",
+        "reference": "fp32 compute of the held weights, one module at a time",
+        "fp16_compute": _half_kind(model),
+        "conversion": None,
     }
+    found = None
     if bad:
         i = bad[0]
         d = float(diffs[i])
@@ -326,38 +332,50 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
                 "quantized variant (kdq.quantize(..., QuantConfig.from_name('gptq-8'))), whose activations are "
                 "fp16 on CUDA too, so check it on these rows. Nothing was written."
             )
-    reference = original
+    via = None
     if config.weights_dtype == "float16" and not source_fp16:
-        for p in model_files(tmp):
-            if p.suffix == ".safetensors" or p.name == "model.safetensors.index.json":
-                p.unlink()
-        with tempfile.TemporaryDirectory(prefix=".kdq-export-fp16-", dir=tmp.parent) as scratch:
-            half.save_pretrained(scratch)
-            copy_model_files(scratch, tmp, skip_roles=("tokenizer", "quantization"))
-        # what predict.py computes from these weights on CPU (and on CUDA under the fp32 record)
-        reference = as_loaded(half.float())
-    elif source_fp16 and bad:
-        reference = full  # predict.py computes this folder in fp32 wherever it runs
+        record["conversion"] = convert_folder(tmp)
+        via = torch.float16  # predict.py computes the fp16-rounded weights
+    if bad and via is not None:  # fp32 compute must survive the fp16 rounding
+        drift = float(_row_diffs(probs(torch.float32, via), ref).max())
+        record["fp32_compute_max_abs_diff_vs_source"] = drift
+        if not drift <= config.fp16_atol:
+            raise ExportError(
+                f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
+                f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}; "
+                f"{describe(record['conversion'])}): export with "
+                "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
+            )
     if bad:
-        if reference is not original and not source_fp16:  # fp32 compute must survive the fp16 rounding
-            drift = float(_row_diffs(probs(reference), ref).max())
-            record["fp32_compute_max_abs_diff_vs_source"] = drift
-            if not drift <= config.fp16_atol:
-                raise ExportError(
-                    f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
-                    f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}): export with "
-                    "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
-                )
         warnings.warn(
             f"{found} kdq-predict.json records cuda_compute_dtype='float32' (ExportConfig.fp16_fallback="
             "'fp32-compute'): predict.py will load and compute this model in fp32 on CUDA, several times "
             "slower on a T4 than the fp16 speed the budget verdict assumes.",
             stacklevel=3,
         )
-    return _Staged(reference, staged.source, staged.fingerprint, staged.weights_sha256, fp16_check=record)
+    compute_in(model, torch.float32, via)  # what predict.py computes from the stored files on CPU
+    return _Staged(loaded, staged.source, staged.fingerprint, staged.weights_sha256, fp16_check=record)
 
 
 _HEAD = {"head": "require", "role": "the model to export"}  # a head of another size, or none saved, is refused
+
+
+def _half_kind(model) -> str:
+    return "fp16" if next(model.parameters()).device.type == "cuda" else "emulated"
+
+
+def _half_probs(model, probs):
+    """The check rows' probabilities as fp16 computes them: in fp16 on CUDA; on CPU emulated, fp16-rounded
+    weights and fp16 rounding at every module boundary over fp32 kernels (:class:`kdq.runtime.dtypes.HalfRounding`:
+    fp16's range and rounding, 3-4x faster than fp16 matmuls on a CPU without fp16 units)."""
+    import torch
+
+    from ..runtime.dtypes import HalfRounding
+
+    if _half_kind(model) == "fp16":
+        return probs(torch.float16)
+    with HalfRounding(model):
+        return probs(torch.float32, torch.float16)
 
 
 def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
@@ -381,7 +399,7 @@ def _stage_files(model, tmp: Path, tokenizer) -> _Staged:
                     f"model folder {str(path)!r} has no tokenizer files; pass tokenizer=... "
                     "(an object or a folder) so the notebook can render rows."
                 )
-            loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu", **_HEAD)
+            loaded = load_classifier(path, tokenizer=tokenizer, dtype=torch.float32, device="cpu", frozen=True, **_HEAD)
             # An explicit tokenizer replaces the folder's, so the probe and the notebook use the same one.
             copy_model_files(path, tmp, skip_roles=("tokenizer",) if tokenizer is not None else ())
             if tokenizer is not None:
@@ -493,34 +511,53 @@ def kdq_probs(loaded, rows, template, *, tta, batch_size: int, tta_fraction: flo
     return torch.softmax(result.log_probs.double(), dim=-1)
 
 
-def _probe(tmp: Path, loaded, config: ExportConfig, template) -> dict:
-    """Score fixed rows twice: kdq on the source model, and the exported predict.py on the folder.
+@dataclass
+class _Expected:
+    """The probe rows and what kdq's pipeline computes on them from the source model."""
 
-    The two must agree: a missing tokenizer file, a lossy re-save (the bnb nf4 reload trap), a
-    wrong dtype or a template mismatch shows up here, before the folder exists.
-    """
+    ids: list
+    rows: list
+    probs: object  # (N, C) float64
+    device: str
+    dtype: str  # what the source computed in
+
+
+def _expected_probe(loaded, config: ExportConfig, template) -> _Expected:
+    """kdq's scoring of the probe rows on the source model (as :func:`_fp16_check` left it computing)."""
+    from ..runtime.dtypes import model_compute_dtype
+
     first = next(loaded.model.parameters())
-    device, dtype = str(first.device), str(first.dtype).replace("torch.", "")
     ids, rows = probe_turns(config.probe_rows)
-    expected = kdq_probs(
+    probs = kdq_probs(
         loaded, rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
     )
+    dtype = str(model_compute_dtype(loaded.model) or first.dtype).replace("torch.", "")
+    return _Expected(ids, rows, probs, str(first.device), dtype)
+
+
+def _probe(tmp: Path, expected: _Expected, config: ExportConfig) -> dict:
+    """Score the probe rows with the exported predict.py on the folder; it must match ``expected``.
+
+    A missing tokenizer file, a lossy re-save (the bnb nf4 reload trap), a wrong dtype or a template
+    mismatch shows up here, before the folder exists.
+    """
+    device, rows = expected.device, expected.rows
     prepare_to_load(tmp, device)  # predict.py loads the folder in this process
     module = load_predict_module(tmp / SCRIPT_NAME)
     got = module.predict_probs(
         tmp, rows, tta=config.tta, batch_size=config.batch_size, devices=[device], tta_fraction=config.tta_fraction
     )
-    diff = float((got - expected).abs().max())
+    diff = float((got - expected.probs).abs().max())
     if not diff <= config.probe_atol:
         raise ExportError(
             f"probe batch: the exported folder's predict.py gives probabilities that differ from the "
             f"source model by up to {diff:.3g} (ExportConfig.probe_atol={config.probe_atol:g}) on "
             f"{len(rows)} rows on {device}. The saved files do not reproduce the model; nothing was written. "
-            f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {dtype}: if that "
+            f"(predict.py computes in fp16 on CUDA and fp32 on CPU; the source ran in {expected.dtype}: if that "
             "explains the gap, raise probe_atol.)"
         )
     return {
-        "ids": ids,
+        "ids": expected.ids,
         "rows": [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in rows],
         "tta": config.tta,
         "tta_fraction": config.tta_fraction,

@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_range, check_tta
+from ..data.probe import ARENA_LIKE_ROWS
 from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
 from ..runtime.template import TemplateConfig
 
@@ -213,6 +214,14 @@ class ExportConfig(Config):
     check_rows_max: int = field(
         default=64, metadata={"help": "at most this many of check_rows are checked (evenly spaced over them)"}
     )
+    arena_like_rows: int = field(
+        default=ARENA_LIKE_ROWS,
+        metadata={
+            "help": f"how many of kdq's {ARENA_LIKE_ROWS} arena-like rows (code, maths, markup, numbers, non-English; "
+            "spread over the kinds) the fp16 check computes; fewer cost less on a CPU, 0 leaves only the probe "
+            "and check_rows"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "predict.py's default rows per forward pass per GPU"})
     max_batch_tokens: int | None = field(
         default=None, metadata={"help": "predict.py's optional default cap on rows x longest row per batch"}
@@ -293,6 +302,7 @@ class ExportConfig(Config):
         if self.max_batch_tokens is not None:
             check_range(cls, "max_batch_tokens", self.max_batch_tokens, 32, None, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 256, kind=int)
+        check_range(cls, "arena_like_rows", self.arena_like_rows, 0, ARENA_LIKE_ROWS, kind=int)
         check_range(cls, "probe_atol", self.probe_atol, 0.0, 1.0, lo_open=True)
         if isinstance(self.budget, os.PathLike):
             object.__setattr__(self, "budget", os.fspath(self.budget))
