@@ -15,7 +15,7 @@ HIDDEN_PROJECTIONS = ("auto", "linear")
 TEACHER_QUANTIZE = ("none", "int8", "nf4")
 BASE_DTYPES = PRECISIONS
 LORA_QUANTIZE = ("none", "nf4")
-SAVE_DTYPES = ("fp32", "fp16", "bf16")
+SAVE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,10 +48,11 @@ class LoraSettings(Config):
         },
     )
     save_dtype: str = field(
-        default="fp32",
+        default="auto",
         metadata={
-            "help": "dtype of the merged student's weights: fp32 (keeps the adapters' updates, which fp16/bf16 "
-            "round away where they are small beside the base weight), fp16 or bf16 (half the bytes; checked)"
+            "help": "dtype of the merged student's weights: auto (the base's own dtype when the merge stays within "
+            "merge_atol of the trained adapters, else fp32), fp32 (keeps every update, which fp16/bf16 round "
+            "away where it is small beside the base weight; twice the bytes), fp16 or bf16 (checked)"
         },
     )
     merge_atol: float = field(

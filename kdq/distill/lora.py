@@ -12,29 +12,32 @@ The dtype rule:
   ``prepare_model_for_kbit_training`` freezes the base and upcasts embedding and norms to
   fp32; the ``score`` head is skipped by the quantizer and trained in full, in fp32.
 
-Saving merges (:func:`merge_for_save`) in fp32 on the host: LoRA after moving the model there in fp32
-(in place, one tensor at a time: one fp32 copy, never two; a 4B base is 15.8 GB of host memory then),
-QLoRA onto the *dequantized* nf4 base; the sum is rounded once to ``LoraSettings.save_dtype``. The
-saved, unquantized folder computes what the trained model computed, and stock transformers loads it.
-:func:`merge_checked` proves it on probe rows: the merged student against the trained adapters, both
-computed in fp32, within ``LoraSettings.merge_atol`` (max |Δp|), or the save is refused.
+Saving merges each adapted weight in fp32 and rounds the sum once to ``LoraSettings.save_dtype``, one layer
+at a time on the host (:func:`merge_checked`): no fp32 copy of the model is ever held (a 4B base is 7.9 GB in
+bf16, 15.8 GB in fp32). QLoRA merges onto the *dequantized* nf4 base. The saved, unquantized folder computes
+what the trained model computed, and stock transformers loads it. :func:`merge_checked` proves it on probe
+rows before any weight changes: the merged student against the trained adapters, both computed in fp32,
+within ``LoraSettings.merge_atol`` (max |Δp|), or the save is refused.
 
-Why fp32 storage by default: a LoRA update ``B·A·α/r`` is small beside the weight it is added to, and
-fp16 / bf16 keep 11 / 8 significant bits, so rounding the merged sum to them drops the part of the update
-below half a step of the weight's grid. The merge's arithmetic was never the problem (peft adds the fp32
-update to the half-precision weight in fp32 and rounds once); the storage is.
+Why the check: a LoRA update ``B·A·α/r`` is small beside the weight it is added to, and fp16 / bf16 keep 11 /
+8 significant bits, so rounding the merged sum to them drops the part of the update below half a step of the
+weight's grid (a peer measured probabilities moving by up to 0.097). The merge's arithmetic is not the problem;
+the storage is. ``save_dtype="auto"`` (the default) keeps the base's own dtype when the rounded merge stays
+within ``merge_atol``, and saves fp32 (twice the bytes, with a warning) when it does not.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
 from ..quantize.config import QuantConfig
-from ..runtime.dtypes import DTYPES, resolve_dtype
+from ..runtime.dtypes import DTYPES, SHORT_NAMES, compute_in, resolve_dtype, restored_cast
 from ..utils.distributed import training_device
 from ..utils.errors import CheckFailed
 from .config import DistillConfig, LoraSettings
@@ -154,7 +157,7 @@ def _cast_input_to_weight(module, args):
 
 # --------------------------------------------------------------------------- saving
 def merge_checked(model, lora: LoraSettings | None, probe: list, pad_id: int) -> tuple:
-    """Merge ``model`` for saving (:func:`merge_for_save`, in ``lora.save_dtype``) and prove the merge on ``probe``.
+    """Merge ``model`` for saving, in ``lora.save_dtype``, and prove the merge on ``probe``.
 
     Args:
         model: the trained model; a ``PeftModel`` (LoRA / QLoRA) is merged, anything else is returned as it is.
@@ -163,46 +166,139 @@ def merge_checked(model, lora: LoraSettings | None, probe: list, pad_id: int) ->
         pad_id: the tokenizer's pad id.
     Returns:
         ``(merged model on the CPU, record)``; the record (``kdq-distill.json``'s ``merge``, ``None`` when
-        nothing was merged) holds ``max_dp``: the largest |Δp| over the probe rows and classes between the
-        merged student (its ``save_dtype`` weights, fp32 compute) and the trained adapters (fp32 compute over
-        the stored base; QLoRA: as trained, over the nf4 base), and ``max_dp_trained_compute``: how far the
-        trained model as it ran (the base's dtype) is from that fp32 reference, for scale.
+        nothing was merged) holds ``save_dtype`` (what was saved), ``max_dp``: the largest |Δp| over the probe
+        rows and classes between the merged student (its saved weights, fp32 compute) and the trained adapters
+        (fp32 compute over the stored base; QLoRA: as trained, over the nf4 base), ``max_dp_trained_compute``:
+        how far the trained model as it ran (the base's dtype) is from that fp32 reference, for scale, and with
+        ``save_dtype="auto"`` the base dtype's own ``max_dp`` when it was too far and fp32 was saved instead.
+
+    Plain LoRA never holds an fp32 copy of the model (a 4B base is 7.9 GB in bf16, 15.8 GB in fp32): fp32
+    compute is a layerwise cast (:func:`kdq.runtime.dtypes.compute_in`), each adapted weight is merged in fp32
+    and rounded once to the saved dtype, one layer at a time, and the rounded merge is checked before any weight
+    changes (:func:`_virtual_merge`), so ``"auto"`` can still choose fp32.
     Raises:
         CheckFailed: ``max_dp`` above ``lora.merge_atol``, with the number and the fixes.
     """
     if lora is None or not hasattr(model, "merge_and_unload"):
         return model, None
-    dtype = DTYPES[lora.save_dtype]
     model.eval()
     trained = _probabilities(model, probe, pad_id)
-    qlora = _is_qlora(model)
-    if not qlora:
-        _to_host_fp32(model)
-    reference = trained if qlora else _probabilities(model, probe, pad_id)
-    merged = merge_for_save(model, torch.float32)
-    merged.to(dtype).float()  # the save dtype's grid, computed in fp32 (in place: one fp32 copy at a time)
-    got = _probabilities(merged, probe, pad_id)
-    merged.to(dtype)  # exact: the weights are on its grid already
-    record = {
-        "method": "qlora" if qlora else "lora",
-        "save_dtype": lora.save_dtype,
-        "probe_rows": len(probe),
+    if _is_qlora(model):
+        return _checked_nf4(model, lora, probe, pad_id, trained)
+    model.to("cpu")  # in its own dtype
+    stored = next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)
+    with restored_cast(model):
+        compute_in(model, torch.float32)
+        reference = _probabilities(model, probe, pad_id)
+        wanted = stored if lora.save_dtype == "auto" else DTYPES[lora.save_dtype]
+        got = _virtual_merge(model, wanted, lambda: _probabilities(model, probe, pad_id))
+    record = _merge_record(lora, wanted, got, reference, trained, len(probe))
+    if lora.save_dtype == "auto" and not record["max_dp"] <= lora.merge_atol and wanted != torch.float32:
+        record["base_dtype_max_dp"] = record["max_dp"]
+        wanted = torch.float32  # the adapters' small updates need fp32 to survive: twice the bytes, said below
+        with restored_cast(model):
+            compute_in(model, torch.float32)
+            got = _virtual_merge(model, wanted, lambda: _probabilities(model, probe, pad_id))
+        record.update(_merge_record(lora, wanted, got, reference, trained, len(probe)))
+        warnings.warn(
+            f"LoRA merge: stored in {SHORT_NAMES[stored]}, the merged student moves probabilities by up to "
+            f"{record['base_dtype_max_dp']:.3g} from the trained adapters (LoraSettings.merge_atol="
+            f"{lora.merge_atol:g}); it is saved in fp32 instead (twice the bytes).",
+            stacklevel=2,
+        )
+    _refuse_drift(record, lora, len(probe))
+    return _merge_layers(model, wanted), record
+
+
+def _merge_record(lora, dtype, got, reference, trained, rows: int) -> dict:
+    return {
+        "method": "lora",
+        "save_dtype": SHORT_NAMES[dtype],
+        "probe_rows": rows,
         "max_dp": _max_abs(got - reference),
         "max_dp_trained_compute": _max_abs(trained - reference),
         "atol": lora.merge_atol,
     }
-    if not record["max_dp"] <= lora.merge_atol:
-        fix = (
-            f"{lora.save_dtype} rounds away the adapters' small updates: set LoraSettings(save_dtype='fp32') "
-            if lora.save_dtype != "fp32"
-            else "Raise LoraSettings.merge_atol if that gap is acceptable "
-        )
-        raise CheckFailed(
-            f"the merged student ({lora.save_dtype} weights) moves probabilities by up to {record['max_dp']:.3g} "
-            f"from the trained adapters on {len(probe)} training rows (LoraSettings.merge_atol="
-            f"{lora.merge_atol:g}); nothing was saved. {fix}and rerun with DistillConfig(resume=True): it continues "
-            "from the last checkpoint and saves again."
-        )
+
+
+def _refuse_drift(record: dict, lora: LoraSettings, rows: int) -> None:
+    if record["max_dp"] <= lora.merge_atol:
+        return
+    saved = record["save_dtype"]
+    fix = (
+        f"{saved} rounds away the adapters' small updates: set LoraSettings(save_dtype='fp32') "
+        if saved != "fp32"
+        else "Raise LoraSettings.merge_atol if that gap is acceptable "
+    )
+    raise CheckFailed(
+        f"the merged student ({saved} weights) moves probabilities by up to {record['max_dp']:.3g} "
+        f"from the trained adapters on {rows} training rows (LoraSettings.merge_atol="
+        f"{lora.merge_atol:g}); nothing was saved. {fix}and rerun with DistillConfig(resume=True): it continues "
+        "from the last checkpoint and saves again."
+    )
+
+
+def _lora_layers(model):
+    """``(wrapper, base layer, fp32 update)`` for every LoRA-adapted layer (the update summed over active adapters)."""
+    for module in model.modules():
+        if not (hasattr(module, "get_base_layer") and hasattr(module, "lora_A")):
+            continue
+        adapters = [a for a in module.active_adapters if a in module.lora_A]
+        if adapters:
+            yield module, module.get_base_layer(), adapters
+
+
+def _delta(module, adapters) -> torch.Tensor:
+    return sum(module.get_delta_weight(a).float() for a in adapters)
+
+
+def _virtual_merge(model, dtype: torch.dtype, score):
+    """``score()`` of the model as if merged and stored in ``dtype``, without changing any weight: during each
+    adapted layer's forward its base weight is ``(W + ΔW)`` rounded to ``dtype``, its adapters off (the head's
+    trained copy, peft's ``modules_to_save``, stays in use)."""
+    handles = []
+
+    def pre(module, args, base=None, adapters=None):
+        stored = base.weight.data
+        module._kdq_stored = stored
+        base.weight.data = (stored.float() + _delta(module, adapters)).to(dtype)
+
+    def post(module, args, output, base=None):
+        base.weight.data = module.__dict__.pop("_kdq_stored")
+
+    layers = list(_lora_layers(model))
+    for module, base, adapters in layers:
+        handles.append(module.register_forward_pre_hook(partial(pre, base=base, adapters=adapters)))
+        handles.append(module.register_forward_hook(partial(post, base=base), always_call=True))
+        module.enable_adapters(False)  # this layer's adapters only: the head's trained copy (modules_to_save) stays
+    try:
+        return score()
+    finally:
+        for h in handles:
+            h.remove()
+        for module, _, _ in layers:
+            module.enable_adapters(True)
+
+
+def _merge_layers(model, dtype: torch.dtype):
+    """Each adapted weight merged in fp32 and rounded once to ``dtype``, layer by layer; the adapters removed
+    (peft's ``unload``: the head's trained copy replaces the original); every other weight cast to ``dtype``."""
+    with torch.no_grad():
+        for module, base, adapters in _lora_layers(model):
+            base.weight.data = (base.weight.data.float() + _delta(module, adapters)).to(dtype)
+    return model.unload().to(dtype)
+
+
+def _checked_nf4(model, lora: LoraSettings, probe: list, pad_id: int, trained):
+    """QLoRA: merged onto the dequantized nf4 base (:func:`merge_for_save`), checked against the model as trained."""
+    dtype = torch.float32 if lora.save_dtype == "auto" else DTYPES[lora.save_dtype]
+    merged = merge_for_save(model, torch.float32)
+    merged.to(dtype).float()  # the save dtype's grid, computed in fp32 (in place: one fp32 copy at a time)
+    got = _probabilities(merged, probe, pad_id)
+    merged.to(dtype)  # exact: the weights are on its grid already
+    record = _merge_record(lora, dtype, got, trained, trained, len(probe))
+    record["method"] = "qlora"
+    _refuse_drift(record, lora, len(probe))
     return merged, record
 
 
@@ -221,12 +317,6 @@ def _is_qlora(model) -> bool:
     return bool(getattr(model.get_base_model(), "is_loaded_in_4bit", False))
 
 
-def _to_host_fp32(model) -> None:
-    """Move ``model`` to the CPU in fp32, in place, one tensor at a time: the host holds the fp32 model and
-    at most one tensor of the old one, never two full copies."""
-    model.to(device="cpu", dtype=torch.float32)
-
-
 def merge_for_save(model, dtype: torch.dtype = torch.float32):
     """A plain ``PreTrainedModel`` with LoRA merged in fp32, its weights in ``dtype`` on the CPU, ready for
     ``save_pretrained`` (anything that is not a ``PeftModel`` is returned as it is).
@@ -243,9 +333,8 @@ def merge_for_save(model, dtype: torch.dtype = torch.float32):
         return model
     if _is_qlora(model):
         return _merge_nf4(model, model.get_base_model(), dtype)
-    _to_host_fp32(model)
-    merged = model.merge_and_unload()  # every weight fp32: peft's merge is fp32; unwraps the head's trainable copy
-    return merged.to(dtype)
+    model.to("cpu")
+    return _merge_layers(model, dtype)
 
 
 def _merge_nf4(model, base, dtype: torch.dtype):
