@@ -19,7 +19,8 @@ from pathlib import Path
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0**-14
 INDEX_FILE = "model.safetensors.index.json"
-SHARD_BYTES = 2 * 1024**3  # 2 GiB: one shard is what host memory holds at a time
+# 1 GiB: host memory holds one shard at a time, twice while safetensors serialises it (its bytes, then the file)
+SHARD_BYTES = 1024**3
 
 
 def _weight_files(folder: Path) -> list:
@@ -87,21 +88,25 @@ def convert_folder(folder, *, max_shard_bytes: int = SHARD_BYTES) -> dict:
         current, size = {}, 0
 
     for src in sources:
-        with safe_open(str(src), framework="pt") as f:  # closed per file: its mapped pages leave the process
-            for name in f.keys():
+        with safe_open(str(src), framework="pt") as f:
+            names = list(f.keys())
+        for name in names:
+            # one handle per tensor: the file's pages a handle has mapped count in the process's memory until
+            # it closes, so a handle kept over a 7.9 GB file would map all of it beside the model
+            with safe_open(str(src), framework="pt") as f:
                 x = f.get_tensor(name)
-                if x.is_floating_point() and x.dtype != torch.float16:
-                    dtypes.add(str(x.dtype).replace("torch.", ""))
-                    y = x.to(torch.float16)
-                    stats.append(_tensor_stats(name, x, y))
-                else:
-                    y = x
-                del x
-                nbytes = y.numel() * y.element_size()
-                if current and size + nbytes > max_shard_bytes:
-                    flush()
-                current[name] = y.contiguous()
-                size += nbytes
+            if x.is_floating_point() and x.dtype != torch.float16:
+                dtypes.add(str(x.dtype).replace("torch.", ""))
+                y = x.to(torch.float16)
+                stats.append(_tensor_stats(name, x, y))
+            else:
+                y = x.clone()  # not a view of the mapped file
+            del x
+            nbytes = y.numel() * y.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                flush()
+            current[name] = y.contiguous()
+            size += nbytes
     flush()
     for src in sources:
         src.unlink()
