@@ -108,6 +108,10 @@ def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_mo
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     src_bytes = (tiny_model_dir / "model.safetensors").stat().st_size
     assert manifest["files"]["model.safetensors"]["size"] < 0.6 * src_bytes
+    # the folder's bytes against the budget's dataset limit and working disk (issue 30)
+    disk = manifest["disk"]
+    assert disk["bytes"] == sum(f["size"] for f in manifest["files"].values())
+    assert disk["fits_dataset"] and disk["fits_working_disk"] and not disk["notes"]
     assert 0 <= manifest["fp16_check"]["max_abs_diff_vs_fp32"] <= manifest["fp16_check"]["atol"] == 2e-3
     src_sha = manifest["sources"]["model"]["weights_sha256"]["model.safetensors"]
     assert src_sha != manifest["files"]["model.safetensors"]["sha256"]

@@ -632,7 +632,20 @@ def _write_card_and_manifest(
         "versions": versions,
         "files": list_files(tmp),
     }
+    manifest["disk"] = _disk_record(manifest["files"], config)
     write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _disk_record(files: dict, config: ExportConfig) -> dict:
+    """The folder's bytes against the budget profile's dataset limit and working disk (the manifest's ``disk``);
+    a warning when it exceeds either."""
+    from ..evaluate.budget import GB, disk_verdict, load_budget
+
+    total = sum(f["size"] for f in files.values())
+    verdict = disk_verdict(total, load_budget(config.budget))
+    for note in verdict["notes"]:
+        warnings.warn(f"kdq.export: {note}.", stacklevel=4)
+    return {"bytes": total, "gb": total / GB, **{k: v for k, v in verdict.items() if k != "export_gb"}}
 
 
 def public_paths(value):
