@@ -169,3 +169,21 @@ def test_emulated_fp16_rounds_like_fp16_at_fp32_speed(bf16_model):
     with HalfRounding(model):
         assert not torch.isfinite(_logits(model, ids)).all()
     assert torch.isfinite(_logits(model, ids)).all()  # fp32 without the rounding stays finite
+
+
+def test_a_dropped_model_is_freed_without_waiting_for_gc(bf16_model):
+    """The layerwise cast holds its model weakly: no reference cycle keeps a dropped 4B model's weights beside
+    the next one loaded (quantize drops the source, compare goes from variant to variant)."""
+    import gc
+    import weakref
+
+    model = copy.deepcopy(bf16_model)
+    compute_in(model, torch.float32)
+    _logits(model)
+    gc.disable()
+    try:
+        ref = weakref.ref(model)
+        del model
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

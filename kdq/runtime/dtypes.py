@@ -10,6 +10,7 @@ does the exported ``predict.py``.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -72,7 +73,10 @@ class LayerwiseCast:
     """
 
     def __init__(self, model, dtype: torch.dtype, via: torch.dtype | None = None):
-        self.model, self.dtype, self.via = model, dtype, via
+        # a weak reference: the model holds this object (its hooks and attribute), and a strong one back would
+        # be a cycle that keeps a dropped model's weights alive until the next garbage collection
+        self._model = weakref.ref(model)
+        self.dtype, self.via = dtype, via
         self._handles = []
         self._stored: dict = {}
         for module in model.modules():
@@ -118,8 +122,9 @@ class LayerwiseCast:
         for h in self._handles:
             h.remove()
         self._handles = []
-        if getattr(self.model, LAYERWISE_ATTR, None) is self:
-            delattr(self.model, LAYERWISE_ATTR)
+        model = self._model()
+        if model is not None and getattr(model, LAYERWISE_ATTR, None) is self:
+            delattr(model, LAYERWISE_ATTR)
 
 
 def stored_dtype(model) -> torch.dtype | None:
