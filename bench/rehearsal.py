@@ -21,6 +21,7 @@ path alive, its ratios mean nothing (the interpreter's own 0.5 GB dominates).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -190,7 +191,7 @@ def st_build(ctx):
     tok = AutoTokenizer.from_pretrained(str(ctx.tok))
     write_rows(ctx.rows, ctx.row_tokens(), seed=0)
     write_rows(ctx.rows_4b, LONG_SHORT, seed=2)
-    write_rows(ctx.calib, [600, 300, 1500, 900, 200, 2100, 450, 1000], seed=1)
+    write_rows(ctx.calib, [2100, 900, 300, 90], seed=1)
     for i, (key, name) in enumerate((("4b", "danube3-4b"), ("500m", "danube3-500m"))):
         build_classifier(ctx.m[key], shape(name, ctx.width, ctx.layers, ctx.vocab), tok, seed=i)
     return {"holds": "4b", "wrote": [ctx.out / "models", ctx.tok]}
@@ -273,10 +274,11 @@ def _quantize(ctx, key, method):
 
     src = ctx.student if key == "500m" else ctx.m[key]
     out = ctx.out / "q" / f"{key}-{method}"
-    calib = str(ctx.calib)
-    qc = kdq.QuantConfig.from_name(method)
-    if method.startswith("gptq"):
-        qc = _replace(qc, num_samples=8)
+    # GPTQ's Hessians see the calibration rows (up to 2,100 tokens); the reload probe is 2 short synthetic rows
+    # (three forward passes of it: the source, the quantized model, its reload), which memory does not depend on
+    gptq = method.startswith("gptq")
+    qc = _replace(kdq.QuantConfig.from_name(method), probe_rows=2, **({"num_samples": 4} if gptq else {}))
+    calib = str(ctx.calib) if gptq else None
     kdq.quantize(str(src), qc, calibration=calib, out_dir=str(out), overwrite=True)
     return {"holds": key, "wrote": [out]}
 
@@ -292,12 +294,11 @@ def _compare(ctx, names):
     import kdq
 
     variants = {n: str(_variant(ctx, n)[1]) for n in names}
-    big = names[0].startswith("4b")
-    # swap TTA doubles a 4B forward over 2,048 tokens; it changes no peak (the swapped rows are batches of their own)
-    cfg = kdq.EvalConfig(
-        batch_size=1 if big else 2, tta="none" if big else "full", progress=False, bootstrap_samples=200
-    )
-    rows = ctx.rows_4b if big else ctx.rows
+    # At full size: the longest and shortest rows, no swap TTA. A 4B forward over 2,048 tokens takes minutes on
+    # 2 cores; the peak is set by the longest row, and TTA's swapped rows are batches of their own.
+    tta = "none" if ctx.full else "full"
+    cfg = kdq.EvalConfig(batch_size=1, tta=tta, progress=False, bootstrap_samples=200)
+    rows = ctx.rows_4b if ctx.full or names[0].startswith("4b") else ctx.rows
     out = ctx.out / "compare" / "-".join(names)
     kdq.compare(variants, str(rows), config=cfg, out_dir=str(out), overwrite=True)
     return {"holds": _variant(ctx, names[0])[0], "wrote": [out]}
@@ -308,10 +309,11 @@ def _export(ctx, name):
 
     key, src = _variant(ctx, name)
     out = ctx.out / "export" / name
-    # no swap TTA for the 4B (its fp16 check computes every check row in fp16, slow on a CPU without fp16 units)
-    tta = "none" if key == "4b" else "full"
+    # At full size no swap TTA, and one arena-like row of each of the 5 kinds (of 20): the fp16 check computes
+    # every check row in fp32 and in (emulated) fp16, minutes per pass for a 4B on 2 cores.
+    few = {"tta": "none", "arena_like_rows": 5} if ctx.full else {}
     cfg = kdq.ExportConfig(
-        title=f"kdq rehearsal {name}", dataset_id=f"kdq/rehearsal-{name}", overwrite=True, probe_rows=2, tta=tta
+        title=f"kdq rehearsal {name}", dataset_id=f"kdq/rehearsal-{name}", overwrite=True, probe_rows=2, **few
     )
     kdq.export(str(src), str(out), cfg)
     kdq.verify(str(out))
@@ -321,8 +323,9 @@ def _export(ctx, name):
 def _predict(ctx, name):
     out = ctx.out / "export" / name
     sub = ctx.out / f"submission-{name}.csv"
-    rows = ctx.rows_4b if name.startswith("4b") else ctx.rows
+    rows = ctx.rows_4b if ctx.full or name.startswith("4b") else ctx.rows
     cmd = [sys.executable, str(out / "predict.py"), "--test-csv", str(rows), "--out", str(sub), "--tta", "none"]
+    cmd += ["--batch-size", "1"]
     subprocess.run(cmd, check=True)
     return {"holds": name.partition("-")[0], "wrote": [sub], "target": "predict"}
 
@@ -405,10 +408,13 @@ def _ctx_args(args) -> list:
 def one(args, name: str) -> int:
     """The child: run stage ``name`` and write its result (with the bytes it wrote) to stages/<name>.json."""
     ctx = Ctx(args)
-    before = {}
+    for module in ("torch", "transformers", "kdq.models"):  # the interpreter's own baseline, before the stage
+        importlib.import_module(module)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     result = STAGES[name](ctx)
     wrote = result.pop("wrote", [])
-    result["disk_gb"] = sum(du(p) for p in wrote) / 1e9 - sum(before.values())
+    result["baseline_gb"] = baseline
+    result["disk_gb"] = sum(du(p) for p in wrote) / 1e9
     result["wrote"] = [str(Path(p).relative_to(ctx.out)) for p in wrote]
     (ctx.out / "stages").mkdir(parents=True, exist_ok=True)
     (ctx.out / "stages" / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
@@ -417,20 +423,23 @@ def one(args, name: str) -> int:
 
 def table(results: list) -> str:
     lines = [
-        "| stage | time | peak host RSS | disk written | model held (bf16) | RSS / model | target |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| stage | time | peak host RSS | of which imports | disk written | model held (bf16) | RSS / model | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if "error" in r:
             err = r["error"]
-            lines.append(f"| {r['stage']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.1f} GB | | | **{err}** | |")
+            lines.append(f"| {r['stage']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.1f} GB | | | | **{err}** | |")
             continue
         target = r.get("target_ratio")
         mark = "" if target is None or r["ratio"] <= target else " **over**"
+        plan = r.get("plan")
+        goal = f"{target}x" if target is not None else f"plan {plan['peak'] / 1e9:.2f} GB" if plan else "plan"
+        base = r.get("baseline_gb")
         lines.append(
-            f"| {r['stage']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.2f} GB | {r['disk_gb']:.2f} GB | "
-            f"{r['model_gb']:.2f} GB ({r['holds']}) | {r['ratio']:.2f}x{mark} | "
-            f"{'plan' if target is None else f'{target}x'} |"
+            f"| {r['stage']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.2f} GB | "
+            f"{'' if base is None else f'{base:.2f} GB'} | {r['disk_gb']:.2f} GB | "
+            f"{r['model_gb']:.2f} GB ({r['holds']}) | {r['ratio']:.2f}x{mark} | {goal} |"
         )
     return "\n".join(lines)
 
