@@ -115,6 +115,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
                 expected = _expected_probe(staged.loaded, config, template)
             staged.loaded = None
             gc.collect()
+            _store_fp16(staged, tmp)  # with no model in memory: the host holds one shard at a time
             bar.update(1)
 
             bar.set_postfix_str(steps[1])
@@ -261,15 +262,14 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
 
     One copy of the model is held throughout, in the dtype it was loaded in: fp32 and fp16 compute are
     layerwise casts of it (:func:`kdq.runtime.dtypes.compute_in`), never a second, upcast copy (a 4B model:
-    7.9 GB in bf16, 15.8 GB more in fp32). The weights are stored in fp16 tensor by tensor
-    (:func:`kdq.export.fp16.convert_folder`), and the record says what that conversion changed. On return
-    the model computes what predict.py computes from the stored files on CPU: fp32, from the fp16-rounded
-    weights when they were converted; the probe compares against that.
+    7.9 GB in bf16, 15.8 GB more in fp32). The weights are stored in fp16 tensor by tensor once the model
+    is dropped (:func:`_store_fp16`), and the record says what that conversion changed. On return the model
+    computes what predict.py computes from the stored files on CPU: fp32, from the fp16-rounded weights when
+    they are converted; the probe compares against that.
     """
     import torch
 
     from ..runtime.dtypes import compute_in, stored_dtype
-    from .fp16 import convert_folder, describe
 
     loaded = staged.loaded
     model = loaded.model
@@ -334,7 +334,7 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
             )
     via = None
     if config.weights_dtype == "float16" and not source_fp16:
-        record["conversion"] = convert_folder(tmp)
+        record["conversion"] = "pending"  # the files are rewritten once the model is dropped (_store_fp16)
         via = torch.float16  # predict.py computes the fp16-rounded weights
     if bad and via is not None:  # fp32 compute must survive the fp16 rounding
         drift = float(_row_diffs(probs(torch.float32, via), ref).max())
@@ -342,8 +342,7 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
         if not drift <= config.fp16_atol:
             raise ExportError(
                 f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
-                f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}; "
-                f"{describe(record['conversion'])}): export with "
+                f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}): export with "
                 "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
             )
     if bad:
@@ -358,6 +357,15 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
 
 
 _HEAD = {"head": "require", "role": "the model to export"}  # a head of another size, or none saved, is refused
+
+
+def _store_fp16(staged: _Staged, tmp: Path) -> None:
+    """Rewrite the staged weights in fp16 where the fp16 check asked for it, recording what changed
+    (:func:`kdq.export.fp16.convert_folder`)."""
+    from .fp16 import convert_folder
+
+    if staged.fp16_check and staged.fp16_check.get("conversion") == "pending":
+        staged.fp16_check["conversion"] = convert_folder(tmp)
 
 
 def _half_kind(model) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0**-14
 INDEX_FILE = "model.safetensors.index.json"
-# 1 GiB: host memory holds one shard at a time, twice while safetensors serialises it (its bytes, then the file)
-SHARD_BYTES = 1024**3
+# 512 MiB: host memory holds one shard at a time, twice while safetensors serialises it (its bytes, then the file)
+SHARD_BYTES = 512 * 1024**2
 
 
 def _weight_files(folder: Path) -> list:
