@@ -168,6 +168,7 @@ def load_classifier(
 
     if head not in HEAD_POLICIES:
         raise ValueError(f"head must be one of {list(HEAD_POLICIES)}, got {head!r}")
+    compute = None  # a frozen half-precision folder computes in this dtype, layer by layer
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if isinstance(src, (str, os.PathLike)):
@@ -181,7 +182,6 @@ def load_classifier(
             )
         scheme = label_scheme(scheme) if scheme is not None else scheme_of(path)
         kwargs = {}
-        compute = None
         if frozen and _keeps_stored_dtype(path, dtype, device, quantization_config):
             compute, dtype = dtype, "auto"
         if dtype is not None:
@@ -226,7 +226,7 @@ def load_classifier(
     prepare_classifier(model, tokenizer, scheme)
     if device is not None:
         model.to(device)
-    if isinstance(src, (str, os.PathLike)) and compute is not None:
+    if compute is not None:
         compute_in(model, compute)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=fp)

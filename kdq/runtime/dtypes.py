@@ -47,7 +47,6 @@ def resolve_dtype(name, device, *, bf16: bool = False) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- layerwise casting
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 LAYERWISE_ATTR = "_kdq_layerwise_cast"  # the LayerwiseCast attached to a model (one per model)
 
 
@@ -104,8 +103,7 @@ class LayerwiseCast:
                 stored[name] = p.data
                 p.data = self._cast(p.data)
         self._stored[id(module)] = stored
-        cast = tuple(a.to(self.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-        return cast
+        return tuple(a.to(self.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
     def _restore(self, module, args, output):
         stored = self._stored.pop(id(module), {})
