@@ -17,7 +17,7 @@ and the others still run:
   kernel it picks by compute capability is recorded) and scored on the same lengths as the fp16 folder:
   tokens/s, and so each format's slowdown against fp16;
 * ``predict``: ``kdq.export`` of the 500M shape, then the folder's ``predict.py`` on a test CSV;
-* ``budget_inputs``: what :func:`kdq.evaluate.budget.measured_profile` reads to put measured
+* ``budget_inputs``: what :func:`kdq.costs.budget.measured_profile` reads to put measured
   efficiencies into a budget profile; on a GPU that ``_gpu_peaks.json`` lists, the profile itself is
   written beside the JSON (``<out>.profile.json``) for ``kdq compare --set budget=<it>``.
 
@@ -443,7 +443,7 @@ def _mb(folder, pattern="*"):
 
 
 def budget_inputs(results: dict) -> dict | None:
-    """What kdq.evaluate.budget.measured_profile needs: the large shape's no-TTA fp16 run and,
+    """What kdq.costs.budget.measured_profile needs: the large shape's no-TTA fp16 run and,
     per quantized format, its slowdown against fp16 on the same shape."""
     scoring = results.get("scoring") or {}
     shapes = scoring.get("shapes") or {}
@@ -471,11 +471,11 @@ def budget_inputs(results: dict) -> dict | None:
 
 
 def write_profile(results: dict, out: Path, base: str = "lmsys-2xt4") -> Path | None:
-    """The budget profile with this run's measured efficiencies (kdq.evaluate.budget.measured_profile), as JSON
+    """The budget profile with this run's measured efficiencies (kdq.costs.budget.measured_profile), as JSON
     beside ``out``: ``kdq compare --set budget=<it>`` (or ``EvalConfig(budget=path)``) projects with it."""
     if not results.get("budget_inputs") or not results["env"].get("kdq_imports"):
         return None
-    from kdq.evaluate.budget import measured_profile
+    from kdq.costs.budget import measured_profile
 
     try:
         profile, sources = measured_profile(base, out)

@@ -5,7 +5,7 @@ The model is a ``LlamaForSequenceClassification`` with the published Danube3-4B 
 temporary folder and loaded through kdq's own training path (:func:`kdq.distill.lora.load_student`
 and :func:`~kdq.distill.lora.wrap_lora`: nf4 + double quant for QLoRA, bf16/fp16 base for LoRA).
 Each setting runs two AdamW steps under autocast; the second is timed; peak memory is
-``torch.cuda.max_memory_allocated`` over both, beside :func:`kdq.distill.train_memory.project_training`.
+``torch.cuda.max_memory_allocated`` over both, beside :func:`kdq.costs.train_memory.project_training`.
 
 ``--dry-run`` does the same on CPU with tiny shapes (peak = live tensor bytes), for CI and laptops.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import kdq
+from kdq.costs.modelspec import ModelSpec
+from kdq.costs.train_memory import GB, LiveTensorBytes, TrainSetup, known_models, project_training
 from kdq.distill.lora import load_student, wrap_lora
-from kdq.distill.train_memory import GB, LiveTensorBytes, TrainSetup, known_models, project_training
-from kdq.evaluate.modelspec import ModelSpec
 from kdq.runtime.dtypes import compute_dtype
 from kdq.testing import make_tokenizer
 

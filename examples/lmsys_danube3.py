@@ -27,9 +27,9 @@ import hashlib
 from pathlib import Path
 
 import kdq
+from kdq.costs.train_memory import GB, cuda_train_device, fits, project_training, train_device
 from kdq.data import load_arena
 from kdq.distill.planning import student_spec, training_setup
-from kdq.distill.train_memory import GB, cuda_train_device, fits, project_training, train_device
 from kdq.pipeline import PipelineConfig, run_pipeline
 from kdq.recipes import for_student
 

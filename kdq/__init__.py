@@ -11,17 +11,20 @@ Names load on first use (:mod:`kdq.utils.lazy`), so ``import kdq`` and ``kdq --h
 torch. Four verbs share their names with their subpackages (``kdq.distill`` the function,
 ``kdq.distill`` the package); loading a subpackage leaves the verb in place.
 
-The layers, bottom up (a package imports only from the ones above it in this list):
+The layers, bottom up. A package imports only from the layers above it in this list, never from
+another package on its own line; ``tests/test_imports.py`` reads this list and enforces it:
 
+* ``runtime``: the scoring code every exported ``predict.py`` runs (torch + transformers only);
 * ``utils``: atomic folders, the user cache folder, errors, JSON conversion, versions, lazy names;
 * ``config``: the frozen-config convention, validation helpers, config files and ``--set``;
-* ``runtime``: the scoring code every exported ``predict.py`` runs (torch + transformers only);
-* ``data``: arena rows (load, validate, swap, encode) and synthetic probe rows;
+* ``data``: arena rows (load, validate, swap, encode, group) and synthetic probe rows;
 * ``quant_methods``: one file per quantization method, and the registry everything asks;
+* ``costs``: the cost model (model specs, budget profiles, training memory) the stages share;
 * ``models``: loading classifiers and fingerprinting them;
-* ``distill``, ``quantize``, ``evaluate``, ``export``: the four stages, one verb each;
+* ``distill``, ``quantize``, ``evaluate``, ``export``: the four stages, one verb each, independent;
 * ``recipes``: named distillation recipes (library data);
-* ``pipeline``: the stages wired together (``kdq run``); ``cli``: the ``kdq`` command;
+* ``pipeline``: the stages wired together (``kdq run``);
+* ``cli``: the ``kdq`` command;
 * ``testing``: tiny offline models and rows for tests.
 """
 

@@ -24,7 +24,7 @@ from .evaluate.config import EvalConfig
 from .export.config import ExportConfig
 from .quant_methods import get_quantizer, settings_fields, variant_fields, variant_names
 from .quantize.config import QuantConfig
-from .runtime.constants import SHRINK_KEY
+from .runtime.constants import PIPELINE_SUMMARY_FILE, SHRINK_KEY
 from .utils.atomic import atomic_dir
 from .utils.distributed import process_group, run_on_rank0, single_process
 from .utils.errors import CheckFailed
@@ -264,7 +264,7 @@ def _single_process_stages(config, out, base, train, eval_rows, test_rows, varia
             exports[name] = str(folder)
             break
     with atomic_dir(out / "pipeline", overwrite=True) as tmp:
-        (tmp / "summary.json").write_text(
+        (tmp / PIPELINE_SUMMARY_FILE).write_text(
             json.dumps(
                 jsonable(
                     {

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import kdq
-from kdq.distill.trainer import RUN_RECORD
+from kdq.runtime.constants import RUN_RECORD_FILE
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=48)
@@ -32,9 +32,9 @@ def test_resume_records_its_step_and_refuses_a_replaced_teacher(models, tiny_tok
     first = _run(models, rows)
     record = json.loads((first.student_dir / "kdq-distill.json").read_text())
     assert record["resumed_from"] is None
-    run = json.loads((models / "run" / RUN_RECORD).read_text())  # written before training, in the output folder
+    run = json.loads((models / "run" / RUN_RECORD_FILE).read_text())  # written before training, in the output folder
     checkpoint = models / "run" / "checkpoints" / "checkpoint-2"
-    assert json.loads((checkpoint / RUN_RECORD).read_text()) == run  # and carried by every checkpoint
+    assert json.loads((checkpoint / RUN_RECORD_FILE).read_text()) == run  # and carried by every checkpoint
     assert run["teacher"].startswith("path:") and run["data"]["train"].startswith("rows:")
     assert run["data"]["eval"] is None and "output_dir" not in run["config"] and "learning_rate" in run["config"]
 
@@ -65,6 +65,6 @@ def test_resume_refuses_changed_data_config_or_init_and_a_checkpoint_without_a_r
     make_tiny_classifier(models / "student", tiny_tokenizer, seed=8, num_layers=1)
     with pytest.raises(ValueError, match=r"student_init \(was 'path:"):
         _run(models, rows, learning_rate=1e-3, epochs=2, resume=True)
-    (models / "run" / "checkpoints" / "checkpoint-2" / RUN_RECORD).unlink()
-    with pytest.raises(ValueError, match=rf"checkpoint-2 has no {RUN_RECORD}.*Delete that folder"):
+    (models / "run" / "checkpoints" / "checkpoint-2" / RUN_RECORD_FILE).unlink()
+    with pytest.raises(ValueError, match=rf"checkpoint-2 has no {RUN_RECORD_FILE}.*Delete that folder"):
         _run(models, rows, learning_rate=1e-3, epochs=2, resume=True)

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import kdq
+from kdq.costs.train_memory import train_device
 from kdq.data import encode, load_arena
 from kdq.distill.cache import cache_teacher_logits
 from kdq.distill.objective import pooled, proportional_layer_map, resolve_layer_map
 from kdq.distill.planning import TrainingMemoryError, plan_training
-from kdq.distill.train_memory import train_device
 from kdq.models import load_classifier
 from kdq.runtime.batching import predict_logits
 from kdq.testing import make_arena_rows, make_tiny_classifier, make_tokenizer
@@ -332,7 +332,7 @@ def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, tea
 
 # --------------------------------------------------------------------------- the memory plan
 def test_memory_plan_counts_the_live_teacher_and_names_settings_that_fit(tmp_path):
-    from kdq.distill.train_memory import known_models
+    from kdq.costs.train_memory import known_models
 
     def folder(name):
         d = tmp_path / name

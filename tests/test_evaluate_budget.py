@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+from kdq.costs.budget import GB, gpu_peak_tflops
+from kdq.costs.modelspec import FP16, WeightFormat, activation_bytes, batch_flops
 from kdq.evaluate import (
     BudgetProfile,
     ModelSpec,
@@ -20,8 +22,6 @@ from kdq.evaluate import (
     weight_bytes,
     weight_format_of,
 )
-from kdq.evaluate.budget import GB, gpu_peak_tflops
-from kdq.evaluate.modelspec import FP16, WeightFormat, activation_bytes, batch_flops
 from kdq.quant_methods import get_quantizer, variant_names
 from kdq.quantize import QuantConfig
 

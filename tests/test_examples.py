@@ -110,7 +110,7 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
     from transformers import LlamaConfig
 
     import kdq
-    from kdq.distill.train_memory import known_models, train_device
+    from kdq.costs.train_memory import known_models, train_device
 
     LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")  # config only
     recipe = _load("lmsys_danube3")
@@ -126,7 +126,7 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
 def test_lmsys_student_recipe_fits_a_t4_live_teacher_quantized_or_cached(tmp_path):
     from transformers import LlamaConfig
 
-    from kdq.distill.train_memory import known_models, train_device
+    from kdq.costs.train_memory import known_models, train_device
 
     for name in ("danube3-4b", "danube3-500m"):  # configs only
         LlamaConfig(**known_models()[name]["config"]).save_pretrained(tmp_path / name)

@@ -134,7 +134,7 @@ def test_folder_holds_what_the_notebook_needs_and_nothing_else(exported, tiny_mo
 def test_records_carry_their_format_and_predict_py_takes_the_budget_from_the_export(exported, exported_copy):
     """Every JSON record says its format; kdq-predict.json carries the budget profile's time limit and rows,
     which predict.py's ETA checks (one source: kdq/budgets/lmsys-2xt4.json)."""
-    from kdq.evaluate.budget import load_budget
+    from kdq.costs.budget import load_budget
     from kdq.runtime.checksums import read_manifest
     from kdq.runtime.constants import FORMAT_KEY, MANIFEST_FORMAT, SETTINGS_FORMAT
 
@@ -146,11 +146,11 @@ def test_records_carry_their_format_and_predict_py_takes_the_budget_from_the_exp
     assert settings["budget"] == {"name": profile.name, "time_limit_hours": profile.time_limit_hours, "rows": 25_000}
     module = load_predict_module(exported / "predict.py")
     assert module.read_settings(exported)["budget"] == settings["budget"]
-    # a folder exported before these keys: predict.py's own defaults; the old manifest spelling still reads
+    # a folder exported before these keys: no budget (predict.py copies no profile's numbers); the old manifest reads
     old = json.loads((exported_copy / "kdq-predict.json").read_text())
     del old["budget"], old[FORMAT_KEY]
     (exported_copy / "kdq-predict.json").write_text(json.dumps(old))
-    assert module.read_settings(exported_copy)["budget"] == module.DEFAULT_BUDGET
+    assert module.read_settings(exported_copy)["budget"] is None
     m = dict(manifest)
     m["kdq_manifest_version"] = m.pop(FORMAT_KEY)
     (exported_copy / "kdq-manifest.json").write_text(json.dumps(m))

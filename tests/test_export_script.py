@@ -209,7 +209,8 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
     from kdq.runtime.predict import Throughput
 
     out = io.StringIO()
-    sink = Throughput(200, 100, report_after_s=1e9, report_after_frac=0.05, stream=out)
+    budget = {"time_limit_hours": 9.0, "rows": 25_000}  # what the export records from its profile
+    sink = Throughput(200, 100, budget=budget, report_after_s=1e9, report_after_frac=0.05, stream=out)
     sink.start -= 10.0  # 10 s spent
     for _ in range(10):
         sink.update(1)
@@ -218,7 +219,7 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
     assert "10/200 sequences" in text and "1.0 sequences/s (0.5 rows/s)" in text
     assert "ETA 0.05 h for these 100 rows" in text and "within the 9 h limit" in text
     assert "25000 rows: ~13.9 h" in text
-    slow = Throughput(2_000_000, 1_000_000, report_after_s=0.0, stream=io.StringIO())
+    slow = Throughput(2_000_000, 1_000_000, budget=budget, report_after_s=0.0, stream=io.StringIO())
     slow.start -= 100.0
     slow.update(1)
     assert "WILL NOT FINISH in the 9 h notebook limit" in slow.reported
@@ -229,6 +230,12 @@ def test_throughput_prints_rows_per_s_and_an_eta_early():
     tight.start -= 100.0
     tight.update(1)
     assert "WILL NOT FINISH in the 0.01 h notebook limit" in tight.reported and "1000 rows: ~" in tight.reported
+    # a folder exported before kdq recorded a budget: the ETA without a verdict (predict.py copies no budget numbers)
+    unknown = Throughput(200, 100, budget=None, report_after_s=0.0, stream=io.StringIO())
+    unknown.start -= 100.0
+    unknown.update(1)
+    assert "ETA" in unknown.reported and "no notebook budget recorded in kdq-predict.json" in unknown.reported
+    assert "limit" not in unknown.reported
 
 
 def _recorded_folder(folder, model_dir, qc, **export_fields):

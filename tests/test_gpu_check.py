@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _launch import run_python
 
-from kdq.evaluate.budget import load_budget, measured_profile
+from kdq.costs.budget import load_budget, measured_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 

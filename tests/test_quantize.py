@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import kdq
-from kdq.evaluate.budget import available_budgets, load_budget
-from kdq.evaluate.modelspec import weight_format_of
+from kdq.costs.budget import available_budgets, load_budget
+from kdq.costs.modelspec import weight_format_of
 from kdq.quant_methods import get_quantizer, method_for, registered_methods, variant_names
 from kdq.quantize import QuantConfig, QuantizationError, ReloadMismatchError, read_report, recheck
 from kdq.quantize.verify import REPORT_FILE, check_head, is_quantized_layer

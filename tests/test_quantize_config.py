@@ -323,7 +323,7 @@ def test_a_new_method_is_one_class_and_everything_asks_the_registry(tmp_path):
 
         folder = sys.argv[1]
         from kdq.cli.main import variant_fields
-        from kdq.evaluate.modelspec import weight_format_of
+        from kdq.costs.modelspec import weight_format_of
         from kdq.export.build import settings_record
         from kdq.export.config import ExportConfig
         from kdq.export.wheels import default_packages

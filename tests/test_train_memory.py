@@ -7,9 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 import kdq
-from kdq.distill.lora import load_student, wrap_lora
-from kdq.distill.planning import TrainingMemoryError, plan_training
-from kdq.distill.train_memory import (
+from kdq.costs.modelspec import ModelSpec, param_counts
+from kdq.costs.train_memory import (
     GB,
     NF4_DQ_BYTES,
     LiveTensorBytes,
@@ -22,7 +21,8 @@ from kdq.distill.train_memory import (
     train_devices,
     trainable_params,
 )
-from kdq.evaluate.modelspec import ModelSpec, param_counts
+from kdq.distill.lora import load_student, wrap_lora
+from kdq.distill.planning import TrainingMemoryError, plan_training
 
 # A Llama shaped so that weights, Adam states and activations all weigh in (vocab 8000 x 128).
 SHAPE = dict(
@@ -134,7 +134,7 @@ def test_projection_matches_tensors_measured_on_cpu(tmp_path, method, checkpoint
 
 def _danube_folder(tmp_path):
     """A Danube3-4B config.json and nothing else: planning reads the config, never weights."""
-    from kdq.distill.train_memory import known_models
+    from kdq.costs.train_memory import known_models
 
     LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")
     return str(tmp_path / "danube3-4b")

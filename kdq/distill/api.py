@@ -15,7 +15,7 @@ import datasets
 
 from ..data import encode, load_arena, scheme_of_rows, swap_ab
 from ..models import attach_template
-from ..runtime.constants import FORMAT_KEY, swap_permutation
+from ..runtime.constants import DISTILL_RECORD_FILE, FORMAT_KEY, RUN_RECORD_FILE, swap_permutation
 from ..utils.atomic import atomic_dir
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
@@ -82,7 +82,7 @@ def distill(
     from accelerate import PartialState
     from transformers import set_seed
 
-    from .trainer import RUN_RECORD, RunRecordCallback, checkpoint_step, resume_point, run_record, write_record
+    from .trainer import RunRecordCallback, checkpoint_step, resume_point, run_record, write_record
 
     cfg = config or DistillConfig()
     teacher = as_teacher(teacher)
@@ -146,7 +146,7 @@ def distill(
     if state.is_main_process:
         if cfg.overwrite:  # a stale checkpoint must not be resumed later
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        write_record(out / RUN_RECORD, record)  # before training: every checkpoint gets a copy
+        write_record(out / RUN_RECORD_FILE, record)  # before training: every checkpoint gets a copy
     state.wait_for_everyone()
     # One seed fixes every random initialisation kdq causes: a new score head (load_student), LoRA
     # matrices (wrap_lora) and projections (build_objective) are all drawn after this, before the
@@ -304,7 +304,7 @@ def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, facts
             **jsonable(facts),
             "merge": merge,
         }
-        (tmp / "kdq-distill.json").write_text(json.dumps(record, indent=2, default=str))
+        (tmp / DISTILL_RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
     return student_dir
 
 

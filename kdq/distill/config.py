@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_range
+from ..costs.modelspec import LLAMA_LINEAR
+from ..runtime.constants import DEFAULT_BUDGET_NAME
 from ..runtime.template import TemplateConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -16,7 +18,6 @@ TEACHER_QUANTIZE = ("none", "int8", "nf4")
 BASE_DTYPES = PRECISIONS
 LORA_QUANTIZE = ("none", "nf4")
 SAVE_DTYPES = ("auto", "fp32", "fp16", "bf16")
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ class DistillConfig(Config):
         metadata={"help": "teacher-logit cache root; null: the shared user cache ($KDQ_CACHE, ~/.cache/kdq)"},
     )
     budget: str | None = field(
-        default="lmsys-2xt4",
+        default=DEFAULT_BUDGET_NAME,
         metadata={
             "help": "budget profile (shipped name or JSON path) the teacher pass's time projection assumes: its "
             "compute efficiency, and its GPUs on a machine without one"

@@ -35,8 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ..quant_methods import HEAD_MODULES, get_quantizer  # the head: never quantized, always trained in full
-from ..quantize.config import QuantConfig
+from ..quant_methods import HEAD_MODULES, load_time_config  # the head: never quantized, always trained in full
 from ..runtime.dtypes import DTYPES, SHORT_NAMES, compute_in, resolve_dtype, restored_cast
 from ..utils.distributed import training_device
 from ..utils.errors import CheckFailed
@@ -97,7 +96,7 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):
             "(kdq.models.load_classifier(...).model.save_pretrained(DIR)) or pass its base."
         )
     # the registry's nf4 config (double quantization, head skipped), as kdq.quantize would write it
-    qc = get_quantizer("bnb-nf4").bnb_config(QuantConfig.from_name("bnb-nf4"), dtype)
+    qc = load_time_config("bnb-nf4", dtype)
     model = from_pretrained_classifier(  # a saved head of another size, or none, is re-initialised (a warning)
         student,
         scheme or scheme_of(student),

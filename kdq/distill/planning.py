@@ -1,6 +1,6 @@
 """Will a training run fit? The training-memory plan of :func:`kdq.distill`, before any weights load.
 
-:func:`plan_training` projects the peak memory (:mod:`kdq.distill.train_memory`) of the
+:func:`plan_training` projects the peak memory (:mod:`kdq.costs.train_memory`) of the
 student's config under the run's settings, decides gradient checkpointing and refuses what
 cannot fit, naming settings that would.
 """
@@ -12,10 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..evaluate.modelspec import ModelSpec
-from ..utils.distributed import is_main_process, training_device
-from .config import LLAMA_LINEAR, DistillConfig
-from .train_memory import (
+from ..costs.modelspec import LLAMA_LINEAR, ModelSpec
+from ..costs.train_memory import (
     GB,
     TrainDevice,
     TrainSetup,
@@ -26,6 +24,8 @@ from .train_memory import (
     peak_fits,
     project_training,
 )
+from ..utils.distributed import is_main_process, training_device
+from .config import DistillConfig
 
 
 class TrainingMemoryError(ValueError):
@@ -47,7 +47,7 @@ def student_spec(student) -> ModelSpec | None:
         if is_hub_id(student):
             from transformers import AutoConfig
 
-            from .train_memory import known_models, model_spec
+            from ..costs.train_memory import known_models, model_spec
 
             if any(e["hub_id"] == str(student) for e in known_models().values()):  # no Hub needed
                 return model_spec(str(student))
@@ -124,7 +124,7 @@ def plan_training(student, cfg: DistillConfig, *, teacher=None, device: TrainDev
             projection is printed, nothing is refused).
     Returns:
         ``(cfg, projection)``: ``cfg`` with ``gradient_checkpointing`` resolved to a bool;
-        ``projection`` the :func:`~kdq.distill.train_memory.project_training` dict (or ``None``
+        ``projection`` the :func:`~kdq.costs.train_memory.project_training` dict (or ``None``
         when the student's config is not Llama-like).
     Raises:
         TrainingMemoryError: on a device the projected peak does not fit, naming settings that do.

@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 
 from ..data import core_columns, load_arena, scheme_of_rows
+from ..runtime.constants import DEFAULT_BUDGET_NAME
 from .config import DistillConfig
 
 log = logging.getLogger("kdq.distill")
@@ -101,8 +102,8 @@ def projection(teacher, lengths, cfg: DistillConfig, devices) -> str:
 def _estimate(teacher, lengths, cfg: DistillConfig, cuda, world) -> str:
     import torch
 
-    from ..evaluate.budget import GPU_PEAKS_FILE, gpu_peak_tflops, load_budget, measured_profile, project
-    from ..evaluate.modelspec import weight_format_of
+    from ..costs.budget import GPU_PEAKS_FILE, gpu_peak_tflops, load_budget, measured_profile, project
+    from ..costs.modelspec import weight_format_of
     from ..utils.cachedir import cache_root
 
     spec = teacher.spec()
@@ -110,7 +111,7 @@ def _estimate(teacher, lengths, cfg: DistillConfig, cuda, world) -> str:
         return "no projection (the teacher's config is not a Llama-like decoder kdq can count FLOPs for)"
     config = teacher.model_source.config if not teacher.is_path else _config_of(teacher.source)
     fmt = weight_format_of(config)
-    profile = load_budget(cfg.budget or "lmsys-2xt4")
+    profile = load_budget(cfg.budget or DEFAULT_BUDGET_NAME)
     check = Path(cfg.gpu_check) if cfg.gpu_check else cache_root() / "gpu_check.json"
     basis = f"the compute efficiency {profile.compute_efficiency:g} assumed by the {profile.name} profile"
     if check.is_file():

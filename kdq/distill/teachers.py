@@ -100,12 +100,11 @@ def load_live_teacher(teacher, cfg: DistillConfig, device):
     dtype = model_dtype_for(device)
     if cfg.teacher_quantize == "none":
         return load_classifier(teacher, dtype=dtype, device=device, frozen=True, **TEACHER_HEAD)
-    from ..quant_methods import get_quantizer
-    from ..quantize.config import QuantConfig
+    from ..quant_methods import get_quantizer, load_time_config
 
     method = {"int8": "bnb-int8", "nf4": "bnb-nf4"}[cfg.teacher_quantize]
     get_quantizer(method).prepare_load(device)
-    qc = get_quantizer(method).bnb_config(QuantConfig.from_name(method), dtype)
+    qc = load_time_config(method, dtype)
     if not isinstance(teacher, (str, os.PathLike)):
         raise ValueError(
             f"DistillConfig.teacher_quantize={cfg.teacher_quantize!r} loads the teacher quantized from a folder; got a "
@@ -267,7 +266,7 @@ class ModelTeacher(Teacher):
         check_scheme(self.model_source, scheme)
 
     def spec(self):
-        """The teacher's shape (:class:`~kdq.evaluate.modelspec.ModelSpec`) from its config, or ``None``."""
+        """The teacher's shape (:class:`~kdq.costs.modelspec.ModelSpec`) from its config, or ``None``."""
         from .planning import student_spec
 
         return student_spec(self.model_source)

@@ -25,7 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..runtime.batching import pad_batch
-from ..runtime.constants import FORMAT_KEY
+from ..runtime.constants import FORMAT_KEY, RUN_RECORD_FILE
 from ..runtime.dtypes import SHORT_NAMES, resolve_dtype
 from ..utils.distributed import world_size
 from ..utils.jsonable import jsonable
@@ -166,7 +166,6 @@ def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) ->
 
 
 # --------------------------------------------------------------------------- the run record and resumption
-RUN_RECORD = "kdq-run.json"  # in the output folder and in every checkpoint
 RUN_RECORD_FORMAT = 1  # its format version (under FORMAT_KEY)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -251,10 +250,10 @@ def resume_point(checkpoint_dir, record: dict) -> Path | None:
         "Either go back to what it was trained with (the same teacher folder, student, data and DistillConfig "
         "training fields), or start again with DistillConfig(overwrite=True) (or another output_dir)."
     )
-    saved = checkpoint / RUN_RECORD
+    saved = checkpoint / RUN_RECORD_FILE
     if not saved.is_file():
         raise ValueError(
-            f"resume=True: {checkpoint} has no {RUN_RECORD} (it was written before kdq recorded what a run trains "
+            f"resume=True: {checkpoint} has no {RUN_RECORD_FILE} (it was written before kdq recorded what a run trains "
             "with, or the run stopped while saving it), so kdq cannot tell whether this run's teacher, data and "
             f"config are the ones it was trained with. Delete that folder to resume from an earlier checkpoint. {fix}"
         )
@@ -278,5 +277,5 @@ class RunRecordCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_record(folder / RUN_RECORD, self.record)
+                write_record(folder / RUN_RECORD_FILE, self.record)
         return control

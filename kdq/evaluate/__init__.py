@@ -6,11 +6,11 @@
 Light on import: torch, transformers and matplotlib load only when a verb runs.
 """
 
-from .budget import BudgetProfile, available_budgets, load_budget, project
+from ..costs.budget import BudgetProfile, available_budgets, load_budget, project
+from ..costs.modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, weight_bytes, weight_format_of
 from .config import EvalConfig, Metrics
 from .evaluate import evaluate
 from .metrics import accuracy, ece, log_loss
-from .modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, weight_bytes, weight_format_of
 from .report import CompareResult, compare, gap_closed
 
 __all__ = [

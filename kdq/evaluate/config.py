@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config.base import Config
 from ..config.validate import check_choice, check_device, check_range, check_tta
-from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
+from ..runtime.constants import DEFAULT_BUDGET_NAME, DEFAULT_TTA_FRACTION, tta_mode
 from ..runtime.template import TemplateConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -57,7 +57,7 @@ class EvalConfig(Config):
     )
     ece_bins: int = field(default=15, metadata={"help": "confidence bins of the expected calibration error"})
     budget: object = field(
-        default="lmsys-2xt4",
+        default=DEFAULT_BUDGET_NAME,
         metadata={
             "help": "budget profile to project onto (shipped name, JSON path or BudgetProfile); null: no verdict"
         },
@@ -86,7 +86,7 @@ class EvalConfig(Config):
         check_range(c, "ece_bins", self.ece_bins, 1, 1000, kind=int)
         check_range(c, "bootstrap_samples", self.bootstrap_samples, 1, kind=int)
         check_range(c, "bootstrap_seed", self.bootstrap_seed, 0, kind=int)
-        from .budget import BudgetProfile
+        from ..costs.budget import BudgetProfile
 
         if self.budget is not None and not isinstance(self.budget, (str, os.PathLike, BudgetProfile)):
             raise ValueError(
@@ -114,7 +114,7 @@ class Metrics:
     disk, or parameter bytes in memory for a model object: see ``size_source``),
     ``peak_memory_bytes`` (``peak_memory_kind``: process RSS on CPU, max allocated on
     CUDA), ``rows_per_s`` / ``tokens_per_s`` over every scored sequence (a TTA row counts
-    twice) on ``device``. ``budget``: the verdict dict of :func:`kdq.evaluate.budget.project`.
+    twice) on ``device``. ``budget``: the verdict dict of :func:`kdq.costs.budget.project`.
 
     ``scheme``: the label scheme's name (``"lmsys"``, ``"wsdm"``): the classes, and the headline
     metric reports rank by (:attr:`headline`: ``"log_loss"`` or ``"accuracy"``).

@@ -360,13 +360,13 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
     """
     import torch
 
+    from ..costs.budget import load_budget
+    from ..costs.modelspec import FP16, ModelSpec, param_counts, weight_format_of
     from ..data import encode, labels_of, load_arena, scheme_of_rows
     from ..models import LoadedModel, template_of
     from ..runtime.constants import scheme_of_config
     from ..runtime.template import TemplateConfig
     from ..utils.distributed import exchange, world_size
-    from .budget import load_budget
-    from .modelspec import FP16, ModelSpec, param_counts, weight_format_of
 
     config = EvalConfig() if config is None else config
     if not isinstance(config, EvalConfig):
@@ -473,8 +473,8 @@ def project_metrics(metrics: Metrics, profile) -> dict | None:
     from its TTA (full: ``profile.tta_factor``; gated: about ``1 + tta_fraction``; none: 1), and a
     CUDA measurement as the throughput basis (``budget.project``'s ``measured``).
     """
-    from .budget import project
-    from .modelspec import ModelSpec, WeightFormat
+    from ..costs.budget import project
+    from ..costs.modelspec import ModelSpec, WeightFormat
 
     if profile is None:
         return None

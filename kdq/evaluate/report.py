@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.constants import FORMAT_KEY
+from ..runtime.constants import EVAL_REPORT_FILE, FORMAT_KEY
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
 from .metrics import HEADLINES, Headline, headline_of
@@ -267,10 +267,10 @@ def compare(
     """
     from tqdm.auto import tqdm
 
+    from ..costs.budget import load_budget
     from ..data import load_arena
     from ..utils.atomic import atomic_dir
     from ..utils.distributed import exchange, rank, world_size
-    from .budget import load_budget
     from .evaluate import evaluate, project_metrics, rows_fingerprint, sync_dir
 
     config = EvalConfig() if config is None else config
@@ -375,7 +375,7 @@ def compare(
     if rank() == 0:  # under a launcher every process holds the same table; the first writes it
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             (tmp / "report.md").write_text(md)
-            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            (tmp / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=2))
             title = f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else "")
             _plot(table, tmp / "report.png", title, headline.key)
     if world_size() > 1:  # the others return once the report is written (a file, not a barrier)

@@ -18,6 +18,7 @@ from ..runtime.constants import (
     FORMAT_KEY,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
+    QUANTIZE_REPORT_FILE,
     SCHEME_KEY,
     SETTINGS_FILE,
     SETTINGS_FORMAT,
@@ -92,7 +93,7 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     metrics_dict, budget = metrics_record(metrics)
     from tqdm.auto import tqdm
 
-    from ..evaluate.budget import load_budget
+    from ..costs.budget import load_budget
     from ..runtime.dtypes import restored_cast
 
     load_budget(config.budget)  # a bad profile fails now, not after staging the weights
@@ -174,7 +175,7 @@ def settings_record(config: ExportConfig, quantization_config: dict | None, *, f
     CUDA, ``"float16"`` unless the fp16 check (``fp16_check``, from :func:`_fp16_check`) found rows
     that fp16 gets wrong and ``config.fp16_fallback`` is ``"fp32-compute"``: then ``"float32"``,
     with ``cuda_compute_dtype_reason`` (predict.py prints it)."""
-    from ..evaluate.budget import load_budget
+    from ..costs.budget import load_budget
 
     profile = load_budget(config.budget)
     cuda_dtype = (fp16_check or {}).get("cuda_compute_dtype") or "float16"
@@ -647,7 +648,7 @@ def _write_card_and_manifest(
 def _disk_record(files: dict, config: ExportConfig) -> dict:
     """The folder's bytes against the budget profile's dataset limit and working disk (the manifest's ``disk``);
     a warning when it exceeds either."""
-    from ..evaluate.budget import GB, disk_verdict, load_budget
+    from ..costs.budget import GB, disk_verdict, load_budget
 
     total = sum(f["size"] for f in files.values())
     verdict = disk_verdict(total, load_budget(config.budget))
@@ -672,7 +673,7 @@ def _add_quantize_record(source, configs: dict, sources: dict) -> None:
     """Provenance from kdq.quantize: its report (minus the bulky probe) and the model it quantized."""
     from ..models import fingerprint_path
 
-    report_path = Path(source, "kdq-quantize.json") if source else None
+    report_path = Path(source, QUANTIZE_REPORT_FILE) if source else None
     if report_path is None or not report_path.is_file():
         return
     try:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from ..config.base import Config
 from ..config.validate import check_choice, check_range, check_tta
 from ..data.probe import ARENA_LIKE_ROWS
-from ..runtime.constants import DEFAULT_TTA_FRACTION, tta_mode
+from ..runtime.constants import DEFAULT_BUDGET_NAME, DEFAULT_TTA_FRACTION, tta_mode
 from ..runtime.template import TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
@@ -235,7 +235,7 @@ class ExportConfig(Config):
         metadata={"help": "largest allowed |Δp| between the exported predict.py and kdq on the source model"},
     )
     budget: str = field(
-        default="lmsys-2xt4",
+        default=DEFAULT_BUDGET_NAME,
         metadata={"help": "budget profile (name or JSON path) whose time limit and rows predict.py's ETA checks"},
     )
     wheels: bool = field(default=False, metadata={"help": "fill wheels/ with pip download for the Kaggle platform"})

@@ -10,7 +10,7 @@ CUDA kernels that run it and from which compute capability (:class:`CudaKernel`;
 ``quantization_config`` overrides per device type). Everything else asks this registry:
 :mod:`kdq.quantize.config` (variants, fields), :mod:`kdq.models`, :mod:`kdq.export` (which never import
 :mod:`kdq.quantize`; the export records what the standalone ``predict.py`` needs in
-``kdq-predict.json``, see :func:`runtime_settings`), :mod:`kdq.evaluate.modelspec`, the CLI.
+``kdq-predict.json``, see :func:`runtime_settings`), :mod:`kdq.costs.modelspec`, the CLI.
 Standard library only at import time.
 """
 
@@ -559,6 +559,21 @@ def _variant_stand_in(method: QuantMethod, fields: dict):
     bits = fields.get("bits") or (method.allowed_bits[0] if method.allowed_bits else None)
     settings = method.settings(**{k: v for k, v in fields.items() if k in own})
     return SimpleNamespace(method=method.name, bits=bits, settings=settings, options=None)
+
+
+def load_time_config(name: str, dtype):
+    """The transformers quantization config that loads a model as variant ``name`` at its defaults.
+
+    For the methods that quantize at load time (bitsandbytes: ``"bnb-int8"``, ``"bnb-nf4"``), it is
+    the config :func:`kdq.quantize` would write, so a live teacher or a QLoRA student loads in exactly
+    that format (``dtype``: the compute dtype, a ``torch.dtype``). ``ValueError`` for a method that
+    needs calibration (GPTQ) or an unknown name.
+    """
+    fields = variant_fields(name)
+    method = get_quantizer(fields["method"])
+    if not hasattr(method, "bnb_config"):
+        raise ValueError(f"{name!r} is not quantized at load time; load_time_config serves bnb-int8 and bnb-nf4.")
+    return method.bnb_config(_variant_stand_in(method, fields), dtype)
 
 
 def cuda_kernel_reason(format_or_config, capability, compute_dtype: str | None = "float16") -> str:

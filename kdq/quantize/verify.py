@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..runtime.constants import FORMAT_KEY, check_format
+from ..runtime.constants import QUANTIZE_REPORT_FILE as REPORT_FILE
 from ..utils.errors import CheckFailed
 
-REPORT_FILE = "kdq-quantize.json"
 REPORT_FORMAT = 1  # kdq-quantize.json's format version (under FORMAT_KEY), written by write_report
 
 

@@ -167,6 +167,15 @@ WHEELS_DIR = "wheels"
 TEMPLATE_KEY = "kdq_template"  # the row template the model was trained with
 SHRINK_KEY = "kdq_shrink"  # kdq.shrink's layer map: which teacher layer each student layer was copied from
 
+# The records each stage writes into its output folder (every file name kdq writes lives in this section).
+DISTILL_RECORD_FILE = "kdq-distill.json"  # kdq.distill: what was trained, from what, with what result
+RUN_RECORD_FILE = "kdq-run.json"  # kdq.distill: the run's fingerprints, in the folder and every checkpoint
+QUANTIZE_REPORT_FILE = "kdq-quantize.json"  # kdq.quantize: the method, its probe and reload check
+EVAL_REPORT_FILE = "report.json"  # kdq.evaluate / kdq.compare report folders
+PIPELINE_SUMMARY_FILE = "summary.json"  # kdq run
+# The notebook budget every stage projects against unless told otherwise (kdq/budgets/<name>.json).
+DEFAULT_BUDGET_NAME = "lmsys-2xt4"
+
 # Every JSON record kdq writes carries its format version under FORMAT_KEY (a record without one is
 # format 1). The two an exported folder holds are read by this runtime, so their versions live here;
 # the others sit beside their writers (kdq-distill.json, kdq-quantize.json, report.json).

@@ -45,9 +45,6 @@ from .versions import installed_version
 
 DEFAULT_TEST_CSV = LMSYS.test_path  # an LMSYS model's; a model's own label scheme names its competition's test file
 TEXT_COLUMNS = PARTS  # the competition's text columns, in the template's order
-# The notebook's time limit and hidden test rows the ETA is checked against: kdq-predict.json records them
-# from the export's budget profile (kdq/budgets/*.json); this is the fallback for folders exported before.
-DEFAULT_BUDGET = {"name": "lmsys-2xt4", "time_limit_hours": 9.0, "rows": 25_000}
 # What the model is loaded and computed in on CUDA (kdq-predict.json ``cuda_compute_dtype``): fp16, or fp32 where
 # the export's fp16 check found rows whose fp16 activations overflow (ExportConfig.fp16_fallback="fp32-compute").
 CUDA_COMPUTE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -83,7 +80,7 @@ def read_settings(model_dir) -> dict:
         "backend_modules": [],
         "backend_packages": [],
         "load": {},
-        "budget": dict(DEFAULT_BUDGET),
+        "budget": None,  # the notebook's time limit and hidden test rows, recorded by the export from its profile
         "cuda_compute_dtype": "float16",
         "cuda_compute_dtype_reason": None,
     }
@@ -423,7 +420,7 @@ class Throughput:
         stream=sys.stderr,
     ):
         self.total, self.rows, self._bar, self._stream = total_sequences, rows, bar, stream
-        self.budget = budget or DEFAULT_BUDGET
+        self.budget = budget  # None (a folder exported before kdq recorded one): the ETA is given without a verdict
         self.after_s, self.after_frac = report_after_s, report_after_frac
         self.done, self.start, self.reported = 0, time.perf_counter(), None
         self._lock = threading.Lock()
@@ -451,6 +448,12 @@ class Throughput:
         rate = self.done / max(elapsed, 1e-9)  # scored sequences per second
         per_row = self.total / max(self.rows, 1)  # sequences per row (TTA scores some twice)
         eta_h = (self.total - self.done) / max(rate, 1e-9) / 3600
+        head = (
+            f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
+            f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows"
+        )
+        if not self.budget:
+            return f"{head} (no notebook budget recorded in {SETTINGS_FILE}; re-export to check against one)"
         limit, test_rows = float(self.budget["time_limit_hours"]), int(self.budget["rows"])
         kaggle_h = test_rows * per_row / max(rate, 1e-9) / 3600
         verdict = (
@@ -460,9 +463,7 @@ class Throughput:
             else f"within the {limit:g} h limit"
         )
         return (
-            f"predict.py: {self.done}/{self.total} sequences in {elapsed:.0f} s, {rate:.1f} sequences/s "
-            f"({rate / per_row:.1f} rows/s); ETA {eta_h:.2f} h for these {self.rows} rows, {verdict} "
-            f"(longest rows go first, so this is an upper bound; {test_rows} rows: ~{kaggle_h:.1f} h)"
+            f"{head}, {verdict} (longest rows go first, so this is an upper bound; {test_rows} rows: ~{kaggle_h:.1f} h)"
         )
 
 

@@ -1,7 +1,7 @@
 """Will a training run fit the GPU? Peak training memory from a model's config, before loading it.
 
-Arithmetic on a :class:`~kdq.evaluate.modelspec.ModelSpec` (never on weights), like
-:mod:`kdq.evaluate.budget` for inference. Devices are data (``kdq/budgets/_train_devices.json``),
+Arithmetic on a :class:`~kdq.costs.modelspec.ModelSpec` (never on weights), like
+:mod:`kdq.costs.budget` for inference. Devices are data (``kdq/budgets/_train_devices.json``),
 and so are the published Danube3 configs (``kdq/budgets/_models.json``).
 
 Peak = weights + Adam states + max(activations, gradients), per GPU (or CPU process):
@@ -32,20 +32,19 @@ Peak = weights + Adam states + max(activations, gradients), per GPU (or CPU proc
 Checked against the live tensor bytes of CPU training steps on tiny models in
 ``tests/test_train_memory.py`` (within 20%; measured -12%..+2%).
 
-``python -m kdq.distill.train_memory`` prints the Danube3 table in ``docs/distill.md``.
+``python -m kdq.costs.train_memory`` prints the Danube3 table in ``docs/distill.md``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 from ..config.validate import check_choice, check_range
-from ..evaluate.modelspec import ModelSpec, param_counts
-from .config import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
+from .budget import BUDGET_DIR
+from .modelspec import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
+from .modelspec import ModelSpec, param_counts
 
-BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
 DEVICES_FILE = BUDGET_DIR / "_train_devices.json"
 MODELS_FILE = BUDGET_DIR / "_models.json"
 GB = 1e9
@@ -437,7 +436,7 @@ TABLE_ROWS = (  # (method, checkpointing): what the table shows per model
 
 
 def table_markdown(batch_size: int = 4, seq_len: int = 1024, lora_r: int = 16) -> str:
-    """The training-memory table of ``docs/distill.md`` (regenerate: ``python -m kdq.distill.train_memory``)."""
+    """The training-memory table of ``docs/distill.md`` (regenerate: ``python -m kdq.costs.train_memory``)."""
     devices = train_devices()
     head = (
         "| model | method | checkpointing | trainable M | weights GB | Adam GB | activations GB | peak GB | "

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..config.validate import check_range
+from ..runtime.constants import DEFAULT_BUDGET_NAME
 from .modelspec import FP16, ModelSpec, WeightFormat, activation_bytes, batch_flops, weight_bytes
 
 BUDGET_DIR = Path(__file__).resolve().parent.parent / "budgets"
@@ -98,7 +99,9 @@ class BudgetProfile:
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as err:  # a required field is missing
-            raise ValueError(f"{source}: {err}; see kdq/budgets/lmsys-2xt4.json for a complete profile.") from None
+            raise ValueError(
+                f"{source}: {err}; see {BUDGET_DIR / DEFAULT_BUDGET_NAME}.json for a complete profile."
+            ) from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,6 +24,9 @@ from pathlib import Path
 from ..config.validate import check_range
 from ..quant_methods import FP16, WeightFormat, method_for, quantization_config_of
 
+#: the Llama-family linear layers of a decoder block (the names LoRA targets and width pruning slices)
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 __all__ = [
     "ModelSpec",
     "WeightFormat",
