@@ -107,3 +107,32 @@ def test_template_config_is_validated():
     with pytest.raises(ValueError, match="min_part_share"):
         TemplateConfig(min_part_share=0.5)
     assert json.loads(json.dumps(TemplateConfig().to_dict()))["max_length"] == 1024
+
+
+def test_assemble_renders_a_tokenized_row_at_every_length_as_encode_row_does(tiny_tokenizer):
+    """A length sweep tokenizes once: tokenize_row + assemble equals encode_row at every max_length,
+    and the Truncation record adds up (kept + lost = the text's tokens; a short enough budget drops turns)."""
+    from kdq.runtime.template import PARTS, assemble, tokenize_row
+
+    tok = tiny_tokenizer
+    words = "the quick brown fox jumps over a lazy dog while it rains".split()
+    prompt = [" ".join(words[: 3 + i]) for i in range(6)]
+    a = [" ".join(words * (1 + i)) for i in range(6)]
+    b = ["short", "", "x y z", "q", "r s", "t"]
+    row = tokenize_row(tok, prompt, a, b)
+    assert row.text_lengths == tuple(
+        sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in p) for p in (prompt, a, b)
+    )
+    seen_cut, seen_drop = False, False
+    for max_length in (96, 128, 160, 256, 512, 4096):
+        cfg = TemplateConfig(max_length=max_length)
+        ids, cut = assemble(row, cfg)
+        assert ids == encode_row(tok, prompt, a, b, cfg)
+        assert len(ids) <= max_length
+        for part, total in zip(PARTS, row.text_lengths):
+            assert cut.kept[part] + cut.lost[part] == total and cut.lost[part] >= 0
+        seen_cut |= cut.cut
+        seen_drop |= cut.dropped_turns > 0
+    assert seen_cut and seen_drop
+    assert not assemble(row, TemplateConfig(max_length=4096))[1].cut
+    assert assemble(row, TemplateConfig(max_length=96))[1].lost["response_a"] > 0

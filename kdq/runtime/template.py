@@ -182,37 +182,94 @@ def _encode(tokenizer, texts):
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig) -> list:
-    """Render one arena row to token ids under ``config.max_length``.
+@dataclass(frozen=True)
+class RowTokens:
+    """One arena row tokenized once, before any length budget (:func:`tokenize_row`).
+
+    ``assemble(row_tokens, config)`` renders it under any ``max_length`` without tokenizing again:
+    a length sweep tokenizes each row once and truncates it by the same rule as :func:`encode_row`.
+    """
+
+    bos: tuple  # () or (bos_token_id,)
+    turn_markers: tuple  # per turn: the ids of "[Turn i]\n"
+    part_markers: tuple  # per part (prompt, A, B): the ids of its marker
+    turn_end: tuple  # the ids of the newline closing a turn
+    segments: tuple  # per turn, per part: the text's ids (turn i, part j at [i][j])
+
+    @property
+    def text_lengths(self) -> tuple:
+        """Tokens of text per part (prompt, response_a, response_b), summed over all turns."""
+        return tuple(sum(len(turn[j]) for turn in self.segments) for j in range(len(PARTS)))
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What :func:`assemble` cut from one row: text tokens lost per part and whole turns dropped.
+
+    ``lost`` maps each of :data:`PARTS` to the tokens of its text not kept (dropped turns included);
+    ``dropped_turns`` counts the oldest turns left out because their markers would have taken more than
+    half of ``max_length``; ``kept`` maps each part to the tokens of text kept.
+    """
+
+    lost: dict
+    kept: dict
+    dropped_turns: int
+
+    @property
+    def cut(self) -> bool:
+        """Whether the row lost any text (or a turn) to the length budget."""
+        return self.dropped_turns > 0 or any(self.lost.values())
+
+    def to_dict(self) -> dict:
+        return {"lost": dict(self.lost), "kept": dict(self.kept), "dropped_turns": self.dropped_turns}
+
+
+def tokenize_row(tokenizer, prompt, response_a, response_b, *, add_bos: bool = True) -> RowTokens:
+    """Tokenize one row's turns and the template markers, with no length budget yet.
 
     Args:
         tokenizer: a Hugging Face tokenizer (only ``__call__`` and ``bos_token_id`` are used).
-        prompt, response_a, response_b: lists of turn strings (see :func:`parse_turns`).
-    Returns:
-        ``list[int]`` of length ``<= config.max_length``.
+        prompt, response_a, response_b: lists of turn strings (see :func:`parse_turns`); a
+            missing turn in one part is an empty string.
+        add_bos: prepend the tokenizer's BOS token when it has one (``TemplateConfig.add_bos``).
     """
     n_turns = max(len(prompt), len(response_a), len(response_b), 1)
     turns = [[(p[i] if i < len(p) else "") for p in (prompt, response_a, response_b)] for i in range(n_turns)]
-    bos = [tokenizer.bos_token_id] if (config.add_bos and getattr(tokenizer, "bos_token_id", None) is not None) else []
-
+    bos = (tokenizer.bos_token_id,) if (add_bos and getattr(tokenizer, "bos_token_id", None) is not None) else ()
     marker_texts = [_MARKERS["turn"].format(i=i + 1) for i in range(n_turns)]
     fixed = _encode(tokenizer, marker_texts + [_MARKERS[p] for p in PARTS] + [_TURN_END])
-    turn_ids, part_ids, end_ids = fixed[:n_turns], fixed[n_turns : n_turns + 3], fixed[-1]
-    per_turn_overhead = [len(t) + sum(len(p) for p in part_ids) + len(end_ids) for t in turn_ids]
+    seg = _encode(tokenizer, [text for turn in turns for text in turn])
+    return RowTokens(
+        bos=bos,
+        turn_markers=tuple(tuple(t) for t in fixed[:n_turns]),
+        part_markers=tuple(tuple(p) for p in fixed[n_turns : n_turns + 3]),
+        turn_end=tuple(fixed[-1]),
+        segments=tuple(tuple(tuple(seg[3 * i + j]) for j in range(3)) for i in range(n_turns)),
+    )
+
+
+def assemble(row: RowTokens, config: TemplateConfig) -> tuple:
+    """Render a tokenized row under ``config.max_length``: ``(ids, Truncation)``.
+
+    The length rule of the module docstring: the oldest turns are dropped while the markers would take
+    more than half of ``max_length``, then the text budget is water-filled over the parts (with the
+    ``min_part_share`` floor) and each part's allowance over its turns, every turn keeping its head.
+    ``ValueError`` when ``max_length`` leaves no room for text after the markers.
+    """
+    n_turns = len(row.segments)
+    bos = list(row.bos) if config.add_bos else []
+    per_turn_overhead = [len(t) + sum(len(p) for p in row.part_markers) + len(row.turn_end) for t in row.turn_markers]
 
     # Drop the oldest turns while the markers alone would take more than half the budget.
     first = 0
     while first < n_turns - 1 and len(bos) + sum(per_turn_overhead[first:]) > config.max_length // 2:
         first += 1
-    kept = range(first, n_turns)
     budget = config.max_length - len(bos) - sum(per_turn_overhead[first:])
     if budget < 3:
         raise ValueError(
             f"max_length={config.max_length} leaves no room for text after the template markers; raise max_length."
         )
-
-    texts = [turns[i][j] for i in kept for j in range(3)]
-    seg = _encode(tokenizer, texts)  # seg[k] for turn kept[k//3], part k%3
+    seg = [row.segments[i][j] for i in range(first, n_turns) for j in range(3)]  # turn first+k//3, part k%3
     part_len = [sum(len(seg[k]) for k in range(j, len(seg), 3)) for j in range(3)]
     part_allow = water_fill(part_len, budget, floor=math.floor(config.min_part_share * budget))
     seg_allow = [0] * len(seg)
@@ -222,12 +279,30 @@ def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig
             seg_allow[k] = a
 
     ids = list(bos)
-    for t, i in enumerate(kept):
-        ids += turn_ids[i]
+    for t, i in enumerate(range(first, n_turns)):
+        ids += row.turn_markers[i]
         for j in range(3):
-            ids += part_ids[j] + seg[3 * t + j][: seg_allow[3 * t + j]]
-        ids += end_ids
-    return ids[: config.max_length]
+            ids += list(row.part_markers[j]) + list(seg[3 * t + j][: seg_allow[3 * t + j]])
+        ids += row.turn_end
+    kept = {p: 0 for p in PARTS}
+    for k, a in enumerate(seg_allow):
+        kept[PARTS[k % 3]] += a
+    # the final slice below never cuts: markers and allowances sum to at most max_length
+    lost = {p: total - kept[p] for p, total in zip(PARTS, row.text_lengths)}
+    return ids[: config.max_length], Truncation(lost=lost, kept=kept, dropped_turns=first)
+
+
+def encode_row(tokenizer, prompt, response_a, response_b, config: TemplateConfig) -> list:
+    """Render one arena row to token ids under ``config.max_length``.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (only ``__call__`` and ``bos_token_id`` are used).
+        prompt, response_a, response_b: lists of turn strings (see :func:`parse_turns`).
+    Returns:
+        ``list[int]`` of length ``<= config.max_length``; :func:`tokenize_row` then :func:`assemble`,
+        which also says what was cut.
+    """
+    return assemble(tokenize_row(tokenizer, prompt, response_a, response_b, add_bos=config.add_bos), config)[0]
 
 
 def render(tokenizer, rows, config: TemplateConfig, *, swap: bool = False, bar=None) -> list:
