@@ -173,6 +173,7 @@ RUN_RECORD_FILE = "kdq-run.json"  # kdq.distill: the run's fingerprints, in the 
 QUANTIZE_REPORT_FILE = "kdq-quantize.json"  # kdq.quantize: the method, its probe and reload check
 EVAL_REPORT_FILE = "report.json"  # kdq.evaluate / kdq.compare report folders
 PIPELINE_SUMMARY_FILE = "summary.json"  # kdq run
+TRAIN_GROUPS_FILE = "kdq-train-groups.json"  # kdq.distill: hashed prompt / response-pair keys of the rows it trained on
 # The notebook budget every stage projects against unless told otherwise (kdq/budgets/<name>.json).
 DEFAULT_BUDGET_NAME = "lmsys-2xt4"
 
