@@ -1,5 +1,7 @@
-"""Arena rows: load, validate, swap and encode them (:mod:`kdq.data.arena`), and synthetic probe
-rows (:mod:`kdq.data.probe`). Names load on first use: ``kdq.data.probe`` needs no ``datasets``."""
+"""Arena rows: load, validate, swap and encode them (:mod:`kdq.data.arena`), group them and split them
+without leaks (:mod:`kdq.data.groups`), convert chosen/rejected preference pairs to them
+(:mod:`kdq.data.preferences`), and synthetic probe rows (:mod:`kdq.data.probe`). Names load on first use:
+``kdq.data.probe`` needs no ``datasets``."""
 
 from ..utils.lazy import lazy_package
 
@@ -14,6 +16,18 @@ __all__ = [
     "REQUIRED",
     "make_arena_rows",
     "make_wsdm_rows",
+    "normalise_text",
+    "row_keys",
+    "group_ids",
+    "grouped_split",
+    "GroupKeys",
+    "group_keys",
+    "write_group_keys",
+    "read_group_keys",
+    "check_overlap",
+    "OverlapReport",
+    "LeakWarning",
+    "load_preference_pairs",
 ]
 
 lazy_package(
@@ -29,5 +43,17 @@ lazy_package(
         "REQUIRED": ".arena",
         "make_arena_rows": ".probe",
         "make_wsdm_rows": ".probe",
+        "normalise_text": ".groups",
+        "row_keys": ".groups",
+        "group_ids": ".groups",
+        "grouped_split": ".groups",
+        "GroupKeys": ".groups",
+        "group_keys": ".groups",
+        "write_group_keys": ".groups",
+        "read_group_keys": ".groups",
+        "check_overlap": ".groups",
+        "OverlapReport": ".groups",
+        "LeakWarning": ".groups",
+        "load_preference_pairs": ".preferences",
     },
 )
