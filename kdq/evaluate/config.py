@@ -64,7 +64,8 @@ class EvalConfig(Config):
     )
     progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
     bootstrap_samples: int = field(
-        default=2000, metadata={"help": "paired bootstrap resamples behind compare's 95% intervals"}
+        default=2000,
+        metadata={"help": "bootstrap resamples behind the 95% intervals (compare's paired ones; cut vs uncut rows)"},
     )
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap (reruns give the same intervals)"})
 
@@ -101,7 +102,7 @@ class EvalConfig(Config):
 
 
 # Arrays kept on Metrics but left out of to_dict() (JSON reports stay small).
-ARRAY_FIELDS = ("probs", "probs_tta", "lengths")
+ARRAY_FIELDS = ("probs", "probs_tta", "lengths", "lost", "dropped_turns", "probs_swap")
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,17 @@ class Metrics:
     ``scheme``: the label scheme's name (``"lmsys"``, ``"wsdm"``): the classes, and the headline
     metric reports rank by (:attr:`headline`: ``"log_loss"`` or ``"accuracy"``).
 
+    Diagnostics (:mod:`kdq.evaluate.diagnostics`; ``None`` on Metrics made before them):
+    ``truncation``: what rendering under ``max_length`` cut (rows cut, per part the rows and tokens lost,
+    dropped turns) and the headline metric on cut vs uncut rows with bootstrap intervals
+    (:func:`~kdq.evaluate.diagnostics.truncation_summary`); ``position_bias``: the swap flip rate and mean
+    disagreement on P(A wins) over the rows scored in both orders
+    (:func:`~kdq.evaluate.diagnostics.position_bias`; ``None`` without TTA).
+
     Arrays: ``probs`` / ``probs_tta`` ``(N, C)`` in row order (``C``: the scheme's classes); ``lengths``
-    ``(N,)`` tokens per row.
+    ``(N,)`` tokens per row; ``lost`` ``(N, 3)`` text tokens each row lost per part (prompt, response_a,
+    response_b) and ``dropped_turns`` ``(N,)``; ``probs_swap`` ``(N, C)`` the B/A order's probabilities mapped
+    back to the original classes (NaN on rows not scored swapped; ``None`` without TTA).
     """
 
     n_rows: int
@@ -156,6 +166,11 @@ class Metrics:
     lengths: np.ndarray = field(repr=False)
     scheme: str = "lmsys"
     n_devices: int = 1  # devices the rows were split over (every GPU of every process): tokens_per_s is their sum
+    truncation: dict | None = None
+    position_bias: dict | None = None
+    lost: np.ndarray | None = field(default=None, repr=False)
+    dropped_turns: np.ndarray | None = field(default=None, repr=False)
+    probs_swap: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def headline(self) -> str:
@@ -163,6 +178,13 @@ class Metrics:
         from ..runtime.constants import label_scheme
 
         return label_scheme(self.scheme).headline
+
+    @property
+    def cut(self) -> np.ndarray | None:
+        """``(N,)`` booleans: the rows that lost text or a turn to ``max_length`` (``None`` when not recorded)."""
+        from .diagnostics import cut_rows
+
+        return None if self.lost is None else cut_rows(self.lost, self.dropped_turns)
 
     def to_dict(self) -> dict:
         """Every scalar field (JSON-able), without the arrays; plus ``headline``."""

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -256,29 +257,36 @@ def _score_everywhere(models, sequences, pad_id, config: EvalConfig, desc: str):
     return torch.cat([torch.from_numpy(r[0]) for r in records]), merged
 
 
-def _score_tta(loaded, rows, sequences, template, config: EvalConfig, models=None):
+def _score_tta(loaded, rendered, config: EvalConfig, models=None):
     """:func:`kdq.runtime.tta.score_tta` with ``config.tta_mode``, the same call predict.py makes, on every device
     (``models``: ``[(device, model)]``; default the loaded model alone) and every process.
 
-    Returns ``(TTAResult, stats)``: stats summed over every forward pass.
+    ``rendered``: :func:`~kdq.evaluate.render.render_rows`' rows (``input_ids``, and ``input_ids_swap`` with TTA).
+    Returns ``(TTAResult, stats, swap_logits)``: stats summed over every forward pass; ``swap_logits``
+    ``(len(result.swapped_rows), C)`` the B/A-order logits of ``result.swapped_rows`` in that order, as scored
+    (classes not yet mapped back), or ``None`` when no row was scored swapped.
     """
-    from ..data import encode
     from ..runtime.batching import add_stats
     from ..runtime.tta import score_tta
+    from .render import SWAP_COLUMN
 
-    totals = {}
+    totals, last = {}, []
     models = models or [(next(loaded.model.parameters()).device, loaded.model)]
 
     def score(seqs):
         logits, st = _score_everywhere(models, seqs, loaded.tokenizer.pad_token_id, config, "score")
         add_stats(totals, st)
+        last[:] = [logits]
         return logits
 
     def swapped(idx):
-        return encode(rows.select(idx), loaded.tokenizer, template, swap=True, desc="render swapped rows")["input_ids"]
+        return rendered.select(idx)[SWAP_COLUMN]
 
-    result = score_tta(score, sequences, swapped, mode=config.tta_mode, fraction=config.tta_fraction)
-    return result, totals
+    result = score_tta(score, rendered["input_ids"], swapped, mode=config.tta_mode, fraction=config.tta_fraction)
+    # score_tta scores the swapped rows last: full TTA after the A/B rows in its one call, gated TTA in a call
+    # of their own; the test of the swapped probabilities checks they average into result.log_probs
+    k = len(result.swapped_rows)
+    return result, totals, (last[0][-k:] if k else None)
 
 
 def _copies(model, loaded, config: EvalConfig, devices) -> list:
@@ -346,31 +354,29 @@ def _stored_format(loaded, fmt):
     return {"F32": "fp32", "BF16": "bf16"}.get(max(size, key=size.get) if size else "F16", "fp16")
 
 
-def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
-    """Score a variant on labelled arena rows and measure its cost.
+@dataclass
+class _Scoring:
+    """What scoring one variant on the rows produced (:func:`_score_variant`), before any metric."""
 
-    Args:
-        model: a model folder (full or PEFT adapter; GPTQ and bitsandbytes folders load
-            through transformers), a ``PreTrainedModel``, or a ``kdq.models.LoadedModel``.
-        rows: anything :func:`kdq.load_arena` accepts; every row needs a label.
-        config: :class:`EvalConfig`.
-    Returns:
-        :class:`Metrics`; ``probs`` is ``(N, C)`` in row order, ``C`` the classes of the model's label
-        scheme, which the rows' must be (a WSDM model on WSDM rows: accuracy is its headline).
-    """
-    import torch
+    loaded: object  # kdq.models.LoadedModel
+    device: object  # torch.device: the first one scored on
+    n_devices: int  # every device of every process the rows were split over
+    template: object  # TemplateConfig the rows were rendered with
+    rendered: object  # datasets.Dataset: render_rows' columns
+    result: object  # kdq.runtime.tta.TTAResult
+    swap_logits: object  # torch.Tensor (len(result.swapped_rows), C) or None
+    stats: dict  # summed timing stats of every forward pass
+    size_bytes: int
+    size_source: str
+    peak_bytes: int
+    peak_kind: str
 
-    from ..costs.budget import load_budget
-    from ..costs.modelspec import FP16, ModelSpec, param_counts, weight_format_of
-    from ..data import encode, labels_of, load_arena, scheme_of_rows
-    from ..models import LoadedModel, template_of
-    from ..runtime.constants import scheme_of_config
-    from ..runtime.template import TemplateConfig
-    from ..utils.distributed import exchange, world_size
 
-    config = EvalConfig() if config is None else config
-    if not isinstance(config, EvalConfig):
-        raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
+def _labelled_rows(rows):
+    """``(rows, labels, scheme)`` of :func:`kdq.load_arena`'s rows; ``ValueError`` naming the first row without a
+    label."""
+    from ..data import labels_of, load_arena, scheme_of_rows
+
     rows = load_arena(rows)
     labels = labels_of(rows)
     scheme = scheme_of_rows(rows)
@@ -384,85 +390,221 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         raise ValueError(
             f"row {rows[r]['id']!r} has no label; evaluate needs labelled rows ({need}). Drop unlabelled rows first."
         )
-    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
-    devices = eval_devices(config)
-    device = devices[0]
-    world = world_size()
+    return rows, labels, scheme
 
+
+def _check_scheme(loaded, scheme) -> None:
+    from ..runtime.constants import scheme_of_config
+
+    if scheme_of_config(loaded.model.config) != scheme:
+        raise ValueError(
+            f"the model is a classifier for {scheme_of_config(loaded.model.config).describe()}, but the rows "
+            f"are {scheme.describe()}; evaluate it on rows of its own layout."
+        )
+
+
+def _warm_up(models, tokenizer, sequences) -> None:
+    """One untimed pass per model on the shortest row: lazy initialisation (kernels, allocator) is not throughput."""
+    from ..models import LoadedModel
+
+    shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for _, m in models:
+        warm = LoadedModel(model=m, tokenizer=tokenizer, source=None, fingerprint="")
+        _score(warm, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
+
+
+def _score_variant(model, rows, scheme, config: EvalConfig) -> _Scoring:
+    """Load the variant on every device, render the rows once and score them with ``config``'s TTA, measuring
+    the peak memory of it all."""
+    from ..models import template_of
+    from ..runtime.template import TemplateConfig
+    from ..utils.distributed import exchange, world_size
+    from .render import render_rows
+
+    devices = eval_devices(config)
     with PeakMemory(devices) as peak:
-        loaded, size_bytes, size_source = _resolve(model, config, device)
-        if scheme_of_config(loaded.model.config) != scheme:
-            raise ValueError(
-                f"the model is a classifier for {scheme_of_config(loaded.model.config).describe()}, but the rows "
-                f"are {scheme.describe()}; evaluate it on rows of its own layout."
-            )
+        loaded, size_bytes, size_source = _resolve(model, config, devices[0])
+        _check_scheme(loaded, scheme)
         models = _copies(model, loaded, config, devices)
         template = config.template or template_of(loaded.model) or TemplateConfig()
-        enc = encode(rows, loaded.tokenizer, template)
-        sequences = enc["input_ids"]
-        # one untimed pass on the shortest row: lazy initialisation (kernels, allocator) is not throughput
-        shortest = min(range(len(sequences)), key=lambda i: len(sequences[i]))
-        for _, m in models:
-            warm = LoadedModel(model=m, tokenizer=loaded.tokenizer, source=None, fingerprint="")
-            _score(warm, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
-        result, stats = _score_tta(loaded, rows, sequences, template, config, models)
+        rendered = render_rows(rows, loaded.tokenizer, template, both_orders=config.tta_mode != "none")
+        _warm_up(models, loaded.tokenizer, rendered["input_ids"])
+        result, stats, swap_logits = _score_tta(loaded, rendered, config, models)
     peak_bytes = peak.peak
-    if world > 1:  # every process reports the same figures: the highest peak of any of them
+    if world_size() > 1:  # every process reports the same figures: the highest peak of any of them
         peak_bytes = max(exchange(sync_dir(), "evaluate-peak", int(peak.peak)))
-    _check_finite(rows["id"], result, loaded, device)
-
-    probs = softmax(result.logits.numpy())
-    probs_tta = None
-    if config.tta_mode != "none":
-        probs_tta = softmax(result.log_probs.double().numpy())
-    seconds, real, padded, scored_rows = stats["seconds"], stats["real_tokens"], stats["padded_tokens"], stats["rows"]
-
-    spec = ModelSpec.from_config(loaded.model.config)
-    fmt = weight_format_of(loaded.model.config)
-    lengths = np.asarray(enc["length"], dtype=np.int64)
-    metrics = Metrics(
-        n_rows=len(rows),
-        log_loss=log_loss(probs, labels),
-        accuracy=accuracy(probs, labels),
-        ece=ece(probs, labels, config.ece_bins),
-        log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
-        accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
-        ece_tta=ece(probs_tta, labels, config.ece_bins) if probs_tta is not None else None,
-        tta_mode=config.tta_mode,
-        tta_fraction=config.tta_fraction,
+    return _Scoring(
+        loaded=loaded,
+        device=devices[0],
+        n_devices=len(models) * world_size(),
+        template=template,
+        rendered=rendered,
+        result=result,
+        swap_logits=swap_logits,
+        stats=stats,
         size_bytes=int(size_bytes),
         size_source=size_source,
-        peak_memory_bytes=int(peak_bytes),
-        peak_memory_kind=peak.kind,
-        rows_per_s=scored_rows / max(seconds, 1e-9),
-        tokens_per_s=real / max(seconds, 1e-9),
-        seconds=seconds,
-        device=device_name(device) + (f" x{len(models) * world}" if len(models) * world > 1 else ""),
-        n_params=int(param_counts(spec)["total"]),
-        weight_format=_stored_format(loaded, fmt),
-        weight_format_spec=dataclasses.asdict(fmt),
+        peak_bytes=int(peak_bytes),
+        peak_kind=peak.kind,
+    )
+
+
+def _probabilities(scoring: _Scoring, tta_mode: str) -> tuple:
+    """``(probs, probs_tta, probs_swap)``, each ``(N, C)`` float64 in row order (the last two ``None`` without TTA):
+    the A/B order, the swap-TTA prediction, and the B/A order mapped back to the original classes (NaN on rows
+    gated TTA did not swap)."""
+    from ..runtime.constants import swap_permutation
+
+    result = scoring.result
+    probs = softmax(result.logits.numpy())
+    if tta_mode == "none":
+        return probs, None, None
+    probs_tta = softmax(result.log_probs.double().numpy())
+    probs_swap = np.full_like(probs, np.nan)
+    if scoring.swap_logits is not None:
+        perm = list(swap_permutation(probs.shape[1]))
+        probs_swap[result.swapped_rows] = softmax(scoring.swap_logits.numpy())[:, perm]
+    return probs, probs_tta, probs_swap
+
+
+def _quality(probs, probs_tta, labels, ece_bins: int) -> dict:
+    """The quality fields of :class:`Metrics`, without and with TTA."""
+    tta = probs_tta is not None
+    return {
+        "log_loss": log_loss(probs, labels),
+        "accuracy": accuracy(probs, labels),
+        "ece": ece(probs, labels, ece_bins),
+        "log_loss_tta": log_loss(probs_tta, labels) if tta else None,
+        "accuracy_tta": accuracy(probs_tta, labels) if tta else None,
+        "ece_tta": ece(probs_tta, labels, ece_bins) if tta else None,
+    }
+
+
+def _cost(scoring: _Scoring) -> dict:
+    """The cost fields of :class:`Metrics`: size, peak memory, throughput, and what was measured."""
+    from ..costs.modelspec import ModelSpec, param_counts, weight_format_of
+
+    st = scoring.stats
+    seconds = st["seconds"]
+    spec = ModelSpec.from_config(scoring.loaded.model.config)
+    fmt = weight_format_of(scoring.loaded.model.config)
+    n = scoring.n_devices
+    return {
+        "size_bytes": scoring.size_bytes,
+        "size_source": scoring.size_source,
+        "peak_memory_bytes": scoring.peak_bytes,
+        "peak_memory_kind": scoring.peak_kind,
+        "rows_per_s": st["rows"] / max(seconds, 1e-9),
+        "tokens_per_s": st["real_tokens"] / max(seconds, 1e-9),
+        "seconds": seconds,
+        "device": device_name(scoring.device) + (f" x{n}" if n > 1 else ""),
+        "n_params": int(param_counts(spec)["total"]),
+        "weight_format": _stored_format(scoring.loaded, fmt),
+        "weight_format_spec": dataclasses.asdict(fmt),
+        "padding_efficiency": st["real_tokens"] / max(st["padded_tokens"], 1),
+        "spec": spec.to_dict(),
+        "n_devices": n,
+    }
+
+
+def _diagnostics(scoring: _Scoring, probs, probs_swap, labels, headline, config: EvalConfig) -> dict:
+    """Truncation and position-bias fields of :class:`Metrics` (:mod:`kdq.evaluate.diagnostics`), with the
+    per-row arrays behind them."""
+    from .diagnostics import position_bias, truncation_summary
+    from .render import LOST_COLUMNS
+
+    rendered = scoring.rendered
+    lost = np.stack([np.asarray(rendered[c], dtype=np.int64) for c in LOST_COLUMNS], axis=1)
+    dropped = np.asarray(rendered["dropped_turns"], dtype=np.int64)
+    truncation = truncation_summary(
+        lost,
+        dropped,
+        headline.row_costs(probs, labels),
+        headline,
+        max_length=scoring.template.max_length,
+        n_resamples=config.bootstrap_samples,
+        seed=config.bootstrap_seed,
+    )
+    return {
+        "truncation": truncation,
+        "position_bias": position_bias(probs, probs_swap, config.tta_mode),
+        "lost": lost,
+        "dropped_turns": dropped,
+        "probs_swap": probs_swap,
+    }
+
+
+def _metrics_of(scoring: _Scoring, rows, labels, scheme, config: EvalConfig) -> Metrics:
+    """:class:`Metrics` of a scored variant, without its budget verdict."""
+    from .metrics import headline_of
+
+    probs, probs_tta, probs_swap = _probabilities(scoring, config.tta_mode)
+    lengths = np.asarray(scoring.rendered["length"], dtype=np.int64)
+    return Metrics(
+        n_rows=len(rows),
+        **_quality(probs, probs_tta, labels, config.ece_bins),
+        tta_mode=config.tta_mode,
+        tta_fraction=config.tta_fraction,
+        **_cost(scoring),
         mean_tokens=float(lengths.mean()),
-        padding_efficiency=real / max(padded, 1),
-        max_length=template.max_length,
+        max_length=scoring.template.max_length,
         rows_fingerprint=rows_fingerprint(rows),
-        model_fingerprint=loaded.fingerprint,
-        source=loaded.source,
-        spec=spec.to_dict(),
+        model_fingerprint=scoring.loaded.fingerprint,
+        source=scoring.loaded.source,
         budget=None,
         probs=probs,
         probs_tta=probs_tta,
         lengths=lengths,
         scheme=scheme.name,
-        n_devices=len(models) * world,
+        **_diagnostics(scoring, probs, probs_swap, labels, headline_of(scheme), config),
     )
+
+
+def _verdict(metrics: Metrics, profile, loaded) -> dict | None:
+    """:func:`project_metrics`, noting when an fp16 format was measured in another dtype on CUDA."""
+    import torch
+
+    from ..costs.modelspec import FP16, weight_format_of
+
     verdict = project_metrics(metrics, profile)
     dtype = next(loaded.model.parameters()).dtype
-    if verdict is not None and verdict["basis"] == "measured-cuda" and fmt is FP16 and dtype != torch.float16:
+    fp16 = weight_format_of(loaded.model.config) is FP16
+    if verdict is not None and verdict["basis"] == "measured-cuda" and fp16 and dtype != torch.float16:
         verdict["notes"].append(
             f"measured in {str(dtype).replace('torch.', '')}, not fp16: the scaled "
             "throughput is pessimistic for a fp16 T4 run"
         )
-    return dataclasses.replace(metrics, budget=verdict)
+    return verdict
+
+
+def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
+    """Score a variant on labelled arena rows and measure its cost.
+
+    Args:
+        model: a model folder (full or PEFT adapter; GPTQ and bitsandbytes folders load
+            through transformers), a ``PreTrainedModel``, or a ``kdq.models.LoadedModel``.
+        rows: anything :func:`kdq.load_arena` accepts; every row needs a label.
+        config: :class:`EvalConfig`.
+    Returns:
+        :class:`Metrics`; ``probs`` is ``(N, C)`` in row order, ``C`` the classes of the model's label
+        scheme, which the rows' must be (a WSDM model on WSDM rows: accuracy is its headline). Its
+        ``truncation`` says what ``max_length`` cut and how the cut rows scored; its ``position_bias`` how
+        often the swapped order changes the answer (with TTA).
+
+    Steps: check the rows (:func:`_labelled_rows`) and the budget, load and score the variant
+    (:func:`_score_variant`), refuse non-finite probabilities, then compute the metrics and the verdict.
+    """
+    from ..costs.budget import load_budget
+
+    config = EvalConfig() if config is None else config
+    if not isinstance(config, EvalConfig):
+        raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
+    rows, labels, scheme = _labelled_rows(rows)
+    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
+    scoring = _score_variant(model, rows, scheme, config)
+    _check_finite(rows["id"], scoring.result, scoring.loaded, scoring.device)
+    metrics = _metrics_of(scoring, rows, labels, scheme, config)
+    return dataclasses.replace(metrics, budget=_verdict(metrics, profile, scoring.loaded))
 
 
 def project_metrics(metrics: Metrics, profile) -> dict | None:

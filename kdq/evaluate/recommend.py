@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .diagnostics import FLIP_RATE_WARN, describe_position_bias
 from .metrics import headline_of, row_log_losses
 from .stats import paired_intervals
 
@@ -16,7 +17,9 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
     with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
     smaller, and the rest follow by the headline.
     Returns ``{"ranking": [...], "tied": [...], "best": name, "tta": mode, "rows": N, "metric": key,
-    "log_loss": {...}}`` (and ``"accuracy": {...}`` when accuracy ranks).
+    "log_loss": {...}, "notes": [...]}`` (and ``"accuracy": {...}`` when accuracy ranks). ``notes``: a sentence
+    for each ranked variant whose swap flip rate is above :data:`~kdq.evaluate.diagnostics.FLIP_RATE_WARN`
+    (0.2); it never changes the ranking.
     """
     from ..data import labels_of, load_arena, scheme_of_rows
 
@@ -52,4 +55,19 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
     }
     if headline.key != "log_loss":
         out[headline.key] = {n: headline.cost(float(losses[n].mean())) for n in pool}  # cost is its own inverse
+    out["notes"] = position_notes({n: metrics[n] for n in out["ranking"]})
     return out
+
+
+def position_notes(metrics: dict) -> list:
+    """A sentence for each variant whose swap flip rate (``Metrics.position_bias``) is above
+    :data:`~kdq.evaluate.diagnostics.FLIP_RATE_WARN`: its answer depends on the order of A and B."""
+    notes = []
+    for name, m in metrics.items():
+        bias = m.position_bias
+        if bias is not None and bias["flip_rate"] > FLIP_RATE_WARN:
+            notes.append(
+                f"{name}: {describe_position_bias(bias)}, above {FLIP_RATE_WARN:g}: its answer depends on which "
+                "response comes first; ship it with swap TTA (tta=full) or train with A/B-swap augmentation."
+            )
+    return notes

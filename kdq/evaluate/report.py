@@ -9,9 +9,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.constants import EVAL_REPORT_FILE, FORMAT_KEY
+from ..runtime.constants import EVAL_REPORT_FILE, EVAL_ROWS_FILE, FORMAT_KEY
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
+from .diagnostics import describe_position_bias, describe_truncation, in_headline
 from .metrics import HEADLINES, Headline, headline_of
 from .stats import Interval, gap_closed_value, paired_intervals
 
@@ -64,9 +65,7 @@ def gap_closed(ll_teacher: float, ll_baseline: float, ll_student: float, headlin
 
 def _shown(iv: Interval | None, headline: Headline) -> Interval | None:
     """An interval of Δ cost as an interval of Δ ``headline`` (accuracy: the sign flips)."""
-    if iv is None or not headline.higher_is_better:
-        return iv
-    return Interval(0.0 - iv.value, 0.0 - iv.high, 0.0 - iv.low, iv.level)  # 0.0 - x: never a negative zero
+    return in_headline(iv, headline, difference=True)
 
 
 def _fmt(x, spec=".4f", none="–"):
@@ -93,53 +92,145 @@ def _fits_cell(v: dict | None) -> str:
     return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"
 
 
+@dataclass(frozen=True)
+class Roles:
+    """Which variant plays which part in a comparison: the ``teacher`` (the Δ column's reference), and the
+    hard-label ``baseline`` and distilled ``student`` whose pair gives the gap closed (both or neither)."""
+
+    teacher: str
+    baseline: str | None = None
+    student: str | None = None
+
+    @classmethod
+    def of(cls, variants: dict, teacher=None, baseline=None, student=None) -> Roles:
+        """The roles among ``variants`` (teacher: the first by default); ``ValueError`` naming a role whose
+        variant is not there."""
+        roles = cls(next(iter(variants)) if teacher is None else teacher, baseline, student)
+        for role, name in (("teacher", roles.teacher), ("baseline", baseline), ("student", student)):
+            if name is not None and name not in variants:
+                raise ValueError(f"{role}={name!r} is not a variant; choose one of {list(variants)}.")
+        return roles
+
+    @property
+    def by_name(self) -> dict:
+        """variant name -> role (``"teacher"``, ``"baseline"``, ``"student"``)."""
+        out = {self.teacher: "teacher"}
+        if self.baseline:
+            out[self.baseline] = "baseline"
+        if self.student:
+            out[self.student] = "student"
+        return out
+
+    @property
+    def gap_trio(self) -> tuple | None:
+        """``(teacher, baseline, student)`` when the gap closed is asked for, else ``None``."""
+        return (self.teacher, self.baseline, self.student) if self.baseline and self.student else None
+
+
+@dataclass
+class _Report:
+    """Everything report.md, report.json and the plot say (built by :func:`_build_report`)."""
+
+    table: list
+    metrics: dict
+    roles: Roles
+    profile: object  # BudgetProfile or None
+    scheme: str
+    headline: Headline
+    n_rows: int
+    fingerprint: str
+    gap: float | None
+    gap_tta: float | None
+    notes: list
+    intervals: dict | None
+    intervals_tta: dict | None
+
+
+def _diagnostic_cells(m: Metrics) -> dict:
+    """A variant's truncation and position-bias figures for its table row (``None`` where not measured)."""
+    t, b = m.truncation, m.position_bias
+    diff = t["difference"] if t else None
+    return {
+        "cut_share": t["cut_share"] if t else None,
+        "rows_cut": t["rows_cut"] if t else None,
+        "cut_minus_uncut": diff["value"] if diff else None,
+        "cut_minus_uncut_ci": [diff["low"], diff["high"]] if diff else None,
+        "flip_rate": b["flip_rate"] if b else None,
+        "swap_disagreement": b["mean_disagreement"] if b else None,
+        "swap_rows": b["rows"] if b else None,
+        "swap_over": b["over"] if b else None,
+    }
+
+
+def _table_row(name: str, m: Metrics, t: Metrics, role: str, h: Headline, ci, ci_tta) -> dict:
+    """One variant's table row; ``t``: the teacher's Metrics; ``ci`` / ``ci_tta``: its Δ intervals (cost)."""
+    v = m.budget
+    ci, ci_tta = _shown(ci, h), _shown(ci_tta, h)
+    key, key_tta = h.key, h.key + "_tta"
+    value, value_tta, t_tta = getattr(m, key), getattr(m, key_tta), getattr(t, key_tta)
+    return {
+        "delta_ci": [ci.low, ci.high] if ci else None,
+        "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
+        "variant": name,
+        "role": role,
+        "headline": key,
+        "log_loss": m.log_loss,
+        "delta_vs_teacher": value - getattr(t, key),
+        "accuracy": m.accuracy,
+        "ece": m.ece,
+        "log_loss_tta": m.log_loss_tta,
+        "accuracy_tta": m.accuracy_tta,
+        "delta_tta_vs_teacher": (value_tta - t_tta) if value_tta is not None and t_tta is not None else None,
+        "size_mb": m.size_bytes / MB,
+        "size_source": m.size_source,
+        "peak_memory_mb": m.peak_memory_bytes / MB,
+        "peak_memory_kind": m.peak_memory_kind,
+        "rows_per_s": m.rows_per_s,
+        "device": m.device,
+        "weight_format": m.weight_format,
+        "n_params": m.n_params,
+        "t4_hours": v["projected_hours"] if v else None,
+        "basis": v["basis"] if v else None,
+        "fits": v["fits"] if v else None,
+        "fits_cell": _fits_cell(v),
+        **_diagnostic_cells(m),
+    }
+
+
 def _table_rows(
     metrics: dict, teacher: str, roles: dict, intervals=None, intervals_tta=None, headline: Headline | None = None
 ) -> list:
     """One dict per variant; ``delta_vs_teacher`` / ``delta_ci`` are in the ``headline`` metric (default log loss)."""
     h = headline or HEADLINES["log_loss"]
-    t = metrics[teacher]
-    key, key_tta = h.key, h.key + "_tta"
-    out = []
-    for name, m in metrics.items():
-        v = m.budget
-        ci = _shown(intervals["delta"][name], h) if intervals else None
-        ci_tta = _shown(intervals_tta["delta"][name], h) if intervals_tta else None
-        value, value_tta, t_tta = getattr(m, key), getattr(m, key_tta), getattr(t, key_tta)
-        out.append(
-            {
-                "delta_ci": [ci.low, ci.high] if ci else None,
-                "delta_tta_ci": [ci_tta.low, ci_tta.high] if ci_tta else None,
-                "variant": name,
-                "role": roles.get(name, ""),
-                "headline": key,
-                "log_loss": m.log_loss,
-                "delta_vs_teacher": value - getattr(t, key),
-                "accuracy": m.accuracy,
-                "ece": m.ece,
-                "log_loss_tta": m.log_loss_tta,
-                "accuracy_tta": m.accuracy_tta,
-                "delta_tta_vs_teacher": (value_tta - t_tta) if value_tta is not None and t_tta is not None else None,
-                "size_mb": m.size_bytes / MB,
-                "size_source": m.size_source,
-                "peak_memory_mb": m.peak_memory_bytes / MB,
-                "peak_memory_kind": m.peak_memory_kind,
-                "rows_per_s": m.rows_per_s,
-                "device": m.device,
-                "weight_format": m.weight_format,
-                "n_params": m.n_params,
-                "t4_hours": v["projected_hours"] if v else None,
-                "basis": v["basis"] if v else None,
-                "fits": v["fits"] if v else None,
-                "fits_cell": _fits_cell(v),
-            }
+    return [
+        _table_row(
+            name,
+            m,
+            metrics[teacher],
+            roles.get(name, ""),
+            h,
+            intervals["delta"][name] if intervals else None,
+            intervals_tta["delta"][name] if intervals_tta else None,
         )
-    return out
+        for name, m in metrics.items()
+    ]
+
+
+def _flip_cell(r: dict) -> str:
+    if r.get("flip_rate") is None:
+        return "–"
+    gated = r.get("swap_over") not in (None, "all rows")
+    return _fmt(r["flip_rate"], ".2f") + (f" ({r['swap_rows']} gated)" if gated else "")
+
+
+def _cut_cell(r: dict) -> str:
+    return "–" if r.get("cut_share") is None else f"{r['cut_share']:.0%}"
 
 
 def markdown_table(rows: list, profile_name: str | None, profile_rows: int | None, headline: str = "log_loss") -> str:
     """The trade-off table as GitHub markdown (one line per variant); the ``headline`` metric's column
-    comes first, with its Δ vs the teacher (log loss: then accuracy; accuracy: then log loss)."""
+    comes first, with its Δ vs the teacher (log loss: then accuracy; accuracy: then log loss). ``rows cut``:
+    the share of rows ``max_length`` cut; ``swap flips``: the swap flip rate (gated TTA: over its rows only)."""
     h = HEADLINES[headline]
     other = HEADLINES["accuracy" if headline == "log_loss" else "log_loss"]
     hours = f"T4 h ({profile_rows / 1000:g}k rows)" if profile_rows else "T4 h"
@@ -151,6 +242,8 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
         other.title,
         "ECE",
         f"{h.title} (TTA)",
+        "rows cut",
+        "swap flips",
         "size MB",
         "peak mem MB",
         "rows/s",
@@ -158,7 +251,7 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
         hours,
         "fits " + (profile_name or ""),
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 9 + ["---", "---:", "---"]) + "|"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 11 + ["---", "---:", "---"]) + "|"]
     for r in rows:
         name = f"{r['variant']} ({r['role']})" if r["role"] and r["role"] != r["variant"] else r["variant"]
         basis = {"measured-cuda": " (meas.)", "flops-estimate": " (est.)"}.get(r["basis"], "")
@@ -174,6 +267,8 @@ def markdown_table(rows: list, profile_name: str | None, profile_rows: int | Non
             _fmt(r[other.key], other.fmt),
             _fmt(r["ece"], ".3f"),
             _fmt(r.get(h.key + "_tta"), h.fmt),
+            _cut_cell(r),
+            _flip_cell(r),
             _fmt(r["size_mb"], ".1f") + ("" if r["size_source"] == "disk" else " (mem)"),
             _fmt(r["peak_memory_mb"], ".0f"),
             _fmt(r["rows_per_s"], ".1f"),
@@ -249,8 +344,9 @@ def compare(
         variants: name -> model folder, model object, ``LoadedModel`` or a :class:`Metrics`
             already measured on these rows (checked by the rows' fingerprint).
         rows: labelled held-out rows (anything :func:`kdq.load_arena` accepts).
-        out_dir: folder for ``report.md``, ``report.json`` and ``report.png`` (written
-            atomically; an existing folder needs ``overwrite=True``).
+        out_dir: folder for ``report.md``, ``report.json``, ``report.png`` and ``rows.csv`` (one line per
+            variant and row: probabilities and what ``max_length`` cut; written atomically; an existing
+            folder needs ``overwrite=True``).
         teacher: the reference for the Δ column (default: the first variant).
         baseline, student: the hard-label student and the distilled one; with both, the
             report gives the fraction of the teacher-vs-baseline gap that distillation closed.
@@ -261,32 +357,51 @@ def compare(
 
     Every variant must be a classifier for the rows' label scheme; the scheme's headline metric
     (log loss for LMSYS, accuracy for WSDM) is the Δ column, the intervals and the gap closed, and
-    the report says so.
+    the report says so. Each variant's truncation diagnostics and swap flip rate (with TTA) are in the
+    table, the report's diagnostics section and report.json (:mod:`kdq.evaluate.diagnostics`).
+
+    Steps: check the roles and the folder, measure every variant (:func:`_measure`), build the report
+    (:func:`_build_report`), write it (:func:`_write_report`).
     Returns:
         :class:`CompareResult`.
     """
-    from tqdm.auto import tqdm
-
     from ..costs.budget import load_budget
     from ..data import load_arena
-    from ..utils.atomic import atomic_dir
-    from ..utils.distributed import exchange, rank, world_size
-    from .evaluate import evaluate, project_metrics, rows_fingerprint, sync_dir
+    from .evaluate import rows_fingerprint
 
     config = EvalConfig() if config is None else config
     if not isinstance(variants, dict) or not variants:
         raise ValueError("variants must be a non-empty dict of name -> model folder, model object or Metrics.")
-    teacher = next(iter(variants)) if teacher is None else teacher
-    for role, name in (("teacher", teacher), ("baseline", baseline), ("student", student)):
-        if name is not None and name not in variants:
-            raise ValueError(f"{role}={name!r} is not a variant; choose one of {list(variants)}.")
+    roles = Roles.of(variants, teacher, baseline, student)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # fail now, not after an hour of scoring
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
     rows = load_arena(rows)
-    fingerprint = rows_fingerprint(rows)
     profile = load_budget(config.budget) if config.budget is not None else None  # one place: EvalConfig.budget
     config = dataclasses.replace(config, budget=profile)
+    metrics = _measure(variants, rows, rows_fingerprint(rows), config)
+    report = _build_report(metrics, rows, roles, config)
+    paths = _write_report(report, rows, out_dir, overwrite)
+    return CompareResult(
+        rows=report.table,
+        metrics=metrics,
+        paths=paths,
+        gap_closed=report.gap,
+        gap_closed_tta=report.gap_tta,
+        notes=report.notes,
+        intervals=report.intervals,
+        intervals_tta=report.intervals_tta,
+        headline=report.headline.key,
+    )
+
+
+def _measure(variants: dict, rows, fingerprint: str, config: EvalConfig) -> dict:
+    """name -> :class:`Metrics` of every variant on ``rows``: a model is evaluated, stored Metrics are checked to be
+    of these rows and re-projected onto ``config.budget`` (a ``BudgetProfile`` or ``None``)."""
+    from tqdm.auto import tqdm
+
+    from ..utils.distributed import rank
+    from .evaluate import evaluate, project_metrics
 
     metrics = {}
     bar = tqdm(list(variants.items()), desc="variants", unit="variant", disable=not config.progress or rank() != 0)
@@ -299,36 +414,45 @@ def compare(
                     "Pass the model instead so it is re-scored."
                 )
             # re-project on this comparison's profile (cheap arithmetic), so every row answers the same budget
-            metrics[name] = dataclasses.replace(v, budget=project_metrics(v, profile))
+            metrics[name] = dataclasses.replace(v, budget=project_metrics(v, config.budget))
         else:
             metrics[name] = evaluate(v, rows, config)
             gc.collect()  # free a loaded variant before the next one loads
+    return metrics
 
+
+def _one_scheme(metrics: dict) -> str:
+    """The label scheme every variant shares; ``ValueError`` listing them when they differ."""
     schemes = {m.scheme for m in metrics.values()}
     if len(schemes) > 1:
         raise ValueError(
             f"variants are classifiers for different label schemes ({sorted(schemes)}: "
             f"{ {n: m.scheme for n, m in metrics.items()} }); compare variants of one scheme on its rows."
         )
-    scheme = next(iter(schemes))
-    headline = headline_of(scheme)
-    roles = {teacher: "teacher"}
-    if baseline:
-        roles[baseline] = "baseline"
-    if student:
-        roles[student] = "student"
-    intervals, intervals_tta = _intervals(metrics, rows, teacher, baseline, student, config, headline)
-    table = _table_rows(metrics, teacher, roles, intervals, intervals_tta, headline)
-    notes, gap, gap_tta = [], None, None
+    return next(iter(schemes))
+
+
+def _gaps(metrics: dict, roles: Roles, headline: Headline) -> tuple:
+    """``(gap, gap_tta, notes)``: the gap closed without and with TTA (``None`` when not asked or undefined)."""
+    trio = roles.gap_trio
+    if trio is None:
+        return None, None, []
     key, key_tta = headline.key, headline.key + "_tta"
-    if baseline and student:
-        gap, note = gap_closed(*(getattr(metrics[n], key) for n in (teacher, baseline, student)), headline)
+    notes = []
+    gap, note = gap_closed(*(getattr(metrics[n], key) for n in trio), headline)
+    if note:
+        notes.append(note)
+    gap_tta = None
+    if all(getattr(metrics[n], key_tta) is not None for n in trio):
+        gap_tta, note = gap_closed(*(getattr(metrics[n], key_tta) for n in trio), headline)
         if note:
-            notes.append(note)
-        if all(getattr(metrics[n], key_tta) is not None for n in (teacher, baseline, student)):
-            gap_tta, note = gap_closed(*(getattr(metrics[n], key_tta) for n in (teacher, baseline, student)), headline)
-            if note:
-                notes.append("TTA: " + note)
+            notes.append("TTA: " + note)
+    return gap, gap_tta, notes
+
+
+def _measurement_notes(metrics: dict) -> list:
+    """Notes on the measurements: several devices, and each distinct budget note with the variants it concerns."""
+    notes = []
     devices = sorted({m.device for m in metrics.values()})
     if len(devices) > 1:
         notes.append(f"variants were measured on different devices ({devices}): compare rows/s with care")
@@ -336,65 +460,83 @@ def compare(
     for name, m in metrics.items():
         for n in (m.budget or {}).get("notes", []):
             by_note.setdefault(n, []).append(name)
-    notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
+    return notes + [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
 
-    md = _markdown(
-        table,
-        metrics,
-        profile,
-        teacher,
-        baseline,
-        student,
-        gap,
-        gap_tta,
-        notes,
-        len(rows),
-        intervals,
-        intervals_tta,
+
+def _build_report(metrics: dict, rows, roles: Roles, config: EvalConfig) -> _Report:
+    """The table, intervals, gap closed and notes of a comparison (``config.budget``: its ``BudgetProfile``)."""
+    from .evaluate import rows_fingerprint
+
+    scheme = _one_scheme(metrics)
+    headline = headline_of(scheme)
+    intervals, intervals_tta = _intervals(metrics, rows, roles, config, headline)
+    table = _table_rows(metrics, roles.teacher, roles.by_name, intervals, intervals_tta, headline)
+    gap, gap_tta, notes = _gaps(metrics, roles, headline)
+    return _Report(
+        table=table,
+        metrics=metrics,
+        roles=roles,
+        profile=config.budget,
         scheme=scheme,
+        headline=headline,
+        n_rows=len(rows),
+        fingerprint=rows_fingerprint(rows),
+        gap=gap,
+        gap_tta=gap_tta,
+        notes=notes + _measurement_notes(metrics),
+        intervals=intervals,
+        intervals_tta=intervals_tta,
     )
-    report = jsonable(
+
+
+def _report_json(report: _Report) -> dict:
+    """report.json's content (JSON-able)."""
+    profile = report.profile
+    return jsonable(
         {
             FORMAT_KEY: REPORT_FORMAT,
-            "scheme": scheme,
-            "headline": headline.key,
-            "rows": len(rows),
-            "rows_fingerprint": fingerprint,
-            "teacher": teacher,
-            "baseline": baseline,
-            "student": student,
-            "gap_closed": gap,
-            "gap_closed_tta": gap_tta,
-            "notes": notes,
-            "intervals": _intervals_dict(intervals),
-            "intervals_tta": _intervals_dict(intervals_tta),
+            "scheme": report.scheme,
+            "headline": report.headline.key,
+            "rows": report.n_rows,
+            "rows_fingerprint": report.fingerprint,
+            "teacher": report.roles.teacher,
+            "baseline": report.roles.baseline,
+            "student": report.roles.student,
+            "gap_closed": report.gap,
+            "gap_closed_tta": report.gap_tta,
+            "notes": report.notes,
+            "intervals": _intervals_dict(report.intervals),
+            "intervals_tta": _intervals_dict(report.intervals_tta),
             "profile": profile.to_dict() if profile else None,
-            "variants": [{**r, "metrics": metrics[r["variant"]].to_dict()} for r in table],
+            "variants": [{**r, "metrics": report.metrics[r["variant"]].to_dict()} for r in report.table],
         }
     )
+
+
+def _write_report(report: _Report, rows, out_dir: Path, overwrite: bool) -> dict:
+    """Write report.md, report.json, report.png and rows.csv into ``out_dir`` atomically (the first process
+    alone under a launcher; the others wait for it). Returns the paths: ``{"md", "json", "png", "rows"}``."""
+    from ..utils.atomic import atomic_dir
+    from ..utils.distributed import exchange, rank, world_size
+    from .evaluate import sync_dir
+    from .per_row import write_row_table
+
     if rank() == 0:  # under a launcher every process holds the same table; the first writes it
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            (tmp / "report.md").write_text(md)
-            (tmp / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=2))
-            title = f"{len(rows)} held-out rows" + (f", budget {profile.name}" if profile else "")
-            _plot(table, tmp / "report.png", title, headline.key)
+            (tmp / "report.md").write_text(_markdown(report))
+            (tmp / EVAL_REPORT_FILE).write_text(json.dumps(_report_json(report), indent=2))
+            write_row_table(tmp / EVAL_ROWS_FILE, report.metrics, rows)
+            profile = report.profile
+            title = f"{report.n_rows} held-out rows" + (f", budget {profile.name}" if profile else "")
+            _plot(report.table, tmp / "report.png", title, report.headline.key)
     if world_size() > 1:  # the others return once the report is written (a file, not a barrier)
         exchange(sync_dir(), "compare-report", out_dir.name)
     paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
-    return CompareResult(
-        rows=table,
-        metrics=metrics,
-        paths=paths,
-        gap_closed=gap,
-        gap_closed_tta=gap_tta,
-        notes=notes,
-        intervals=intervals,
-        intervals_tta=intervals_tta,
-        headline=headline.key,
-    )
+    paths["rows"] = out_dir / EVAL_ROWS_FILE
+    return paths
 
 
-def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConfig, headline: Headline | None = None):
+def _intervals(metrics: dict, rows, roles: Roles, config: EvalConfig, headline: Headline | None = None):
     """Paired-bootstrap intervals of the ``headline``'s per-row costs (default log loss), without and (when
     every variant has it) with TTA."""
     from ..data import labels_of
@@ -403,11 +545,16 @@ def _intervals(metrics: dict, rows, teacher, baseline, student, config: EvalConf
     labels = labels_of(rows)
     if (labels < 0).any():
         return None, None
-    kw = dict(baseline=baseline, student=student, n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed)
-    plain = paired_intervals({n: cost(m.probs, labels) for n, m in metrics.items()}, teacher, **kw)
+    kw = dict(
+        baseline=roles.baseline,
+        student=roles.student,
+        n_resamples=config.bootstrap_samples,
+        seed=config.bootstrap_seed,
+    )
+    plain = paired_intervals({n: cost(m.probs, labels) for n, m in metrics.items()}, roles.teacher, **kw)
     tta = None
     if all(m.probs_tta is not None for m in metrics.values()):
-        tta = paired_intervals({n: cost(m.probs_tta, labels) for n, m in metrics.items()}, teacher, **kw)
+        tta = paired_intervals({n: cost(m.probs_tta, labels) for n, m in metrics.items()}, roles.teacher, **kw)
     return plain, tta
 
 
@@ -433,35 +580,21 @@ def _difference_sentence(iv: Interval, what: str, headline: Headline | None = No
     return f"{what}: Δ {h.title} {_shown(iv, h).fmt('+' + h.fmt)} (95% paired bootstrap): {verdict}."
 
 
-def _markdown(
-    table,
-    metrics,
-    profile,
-    teacher,
-    baseline,
-    student,
-    gap,
-    gap_tta,
-    notes,
-    n_rows,
-    intervals=None,
-    intervals_tta=None,
-    *,
-    scheme: str = "lmsys",
-) -> str:
+def _md_intro(report: _Report) -> list:
+    """The title, the sentence naming the headline metric, and the budget paragraph."""
     from ..runtime.constants import label_scheme
 
-    s = label_scheme(scheme)
-    h = headline_of(s)
+    s, h, profile = label_scheme(report.scheme), report.headline, report.profile
     better = "higher" if h.higher_is_better else "lower"
     lines = [
-        f"# Variant trade-offs on {n_rows} held-out rows",
+        f"# Variant trade-offs on {report.n_rows} held-out rows",
         "",
         f"Ranked by **{h.title}** ({better} is better), the headline metric of the {s.competition} rows "
         f"({s.describe()}): the Δ column, its intervals, the gap closed and the export recommendation use it.",
         "",
     ]
-    factors = sorted({m.budget["tta_factor"] for m in metrics.values() if m.budget and m.budget["tta_factor"] > 1})
+    budgets = [m.budget for m in report.metrics.values() if m.budget]
+    factors = sorted({v["tta_factor"] for v in budgets if v["tta_factor"] > 1})
     if profile is not None:
         lines += [
             f"Budget **{profile.name}**: {profile.description}. Projected hours are for "
@@ -471,41 +604,74 @@ def _markdown(
             "Fits shows the time margin / GPU-memory margin per GPU.",
             "",
         ]
-    lines += [markdown_table(table, profile.name if profile else None, profile.rows if profile else None, h.key), ""]
-    if baseline and student:
-        t, b, st = (format(getattr(metrics[n], h.key), h.fmt) for n in (teacher, baseline, student))
+    return lines
 
-        def ci(iv, key):
-            g = iv[key] if iv else None
-            return f" [95% CI {g.low:.0%}, {g.high:.0%}]" if g is not None and math.isfinite(g.low) else ""
 
-        if gap is not None:
-            lines.append(
-                f"**Gap closed: {gap:.0%}**{ci(intervals, 'gap_closed')} of the teacher-vs-baseline "
-                f"{h.title.replace(' ', '-')} gap (baseline {b} → student {st}; teacher {t})"
-                + (f"; with TTA {gap_tta:.0%}{ci(intervals_tta, 'gap_closed')}." if gap_tta is not None else ".")
-            )
-        else:
-            lines.append("**Gap closed: undefined** (see notes).")
-        if intervals and intervals.get("student_vs_baseline") is not None:
-            lines += [
-                "",
-                _difference_sentence(
-                    intervals["student_vs_baseline"],
-                    f"Distilled student ({student}) vs hard-label baseline ({baseline})",
-                    h,
-                ),
-            ]
-        lines.append("")
+def _md_gap(report: _Report) -> list:
+    """The gap closed and the distilled-vs-hard-label sentence (only with a baseline and a student)."""
+    trio = report.roles.gap_trio
+    if trio is None:
+        return []
+    h, intervals = report.headline, report.intervals
+    t, b, st = (format(getattr(report.metrics[n], h.key), h.fmt) for n in trio)
+
+    def ci(iv):
+        g = iv["gap_closed"] if iv else None
+        return f" [95% CI {g.low:.0%}, {g.high:.0%}]" if g is not None and math.isfinite(g.low) else ""
+
+    gap, gap_tta = report.gap, report.gap_tta
+    if gap is not None:
+        lines = [
+            f"**Gap closed: {gap:.0%}**{ci(intervals)} of the teacher-vs-baseline "
+            f"{h.title.replace(' ', '-')} gap (baseline {b} → student {st}; teacher {t})"
+            + (f"; with TTA {gap_tta:.0%}{ci(report.intervals_tta)}." if gap_tta is not None else ".")
+        ]
+    else:
+        lines = ["**Gap closed: undefined** (see notes)."]
+    if intervals and intervals.get("student_vs_baseline") is not None:
+        what = f"Distilled student ({report.roles.student}) vs hard-label baseline ({report.roles.baseline})"
+        lines += ["", _difference_sentence(intervals["student_vs_baseline"], what, h)]
+    return lines + [""]
+
+
+def _md_diagnostics(report: _Report) -> list:
+    """One line per variant: what ``max_length`` cut (headline on cut vs uncut rows) and its swap flip rate."""
+    lines = []
+    for name, m in report.metrics.items():
+        if m.truncation is None and m.position_bias is None:
+            continue
+        cut = describe_truncation(m.truncation, report.headline) if m.truncation else "truncation not recorded"
+        swap = describe_position_bias(m.position_bias)
+        lines.append(f"- **{name}**: {cut}. Position: {swap}.")
+    if not lines:
+        return []
+    head = (
+        "Diagnostics (docs/evaluate.md, *Truncation diagnostics* and *Position bias*): what max_length cut, "
+        f"with the {report.headline.title} on cut and uncut rows (95% bootstrap intervals), and how often "
+        "scoring with A and B exchanged changes the arg-max class. Per row: rows.csv."
+    )
+    return [head, ""] + lines + [""]
+
+
+def _markdown(report: _Report) -> str:
+    """report.md: the intro, the table, the gap closed, the intervals, the diagnostics, notes and caveats."""
+    profile, intervals = report.profile, report.intervals
+    lines = _md_intro(report)
+    table = markdown_table(
+        report.table, profile.name if profile else None, profile.rows if profile else None, report.headline.key
+    )
+    lines += [table, ""]
+    lines += _md_gap(report)
     if intervals:
         lines += [
-            f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {n_rows} rows "
+            f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {report.n_rows} rows "
             f"(seed {intervals['seed']}), the same resample for every variant; an interval that contains 0 "
             "is no measurable difference.",
             "",
         ]
-    if notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    lines += _md_diagnostics(report)
+    if report.notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in report.notes] + [""]
     lines.append(
         "Peak memory is process RSS on CPU (everything the process holds, tokenizer and data included) "
         "and max allocated tensor memory on CUDA. Size is the weight files on disk, or parameter bytes "

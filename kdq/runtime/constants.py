@@ -172,6 +172,7 @@ DISTILL_RECORD_FILE = "kdq-distill.json"  # kdq.distill: what was trained, from 
 RUN_RECORD_FILE = "kdq-run.json"  # kdq.distill: the run's fingerprints, in the folder and every checkpoint
 QUANTIZE_REPORT_FILE = "kdq-quantize.json"  # kdq.quantize: the method, its probe and reload check
 EVAL_REPORT_FILE = "report.json"  # kdq.evaluate / kdq.compare report folders
+EVAL_ROWS_FILE = "rows.csv"  # kdq.compare report folders: one line per (variant, row), probabilities and cuts
 PIPELINE_SUMMARY_FILE = "summary.json"  # kdq run
 TRAIN_GROUPS_FILE = "kdq-train-groups.json"  # kdq.distill: hashed prompt / response-pair keys of the rows it trained on
 # The notebook budget every stage projects against unless told otherwise (kdq/budgets/<name>.json).
