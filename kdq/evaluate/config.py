@@ -68,6 +68,13 @@ class EvalConfig(Config):
         metadata={"help": "bootstrap resamples behind the 95% intervals (compare's paired ones; cut vs uncut rows)"},
     )
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap (reruns give the same intervals)"})
+    strict_overlap: bool = field(
+        default=False,
+        metadata={
+            "help": "refuse (true) rather than warn (false) when held-out rows share a prompt or response pair "
+            "with the rows the model was trained on (its kdq-train-groups.json, written by kdq.distill)"
+        },
+    )
 
     def __post_init__(self):
         c = "EvalConfig"
@@ -75,8 +82,9 @@ class EvalConfig(Config):
         check_range(c, "batch_size", self.batch_size, 1, kind=int)
         if self.max_batch_tokens is not None:
             check_range(c, "max_batch_tokens", self.max_batch_tokens, 1, kind=int)
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"{c}.progress must be True or False, got {self.progress!r}")
+        for name in ("progress", "strict_overlap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{c}.{name} must be True or False, got {getattr(self, name)!r}")
         check_tta(c, self.tta)
         check_range(c, "tta_fraction", self.tta_fraction, 0.0, 1.0)
         if self.template is not None and not isinstance(self.template, TemplateConfig):
@@ -168,6 +176,7 @@ class Metrics:
     n_devices: int = 1  # devices the rows were split over (every GPU of every process): tokens_per_s is their sum
     truncation: dict | None = None
     position_bias: dict | None = None
+    overlap: dict | None = None  # held-out rows shared with the model's training rows (kdq.data.check_overlap)
     lost: np.ndarray | None = field(default=None, repr=False)
     dropped_turns: np.ndarray | None = field(default=None, repr=False)
     probs_swap: np.ndarray | None = field(default=None, repr=False)

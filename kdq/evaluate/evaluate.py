@@ -601,10 +601,28 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
         raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
     rows, labels, scheme = _labelled_rows(rows)
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
+    overlap = _check_overlap(model, rows, config)  # before the long part: strict refuses here
     scoring = _score_variant(model, rows, scheme, config)
     _check_finite(rows["id"], scoring.result, scoring.loaded, scoring.device)
     metrics = _metrics_of(scoring, rows, labels, scheme, config)
-    return dataclasses.replace(metrics, budget=_verdict(metrics, profile, scoring.loaded))
+    return dataclasses.replace(metrics, budget=_verdict(metrics, profile, scoring.loaded), overlap=overlap)
+
+
+def _check_overlap(model, rows, config: EvalConfig) -> dict | None:
+    """Held-out ``rows`` against the rows the model was trained on, when its folder records them
+    (:data:`~kdq.runtime.constants.TRAIN_GROUPS_FILE`, written by :func:`kdq.distill`): the
+    :class:`~kdq.data.OverlapReport` as a dict (``None`` without a record). A leak warns
+    (:class:`~kdq.data.LeakWarning`), or raises ``ValueError`` with ``config.strict_overlap``."""
+    from ..data import check_overlap, read_group_keys
+    from ..models import LoadedModel
+    from ..runtime.constants import TRAIN_GROUPS_FILE
+
+    source = model.source if isinstance(model, LoadedModel) else model
+    if not isinstance(source, (str, os.PathLike)) or not Path(source, TRAIN_GROUPS_FILE).is_file():
+        return None
+    trained = read_group_keys(Path(source, TRAIN_GROUPS_FILE))
+    report = check_overlap(trained, rows, strict=config.strict_overlap, what=f"held-out rows of {source}")
+    return report.to_dict()
 
 
 def project_metrics(metrics: Metrics, profile) -> dict | None:

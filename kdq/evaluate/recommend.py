@@ -12,7 +12,8 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
 
     Variants rank by the rows' label scheme's headline metric (``metric``: log loss for LMSYS,
     accuracy for WSDM). Only variants that fit the budget compete (all of them when none fits).
-    A variant whose Δ headline to the best one has a 95% paired-bootstrap interval that reaches 0
+    A variant whose Δ headline to the best one has a 95% paired-bootstrap interval (rows sharing a prompt or a
+    response pair drawn together) that reaches 0
     (:func:`kdq.evaluate.stats.paired_intervals`, the same intervals as the report) is tied
     with it; tied variants go first, faster (projected T4 hours, else measured rows/s) then
     smaller, and the rest follow by the headline.
@@ -21,7 +22,7 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
     for each ranked variant whose swap flip rate is above :data:`~kdq.evaluate.diagnostics.FLIP_RATE_WARN`
     (0.2); it never changes the ranking.
     """
-    from ..data import labels_of, load_arena, scheme_of_rows
+    from ..data import group_ids, labels_of, load_arena, scheme_of_rows
 
     rows = load_arena(rows)
     labels = labels_of(rows)
@@ -33,7 +34,9 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
     fits = [n for n, m in metrics.items() if (m.budget or {}).get("fits")]
     pool = fits or list(metrics)
     best = min(pool, key=lambda n: losses[n].mean())
-    deltas = paired_intervals({n: losses[n] for n in pool}, best, n_resamples=n_resamples, seed=seed)["delta"]
+    deltas = paired_intervals(
+        {n: losses[n] for n in pool}, best, n_resamples=n_resamples, seed=seed, groups=group_ids(rows)
+    )["delta"]
     tied = [n for n in pool if n == best or deltas[n].low <= 0]
 
     def cost(n):

@@ -456,6 +456,14 @@ def _measurement_notes(metrics: dict) -> list:
     devices = sorted({m.device for m in metrics.values()})
     if len(devices) > 1:
         notes.append(f"variants were measured on different devices ({devices}): compare rows/s with care")
+    for name, m in metrics.items():
+        if m.overlap and m.overlap.get("leaked"):
+            o = m.overlap
+            notes.append(
+                f"{name}: {o['leaked']} of {o['n_heldout']} held-out rows share a prompt ({o['shared_prompt']}) or a "
+                f"response pair ({o['shared_pair']}) with its training rows; its figures may be optimistic "
+                "(split with kdq.data.grouped_split)"
+            )
     by_note = {}  # one line per distinct budget note, naming every variant it concerns
     for name, m in metrics.items():
         for n in (m.budget or {}).get("notes", []):
@@ -539,7 +547,7 @@ def _write_report(report: _Report, rows, out_dir: Path, overwrite: bool) -> dict
 def _intervals(metrics: dict, rows, roles: Roles, config: EvalConfig, headline: Headline | None = None):
     """Paired-bootstrap intervals of the ``headline``'s per-row costs (default log loss), without and (when
     every variant has it) with TTA."""
-    from ..data import labels_of
+    from ..data import group_ids, labels_of
 
     cost = (headline or HEADLINES["log_loss"]).row_costs
     labels = labels_of(rows)
@@ -550,6 +558,7 @@ def _intervals(metrics: dict, rows, roles: Roles, config: EvalConfig, headline: 
         student=roles.student,
         n_resamples=config.bootstrap_samples,
         seed=config.bootstrap_seed,
+        groups=group_ids(rows),  # rows sharing a prompt or a response pair resample together
     )
     plain = paired_intervals({n: cost(m.probs, labels) for n, m in metrics.items()}, roles.teacher, **kw)
     tta = None
@@ -663,8 +672,15 @@ def _markdown(report: _Report) -> str:
     lines += [table, ""]
     lines += _md_gap(report)
     if intervals:
+        if intervals.get("unit") == "groups":
+            units = (
+                f"the {intervals['n_units']} groups of the {report.n_rows} rows (rows sharing a prompt or a "
+                "response pair are drawn together: kdq.data.group_ids)"
+            )
+        else:
+            units = f"the {report.n_rows} rows (no two share a prompt or a response pair)"
         lines += [
-            f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of the {report.n_rows} rows "
+            f"Intervals: {intervals['n_resamples']} paired bootstrap resamples of {units} "
             f"(seed {intervals['seed']}), the same resample for every variant; an interval that contains 0 "
             "is no measurable difference.",
             "",
