@@ -29,7 +29,8 @@ def trained_on(tmp_path, tiny_model_dir, heldout):
     """A copy of the tiny model whose record says it was trained on 3 of the held-out rows (and 20 others)."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    train = pd.concat([pd.DataFrame(make_arena_rows(20, seed=99, max_words=30, id_offset=1000)), heldout.iloc[[2, 5, 7]]])
+    others = pd.DataFrame(make_arena_rows(20, seed=99, max_words=30, id_offset=1000))
+    train = pd.concat([others, heldout.iloc[[2, 5, 7]]])
     write_group_keys(model / TRAIN_GROUPS_FILE, group_keys(kdq.load_arena(train.reset_index(drop=True))))
     return model
 
@@ -63,7 +64,8 @@ def test_compare_resamples_groups_and_names_the_leak(tmp_path, tiny_model_dir, t
     assert result.intervals["unit"] == "groups" and result.intervals["n_units"] == 12
     md = (tmp_path / "r" / "report.md").read_text()
     assert "resamples of the 12 groups of the 16 rows" in md
-    assert "trained: 4 of 16 held-out rows share" in md  # rows 2, 5, 7 and 2-dup and "plain:" not in md.split("Notes:")[1].split("Peak")[0]
+    notes = md.split("Notes:")[1].split("Peak")[0]
+    assert "trained: 4 of 16 held-out rows share" in notes and "plain:" not in notes  # rows 2, 5, 7 and 2-dup
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["intervals"]["unit"] == "groups"
     assert next(v for v in report["variants"] if v["variant"] == "trained")["metrics"]["overlap"]["leaked"] == 4
