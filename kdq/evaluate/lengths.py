@@ -449,7 +449,7 @@ def sweep_lengths(
         if bar is not None:
             bar.close()
 
-    table, intervals = _table(metrics, extras, wanted, labels, headline, config)
+    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config)
     by_note = {}  # the cost model's notes, one line each, naming the variants
     for name, by_len in metrics.items():
         for m in by_len.values():
@@ -646,13 +646,14 @@ class _Variant:
 
 
 def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalConfig) -> tuple:
-    """The table rows and the intervals: per variant and TTA setting, every length against the longest."""
+    """``(table, intervals, metrics)``: per variant and TTA setting, every length against the longest; the
+    metrics with their budget verdicts (each for the TTA setting it was scored with)."""
     from .evaluate import project_metrics
 
     profile = config.budget
     longest = max(lengths)
     tta_on = config.tta_mode != "none"
-    table, intervals = [], {}
+    table, intervals, projected = [], {}, {}
     for name, by_len in metrics.items():
         for tta in (False, True) if tta_on else (False,):
             key = headline.key + ("_tta" if tta else "")
@@ -692,7 +693,6 @@ def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalC
                         "reused_from": extras[name][n]["reused_from"],
                     }
                 )
-        # each length's Metrics carries the verdict of the setting it was scored with (TTA as configured)
-        metrics[name] = {n: dataclasses.replace(m, budget=project_metrics(m, profile)) for n, m in by_len.items()}
+        projected[name] = {n: dataclasses.replace(m, budget=project_metrics(m, profile)) for n, m in by_len.items()}
     table.sort(key=lambda r: (list(metrics).index(r["variant"]), r["max_length"], r["tta"]))
-    return table, intervals
+    return table, intervals, projected
