@@ -17,6 +17,9 @@
    same student on hard labels alone, quantize the student (GPTQ-8, bnb-int8; ``--quantize-teacher`` adds the
    teacher), compare every variant on held-out pairs with paired-bootstrap intervals against
    the LMSYS 2xT4 budget, export the recommended variant as a Kaggle dataset folder and verify it.
+5. The max_length trade-off of that export (``kdq.sweep_lengths``): log loss against projected notebook hours
+   at the lengths the test rows reach (fractions of the longest row, from their token counts), with and
+   without swap TTA, written to ``lengths/`` (report.md, report.json, report.png).
 
 The student recipe is the one ``bench/bench_kd_recipes.py`` measured best for a narrower student (BENCHMARKS.md,
 "Distillation across widths"): the centered-cosine feature loss with 2,400 transfer pairs, 84% of the gap on
@@ -160,6 +163,14 @@ def student_config(size, seed: int, **changes) -> kdq.DistillConfig:
     return kdq.recipe(STUDENT_RECIPE).config(**{**_training(size, "student_epochs", seed), **changes})
 
 
+def length_curve(name: str, model, rows, out: Path, *, batch_size: int = 16, progress: bool = True):
+    """The max_length curve of ``model`` (the recommended export) on ``rows``: ``kdq.sweep_lengths`` at the
+    lengths the rows reach (``lengths="auto"``: fractions of the longest row's tokens, none below the template's
+    minimum), written to ``out``. Returns the :class:`kdq.evaluate.LengthSweep`."""
+    config = kdq.EvalConfig(batch_size=batch_size, progress=progress)
+    return kdq.sweep_lengths({name: str(model)}, rows, lengths="auto", config=config, out_dir=out, overwrite=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
@@ -226,8 +237,16 @@ def main(argv=None):
     with clock("distil, baseline, quantize, compare, export"):
         result = run_pipeline(teacher.student_dir, student_init, train, ev, test, pipeline_cfg, transfer=transfer)
 
+    curve = None
+    if result.exports:  # the recommended export, as shipped
+        name, folder = next(iter(result.exports.items()))
+        with clock("max_length trade-off of the export"):
+            curve = length_curve(name, folder, test, out / "lengths")
+
     total = sum(clock.times.values())
     print("\n" + result.summary())
+    if curve is not None:
+        print("\n" + curve.to_markdown() + f"\nmax_length plot: {curve.paths['png']}")
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.times.items()) + f"; total {total:.0f} s")
     (out / "demo.json").write_text(
         json.dumps(
@@ -239,6 +258,14 @@ def main(argv=None):
                 "stage_seconds": clock.times,
                 "gap_closed": result.report.gap_closed,
                 "exports": result.exports,
+                "lengths": None
+                if curve is None
+                else {
+                    "lengths": list(curve.lengths),
+                    "report": str(curve.paths["md"]),
+                    "plot": str(curve.paths["png"]),
+                    "table": curve.table,
+                },
             },
             indent=2,
             default=str,

@@ -46,6 +46,7 @@ _EXPORTS = {
     "QuantConfig": ".quantize",
     "evaluate": ".evaluate",
     "compare": ".evaluate",
+    "sweep_lengths": ".evaluate",
     "EvalConfig": ".evaluate",
     "recipe": ".recipes",
     "Metrics": ".evaluate",

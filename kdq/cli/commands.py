@@ -118,6 +118,28 @@ COMMANDS = (
         ),
     ),
     Command(
+        "sweep-lengths",
+        "score variants at several max_lengths: the headline metric against projected notebook hours, with and "
+        "without TTA; writes report.md/json/png",
+        "kdq.cli.lengths:run_sweep_lengths",
+        config="kdq.evaluate.config:EvalConfig",
+        args=(
+            Arg(("variant",), "a model folder, or NAME=FOLDER (one or more)", nargs="+", metavar="VARIANT"),
+            Arg(("--rows",), "labelled held-out arena CSV/parquet", required=True),
+            Arg(
+                ("--lengths",),
+                "comma-separated max_lengths (default 512,1024,1536,2048), or auto: fractions of the longest row",
+            ),
+            Arg(("--out",), "report folder", required=True),
+            Arg(
+                ("--budget",),
+                "budget profile behind the hours: a shipped name or JSON path (config field budget)",
+                field="budget",
+            ),
+            _OVERWRITE,
+        ),
+    ),
+    Command(
         "export",
         "write a Kaggle dataset folder: weights, predict.py, manifest, model card, wheels",
         "kdq.cli.export:run_export",

@@ -43,6 +43,7 @@ class Arg:
     repeat: bool = False  # append: the flag may be given several times
     metavar: str | None = None
     dest: str | None = None
+    nargs: str | None = None  # e.g. "+": a positional taking one or more values
 
     def add_to(self, parser) -> None:
         kw: dict = {"help": self.help}
@@ -57,7 +58,7 @@ class Arg:
                 kw["default"] = self.default
         if self.required and self.names[0].startswith("-"):
             kw["required"] = True
-        for key in ("metavar", "dest"):
+        for key in ("metavar", "dest", "nargs"):
             if getattr(self, key) is not None:
                 kw[key] = getattr(self, key)
         parser.add_argument(*self.names, **kw)

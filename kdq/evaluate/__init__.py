@@ -2,6 +2,7 @@
 
     kdq.evaluate(model, rows, EvalConfig(...)) -> Metrics
     kdq.compare({"teacher-fp16": path, ...}, rows, out_dir=..., teacher=..., baseline=..., student=...)
+    kdq.sweep_lengths({"student": path, ...}, rows, lengths=(512, 1024, 2048), out_dir=...) -> LengthSweep
 
 Light on import: torch, transformers and matplotlib load only when a verb runs.
 """
@@ -10,6 +11,7 @@ from ..costs.budget import BudgetProfile, available_budgets, load_budget, projec
 from ..costs.modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, weight_bytes, weight_format_of
 from .config import EvalConfig, Metrics
 from .evaluate import evaluate
+from .lengths import LengthSweep, sweep_lengths
 from .metrics import accuracy, ece, log_loss
 from .report import CompareResult, compare, gap_closed
 
@@ -20,6 +22,8 @@ __all__ = [
     "compare",
     "CompareResult",
     "gap_closed",
+    "sweep_lengths",
+    "LengthSweep",
     "BudgetProfile",
     "load_budget",
     "available_budgets",

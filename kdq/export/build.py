@@ -107,13 +107,14 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
             staged = _stage_files(model, tmp, tokenizer)
             with restored_cast(staged.loaded.model):  # a caller's model object computes as before afterwards
                 template = _resolve_template(config, staged.loaded.model)
+                infer = inference_template(config, template)  # what predict.py renders rows with
                 if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
-                    staged = _fp16_check(staged, tmp, config, template, check)
+                    staged = _fp16_check(staged, tmp, config, infer, check)
                 scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
                 quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
                 # The probe's expected side now, then the model goes: predict.py loads its own copy from the
                 # folder, and two copies of a 4B model do not fit a notebook's host RAM.
-                expected = _expected_probe(staged.loaded, config, template)
+                expected = _expected_probe(staged.loaded, config, infer)
             staged.loaded = None
             gc.collect()
             _store_fp16(staged, tmp)  # with no model in memory: the host holds one shard at a time
@@ -169,7 +170,8 @@ def settings_record(config: ExportConfig, quantization_config: dict | None, *, f
     front, so a missing backend fails in seconds with the offline install line, not mid-load), the
     packages whose versions predict.py compares, and per device type the environment defaults and
     ``quantization_config`` overrides predict.py applies. The standalone runtime cannot import the
-    registry, so this record is how a method registered later reaches it. ``budget``: the time limit
+    registry, so this record is how a method registered later reaches it. ``max_length``: the inference
+    max_length (``config.max_length``; ``None``: the training template's, in config.json). ``budget``: the time limit
     and hidden-test rows of ``config.budget``'s profile, which predict.py's ETA checks (one source:
     the profile JSON). ``cuda_compute_dtype``: what predict.py loads and computes the model in on
     CUDA, ``"float16"`` unless the fp16 check (``fp16_check``, from :func:`_fp16_check`) found rows
@@ -193,6 +195,7 @@ def settings_record(config: ExportConfig, quantization_config: dict | None, *, f
         "tta_fraction": config.tta_fraction,
         "batch_size": config.batch_size,
         "max_batch_tokens": config.max_batch_tokens,
+        "max_length": config.max_length,  # the inference max_length; null: the training template's
         **runtime_settings(quantization_config),
         "budget": {"name": profile.name, "time_limit_hours": profile.time_limit_hours, "rows": profile.rows},
         "cuda_compute_dtype": cuda_dtype,
@@ -465,6 +468,12 @@ def _resolve_template(config: ExportConfig, model):
             stacklevel=3,
         )
     return config.template or recorded or TemplateConfig()
+
+
+def inference_template(config: ExportConfig, template):
+    """The template predict.py renders rows with: the training ``template`` at ``config.max_length`` when that is
+    set (kdq-predict.json ``max_length``), else ``template`` itself."""
+    return template if config.max_length is None else template.replace(max_length=config.max_length)
 
 
 def _finish_config_json(tmp: Path, template, tokenizer, scheme) -> str | None:

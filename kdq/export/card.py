@@ -104,7 +104,8 @@ def render_card(
         f"- row template: `{template}`",
         f"- predict.py defaults: tta={config.tta}"
         + (f" ({config.tta_fraction:g})" if config.tta == "gated" else "")
-        + f", batch_size={config.batch_size}",
+        + f", batch_size={config.batch_size}"
+        + (f", max_length={config.max_length} (trained at {template.get('max_length')})" if config.max_length else ""),
         "- exported with: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"),
         "",
     ]

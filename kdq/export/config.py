@@ -13,7 +13,7 @@ from ..config.base import Config
 from ..config.validate import check_choice, check_range, check_tta
 from ..data.probe import ARENA_LIKE_ROWS
 from ..runtime.constants import DEFAULT_BUDGET_NAME, DEFAULT_TTA_FRACTION, tta_mode
-from ..runtime.template import TemplateConfig
+from ..runtime.template import MIN_MAX_LENGTH, TemplateConfig
 
 # Licence names the Kaggle CLI accepts in dataset-metadata.json
 # (https://github.com/Kaggle/kaggle-api/blob/main/docs/datasets_metadata.md).
@@ -229,6 +229,15 @@ class ExportConfig(Config):
     template: TemplateConfig | None = field(
         default=None, metadata={"help": "row template; null: the one recorded in the model, else the default"}
     )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": f"the inference max_length (an int >= {MIN_MAX_LENGTH}) predict.py renders rows at, recorded in "
+            "kdq-predict.json (predict.py --max-length overrides it); it may differ from the training template's "
+            "(the probe and the fp16 check use it too); kdq.sweep_lengths measures what it costs and saves; "
+            "null: the template's"
+        },
+    )
     probe_rows: int = field(default=6, metadata={"help": "synthetic rows scored at export time; verify re-scores them"})
     probe_atol: float = field(
         default=1e-4,
@@ -301,6 +310,8 @@ class ExportConfig(Config):
         check_range(cls, "batch_size", self.batch_size, 1, 4096, kind=int)
         if self.max_batch_tokens is not None:
             check_range(cls, "max_batch_tokens", self.max_batch_tokens, 32, None, kind=int)
+        if self.max_length is not None:
+            check_range(cls, "max_length", self.max_length, MIN_MAX_LENGTH, kind=int)
         check_range(cls, "probe_rows", self.probe_rows, 1, 256, kind=int)
         check_range(cls, "arena_like_rows", self.arena_like_rows, 0, ARENA_LIKE_ROWS, kind=int)
         check_range(cls, "probe_atol", self.probe_atol, 0.0, 1.0, lo_open=True)

@@ -39,7 +39,7 @@ from .constants import (
 )
 from .csvfile import iter_rows, missing_columns
 from .dtypes import compute_dtype, compute_in
-from .template import PARTS, TemplateConfig, parse_cell, render
+from .template import MIN_MAX_LENGTH, PARTS, TemplateConfig, parse_cell, render
 from .tta import gated_count, score_tta
 from .versions import installed_version
 
@@ -55,15 +55,16 @@ def read_settings(model_dir) -> dict:
 
     The template comes from ``config.json`` (key ``kdq_template``), where kdq recorded it for
     training; ``kdq-predict.json`` holds the defaults (``tta``, ``tta_fraction``, ``batch_size``,
-    ``max_batch_tokens``), what loading the quantized weights needs, as the export recorded it
+    ``max_batch_tokens``, ``max_length``: the inference max_length rows are rendered at, when the export chose one
+    other than the training template's), what loading the quantized weights needs, as the export recorded it
     from kdq's method registry: ``backend_modules`` (imported by transformers), ``backend_packages``
     (versions to compare) and ``load`` (per device type: ``env`` defaults and ``quantization_config``
     overrides), the notebook budget the ETA is checked against (``budget``: ``name``,
     ``time_limit_hours``, ``rows``), and ``cuda_compute_dtype`` (``"float16"``, or ``"float32"`` where
     the export found fp16 overflowing, with ``cuda_compute_dtype_reason``; see :func:`model_dtype`).
-    Returns a dict with those keys plus ``template`` (TemplateConfig) and ``scheme`` (the ``LabelScheme``
-    config.json records under ``kdq_scheme``: which classes the model predicts and how the submission is
-    written); ``tta`` is a mode name.
+    Returns a dict with those keys plus ``template`` (TemplateConfig, at ``max_length`` when recorded) and
+    ``scheme`` (the ``LabelScheme`` config.json records under ``kdq_scheme``: which classes the model predicts
+    and how the submission is written); ``tta`` is a mode name.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
@@ -77,6 +78,7 @@ def read_settings(model_dir) -> dict:
         "tta_fraction": DEFAULT_TTA_FRACTION,
         "batch_size": 8,
         "max_batch_tokens": None,
+        "max_length": None,  # the inference max_length (ExportConfig.max_length); None: the training template's
         "backend_modules": [],
         "backend_packages": [],
         "load": {},
@@ -87,9 +89,24 @@ def read_settings(model_dir) -> dict:
     settings.update(_export_settings(model_dir))
     model_dtype(settings, "cuda")  # an unknown cuda_compute_dtype fails here, before any loading
     settings["tta"] = tta_mode(settings["tta"])
-    settings["template"] = TemplateConfig(**config[TEMPLATE_KEY])
+    settings["template"] = at_max_length(
+        TemplateConfig(**config[TEMPLATE_KEY]), settings["max_length"], f"{SETTINGS_FILE} max_length"
+    )
     settings["scheme"] = scheme_of_config(config)
     return settings
+
+
+def at_max_length(template: TemplateConfig, max_length, where: str) -> TemplateConfig:
+    """``template`` rendering rows at ``max_length`` (``None``: ``template`` as it is). Raises ``ValueError``
+    naming ``where`` the value came from when it is not an int >= the template's minimum."""
+    if max_length is None:
+        return template
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < MIN_MAX_LENGTH:
+        raise ValueError(
+            f"{where}: {max_length!r} is not a max_length; give an int >= {MIN_MAX_LENGTH} (tokens per row, markers "
+            f"included; the model was trained at {template.max_length})."
+        )
+    return template.replace(max_length=max_length)
 
 
 def _export_settings(model_dir) -> dict:
@@ -535,18 +552,20 @@ def predict_probs(
     progress: bool = False,
     tta_fraction: float | None = None,
     report=None,
+    max_length: int | None = None,
 ):
     """Class probabilities ``(N, C)`` float64 for ``rows`` (see :func:`read_rows`), rows summing to 1.
 
     ``tta``: ``"none"``, ``"full"``, ``"gated"`` (or ``True``/``False``), through
     :func:`kdq_runtime.tta.score_tta`, the same code kdq evaluates with. ``tta_fraction``
     (gated only): default as exported. ``report``: print rows/s and the ETA (default: with ``progress``).
+    ``max_length``: render rows at this many tokens (default: as exported, :func:`read_settings`).
     """
     mode = tta_mode(tta)
     settings = read_settings(model_dir)
     fraction = settings["tta_fraction"] if tta_fraction is None else tta_fraction
     tokenizer = load_tokenizer(model_dir)
-    template = settings["template"]
+    template = at_max_length(settings["template"], max_length, "--max-length")
     sequences = render_rows(tokenizer, rows, template, progress=progress)
     models = [(d, load_model(model_dir, d)) for d in devices]
     pad_id = models[0][1].config.pad_token_id
@@ -641,6 +660,13 @@ def build_parser(settings_hint: str = ""):
         "--batch-size", type=int, default=None, help="rows per forward pass per device (default: as exported)"
     )
     p.add_argument("--max-batch-tokens", type=int, default=None, help="cap rows x longest row per batch")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per row, markers included: longer rows are cut by the training template's rule; fewer "
+        "tokens, fewer hours (default: as exported)",
+    )
     p.add_argument("--devices", default="auto", help="'auto' (all GPUs, else CPU), 'cpu', or 'cuda:0,cuda:1'")
     p.add_argument("--skip-checksums", action="store_true", help="do not check the model files against the manifest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -653,6 +679,7 @@ def main(argv=None, *, default_model_dir=None) -> int:
     try:
         devices = pick_devices(args.devices)
         settings = read_settings(model_dir)
+        at_max_length(settings["template"], args.max_length, "--max-length")  # a bad value fails before loading
         _set_env(devices, settings["load"])
         note = compute_note(settings, devices)
         if note:
@@ -681,6 +708,7 @@ def main(argv=None, *, default_model_dir=None) -> int:
             progress=not args.quiet,
             tta_fraction=fraction,
             report=True,
+            max_length=args.max_length,
         )
         write_submission(args.out, ids, probs, scheme)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
@@ -691,7 +719,8 @@ def main(argv=None, *, default_model_dir=None) -> int:
         f"wrote {args.out}: {len(ids)} rows in {seconds:.1f} s ({len(ids) / max(seconds, 1e-9):.1f} rows/s) on "
         f"{','.join(devices)}; tta={tta}"
         + (f" ({fraction:g})" if tta == "gated" else "")
-        + f", batch_size={batch_size}, quantization={method or 'none'}",
+        + f", batch_size={batch_size}, max_length={args.max_length or settings['template'].max_length}"
+        + f", quantization={method or 'none'}",
         file=sys.stderr,
     )
     return 0

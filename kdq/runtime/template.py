@@ -41,6 +41,7 @@ _MARKERS = {
     "response_b": "\nResponse B: ",
 }
 _TURN_END = "\n"
+MIN_MAX_LENGTH = 32  # the shortest max_length a TemplateConfig takes: markers and a little text
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class TemplateConfig:
     """How an arena row becomes a token sequence (each field's help is in its metadata)."""
 
     max_length: int = field(
-        default=1024, metadata={"help": "total tokens per row, special tokens and markers included (>= 32)"}
+        default=1024,
+        metadata={"help": f"total tokens per row, special tokens and markers included (>= {MIN_MAX_LENGTH})"},
     )
     min_part_share: float = field(
         default=0.15,
@@ -57,8 +59,8 @@ class TemplateConfig:
     add_bos: bool = field(default=True, metadata={"help": "prepend the tokenizer's BOS token when it has one"})
 
     def __post_init__(self):
-        if not isinstance(self.max_length, int) or self.max_length < 32:
-            raise ValueError(f"TemplateConfig.max_length must be an int >= 32, got {self.max_length!r}")
+        if not isinstance(self.max_length, int) or self.max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"TemplateConfig.max_length must be an int >= {MIN_MAX_LENGTH}, got {self.max_length!r}")
         if not (0.0 <= float(self.min_part_share) <= 1.0 / 3.0):
             raise ValueError(
                 f"TemplateConfig.min_part_share must be in [0, 1/3], got {self.min_part_share!r}: "

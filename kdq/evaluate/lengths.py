@@ -1,0 +1,698 @@
+"""``kdq.sweep_lengths``: the max_length trade-off, the headline metric against projected notebook hours.
+
+On a T4 the row budget decides a notebook's hours more than the weight format does: attention and the MLPs
+both grow with the tokens kept, and 25k test rows at 2,000 tokens fill most of the 9 hours (the LMSYS 1st
+place ran Gemma2-9B GPTQ-8 at max_length 2000). :func:`sweep_lengths` scores every variant at several
+max_lengths and projects each onto the budget profile, so the choice is a measured trade-off: what a shorter
+row costs in log loss (a paired-bootstrap interval against the longest length), what it saves in hours.
+
+Every row is tokenized once per tokenizer (:func:`kdq.runtime.template.tokenize_row`) and rendered at each
+length by the runtime's own rule (:func:`kdq.runtime.template.assemble`), so the sequences at a length are
+exactly those ``predict.py`` scores at that ``max_length`` (``ExportConfig.max_length``, ``--max-length``).
+A length at which every row renders as at a longer one (no row that long) is scored once and reused.
+Hours come from the cost model (:func:`kdq.evaluate.evaluate.project_metrics` over
+:func:`kdq.costs.budget.project`), from the token lengths at that max_length, as :func:`kdq.compare` projects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.constants import EVAL_REPORT_FILE, FORMAT_KEY
+from ..runtime.template import MIN_MAX_LENGTH, TemplateConfig, assemble, tokenize_row
+from ..utils.jsonable import jsonable
+from .config import EvalConfig, Metrics
+from .metrics import HEADLINES, accuracy, ece, headline_of, log_loss, softmax
+from .stats import Interval, paired_intervals
+
+SWEEP_FORMAT = 1  # report.json's format version (under FORMAT_KEY), written by sweep_lengths
+DEFAULT_LENGTHS = (512, 1024, 1536, 2048)
+# lengths="auto": these fractions of the longest row, rounded up to a multiple of LENGTH_STEP tokens
+AUTO_FRACTIONS = (3 / 8, 1 / 2, 3 / 4, 1)
+LENGTH_STEP = 16
+MD_FILE = Path(EVAL_REPORT_FILE).with_suffix(".md").name  # report.md, beside report.json
+PLOT_FILE = Path(EVAL_REPORT_FILE).with_suffix(".png").name  # report.png
+
+
+# --------------------------------------------------------------------------- rendering at a length
+def check_lengths(lengths) -> tuple:
+    """``lengths`` as sorted, distinct ints; ``ValueError`` naming the bad value when one is not a max_length
+    (an int >= :data:`~kdq.runtime.template.MIN_MAX_LENGTH`, the template's minimum)."""
+    if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__iter__"):
+        raise ValueError(f"lengths must be a sequence of ints such as (512, 1024, 2048) or 'auto', got {lengths!r}")
+    out = []
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < MIN_MAX_LENGTH:
+            raise ValueError(
+                f"lengths: {n!r} is not a max_length; every length must be an int >= {MIN_MAX_LENGTH} (the "
+                "template's minimum), e.g. lengths=(512, 1024, 2048)."
+            )
+        out.append(int(n))
+    if not out:
+        raise ValueError("lengths is empty; give at least one max_length, e.g. lengths=(512, 1024).")
+    return tuple(sorted(set(out)))
+
+
+def full_length(row) -> int:
+    """Tokens a :class:`~kdq.runtime.template.RowTokens` takes with no length budget: BOS, every marker, every
+    text token (the length :func:`~kdq.runtime.template.assemble` renders when nothing is cut)."""
+    per_turn = sum(len(p) for p in row.part_markers) + len(row.turn_end)
+    return len(row.bos) + sum(len(t) + per_turn for t in row.turn_markers) + sum(row.text_lengths)
+
+
+def min_length(row) -> int:
+    """The shortest max_length that leaves a :class:`~kdq.runtime.template.RowTokens` room for text: BOS, the
+    markers of its last turn (older turns are dropped first) and 3 text tokens (one per part)."""
+    last = len(row.turn_markers[-1]) + sum(len(p) for p in row.part_markers) + len(row.turn_end)
+    return len(row.bos) + last + 3
+
+
+def suggest_lengths(
+    full_lengths, *, fractions=AUTO_FRACTIONS, step: int = LENGTH_STEP, floor: int = MIN_MAX_LENGTH
+) -> tuple:
+    """max_lengths the rows actually reach: ``fractions`` of the longest row (``full_lengths``: tokens per row
+    uncut, :func:`full_length`), rounded up to a multiple of ``step``, none below ``floor`` (the template's
+    minimum). Rows of 96 to 128 tokens give ``(48, 64, 96, 128)``. Sorted, distinct."""
+    lengths = [int(n) for n in full_lengths]
+    if not lengths:
+        raise ValueError("suggest_lengths needs the token lengths of at least one row.")
+    top = math.ceil(max(lengths) / step) * step
+    return tuple(sorted({max(floor, math.ceil(top * f / step) * step) for f in fractions}))
+
+
+def swap_row(row):
+    """The :class:`~kdq.runtime.template.RowTokens` of the A/B-swapped row (each text is tokenized on its own,
+    so exchanging the response segments is what tokenizing the swapped row gives)."""
+    return dataclasses.replace(row, segments=tuple((p, b, a) for p, a, b in row.segments))
+
+
+def tokenize_rows(tokenizer, rows, template: TemplateConfig, *, progress: bool = False) -> list:
+    """One :class:`~kdq.runtime.template.RowTokens` per row of ``rows`` (a :func:`kdq.load_arena` dataset),
+    tokenized once with no length budget."""
+    from tqdm.auto import tqdm
+
+    parts = zip(rows["prompt"], rows["response_a"], rows["response_b"])
+    return [
+        tokenize_row(tokenizer, p, a, b, add_bos=template.add_bos)
+        for p, a, b in tqdm(parts, total=len(rows), desc="tokenize rows", unit="row", disable=not progress, leave=False)
+    ]
+
+
+def render_at(row_tokens, template: TemplateConfig, max_length: int, *, swap: bool = False, ids=None) -> tuple:
+    """Every row rendered at ``max_length`` by the runtime's rule: ``(sequences, truncations)``, the token ids
+    (``list[list[int]]``, what :func:`~kdq.runtime.template.encode_row` gives at that length) and each row's
+    :class:`~kdq.runtime.template.Truncation`. ``swap``: the A/B-swapped rows. ``ValueError`` naming the row
+    (its id from ``ids``) when ``max_length`` leaves it no room for text."""
+    config = template.replace(max_length=max_length)
+    seqs, cuts = [], []
+    for i, row in enumerate(row_tokens):
+        try:
+            s, t = assemble(swap_row(row) if swap else row, config)
+        except ValueError as err:
+            where = f"row {ids[i]!r}" if ids is not None else f"row {i}"
+            raise ValueError(f"{where}: {err} (lengths: drop {max_length} or raise it)") from None
+        seqs.append(s)
+        cuts.append(t)
+    return seqs, cuts
+
+
+def _signature(*sequence_lists) -> str:
+    """A hash of token sequences: equal sequences at two lengths score the same."""
+    h = hashlib.sha256()
+    for seqs in sequence_lists:
+        for s in seqs:
+            h.update(array("q", s).tobytes())
+            h.update(b"|")
+        h.update(b"#")
+    return h.hexdigest()
+
+
+def _tokenizer_key(tokenizer, template: TemplateConfig):
+    """Variants whose tokenizers serialize alike share one tokenization (``None``: not comparable, no sharing)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    text = backend.to_str()
+    return (hashlib.sha256(text.encode()).hexdigest(), getattr(tokenizer, "bos_token_id", None), template.add_bos)
+
+
+# --------------------------------------------------------------------------- the result
+@dataclass
+class LengthSweep:
+    """What :func:`sweep_lengths` measured.
+
+    ``table``: one dict per (variant, max_length, TTA), in that order (lengths ascending, TTA off first): the
+    headline metric ``value`` (``headline``: log loss for LMSYS rows, accuracy for WSDM), ``delta`` against
+    the variant's longest length with ``delta_ci`` (95% paired bootstrap, :func:`kdq.evaluate.stats.
+    paired_intervals`), ``rows_cut`` / ``cut_share`` (rows the length cut), ``mean_tokens``, ``hours``
+    (projected notebook hours for the profile's test rows; ``None`` without a budget), ``fits`` /
+    ``fits_time`` and ``verdict``, and ``reused_from`` (the longer length whose scores it reuses, or ``None``).
+    ``metrics``: variant -> max_length -> :class:`~kdq.evaluate.Metrics` (with TTA's numbers when TTA was on).
+    ``paths``: ``{"json", "md", "png"}`` when written to a folder.
+    """
+
+    table: list
+    lengths: tuple
+    metrics: dict
+    headline: str
+    scheme: str
+    n_rows: int
+    rows_fingerprint: str
+    profile: object  # BudgetProfile | None
+    tta_mode: str
+    notes: list
+    intervals: dict = field(repr=False, default_factory=dict)  # "variant" / "variant (TTA)" -> paired_intervals
+    paths: dict = field(default_factory=dict)
+
+    def row(self, variant: str, max_length: int, tta: bool = False) -> dict:
+        """The table's entry for one (variant, max_length, TTA); ``KeyError`` when there is none."""
+        for r in self.table:
+            if (r["variant"], r["max_length"], r["tta"]) == (variant, max_length, tta):
+                return r
+        raise KeyError(f"no entry for variant {variant!r} at max_length {max_length} with tta={tta}")
+
+    def to_markdown(self) -> str:
+        """The trade-off as GitHub markdown: a sentence on what was measured, the table, the notes."""
+        h = HEADLINES[self.headline]
+        p = self.profile
+        hours = f"T4 h ({p.rows / 1000:g}k rows)" if p is not None else "T4 h"
+        lines = [
+            f"# The max_length trade-off on {self.n_rows} held-out rows",
+            "",
+            f"Every variant scored at max_length {', '.join(map(str, self.lengths))} (rows tokenized once, rendered "
+            f"at each length by predict.py's rule), ranked by **{h.title}** "
+            f"({'higher' if h.higher_is_better else 'lower'} is better). Δ is against the variant's longest length "
+            "(95% paired-bootstrap interval; one that contains 0 is no measurable difference).",
+            "",
+        ]
+        if p is not None:
+            lines += [
+                f"Hours are the cost model's projection (kdq.costs) on budget **{p.name}**: {p.description}; "
+                f"{p.rows} rows at batch {p.batch_size}, time limit {p.time_limit_hours:g} h; (est.) = FLOP/bandwidth "
+                "estimate, (meas.) = CUDA measurement scaled by peak FLOP/s.",
+                "",
+            ]
+        head = ["variant", "max_length", "TTA", h.title, "Δ vs longest [95% CI]", "rows cut", "mean tokens", hours]
+        head.append("fits " + (p.name if p is not None else ""))
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---:", "---"] + ["---:"] * 5 + ["---"]) + "|"]
+        signed = "+" + h.fmt
+        for r in self.table:
+            delta = _fmt(r["delta"], signed)
+            if r["delta_ci"] is not None and r["max_length"] != r["reference_length"]:
+                delta += f" [{_fmt(r['delta_ci'][0], signed)}, {_fmt(r['delta_ci'][1], signed)}]"
+            basis = {"measured-cuda": " (meas.)", "flops-estimate": " (est.)"}.get(r["basis"], "")
+            length = str(r["max_length"]) + (f" (= {r['reused_from']})" if r["reused_from"] else "")
+            cells = [
+                r["variant"],
+                length,
+                r["tta_mode"] if r["tta"] else "none",
+                _fmt(r["value"], h.fmt),
+                delta,
+                f"{r['rows_cut']} ({r['cut_share']:.0%})",
+                _fmt(r["mean_tokens"], ".0f"),
+                _fmt(r["hours"], ".3g") + basis,
+                r["verdict"] or "–",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if self.notes:
+            lines += ["Notes:", ""] + [f"- {n}" for n in self.notes] + [""]
+        lines.append(
+            "Record the chosen length with kdq.ExportConfig(max_length=...): kdq-predict.json carries it and "
+            "predict.py renders rows at it (--max-length overrides it in the notebook)."
+        )
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        """JSON-able: the table, the intervals, the profile and every (variant, length)'s scalar metrics."""
+        return jsonable(
+            {
+                FORMAT_KEY: SWEEP_FORMAT,
+                "kind": "max_length sweep",
+                "scheme": self.scheme,
+                "headline": self.headline,
+                "rows": self.n_rows,
+                "rows_fingerprint": self.rows_fingerprint,
+                "lengths": list(self.lengths),
+                "tta_mode": self.tta_mode,
+                "profile": self.profile.to_dict() if self.profile is not None else None,
+                "notes": self.notes,
+                "table": self.table,
+                "intervals": {
+                    k: {"delta": {n: iv.to_dict() for n, iv in v["delta"].items()}, "n_resamples": v["n_resamples"]}
+                    for k, v in self.intervals.items()
+                },
+                "metrics": {v: {str(n): m.to_dict() for n, m in by.items()} for v, by in self.metrics.items()},
+            }
+        )
+
+    def plot(self, path) -> Path:
+        """A PNG of the headline metric (y) against projected notebook hours (x; measured mean tokens per row
+        without a budget): one point per (variant, max_length, TTA) labelled with its length, a line per
+        (variant, TTA), the profile's time limit as a dashed vertical line. Returns ``path``."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        h = HEADLINES[self.headline]
+        path = Path(path)
+        have_hours = all(r["hours"] is not None for r in self.table)
+        xkey = "hours" if have_hours else "mean_tokens"
+        fig = Figure(figsize=(9, 5.5), dpi=110)
+        FigureCanvasAgg(fig)  # a private canvas: no pyplot, no global backend switch
+        ax = fig.subplots()
+        colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(r["variant"] for r in self.table))}
+        for (variant, tta), pts in _groups(self.table).items():
+            xs, ys = [r[xkey] for r in pts], [r["value"] for r in pts]
+            label = f"{variant}, " + (f"TTA ({pts[0]['tta_mode']})" if tta else "no TTA")
+            ax.plot(
+                xs,
+                ys,
+                color=colours[variant],
+                ls="--" if tta else "-",
+                marker="s" if tta else "o",
+                ms=6,
+                lw=1.6,
+                label=label,
+            )
+            labels = {}  # lengths that render alike share a point: one label, "512/1024"
+            for r in pts:
+                labels.setdefault((r[xkey], r["value"]), []).append(str(r["max_length"]))
+            for (x, y), names in labels.items():
+                ax.annotate(
+                    "/".join(names),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(5, 5 if not tta else -12),
+                    fontsize=8,
+                    color=colours[variant],
+                )
+        if have_hours and self.profile is not None:
+            limit = self.profile.time_limit_hours
+            hours = [r["hours"] for r in self.table]
+            where = self.profile.name
+            if max(hours) >= limit / 3:  # the limit is on the chart, with the points
+                ax.axvline(limit, color="tab:red", ls="--", lw=1.2, label=f"{limit:g} h limit ({where})")
+                ax.set_xlim(0, max(max(hours), limit) * 1.08)
+            else:  # far below the limit: the points keep the width, the limit is named in the label
+                where += f"; the {limit:g} h limit is far to the right"
+            ax.set_xlabel(f"projected notebook hours for {self.profile.rows} rows (kdq.costs, {where})")
+        else:
+            ax.set_xlabel("mean tokens per row (no budget profile: no hours)")
+        better = "higher" if h.higher_is_better else "lower"
+        ax.set_ylabel(f"{h.title} ({better} is better)")
+        ax.ticklabel_format(axis="both", useOffset=False)  # hours as hours, never "1e-5 + 2.5e-1"
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        ax.set_title(
+            f"max_length trade-off on {self.n_rows} held-out rows (points labelled with max_length)", fontsize=10
+        )
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        return path
+
+
+def _groups(table) -> dict:
+    """``(variant, tta)`` -> its rows, lengths ascending."""
+    out = {}
+    for r in table:
+        out.setdefault((r["variant"], r["tta"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["max_length"]) for k, v in out.items()}
+
+
+def _fmt(x, spec=".4f", none="–"):
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _verdict(v: dict | None) -> str | None:
+    if v is None:
+        return None
+    if v["fits"]:
+        return f"fits ({v['margin_hours']:+.1f} h)"
+    why = [
+        k
+        for k, ok in (
+            ("time", v["fits_time"]),
+            ("GPU memory", v["fits_gpu_memory"]),
+            ("host RAM", v["fits_ram"]),
+            ("no kernel", v.get("has_kernel", True)),
+            ("dataset size", v.get("fits_dataset", True)),
+        )
+        if not ok
+    ]
+    return f"does not fit ({', '.join(why)}; {v['margin_hours']:+.1f} h)"
+
+
+def _shown(iv: Interval, higher_is_better: bool) -> Interval:
+    """An interval of Δ cost (lower is better) in the headline's own terms (accuracy: the sign flips)."""
+    if not higher_is_better:
+        return iv
+    return Interval(0.0 - iv.value, 0.0 - iv.high, 0.0 - iv.low, iv.level)
+
+
+# --------------------------------------------------------------------------- the sweep
+def sweep_lengths(
+    variants: dict,
+    rows,
+    *,
+    lengths=DEFAULT_LENGTHS,
+    config: EvalConfig | None = None,
+    out_dir=None,
+    overwrite: bool = False,
+) -> LengthSweep:
+    """Score every variant at several max_lengths and project each onto the notebook budget.
+
+    Args:
+        variants: name -> model folder, model object or ``LoadedModel``, as :func:`kdq.compare` takes them
+            (not a ``Metrics``: it cannot be re-scored at another length).
+        rows: labelled held-out rows (anything :func:`kdq.load_arena` accepts).
+        lengths: max_lengths to render rows at (ints >= 32), or ``"auto"``: :func:`suggest_lengths` of the first
+            variant's rows (fractions of the longest row), for rows far shorter than the defaults.
+        config: :class:`EvalConfig`: batching, device, TTA (``tta``: each length is also reported with swap TTA
+            unless it is off), the budget profile behind the hours (``budget``: default the shipped
+            profile; ``None``: no hours), the bootstrap; ``template``: the row template whose ``max_length``
+            the sweep replaces (default: each model's recorded one).
+        out_dir: when given, ``report.json`` (:data:`kdq.runtime.constants.EVAL_REPORT_FILE`), ``report.md`` and
+            ``report.png`` are written there atomically; an existing folder needs ``overwrite=True``.
+
+    Each row is tokenized once per tokenizer and assembled at every length (never re-tokenized); a length at
+    which every row (and its swapped copy) renders as at a longer one is not scored again: its entry reuses
+    that length's scores (``reused_from``) and the notes say so. Intervals are per variant, against its longest
+    length, on the per-row costs of the headline metric (log loss for LMSYS rows, 1 − correct for WSDM).
+    Memory: the tokenized rows are held in full (rows × tokens Python ints).
+
+    Returns:
+        :class:`LengthSweep`. ``ValueError`` for a bad length, a ``Metrics`` variant, unlabelled rows or a
+        variant of another label scheme; ``FileExistsError`` for an existing ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..costs.budget import load_budget
+    from ..data import labels_of, load_arena, scheme_of_rows
+    from ..utils.atomic import atomic_dir
+    from ..utils.distributed import rank
+    from .evaluate import rows_fingerprint
+
+    config = EvalConfig() if config is None else config
+    if not isinstance(config, EvalConfig):
+        raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError("variants must be a non-empty dict of name -> model folder or model object.")
+    for name, v in variants.items():
+        if isinstance(v, Metrics):
+            raise ValueError(
+                f"variant {name!r} is a Metrics: a sweep re-scores every variant at each max_length, so pass its "
+                "model folder or model object instead."
+            )
+    auto = isinstance(lengths, str) and lengths == "auto"
+    wanted = None if auto else check_lengths(lengths)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not overwrite:  # fail now, not after the scoring
+            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
+    rows = load_arena(rows)
+    labels = labels_of(rows)
+    if (labels < 0).any():
+        r = int(np.flatnonzero(labels < 0)[0])
+        raise ValueError(f"row {rows[r]['id']!r} has no label; a length sweep needs labelled rows.")
+    scheme = scheme_of_rows(rows)
+    headline = headline_of(scheme)
+    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
+    config = dataclasses.replace(config, budget=profile)
+    fingerprint = rows_fingerprint(rows)
+
+    state = _SweepState(rows=rows, labels=labels, scheme=scheme, config=config, profile=profile, fp=fingerprint)
+    metrics, extras, notes = {}, {}, []
+    bar = None
+    try:
+        for name, model in variants.items():
+            with _Variant(name, model, state) as var:
+                if wanted is None:  # "auto": from the first variant's rows, none too short for their markers
+                    floor = max(MIN_MAX_LENGTH, max(min_length(t) for t in var.tokens))
+                    wanted = suggest_lengths([full_length(t) for t in var.tokens], floor=floor)
+                if bar is None:
+                    bar = tqdm(
+                        total=len(variants) * len(wanted),
+                        desc="max_length sweep",
+                        unit="length",
+                        disable=not config.progress or rank() != 0,
+                    )
+                metrics[name], extras[name] = var.sweep(wanted, bar, notes)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config)
+    by_note = {}  # the cost model's notes, one line each, naming the variants
+    for name, by_len in metrics.items():
+        for m in by_len.values():
+            for n in (m.budget or {}).get("notes", []):
+                by_note.setdefault(n, [])
+                if name not in by_note[n]:
+                    by_note[n].append(name)
+    notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
+    result = LengthSweep(
+        table=table,
+        lengths=wanted,
+        metrics=metrics,
+        headline=headline.key,
+        scheme=scheme.name,
+        n_rows=len(rows),
+        rows_fingerprint=fingerprint,
+        profile=profile,
+        tta_mode=config.tta_mode,
+        notes=notes,
+        intervals=intervals,
+    )
+    if out_dir is not None:
+        if rank() == 0:  # under a launcher every process holds the same table; the first writes it
+            with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+                (tmp / EVAL_REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+                (tmp / MD_FILE).write_text(result.to_markdown())
+                result.plot(tmp / PLOT_FILE)
+        result.paths = {"json": out_dir / EVAL_REPORT_FILE, "md": out_dir / MD_FILE, "png": out_dir / PLOT_FILE}
+    return result
+
+
+@dataclass
+class _SweepState:
+    rows: object
+    labels: np.ndarray
+    scheme: object
+    config: EvalConfig
+    profile: object
+    fp: str
+    tokenized: dict = field(default_factory=dict)  # tokenizer key -> RowTokens list (shared by variants)
+
+
+class _Variant:
+    """One variant loaded on the evaluation devices, its rows tokenized; :meth:`sweep` scores it at each length.
+
+    Loading, device copies, scoring and the finite check are :mod:`kdq.evaluate.evaluate`'s, as
+    :func:`kdq.evaluate` runs them; only the rendering differs (assembled per length, not re-tokenized)."""
+
+    def __init__(self, name, model, state: _SweepState):
+        self.name, self.model, self.state = name, model, state
+
+    def __enter__(self):
+        from ..models import template_of
+        from ..runtime.constants import scheme_of_config
+        from .evaluate import _copies, _resolve, eval_devices
+
+        s = self.state
+        self.devices = eval_devices(s.config)
+        self.loaded, self.size_bytes, self.size_source = _resolve(self.model, s.config, self.devices[0])
+        model_scheme = scheme_of_config(self.loaded.model.config)
+        if model_scheme != s.scheme:
+            raise ValueError(
+                f"variant {self.name!r} is a classifier for {model_scheme.describe()}, but the rows are "
+                f"{s.scheme.describe()}; sweep it on rows of its own layout."
+            )
+        self.models = _copies(self.model, self.loaded, s.config, self.devices)
+        self.template = s.config.template or template_of(self.loaded.model) or TemplateConfig()
+        key = _tokenizer_key(self.loaded.tokenizer, self.template)
+        tokens = s.tokenized.get(key) if key is not None else None
+        if tokens is None:
+            tokens = tokenize_rows(self.loaded.tokenizer, s.rows, self.template, progress=s.config.progress)
+            if key is not None:
+                s.tokenized[key] = tokens
+        self.tokens = tokens
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        self.models = self.loaded = None
+        gc.collect()  # free this variant before the next one loads
+        return False
+
+    def sweep(self, lengths, bar, notes) -> tuple:
+        """``({max_length: Metrics}, {max_length: extra})``, scoring each distinct rendering once, longest first."""
+        s = self.state
+        tta = s.config.tta_mode != "none"
+        ids = s.rows["id"]
+        scored, out, extra = {}, {}, {}
+        self._warm_up()
+        for n in sorted(lengths, reverse=True):
+            bar.set_postfix_str(f"{self.name} @ {n}")
+            seqs, cuts = render_at(self.tokens, self.template, n, ids=ids)
+            swapped = render_at(self.tokens, self.template, n, swap=True, ids=ids)[0] if tta else None
+            sig = _signature(seqs, swapped or [])
+            if sig in scored:
+                base = scored[sig]
+                out[n] = dataclasses.replace(base, max_length=n, budget=None)
+                longest = max(full_length(t) for t in self.tokens)
+                notes.append(
+                    f"{self.name}: max_length {n} renders every row as {base.max_length} does (its longest row has "
+                    f"{longest} tokens): scored once, the {base.max_length} scores reused"
+                )
+                extra[n] = {"reused_from": base.max_length}
+            else:
+                out[n] = self._score(n, seqs, swapped)
+                scored[sig] = out[n]
+                extra[n] = {"reused_from": None}
+            lost = sum(sum(t.lost.values()) for t in cuts)
+            total = sum(sum(r.text_lengths) for r in self.tokens)
+            extra[n].update(rows_cut=sum(t.cut for t in cuts), tokens_lost_share=lost / max(total, 1))
+            bar.update(1)
+        return {n: out[n] for n in sorted(out)}, extra
+
+    def _warm_up(self):
+        """One untimed pass on the shortest row per device, as :func:`kdq.evaluate` makes: lazy initialisation
+        (kernels, allocator) is not throughput."""
+        from ..runtime.predict import score_sharded
+
+        shortest = min(self.tokens, key=full_length)
+        seq = render_at([shortest], self.template, self.template.max_length)[0][0]
+        pad_id = self.loaded.tokenizer.pad_token_id
+        for d, m in self.models:
+            score_sharded([(d, m)], [seq], pad_id, 1)
+
+    def _score(self, max_length, seqs, swapped) -> Metrics:
+        from ..costs.modelspec import ModelSpec, param_counts, weight_format_of
+        from ..runtime.batching import add_stats
+        from ..runtime.tta import score_tta
+        from ..utils.distributed import world_size
+        from .evaluate import PeakMemory, _check_finite, _score_everywhere, _stored_format, device_name
+
+        s, c = self.state, self.state.config
+        pad_id = self.loaded.tokenizer.pad_token_id
+        totals = {}
+
+        def score(batch):
+            logits, st = _score_everywhere(self.models, batch, pad_id, c, f"{self.name} @ {max_length}")
+            add_stats(totals, st)
+            return logits
+
+        with PeakMemory(self.devices) as peak:
+            result = score_tta(
+                score,
+                seqs,
+                (lambda idx: [swapped[i] for i in idx]) if swapped is not None else [],
+                mode=c.tta_mode,
+                fraction=c.tta_fraction,
+            )
+        _check_finite(s.rows["id"], result, self.loaded, self.devices[0])
+        probs = softmax(result.logits.numpy())
+        probs_tta = softmax(result.log_probs.double().numpy()) if c.tta_mode != "none" else None
+        spec = ModelSpec.from_config(self.loaded.model.config)
+        fmt = weight_format_of(self.loaded.model.config)
+        lengths = np.asarray([len(x) for x in seqs], dtype=np.int64)
+        seconds = totals["seconds"]
+        n_devices = len(self.models) * world_size()
+        labels = s.labels
+        return Metrics(
+            n_rows=len(seqs),
+            log_loss=log_loss(probs, labels),
+            accuracy=accuracy(probs, labels),
+            ece=ece(probs, labels, c.ece_bins),
+            log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
+            accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
+            ece_tta=ece(probs_tta, labels, c.ece_bins) if probs_tta is not None else None,
+            tta_mode=c.tta_mode,
+            tta_fraction=c.tta_fraction,
+            size_bytes=int(self.size_bytes),
+            size_source=self.size_source,
+            peak_memory_bytes=int(peak.peak),
+            peak_memory_kind=peak.kind,
+            rows_per_s=totals["rows"] / max(seconds, 1e-9),
+            tokens_per_s=totals["real_tokens"] / max(seconds, 1e-9),
+            seconds=seconds,
+            device=device_name(self.devices[0]) + (f" x{n_devices}" if n_devices > 1 else ""),
+            n_params=int(param_counts(spec)["total"]),
+            weight_format=_stored_format(self.loaded, fmt),
+            weight_format_spec=dataclasses.asdict(fmt),
+            mean_tokens=float(lengths.mean()),
+            padding_efficiency=totals["real_tokens"] / max(totals["padded_tokens"], 1),
+            max_length=max_length,
+            rows_fingerprint=s.fp,
+            model_fingerprint=self.loaded.fingerprint,
+            source=self.loaded.source,
+            spec=spec.to_dict(),
+            budget=None,
+            probs=probs,
+            probs_tta=probs_tta,
+            lengths=lengths,
+            scheme=s.scheme.name,
+            n_devices=n_devices,
+        )
+
+
+def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalConfig) -> tuple:
+    """``(table, intervals, metrics)``: per variant and TTA setting, every length against the longest; the
+    metrics with their budget verdicts (each for the TTA setting it was scored with)."""
+    from .evaluate import project_metrics
+
+    profile = config.budget
+    longest = max(lengths)
+    tta_on = config.tta_mode != "none"
+    table, intervals, projected = [], {}, {}
+    for name, by_len in metrics.items():
+        for tta in (False, True) if tta_on else (False,):
+            key = headline.key + ("_tta" if tta else "")
+            costs = {str(n): headline.row_costs(m.probs_tta if tta else m.probs, labels) for n, m in by_len.items()}
+            iv = paired_intervals(costs, str(longest), n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed)
+            intervals[name + (" (TTA)" if tta else "")] = iv
+            for n, m in by_len.items():
+                run = m if tta else dataclasses.replace(m, tta_mode="none")
+                verdict = project_metrics(run, profile)
+                ci = _shown(iv["delta"][str(n)], headline.higher_is_better)
+                value = getattr(m, key)
+                table.append(
+                    {
+                        "variant": name,
+                        "max_length": n,
+                        "tta": tta,
+                        "tta_mode": config.tta_mode if tta else "none",
+                        "headline": headline.key,
+                        "value": value,
+                        "log_loss": m.log_loss_tta if tta else m.log_loss,
+                        "accuracy": m.accuracy_tta if tta else m.accuracy,
+                        "reference_length": longest,
+                        "delta": ci.value,
+                        "delta_ci": [ci.low, ci.high],
+                        "rows_cut": int(extras[name][n]["rows_cut"]),
+                        "cut_share": extras[name][n]["rows_cut"] / max(m.n_rows, 1),
+                        "tokens_lost_share": extras[name][n]["tokens_lost_share"],
+                        "mean_tokens": m.mean_tokens,
+                        "longest_tokens": int(m.lengths.max()) if len(m.lengths) else 0,
+                        "hours": verdict["projected_hours"] if verdict else None,
+                        "basis": verdict["basis"] if verdict else None,
+                        "limit_hours": verdict["limit_hours"] if verdict else None,
+                        "margin_hours": verdict["margin_hours"] if verdict else None,
+                        "fits": verdict["fits"] if verdict else None,
+                        "fits_time": verdict["fits_time"] if verdict else None,
+                        "verdict": _verdict(verdict),
+                        "reused_from": extras[name][n]["reused_from"],
+                    }
+                )
+        projected[name] = {n: dataclasses.replace(m, budget=project_metrics(m, profile)) for n, m in by_len.items()}
+    table.sort(key=lambda r: (list(metrics).index(r["variant"]), r["max_length"], r["tta"]))
+    return table, intervals, projected
