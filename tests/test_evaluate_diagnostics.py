@@ -23,7 +23,7 @@ from kdq.evaluate.diagnostics import (
 from kdq.evaluate.metrics import HEADLINES, row_errors, row_log_losses
 from kdq.evaluate.per_row import row_table_header
 from kdq.evaluate.recommend import recommend
-from kdq.evaluate.render import LOST_COLUMNS, SWAP_COLUMN, render_rows, swapped_tokens
+from kdq.evaluate.render import LOST_COLUMNS, SWAP_COLUMN, render_rows
 from kdq.runtime.template import PARTS, assemble, tokenize_row
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
@@ -114,7 +114,7 @@ def test_render_rows_match_encode_in_both_orders(tiny_tokenizer, rows):
         row = rows[r]
         tokens = tokenize_row(tiny_tokenizer, row["prompt"], row["response_a"], row["response_b"])
         swapped = tokenize_row(tiny_tokenizer, row["prompt"], row["response_b"], row["response_a"])
-        assert swapped_tokens(tokens) == swapped  # the B/A order without tokenizing again
+        assert tokens.swapped() == swapped  # the B/A order without tokenizing again
         cut = assemble(tokens, TEMPLATE)[1]
         assert [rendered[c][r] for c in LOST_COLUMNS] == [cut.lost[p] for p in PARTS]
         assert rendered["dropped_turns"][r] == cut.dropped_turns
@@ -131,7 +131,7 @@ def test_the_swapped_order_is_cut_alike_within_a_token(tiny_tokenizer, max_lengt
     for r in range(len(rows)):
         row = rows[r]
         tokens = tokenize_row(tiny_tokenizer, row["prompt"], row["response_a"], row["response_b"])
-        ab, ba = assemble(tokens, config)[1], assemble(swapped_tokens(tokens), config)[1]
+        ab, ba = assemble(tokens, config)[1], assemble(tokens.swapped(), config)[1]
         assert ab.cut == ba.cut and ab.dropped_turns == ba.dropped_turns
         assert sum(ab.lost.values()) == sum(ba.lost.values()) and ab.lost["prompt"] == ba.lost["prompt"]
         assert abs(ab.lost["response_a"] - ba.lost["response_b"]) <= 1

@@ -16,15 +16,8 @@ import kdq
 from kdq.cli.main import main as cli_main
 from kdq.costs.budget import load_budget
 from kdq.data import load_arena
-from kdq.evaluate.lengths import (
-    check_lengths,
-    full_length,
-    min_length,
-    render_at,
-    suggest_lengths,
-    sweep_lengths,
-    tokenize_rows,
-)
+from kdq.evaluate.lengths import check_lengths, suggest_lengths, sweep_lengths
+from kdq.evaluate.render import SWAP_COLUMN, assemble_rows, tokenize_rows
 from kdq.runtime.constants import EVAL_REPORT_FILE, SETTINGS_FILE, TEMPLATE_KEY
 from kdq.runtime.template import MIN_MAX_LENGTH, TemplateConfig, assemble, encode_row
 from kdq.testing import make_arena_rows, make_tiny_classifier, make_wsdm_rows, write_arena_csv
@@ -63,24 +56,25 @@ def sweep(tiny_model_dir, rows, tmp_path_factory):
 def test_sequences_at_each_length_are_encode_row_at_that_length(tiny_tokenizer):
     rows = load_arena(make_arena_rows(30, seed=3, max_words=80))  # multi-turn rows and a null turn among them
     assert any(len(p) > 1 for p in rows["prompt"])
-    tokens = tokenize_rows(tiny_tokenizer, rows, TEMPLATE)
+    tokens = tokenize_rows(rows, tiny_tokenizer, TEMPLATE)
     triples = list(zip(rows["prompt"], rows["response_a"], rows["response_b"]))
     for n in (48, 64, 100, 4096):
         config = TEMPLATE.replace(max_length=n)
-        seqs, cuts = render_at(tokens, TEMPLATE, n)
-        swapped, _ = render_at(tokens, TEMPLATE, n, swap=True)
+        rendered = assemble_rows(rows, tokens, config, both_orders=True)
+        seqs = rendered["input_ids"]
         assert seqs == [encode_row(tiny_tokenizer, p, a, b, config) for p, a, b in triples]
-        assert swapped == [encode_row(tiny_tokenizer, p, b, a, config) for p, a, b in triples]
+        assert rendered[SWAP_COLUMN] == [encode_row(tiny_tokenizer, p, b, a, config) for p, a, b in triples]
         assert all(len(s) <= n for s in seqs)
-        assert [t.cut for t in cuts] == [len(s) < full_length(r) for s, r in zip(seqs, tokens)]
-    # full_length is the uncut length; min_length the shortest max_length that leaves room for text
-    uncut = render_at(tokens, TEMPLATE, 100_000)[0]
-    assert [len(s) for s in uncut] == [full_length(t) for t in tokens]
+        cut = [assemble(t, config)[1].cut for t in tokens]
+        assert cut == [len(s) < t.uncut_length for s, t in zip(seqs, tokens)]
+    # uncut_length is the uncut length; min_max_length the shortest max_length that leaves room for text
+    uncut = assemble_rows(rows, tokens, TEMPLATE.replace(max_length=100_000), both_orders=False)["input_ids"]
+    assert [len(s) for s in uncut] == [t.uncut_length for t in tokens]
     for t in tokens:
-        assemble(t, TEMPLATE.replace(max_length=max(min_length(t), MIN_MAX_LENGTH)))
-        if min_length(t) - 1 >= MIN_MAX_LENGTH:
+        assemble(t, TEMPLATE.replace(max_length=max(t.min_max_length, MIN_MAX_LENGTH)))
+        if t.min_max_length - 1 >= MIN_MAX_LENGTH:
             with pytest.raises(ValueError, match="no room for text"):
-                assemble(t, TEMPLATE.replace(max_length=min_length(t) - 1))
+                assemble(t, TEMPLATE.replace(max_length=t.min_max_length - 1))
 
 
 def test_suggested_lengths_are_fractions_of_the_longest_row_never_below_the_floor():
@@ -270,10 +264,10 @@ def test_demo_length_curve_covers_the_lengths_its_rows_reach(tiny_model_dir, tin
     demo = _load_demo()
     short = load_arena(make_arena_rows(16, seed=8, max_words=12, long_tail=False))
     curve = demo.length_curve("student", tiny_model_dir, short, tmp_path / "lengths", progress=False)
-    tokens = tokenize_rows(tiny_tokenizer, short, TemplateConfig())
-    floor = max(MIN_MAX_LENGTH, max(min_length(t) for t in tokens))
-    assert curve.lengths == suggest_lengths([full_length(t) for t in tokens], floor=floor)
-    assert len(curve.lengths) >= 3 and max(curve.lengths) >= max(full_length(t) for t in tokens)
+    tokens = tokenize_rows(short, tiny_tokenizer, TemplateConfig())
+    floor = max(MIN_MAX_LENGTH, max(t.min_max_length for t in tokens))
+    assert curve.lengths == suggest_lengths([t.uncut_length for t in tokens], floor=floor)
+    assert len(curve.lengths) >= 3 and max(curve.lengths) >= max(t.uncut_length for t in tokens)
     assert [(r["variant"], r["max_length"], r["tta"]) for r in curve.table] == [
         ("student", n, t) for n in curve.lengths for t in (False, True)
     ]

@@ -403,7 +403,7 @@ def _check_scheme(loaded, scheme) -> None:
         )
 
 
-def _warm_up(models, tokenizer, sequences) -> None:
+def warm_up(models, tokenizer, sequences) -> None:
     """One untimed pass per model on the shortest row: lazy initialisation (kernels, allocator) is not throughput."""
     from ..models import LoadedModel
 
@@ -413,40 +413,90 @@ def _warm_up(models, tokenizer, sequences) -> None:
         _score(warm, [sequences[shortest]], EvalConfig(progress=False, budget=None), "warm-up")
 
 
-def _score_variant(model, rows, scheme, config: EvalConfig) -> _Scoring:
-    """Load the variant on every device, render the rows once and score them with ``config``'s TTA, measuring
-    the peak memory of it all."""
+@dataclass
+class LoadedVariant:
+    """A variant loaded for scoring (:func:`load_variant`): the model on every evaluation device and the template
+    its rows are rendered with."""
+
+    loaded: object  # kdq.models.LoadedModel, on devices[0]
+    models: list  # [(device, model)]: the loaded model and a copy on each other device
+    devices: list
+    template: object  # TemplateConfig: config.template, else the model's recorded one, else the default
+    size_bytes: int
+    size_source: str
+
+    def release(self) -> None:
+        """Drop the models (before the next variant loads)."""
+        import gc
+
+        self.models, self.loaded = [], None
+        gc.collect()
+
+
+def load_variant(model, scheme, config: EvalConfig) -> LoadedVariant:
+    """Load ``model`` on every device of ``config`` (:func:`eval_devices`); ``ValueError`` when it is a classifier
+    for another label ``scheme`` than the rows'."""
     from ..models import template_of
     from ..runtime.template import TemplateConfig
-    from ..utils.distributed import exchange, world_size
-    from .render import render_rows
 
     devices = eval_devices(config)
-    with PeakMemory(devices) as peak:
-        loaded, size_bytes, size_source = _resolve(model, config, devices[0])
-        _check_scheme(loaded, scheme)
-        models = _copies(model, loaded, config, devices)
-        template = config.template or template_of(loaded.model) or TemplateConfig()
-        rendered = render_rows(rows, loaded.tokenizer, template, both_orders=config.tta_mode != "none")
-        _warm_up(models, loaded.tokenizer, rendered["input_ids"])
-        result, stats, swap_logits = _score_tta(loaded, rendered, config, models)
+    loaded, size_bytes, size_source = _resolve(model, config, devices[0])
+    _check_scheme(loaded, scheme)
+    return LoadedVariant(
+        loaded=loaded,
+        models=_copies(model, loaded, config, devices),
+        devices=devices,
+        template=config.template or template_of(loaded.model) or TemplateConfig(),
+        size_bytes=int(size_bytes),
+        size_source=size_source,
+    )
+
+
+def score_rendered(variant: LoadedVariant, rendered, config: EvalConfig) -> tuple:
+    """Score ``rendered`` rows (:mod:`kdq.evaluate.render`'s columns) with ``config``'s TTA on every device of
+    ``variant``: :func:`_score_tta`'s ``(TTAResult, stats, swap_logits)``. Non-finite logits raise, naming the
+    row (:func:`_check_finite`)."""
+    scored = _score_tta(variant.loaded, rendered, config, variant.models)
+    _check_finite(rendered["id"], scored[0], variant.loaded, variant.devices[0])
+    return scored
+
+
+def scoring_of(variant: LoadedVariant, rendered, template, scored: tuple, peak) -> _Scoring:
+    """The :class:`_Scoring` of ``rendered`` rows (rendered with ``template``) that :func:`score_rendered` scored
+    (``scored``) while ``peak`` (a :class:`PeakMemory`, already left) measured."""
+    from ..utils.distributed import exchange, world_size
+
+    result, stats, swap_logits = scored
     peak_bytes = peak.peak
     if world_size() > 1:  # every process reports the same figures: the highest peak of any of them
         peak_bytes = max(exchange(sync_dir(), "evaluate-peak", int(peak.peak)))
     return _Scoring(
-        loaded=loaded,
-        device=devices[0],
-        n_devices=len(models) * world_size(),
+        loaded=variant.loaded,
+        device=variant.devices[0],
+        n_devices=len(variant.models) * world_size(),
         template=template,
         rendered=rendered,
         result=result,
         swap_logits=swap_logits,
         stats=stats,
-        size_bytes=int(size_bytes),
-        size_source=size_source,
+        size_bytes=variant.size_bytes,
+        size_source=variant.size_source,
         peak_bytes=int(peak_bytes),
         peak_kind=peak.kind,
     )
+
+
+def _score_variant(model, rows, scheme, config: EvalConfig) -> _Scoring:
+    """Load the variant on every device, render the rows once and score them with ``config``'s TTA, measuring
+    the peak memory of it all."""
+    from .render import render_rows
+
+    with PeakMemory(eval_devices(config)) as peak:
+        variant = load_variant(model, scheme, config)
+        rendered = render_rows(rows, variant.loaded.tokenizer, variant.template, both_orders=config.tta_mode != "none")
+        warm_up(variant.models, variant.loaded.tokenizer, rendered["input_ids"])
+        scored = score_rendered(variant, rendered, config)
+    return scoring_of(variant, rendered, variant.template, scored, peak)
 
 
 def _probabilities(scoring: _Scoring, tta_mode: str) -> tuple:
@@ -603,7 +653,6 @@ def evaluate(model, rows, config: EvalConfig | None = None) -> Metrics:
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
     overlap = _check_overlap(model, rows, config)  # before the long part: strict refuses here
     scoring = _score_variant(model, rows, scheme, config)
-    _check_finite(rows["id"], scoring.result, scoring.loaded, scoring.device)
     metrics = _metrics_of(scoring, rows, labels, scheme, config)
     return dataclasses.replace(metrics, budget=_verdict(metrics, profile, scoring.loaded), overlap=overlap)
 

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.constants import EVAL_REPORT_FILE, FORMAT_KEY
-from ..runtime.template import MIN_MAX_LENGTH, TemplateConfig, assemble, tokenize_row
+from ..runtime.template import MIN_MAX_LENGTH, TemplateConfig, assemble
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
-from .metrics import HEADLINES, accuracy, ece, headline_of, log_loss, softmax
-from .stats import Interval, paired_intervals
+from .metrics import HEADLINES, headline_of
+from .report import _fmt, _shown, budget_notes, shortfalls
+from .stats import paired_intervals
 
 SWEEP_FORMAT = 1  # report.json's format version (under FORMAT_KEY), written by sweep_lengths
 DEFAULT_LENGTHS = (512, 1024, 1536, 2048)
@@ -61,25 +62,11 @@ def check_lengths(lengths) -> tuple:
     return tuple(sorted(set(out)))
 
 
-def full_length(row) -> int:
-    """Tokens a :class:`~kdq.runtime.template.RowTokens` takes with no length budget: BOS, every marker, every
-    text token (the length :func:`~kdq.runtime.template.assemble` renders when nothing is cut)."""
-    per_turn = sum(len(p) for p in row.part_markers) + len(row.turn_end)
-    return len(row.bos) + sum(len(t) + per_turn for t in row.turn_markers) + sum(row.text_lengths)
-
-
-def min_length(row) -> int:
-    """The shortest max_length that leaves a :class:`~kdq.runtime.template.RowTokens` room for text: BOS, the
-    markers of its last turn (older turns are dropped first) and 3 text tokens (one per part)."""
-    last = len(row.turn_markers[-1]) + sum(len(p) for p in row.part_markers) + len(row.turn_end)
-    return len(row.bos) + last + 3
-
-
 def suggest_lengths(
     full_lengths, *, fractions=AUTO_FRACTIONS, step: int = LENGTH_STEP, floor: int = MIN_MAX_LENGTH
 ) -> tuple:
     """max_lengths the rows actually reach: ``fractions`` of the longest row (``full_lengths``: tokens per row
-    uncut, :func:`full_length`), rounded up to a multiple of ``step``, none below ``floor`` (the template's
+    uncut, ``RowTokens.uncut_length``), rounded up to a multiple of ``step``, none below ``floor`` (the template's
     minimum). Rows of 96 to 128 tokens give ``(48, 64, 96, 128)``. Sorted, distinct."""
     lengths = [int(n) for n in full_lengths]
     if not lengths:
@@ -88,40 +75,13 @@ def suggest_lengths(
     return tuple(sorted({max(floor, math.ceil(top * f / step) * step) for f in fractions}))
 
 
-def swap_row(row):
-    """The :class:`~kdq.runtime.template.RowTokens` of the A/B-swapped row (each text is tokenized on its own,
-    so exchanging the response segments is what tokenizing the swapped row gives)."""
-    return dataclasses.replace(row, segments=tuple((p, b, a) for p, a, b in row.segments))
-
-
-def tokenize_rows(tokenizer, rows, template: TemplateConfig, *, progress: bool = False) -> list:
-    """One :class:`~kdq.runtime.template.RowTokens` per row of ``rows`` (a :func:`kdq.load_arena` dataset),
-    tokenized once with no length budget."""
-    from tqdm.auto import tqdm
-
-    parts = zip(rows["prompt"], rows["response_a"], rows["response_b"])
-    return [
-        tokenize_row(tokenizer, p, a, b, add_bos=template.add_bos)
-        for p, a, b in tqdm(parts, total=len(rows), desc="tokenize rows", unit="row", disable=not progress, leave=False)
-    ]
-
-
-def render_at(row_tokens, template: TemplateConfig, max_length: int, *, swap: bool = False, ids=None) -> tuple:
-    """Every row rendered at ``max_length`` by the runtime's rule: ``(sequences, truncations)``, the token ids
-    (``list[list[int]]``, what :func:`~kdq.runtime.template.encode_row` gives at that length) and each row's
-    :class:`~kdq.runtime.template.Truncation`. ``swap``: the A/B-swapped rows. ``ValueError`` naming the row
-    (its id from ``ids``) when ``max_length`` leaves it no room for text."""
-    config = template.replace(max_length=max_length)
-    seqs, cuts = [], []
-    for i, row in enumerate(row_tokens):
-        try:
-            s, t = assemble(swap_row(row) if swap else row, config)
-        except ValueError as err:
-            where = f"row {ids[i]!r}" if ids is not None else f"row {i}"
-            raise ValueError(f"{where}: {err} (lengths: drop {max_length} or raise it)") from None
-        seqs.append(s)
-        cuts.append(t)
-    return seqs, cuts
+def _verdict_sentence(v: dict | None) -> str | None:
+    """A budget verdict in a few words: ``fits (+x h)`` or ``does not fit (time, ...; -x h)``."""
+    if v is None:
+        return None
+    if v["fits"]:
+        return f"fits ({v['margin_hours']:+.1f} h)"
+    return f"does not fit ({', '.join(shortfalls(v))}; {v['margin_hours']:+.1f} h)"
 
 
 def _signature(*sequence_lists) -> str:
@@ -327,36 +287,6 @@ def _groups(table) -> dict:
     return {k: sorted(v, key=lambda r: r["max_length"]) for k, v in out.items()}
 
 
-def _fmt(x, spec=".4f", none="–"):
-    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def _verdict(v: dict | None) -> str | None:
-    if v is None:
-        return None
-    if v["fits"]:
-        return f"fits ({v['margin_hours']:+.1f} h)"
-    why = [
-        k
-        for k, ok in (
-            ("time", v["fits_time"]),
-            ("GPU memory", v["fits_gpu_memory"]),
-            ("host RAM", v["fits_ram"]),
-            ("no kernel", v.get("has_kernel", True)),
-            ("dataset size", v.get("fits_dataset", True)),
-        )
-        if not ok
-    ]
-    return f"does not fit ({', '.join(why)}; {v['margin_hours']:+.1f} h)"
-
-
-def _shown(iv: Interval, higher_is_better: bool) -> Interval:
-    """An interval of Δ cost (lower is better) in the headline's own terms (accuracy: the sign flips)."""
-    if not higher_is_better:
-        return iv
-    return Interval(0.0 - iv.value, 0.0 - iv.high, 0.0 - iv.low, iv.level)
-
-
 # --------------------------------------------------------------------------- the sweep
 def sweep_lengths(
     variants: dict,
@@ -395,10 +325,10 @@ def sweep_lengths(
     from tqdm.auto import tqdm
 
     from ..costs.budget import load_budget
-    from ..data import labels_of, load_arena, scheme_of_rows
+    from ..data import group_ids
     from ..utils.atomic import atomic_dir
     from ..utils.distributed import rank
-    from .evaluate import rows_fingerprint
+    from .evaluate import _labelled_rows, rows_fingerprint
 
     config = EvalConfig() if config is None else config
     if not isinstance(config, EvalConfig):
@@ -417,12 +347,7 @@ def sweep_lengths(
         out_dir = Path(out_dir)
         if out_dir.exists() and not overwrite:  # fail now, not after the scoring
             raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
-    rows = load_arena(rows)
-    labels = labels_of(rows)
-    if (labels < 0).any():
-        r = int(np.flatnonzero(labels < 0)[0])
-        raise ValueError(f"row {rows[r]['id']!r} has no label; a length sweep needs labelled rows.")
-    scheme = scheme_of_rows(rows)
+    rows, labels, scheme = _labelled_rows(rows)  # ValueError naming the first row without a label
     headline = headline_of(scheme)
     profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
     config = dataclasses.replace(config, budget=profile)
@@ -435,8 +360,8 @@ def sweep_lengths(
         for name, model in variants.items():
             with _Variant(name, model, state) as var:
                 if wanted is None:  # "auto": from the first variant's rows, none too short for their markers
-                    floor = max(MIN_MAX_LENGTH, max(min_length(t) for t in var.tokens))
-                    wanted = suggest_lengths([full_length(t) for t in var.tokens], floor=floor)
+                    floor = max(MIN_MAX_LENGTH, max(t.min_max_length for t in var.tokens))
+                    wanted = suggest_lengths([t.uncut_length for t in var.tokens], floor=floor)
                 if bar is None:
                     bar = tqdm(
                         total=len(variants) * len(wanted),
@@ -449,15 +374,8 @@ def sweep_lengths(
         if bar is not None:
             bar.close()
 
-    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config)
-    by_note = {}  # the cost model's notes, one line each, naming the variants
-    for name, by_len in metrics.items():
-        for m in by_len.values():
-            for n in (m.budget or {}).get("notes", []):
-                by_note.setdefault(n, [])
-                if name not in by_note[n]:
-                    by_note[n].append(name)
-    notes += [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
+    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config, group_ids(rows))
+    notes += budget_notes((name, m) for name, by_len in metrics.items() for m in by_len.values())
     result = LengthSweep(
         table=table,
         lengths=wanted,
@@ -495,159 +413,86 @@ class _SweepState:
 class _Variant:
     """One variant loaded on the evaluation devices, its rows tokenized; :meth:`sweep` scores it at each length.
 
-    Loading, device copies, scoring and the finite check are :mod:`kdq.evaluate.evaluate`'s, as
-    :func:`kdq.evaluate` runs them; only the rendering differs (assembled per length, not re-tokenized)."""
+    Loading, scoring and the metrics are :mod:`kdq.evaluate.evaluate`'s (:func:`~kdq.evaluate.evaluate.
+    load_variant`, :func:`~kdq.evaluate.evaluate.score_rendered`, the same :class:`Metrics` as :func:`kdq.evaluate`);
+    only the rendering differs: assembled per length (:func:`~kdq.evaluate.render.assemble_rows`), not
+    re-tokenized."""
 
     def __init__(self, name, model, state: _SweepState):
         self.name, self.model, self.state = name, model, state
 
     def __enter__(self):
-        from ..models import template_of
-        from ..runtime.constants import scheme_of_config
-        from .evaluate import _copies, _resolve, eval_devices
+        from .evaluate import load_variant
+        from .render import tokenize_rows
 
         s = self.state
-        self.devices = eval_devices(s.config)
-        self.loaded, self.size_bytes, self.size_source = _resolve(self.model, s.config, self.devices[0])
-        model_scheme = scheme_of_config(self.loaded.model.config)
-        if model_scheme != s.scheme:
-            raise ValueError(
-                f"variant {self.name!r} is a classifier for {model_scheme.describe()}, but the rows are "
-                f"{s.scheme.describe()}; sweep it on rows of its own layout."
-            )
-        self.models = _copies(self.model, self.loaded, s.config, self.devices)
-        self.template = s.config.template or template_of(self.loaded.model) or TemplateConfig()
-        key = _tokenizer_key(self.loaded.tokenizer, self.template)
+        try:
+            self.variant = load_variant(self.model, s.scheme, s.config)
+        except ValueError as err:
+            raise ValueError(f"variant {self.name!r}: {err}") from None
+        self.template = self.variant.template
+        tokenizer = self.variant.loaded.tokenizer
+        key = _tokenizer_key(tokenizer, self.template)
         tokens = s.tokenized.get(key) if key is not None else None
         if tokens is None:
-            tokens = tokenize_rows(self.loaded.tokenizer, s.rows, self.template, progress=s.config.progress)
+            tokens = tokenize_rows(s.rows, tokenizer, self.template, progress=s.config.progress)
             if key is not None:
                 s.tokenized[key] = tokens
         self.tokens = tokens
         return self
 
     def __exit__(self, *exc):
-        import gc
-
-        self.models = self.loaded = None
-        gc.collect()  # free this variant before the next one loads
+        self.variant.release()  # free this variant before the next one loads
         return False
 
     def sweep(self, lengths, bar, notes) -> tuple:
         """``({max_length: Metrics}, {max_length: extra})``, scoring each distinct rendering once, longest first."""
+        from .evaluate import warm_up
+        from .render import SWAP_COLUMN, assemble_rows
+
         s = self.state
-        tta = s.config.tta_mode != "none"
-        ids = s.rows["id"]
+        both = s.config.tta_mode != "none"
         scored, out, extra = {}, {}, {}
-        self._warm_up()
+        shortest = min(self.tokens, key=lambda t: t.uncut_length)
+        warm_up(self.variant.models, self.variant.loaded.tokenizer, [assemble(shortest, self.template)[0]])
         for n in sorted(lengths, reverse=True):
             bar.set_postfix_str(f"{self.name} @ {n}")
-            seqs, cuts = render_at(self.tokens, self.template, n, ids=ids)
-            swapped = render_at(self.tokens, self.template, n, swap=True, ids=ids)[0] if tta else None
-            sig = _signature(seqs, swapped or [])
+            template = self.template.replace(max_length=n)
+            rendered = assemble_rows(s.rows, self.tokens, template, both_orders=both)
+            sig = _signature(rendered["input_ids"], rendered[SWAP_COLUMN] if both else [])
             if sig in scored:
                 base = scored[sig]
                 out[n] = dataclasses.replace(base, max_length=n, budget=None)
-                longest = max(full_length(t) for t in self.tokens)
+                longest = max(t.uncut_length for t in self.tokens)
                 notes.append(
                     f"{self.name}: max_length {n} renders every row as {base.max_length} does (its longest row has "
                     f"{longest} tokens): scored once, the {base.max_length} scores reused"
                 )
                 extra[n] = {"reused_from": base.max_length}
             else:
-                out[n] = self._score(n, seqs, swapped)
+                out[n] = self._score(rendered, template)
                 scored[sig] = out[n]
                 extra[n] = {"reused_from": None}
-            lost = sum(sum(t.lost.values()) for t in cuts)
+            lost = int(out[n].lost.sum())
             total = sum(sum(r.text_lengths) for r in self.tokens)
-            extra[n].update(rows_cut=sum(t.cut for t in cuts), tokens_lost_share=lost / max(total, 1))
+            extra[n].update(rows_cut=int(out[n].cut.sum()), tokens_lost_share=lost / max(total, 1))
             bar.update(1)
         return {n: out[n] for n in sorted(out)}, extra
 
-    def _warm_up(self):
-        """One untimed pass on the shortest row per device, as :func:`kdq.evaluate` makes: lazy initialisation
-        (kernels, allocator) is not throughput."""
-        from ..runtime.predict import score_sharded
+    def _score(self, rendered, template) -> Metrics:
+        from .evaluate import PeakMemory, _metrics_of, score_rendered, scoring_of
 
-        shortest = min(self.tokens, key=full_length)
-        seq = render_at([shortest], self.template, self.template.max_length)[0][0]
-        pad_id = self.loaded.tokenizer.pad_token_id
-        for d, m in self.models:
-            score_sharded([(d, m)], [seq], pad_id, 1)
-
-    def _score(self, max_length, seqs, swapped) -> Metrics:
-        from ..costs.modelspec import ModelSpec, param_counts, weight_format_of
-        from ..runtime.batching import add_stats
-        from ..runtime.tta import score_tta
-        from ..utils.distributed import world_size
-        from .evaluate import PeakMemory, _check_finite, _score_everywhere, _stored_format, device_name
-
-        s, c = self.state, self.state.config
-        pad_id = self.loaded.tokenizer.pad_token_id
-        totals = {}
-
-        def score(batch):
-            logits, st = _score_everywhere(self.models, batch, pad_id, c, f"{self.name} @ {max_length}")
-            add_stats(totals, st)
-            return logits
-
-        with PeakMemory(self.devices) as peak:
-            result = score_tta(
-                score,
-                seqs,
-                (lambda idx: [swapped[i] for i in idx]) if swapped is not None else [],
-                mode=c.tta_mode,
-                fraction=c.tta_fraction,
-            )
-        _check_finite(s.rows["id"], result, self.loaded, self.devices[0])
-        probs = softmax(result.logits.numpy())
-        probs_tta = softmax(result.log_probs.double().numpy()) if c.tta_mode != "none" else None
-        spec = ModelSpec.from_config(self.loaded.model.config)
-        fmt = weight_format_of(self.loaded.model.config)
-        lengths = np.asarray([len(x) for x in seqs], dtype=np.int64)
-        seconds = totals["seconds"]
-        n_devices = len(self.models) * world_size()
-        labels = s.labels
-        return Metrics(
-            n_rows=len(seqs),
-            log_loss=log_loss(probs, labels),
-            accuracy=accuracy(probs, labels),
-            ece=ece(probs, labels, c.ece_bins),
-            log_loss_tta=log_loss(probs_tta, labels) if probs_tta is not None else None,
-            accuracy_tta=accuracy(probs_tta, labels) if probs_tta is not None else None,
-            ece_tta=ece(probs_tta, labels, c.ece_bins) if probs_tta is not None else None,
-            tta_mode=c.tta_mode,
-            tta_fraction=c.tta_fraction,
-            size_bytes=int(self.size_bytes),
-            size_source=self.size_source,
-            peak_memory_bytes=int(peak.peak),
-            peak_memory_kind=peak.kind,
-            rows_per_s=totals["rows"] / max(seconds, 1e-9),
-            tokens_per_s=totals["real_tokens"] / max(seconds, 1e-9),
-            seconds=seconds,
-            device=device_name(self.devices[0]) + (f" x{n_devices}" if n_devices > 1 else ""),
-            n_params=int(param_counts(spec)["total"]),
-            weight_format=_stored_format(self.loaded, fmt),
-            weight_format_spec=dataclasses.asdict(fmt),
-            mean_tokens=float(lengths.mean()),
-            padding_efficiency=totals["real_tokens"] / max(totals["padded_tokens"], 1),
-            max_length=max_length,
-            rows_fingerprint=s.fp,
-            model_fingerprint=self.loaded.fingerprint,
-            source=self.loaded.source,
-            spec=spec.to_dict(),
-            budget=None,
-            probs=probs,
-            probs_tta=probs_tta,
-            lengths=lengths,
-            scheme=s.scheme.name,
-            n_devices=n_devices,
-        )
+        s = self.state
+        with PeakMemory(self.variant.devices) as peak:
+            scored = score_rendered(self.variant, rendered, s.config)
+        scoring = scoring_of(self.variant, rendered, template, scored, peak)
+        return _metrics_of(scoring, s.rows, s.labels, s.scheme, s.config)
 
 
-def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalConfig) -> tuple:
-    """``(table, intervals, metrics)``: per variant and TTA setting, every length against the longest; the
-    metrics with their budget verdicts (each for the TTA setting it was scored with)."""
+def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalConfig, groups) -> tuple:
+    """``(table, intervals, metrics)``: per variant and TTA setting, every length against the longest (the
+    bootstrap draws whole ``groups``: rows sharing a prompt or a response pair); the metrics with their budget
+    verdicts (each for the TTA setting it was scored with)."""
     from .evaluate import project_metrics
 
     profile = config.budget
@@ -658,12 +503,14 @@ def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalC
         for tta in (False, True) if tta_on else (False,):
             key = headline.key + ("_tta" if tta else "")
             costs = {str(n): headline.row_costs(m.probs_tta if tta else m.probs, labels) for n, m in by_len.items()}
-            iv = paired_intervals(costs, str(longest), n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed)
+            iv = paired_intervals(
+                costs, str(longest), n_resamples=config.bootstrap_samples, seed=config.bootstrap_seed, groups=groups
+            )
             intervals[name + (" (TTA)" if tta else "")] = iv
             for n, m in by_len.items():
                 run = m if tta else dataclasses.replace(m, tta_mode="none")
                 verdict = project_metrics(run, profile)
-                ci = _shown(iv["delta"][str(n)], headline.higher_is_better)
+                ci = _shown(iv["delta"][str(n)], headline)
                 value = getattr(m, key)
                 table.append(
                     {
@@ -689,7 +536,7 @@ def _table(metrics: dict, extras: dict, lengths, labels, headline, config: EvalC
                         "margin_hours": verdict["margin_hours"] if verdict else None,
                         "fits": verdict["fits"] if verdict else None,
                         "fits_time": verdict["fits_time"] if verdict else None,
-                        "verdict": _verdict(verdict),
+                        "verdict": _verdict_sentence(verdict),
                         "reused_from": extras[name][n]["reused_from"],
                     }
                 )

@@ -72,13 +72,9 @@ def _fmt(x, spec=".4f", none="–"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _fits_cell(v: dict | None) -> str:
-    if v is None:
-        return "–"
-    parts = [f"{v['margin_hours']:+.1f} h", f"{v['margin_gb']:+.1f} GB"]
-    if v["fits"]:
-        return "✓ " + " / ".join(parts)
-    why = [
+def shortfalls(v: dict) -> list:
+    """What a budget verdict (:func:`kdq.costs.budget.project`'s dict) does not fit, in words: ``[]`` when it fits."""
+    return [
         k
         for k, ok in (
             ("no kernel on the GPU", v.get("has_kernel", True)),
@@ -89,7 +85,15 @@ def _fits_cell(v: dict | None) -> str:
         )
         if not ok
     ]
-    return "✗ " + " / ".join(parts) + f" ({', '.join(why)})"
+
+
+def _fits_cell(v: dict | None) -> str:
+    if v is None:
+        return "–"
+    parts = [f"{v['margin_hours']:+.1f} h", f"{v['margin_gb']:+.1f} GB"]
+    if v["fits"]:
+        return "✓ " + " / ".join(parts)
+    return "✗ " + " / ".join(parts) + f" ({', '.join(shortfalls(v))})"
 
 
 @dataclass(frozen=True)
@@ -450,8 +454,21 @@ def _gaps(metrics: dict, roles: Roles, headline: Headline) -> tuple:
     return gap, gap_tta, notes
 
 
+def budget_notes(measured) -> list:
+    """Each distinct budget note of ``measured`` (``(name, Metrics)`` pairs; a name may repeat), one line naming
+    every variant it concerns."""
+    by_note = {}
+    for name, m in measured:
+        for n in (m.budget or {}).get("notes", []):
+            names = by_note.setdefault(n, [])
+            if name not in names:
+                names.append(name)
+    return [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
+
+
 def _measurement_notes(metrics: dict) -> list:
-    """Notes on the measurements: several devices, and each distinct budget note with the variants it concerns."""
+    """Notes on the measurements: several devices, training-row overlap, and each distinct budget note with the
+    variants it concerns."""
     notes = []
     devices = sorted({m.device for m in metrics.values()})
     if len(devices) > 1:
@@ -464,11 +481,7 @@ def _measurement_notes(metrics: dict) -> list:
                 f"response pair ({o['shared_pair']}) with its training rows; its figures may be optimistic "
                 "(split with kdq.data.grouped_split)"
             )
-    by_note = {}  # one line per distinct budget note, naming every variant it concerns
-    for name, m in metrics.items():
-        for n in (m.budget or {}).get("notes", []):
-            by_note.setdefault(n, []).append(name)
-    return notes + [f"{', '.join(names)}: {n}" for n, names in by_note.items()]
+    return notes + budget_notes(metrics.items())
 
 
 def _build_report(metrics: dict, rows, roles: Roles, config: EvalConfig) -> _Report:

@@ -203,6 +203,26 @@ class RowTokens:
         """Tokens of text per part (prompt, response_a, response_b), summed over all turns."""
         return tuple(sum(len(turn[j]) for turn in self.segments) for j in range(len(PARTS)))
 
+    @property
+    def uncut_length(self) -> int:
+        """Tokens the row takes with no length budget (BOS, every marker, every text token): what
+        :func:`assemble` renders when nothing is cut."""
+        per_turn = sum(len(p) for p in self.part_markers) + len(self.turn_end)
+        return len(self.bos) + sum(len(t) + per_turn for t in self.turn_markers) + sum(self.text_lengths)
+
+    @property
+    def min_max_length(self) -> int:
+        """The shortest ``max_length`` that leaves the row room for text: BOS, the markers of its last turn
+        (older turns are dropped first) and one text token per part."""
+        last = len(self.turn_markers[-1]) + sum(len(p) for p in self.part_markers) + len(self.turn_end)
+        return len(self.bos) + last + len(PARTS)
+
+    def swapped(self) -> RowTokens:
+        """The row with responses A and B exchanged, without tokenizing again: each turn's text segments
+        ``(prompt, a, b)`` become ``(prompt, b, a)`` and the markers stay. Equal to
+        ``tokenize_row(tokenizer, prompt, response_b, response_a)`` (each text is tokenized on its own)."""
+        return replace(self, segments=tuple((p, b, a) for p, a, b in self.segments))
+
 
 @dataclass(frozen=True)
 class Truncation:
