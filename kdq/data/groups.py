@@ -24,13 +24,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.constants import FORMAT_KEY, check_format
 from ..runtime.template import PARTS
+from ..utils.atomic import atomic_write_json
 
 log = logging.getLogger("kdq.data")
 
@@ -298,15 +298,7 @@ def write_group_keys(path, keys: GroupKeys) -> Path:
         "prompts": sorted(keys.prompts),
         "pairs": sorted(keys.pairs),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, record, indent=0)
     return path
 
 

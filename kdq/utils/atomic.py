@@ -1,4 +1,4 @@
-"""Write folders all-or-nothing: build in a temporary sibling, then rename into place."""
+"""Write folders and files all-or-nothing: build in a temporary sibling, then rename into place."""
 
 from __future__ import annotations
 
@@ -39,6 +39,33 @@ def atomic_dir(final, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write(path, data) -> Path:
+    """Write ``data`` (``str``, UTF-8, or ``bytes``) to ``path`` all or nothing: a temporary file beside it,
+    then a rename, so a reader (another process, a resumed run) sees the whole file or none. The file gets
+    the mode an ordinary ``open`` would give. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → what an ordinary open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path, record, *, indent: int = 2, sort_keys: bool = False) -> Path:
+    """:func:`atomic_write` of ``record`` as JSON (``default=str`` for paths and the like)."""
+    import json
+
+    return atomic_write(path, json.dumps(record, indent=indent, sort_keys=sort_keys, default=str))
 
 
 def _normal_permissions(root: Path) -> None:

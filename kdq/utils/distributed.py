@@ -25,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .atomic import atomic_write
+
 _SOLO = threading.local()
 
 
@@ -107,10 +109,7 @@ def post(folder, who: int, record) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"rank-{who:05d}.pkl"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as fh:
-        pickle.dump(record, fh)
-    os.replace(tmp, path)  # the others see the whole file or none
+    atomic_write(path, pickle.dumps(record))  # the others see the whole file or none
 
 
 def posted(folder, world: int) -> list:
