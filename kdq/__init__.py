@@ -3,6 +3,7 @@
 One verb per stage, each taking a frozen config object::
 
     kdq.distill(student, train, eval_data=..., teacher=..., config=DistillConfig(...))
+    kdq.shrink(teacher, out_dir, ShrinkConfig(num_layers=..., hidden_size=...), calibration=rows)
     kdq.quantize(model, QuantConfig(method="gptq", bits=8), calibration=rows, out_dir=...)
     kdq.evaluate(model, rows, EvalConfig(...)) / kdq.compare(variants, rows, ...)
     kdq.export(model, out_dir, ExportConfig(...)) / kdq.verify(folder)
@@ -42,6 +43,7 @@ _EXPORTS = {
     "LoraSettings": ".distill",
     "Teacher": ".distill",
     "shrink": ".distill",
+    "ShrinkConfig": ".distill",
     "quantize": ".quantize",
     "QuantConfig": ".quantize",
     "evaluate": ".evaluate",
