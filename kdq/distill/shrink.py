@@ -187,16 +187,7 @@ def shrink(
     )
     n = len(_decoder_layers(loaded.model)[1])
     sizes = check_width(loaded.model.config, **cfg.widths) if cfg.narrows else None  # fail before the calibration pass
-    scores, importance = None, None
-    if calibration is not None and (cfg.strategy == "block-influence" or cfg.narrows):
-        scores, importance = calibrate(
-            loaded.model,
-            loaded.tokenizer,
-            calibration,
-            template=cfg.template,
-            batch_size=cfg.calibration_batch_size,
-            width=cfg.narrows,
-        )
+    scores, importance = _measure(loaded, cfg, calibration)
     keep, strategy = choose_layers(cfg, n, scores)
     record = {
         "source": loaded.source or loaded.fingerprint,
@@ -216,11 +207,31 @@ def shrink(
         print(f"kdq shrink: {_summary(record, sizes)}")
     if out_dir is None:
         return student
+    return _save(student, loaded.tokenizer, Path(out_dir), calibration, cfg, overwrite)
+
+
+def _measure(loaded, cfg: ShrinkConfig, calibration) -> tuple:
+    """``(block influence per layer, WidthImportance)`` from one calibration pass, each ``None`` when not
+    asked for (uniform depth without width pruning) or without calibration rows."""
+    if calibration is None or not (cfg.strategy == "block-influence" or cfg.narrows):
+        return None, None
+    return calibrate(
+        loaded.model,
+        loaded.tokenizer,
+        calibration,
+        template=cfg.template,
+        batch_size=cfg.calibration_batch_size,
+        width=cfg.narrows,
+    )
+
+
+def _save(student, tokenizer, out_dir: Path, calibration, cfg: ShrinkConfig, overwrite: bool) -> Path:
+    """Save the student and its tokenizer atomically, once the folder reloads to it (:func:`_check_reload`)."""
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         student.save_pretrained(str(tmp))
-        loaded.tokenizer.save_pretrained(str(tmp))
-        _check_reload(student, loaded.tokenizer, tmp, calibration, atol=cfg.reload_tolerance)
-    return Path(out_dir)
+        tokenizer.save_pretrained(str(tmp))
+        _check_reload(student, tokenizer, tmp, calibration, atol=cfg.reload_tolerance)
+    return out_dir
 
 
 def _shrink_config(config, fields: dict) -> ShrinkConfig:
