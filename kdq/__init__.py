@@ -27,6 +27,10 @@ another package on its own line; ``tests/test_imports.py`` reads this list and e
 * ``pipeline``: the stages wired together (``kdq run``);
 * ``cli``: the ``kdq`` command;
 * ``testing``: tiny offline models and rows for tests.
+
+Package entry files follow one convention: a package's ``__init__.py`` holds its docstring (what each
+module is for) and, when the package has public names, one :func:`~kdq.utils.lazy.lazy_package` table
+from each name to the module that defines it; no other code and no eager imports.
 """
 
 from .utils.lazy import lazy_package
