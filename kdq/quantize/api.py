@@ -114,7 +114,7 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
             source.tokenizer.save_pretrained(str(tmp))
             run.stage(5)
             measured.verify_start = time.perf_counter()
-            measured.memory_logits = _probe_quantized(run, qmodel, rows, source.tokenizer.pad_token_id)
+            measured.memory_logits = _probe_quantized(qmodel, rows, source.tokenizer.pad_token_id)
             del qmodel
             _release(device)
             report = _verify(tmp, run, rows, source, measured)
@@ -230,7 +230,7 @@ def _quantize_model(run: _Run, source, rows, measured: _Measured):
     return qmodel
 
 
-def _probe_quantized(run: _Run, qmodel, rows, pad_id: int):
+def _probe_quantized(qmodel, rows, pad_id: int):
     """The saved model's logits on the probe rows, computed in memory (after saving: see :func:`_quantize_model`)."""
     from .verify import probe_logits
 
