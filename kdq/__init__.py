@@ -3,6 +3,7 @@
 One verb per stage, each taking a frozen config object::
 
     kdq.distill(student, train, eval_data=..., teacher=..., config=DistillConfig(...))
+    kdq.shrink(teacher, out_dir, ShrinkConfig(num_layers=..., hidden_size=...), calibration=rows)
     kdq.quantize(model, QuantConfig(method="gptq", bits=8), calibration=rows, out_dir=...)
     kdq.evaluate(model, rows, EvalConfig(...)) / kdq.compare(variants, rows, ...)
     kdq.export(model, out_dir, ExportConfig(...)) / kdq.verify(folder)
@@ -26,6 +27,10 @@ another package on its own line; ``tests/test_imports.py`` reads this list and e
 * ``pipeline``: the stages wired together (``kdq run``);
 * ``cli``: the ``kdq`` command;
 * ``testing``: tiny offline models and rows for tests.
+
+Package entry files follow one convention: a package's ``__init__.py`` holds its docstring (what each
+module is for) and, when the package has public names, one :func:`~kdq.utils.lazy.lazy_package` table
+from each name to the module that defines it; no other code and no eager imports.
 """
 
 from .utils.lazy import lazy_package
@@ -42,6 +47,7 @@ _EXPORTS = {
     "LoraSettings": ".distill",
     "Teacher": ".distill",
     "shrink": ".distill",
+    "ShrinkConfig": ".distill",
     "quantize": ".quantize",
     "QuantConfig": ".quantize",
     "evaluate": ".evaluate",

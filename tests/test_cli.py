@@ -350,6 +350,7 @@ def test_every_numeric_field_takes_scientific_notation_through_set(command, cls,
     argv = {
         "cache-teacher": ["cache-teacher", "--teacher", "t", "--data", "d"],
         "distill": ["distill", "--student", "s", "--train", "t"],
+        "shrink": ["shrink", "m", "--out", "o"],
         "quantize": ["quantize", "m", "--out", "o", "--method", "gptq-8"],
         "evaluate": ["evaluate", "m", "--data", "d"],
         "compare": ["compare", "--variant", "a=b", "--data", "d", "--out", "o"],

@@ -296,8 +296,18 @@ def test_bnb_4bit_computes_in_fp16_and_gptq_picks_its_kernel_on_cuda(predict, tm
     assert kw["config"].quantization_config["bnb_4bit_compute_dtype"] == "float16"
     assert kw["config"].quantization_config["bnb_4bit_use_double_quant"] is True
     assert predict.load_kwargs(tmp_path / "nf4", "cpu") == {"dtype": torch.float32}
-    _recorded_folder(tmp_path / "gptq", tiny_model_dir, {"quant_method": "gptq", "bits": 8, "backend": "torch"})
-    assert predict.load_kwargs(tmp_path / "gptq", "cuda:0")["config"].quantization_config["backend"] == "auto"
+    qc = {"quant_method": "gptq", "bits": 8, "backend": "torch"}
+    record = _recorded_folder(tmp_path / "gptq", tiny_model_dir, qc)
+    assert "cuda" not in record["load"]  # the recorded kernels alone say what runs on CUDA
+    assert predict.pick_kernel(record["cuda_kernels"], (7, 5), "float16")["quantization_config"] == {
+        "backend": "marlin"
+    }
+    kw = predict.load_kwargs(tmp_path / "gptq", "cuda:0")
+    if torch.cuda.is_available():  # the card's kernel replaces the CPU-quantized folder's torch backend
+        chosen = predict.cuda_kernel(tmp_path / "gptq", "cuda:0")["quantization_config"]
+        assert kw["config"].quantization_config == {**qc, **chosen}
+    else:  # no card to choose for: config.json's backend stands
+        assert "config" not in kw
     # a backend chosen at quantization time is kept
     _recorded_folder(tmp_path / "exllama", tiny_model_dir, {"quant_method": "gptq", "bits": 4, "backend": "exllama_v2"})
     assert "config" not in predict.load_kwargs(tmp_path / "exllama", "cuda:0")

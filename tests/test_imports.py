@@ -176,7 +176,14 @@ def test_stage_verbs_stay_functions_after_their_subpackages_load():
 
 
 @pytest.mark.parametrize(
-    "module", ["kdq.distill.config", "kdq.quantize.config", "kdq.evaluate.config", "kdq.export.config"]
+    "module",
+    [
+        "kdq.distill.config",
+        "kdq.distill.shrink_config",
+        "kdq.quantize.config",
+        "kdq.evaluate.config",
+        "kdq.export.config",
+    ],
 )
 def test_stage_configs_import_without_torch(module):
     """A config module (what the CLI and a notebook's first cell read) loads no torch."""

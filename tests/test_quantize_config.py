@@ -264,6 +264,25 @@ def test_builtin_methods_own_their_facts(tmp_path):
         wheels_for("awq")
 
 
+def test_method_and_bits_help_name_every_registered_method_and_variant():
+    """The help ``kdq quantize --help`` prints for ``method`` and ``bits`` is read from the registry, so a new
+    method (torchao-int8 was once left out) is listed without editing QuantConfig."""
+    import dataclasses
+
+    from kdq.config.fields import describe
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(QuantConfig)}
+    listed = describe(QuantConfig, width=400)
+    for name in registered_methods():
+        alone = rf"(?<![\w-]){re.escape(name)}(?![\w-])"  # gptq itself, not only inside gptq-8
+        assert re.search(alone, helps["method"]) and re.search(alone, helps["bits"]), name
+        assert re.search(alone, listed), name
+        bits = " or ".join(map(str, get_quantizer(name).allowed_bits))
+        assert f"{name} {bits}" in helps["bits"], name
+    for name in variant_names():
+        assert name in helps["method"], name
+
+
 def test_methods_are_discovered_not_listed():
     """Every module of kdq/quant_methods is imported by the package (no registration imports to
     keep in step), and every registered method lives in one of them."""

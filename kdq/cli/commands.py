@@ -8,6 +8,7 @@ configs are named ``"module:name"`` and imported when the command runs. An ``Arg
 
 from __future__ import annotations
 
+from ..distill.shrink_config import WIDTH_FIELDS  # standard library only at import
 from ..quant_methods import variant_names  # the method registry: standard library only at import
 from .spec import Arg, Command
 
@@ -59,16 +60,36 @@ COMMANDS = (
     ),
     Command(
         "shrink",
-        "make a student by keeping some decoder layers of a model (uniform or block-influence)",
+        "make a student from a model: keep some decoder layers (uniform or block-influence) and/or narrow them "
+        "(Minitron width pruning)",
         "kdq.cli.main:run_shrink",
+        config="kdq.distill.shrink_config:ShrinkConfig",
         args=(
-            Arg(("model",), "source folder"),
+            Arg(("model",), "source folder (or PEFT adapter folder: merged first)"),
             Arg(("--out",), "student folder to write", required=True),
-            Arg(("--every",), "keep every N-th layer plus the last (default 3)", type=int, default=3),
-            Arg(("--keep",), "explicit comma-separated layer indices, e.g. 0,4,8,11"),
-            Arg(("--strategy",), "uniform (every N-th) or block-influence (needs --calibration)", default="uniform"),
-            Arg(("--num-layers",), "layers to keep (default: as many as --every gives)", type=int),
-            Arg(("--calibration",), "arena rows to score layers on (block-influence)"),
+            Arg(("--calibration",), "arena rows to measure block influence and width importance on"),
+            Arg(
+                ("--every",),
+                "keep every N-th layer plus the last (config field every)",
+                field="every",
+                type=int,
+            ),
+            Arg(("--keep",), "explicit comma-separated layer indices, e.g. 0,4,8,11 (config field keep)", field="keep"),
+            Arg(
+                ("--strategy",),
+                "uniform (every N-th) or block-influence (needs --calibration) (config field strategy)",
+                field="strategy",
+            ),
+            Arg(("--num-layers",), "layers to keep (config field num_layers)", field="num_layers", type=int),
+            *(
+                Arg(
+                    (f"--{name.replace('_', '-')}",),
+                    f"narrow to this {name} (config field {name}; needs --calibration)",
+                    field=name,
+                    type=int,
+                )
+                for name in WIDTH_FIELDS
+            ),
             _OVERWRITE,
         ),
     ),

@@ -1,7 +1,7 @@
 """The code of ``kdq export`` and ``kdq verify``.
 
 Their arguments are declared with every other command's in :mod:`kdq.cli.commands`, and
-:func:`kdq.cli.main.main` runs them with the same exit codes (:data:`kdq.cli.spec.EXIT_CODES`).
+:func:`kdq.cli.main.main` runs them with the same exit codes (the ``EXIT_*`` constants of :mod:`kdq.cli.spec`).
 Config precedence is kdq's one rule (:mod:`kdq.config.io`): ``--config`` file < flags
 (``--title``, ``--id``, ``--record`` ...) < ``--set``.
 """

@@ -91,22 +91,10 @@ def run_distill(args, cfg) -> int:
     return EXIT_OK
 
 
-def run_shrink(args) -> int:
+def run_shrink(args, cfg) -> int:
     from ..distill import shrink
 
-    keep = [int(i) for i in args.keep.split(",")] if args.keep else None
-    print(
-        shrink(
-            args.model,
-            keep=keep,
-            every=args.every,
-            strategy=args.strategy,
-            num_layers=args.num_layers,
-            calibration=args.calibration,
-            out_dir=args.out,
-            overwrite=args.overwrite,
-        )
-    )
+    print(shrink(args.model, args.out, cfg, calibration=args.calibration, overwrite=args.overwrite))
     return EXIT_OK
 
 

@@ -4,7 +4,7 @@ Initialising the student from the teacher's own weights (embeddings, kept layers
 norm and ``score`` head) starts it far closer to the teacher than a random or generic
 checkpoint would (Sanh et al. 2019, DistilBERT §3: "taking one layer out of two").
 
-Which layers to keep (``strategy``):
+Which layers to keep (:class:`~kdq.distill.shrink_config.ShrinkConfig` ``strategy``):
 
 * ``"uniform"``: every ``every``-th layer from the first, plus the last;
 * ``"block-influence"``: ShortGPT's block influence (Men et al. 2024): on calibration rows,
@@ -15,7 +15,7 @@ Which layers to keep (``strategy``):
   rest are filled with the highest-scoring layers;
 * an explicit ``keep`` list.
 
-Width pruning (``hidden_size``, ``intermediate_size``, ``num_attention_heads``,
+Width pruning (``ShrinkConfig`` ``hidden_size``, ``intermediate_size``, ``num_attention_heads``,
 ``num_key_value_heads``) narrows the kept layers by Minitron's activation importance
 (:mod:`kdq.distill.width`).
 
@@ -28,6 +28,7 @@ reads: its layer map, and the initial projection of a narrower student into the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,8 +36,7 @@ import torch
 
 from ..models import load_classifier
 from ..utils.atomic import atomic_dir
-
-STRATEGIES = ("uniform", "block-influence")
+from .shrink_config import ShrinkConfig
 
 
 def select_layers(num_layers: int, every: int) -> list:
@@ -137,100 +137,58 @@ def block_influence(model, tokenizer, calibration, *, template=None, batch_size:
 
 def shrink(
     model,
-    *,
-    keep: Sequence[int] | None = None,
-    every: int = 3,
-    strategy: str = "uniform",
-    num_layers: int | None = None,
-    hidden_size: int | None = None,
-    intermediate_size: int | None = None,
-    num_attention_heads: int | None = None,
-    num_key_value_heads: int | None = None,
-    calibration=None,
     out_dir=None,
+    config: ShrinkConfig | None = None,
+    *,
+    calibration=None,
     tokenizer=None,
     overwrite: bool = False,
     verbose: bool = True,
+    **fields,
 ):
     """Return (or save) a copy of ``model`` with fewer decoder layers and/or narrower ones.
 
+    ``kdq.shrink(teacher, "runs/init", ShrinkConfig(num_layers=16, hidden_size=1536), calibration=rows)``.
+
     Args:
         model: folder or ``*ForSequenceClassification`` (Llama-style). Never modified.
-        keep: explicit layer indices to keep (overrides ``strategy``).
-        every: ``"uniform"`` keeps every ``every``-th layer plus the last; for
-            ``"block-influence"`` it sets the default layer count, so both strategies give
-            students of the same depth. ``every=1`` keeps every layer (width pruning alone).
-        strategy: ``"uniform"`` or ``"block-influence"`` (needs ``calibration``).
-        num_layers: how many layers to keep (default: as many as ``every`` gives).
-        hidden_size, intermediate_size, num_attention_heads, num_key_value_heads: narrow that
-            dimension to this size by Minitron activation importance on ``calibration``
-            (:mod:`kdq.distill.width`); ``None`` keeps it. Combines with layer dropping.
-        calibration: arena rows for block influence and width importance (a few hundred are plenty).
         out_dir: when given, the student is saved there (atomically, with the tokenizer), reloaded
-            with stock transformers and checked against the model in memory on calibration rows;
-            the folder path is returned. Otherwise the model object is returned.
+            with stock transformers and checked against the model in memory on calibration rows
+            (``config.reload_tolerance``); the folder path is returned. Otherwise the model object is returned.
+        config: :class:`~kdq.distill.shrink_config.ShrinkConfig`: the layers to keep (``keep``, or
+            ``strategy`` with ``every`` / ``num_layers``), the widths (``hidden_size``,
+            ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``: Minitron activation
+            importance, :mod:`kdq.distill.width`) and the calibration pass. Default: ``ShrinkConfig()``.
+        calibration: arena rows for block influence and width importance (a few hundred are plenty).
+        tokenizer: tokenizer object or folder, when ``model`` has none saved with it.
+        overwrite: replace an existing ``out_dir``.
+        verbose: print what was kept.
+        **fields: :class:`ShrinkConfig` fields as keywords, the older spelling (``kdq.shrink(m, every=2)`` is
+            ``kdq.shrink(m, config=ShrinkConfig(every=2))``); given with ``config``, they replace its fields.
     Returns:
         the student (``*ForSequenceClassification``) or its folder. ``config.kdq_shrink`` records
         the source, the strategy, the kept-layer map (``kept_layers``: the teacher layer of each
         student layer), the block-influence scores and, when narrowed, ``width``: the source
         sizes, the new ones and the kept channels, neurons, query heads and KV heads.
     Raises:
-        ValueError: an unknown strategy, missing calibration rows, bad layer indices, a width that
-        cannot be honoured (the message names the nearest valid sizes), or width pruning of a model
+        ValueError: a keyword that is no ShrinkConfig field, missing calibration rows, bad layer indices, a
+        width that cannot be honoured (the message names the nearest valid sizes), or width pruning of a model
         family it is not proven for (:data:`kdq.distill.width.WIDTH_FAMILIES`), before the calibration pass.
+        CheckFailed: the saved folder does not reload to the student in memory (nothing is written).
     """
-    from .width import check_width, plan_width, prune_width
+    from .width import check_width
 
-    if strategy not in STRATEGIES:
-        raise ValueError(f"shrink: strategy must be one of {STRATEGIES}, got {strategy!r}")
-    widths = {
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "num_attention_heads": num_attention_heads,
-        "num_key_value_heads": num_key_value_heads,
-    }
-    narrow = any(v is not None for v in widths.values())
-    if calibration is None and ((strategy == "block-influence" and keep is None) or narrow):
-        what = "width importance" if narrow else "block influence"
-        raise ValueError(
-            f"shrink: {what} is measured on calibration rows: pass calibration=rows (a few hundred training "
-            "rows)" + ("." if narrow else ", or use strategy='uniform'.")
-        )
+    cfg = _shrink_config(config, fields)
+    _require_calibration(cfg, calibration)
+    calibration = _first_rows(calibration, cfg.calibration_rows)
     # Copy an object before load_classifier touches it (it merges adapters and sets pad ids in place).
     loaded = load_classifier(
         model if isinstance(model, (str, Path)) else copy.deepcopy(model), tokenizer=tokenizer, merge_adapter=True
     )
-    src = loaded.model
-    base, layers = _decoder_layers(src)
-    n = len(layers)
-    sizes = check_width(src.config, **widths) if narrow else None  # fail before the calibration pass
-    scores, importance = None, None
-    if strategy == "block-influence" or narrow:
-        scores, importance = calibrate(src, loaded.tokenizer, calibration, width=narrow)
-    if keep is not None:
-        strategy = "explicit"
-        keep = list(keep)
-    elif strategy == "uniform":
-        keep = (
-            select_layers(n, every)
-            if num_layers is None
-            else sorted({round(k * (n - 1) / max(num_layers - 1, 1)) for k in range(num_layers)})
-        )
-    else:
-        keep = select_by_influence(scores, num_layers if num_layers is not None else len(select_layers(n, every)))
-    bad = [i for i in keep if not 0 <= i < n]
-    if bad or not keep or len(set(keep)) != len(keep):
-        raise ValueError(f"keep={keep}: layer indices must be unique and in [0, {n - 1}].")
-    keep = sorted(keep)
-    base.layers = torch.nn.ModuleList([layers[i] for i in keep])
-    for new_idx, layer in enumerate(base.layers):
-        attn = getattr(layer, "self_attn", None)
-        if attn is not None and hasattr(attn, "layer_idx"):
-            attn.layer_idx = new_idx
-    cfg = src.config
-    cfg.num_hidden_layers = len(keep)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    n = len(_decoder_layers(loaded.model)[1])
+    sizes = check_width(loaded.model.config, **cfg.widths) if cfg.narrows else None  # fail before the calibration pass
+    scores, importance = _measure(loaded, cfg, calibration)
+    keep, strategy = choose_layers(cfg, n, scores)
     record = {
         "source": loaded.source or loaded.fingerprint,
         "source_layers": n,
@@ -238,32 +196,141 @@ def shrink(
         "strategy": strategy,
         "scores": [round(x, 6) for x in scores] if scores else None,
     }
-    if narrow:
-        source_sizes = {k: int(getattr(cfg, k)) for k in widths}
-        kept_rows = torch.tensor(keep, dtype=torch.long)
-        importance.neurons, importance.heads = importance.neurons[kept_rows], importance.heads[kept_rows]
-        plan = plan_width(cfg, importance, sizes)
-        src = prune_width(src, plan)
+    student = _drop_layers(loaded.model, keep)
+    if sizes is not None:
         # the source (every layer, dropped ones included) is no longer needed: saving and the reload check
         # must not hold it beside the student (a 4B source is 7.9 GB)
-        loaded.model = layers = base = None
-        record["width"] = plan.record(source_sizes)
-    src.config.kdq_shrink = record
+        loaded.model = None
+        student, record["width"] = _narrow(student, keep, importance, sizes)
+    student.config.kdq_shrink = record
     if verbose:
-        what = f"kept {len(keep)} of {n} layers ({strategy}): {keep}"
-        if narrow:
-            what += "; width " + ", ".join(f"{k} {record['width']['source'][k]}→{v}" for k, v in sizes.items())
-        print(f"kdq shrink: {what}")
+        print(f"kdq shrink: {_summary(record, sizes)}")
     if out_dir is None:
-        return src
+        return student
+    return _save(student, loaded.tokenizer, Path(out_dir), calibration, cfg, overwrite)
+
+
+def _measure(loaded, cfg: ShrinkConfig, calibration) -> tuple:
+    """``(block influence per layer, WidthImportance)`` from one calibration pass, each ``None`` when not
+    asked for (uniform depth without width pruning) or without calibration rows."""
+    if calibration is None or not (cfg.strategy == "block-influence" or cfg.narrows):
+        return None, None
+    return calibrate(
+        loaded.model,
+        loaded.tokenizer,
+        calibration,
+        template=cfg.template,
+        batch_size=cfg.calibration_batch_size,
+        width=cfg.narrows,
+    )
+
+
+def _save(student, tokenizer, out_dir: Path, calibration, cfg: ShrinkConfig, overwrite: bool) -> Path:
+    """Save the student and its tokenizer atomically, once the folder reloads to it (:func:`_check_reload`)."""
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        src.save_pretrained(str(tmp))
-        loaded.tokenizer.save_pretrained(str(tmp))
-        _check_reload(src, loaded.tokenizer, tmp, calibration)
-    return Path(out_dir)
+        student.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _check_reload(student, tokenizer, tmp, calibration, atol=cfg.reload_tolerance)
+    return out_dir
 
 
-def _check_reload(model, tokenizer, folder: Path, calibration, atol: float = 1e-4) -> None:
+def _shrink_config(config, fields: dict) -> ShrinkConfig:
+    """``config`` (default ``ShrinkConfig()``) with ``fields`` replaced; a keyword that is no field is named."""
+    if config is not None and not isinstance(config, ShrinkConfig):
+        raise ValueError(
+            f"shrink: config must be a kdq.ShrinkConfig, got {type(config).__name__}; "
+            "e.g. ShrinkConfig(num_layers=16, hidden_size=1536)."
+        )
+    names = [f.name for f in dataclasses.fields(ShrinkConfig)]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"shrink: no option(s) {unknown}; the options are ShrinkConfig's fields: {names}")
+    config = config or ShrinkConfig()
+    return config.replace(**fields) if fields else config
+
+
+def _require_calibration(cfg: ShrinkConfig, calibration) -> None:
+    """Block influence (without ``keep``) and width importance are measured on calibration rows."""
+    if calibration is None and ((cfg.strategy == "block-influence" and cfg.keep is None) or cfg.narrows):
+        what = "width importance" if cfg.narrows else "block influence"
+        raise ValueError(
+            f"shrink: {what} is measured on calibration rows: pass calibration=rows (a few hundred training "
+            "rows)" + ("." if cfg.narrows else ", or use strategy='uniform'.")
+        )
+
+
+def _first_rows(calibration, limit: int | None):
+    """The first ``limit`` calibration rows (all of them when ``limit`` is ``None``)."""
+    if calibration is None or limit is None:
+        return calibration
+    from ..data import load_arena
+
+    rows = load_arena(calibration)
+    return rows.select(range(min(limit, len(rows))))
+
+
+def choose_layers(config: ShrinkConfig, num_layers: int, scores=None) -> tuple:
+    """``(kept layer indices, strategy name)`` for a model of ``num_layers`` decoder layers: ``config.keep``
+    (``"explicit"``), else ``config.strategy`` with ``num_layers`` / ``every`` (``scores``: the block
+    influence per layer, for ``"block-influence"``). Sorted. ``ValueError`` for an index out of range or repeated.
+    """
+    n = num_layers
+    if config.keep is not None:
+        keep, strategy = list(config.keep), "explicit"
+    elif config.strategy == "uniform":
+        count = config.num_layers
+        keep = (
+            select_layers(n, config.every)
+            if count is None
+            else sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)})
+        )
+        strategy = config.strategy
+    else:
+        count = config.num_layers if config.num_layers is not None else len(select_layers(n, config.every))
+        keep, strategy = select_by_influence(scores, count), config.strategy
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad or not keep or len(set(keep)) != len(keep):
+        raise ValueError(f"keep={keep}: layer indices must be unique and in [0, {n - 1}].")
+    return sorted(keep), strategy
+
+
+def _drop_layers(model, keep: list):
+    """``model`` (changed in place) with only the decoder layers ``keep``, renumbered, and its config to match."""
+    base, layers = _decoder_layers(model)
+    base.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_idx, layer in enumerate(base.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    return model
+
+
+def _narrow(model, keep: list, importance, sizes: dict) -> tuple:
+    """``(narrowed copy of model, its kdq_shrink["width"] record)``; ``importance`` was measured on every source
+    layer, so its per-layer rows are cut to ``keep`` first."""
+    from .width import WIDTH_FIELDS, plan_width, prune_width
+
+    source_sizes = {k: int(getattr(model.config, k)) for k in WIDTH_FIELDS}
+    kept_rows = torch.tensor(keep, dtype=torch.long)
+    importance.neurons, importance.heads = importance.neurons[kept_rows], importance.heads[kept_rows]
+    plan = plan_width(model.config, importance, sizes)
+    return prune_width(model, plan), plan.record(source_sizes)
+
+
+def _summary(record: dict, sizes: dict | None) -> str:
+    """One line: the layers kept and, when narrowed, each width from the source's to the student's."""
+    keep = record["kept_layers"]
+    what = f"kept {len(keep)} of {record['source_layers']} layers ({record['strategy']}): {keep}"
+    if sizes is not None:
+        what += "; width " + ", ".join(f"{k} {record['width']['source'][k]}→{v}" for k, v in sizes.items())
+    return what
+
+
+def _check_reload(model, tokenizer, folder: Path, calibration, *, atol: float) -> None:
     """The saved folder, loaded the stock way, scores probe rows as the model in memory does."""
     from transformers import AutoModelForSequenceClassification
 

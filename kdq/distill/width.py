@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+from .shrink_config import WIDTH_FIELDS  # the config's width fields, in one place
+
 LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 

@@ -3,12 +3,17 @@
     kdq.export(model, out_dir, ExportConfig(title=..., dataset_id="owner/slug")) -> Path
     kdq.verify(folder) -> VerifyReport   # raises VerificationError on a missing/altered file
 
-Light on import: torch and transformers load only when a function runs.
+* ``build``: :func:`export`, in named steps (stage the files, the fp16 check, predict.py, wheels, the
+  probe batch, the card and the manifest);
+* ``config``: :class:`ExportConfig` and Kaggle's dataset rules (no torch at import);
+* ``card``, ``manifest``, ``files``, ``fp16``, ``script``, ``wheels``: the model card, the manifest's
+  records, the folder's files, fp16 weight storage, ``predict.py``, the offline wheels;
+* ``verify``: :func:`verify`, the checksums and the probe re-run.
+
+Names load on first use (:mod:`kdq.utils.lazy`): torch and transformers load only when a function runs.
 """
 
-from .build import ExportError, export
-from .config import KAGGLE_LICENSES, ExportConfig, dataset_metadata_problems
-from .verify import VerificationError, VerifyReport, verify
+from ..utils.lazy import lazy_package
 
 __all__ = [
     "ExportConfig",
@@ -20,3 +25,17 @@ __all__ = [
     "KAGGLE_LICENSES",
     "dataset_metadata_problems",
 ]
+
+lazy_package(
+    __name__,
+    {
+        "ExportConfig": ".config",
+        "KAGGLE_LICENSES": ".config",
+        "dataset_metadata_problems": ".config",
+        "export": ".build",
+        "ExportError": ".build",
+        "verify": ".verify",
+        "VerificationError": ".verify",
+        "VerifyReport": ".verify",
+    },
+)

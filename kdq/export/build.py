@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -50,6 +51,31 @@ class _Staged:
     fingerprint: str
     weights_sha256: dict
     fp16_check: dict | None = None  # fp16 vs fp32 on the check rows, for unquantized weights
+    store_fp16: bool = False  # rewrite the weights in fp16 once the model is dropped (_store_fp16)
+
+
+@dataclass
+class _Built:
+    """The staged folder, once the model is dropped: what the later steps of :func:`export` read."""
+
+    staged: _Staged
+    template: object  # the TemplateConfig rows are rendered with
+    scheme: object  # the LabelScheme the model was trained for
+    quant_method: str | None  # config.json's quantization_config quant_method (None: not quantized)
+    expected: _Expected  # the probe rows and kdq's scoring of them on the source model
+
+
+@dataclass
+class _Published:
+    """What the card and the manifest publish besides the folder's own facts."""
+
+    probe: dict  # the probe batch predict.py scored (:func:`_probe`)
+    wheels: dict | None  # the wheels/ record, when config.wheels
+    metrics: dict | None  # kdq.evaluate's Metrics.to_dict()
+    budget: dict | None  # its budget verdict
+    table_md: str | None  # the trade-off table
+    sources: dict | None = None  # name -> {"path", "fingerprint"} or a fingerprint, public paths only
+    configs: dict | None = None  # the configs recorded (ExportConfig.configs, kdq.quantize's report)
 
 
 @dataclass
@@ -94,67 +120,74 @@ def export(model, out_dir, config: ExportConfig, *, metrics=None, table_md: str 
     from tqdm.auto import tqdm
 
     from ..costs.budget import load_budget
-    from ..runtime.dtypes import restored_cast
 
     load_budget(config.budget)  # a bad profile fails now, not after staging the weights
     check = fp16_check_rows(config)  # so do unreadable check_rows
 
-    steps = ["stage model files", "write predict.py", "wheels", "probe batch", "card and manifest"]
-    bar = tqdm(total=len(steps), desc="export", unit="step")
+    steps = iter(["stage model files", "write predict.py", "wheels", "probe batch", "card and manifest"])
+    bar = tqdm(total=5, desc="export", unit="step")
     try:
         with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
-            bar.set_postfix_str(steps[0])
-            staged = _stage_files(model, tmp, tokenizer)
-            with restored_cast(staged.loaded.model):  # a caller's model object computes as before afterwards
-                template = _resolve_template(config, staged.loaded.model)
-                infer = inference_template(config, template)  # what predict.py renders rows with
-                if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
-                    staged = _fp16_check(staged, tmp, config, infer, check)
-                scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
-                quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
-                # The probe's expected side now, then the model goes: predict.py loads its own copy from the
-                # folder, and two copies of a 4B model do not fit a notebook's host RAM.
-                expected = _expected_probe(staged.loaded, config, infer)
-            staged.loaded = None
-            gc.collect()
-            _store_fp16(staged, tmp)  # with no model in memory: the host holds one shard at a time
-            bar.update(1)
-
-            bar.set_postfix_str(steps[1])
-            write_json(
-                tmp / SETTINGS_FILE, settings_record(config, quantization_config_of(tmp), fp16_check=staged.fp16_check)
-            )
-            from .. import __version__ as kdq_version
-
-            (tmp / SCRIPT_NAME).write_text(
-                render_script(
-                    title=config.title,
-                    slug=config.slug,
-                    kdq_version=kdq_version,
-                    quant_method=quant_method,
-                    competition=scheme.competition,
-                ),
-                encoding="utf-8",
-            )
-            copy_runtime(tmp)
-            bar.update(1)
-
-            bar.set_postfix_str(steps[2])
-            wheels = _wheels(tmp, config, quant_method) if config.wheels else None
-            bar.update(1)
-
-            bar.set_postfix_str(steps[3])
-            probe = _probe(tmp, expected, config)
-            bar.update(1)
-
-            bar.set_postfix_str(steps[4])
-            _write_card_and_manifest(
-                tmp, config, staged, template, quant_method, probe, wheels, metrics_dict, budget, table_md
-            )
+            bar.set_postfix_str(next(steps))
+            built = _stage(model, tmp, config, tokenizer, check)
+            _next_step(bar, steps)
+            _write_script(tmp, config, built)
+            _next_step(bar, steps)
+            wheels = _wheels(tmp, config, built.quant_method) if config.wheels else None
+            _next_step(bar, steps)
+            probe = _probe(tmp, built.expected, config)
+            _next_step(bar, steps)
+            _write_card_and_manifest(tmp, config, built, _Published(probe, wheels, metrics_dict, budget, table_md))
             bar.update(1)
     finally:
         bar.close()
     return out_dir
+
+
+def _next_step(bar, steps) -> None:
+    """One step of :func:`export` done; name the next on the bar."""
+    bar.update(1)
+    bar.set_postfix_str(next(steps))
+
+
+def _stage(model, tmp: Path, config: ExportConfig, tokenizer, check: CheckRows) -> _Built:
+    """Stage the model's files in ``tmp``; for unquantized weights, the fp16 check; the exported config.json;
+    kdq's scoring of the probe rows on the source. Then the model goes (predict.py loads its own copy from the
+    folder, and two copies of a 4B model do not fit a notebook's host RAM) and, where the fp16 check asked for
+    it, the weights are rewritten in fp16 one shard at a time."""
+    from ..runtime.dtypes import restored_cast
+
+    staged = _stage_files(model, tmp, tokenizer)
+    with restored_cast(staged.loaded.model):  # a caller's model object computes as before afterwards
+        template = _resolve_template(config, staged.loaded.model)
+        infer = inference_template(config, template)  # what predict.py renders rows with (ExportConfig.max_length)
+        if quantization_config_of(tmp) is None:  # quantized folders stay byte for byte
+            staged = _fp16_check(staged, tmp, config, infer, check)
+        scheme = scheme_of_config(staged.loaded.model.config)  # the label scheme the model was trained for
+        quant_method = _finish_config_json(tmp, template, staged.loaded.tokenizer, scheme)
+        expected = _expected_probe(staged.loaded, config, infer)
+    staged.loaded = None
+    gc.collect()
+    _store_fp16(staged, tmp)  # with no model in memory: the host holds one shard at a time
+    return _Built(staged, template, scheme, quant_method, expected)
+
+
+def _write_script(tmp: Path, config: ExportConfig, built: _Built) -> None:
+    """``kdq-predict.json``, ``predict.py`` and the ``kdq_runtime/`` package it imports."""
+    from .. import __version__ as kdq_version
+
+    write_json(
+        tmp / SETTINGS_FILE, settings_record(config, quantization_config_of(tmp), fp16_check=built.staged.fp16_check)
+    )
+    script = render_script(
+        title=config.title,
+        slug=config.slug,
+        kdq_version=kdq_version,
+        quant_method=built.quant_method,
+        competition=built.scheme.competition,
+    )
+    (tmp / SCRIPT_NAME).write_text(script, encoding="utf-8")
+    copy_runtime(tmp)
 
 
 # kdq.export is this function once kdq/__init__ binds it, so the documented spelling
@@ -267,7 +300,8 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
     One copy of the model is held throughout, in the dtype it was loaded in: fp32 and fp16 compute are
     layerwise casts of it (:func:`kdq.runtime.dtypes.compute_in`), never a second, upcast copy (a 4B model:
     7.9 GB in bf16, 15.8 GB more in fp32). The weights are stored in fp16 tensor by tensor once the model
-    is dropped (:func:`_store_fp16`), and the record says what that conversion changed. On return the model
+    is dropped (``store_fp16`` on the returned :class:`_Staged`; :func:`_store_fp16`), and the record's
+    ``conversion`` then says what that changed. On return the model
     computes what predict.py computes from the stored files on CPU: fp32, from the fp16-rounded weights when
     they are converted; the probe compares against that.
     """
@@ -275,27 +309,66 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
 
     from ..runtime.dtypes import compute_in, stored_dtype
 
-    loaded = staged.loaded
-    model = loaded.model
+    model = staged.loaded.model
+    store_fp16 = config.weights_dtype == "float16" and stored_dtype(model) != torch.float16
+    scorer = _CheckScorer(staged.loaded, check, template, config)
+    ref = _fp32_reference(scorer)  # the source's weights, computed in fp32
+    diffs = _row_diffs(_half_probs(model, scorer.probs), ref)  # what a T4 computes: fp16 weights, fp16 activations
+    bad = (~(diffs <= config.fp16_atol)).nonzero().flatten().tolist()
+    record = _fp16_record(config, check, diffs, bad, _half_kind(model))
+    found = _fp16_finding(config, check, diffs, bad)  # raises when fp16_fallback="refuse" and a row is bad
+    via = torch.float16 if store_fp16 else None  # predict.py computes the fp16-rounded weights
+    if found and store_fp16:  # fp32 compute must survive the fp16 rounding
+        record["fp32_compute_max_abs_diff_vs_source"] = _fp32_drift(scorer, ref, found)
+    if found:
+        warnings.warn(
+            f"{found} kdq-predict.json records cuda_compute_dtype='float32' (ExportConfig.fp16_fallback="
+            "'fp32-compute'): predict.py will load and compute this model in fp32 on CUDA, several times "
+            "slower on a T4 than the fp16 speed the budget verdict assumes.",
+            stacklevel=4,
+        )
+    compute_in(model, torch.float32, via)  # what predict.py computes from the stored files on CPU
+    return dataclasses.replace(staged, fp16_check=record, store_fp16=store_fp16)
 
-    def probs(dtype, via=None):
-        compute_in(model, dtype, via)
+
+@dataclass
+class _CheckScorer:
+    """kdq's scoring of the fp16 check rows on the staged model, in a chosen compute dtype."""
+
+    loaded: object  # kdq.models.LoadedModel
+    check: CheckRows
+    template: object
+    config: ExportConfig
+
+    def probs(self, dtype, via=None):
+        """``(N, C)`` probabilities computed in ``dtype`` (weights rounded through ``via`` first, when given)."""
+        from ..runtime.dtypes import compute_in
+
+        compute_in(self.loaded.model, dtype, via)
+        c = self.config
         return kdq_probs(
-            loaded, check.rows, template, tta=config.tta, batch_size=config.batch_size, tta_fraction=config.tta_fraction
+            self.loaded, self.check.rows, self.template, tta=c.tta, batch_size=c.batch_size, tta_fraction=c.tta_fraction
         )
 
-    source_fp16 = stored_dtype(model) == torch.float16
-    ref = probs(torch.float32)  # the source's weights, computed in fp32
+
+def _fp32_reference(scorer: _CheckScorer):
+    """The check rows computed in fp32 from the held weights; :class:`ExportError` when any is not finite."""
+    import torch
+
+    ref = scorer.probs(torch.float32)
     broken = (~torch.isfinite(ref).all(dim=-1)).nonzero().flatten().tolist()
     if broken:
-        i = broken[0]
+        check, i = scorer.check, broken[0]
         raise ExportError(
             f"fp16 check: the model's probabilities are not finite even in fp32 on {len(broken)} of "
             f"{len(check.ids)} rows, the first id {check.ids[i]!r} ({check.origins[i]}: {_excerpt(check.rows[i])!r}); "
             "no compute dtype fixes that: check the model. Nothing was written."
         )
-    diffs = _row_diffs(_half_probs(model, probs), ref)  # what a T4 computes: fp16 weights, fp16 activations
-    bad = (~(diffs <= config.fp16_atol)).nonzero().flatten().tolist()
+    return ref
+
+
+def _fp16_record(config: ExportConfig, check: CheckRows, diffs, bad: list, fp16_compute: str) -> dict:
+    """The manifest's ``fp16_check``: how far fp16 compute is from fp32 on the check rows, and the first bad row."""
     record = {
         "max_abs_diff_vs_fp32": _json_float(diffs.max()),  # null: some row is not finite in fp16
         "atol": config.fp16_atol,
@@ -306,10 +379,9 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
         "fallback": config.fp16_fallback,
         "cuda_compute_dtype": "float32" if bad else "float16",
         "reference": "fp32 compute of the held weights, one module at a time",
-        "fp16_compute": _half_kind(model),
-        "conversion": None,
+        "fp16_compute": fp16_compute,
+        "conversion": None,  # what storing the weights in fp16 changed, once it has (_store_fp16)
     }
-    found = None
     if bad:
         i = bad[0]
         d = float(diffs[i])
@@ -320,44 +392,49 @@ def _fp16_check(staged: _Staged, tmp: Path, config: ExportConfig, template, chec
             "max_abs_diff_vs_fp32": _json_float(d),
             "finite_in_fp16": d != float("inf"),
         }
-        what = "not finite in fp16 (an fp16 overflow)" if d == float("inf") else f"{d:.3g} away from fp32"
-        found = (
-            f"fp16 check: {len(bad)} of {len(check.ids)} rows give probabilities that are not finite in fp16 "
-            f"or off by more than ExportConfig.fp16_atol={config.fp16_atol:g} from fp32; the first is id "
-            f"{check.ids[i]!r} ({check.origins[i]} row: {_excerpt(check.rows[i])!r}), {what}."
+    return record
+
+
+def _fp16_finding(config: ExportConfig, check: CheckRows, diffs, bad: list) -> str | None:
+    """What the fp16 check found (``None``: every row fine); :class:`ExportError` with the options when
+    ``config.fp16_fallback`` is ``"refuse"``."""
+    if not bad:
+        return None
+    i = bad[0]
+    d = float(diffs[i])
+    what = "not finite in fp16 (an fp16 overflow)" if d == float("inf") else f"{d:.3g} away from fp32"
+    found = (
+        f"fp16 check: {len(bad)} of {len(check.ids)} rows give probabilities that are not finite in fp16 "
+        f"or off by more than ExportConfig.fp16_atol={config.fp16_atol:g} from fp32; the first is id "
+        f"{check.ids[i]!r} ({check.origins[i]} row: {_excerpt(check.rows[i])!r}), {what}."
+    )
+    if config.fp16_fallback == "refuse":
+        raise ExportError(
+            f"{found} A T4 computes this folder in fp16, so the notebook would give such rows NaN or wrong "
+            "probabilities. Options: ExportConfig(fp16_fallback='fp32-compute') records in kdq-predict.json "
+            "that predict.py loads and computes the model in fp32 on CUDA (correct, several times slower on "
+            "a T4: watch its ETA); add weights_dtype='float32' to keep the weights exact as well (fp32 "
+            "weights alone do not help: predict.py computes in fp16 on CUDA whatever is stored); or a "
+            "quantized variant (kdq.quantize(..., QuantConfig.from_name('gptq-8'))), whose activations are "
+            "fp16 on CUDA too, so check it on these rows. Nothing was written."
         )
-        if config.fp16_fallback == "refuse":
-            raise ExportError(
-                f"{found} A T4 computes this folder in fp16, so the notebook would give such rows NaN or wrong "
-                "probabilities. Options: ExportConfig(fp16_fallback='fp32-compute') records in kdq-predict.json "
-                "that predict.py loads and computes the model in fp32 on CUDA (correct, several times slower on "
-                "a T4: watch its ETA); add weights_dtype='float32' to keep the weights exact as well (fp32 "
-                "weights alone do not help: predict.py computes in fp16 on CUDA whatever is stored); or a "
-                "quantized variant (kdq.quantize(..., QuantConfig.from_name('gptq-8'))), whose activations are "
-                "fp16 on CUDA too, so check it on these rows. Nothing was written."
-            )
-    via = None
-    if config.weights_dtype == "float16" and not source_fp16:
-        record["conversion"] = "pending"  # the files are rewritten once the model is dropped (_store_fp16)
-        via = torch.float16  # predict.py computes the fp16-rounded weights
-    if bad and via is not None:  # fp32 compute must survive the fp16 rounding
-        drift = float(_row_diffs(probs(torch.float32, via), ref).max())
-        record["fp32_compute_max_abs_diff_vs_source"] = drift
-        if not drift <= config.fp16_atol:
-            raise ExportError(
-                f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
-                f"still {drift:.3g} away from the source (fp16_atol={config.fp16_atol:g}): export with "
-                "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
-            )
-    if bad:
-        warnings.warn(
-            f"{found} kdq-predict.json records cuda_compute_dtype='float32' (ExportConfig.fp16_fallback="
-            "'fp32-compute'): predict.py will load and compute this model in fp32 on CUDA, several times "
-            "slower on a T4 than the fp16 speed the budget verdict assumes.",
-            stacklevel=3,
+    return found
+
+
+def _fp32_drift(scorer: _CheckScorer, ref, found: str) -> float:
+    """max |Δp| of fp32 compute on the fp16-rounded weights from the source (``ref``); :class:`ExportError`
+    beyond ``fp16_atol``, since then fp32 compute does not rescue the stored fp16 weights."""
+    import torch
+
+    atol = scorer.config.fp16_atol
+    drift = float(_row_diffs(scorer.probs(torch.float32, torch.float16), ref).max())
+    if not drift <= atol:
+        raise ExportError(
+            f"{found} With fp16_fallback='fp32-compute', fp32 compute on the fp16-rounded weights is "
+            f"still {drift:.3g} away from the source (fp16_atol={atol:g}): export with "
+            "ExportConfig(weights_dtype='float32', fp16_fallback='fp32-compute'). Nothing was written."
         )
-    compute_in(model, torch.float32, via)  # what predict.py computes from the stored files on CPU
-    return _Staged(loaded, staged.source, staged.fingerprint, staged.weights_sha256, fp16_check=record)
+    return drift
 
 
 _HEAD = {"head": "require", "role": "the model to export"}  # a head of another size, or none saved, is refused
@@ -368,7 +445,7 @@ def _store_fp16(staged: _Staged, tmp: Path) -> None:
     (:func:`kdq.export.fp16.convert_folder`)."""
     from .fp16 import convert_folder
 
-    if staged.fp16_check and staged.fp16_check.get("conversion") == "pending":
+    if staged.store_fp16:
         staged.fp16_check["conversion"] = convert_folder(tmp)
 
 
@@ -465,7 +542,7 @@ def _resolve_template(config: ExportConfig, model):
         warnings.warn(
             f"the model records no row template (config.json {TEMPLATE_KEY!r}); exporting with the default "
             f"{TemplateConfig()}. Pass ExportConfig(template=...) if it was trained otherwise.",
-            stacklevel=3,
+            stacklevel=4,
         )
     return config.template or recorded or TemplateConfig()
 
@@ -587,12 +664,11 @@ def _probe(tmp: Path, expected: _Expected, config: ExportConfig) -> dict:
     }
 
 
-def _write_card_and_manifest(
-    tmp: Path, config, staged: _Staged, template, quant_method, probe, wheels, metrics, budget, table_md
-):
-    from .card import render_card
+def _write_card_and_manifest(tmp: Path, config: ExportConfig, built: _Built, published: _Published) -> None:
+    """README.md, ``dataset-metadata.json`` and ``kdq-manifest.json`` (every file's checksum, last)."""
+    from .card import CardFacts, render_card
 
-    versions = library_versions()
+    staged = built.staged
     sources = {
         "model": {"path": staged.source, "fingerprint": staged.fingerprint, "weights_sha256": staged.weights_sha256}
     }
@@ -600,30 +676,38 @@ def _write_card_and_manifest(
     _add_quantize_record(staged.source, configs, sources)
     sources.update(_user_sources(config.sources))
     # Published files name sources by folder name and fingerprint, never by this machine's paths.
-    sources, configs, metrics = public_paths(sources), public_paths(configs), public_paths(metrics)
-    flat_sources = {k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()}
-    cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-    scheme = scheme_of_config(cfg)
-    card = render_card(
-        config=config,
-        quant_method=quant_method,
-        template=template.to_dict(),
-        files=list_files(tmp),
-        metrics=metrics,
-        budget=budget,
-        table_md=table_md,
-        wheels=wheels,
-        versions=versions,
-        sources=flat_sources,
-        fp16_check=staged.fp16_check,
-        scheme=scheme,
+    sources = public_paths(sources)
+    published = dataclasses.replace(
+        published, metrics=public_paths(published.metrics), sources=sources, configs=public_paths(configs)
     )
+    facts = CardFacts(
+        quant_method=built.quant_method,
+        template=built.template.to_dict(),
+        files=list_files(tmp),
+        versions=library_versions(),
+        sources={k: (f"{v['path']} ({v['fingerprint']})" if isinstance(v, dict) else v) for k, v in sources.items()},
+        scheme=scheme_of_config(json.loads((tmp / "config.json").read_text(encoding="utf-8"))),
+        metrics=published.metrics,
+        budget=published.budget,
+        table_md=published.table_md,
+        wheels=published.wheels,
+        fp16_check=staged.fp16_check,
+    )
+    card = render_card(config, facts)
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     meta = config.dataset_metadata(description=card)
     problems = dataset_metadata_problems(meta)
     if problems:  # ExportConfig validates the same rules; this guards the file itself
         raise ExportError("dataset-metadata.json would be rejected by Kaggle: " + "; ".join(problems))
     write_json(tmp / METADATA_FILE, meta)
+    manifest = _manifest(tmp, config, facts, staged, published)
+    write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _manifest(tmp: Path, config: ExportConfig, facts, staged: _Staged, published: _Published) -> dict:
+    """``kdq-manifest.json``: the dataset, the export config, the model, its sources and records, every file."""
+    cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    scheme = facts.scheme
     manifest = {
         FORMAT_KEY: MANIFEST_FORMAT,
         "created_utc": utc_now(),
@@ -631,27 +715,27 @@ def _write_card_and_manifest(
         "export_config": public_paths(config.to_dict()),
         "model": {
             "architectures": cfg.get("architectures"),
-            "quant_method": quant_method,
+            "quant_method": facts.quant_method,
             "num_labels": len(cfg.get("id2label") or {}),
             "id2label": cfg.get("id2label"),
             "label_scheme": scheme.name,
             "submission": list(scheme.submission_columns),
             "pad_token_id": cfg.get("pad_token_id"),
-            "template": template.to_dict(),
+            "template": facts.template,
         },
-        "sources": sources,
-        "configs": configs,
-        "metrics": metrics,
-        "budget": budget,
-        "trade_off_table": table_md,
-        "probe": probe,
+        "sources": published.sources,
+        "configs": published.configs,
+        "metrics": published.metrics,
+        "budget": published.budget,
+        "trade_off_table": published.table_md,
+        "probe": published.probe,
         "fp16_check": public_paths(staged.fp16_check),
-        "wheels": wheels,
-        "versions": versions,
+        "wheels": published.wheels,
+        "versions": facts.versions,
         "files": list_files(tmp),
     }
     manifest["disk"] = _disk_record(manifest["files"], config)
-    write_json(tmp / MANIFEST_FILE, manifest)
+    return manifest
 
 
 def _disk_record(files: dict, config: ExportConfig) -> dict:
@@ -662,7 +746,7 @@ def _disk_record(files: dict, config: ExportConfig) -> dict:
     total = sum(f["size"] for f in files.values())
     verdict = disk_verdict(total, load_budget(config.budget))
     for note in verdict["notes"]:
-        warnings.warn(f"kdq.export: {note}.", stacklevel=4)
+        warnings.warn(f"kdq.export: {note}.", stacklevel=5)
     return {"bytes": total, "gb": total / GB, **{k: v for k, v in verdict.items() if k != "export_gb"}}
 
 

@@ -77,7 +77,8 @@ CUDA_KERNELS = (
 )
 
 # config.json ``backend`` values that leave the kernel to the card (kdq records "torch" after a CPU
-# quantization, and load_overrides turns it into "auto" on CUDA); any other value pins a kernel.
+# quantization; on CUDA the kernel chosen from CUDA_KERNELS replaces it: choose_cuda_kernel for kdq,
+# kdq-predict.json ``cuda_kernels`` for predict.py); any other value pins a kernel.
 FREE_BACKENDS = (None, "", "auto", "torch")
 
 
@@ -195,14 +196,8 @@ class GPTQMethod(QuantMethod):
         s = config.settings
         return {"quant_method": "gptq", "bits": config.bits, "group_size": s.group_size, "desc_act": s.desc_act}
 
-    def load_overrides(self, qc: dict) -> dict:
-        # kdq quantizes on CPU with gptqmodel's portable torch kernel and records it; on a GPU let
-        # gptqmodel pick its fastest kernel for the card (same checkpoint format). A backend chosen
-        # explicitly at quantization time is kept.
-        return {"cuda": {"backend": "auto"}} if qc.get("backend") in (None, "torch") else {}
-
     def kernel_misfit(self, kernel, qc: dict) -> str | None:
-        # a backend chosen explicitly at quantization time stays (load_overrides), so only its kernel can run
+        # a backend chosen explicitly at quantization time stays, so only its kernel can run
         pinned = pinned_backend(qc)
         if pinned is not None and kernel.overrides.get("backend") != pinned:
             known = [k.overrides["backend"] for k in self.cuda_kernels]
@@ -268,8 +263,8 @@ class GPTQMethod(QuantMethod):
         qc.dataset = None
         qc.tokenizer = None
         # transformers rebuilds quantization_config from optimum's dict, which drops the backend;
-        # record the one used so a stock reload picks the same kernel (bit-exact on CPU).
-        # A GPU notebook may override it at load time (load_overrides; predict.py does).
+        # record the one used so a stock reload picks the same kernel (bit-exact on CPU). On CUDA,
+        # predict.py replaces a free one with the kernel it picks from kdq-predict.json's cuda_kernels.
         qc.backend = self.backend_for(config, device)
 
     def describe(self, model, config, device) -> dict:

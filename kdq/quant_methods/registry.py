@@ -17,8 +17,10 @@ Standard library only at import time.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,27 @@ from ..utils.versions import track_versions
 # quantize them: three logits carry the whole prediction, and they cost almost nothing to keep.
 HEAD_MODULES = ("score", "classifier")
 
-_REGISTRY: dict = {}
+_REGISTRY: dict = {}  # name -> QuantMethod, in registration order; read through _methods()
+
+#: the modules of this package that define methods: every module but this one and private ``_*`` ones
+METHOD_MODULES = tuple(
+    info.name
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)])
+    if info.name != "registry" and not info.name.startswith("_")
+)
+
+
+def _methods() -> dict:
+    """Every registered method by name: the built-in ones in :data:`METHOD_MODULES` order (registration
+    order within a module), then those registered from outside this package, in registration order.
+
+    A method registers itself by existing: each module of this package is imported here, on the first
+    question asked of the registry (later calls find them in ``sys.modules``), so no list of methods is
+    kept anywhere and ``import kdq.quant_methods`` imports nothing."""
+    for module in METHOD_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    rank = {f"{__package__}.{m}": i for i, m in enumerate(METHOD_MODULES)}
+    return dict(sorted(_REGISTRY.items(), key=lambda item: rank.get(type(item[1]).__module__, len(rank))))
 
 
 @dataclass(frozen=True)
@@ -323,8 +345,10 @@ def register_quantizer(name: str):
     """Class decorator: register a :class:`QuantMethod` subclass under ``name``."""
 
     def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"quantization method {name!r} is already registered ({type(_REGISTRY[name]).__name__}).")
+        # a method defined outside this package meets the built-in ones; a built-in one is being discovered
+        registry = _REGISTRY if cls.__module__.startswith(f"{__package__}.") else _methods()
+        if name in registry:
+            raise ValueError(f"quantization method {name!r} is already registered ({type(registry[name]).__name__}).")
         if not (isinstance(cls, type) and issubclass(cls, QuantMethod)):
             raise ValueError(f"register_quantizer({name!r}) decorates QuantMethod subclasses, got {cls!r}.")
         settings = cls.settings
@@ -336,7 +360,7 @@ def register_quantizer(name: str):
             )
         method = cls()
         method.name = name
-        taken = variants()
+        taken = _variant_table(registry.values())
         clash = sorted(v for v in method.variant_fields() if v in taken)
         if clash:
             raise ValueError(f"quantization method {name!r}: variant name(s) {clash} are taken by {taken[clash[0]]}.")
@@ -350,13 +374,13 @@ def register_quantizer(name: str):
 def get_quantizer(name) -> QuantMethod:
     """The registered method called ``name``; ``ValueError`` lists the registered ones."""
     try:
-        return _REGISTRY[name]
+        return _methods()[name]
     except (KeyError, TypeError):
         raise ValueError(f"QuantConfig.method must be one of {registered_methods()}, got {name!r}.") from None
 
 
 def registered_methods() -> list:
-    return sorted(_REGISTRY)
+    return sorted(_methods())
 
 
 # --------------------------------------------------------------- variant names and method fields
@@ -364,8 +388,12 @@ def variants() -> dict:
     """``{variant name: QuantConfig fields}`` of every registered method, in registration order
     (``{"gptq-4": {"method": "gptq", "bits": 4}, ...}``): what ``--method``, the pipeline's
     ``quant_methods`` and ``QuantConfig.from_name`` accept."""
+    return _variant_table(_methods().values())
+
+
+def _variant_table(methods) -> dict:
     out: dict = {}
-    for method in _REGISTRY.values():
+    for method in methods:
         out.update(method.variant_fields())
     return out
 
@@ -388,7 +416,7 @@ def variant_fields(name) -> dict:
 def method_fields() -> dict:
     """``{field: [methods that have it]}``: every registered method's own ``QuantConfig`` fields."""
     out: dict = {}
-    for name, method in _REGISTRY.items():
+    for name, method in _methods().items():
         for field in settings_fields(method.settings):
             out.setdefault(field, []).append(name)
     return out
@@ -398,7 +426,7 @@ def method_field_help(name: str) -> str:
     """The one-line help of a method's own field (its settings dataclass's metadata), naming its methods."""
     users = method_fields().get(name, [])
     for method in users:
-        for f in dataclasses.fields(_REGISTRY[method].settings):
+        for f in dataclasses.fields(_methods()[method].settings):
             if f.name == name and f.metadata.get("help"):
                 return f"{f.metadata['help']} ({', '.join(sorted(users))} only)"
     return f"a field of {', '.join(sorted(users))}"
@@ -427,13 +455,13 @@ def method_for(config) -> QuantMethod | None:
     qc = quantization_config_of(config)
     if qc is None:
         return None
-    found = next((m for _, m in sorted(_REGISTRY.items()) if m.owns(qc)), None)
+    found = next((m for _, m in sorted(_methods().items()) if m.owns(qc)), None)
     if found is None:
         raise ValueError(
             f"quantization_config.quant_method {qc.get('quant_method')!r} (load_in_8bit="
             f"{qc.get('load_in_8bit')}, load_in_4bit={qc.get('load_in_4bit')}) is not a method kdq "
             f"knows; registered: {registered_methods()} (config.json quant_method "
-            f"{sorted({m.quant_method for m in _REGISTRY.values()})})."
+            f"{sorted({m.quant_method for m in _methods().values()})})."
         )
     return found
 
@@ -541,7 +569,7 @@ def _config_of(format_or_config) -> dict | None:
         return None
     seen = []
     for fields in variants().values():
-        method = _REGISTRY[fields["method"]]
+        method = _methods()[fields["method"]]
         qc = method.quantization_config_for(_variant_stand_in(method, fields))
         fmt = method.weight_format(qc).name
         if fmt == name:
@@ -594,7 +622,7 @@ def has_cuda_kernel(format_or_config, capability, compute_dtype: str | None = "f
 def runtime_modules_by_quant_method() -> dict:
     """``{config.json quant_method: modules transformers imports to load it}``."""
     out: dict = {}
-    for _, m in sorted(_REGISTRY.items()):
+    for _, m in sorted(_methods().items()):
         out[m.quant_method] = tuple(dict.fromkeys(out.get(m.quant_method, ()) + m.runtime_modules))
     return out
 
@@ -603,9 +631,9 @@ def wheels_for(quant_method: str | None) -> tuple:
     """The pip packages an offline notebook needs for ``config.json`` ``quant_method`` (``()`` when ``None``)."""
     if quant_method is None:
         return ()
-    wheels = [w for _, m in sorted(_REGISTRY.items()) if m.quant_method == quant_method for w in m.wheels]
+    wheels = [w for _, m in sorted(_methods().items()) if m.quant_method == quant_method for w in m.wheels]
     if not wheels:
-        known = sorted({m.quant_method for m in _REGISTRY.values()})
+        known = sorted({m.quant_method for m in _methods().values()})
         raise ValueError(
             f"no wheel list for quantization method {quant_method!r}; known: {known}. "
             "Pass ExportConfig(wheel_packages=...)."

@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..quant_methods import get_quantizer
@@ -87,16 +87,87 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
     """
     from tqdm.auto import tqdm
 
-    from ..models import attach_template, prepare_classifier
     from ..utils.atomic import atomic_dir
-    from .calibration import prepare_calibration
-    from .verify import check_head, probe_logits
 
+    out_dir = Path(out_dir)
+    method = _check_arguments(model, config, calibration, out_dir, overwrite)
+    device = _resolve_device(config)
+    dtype = _resolve_dtype(config, device)
+    method.prepare(device)  # missing extras fail here, before any heavy work
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tqdm(total=len(_STAGES), desc=f"kdq.quantize {config.name}", unit="step") as bar,
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch,
+    ):
+        run = _Run(config, method, device, dtype, bar)
+        run.stage(0)
+        source = _load_source(model, tokenizer, dtype, device, Path(scratch))
+        run.stage(1)  # calibration and probe rows, rendered with the same template as training
+        rows = _render_rows(run, source, calibration)
+        run.stage(2)  # reference logits; then free the source before quantizing (a 4B teacher)
+        measured = _Measured(source_logits=_probe_source(run, source, rows))
+        run.stage(3)
+        qmodel = _quantize_model(run, source, rows, measured)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            run.stage(4)
+            qmodel.save_pretrained(str(tmp))
+            source.tokenizer.save_pretrained(str(tmp))
+            run.stage(5)
+            measured.verify_start = time.perf_counter()
+            measured.memory_logits = _probe_quantized(qmodel, rows, source.tokenizer.pad_token_id)
+            del qmodel
+            _release(device)
+            report = _verify(tmp, run, rows, source, measured)
+            bar.update()
+    log.info(
+        "kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, %.1f MB",
+        config.name,
+        out_dir,
+        report.reload_max_abs_delta,
+        report.reload_tolerance,
+        report.kl_to_source,
+        report.weights_bytes / 1e6,
+    )
+    return out_dir
+
+
+@dataclass
+class _Run:
+    """One :func:`quantize` call, resolved: its config and method, where it computes, and its progress bar."""
+
+    config: QuantConfig
+    method: object  # the registered QuantMethod
+    device: object  # torch.device
+    dtype: object  # torch.dtype of the layers left unquantized
+    bar: object  # tqdm, one step per entry of _STAGES
+
+    def stage(self, i: int) -> None:
+        """Say that step ``i`` of :data:`_STAGES` starts (the bar counts the steps done)."""
+        self.bar.update(1 if i else 0)
+        self.bar.set_postfix_str(_STAGES[i])
+
+    def template(self, source):
+        """How rows are rendered: the config's template, else the source's (recorded, else the default)."""
+        return self.config.template or source.template
+
+
+@dataclass
+class _Measured:
+    """What a run measures on its way to the report."""
+
+    source_logits: object  # (N, C): the source on the probe rows
+    quantize_seconds: float = 0.0
+    details: dict = field(default_factory=dict)  # the method's details for kdq-quantize.json
+    memory_logits: object = None  # (N, C): the quantized model in memory, before it is dropped
+    verify_start: float = 0.0  # time.perf_counter() when verification began
+
+
+def _check_arguments(model, config, calibration, out_dir: Path, overwrite: bool):
+    """The config's registered method, once the arguments are known to be usable (no model loaded yet)."""
     if not isinstance(config, QuantConfig):
         raise ValueError(
             f"config must be a kdq.QuantConfig, got {type(config).__name__}; e.g. QuantConfig.from_name('gptq-4')."
         )
-    out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another output folder.")
     method = get_quantizer(config.method)
@@ -106,94 +177,65 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
             "path, DataFrame, Dataset) or a list of strings, ideally >= 128 training rows."
         )
     _refuse_quantized(model)
-    device = _resolve_device(config)
-    dtype = _resolve_dtype(config, device)
-    method.prepare(device)  # missing extras fail here, before any heavy work
-    name = config.name
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return method
 
-    with (
-        tqdm(total=len(_STAGES), desc=f"kdq.quantize {name}", unit="step") as bar,
-        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src-", dir=out_dir.parent) as scratch,
-    ):
 
-        def stage(i):
-            bar.update(1 if i else 0)
-            bar.set_postfix_str(_STAGES[i])
+def _render_rows(run: _Run, source, calibration):
+    """The calibration and probe rows (:class:`~kdq.quantize.calibration.CalibrationSet`), rendered as training did."""
+    from .calibration import prepare_calibration
 
-        stage(0)
-        source = _load_source(model, tokenizer, dtype, device, Path(scratch))
-        template = config.template or source.template
-        tok = source.tokenizer
-
-        stage(1)  # calibration and probe rows, rendered with the same template as training
-        rows = prepare_calibration(
-            calibration,
-            tok,
-            template,
-            num_samples=config.num_samples,
-            probe_rows=config.probe_rows,
-            seed=config.seed,
-            needs_calibration=method.needs_calibration,
-        )
-
-        stage(2)  # reference logits; then free the source before quantizing (a 4B teacher)
-        source_logits = probe_logits(source.model, rows.probe, tok.pad_token_id)
-        source.model = None
-        _release(device)
-
-        # The quantized model must not run forward before it is saved: bitsandbytes 4-bit
-        # (AVX512-BF16 CPUs) and gptqmodel's CPU kernels repack weights in place on the first
-        # forward pass, and a folder saved afterwards reloads wrong or not at all.
-        stage(3)
-        t0 = time.perf_counter()
-        qmodel = method.quantize(
-            source.folder, config, calibration=rows.calibration, tokenizer=tok, device=device, dtype=dtype
-        )
-        quantize_seconds = time.perf_counter() - t0
-        check_head(qmodel, name)
-        method.finalize_config(qmodel, config, device)
-        prepare_classifier(qmodel, tok)
-        attach_template(qmodel, template)
-        details = method.describe(qmodel, config, device)
-        details.update(_cuda_kernel(qmodel, device, name))
-
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            stage(4)
-            qmodel.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
-
-            stage(5)
-            t0 = time.perf_counter()
-            qmodel.eval()  # optimum leaves the new quantized linears in training mode
-            memory_logits = probe_logits(qmodel, rows.probe, tok.pad_token_id)
-            del qmodel
-            _release(device)
-            report = _verify(
-                tmp,
-                config,
-                rows,
-                source,
-                device=device,
-                dtype=dtype,
-                source_logits=source_logits,
-                memory_logits=memory_logits,
-                quantize_seconds=quantize_seconds,
-                verify_start=t0,
-                details=details,
-                pad_id=tok.pad_token_id,
-            )
-            bar.update()
-    log.info(
-        "kdq.quantize %s -> %s: reload max|Δlogit| %.3g (tol %.3g), KL to source %.4g nats, %.1f MB",
-        name,
-        out_dir,
-        report.reload_max_abs_delta,
-        report.reload_tolerance,
-        report.kl_to_source,
-        report.weights_bytes / 1e6,
+    config = run.config
+    return prepare_calibration(
+        calibration,
+        source.tokenizer,
+        run.template(source),
+        num_samples=config.num_samples,
+        probe_rows=config.probe_rows,
+        seed=config.seed,
+        needs_calibration=run.method.needs_calibration,
     )
-    return out_dir
+
+
+def _probe_source(run: _Run, source, rows):
+    """The source's logits on the probe rows; the source model is dropped afterwards (a 4B teacher)."""
+    from .verify import probe_logits
+
+    logits = probe_logits(source.model, rows.probe, source.tokenizer.pad_token_id)
+    source.model = None
+    _release(run.device)
+    return logits
+
+
+def _quantize_model(run: _Run, source, rows, measured: _Measured):
+    """The quantized model, its head checked and its config finished for saving; never run forward.
+
+    bitsandbytes 4-bit (AVX512-BF16 CPUs) and gptqmodel's CPU kernels repack weights in place on the first
+    forward pass, and a folder saved afterwards reloads wrong or not at all. Records the time taken and the
+    method's details in ``measured``."""
+    from ..models import attach_template, prepare_classifier
+    from .verify import check_head
+
+    config, method, device = run.config, run.method, run.device
+    t0 = time.perf_counter()
+    qmodel = method.quantize(
+        source.folder, config, calibration=rows.calibration, tokenizer=source.tokenizer, device=device, dtype=run.dtype
+    )
+    measured.quantize_seconds = time.perf_counter() - t0
+    check_head(qmodel, config.name)
+    method.finalize_config(qmodel, config, device)
+    prepare_classifier(qmodel, source.tokenizer)
+    attach_template(qmodel, run.template(source))
+    measured.details = method.describe(qmodel, config, device)
+    measured.details.update(_cuda_kernel(qmodel, device, config.name))
+    return qmodel
+
+
+def _probe_quantized(qmodel, rows, pad_id: int):
+    """The saved model's logits on the probe rows, computed in memory (after saving: see :func:`_quantize_model`)."""
+    from .verify import probe_logits
+
+    qmodel.eval()  # optimum leaves the new quantized linears in training mode
+    return probe_logits(qmodel, rows.probe, pad_id)
 
 
 def _cuda_kernel(qmodel, device, name: str) -> dict:
@@ -255,21 +297,7 @@ def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
     )
 
 
-def _verify(
-    folder,
-    config,
-    rows,
-    source,
-    *,
-    device,
-    dtype,
-    source_logits,
-    memory_logits,
-    pad_id,
-    quantize_seconds,
-    verify_start,
-    details,
-):
+def _verify(folder, run: _Run, rows, source, measured: _Measured):
     """Reload ``folder``, compare with the in-memory logits, gate on KL, write ``kdq-quantize.json``."""
     from ..utils.versions import library_versions
     from ..utils.weight_files import folder_weight_bytes
@@ -283,16 +311,17 @@ def _verify(
         write_report,
     )
 
-    name = config.name
+    config, name = run.config, run.config.name
+    source_logits, memory_logits = measured.source_logits, measured.memory_logits
     reloaded = compare_reload(
         name,
         folder,
         probe=rows.probe,
-        pad_id=pad_id,
+        pad_id=source.tokenizer.pad_token_id,
         memory_logits=memory_logits,
         tolerance=config.reload_tolerance,
-        device=device,
-        dtype=dtype,
+        device=run.device,
+        dtype=run.dtype,
     )
     kl = kl_divergence(source_logits, memory_logits)
     if config.max_kl is not None and not kl <= config.max_kl:
@@ -305,8 +334,8 @@ def _verify(
         variant=name,
         method=config.method,
         bits=config.bits,
-        device=str(device),
-        dtype=str(dtype).replace("torch.", ""),
+        device=str(run.device),
+        dtype=str(run.dtype).replace("torch.", ""),
         calibration_rows=len(rows.calibration),
         probe_rows=len(rows.probe),
         probe_source=rows.probe_source,
@@ -317,10 +346,10 @@ def _verify(
         argmax_agreement=float((source_logits.argmax(-1) == memory_logits.argmax(-1)).float().mean()),
         weights_bytes=folder_weight_bytes(folder),
         source_weights_bytes=source.weights_bytes,
-        quantize_seconds=quantize_seconds,
-        verify_seconds=time.perf_counter() - verify_start,
+        quantize_seconds=measured.quantize_seconds,
+        verify_seconds=time.perf_counter() - measured.verify_start,
         cpu_avx512_bf16=cpu_has_avx512_bf16(),
-        details=details,
+        details=measured.details,
         config=config.to_dict(),
         versions=library_versions(),
         source=source.name,

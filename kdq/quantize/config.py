@@ -25,10 +25,36 @@ from dataclasses import dataclass, field
 from ..config.base import Config
 from ..config.fields import coerce_fields
 from ..config.validate import check_choice, check_device, check_range
-from ..quant_methods import get_quantizer, method_field_help, method_fields, settings_fields, variant_fields
+from ..quant_methods import (
+    get_quantizer,
+    method_field_help,
+    method_fields,
+    registered_methods,
+    settings_fields,
+    variant_fields,
+    variant_names,
+)
 from ..runtime.template import TemplateConfig
 
 DTYPES = ("float16", "bfloat16", "float32")
+
+
+def method_help() -> str:
+    """The help of ``QuantConfig.method``, read from the method registry (every registered method, every variant)."""
+    return (
+        f"a registered method: {', '.join(registered_methods())} (kdq.quantize.registered_methods); "
+        f"--method and QuantConfig.from_name take a variant: {', '.join(variant_names())}"
+    )
+
+
+def bits_help() -> str:
+    """The help of ``QuantConfig.bits``: each registered method's allowed bits, read from the registry."""
+    allowed = []
+    for name in registered_methods():
+        method = get_quantizer(name)
+        bits = " or ".join(map(str, method.allowed_bits))
+        allowed.append(f"{name} {bits}" + (" (required)" if method.bits_required else ""))
+    return f"bits per weight; null: the method's default. Allowed: {'; '.join(allowed)}"
 
 
 def _with_method_fields(cls):
@@ -56,7 +82,8 @@ class QuantConfig(Config):
 
     Args:
         method: a registered method (:func:`kdq.quantize.registered_methods`: ``"gptq"``,
-            ``"bnb-int8"``, ``"bnb-nf4"``...). :meth:`from_name` takes a variant name instead.
+            ``"bnb-int8"``, ``"torchao-int8"``...; its field help lists them all, read from the
+            registry). :meth:`from_name` takes a variant name instead.
         options: the method's own fields as a dict (or give them as keywords; see the module doc).
             Their meaning, defaults and checks are in the method's settings class, e.g. GPTQ:
             ``group_size`` (128), ``desc_act`` (False), ``backend`` (None: ``"torch"`` on CPU,
@@ -65,12 +92,8 @@ class QuantConfig(Config):
     Each field's help is in its metadata (``kdq quantize --help`` lists them).
     """
 
-    method: str = field(
-        metadata={"help": "a registered method: gptq, bnb-int8, bnb-nf4, bnb-fp4 (kdq.quantize.registered_methods)"}
-    )
-    bits: int | None = field(
-        default=None, metadata={"help": "bits per weight; the method lists the allowed ones (GPTQ: 4 or 8, required)"}
-    )
+    method: str = field(metadata={"help": method_help()})
+    bits: int | None = field(default=None, metadata={"help": bits_help()})
     num_samples: int = field(
         default=128, metadata={"help": "calibration rows drawn from calibration (all when fewer), for GPTQ"}
     )
