@@ -122,9 +122,7 @@ def test_the_documented_layers_name_every_package_once():
 
 def _layer(module: str):
     """The index in LAYERS of the layer ``module`` belongs to (None outside the listed packages)."""
-    return next(
-        (i for i, layer in enumerate(LAYERS) for p in layer if module == p or module.startswith(p + ".")), None
-    )
+    return next((i for i, layer in enumerate(LAYERS) for p in layer if module == p or module.startswith(p + ".")), None)
 
 
 def _package(module: str):
