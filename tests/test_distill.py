@@ -264,3 +264,38 @@ def test_gradient_accumulation_does_not_inflate_the_loss(tmp_path, models):
     logged = [h for h in res.metrics["history"] if "loss" in h and "ce" in h]
     # With hard labels the loss is the CE; unscaled accumulation would log ~2x it.
     assert logged and all(abs(h["loss"] - h["ce"]) < 0.15 * h["ce"] for h in logged)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _installed("tensorboard"), reason="tensorboard is not installed (pip install tensorboard)")
+def test_report_to_tensorboard_writes_event_files(tmp_path, models):
+    rows = make_arena_rows(16, seed=23, max_words=30)
+    cfg = _cfg(tmp_path, training={"max_steps": 2, "report_to": "tensorboard"})
+    kdq.distill(str(models / "student"), rows, config=cfg)
+    events = list((tmp_path / "run" / "checkpoints" / "runs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
+@pytest.mark.parametrize("reporter, package", [("wandb", "wandb"), ("tensorboard", "tensorboard")])
+def test_a_missing_logger_is_named_with_its_pip_package_before_anything_runs(
+    tmp_path, models, monkeypatch, reporter, package
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = {"wandb", "tensorboard", "tensorboardX"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    cfg = _cfg(tmp_path, training={"report_to": reporter})
+    with pytest.raises(ImportError, match=rf"report_to='{reporter}' .*pip install {package}"):
+        kdq.distill(str(models / "student"), make_arena_rows(8, seed=24), teacher=str(models / "teacher"), config=cfg)
+    assert not (tmp_path / "run").exists()  # refused before the teacher pass and the run folder
+    from kdq.cli.main import main
+    from kdq.cli.spec import EXIT_MISSING_DEP
+
+    argv = ["distill", "--student", str(models / "student"), "--train", "x.csv", "--output-dir", str(tmp_path / "r")]
+    assert main([*argv, "--set", f"training.report_to={reporter}"]) == EXIT_MISSING_DEP

@@ -79,12 +79,15 @@ def _distill_config(tmp_path):
 
 
 # --------------------------------------------------------------------------- the student: a new head, any size
+@pytest.mark.parametrize("lora", [None, "nf4"], ids=["full", "qlora"])
 @pytest.mark.parametrize("name", ["reward", "two"])
-def test_a_student_head_of_another_size_is_reinitialised_with_a_warning(folders, name):
+def test_a_student_head_of_another_size_is_reinitialised_with_a_warning(folders, name, lora):
+    """Full fine-tuning and QLoRA (4-bit through load_classifier) alike: a new head of the rows' size."""
     from kdq.distill.lora import load_student
 
+    settings = kdq.LoraSettings(quantize=lora) if lora else None
     with pytest.warns(UserWarning, match=r"re-initialis.*num_labels=\d.*lmsys") as caught:
-        loaded = load_student(str(folders / name), None, device="cpu", scheme="lmsys")
+        loaded = load_student(str(folders / name), settings, device="cpu", scheme="lmsys")
     assert loaded.model.score.out_features == 3 and loaded.model.config.num_labels == 3
     assert getattr(loaded.model.config, SCHEME_KEY) == "lmsys"
     assert len([w for w in caught if "re-initialis" in str(w.message)]) == 1

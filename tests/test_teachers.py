@@ -249,7 +249,7 @@ def test_the_cli_takes_tables_and_weighted_ensembles(tmp_path, models, capsys):
     pd.DataFrame(train).to_csv(tmp_path / "train.csv", index=False)
     table, _ = _table(load_arena(train), seed=4)
     table.to_csv(tmp_path / "t.csv", index=False)
-    common = ["--set", "template.max_length=48", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    common = ["--set", "template.max_length=48", "--set", f"teacher_pass.cache_dir={tmp_path / 'cache'}"]
     code = main(
         [
             "cache-teacher",
