@@ -11,6 +11,7 @@ from ..config.validate import check_choice, check_range
 from ..costs.modelspec import LLAMA_LINEAR
 from ..runtime.constants import DEFAULT_BUDGET_NAME
 from ..runtime.template import TemplateConfig
+from .needs import teacher_needs
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWAP_AUGMENT = (False, True, "paired")
@@ -444,8 +445,11 @@ class DistillConfig(Config):
                     f"{cls}.{name} must be a {section.__name__}{' or None' if name == 'lora' else ''} (or a dict of "
                     f"its fields), got {type(value).__name__}"
                 )
-        pass_, training = self.teacher_pass, self.training
-        if self.loss.feature_weight > 0 and training.swap_augment and pass_.logits == "cache" and not pass_.tta:
+        if (
+            teacher_needs(self, has_teacher=True).cached_features
+            and self.training.swap_augment
+            and not self.teacher_pass.tta
+        ):
             raise ValueError(
                 f"{cls}: loss.feature_weight > 0 with training.swap_augment trains on swapped rows, whose teacher "
                 "features only a cache pass with teacher_pass.tta=True scores. Set teacher_pass.tta=True, "
