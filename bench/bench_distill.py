@@ -93,12 +93,11 @@ def bench_distill_step(n_rows, max_length, batch_size, hidden, layers, steps, re
             num_layers=max(1, layers // 2),
         )
         rows = make_arena_rows(n_rows, seed=3, max_words=max_length)
+        training = kdq.TrainingSettings(batch_size=batch_size, max_steps=steps, logging_steps=steps)
         base = dict(
             template=kdq.TemplateConfig(max_length=max_length),
-            batch_size=batch_size,
-            max_steps=steps,
-            logging_steps=steps,
-            cache_dir=str(tmp / "cache"),
+            training=training,
+            teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp / "cache")),
             overwrite=True,
         )
         # Warm the cache once so the timed KD runs only read it.
@@ -106,7 +105,9 @@ def bench_distill_step(n_rows, max_length, batch_size, hidden, layers, steps, re
             str(tmp / "student"),
             rows,
             teacher=str(tmp / "teacher"),
-            config=kdq.DistillConfig(output_dir=str(tmp / "warm"), **{**base, "max_steps": 1}),
+            config=kdq.DistillConfig(
+                output_dir=str(tmp / "warm"), **{**base, "training": training.replace(max_steps=1)}
+            ),
         )
         kd_t, hard_t = [], []
         for r in range(repeats):

@@ -31,12 +31,14 @@ Usage::
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes hard-labels,logit-kd
     python bench/bench_kd_recipes.py --quick               # tiny random models, synthetic rows: a smoke run
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
-        --set feature_weight=8                             # a setting swept: recorded as cross-width-cached[...]
+        --set loss.feature_weight=8                        # a setting swept: recorded as cross-width-cached[...]
     python bench/bench_kd_recipes.py --data vader --seeds 0 --students width --recipes cross-width-cached \
         --transfer 2400                                    # 3x the transfer pairs: cross-width-cached[transfer=2400]
 
 Runs already in ``<out>/results.jsonl`` are kept (the grid resumes); a run is its data set, student, recipe
-(with its ``--set`` changes and a ``--transfer`` size other than 800), seed and ``--epochs``, and gap closed
+(with its ``--set`` changes, labelled by the fields' short names from before DistillConfig had sections, e.g.
+``feature_weight=8`` for ``--set loss.feature_weight=8``, so runs recorded earlier keep their labels, and a
+``--transfer`` size other than 800), seed and ``--epochs``, and gap closed
 compares it with the hard-label run of the same data set, student, seed and epochs, trained with the same
 ``--set`` changes outside the teacher's own fields (:func:`baseline_label`). Writes ``results.jsonl``,
 ``recipes.md`` and ``curves.png`` in ``--out``.
@@ -59,7 +61,8 @@ from pathlib import Path
 import numpy as np
 
 import kdq
-from kdq.distill.config import TEACHER_FIELDS
+from kdq.config.io import merge
+from kdq.distill.config import MOVED_FIELDS, TEACHER_FIELDS
 from kdq.evaluate.evaluate import PeakMemory
 from kdq.evaluate.metrics import row_log_losses
 from kdq.evaluate.stats import Interval, paired_intervals
@@ -82,8 +85,15 @@ DEFAULT_RECIPES = {
 }
 SHAPE_FILE = "kdq_bench_shape.json"  # a ``pretrained`` student's shrink record, kept beside its folder's config
 RUN = dict(batch_size=16, eval_batch_size=32, logging_steps=10)  # the run's size, the same for every recipe
-# DistillConfig fields the bench sets for every run: --set cannot change them per recipe
-RUN_FIELDS = {*RUN, "epochs", "output_dir", "template", "seed", "overwrite", "cache_dir"}
+# DistillConfig fields (dotted) the bench sets for every run: --set cannot change them per recipe
+RUN_FIELDS = {
+    *(f"training.{k}" for k in (*RUN, "epochs", "seed")),
+    "output_dir",
+    "template",
+    "overwrite",
+    "teacher_pass.cache_dir",
+}
+SHORT_NAMES = {new: old for old, new in MOVED_FIELDS.items()}  # a field's label: its name from before the sections
 TEACHER_EPOCHS = 1  # the demo teacher's
 BOOTSTRAP = dict(n_resamples=2000, seed=0)  # every interval of the bench's tables
 
@@ -181,11 +191,11 @@ def main(argv=None):
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a DistillConfig field in every recipe (e.g. feature_weight=8); the run is recorded as "
-        "<recipe>[FIELD=VALUE]. hard-labels takes the fields that are not the teacher's own (learning_rate=5e-4 "
-        "gives hard-labels[learning_rate=0.0005], the baseline such runs are measured against; feature_weight "
-        "leaves it alone). The run's own settings, such as epochs or batch_size, are refused: --epochs sets the "
-        "length",
+        help="override a DistillConfig field (dotted) in every recipe (e.g. loss.feature_weight=8); the run is "
+        "recorded as <recipe>[FIELD=VALUE], by the field's short name (feature_weight=8). hard-labels takes the "
+        "fields that are not the teacher's own (training.learning_rate=5e-4 gives hard-labels[learning_rate=0.0005], "
+        "the baseline such runs are measured against; loss.feature_weight leaves it alone). The run's own "
+        "settings, such as training.epochs or training.batch_size, are refused: --epochs sets the length",
     )
     ap.add_argument(
         "--transfer",
@@ -204,7 +214,7 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     shape = "48,96,2,1,3" if args.quick else args.shape
     overrides = dict(_field_value(item) for item in args.set)
-    if clash := sorted(set(overrides) & RUN_FIELDS):
+    if clash := sorted(k for k in overrides if any(k == f or k.startswith(f + ".") for f in RUN_FIELDS)):
         raise SystemExit(
             f"--set {', '.join(clash)}: the run's own settings, the same for every recipe, cannot be set per "
             "recipe; --epochs sets the length of every run"
@@ -224,7 +234,10 @@ def main(argv=None):
                 ev,
                 teacher=None,
                 config=RECIPES["teacher"].config(
-                    output_dir=str(teacher_dir), template=template, overwrite=True, epochs=TEACHER_EPOCHS, **RUN
+                    output_dir=str(teacher_dir),
+                    template=template,
+                    overwrite=True,
+                    training={"epochs": TEACHER_EPOCHS, **RUN},
                 ),
             )
         teacher = teacher_dir / "student"
@@ -247,16 +260,14 @@ def main(argv=None):
                     label = run_label(recipe_name, changes, n_transfer, SIZES[name]["n_transfer"])
                     if (name, kind, label, seed, args.epochs) in done:
                         continue
-                    cfg = recipe.config(
+                    run = dict(
                         output_dir=str(d / _folder_name(f"{kind}-{label}-s{seed}")),
                         template=template,
-                        seed=seed,
                         overwrite=True,
-                        cache_dir=str(d / "teacher-cache"),
-                        epochs=args.epochs,
-                        **RUN,
-                        **changes,
+                        training={"seed": seed, "epochs": args.epochs, **RUN},
+                        teacher_pass={"cache_dir": str(d / "teacher-cache")},
                     )
+                    cfg = recipe.config(**merge(run, _nested(changes)))
                     t0 = time.perf_counter()
                     with PeakMemory("cpu") as peak:
                         r = kdq.distill(
@@ -317,16 +328,19 @@ def main(argv=None):
 
 
 def run_label(recipe: str, changes: dict, n_transfer: int, default_transfer: int) -> str:
-    """A run's recipe label: the recipe's name, then in brackets the ``--set`` changes and a transfer-set size
-    other than the grid's (``cross-width-cached[feature_weight=8,transfer=2400]``)."""
-    tags = {**changes, **({"transfer": n_transfer} if n_transfer and n_transfer != default_transfer else {})}
+    """A run's recipe label: the recipe's name, then in brackets the ``--set`` changes (dotted names, labelled by
+    their short names: :data:`SHORT_NAMES`) and a transfer-set size other than the grid's
+    (``cross-width-cached[feature_weight=8,transfer=2400]`` for ``--set loss.feature_weight=8 --transfer 2400``)."""
+    tags = {SHORT_NAMES.get(k, k): v for k, v in changes.items()}
+    tags.update({"transfer": n_transfer} if n_transfer and n_transfer != default_transfer else {})
     return recipe + ("[" + ",".join(f"{k}={v}" for k, v in tags.items()) + "]" if tags else "")
 
 
 def baseline_changes(changes: dict) -> dict:
-    """The ``--set`` changes the hard-label baseline shares with the distillation runs: all but the teacher's own
-    fields (:data:`kdq.distill.config.TEACHER_FIELDS`). A run at ``learning_rate=5e-4`` is measured against
-    hard labels at ``5e-4``, not at the recipe's own rate; ``feature_weight=8`` leaves the baseline as it is."""
+    """The ``--set`` changes (dotted) the hard-label baseline shares with the distillation runs: all but the
+    teacher's own fields (:data:`kdq.distill.config.TEACHER_FIELDS`). A run at ``training.learning_rate=5e-4`` is
+    measured against hard labels at ``5e-4``, not at the recipe's own rate; ``loss.feature_weight=8`` leaves the
+    baseline as it is."""
     return {k: v for k, v in changes.items() if k not in TEACHER_FIELDS}
 
 
@@ -337,8 +351,9 @@ def baseline_label(recipe: str) -> str:
         "cross-width-cached[feature_weight=8,learning_rate=0.0005,transfer=2400]" → "hard-labels[learning_rate=0.0005]"
     """
     tags = recipe.partition("[")[2].removesuffix("]")
-    pairs = [t.split("=", 1) for t in re.split(r",(?=\w+=)", tags)] if tags else []
-    return run_label("hard-labels", baseline_changes({k: v for k, v in pairs if k != "transfer"}), 0, 0)
+    pairs = [t.split("=", 1) for t in re.split(r",(?=[\w.]+=)", tags)] if tags else []
+    changes = {MOVED_FIELDS.get(k, k): v for k, v in pairs if k != "transfer"}  # labels -> dotted names
+    return run_label("hard-labels", baseline_changes(changes), 0, 0)
 
 
 def _run_key(run: dict) -> tuple:
@@ -353,14 +368,30 @@ def _folder_name(run: str) -> str:
 
 
 def _field_value(item: str) -> tuple:
-    """``"feature_weight=8"`` → ``("feature_weight", 8.0)`` (JSON values; anything else stays text)."""
+    """``"loss.feature_weight=8"`` → ``("loss.feature_weight", 8.0)`` (JSON values; anything else stays text). A
+    name from before DistillConfig had sections is refused with its dotted spelling."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. --set feature_weight=8")
+        raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. --set loss.feature_weight=8")
+    if key in MOVED_FIELDS:
+        new = MOVED_FIELDS[key]
+        raise SystemExit(f"--set {key}=...: DistillConfig's {key} is now {new}; write --set {new}={value}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _nested(dotted: dict) -> dict:
+    """``{"loss.feature_weight": 8}`` → ``{"loss": {"feature_weight": 8}}`` (what ``Recipe.config`` merges)."""
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def _read(path: Path) -> list:

@@ -122,14 +122,10 @@ def worker_pass(work: Path, out: Path, batch: int) -> None:
     if world > 1:
         dist.init_process_group("gloo")  # as under accelerate launch: the group exists, the pass never uses it
         dist.barrier()  # a common start
-    cfg = kdq.DistillConfig(
-        template=kdq.TemplateConfig(max_length=TEMPLATE_MAX),
-        teacher_tta=True,
-        teacher_batch_size=batch,
-        cache_dir=str(work / "teacher-cache"),
-    )
+    settings = kdq.TeacherPassSettings(tta=True, batch_size=batch, cache_dir=str(work / "teacher-cache"))
     start = time.perf_counter()
-    cache = teacher_pass(str(work / "teacher"), str(work / "rows.parquet"), cfg)
+    template = kdq.TemplateConfig(max_length=TEMPLATE_MAX)
+    cache = teacher_pass(str(work / "teacher"), str(work / "rows.parquet"), settings, template=template)
     seconds = time.perf_counter() - start
     rank = int(os.environ.get("RANK", "0"))
     np.save(out.with_suffix(f".rank{rank}.npy"), cache.logits)
@@ -166,18 +162,14 @@ def worker_memory(work: Path, out: Path) -> None:
 
     torch.set_num_threads(1)
     tok = load_tokenizer(work / "teacher")
-    cfg = kdq.DistillConfig(
-        template=kdq.TemplateConfig(max_length=64),
-        teacher_batch_size=64,
-        swap_augment=True,
-        cache_dir=str(work / "teacher-cache"),
-    )
+    settings = kdq.TeacherPassSettings(batch_size=64, cache_dir=str(work / "teacher-cache"))
+    template = kdq.TemplateConfig(max_length=64)
     before = _rss()
     start = time.perf_counter()
     with _AnonPeak() as anon:
         rows = load_arena(str(work / "rows.parquet"), require_labels=True)  # as kdq.distill reads its rows
-        cache = teacher_pass(str(work / "teacher"), rows, cfg)
-        table = _training_table(rows, tok, cfg, cache)
+        cache = teacher_pass(str(work / "teacher"), rows, settings, template=template)
+        table = _training_table(rows, tok, template, True, cache)  # swap_augment=True: the swapped copies too
     seconds = time.perf_counter() - start
     after = _rss()
     in_memory = sum(

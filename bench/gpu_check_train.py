@@ -82,7 +82,6 @@ def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, tok
         quantize="nf4" if method == "qlora" else "none",
         base_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half, "fp32"),
     )
-    cfg = kdq.DistillConfig(lora=lora, batch_size=batch, template=kdq.TemplateConfig(max_length=length))
     cuda = device.type == "cuda"
     live = LiveTensorBytes() if not cuda else None
     if cuda:
@@ -92,7 +91,7 @@ def _one_setting(folder, spec, method, ckpt, *, batch, length, device, half, tok
     else:
         live.__enter__()
     try:
-        model = wrap_lora(load_student(str(folder), cfg, tokenizer=tokenizer, device=device).model, lora)
+        model = wrap_lora(load_student(str(folder), lora, tokenizer=tokenizer, device=device).model, lora)
         model.to(device) if method != "qlora" else None
         if ckpt:
             model.activation_checkpointing_enable()

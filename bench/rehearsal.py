@@ -223,21 +223,23 @@ def st_teacher_pass(ctx):
     from kdq.data import load_arena
     from kdq.distill.teacher_pass import teacher_pass
 
-    teacher_pass(str(ctx.m["4b"]), load_arena(str(ctx.rows_4b)), kd_config(ctx, "kd-teacher-pass"), features=True)
+    cfg = kd_config(ctx, "kd-teacher-pass")
+    teacher_pass(str(ctx.m["4b"]), load_arena(str(ctx.rows_4b)), cfg.teacher_pass, template=cfg.template, features=True)
     return {"holds": "4b", "wrote": [ctx.out / "cache"]}
 
 
 def kd_config(ctx, name: str, **changes):
     """The recommended cross-width recipe, as the teacher pass and the distillation runs share it (one cache
-    key): swap TTA on, as the recipe's swapped training rows need the teacher's features of both orders."""
-    import dataclasses
-
+    key): swap TTA on, as the recipe's swapped training rows need the teacher's features of both orders.
+    ``changes``: more fields, sections as dicts (merged into the recipe's)."""
     import kdq
 
-    cfg = kdq.recipe("cross-width-cached").config(
-        output_dir=str(ctx.out / "runs" / name), template=ctx.template(), cache_dir=str(ctx.out / "cache")
+    return kdq.recipe("cross-width-cached").config(
+        output_dir=str(ctx.out / "runs" / name),
+        template=ctx.template(),
+        teacher_pass={"cache_dir": str(ctx.out / "cache"), "batch_size": 1},
+        **changes,
     )
-    return dataclasses.replace(cfg, teacher_batch_size=1, **changes)
 
 
 def _replace(cfg, **kw):
@@ -250,7 +252,8 @@ def _distill(ctx, name, lora):
     import kdq
 
     out = ctx.out / "runs" / name
-    cfg = kd_config(ctx, name, max_steps=2, batch_size=1, eval_batch_size=1, logging_steps=1, overwrite=True, lora=lora)
+    training = {"max_steps": 2, "batch_size": 1, "eval_batch_size": 1, "logging_steps": 1}
+    cfg = kd_config(ctx, name, training=training, overwrite=True, lora=lora)
     kdq.distill(str(ctx.student), str(ctx.rows_4b), teacher=str(ctx.m["4b"]), config=cfg)
     record = next(out.rglob("kdq-distill.json"), None)
     plan = json.loads(record.read_text()).get("metrics", {}).get("train_memory") if record else None

@@ -126,24 +126,28 @@ def tiny_inputs(size, cache: Path, seed: int):
     )
 
 
-def _training(size, epochs: str, seed: int) -> dict:
-    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key)."""
+def _training(size, epochs: str, seed: int, **changes) -> dict:
+    """The DistillConfig fields the teacher and the student train with alike (``epochs``: the size's key);
+    ``changes``: TrainingSettings fields that override them."""
     return dict(
         template=kdq.TemplateConfig(max_length=size["max_length"]),
-        epochs=size[epochs],
-        batch_size=16,
-        eval_batch_size=32,
-        warmup_ratio=0.1,
-        logging_steps=10,
-        seed=seed,
+        training=dict(
+            epochs=size[epochs],
+            batch_size=16,
+            eval_batch_size=32,
+            warmup_ratio=0.1,
+            logging_steps=10,
+            seed=seed,
+            **changes,
+        ),
     )
 
 
 def train_teacher(base, train, ev, size, out: Path, seed: int, **changes):
     """The teacher: the base fine-tuned on hard labels with swap copies (``kdq.recipe("teacher")``);
-    ``changes`` override its DistillConfig fields (``bench/bench_cpu_bf16.py``: ``max_steps``, ``precision``)."""
+    ``changes`` override its TrainingSettings fields (``bench/bench_cpu_bf16.py``: ``max_steps``, ``precision``)."""
     config = kdq.recipe("teacher").config(
-        output_dir=str(out), **{**_training(size, "teacher_epochs", seed), **changes}, overwrite=True
+        output_dir=str(out), **_training(size, "teacher_epochs", seed, **changes), overwrite=True
     )
     return kdq.distill(str(base), train, ev, teacher=None, config=config)
 
@@ -159,8 +163,8 @@ def shrink_student(teacher, train, out: Path, shape: dict, overwrite: bool = Fal
 
 def student_config(size, seed: int, **changes) -> kdq.DistillConfig:
     """The student's run: ``STUDENT_RECIPE`` from ``kdq.recipes`` at the demo's size; ``changes`` override its
-    DistillConfig fields (``--precision``)."""
-    return kdq.recipe(STUDENT_RECIPE).config(**{**_training(size, "student_epochs", seed), **changes})
+    TrainingSettings fields (``--precision``)."""
+    return kdq.recipe(STUDENT_RECIPE).config(**_training(size, "student_epochs", seed, **changes))
 
 
 def length_curve(name: str, model, rows, out: Path, *, batch_size: int = 16, progress: bool = True):

@@ -29,6 +29,7 @@ from pathlib import Path
 import kdq
 from kdq.costs.train_memory import GB, cuda_train_device, fits, project_training, train_device
 from kdq.data import load_arena
+from kdq.distill.needs import teacher_needs
 from kdq.distill.planning import student_spec, training_setup
 from kdq.pipeline import PipelineConfig, run_pipeline
 from kdq.recipes import for_student
@@ -142,12 +143,12 @@ def student_config(recipe: str, run: dict, teacher, student, device):
     ``(config, reason)``.
     """
     cfg = kdq.recipe(recipe).config(**run)
-    live = cfg.hidden_weight > 0 or cfg.teacher_logits == "live"
+    live = teacher_needs(cfg, has_teacher=True).live
     s_spec, t_spec = student_spec(student), student_spec(teacher)
     if device is None or not live or s_spec is None or t_spec is None:
         return cfg, f"recipe {recipe}" + ("" if device is not None else " (no GPU to plan for)")
     for quantize in ("none", "int8", "nf4"):
-        trial = cfg.replace(teacher_quantize=quantize)
+        trial = cfg.replace(teacher_pass=cfg.teacher_pass.replace(quantize=quantize))
         for ckpt in (False, True):
             setup = training_setup(trial, "cuda", checkpointing=ckpt, student=s_spec, teacher=t_spec)
             if fits(s_spec, setup, device):
@@ -170,15 +171,16 @@ def main(argv=None):
     lora = kdq.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r > 0 else None
     run = dict(  # the run's size; the loss and optimisation choices come from kdq.recipes
         template=kdq.TemplateConfig(max_length=args.max_length),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        eval_batch_size=2 * args.batch_size,
-        **({"learning_rate": args.lr} if args.lr is not None else {}),
+        training=dict(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            eval_batch_size=2 * args.batch_size,
+            logging_steps=20,
+            **({"learning_rate": args.lr} if args.lr is not None else {}),
+        ),
+        teacher_pass=dict(tta=not args.no_tta, batch_size=8),
         lora=lora,
-        teacher_tta=not args.no_tta,
-        teacher_batch_size=8,
-        logging_steps=20,
         overwrite=args.overwrite,
     )
     import torch
@@ -196,7 +198,9 @@ def main(argv=None):
             train,
             ev,
             teacher=None,
-            config=base.replace(output_dir=str(out / "teacher"), teacher_tta=False, lora=lora),
+            config=base.replace(
+                output_dir=str(out / "teacher"), teacher_pass=base.teacher_pass.replace(tta=False), lora=lora
+            ),
         )
         teacher = str(tuned.student_dir)
         print(f"teacher fine-tuned: eval log loss {tuned.metrics.get('best_eval_log_loss')}")

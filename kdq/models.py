@@ -84,9 +84,8 @@ def scheme_of(model_or_path):
     """The :class:`~kdq.runtime.constants.LabelScheme` of a model (object or folder; a Hub id is LMSYS)."""
     if isinstance(model_or_path, (str, os.PathLike)):
         cfg_file = Path(model_or_path, "config.json")
-        if is_adapter_dir(model_or_path) and not cfg_file.is_file():
-            base = _adapter_base(model_or_path)
-            cfg_file = Path(base, "config.json")
+        if not cfg_file.is_file():
+            cfg_file = Path(model_source(model_or_path), "config.json")
         return scheme_of_config(json.loads(cfg_file.read_text())) if cfg_file.is_file() else LMSYS
     return scheme_of_config(getattr(model_or_path, "config", None) or {})
 
@@ -175,7 +174,8 @@ def load_classifier(
         path = Path(src)
         if not path.is_dir():
             if is_hub_id(src):
-                return _load_hub(str(src), tokenizer, label_scheme(scheme or LMSYS), dtype, device, head, role)
+                scheme = label_scheme(scheme or LMSYS)
+                return _load_hub(str(src), tokenizer, scheme, dtype, device, head, role, quantization_config)
             raise ValueError(
                 f"model folder {str(path)!r} does not exist; pass a saved model folder, a Hub id "
                 "such as 'h2oai/h2o-danube3-500m-base', or a model object."
@@ -194,7 +194,7 @@ def load_classifier(
         if is_adapter_dir(path):
             from peft import PeftModel
 
-            base = _adapter_base(path, base_model)
+            base = adapter_base(path, base_model)
             # a head the adapter saves replaces the base's (peft's modules_to_save): the base then needs none
             need = "match" if head != "match" and _adapter_saves_head(path) else head
             model = from_pretrained_classifier(base, scheme, head=need, role=role, **kwargs)
@@ -349,8 +349,69 @@ def _adapter_saves_head(path) -> bool:
     return any(m in HEAD_MODULES for m in saved)
 
 
-def _adapter_base(path, base_model=None) -> str:
-    return str(base_model or json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"])
+def adapter_base(path, base_model=None) -> str:
+    """The base model a PEFT adapter folder applies to: ``base_model`` when given, else the folder's
+    ``adapter_config.json`` ``base_model_name_or_path`` (a folder or a Hub id).
+
+    Raises:
+        ValueError: ``path`` is no adapter folder, or its ``adapter_config.json`` names no base.
+    """
+    if base_model:
+        return str(base_model)
+    if not is_adapter_dir(path):
+        raise ValueError(f"{path} is not a PEFT adapter folder (no adapter_config.json).")
+    base = json.loads(Path(path, "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{path}/adapter_config.json names no base_model_name_or_path; pass base_model=... (the folder or Hub "
+            "id the adapter was trained on)."
+        )
+    return str(base)
+
+
+def model_source(source) -> str:
+    """Where a source's config and weights live: a folder or Hub id as given, an adapter folder's base
+    (:func:`adapter_base`) for a PEFT adapter folder (whose own folder holds no ``config.json``)."""
+    if is_adapter_dir(source) and not Path(source, "config.json").is_file():
+        return adapter_base(source)
+    return str(source)
+
+
+def source_config(source):
+    """The model config of ``source``: a model object's ``config``; a folder's ``config.json`` as a dict
+    (an adapter folder's base's, :func:`model_source`); a Hub id's ``AutoConfig`` (read from the Hub cache, or
+    the network).
+
+    Raises:
+        ValueError: a folder without ``config.json``, or anything else that is no model source.
+        OSError: a Hub id transformers cannot reach.
+    """
+    if isinstance(source, torch.nn.Module):
+        return source.config
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"no model config in a {type(source).__name__}; pass a folder, a Hub id or a model.")
+    resolved = model_source(source)
+    path = Path(resolved)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"no config.json in {resolved}; pass a saved model folder (save_pretrained).")
+        return json.loads((path / "config.json").read_text())
+    if is_hub_id(resolved):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(resolved)
+    raise ValueError(f"{resolved!r} is neither a model folder nor a Hub id.")
+
+
+def source_tokenizer(source):
+    """The tokenizer saved with a folder or Hub id, else (a PEFT adapter folder without one) with its base,
+    ready for kdq (:func:`prepare_tokenizer`: a pad token, padding on the right).
+
+    Raises:
+        ValueError: neither holds a tokenizer (:func:`load_tokenizer` names each place it tried).
+    """
+    base = adapter_base(source) if is_adapter_dir(source) else None
+    return load_tokenizer(source, base)
 
 
 def source_fingerprint(src, base_model=None) -> str:
@@ -358,7 +419,7 @@ def source_fingerprint(src, base_model=None) -> str:
     if is_hub_id(src):
         return f"hub:{src}"
     if is_adapter_dir(src):
-        base = _adapter_base(src, base_model)
+        base = adapter_base(src, base_model)
         return fingerprint_path(src) + ":" + (fingerprint_path(base) if Path(base).is_dir() else base)
     return fingerprint_path(src)
 
@@ -374,8 +435,8 @@ class LazyClassifier:
     def __init__(self, src, *, base_model=None, **load_kwargs):
         self.source = str(src)
         self.fingerprint = source_fingerprint(src, base_model)
-        adapter_base = _adapter_base(src, base_model) if is_adapter_dir(src) else None
-        self.tokenizer = prepare_tokenizer(load_kwargs.pop("tokenizer", None) or load_tokenizer(src, adapter_base))
+        base = adapter_base(src, base_model) if is_adapter_dir(src) else None
+        self.tokenizer = prepare_tokenizer(load_kwargs.pop("tokenizer", None) or load_tokenizer(src, base))
         self._load = dict(load_kwargs, base_model=base_model)
         self._model = None
 
@@ -392,9 +453,15 @@ def is_hub_id(src) -> bool:
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
 
 
-def _load_hub(repo_id, tokenizer, scheme, dtype, device, head="match", role="the model") -> LoadedModel:
-    """Load ``org/name`` from the Hugging Face Hub (GPU machines with network; never in tests)."""
+def _load_hub(
+    repo_id, tokenizer, scheme, dtype, device, head="match", role="the model", quantization_config=None
+) -> LoadedModel:
+    """Load ``org/name`` from the Hugging Face Hub (GPU machines with network; never in tests); quantized on
+    the fly and placed on ``device`` at load time when ``quantization_config`` is given."""
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map={"": str(device or "cpu")})
+        device = None  # placed at load time
     try:
         model = from_pretrained_classifier(repo_id, scheme, head=head, role=role, **kwargs)
     except OSError as err:  # a mistyped local path looks like "org/name" too

@@ -55,8 +55,16 @@ class PipelineConfig(Config):
         metadata={"help": "short variant names (QuantConfig.from_name) applied to teacher and student"},
     )
     quantize_teacher: bool = field(default=True, metadata={"help": "quantize the teacher too (the student always is)"})
-    calibration_samples: int = field(default=128, metadata={"help": "GPTQ calibration rows"})
-    gptq_group_size: int = field(default=128, metadata={"help": "GPTQ columns sharing one scale"})
+    calibration_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "calibration rows of the methods that calibrate (GPTQ); null: QuantConfig.num_samples' default"
+        },
+    )
+    gptq_group_size: int | None = field(
+        default=None,
+        metadata={"help": "columns sharing one scale, for the methods with groups (GPTQ); null: the method's default"},
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "EvalConfig used for every variant"})
     export_variants: tuple = field(
         default=("recommended",),
@@ -79,7 +87,8 @@ class PipelineConfig(Config):
             raise ValueError(f"PipelineConfig.quant_methods: unknown {unknown}; choose from {variant_names()}")
         object.__setattr__(self, "quant_methods", tuple(self.quant_methods))
         object.__setattr__(self, "export_variants", tuple(self.export_variants))
-        check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
+        if self.calibration_samples is not None:
+            check_range("PipelineConfig", "calibration_samples", self.calibration_samples, 1, kind=int)
         check_range("PipelineConfig", "ddp_timeout", self.ddp_timeout, 1, kind=int)
         # Everything that would only fail after hours of training is checked now.
         for method in self.quant_methods:
@@ -91,11 +100,11 @@ class PipelineConfig(Config):
 
     def quant_config(self, method: str) -> QuantConfig:
         quantizer = get_quantizer(variant_fields(method)["method"])
-        overrides = {}
-        if quantizer.needs_calibration:
+        overrides = {}  # only what is set here: QuantConfig and the method own their defaults
+        if quantizer.needs_calibration and self.calibration_samples is not None:
             overrides["num_samples"] = self.calibration_samples
-        if "group_size" in settings_fields(quantizer.settings):  # GPTQ's, and any method with groups
-            overrides["group_size"] = self.gptq_group_size
+        if "group_size" in settings_fields(quantizer.settings) and self.gptq_group_size is not None:
+            overrides["group_size"] = self.gptq_group_size  # GPTQ's, and any method with groups
         return QuantConfig.from_name(method, **overrides)
 
     def variant_names(self) -> list:
@@ -298,12 +307,23 @@ def _shrink_map(folder) -> dict | None:
 
 def _teacher_pass_outside_group(teacher, train, transfer, kd_config: DistillConfig):
     """Fill the teacher cache the distill run will read (same rows, transfer rows included, template, TTA,
-    cache folder). Nothing to fill when the student takes its teacher logits live."""
+    cache folder, features: :func:`~kdq.distill.needs.teacher_needs`). Nothing to fill when the student takes
+    its teacher logits live."""
+    from .distill.needs import teacher_needs
     from .distill.teacher_pass import teacher_pass
 
-    if kd_config.teacher_logits == "live":
+    needs = teacher_needs(kd_config, has_teacher=True)
+    if not needs.cached_logits:
         return {"computed": 0, "reused": 0, "live": True}
-    return teacher_pass(teacher, train, kd_config, transfer=transfer, features=kd_config.feature_weight > 0).summary()
+    cache = teacher_pass(
+        teacher,
+        train,
+        kd_config.teacher_pass,
+        template=kd_config.template,
+        transfer=transfer,
+        features=needs.cached_features,
+    )
+    return cache.summary()
 
 
 def _save_local(repo_id: str, folder: Path, overwrite: bool) -> str:

@@ -2,11 +2,12 @@
 benches and the docs all read, so one place says what T, α and the loss terms are for each kind
 of student.
 
-A :class:`Recipe` holds the loss and optimisation choices of a run (``DistillConfig`` fields);
-the run's size (epochs, batch sizes, ``template``, ``output_dir``) is the caller's. Each recipe
-names the student it is for and where its evidence is (BENCHMARKS.md)::
+A :class:`Recipe` holds the loss and optimisation choices of a run (``DistillConfig`` sections as
+nested dicts: ``loss``, ``teacher_pass``, ``training``); the run's size (epochs, batch sizes,
+``template``, ``output_dir``) is the caller's. Each recipe names the student it is for and where its
+evidence is (BENCHMARKS.md)::
 
-    cfg = kdq.recipes.recipe("cross-width").config(output_dir="runs/kd", epochs=1, batch_size=16,
+    cfg = kdq.recipes.recipe("cross-width").config(output_dir="runs/kd", training={"epochs": 1, "batch_size": 16},
                                                    template=kdq.TemplateConfig(max_length=96))
 
 Kinds of student (``Recipe.student``):
@@ -20,6 +21,7 @@ Kinds of student (``Recipe.student``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -28,7 +30,8 @@ STUDENT_KINDS = ("teacher", "any", "layer-dropped", "width-pruned")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One named recipe: ``settings`` are :class:`~kdq.distill.DistillConfig` fields."""
+    """One named recipe: ``settings`` are :class:`~kdq.distill.DistillConfig` fields, its sections as nested
+    dicts (``{"loss": {"alpha": 0.5}, "training": {"learning_rate": 2e-4}}``)."""
 
     name: str
     student: str
@@ -41,17 +44,39 @@ class Recipe:
     def __post_init__(self):
         if self.student not in STUDENT_KINDS:
             raise ValueError(f"Recipe.student must be one of {STUDENT_KINDS}, got {self.student!r}")
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        frozen = {k: MappingProxyType(dict(v)) if isinstance(v, Mapping) else v for k, v in self.settings.items()}
+        object.__setattr__(self, "settings", MappingProxyType(frozen))
 
     def config(self, **run):
         """A :class:`~kdq.distill.DistillConfig` of this recipe; ``run`` sets the run's own fields
-        (``output_dir``, ``epochs``, ``batch_size``, ``template``...) and may override the recipe's."""
-        from .distill.config import DistillConfig
+        (``output_dir``, ``template``, ``training={"epochs": 1, "batch_size": 16}``...) and may override the
+        recipe's. A section given as a dict is merged into the recipe's key by key; a section object
+        (``training=TrainingSettings(...)``) is refused, since it would drop the recipe's own values of it."""
+        from .config.io import merge
+        from .distill.config import SECTIONS, DistillConfig
 
-        return DistillConfig(**{**self.settings, **run})
+        objects = [k for k, v in run.items() if k in SECTIONS and k in self.settings and not isinstance(v, dict)]
+        if objects:
+            raise ValueError(
+                f"recipe {self.name!r}.config({objects[0]}=...): give the section as a dict of the fields to change, "
+                f"e.g. {objects[0]}={{...}}, so the recipe's own {objects[0]} settings "
+                f"({dict(self.settings[objects[0]])}) stay."
+            )
+        own = {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.settings.items()}
+        return DistillConfig(**merge(own, run))
 
 
-_COMMON = {"alpha": 0.5, "temperature": 1.0, "teacher_tta": True, "swap_augment": True, "warmup_ratio": 0.1}
+_COMMON = {
+    "loss": {"alpha": 0.5, "temperature": 1.0},
+    "teacher_pass": {"tta": True},
+    "training": {"swap_augment": True, "warmup_ratio": 0.1},
+}
+
+
+def _with(base: dict, **sections) -> dict:
+    """``base`` with each section's fields updated (a recipe's settings from ``_COMMON``)."""
+    return {**base, **{name: {**base.get(name, {}), **fields} for name, fields in sections.items()}}
+
 
 RECIPES = {
     r.name: r
@@ -60,7 +85,7 @@ RECIPES = {
             "teacher",
             "teacher",
             "fine-tune the teacher on hard labels with swap copies (every pair also as B-vs-A)",
-            {"learning_rate": 1e-4, "swap_augment": True, "warmup_ratio": 0.1},
+            {"training": {"learning_rate": 1e-4, "swap_augment": True, "warmup_ratio": 0.1}},
             teacher=False,
             transfer=False,
         ),
@@ -68,7 +93,7 @@ RECIPES = {
             "hard-labels",
             "any",
             "the no-distillation baseline: the student's init and labelled rows, hard labels only",
-            {"learning_rate": 2e-4, "swap_augment": True, "warmup_ratio": 0.1},
+            {"training": {"learning_rate": 2e-4, "swap_augment": True, "warmup_ratio": 0.1}},
             teacher=False,
             transfer=False,
         ),
@@ -76,21 +101,21 @@ RECIPES = {
             "logit-kd",
             "any",
             "cached swap-TTA teacher logits (forward KL, T = 1, alpha = 0.5) on labelled + transfer rows",
-            {**_COMMON, "learning_rate": 2e-4},
+            _with(_COMMON, training={"learning_rate": 2e-4}),
             evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "layer-dropped",
             "layer-dropped",
             "logit-kd plus the hidden-state term against the live teacher, layer by layer (identity map)",
-            {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
+            _with(_COMMON, training={"learning_rate": 2e-4}, loss={"hidden_weight": 1.0}),
             evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "cross-width",
             "width-pruned",
             "logit-kd plus the hidden-state term through learned projections into the teacher's width",
-            {**_COMMON, "learning_rate": 2e-4, "hidden_weight": 1.0},
+            _with(_COMMON, training={"learning_rate": 2e-4}, loss={"hidden_weight": 1.0}),
             evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),
         Recipe(
@@ -98,7 +123,11 @@ RECIPES = {
             "width-pruned",
             "logit-kd plus the pooled-feature term (centered cosine, weight 4) from the teacher cache: no live "
             "teacher in memory",
-            {**_COMMON, "learning_rate": 2e-4, "feature_weight": 4.0, "feature_loss": "centered-cosine"},
+            _with(
+                _COMMON,
+                training={"learning_rate": 2e-4},
+                loss={"feature_weight": 4.0, "feature_loss": "centered-cosine"},
+            ),
             evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),
     )

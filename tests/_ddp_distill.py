@@ -13,10 +13,8 @@ work = Path(sys.argv[1])
 cfg = kdq.DistillConfig(
     output_dir=str(work / "run"),
     template=kdq.TemplateConfig(max_length=64),
-    epochs=1,
-    batch_size=8,
-    logging_steps=1,
-    alpha=0.5,
+    training=kdq.TrainingSettings(epochs=1, batch_size=8, logging_steps=1),
+    loss=kdq.LossSettings(alpha=0.5),
 )
 result = kdq.distill(
     str(work / "student"),

@@ -35,7 +35,11 @@ cfg = pipeline.PipelineConfig(
     quant_methods=(),
     export_variants=(),
     ddp_timeout=timeout,
-    distill=kdq.DistillConfig(template=kdq.TemplateConfig(max_length=64), epochs=1, batch_size=8, teacher_tta=True),
+    distill=kdq.DistillConfig(
+        template=kdq.TemplateConfig(max_length=64),
+        training=kdq.TrainingSettings(epochs=1, batch_size=8),
+        teacher_pass=kdq.TeacherPassSettings(tta=True),
+    ),
     eval=kdq.EvalConfig(budget=None, progress=False, batch_size=8),
 )
 start = time.perf_counter()

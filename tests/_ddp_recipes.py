@@ -14,13 +14,9 @@ work = Path(sys.argv[1])
 cfg = kdq.DistillConfig(
     output_dir=str(work / "run"),
     template=kdq.TemplateConfig(max_length=64),
-    epochs=1,
-    batch_size=8,
-    logging_steps=1,
-    alpha=0.5,
-    swap_augment="paired",
-    hidden_weight=1.0,
-    cache_dir=str(work / "cache"),
+    training=kdq.TrainingSettings(epochs=1, batch_size=8, logging_steps=1, swap_augment="paired"),
+    loss=kdq.LossSettings(alpha=0.5, hidden_weight=1.0),
+    teacher_pass=kdq.TeacherPassSettings(cache_dir=str(work / "cache")),
 )
 result = kdq.distill(
     str(work / "student"),

@@ -11,10 +11,7 @@ kind, base, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 cfg = kdq.DistillConfig(
     output_dir=str(out),
     template=kdq.TemplateConfig(max_length=64),
-    max_steps=2,
-    batch_size=8,
-    learning_rate=1e-3,
-    seed=7,
+    training=kdq.TrainingSettings(max_steps=2, batch_size=8, learning_rate=1e-3, seed=7),
     lora=kdq.LoraSettings(r=4) if kind == "lora" else None,
 )
 result = kdq.distill(str(base), make_arena_rows(32, seed=3, max_words=30), teacher=None, config=cfg)

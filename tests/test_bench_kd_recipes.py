@@ -65,16 +65,30 @@ def test_a_run_is_measured_against_the_hard_label_run_of_the_same_length(bench):
     assert len({bench._run_key(r) for r in results[1:]}) == 4
 
 
-@pytest.mark.parametrize("field", ["epochs", "batch_size", "seed"])
+@pytest.mark.parametrize("field", ["training.epochs", "training.batch_size", "training.seed", "template.max_length"])
 def test_set_refuses_the_runs_own_settings(bench, field, tmp_path):
     with pytest.raises(SystemExit, match=f"--set {field}: the run's own settings"):
         bench.main(["--set", f"{field}=3", "--out", str(tmp_path)])
 
 
+def test_set_takes_the_dotted_names_and_refuses_the_flat_ones(bench, tmp_path):
+    with pytest.raises(
+        SystemExit, match=r"feature_weight is now loss\.feature_weight; write --set loss\.feature_weight=8"
+    ):
+        bench.main(["--set", "feature_weight=8", "--out", str(tmp_path)])
+    assert bench._nested({"loss.feature_weight": 8, "training.learning_rate": 5e-4}) == {
+        "loss": {"feature_weight": 8},
+        "training": {"learning_rate": 5e-4},
+    }
+
+
 def test_a_transfer_set_of_another_size_is_a_run_of_its_own(bench):
     assert bench.run_label("cross-width-cached", {}, 800, 800) == "cross-width-cached"
     assert bench.run_label("cross-width-cached", {}, 2400, 800) == "cross-width-cached[transfer=2400]"
-    assert bench.run_label("logit-kd", {"feature_weight": 8}, 2400, 800) == "logit-kd[feature_weight=8,transfer=2400]"
+    assert (
+        bench.run_label("logit-kd", {"loss.feature_weight": 8}, 2400, 800) == "logit-kd[feature_weight=8,transfer=2400]"
+    )
+    assert bench.run_label("logit-kd", {"lora.alpha": 8}, 800, 800) == "logit-kd[lora.alpha=8]"  # no short name
     assert bench.run_label("hard-labels", {}, 0, 800) == "hard-labels"  # no transfer set: the baseline stays one run
 
 
@@ -106,8 +120,9 @@ def test_seed_means_pool_rows_over_seeds_and_pair_a_variant_with_the_grid_recipe
 
 def test_set_trains_the_hard_label_baseline_like_the_runs_it_measures(bench):
     # an optimisation setting is shared with the baseline; the teacher's own fields and the transfer size are not
-    assert bench.baseline_changes({"learning_rate": 5e-4, "feature_weight": 8.0}) == {"learning_rate": 5e-4}
-    label = bench.run_label("cross-width-cached", {"feature_weight": 8.0, "learning_rate": 5e-4}, 2400, 800)
+    changes = {"training.learning_rate": 5e-4, "loss.feature_weight": 8.0}
+    assert bench.baseline_changes(changes) == {"training.learning_rate": 5e-4}
+    label = bench.run_label("cross-width-cached", changes, 2400, 800)
     assert bench.baseline_label(label) == "hard-labels[learning_rate=0.0005]"
     assert bench.baseline_label("cross-width-cached[transfer=2400]") == "hard-labels"
     assert bench.baseline_label("cross-width[hidden_layer_map=[0, 5, 10],alpha=0.3]") == "hard-labels"

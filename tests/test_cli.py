@@ -37,9 +37,9 @@ def test_method_help_and_choices_come_from_the_registry():
 
 def test_config_file_plus_set_flags_build_nested_dataclasses(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("epochs: 3\ntemplate:\n  max_length: 256\nlora:\n  r: 4\n")
-    cfg = build_config(kdq.DistillConfig, load_config_dict(f, ["template.min_part_share=0.2", "alpha=0.25"]))
-    assert cfg.epochs == 3 and cfg.alpha == 0.25
+    f.write_text("training:\n  epochs: 3\ntemplate:\n  max_length: 256\nlora:\n  r: 4\n")
+    cfg = build_config(kdq.DistillConfig, load_config_dict(f, ["template.min_part_share=0.2", "loss.alpha=0.25"]))
+    assert cfg.training.epochs == 3 and cfg.loss.alpha == 0.25
     assert cfg.template == kdq.TemplateConfig(max_length=256, min_part_share=0.2)
     assert cfg.lora == kdq.LoraSettings(r=4)
     with pytest.raises(ValueError, match=r"has no field\(s\) \['epoch'\]; valid fields"):
@@ -53,14 +53,15 @@ def test_bad_input_exits_2_with_the_field_named(tmp_path, capsys, tiny_model_dir
     assert rc == EXIT_BAD_INPUT
     assert "response_b" in capsys.readouterr().err
     assert (
-        main(["distill", "--student", str(tiny_model_dir), "--train", str(bad), "--set", "alpha=7"]) == EXIT_BAD_INPUT
+        main(["distill", "--student", str(tiny_model_dir), "--train", str(bad), "--set", "loss.alpha=7"])
+        == EXIT_BAD_INPUT
     )
     assert main([]) == EXIT_BAD_INPUT
 
 
 def test_cli_drives_every_stage(tmp_path, tiny_model_dir, arena_csv, capsys):
     run = tmp_path / "run"
-    common = ["--set", "template.max_length=64", "--set", "epochs=1", "--set", "batch_size=16"]
+    common = ["--set", "template.max_length=64", "--set", "training.epochs=1", "--set", "training.batch_size=16"]
     assert (
         main(
             [
@@ -110,7 +111,7 @@ def test_cli_drives_every_stage(tmp_path, tiny_model_dir, arena_csv, capsys):
                 "--output-dir",
                 str(run / "kd"),
                 "--set",
-                f"cache_dir={run / 'cache'}",
+                f"teacher_pass.cache_dir={run / 'cache'}",
                 *common,
             ]
         )
@@ -199,14 +200,17 @@ def test_flags_beat_the_file_and_set_beats_both(tmp_path):
     assert (cfg.method, cfg.bits, cfg.group_size, cfg.num_samples) == ("gptq", 4, 32, 7)
     assert config(base + ["--method", "gptq-4", "--set", "bits=8"]).bits == 8  # --set beats the flag
     # the same rule for every command: file < flags < --set
-    d = _yaml(tmp_path, "output_dir: from-file\ncache_dir: from-file\nepochs: 2\n")
+    d = _yaml(tmp_path, "output_dir: from-file\nteacher_pass:\n  cache_dir: from-file\ntraining:\n  epochs: 2\n")
     distill = ["distill", "--student", "s", "--train", "t", "--config", str(d)]
     assert config(distill).output_dir == "from-file"
     assert config(distill + ["--output-dir", "flag"]).output_dir == "flag"
     assert config(distill + ["--output-dir", "flag", "--set", "output_dir=set"]).output_dir == "set"
     teacher = ["cache-teacher", "--teacher", "t", "--data", "d", "--config", str(d)]
-    assert config(teacher + ["--cache-dir", "flag"]).cache_dir == "flag"
-    assert config(teacher + ["--cache-dir", "flag", "--set", "cache_dir=set"]).cache_dir == "set"
+    assert config(teacher).teacher_pass.cache_dir == "from-file" and config(teacher).training.epochs == 2
+    assert config(teacher + ["--cache-dir", "flag"]).teacher_pass.cache_dir == "flag"
+    assert (
+        config(teacher + ["--cache-dir", "flag", "--set", "teacher_pass.cache_dir=set"]).teacher_pass.cache_dir == "set"
+    )
     e = _yaml(tmp_path, "title: title from the file\ndataset_id: me/file\ntta: false\n")
     export = ["export", "m", "--out", "o", "--config", str(e)]
     assert (config(export).title, config(export).tta) == ("title from the file", "none")  # tta: false → "none"
@@ -370,48 +374,47 @@ def test_scientific_notation_in_a_config_file_and_in_a_dict(tmp_path):
     from kdq.config.io import resolve_config
 
     fields = dict(_numeric_fields(kdq.DistillConfig))
-    lines, data = [], {}
+    data = {}
     for dotted, kind in fields.items():
-        if dotted.startswith("lora."):
+        if dotted.startswith("lora.") or dotted == "training.learning_rate":
             continue
         value, _ = _valid_number(kdq.DistillConfig, {}, dotted, kind)
         _nested_set(data, dotted, value)
-        indent = "  " * dotted.count(".")
-        if "." in dotted and f"{dotted.split('.')[0]}:" not in lines:
-            lines.append(f"{dotted.split('.')[0]}:")
-        lines.append(f"{indent}{dotted.split('.')[-1]}: {_sci(value)}")
-    lines.append("learning_rate: 2e-5")
-    data["learning_rate"] = 2e-5
+    blocks = {section: [f"  {k}: {_sci(v)}" for k, v in values.items()] for section, values in data.items()}
+    blocks["training"].append("  learning_rate: 2e-5")  # the spelling a YAML 1.1 reader leaves as text
+    data["training"]["learning_rate"] = 2e-5
     path = tmp_path / "sci.yaml"
-    path.write_text("\n".join(sorted(lines, key=lambda ln: ln.startswith(("template", " ")))) + "\n")
+    path.write_text("".join(f"{section}:\n" + "\n".join(lines) + "\n" for section, lines in blocks.items()))
     # the file as a YAML 1.1 reader sees it: the numbers are text
     import yaml
 
     raw = yaml.safe_load(path.read_text())
-    assert raw["learning_rate"] == "2e-5"
+    assert raw["training"]["learning_rate"] == "2e-5"
     expected = build_config(kdq.DistillConfig, data)
     assert resolve_config(kdq.DistillConfig, path) == expected  # --config
     assert kdq.DistillConfig(**raw) == expected  # DistillConfig(**dict) from a file
-    assert kdq.DistillConfig(**raw).learning_rate == 2e-5
+    assert kdq.DistillConfig(**raw).training.learning_rate == 2e-5
 
 
 def test_text_values_follow_the_declared_type_and_bad_ones_name_the_field():
     from kdq.config.io import resolve_config
 
-    cfg = resolve_config(kdq.DistillConfig, overrides=["batch_size=5e2", "max_steps=1E3", "learning_rate=1E-3"])
-    assert (cfg.batch_size, cfg.max_steps, cfg.learning_rate) == (500, 1000, 1e-3)
-    assert type(cfg.batch_size) is int and type(cfg.learning_rate) is float
-    with pytest.raises(ValueError, match=r"DistillConfig\.batch_size .*integer.*e\.g\. batch_size=8.*'25e-1'"):
-        resolve_config(kdq.DistillConfig, overrides=["batch_size=25e-1"])
-    with pytest.raises(ValueError, match=r"DistillConfig\.learning_rate .*number.*e\.g\. learning_rate=.*'fast'"):
-        resolve_config(kdq.DistillConfig, overrides=["learning_rate=fast"])
+    sets = ["training.batch_size=5e2", "training.max_steps=1E3", "training.learning_rate=1E-3"]
+    training = resolve_config(kdq.DistillConfig, overrides=sets).training
+    assert (training.batch_size, training.max_steps, training.learning_rate) == (500, 1000, 1e-3)
+    assert type(training.batch_size) is int and type(training.learning_rate) is float
+    with pytest.raises(ValueError, match=r"TrainingSettings\.batch_size .*integer.*e\.g\. batch_size=8.*'25e-1'"):
+        resolve_config(kdq.DistillConfig, overrides=["training.batch_size=25e-1"])
+    with pytest.raises(ValueError, match=r"TrainingSettings\.learning_rate .*number.*e\.g\. learning_rate=.*'fast'"):
+        resolve_config(kdq.DistillConfig, overrides=["training.learning_rate=fast"])
     # booleans given as text follow YAML's true/false; anything else is named
-    assert kdq.DistillConfig(deterministic="false", teacher_tta="True", swap_augment="yes").deterministic is False
-    assert kdq.DistillConfig(teacher_tta="True").teacher_tta is True
-    assert kdq.DistillConfig(swap_augment="false").swap_augment is False
-    assert kdq.DistillConfig(swap_augment="paired").swap_augment == "paired"
-    with pytest.raises(ValueError, match=r"DistillConfig\.deterministic .*true or false.*e\.g\. deterministic=true"):
-        kdq.DistillConfig(deterministic="maybe")
+    cfg = kdq.DistillConfig(training={"deterministic": "false", "swap_augment": "yes"}, teacher_pass={"tta": "True"})
+    assert cfg.training.deterministic is False and cfg.training.swap_augment is True
+    assert kdq.DistillConfig(teacher_pass={"tta": "True"}).teacher_pass.tta is True
+    assert kdq.TrainingSettings(swap_augment="false").swap_augment is False
+    assert kdq.TrainingSettings(swap_augment="paired").swap_augment == "paired"
+    with pytest.raises(ValueError, match=r"TrainingSettings\.deterministic .*true or false.*e\.g\. deterministic=true"):
+        kdq.DistillConfig(training={"deterministic": "maybe"})
     # text for a tuple field is one entry, not its characters
     assert kdq.LoraSettings(target_modules="q_proj").target_modules == ("q_proj",)
     assert kdq.EvalConfig(template={"max_length": "5e2"}).template.max_length == 500
@@ -449,4 +452,6 @@ def test_command_help_lists_every_config_field_with_its_default_and_loads_no_tor
         after = section.split("\n  " + entry, 1)[1][:200]
         assert help_text and help_text.split()[0] in after, (name, help_text)
     if command == "distill":
-        assert "  learning_rate=5e-05" in text and "  template.max_length=1024" in text and "  lora.r=16" in text
+        assert "  training.learning_rate=5e-05" in text and "  template.max_length=1024" in text
+        assert "  lora.r=16" in text and "  loss.temperature=2.0" in text and "  teacher_pass.tta=false" in text
+        assert "  training.report_to=none" in text

@@ -17,10 +17,18 @@ CONFIGS = [
     (kdq.LoraSettings, {"r": 4}, {}, {"r": 0}),
     (
         kdq.DistillConfig,
-        {"template": {"max_length": 128}, "lora": {"r": 4}, "alpha": 0.25},
-        {"template": T128, "lora": kdq.LoraSettings(r=4)},
-        {"alpha": 2.0},
+        {"template": {"max_length": 128}, "lora": {"r": 4}, "loss": {"alpha": 0.25}, "training": {"epochs": 2}},
+        {
+            "template": T128,
+            "lora": kdq.LoraSettings(r=4),
+            "loss": kdq.LossSettings(alpha=0.25),
+            "training": kdq.TrainingSettings(epochs=2),
+        },
+        {"training": kdq.LossSettings()},
     ),
+    (kdq.LossSettings, {"temperature": 1.0}, {}, {"temperature": 0.0}),
+    (kdq.TeacherPassSettings, {"tta": True}, {}, {"batch_size": 0}),
+    (kdq.TrainingSettings, {"epochs": 2}, {}, {"report_to": "mlflow"}),
     (kdq.QuantConfig, {"method": "gptq", "bits": 4, "template": {"max_length": 128}}, {"template": T128}, {"bits": 3}),
     (
         kdq.EvalConfig,
@@ -37,11 +45,14 @@ CONFIGS = [
     (
         PipelineConfig,
         {
-            "distill": {"epochs": 2, "template": {"max_length": 128}},
+            "distill": {"training": {"epochs": 2}, "template": {"max_length": 128}},
             "eval": {"tta": False},
             "quant_methods": ["bnb-int8"],
         },
-        {"distill": kdq.DistillConfig(epochs=2, template=T128), "eval": kdq.EvalConfig(tta=False)},
+        {
+            "distill": kdq.DistillConfig(training=kdq.TrainingSettings(epochs=2), template=T128),
+            "eval": kdq.EvalConfig(tta=False),
+        },
         {"quant_methods": ("gptq-3",)},
     ),
 ]
@@ -87,6 +98,7 @@ def test_configs_import_no_torch():
         "config/validate.py",
         "cli/spec.py",
         "distill/config.py",
+        "distill/needs.py",
         "quantize/config.py",
         "evaluate/config.py",
         "export/config.py",
@@ -183,12 +195,80 @@ def test_every_config_field_carries_a_one_line_help():
 def test_teacher_fields_are_the_distillconfig_fields_of_the_loss_and_the_teacher_pass():
     import dataclasses
 
-    from kdq.distill.config import TEACHER_FIELDS, DistillConfig
+    from kdq.config.fields import field_rows
+    from kdq.distill.config import RESUMABLE_FIELDS, TEACHER_FIELDS
 
-    names = [f.name for f in dataclasses.fields(DistillConfig)]
-    assert TEACHER_FIELDS <= set(names), TEACHER_FIELDS - set(names)
-    # every field of the two sections, so a new one there is either listed or made to move
-    section = names[names.index("divergence") : names.index("gpu_check") + 1]
-    assert set(section) == TEACHER_FIELDS
-    assert {n for n in names if n.startswith(("teacher_", "hidden_", "feature_"))} <= TEACHER_FIELDS
-    assert not {"learning_rate", "epochs", "swap_augment", "seed", "lora"} & TEACHER_FIELDS
+    dotted = {name for name, _, _ in field_rows(kdq.DistillConfig)}
+    sections = {f"{s}.{f.name}" for s in ("loss", "teacher_pass") for f in dataclasses.fields(getattr(kdq, _CLASS[s]))}
+    assert TEACHER_FIELDS == sections  # every field of the two sections, so a new one there is listed
+    assert TEACHER_FIELDS <= dotted and RESUMABLE_FIELDS <= dotted | {"lora.save_dtype", "lora.merge_atol"}
+    assert not {"training.learning_rate", "training.epochs", "training.swap_augment", "training.seed"} & TEACHER_FIELDS
+
+
+_CLASS = {"loss": "LossSettings", "teacher_pass": "TeacherPassSettings", "training": "TrainingSettings"}
+
+
+def test_every_flat_name_from_before_the_sections_names_its_new_spelling(tmp_path):
+    """One table (MOVED_FIELDS) of the old flat names; each is refused in Python, in --set and in a config file,
+    with its new spelling, and each new spelling is a real field."""
+    import dataclasses
+
+    from kdq.config.io import build_config, resolve_config
+    from kdq.distill.config import MOVED_FIELDS
+
+    assert len(MOVED_FIELDS) == 33
+    for old, new in MOVED_FIELDS.items():
+        section, leaf = new.split(".")
+        assert leaf in {f.name for f in dataclasses.fields(getattr(kdq, _CLASS[section]))}, new
+        assert old not in {f.name for f in dataclasses.fields(kdq.DistillConfig)}, old
+    message = (
+        r"DistillConfig\(temperature=\.\.\.\) moved to DistillConfig\(loss=LossSettings\(temperature=\.\.\.\)\); "
+        r"on the command line --set loss\.temperature=\.\.\."
+    )
+    with pytest.raises(ValueError, match=message):
+        kdq.DistillConfig(temperature=2.0)
+    with pytest.raises(
+        ValueError, match=r"DistillConfig\(teacher_logits=\.\.\.\) moved to .*TeacherPassSettings\(logits="
+    ):
+        kdq.DistillConfig().replace(teacher_logits="live")
+    with pytest.raises(ValueError, match=r"--set loss\.temperature=\.\.\."):
+        resolve_config(kdq.DistillConfig, overrides=["temperature=2"])
+    path = tmp_path / "old.yaml"
+    path.write_text("epochs: 2\nteacher_tta: true\n")
+    with pytest.raises(
+        ValueError, match=r"in a config file training: \{epochs: \.\.\.\}.*teacher_pass: \{tta: \.\.\.\}"
+    ):
+        resolve_config(kdq.DistillConfig, path)
+    with pytest.raises(ValueError, match=r"--set training\.seed=\.\.\."):  # nested in another config's file
+        build_config(PipelineConfig, {"distill": {"seed": 3}})
+    with pytest.raises(ValueError, match=r"DistillConfig has no field\(s\) \['epoch'\]"):  # a typo stays a typo
+        build_config(kdq.DistillConfig, {"epoch": 1})
+
+
+def test_nested_set_reaches_every_section():
+    from kdq.config.io import resolve_config
+
+    sets = [
+        "loss.temperature=1",
+        "loss.hidden_layer_map=[0, null]",
+        "teacher_pass.logits=live",
+        "teacher_pass.quantize=nf4",
+        "training.epochs=3",
+        "training.swap_augment=paired",
+        "training.report_to=tensorboard",
+        "lora.r=4",
+    ]
+    cfg = resolve_config(kdq.DistillConfig, overrides=sets)
+    assert (cfg.loss.temperature, cfg.loss.hidden_layer_map) == (1.0, (0, None))
+    assert (cfg.teacher_pass.logits, cfg.teacher_pass.quantize) == ("live", "nf4")
+    assert (cfg.training.epochs, cfg.training.swap_augment, cfg.training.report_to) == (3.0, "paired", "tensorboard")
+    assert cfg.lora == kdq.LoraSettings(r=4)
+    # each section checks its own fields, DistillConfig what spans them
+    with pytest.raises(ValueError, match=r"TeacherPassSettings: logits='live' .* no swap TTA"):
+        resolve_config(kdq.DistillConfig, overrides=["teacher_pass.logits=live", "teacher_pass.tta=true"])
+    with pytest.raises(ValueError, match=r"TrainingSettings.report_to must be one of"):
+        resolve_config(kdq.DistillConfig, overrides=["training.report_to=mlflow"])
+    with pytest.raises(ValueError, match=r"DistillConfig: loss.feature_weight > 0 with training.swap_augment"):
+        kdq.DistillConfig(loss={"feature_weight": 1.0}, training={"swap_augment": True})
+    with pytest.raises(ValueError, match=r"DistillConfig.training must be a TrainingSettings"):
+        kdq.DistillConfig(training=kdq.LossSettings())

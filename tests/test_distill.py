@@ -11,6 +11,7 @@ from _launch import launch_two_processes
 from transformers import AutoModelForSequenceClassification
 
 import kdq
+from kdq.config.io import merge
 from kdq.data import load_arena
 from kdq.distill import cache as cache_mod
 from kdq.distill.api import DISTILL_RECORD_FORMAT
@@ -31,9 +32,12 @@ def models(tmp_path_factory, tiny_tokenizer):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), template=TEMPLATE, epochs=1, batch_size=8, logging_steps=1)
-    base.update(kw)
-    return kdq.DistillConfig(**base)
+    """The tests' run: one epoch of batches of 8, a log line per step; ``kw`` fields (sections as dicts,
+    merged into these)."""
+    base = dict(
+        output_dir=str(tmp_path / "run"), template=TEMPLATE, training=dict(epochs=1, batch_size=8, logging_steps=1)
+    )
+    return kdq.DistillConfig(**merge(base, kw))
 
 
 def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
@@ -42,7 +46,7 @@ def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
         arena_csv,
         eval_data=arena_csv,
         teacher=str(models / "teacher"),
-        config=_cfg(tmp_path, epochs=2, teacher_tta=True, swap_augment=True),
+        config=_cfg(tmp_path, training={"epochs": 2, "swap_augment": True}, teacher_pass={"tta": True}),
     )
     assert res.student_dir == tmp_path / "run" / "student"
     assert res.cache_path.is_dir() and (res.cache_path / "fingerprint.json").is_file()
@@ -57,7 +61,7 @@ def test_distill_end_to_end_from_csv(tmp_path, models, arena_csv):
     assert m.config.num_labels == 3 and m.config.id2label[2] == "winner_tie"
     assert template_of(res.student_dir) == TEMPLATE
     record = json.loads((res.student_dir / "kdq-distill.json").read_text())
-    assert record["config"]["teacher_tta"] is True and record[FORMAT_KEY] == DISTILL_RECORD_FORMAT == 1
+    assert record["config"]["teacher_pass"]["tta"] is True and record[FORMAT_KEY] == DISTILL_RECORD_FORMAT == 1
     with pytest.raises(FileExistsError, match="overwrite=True"):
         kdq.distill(str(models / "student"), arena_csv, teacher=str(models / "teacher"), config=_cfg(tmp_path))
 
@@ -124,23 +128,24 @@ def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, k
 
     rows = make_arena_rows(24, seed=21, max_words=40, id_offset=7000)  # ids are row identities in a shared cache
     teacher, student = str(models / "teacher"), str(models / "student")
-    first = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "a", max_steps=1))
+    first = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "a", training={"max_steps": 1}))
     assert first.metrics["teacher_pass"] == {**first.metrics["teacher_pass"], "reused": 0, "computed": 24}
     assert first.cache_path.parent == kdq_cache_root / "teacher-logits"
     assert not (tmp_path / "a" / "run" / "teacher-cache").exists()
     caplog.clear()
     with caplog.at_level("WARNING", logger="kdq.distill"):
-        second = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "b", max_steps=1, temperature=4.0))
+        config = _cfg(tmp_path / "b", training={"max_steps": 1}, loss={"temperature": 4.0})
+        second = kdq.distill(student, rows, teacher=teacher, config=config)
     assert second.cache_path == first.cache_path
     assert (second.metrics["teacher_pass"]["reused"], second.metrics["teacher_pass"]["computed"]) == (24, 0)
     assert f"reused 24 of 24 rows from {first.cache_path}" in caplog.text  # and says so
     # another TTA setting is another teacher output: its own folder, never mixed
-    tta = kdq.distill(student, rows, teacher=teacher, config=_cfg(tmp_path / "c", max_steps=1, teacher_tta=True))
+    config = _cfg(tmp_path / "c", training={"max_steps": 1}, teacher_pass={"tta": True})
+    tta = kdq.distill(student, rows, teacher=teacher, config=config)
     assert tta.cache_path != first.cache_path and tta.metrics["teacher_pass"]["computed"] == 24
     # cache_dir still overrides the shared folder
-    own = kdq.distill(
-        student, rows, teacher=teacher, config=_cfg(tmp_path / "d", max_steps=1, cache_dir=str(tmp_path / "own"))
-    )
+    config = _cfg(tmp_path / "d", training={"max_steps": 1}, teacher_pass={"cache_dir": str(tmp_path / "own")})
+    own = kdq.distill(student, rows, teacher=teacher, config=config)
     assert own.cache_path.parent == tmp_path / "own" and own.metrics["teacher_pass"]["computed"] == 24
     # the CLI's cache-teacher runs the same teacher pass, into the same shared cache
     more = make_arena_rows(8, seed=22, max_words=40, id_offset=7500)
@@ -149,7 +154,7 @@ def test_teacher_cache_is_shared_between_runs_by_fingerprint(tmp_path, models, k
 
     pd.DataFrame({k: v for k, v in more.items()}).to_csv(csv, index=False)
     assert main(["cache-teacher", "--teacher", teacher, "--data", str(csv), "--set", "template.max_length=64"]) == 0
-    third = kdq.distill(student, more, teacher=teacher, config=_cfg(tmp_path / "e", max_steps=1))
+    third = kdq.distill(student, more, teacher=teacher, config=_cfg(tmp_path / "e", training={"max_steps": 1}))
     assert third.cache_path == first.cache_path and third.metrics["teacher_pass"]["computed"] == 0
 
 
@@ -191,7 +196,7 @@ def test_lora_student_trains_the_head_and_saves_merged(tmp_path, models):
         str(models / "student"),
         rows,
         teacher=None,
-        config=_cfg(tmp_path, lora=kdq.LoraSettings(r=4), learning_rate=1e-2),
+        config=_cfg(tmp_path, lora=kdq.LoraSettings(r=4), training={"learning_rate": 1e-2}),
     )
     after = AutoModelForSequenceClassification.from_pretrained(res.student_dir)
     assert not torch.allclose(after.score.weight, before)
@@ -201,9 +206,11 @@ def test_lora_student_trains_the_head_and_saves_merged(tmp_path, models):
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, models):
     rows = make_arena_rows(32, seed=10, max_words=40)
-    first = kdq.distill(str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, epochs=1))
+    first = kdq.distill(str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, training={"epochs": 1}))
     steps_one = first.metrics["train"]["epoch"]
-    second = kdq.distill(str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, epochs=2, resume=True))
+    second = kdq.distill(
+        str(models / "student"), rows, eval_data=rows, config=_cfg(tmp_path, training={"epochs": 2}, resume=True)
+    )
     epochs_logged = [round(h["epoch"]) for h in second.metrics["history"] if "eval_log_loss" in h]
     assert steps_one == 1 and epochs_logged == [1, 2]  # epoch 1 came from the checkpoint's history
 
@@ -211,15 +218,15 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, models):
 def test_config_errors_name_the_field():
     with pytest.raises(
         ValueError,
-        match=r"DistillConfig.divergence must be one of \['forward_kl', 'jsd', 'prob_cosine', 'reverse_kl'\]",
+        match=r"LossSettings.divergence must be one of \['forward_kl', 'jsd', 'prob_cosine', 'reverse_kl'\]",
     ):
-        kdq.DistillConfig(divergence="kl")
-    with pytest.raises(ValueError, match="DistillConfig.alpha"):
-        kdq.DistillConfig(alpha=1.5)
+        kdq.DistillConfig(loss={"divergence": "kl"})
+    with pytest.raises(ValueError, match="LossSettings.alpha"):
+        kdq.DistillConfig(loss=kdq.LossSettings(alpha=1.5))
     with pytest.raises(ValueError, match="LoraSettings.r"):
         kdq.LoraSettings(r=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        kdq.DistillConfig().alpha = 0.1  # frozen
+        kdq.DistillConfig().loss.alpha = 0.1  # frozen
     with pytest.raises(ValueError, match=r"LoraSettings has no field\(s\) \['rank'\]"):
         kdq.DistillConfig(lora={"rank": 4})
 
@@ -253,7 +260,42 @@ def test_two_process_ddp_with_accelerate_launch(tmp_path, models):
 
 def test_gradient_accumulation_does_not_inflate_the_loss(tmp_path, models):
     rows = make_arena_rows(32, seed=12, max_words=40)
-    res = kdq.distill(str(models / "student"), rows, config=_cfg(tmp_path, batch_size=4, grad_accum=2))
+    res = kdq.distill(str(models / "student"), rows, config=_cfg(tmp_path, training={"batch_size": 4, "grad_accum": 2}))
     logged = [h for h in res.metrics["history"] if "loss" in h and "ce" in h]
     # With hard labels the loss is the CE; unscaled accumulation would log ~2x it.
     assert logged and all(abs(h["loss"] - h["ce"]) < 0.15 * h["ce"] for h in logged)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _installed("tensorboard"), reason="tensorboard is not installed (pip install tensorboard)")
+def test_report_to_tensorboard_writes_event_files(tmp_path, models):
+    rows = make_arena_rows(16, seed=23, max_words=30)
+    cfg = _cfg(tmp_path, training={"max_steps": 2, "report_to": "tensorboard"})
+    kdq.distill(str(models / "student"), rows, config=cfg)
+    events = list((tmp_path / "run" / "checkpoints" / "runs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
+@pytest.mark.parametrize("reporter, package", [("wandb", "wandb"), ("tensorboard", "tensorboard")])
+def test_a_missing_logger_is_named_with_its_pip_package_before_anything_runs(
+    tmp_path, models, monkeypatch, reporter, package
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = {"wandb", "tensorboard", "tensorboardX"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    cfg = _cfg(tmp_path, training={"report_to": reporter})
+    with pytest.raises(ImportError, match=rf"report_to='{reporter}' .*pip install {package}"):
+        kdq.distill(str(models / "student"), make_arena_rows(8, seed=24), teacher=str(models / "teacher"), config=cfg)
+    assert not (tmp_path / "run").exists()  # refused before the teacher pass and the run folder
+    from kdq.cli.main import main
+    from kdq.cli.spec import EXIT_MISSING_DEP
+
+    argv = ["distill", "--student", str(models / "student"), "--train", "x.csv", "--output-dir", str(tmp_path / "r")]
+    assert main([*argv, "--set", f"training.report_to={reporter}"]) == EXIT_MISSING_DEP

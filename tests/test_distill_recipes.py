@@ -11,6 +11,7 @@ import torch
 from _scoring import held_out_logits
 
 import kdq
+from kdq.config.io import merge
 from kdq.data import load_arena
 from kdq.distill.api import _training_table
 from kdq.distill.cache import TeacherCache, _fixed
@@ -22,7 +23,12 @@ from kdq.runtime.constants import SHRINK_KEY, SWAP_PERMUTATION
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
 TEMPLATE = kdq.TemplateConfig(max_length=64)
-COMMON = dict(template=TEMPLATE, batch_size=16, learning_rate=2e-3, logging_steps=4, seed=0)
+COMMON = dict(template=TEMPLATE, training=dict(batch_size=16, learning_rate=2e-3, logging_steps=4, seed=0))
+
+
+def _cfg(output_dir, **kw) -> kdq.DistillConfig:
+    """The recipes' common settings, ``kw`` merged in (sections as dicts)."""
+    return kdq.DistillConfig(**merge({**COMMON, "output_dir": str(output_dir)}, kw))
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +36,7 @@ def trained_teacher(tmp_path_factory, tiny_tokenizer):
     d = tmp_path_factory.mktemp("recipes")
     make_tiny_classifier(d / "t0", tiny_tokenizer, seed=4, num_layers=4)
     train = make_arena_rows(256, seed=20, max_words=40)
-    t = kdq.distill(
-        str(d / "t0"), train, teacher=None, config=kdq.DistillConfig(output_dir=str(d / "teacher"), epochs=4, **COMMON)
-    )
+    t = kdq.distill(str(d / "t0"), train, teacher=None, config=_cfg(d / "teacher", training={"epochs": 4}))
     return d, t.student_dir
 
 
@@ -42,19 +46,23 @@ def test_transfer_set_brings_the_student_closer_to_the_teacher(tmp_path, trained
     labelled = make_arena_rows(32, seed=30, max_words=40)  # few labels ...
     transfer = make_arena_rows(256, seed=31, max_words=40, labelled=False, id_offset=50_000)  # ... many unlabelled rows
     held = load_arena(make_arena_rows(96, seed=21, max_words=40, id_offset=10_000))
-    cfg = dict(epochs=3, alpha=0.5, temperature=1.0, cache_dir=str(tmp_path / "cache"), **COMMON)
+    cfg = dict(
+        training={"epochs": 3},
+        loss={"alpha": 0.5, "temperature": 1.0},
+        teacher_pass={"cache_dir": str(tmp_path / "cache")},
+    )
     plain = kdq.distill(
         str(tmp_path / "s0"),
         labelled,
         teacher=str(teacher),
-        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), **cfg),
+        config=_cfg(tmp_path / "kd", **cfg),
     )
     more = kdq.distill(
         str(tmp_path / "s0"),
         labelled,
         teacher=str(teacher),
         transfer_data=transfer,
-        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd-transfer"), **cfg),
+        config=_cfg(tmp_path / "kd-transfer", **cfg),
     )
     assert more.metrics["n_transfer"] == 256 and more.metrics["teacher_pass"]["computed"] == 256  # 32 reused
     logs = [h for h in more.metrics["history"] if "kd" in h]
@@ -69,7 +77,7 @@ def test_transfer_set_errors_name_the_fix(tmp_path, trained_teacher):
     d, teacher = trained_teacher
     train = make_arena_rows(16, seed=1, max_words=20)
     clash = make_arena_rows(8, seed=2, max_words=20, labelled=False, id_offset=5)
-    cfg = kdq.DistillConfig(output_dir=str(tmp_path / "x"), **COMMON)
+    cfg = _cfg(tmp_path / "x")
     with pytest.raises(ValueError, match="needs a teacher"):
         kdq.distill(str(teacher), train, teacher=None, transfer_data=clash, config=cfg)
     with pytest.raises(ValueError, match="id '5' is also a training row id"):
@@ -90,8 +98,7 @@ def test_swapped_rows_get_permuted_teacher_logits_and_their_own_features(tiny_to
     logits = np.arange(18, dtype=np.float32).reshape(6, 3)
     feats = np.arange(24, dtype=np.float16).reshape(6, 4)
     feats_swap = -feats
-    cfg = kdq.DistillConfig(template=TEMPLATE, swap_augment=mode, batch_size=4)
-    table = _training_table(rows, tiny_tokenizer, cfg, _cache(logits, feats, feats_swap))
+    table = _training_table(rows, tiny_tokenizer, TEMPLATE, mode, _cache(logits, feats, feats_swap))
     if mode is True:
         assert len(table) == 12
         swapped = np.asarray(table["teacher_logits"][6:])
@@ -114,11 +121,11 @@ def test_swapped_rows_get_permuted_teacher_logits_and_their_own_features(tiny_to
 
 
 def test_swap_augment_values_are_validated():
-    kdq.DistillConfig(swap_augment="paired", batch_size=8)
-    with pytest.raises(ValueError, match="swap_augment must be False, True or 'paired'"):
-        kdq.DistillConfig(swap_augment="both")
-    with pytest.raises(ValueError, match="must be even"):
-        kdq.DistillConfig(swap_augment="paired", batch_size=7)
+    kdq.TrainingSettings(swap_augment="paired", batch_size=8)
+    with pytest.raises(ValueError, match="TrainingSettings.swap_augment must be False, True or 'paired'"):
+        kdq.DistillConfig(training={"swap_augment": "both"})
+    with pytest.raises(ValueError, match="TrainingSettings.batch_size must be even"):
+        kdq.TrainingSettings(swap_augment="paired", batch_size=7)
 
 
 def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher, tiny_tokenizer):
@@ -129,13 +136,11 @@ def test_paired_swap_and_cosine_term_train_end_to_end(tmp_path, trained_teacher,
         str(tmp_path / "s0"),
         rows,
         teacher=str(teacher),
-        config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "run"),
-            swap_augment="paired",
-            cosine_weight=0.5,
-            epochs=1,
-            cache_dir=str(tmp_path / "cache"),  # a cache of its own: the test counts what it scores
-            **{**COMMON, "batch_size": 8, "logging_steps": 2},
+        config=_cfg(
+            tmp_path / "run",
+            training={"swap_augment": "paired", "epochs": 1, "batch_size": 8, "logging_steps": 2},
+            loss={"cosine_weight": 0.5},
+            teacher_pass={"cache_dir": str(tmp_path / "cache")},  # a cache of its own: the test counts what it scores
         ),
     )
     logs = [h for h in res.metrics["history"] if "ce" in h]
@@ -184,12 +189,11 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
         str(student),
         rows,
         teacher=str(teacher),
-        config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "run"),
-            hidden_weight=1.0,
-            epochs=3,
-            cache_dir=str(tmp_path / "cache"),
-            **{**COMMON, "logging_steps": 2},
+        config=_cfg(
+            tmp_path / "run",
+            loss={"hidden_weight": 1.0},
+            training={"epochs": 3, "logging_steps": 2},
+            teacher_pass={"cache_dir": str(tmp_path / "cache")},
         ),
     )
     hidden = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
@@ -201,9 +205,7 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
         str(not_shrunk),
         rows,
         teacher=str(teacher),
-        config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "plain-run"), hidden_weight=1.0, max_steps=2, **{**COMMON, "logging_steps": 1}
-        ),
+        config=_cfg(tmp_path / "plain-run", loss={"hidden_weight": 1.0}, training={"max_steps": 2, "logging_steps": 1}),
     )
     assert any("hidden" in h for h in plain.metrics["history"])
     with pytest.raises(ValueError, match="needs a teacher"):
@@ -211,7 +213,7 @@ def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
             str(student),
             rows,
             teacher=None,
-            config=kdq.DistillConfig(output_dir=str(tmp_path / "bad2"), hidden_weight=1.0, **COMMON),
+            config=_cfg(tmp_path / "bad2", loss={"hidden_weight": 1.0}),
         )
 
 
@@ -226,12 +228,10 @@ def test_reruns_reproduce(tmp_path, trained_teacher, tiny_tokenizer):
             rows,
             eval_data=held,
             teacher=str(teacher),
-            config=kdq.DistillConfig(
-                output_dir=str(tmp_path / f"run{k}"),
-                swap_augment="paired",
-                epochs=2,
-                cache_dir=str(tmp_path / "c"),
-                **COMMON,
+            config=_cfg(
+                tmp_path / f"run{k}",
+                training={"swap_augment": "paired", "epochs": 2},
+                teacher_pass={"cache_dir": str(tmp_path / "c")},
             ),
         )
         for k in range(2)
@@ -274,12 +274,10 @@ def test_live_teacher_logits_need_no_cache_pass(tmp_path, trained_teacher, tiny_
         rows,
         teacher=str(teacher),
         transfer_data=transfer,
-        config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "run"), teacher_logits="live", epochs=1, **{**COMMON, "logging_steps": 1}
-        ),
+        config=_cfg(tmp_path / "run", teacher_pass={"logits": "live"}, training={"epochs": 1, "logging_steps": 1}),
     )
     assert res.cache_path is None and "teacher_pass" not in res.metrics
     logs = [h for h in res.metrics["history"] if "kd" in h]
     assert len(logs) == 4 and all(h["kd"] > 0 for h in logs)  # 64 rows / 16: the teacher scored every batch
-    with pytest.raises(ValueError, match="teacher_tta=False"):
-        kdq.DistillConfig(teacher_logits="live", teacher_tta=True)
+    with pytest.raises(ValueError, match="set tta=False"):
+        kdq.DistillConfig(teacher_pass={"logits": "live", "tta": True})

@@ -205,13 +205,9 @@ def test_a_learned_projection_aligns_a_rotated_student_that_identity_matching_ca
             config=kdq.DistillConfig(
                 output_dir=str(tmp_path / projection),
                 template=TEMPLATE,
-                hidden_weight=1.0,
-                hidden_projection=projection,
-                epochs=10,
-                batch_size=16,
-                learning_rate=1e-2,
-                logging_steps=8,
-                cache_dir=str(tmp_path / "cache"),
+                loss=kdq.LossSettings(hidden_weight=1.0, hidden_projection=projection),
+                training=kdq.TrainingSettings(epochs=10, batch_size=16, learning_rate=1e-2, logging_steps=8),
+                teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp_path / "cache")),
             ),
         )
         final[projection] = [h["hidden"] for h in res.metrics["history"] if "hidden" in h]
@@ -228,12 +224,9 @@ def test_cross_width_student_trains_saves_no_projection_and_resumes_exactly(tmp_
         cfg = kdq.DistillConfig(
             output_dir=str(tmp_path / name),
             template=TEMPLATE,
-            hidden_weight=1.0,
-            epochs=epochs,
-            batch_size=8,
-            learning_rate=2e-3,
-            logging_steps=1,
-            cache_dir=str(tmp_path / "cache"),
+            loss=kdq.LossSettings(hidden_weight=1.0),
+            training=kdq.TrainingSettings(epochs=epochs, batch_size=8, learning_rate=2e-3, logging_steps=1),
+            teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp_path / "cache")),
             **kw,
         )
         return kdq.distill(str(student), rows, teacher=str(teacher), config=cfg)
@@ -263,7 +256,9 @@ def test_a_tokenizer_mismatch_is_refused(tmp_path, teacher):
     other = make_tokenizer(vocab_size=300)
     make_tiny_classifier(tmp_path / "student", other, seed=14, num_layers=2)
     rows = make_arena_rows(16, seed=36, max_words=20)
-    cfg = kdq.DistillConfig(output_dir=str(tmp_path / "run"), template=TEMPLATE, hidden_weight=1.0, max_steps=1)
+    cfg = kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"), template=TEMPLATE, loss={"hidden_weight": 1.0}, training={"max_steps": 1}
+    )
     with pytest.raises(ValueError, match=r"tokenizers differ: vocabulary sizes 300 \(student\) vs 400 \(teacher\)"):
         kdq.distill(str(tmp_path / "student"), rows, teacher=str(teacher), config=cfg)
     # logit KD through the cache renders rows with the teacher's own tokenizer: it keeps working
@@ -271,7 +266,11 @@ def test_a_tokenizer_mismatch_is_refused(tmp_path, teacher):
         str(tmp_path / "student"),
         rows,
         teacher=str(teacher),
-        config=cfg.replace(hidden_weight=0.0, output_dir=str(tmp_path / "logits"), cache_dir=str(tmp_path / "c")),
+        config=cfg.replace(
+            loss=kdq.LossSettings(),
+            output_dir=str(tmp_path / "logits"),
+            teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp_path / "c")),
+        ),
     )
     assert ok.metrics["teacher_pass"]["computed"] == 16
 
@@ -313,21 +312,17 @@ def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, tea
         config=kdq.DistillConfig(
             output_dir=str(tmp_path / "run"),
             template=TEMPLATE,
-            feature_weight=1.0,
-            feature_loss=loss,
-            teacher_tta=True,
-            swap_augment=True,
-            epochs=2,
-            batch_size=8,
-            learning_rate=2e-3,
-            logging_steps=2,
-            cache_dir=str(tmp_path / "cache"),
+            loss=kdq.LossSettings(feature_weight=1.0, feature_loss=loss),
+            teacher_pass=kdq.TeacherPassSettings(tta=True, cache_dir=str(tmp_path / "cache")),
+            training=kdq.TrainingSettings(
+                swap_augment=True, epochs=2, batch_size=8, learning_rate=2e-3, logging_steps=2
+            ),
         ),
     )
     feature = [h["feature"] for h in res.metrics["history"] if "feature" in h]
     assert len(feature) >= 3 and feature[-1] < feature[0]
-    with pytest.raises(ValueError, match="teacher_tta=True"):
-        kdq.DistillConfig(feature_weight=1.0, swap_augment=True)
+    with pytest.raises(ValueError, match="teacher_pass.tta=True"):
+        kdq.DistillConfig(loss={"feature_weight": 1.0}, training={"swap_augment": True})
 
 
 # --------------------------------------------------------------------------- the memory plan
@@ -342,18 +337,28 @@ def test_memory_plan_counts_the_live_teacher_and_names_settings_that_fit(tmp_pat
 
     student, teacher = folder("danube3-500m"), folder("danube3-4b")
     t4 = train_device("t4-16gb")
-    base = dict(batch_size=4, template=kdq.TemplateConfig(max_length=1024), gradient_checkpointing=True)
+    base = dict(
+        training=kdq.TrainingSettings(batch_size=4, gradient_checkpointing=True),
+        template=kdq.TemplateConfig(max_length=1024),
+    )
     quiet = dict(device=t4, log=lambda *_: None)
+    hidden = kdq.LossSettings(hidden_weight=1.0)
     _, logits_only = plan_training(student, kdq.DistillConfig(**base), teacher=teacher, **quiet)
     assert logits_only["teacher_weights"] == 0
-    with pytest.raises(TrainingMemoryError, match=r"live teacher.*teacher_quantize='(int8|nf4)'") as err:
-        plan_training(student, kdq.DistillConfig(**base, hidden_weight=1.0), teacher=teacher, **quiet)
+    with pytest.raises(TrainingMemoryError, match=r"live teacher.*teacher_pass.quantize='(int8|nf4)'") as err:
+        plan_training(student, kdq.DistillConfig(**base, loss=hidden), teacher=teacher, **quiet)
     assert "learned projection" in str(err.value)
+    nf4_teacher = kdq.TeacherPassSettings(quantize="nf4")
     _, nf4 = plan_training(
-        student, kdq.DistillConfig(**base, hidden_weight=1.0, teacher_quantize="nf4"), teacher=teacher, **quiet
+        student, kdq.DistillConfig(**base, loss=hidden, teacher_pass=nf4_teacher), teacher=teacher, **quiet
     )
     assert nf4["teacher_weights"] > 2e9 and nf4["projection_params"] == 16 * 1536 * 3840
-    cached = kdq.DistillConfig(**base, feature_weight=1.0, teacher_tta=True, swap_augment=True)
+    cached = kdq.DistillConfig(
+        training=kdq.TrainingSettings(batch_size=4, gradient_checkpointing=True, swap_augment=True),
+        template=kdq.TemplateConfig(max_length=1024),
+        loss=kdq.LossSettings(feature_weight=1.0),
+        teacher_pass=kdq.TeacherPassSettings(tta=True),
+    )
     _, feature = plan_training(student, cached, teacher=teacher, **quiet)
     assert feature["teacher_weights"] == 0 and feature["projection_params"] == 1536 * 3840
     assert feature["peak"] < nf4["peak"]

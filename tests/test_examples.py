@@ -95,7 +95,7 @@ def test_demo_tiny_mode_runs_every_stage(tmp_path):
     assert "student-kd-gptq-8" in result.variants and "teacher-gptq-8" in result.variants
     for variant in ("teacher", "student-kd", "student-hard"):  # --precision reaches every training run
         record = json.loads((Path(result.variants[variant]) / "kdq-distill.json").read_text())
-        assert record["config"]["precision"] == "bf16", variant
+        assert record["config"]["training"]["precision"] == "bf16", variant
     assert result.distill_metrics["student-kd"]["n_transfer"] == 64  # the demo's recipe: a transfer set ...
     assert any("feature" in h for h in result.distill_metrics["student-kd"]["history"])  # ... and pooled features
     text = result.summary()
@@ -114,7 +114,11 @@ def test_lmsys_recipe_picks_qlora_when_half_precision_lora_does_not_fit(tmp_path
 
     LlamaConfig(**known_models()["danube3-4b"]["config"]).save_pretrained(tmp_path / "danube3-4b")  # config only
     recipe = _load("lmsys_danube3")
-    cfg = kdq.DistillConfig(batch_size=8, template=kdq.TemplateConfig(max_length=2048), lora=kdq.LoraSettings(r=16))
+    cfg = kdq.DistillConfig(
+        training=kdq.TrainingSettings(batch_size=8),
+        template=kdq.TemplateConfig(max_length=2048),
+        lora=kdq.LoraSettings(r=16),
+    )
     lora, why = recipe.teacher_lora(str(tmp_path / "danube3-4b"), cfg, train_device("t4-16gb"))
     assert lora.quantize == "nf4" and lora.r == 16 and "using QLoRA" in why and "t4-16gb" in why
     lora, why = recipe.teacher_lora(str(tmp_path / "danube3-4b"), cfg, train_device("a100-80gb"))
@@ -135,19 +139,21 @@ def test_lmsys_student_recipe_fits_a_t4_live_teacher_quantized_or_cached(tmp_pat
     t4 = train_device("t4-16gb")
 
     def plan(batch, tokens, device=t4, name="cross-width"):
-        run = dict(batch_size=batch, template=kdq.TemplateConfig(max_length=tokens), lora=kdq.LoraSettings(r=16))
+        run = dict(
+            training={"batch_size": batch}, template=kdq.TemplateConfig(max_length=tokens), lora=kdq.LoraSettings(r=16)
+        )
         return recipe.student_config(name, run, teacher, student, device)
 
     cfg, why = plan(4, 1024)  # the fp16 teacher (7.5 GB) fits beside a LoRA student at batch 4
-    assert cfg.hidden_weight > 0 and cfg.teacher_quantize == "none" and "fits t4-16gb" in why
+    assert cfg.loss.hidden_weight > 0 and cfg.teacher_pass.quantize == "none" and "fits t4-16gb" in why
     cfg, why = plan(8, 1024)  # at batch 8 it does not: the live teacher goes int8
-    assert cfg.hidden_weight > 0 and cfg.teacher_quantize == "int8" and "fits t4-16gb" in why
+    assert cfg.loss.hidden_weight > 0 and cfg.teacher_pass.quantize == "int8" and "fits t4-16gb" in why
     cfg, why = plan(8, 1024, device=train_device("a100-80gb"))
-    assert cfg.teacher_quantize == "none"
+    assert cfg.teacher_pass.quantize == "none"
     cfg, why = plan(16, 1024)  # not even in nf4: the cached-feature recipe, no live teacher
-    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0 and "cross-width-cached" in why
+    assert cfg.loss.feature_weight > 0 and cfg.loss.hidden_weight == 0 and "cross-width-cached" in why
     cfg, why = plan(16, 1024, name="cross-width-cached")
-    assert cfg.feature_weight > 0 and cfg.hidden_weight == 0  # nothing to fit beside the student
+    assert cfg.loss.feature_weight > 0 and cfg.loss.hidden_weight == 0  # nothing to fit beside the student
 
 
 def test_make_bench_runs_every_benchmark_quick_mode():

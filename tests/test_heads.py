@@ -69,19 +69,25 @@ def rows():
     return load_arena(make_arena_rows(12, seed=5, max_words=20))
 
 
-def _distill_config(tmp_path, **kw):
+def _distill_config(tmp_path):
     return kdq.DistillConfig(
-        output_dir=str(tmp_path / "run"), template=TEMPLATE, cache_dir=str(tmp_path / "cache"), batch_size=4, **kw
+        output_dir=str(tmp_path / "run"),
+        template=TEMPLATE,
+        teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp_path / "cache")),
+        training=kdq.TrainingSettings(batch_size=4),
     )
 
 
 # --------------------------------------------------------------------------- the student: a new head, any size
+@pytest.mark.parametrize("lora", [None, "nf4"], ids=["full", "qlora"])
 @pytest.mark.parametrize("name", ["reward", "two"])
-def test_a_student_head_of_another_size_is_reinitialised_with_a_warning(folders, name):
+def test_a_student_head_of_another_size_is_reinitialised_with_a_warning(folders, name, lora):
+    """Full fine-tuning and QLoRA (4-bit through load_classifier) alike: a new head of the rows' size."""
     from kdq.distill.lora import load_student
 
+    settings = kdq.LoraSettings(quantize=lora) if lora else None
     with pytest.warns(UserWarning, match=r"re-initialis.*num_labels=\d.*lmsys") as caught:
-        loaded = load_student(str(folders / name), kdq.DistillConfig(), device="cpu", scheme="lmsys")
+        loaded = load_student(str(folders / name), settings, device="cpu", scheme="lmsys")
     assert loaded.model.score.out_features == 3 and loaded.model.config.num_labels == 3
     assert getattr(loaded.model.config, SCHEME_KEY) == "lmsys"
     assert len([w for w in caught if "re-initialis" in str(w.message)]) == 1
@@ -100,7 +106,7 @@ def test_a_student_without_a_saved_head_gets_one_with_a_warning(folders):
     from kdq.distill.lora import load_student
 
     with pytest.warns(UserWarning, match="score.weight.*not in its weights"):
-        loaded = load_student(str(folders / "causal"), kdq.DistillConfig(), device="cpu", scheme=WSDM)
+        loaded = load_student(str(folders / "causal"), None, device="cpu", scheme=WSDM)
     assert loaded.model.score.out_features == 2
 
 

@@ -89,9 +89,8 @@ def test_distill_saves_the_merge_record(tmp_path, tiny_tokenizer):
     cfg = kdq.DistillConfig(
         output_dir=str(tmp_path / "run"),
         template=kdq.TemplateConfig(max_length=48),
-        batch_size=8,
+        training=kdq.TrainingSettings(batch_size=8, learning_rate=1e-2),
         lora=kdq.LoraSettings(r=4, base_dtype="bf16"),
-        learning_rate=1e-2,
     )
     res = kdq.distill(str(tmp_path / "student"), make_arena_rows(16, seed=42, max_words=30), config=cfg)
     merge = json.loads((res.student_dir / "kdq-distill.json").read_text())["merge"]

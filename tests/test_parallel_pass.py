@@ -107,17 +107,21 @@ def test_one_process_with_several_devices_splits_rows_over_them(tmp_path, teache
     from kdq.distill.teacher_pass import teacher_pass
 
     rows = make_arena_rows(N, seed=11, max_words=60)
-    cfg = kdq.DistillConfig(template=TEMPLATE, teacher_batch_size=4, teacher_tta=True, cache_dir=str(tmp_path / "a"))
+    settings = kdq.TeacherPassSettings(batch_size=4, tta=True, cache_dir=str(tmp_path / "a"))
     teacher = ModelTeacher(str(teacher_dir / "teacher"))
-    two = teacher_pass(teacher, rows, cfg, devices=["cpu", "cpu"])
+    two = teacher_pass(teacher, rows, settings, template=TEMPLATE, devices=["cpu", "cpu"])
     assert teacher.loads == 1 and two.computed == N  # "cpu" twice is one device: one copy
     teacher = ModelTeacher(str(teacher_dir / "teacher"))
     import torch
 
     copies = teacher.models_on([torch.device("cpu"), torch.device("cpu", 0)])
     assert teacher.loads == 2 and copies[0][1] is not copies[1][1]
-    split = teacher_pass(teacher, rows, cfg.replace(cache_dir=str(tmp_path / "b")), devices=["cpu", "cpu:0"])
-    one = teacher_pass(str(teacher_dir / "teacher"), rows, cfg.replace(cache_dir=str(tmp_path / "c")))
+    split = teacher_pass(
+        teacher, rows, settings.replace(cache_dir=str(tmp_path / "b")), template=TEMPLATE, devices=["cpu", "cpu:0"]
+    )
+    one = teacher_pass(
+        str(teacher_dir / "teacher"), rows, settings.replace(cache_dir=str(tmp_path / "c")), template=TEMPLATE
+    )
     np.testing.assert_allclose(split.logits, one.logits, atol=1e-6, rtol=0)
     assert split.stats["rows"] == 2 * N
     out = capsys.readouterr().out

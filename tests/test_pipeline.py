@@ -26,7 +26,13 @@ def test_bad_settings_fail_before_any_training():
         PipelineConfig(ddp_timeout=0)
     cfg = PipelineConfig(quant_methods=("gptq-8", "bnb-nf4"), quantize_teacher=False, baseline=False)
     assert cfg.variant_names() == ["teacher", "student-kd", "student-kd-gptq-8", "student-kd-bnb-nf4"]
-    assert cfg.quant_config("gptq-8").num_samples == cfg.calibration_samples
+    # nothing set: QuantConfig and the method keep their own defaults (the pipeline repeats none of them)
+    default = kdq.QuantConfig.from_name("gptq-8")
+    assert cfg.calibration_samples is None and cfg.gptq_group_size is None
+    assert (cfg.quant_config("gptq-8").num_samples, cfg.quant_config("gptq-8").group_size) == (
+        default.num_samples,
+        default.group_size,
+    )
 
 
 @pytest.mark.parametrize("variant", variant_names())

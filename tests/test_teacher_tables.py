@@ -22,8 +22,9 @@ def rows():
     return load_arena(make_arena_rows(N, seed=3, max_words=20, id_offset=30190))
 
 
-def _cfg(tmp_path):
-    return kdq.DistillConfig(output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+def _targets(teacher, rows, tmp_path):
+    """``teacher``'s outputs over ``rows`` through a teacher pass with its own cache folder."""
+    return teacher.targets(rows, kdq.TeacherPassSettings(cache_dir=str(tmp_path / "cache")), kdq.TemplateConfig())
 
 
 def _table(rows) -> pd.DataFrame:
@@ -48,12 +49,12 @@ def _merged_with_a_nan_id(df) -> pd.DataFrame:
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_whole_number_float_ids_join_the_integer_ids(tmp_path, rows, suffix):
     df = _table(rows)
-    expected = TableTeacher(df).targets(rows, _cfg(tmp_path)).logits
+    expected = _targets(TableTeacher(df), rows, tmp_path).logits
     floats = df.assign(id=df["id"].astype("float64"))
     path = _save(floats, tmp_path / f"t{suffix}")
     if suffix == ".csv":
         assert "30190.0," in path.read_text()  # as pandas writes a float id column
-    got = TableTeacher(path).targets(rows, _cfg(tmp_path)).logits
+    got = _targets(TableTeacher(path), rows, tmp_path).logits
     np.testing.assert_array_equal(got, expected)
 
 
@@ -63,7 +64,7 @@ def test_a_row_without_an_id_is_refused_with_the_fix(tmp_path, rows, suffix):
     with pytest.raises(
         ValueError, match=r"1 row\(s\) without an id \(table row 8, counted from 0.*dropna\(subset=\['id'\]\)"
     ):
-        TableTeacher(path).targets(rows, _cfg(tmp_path))
+        _targets(TableTeacher(path), rows, tmp_path)
 
 
 def test_float_ids_that_match_no_row_say_they_are_floats_and_how_to_fix_them(tmp_path, rows):
@@ -71,7 +72,7 @@ def test_float_ids_that_match_no_row_say_they_are_floats_and_how_to_fix_them(tmp
     off = df.assign(id=df["id"] + 0.5)  # not whole numbers: no integer id to match
     path = _save(off, tmp_path / "t.csv")
     with pytest.raises(ValueError) as info:
-        TableTeacher(path).targets(rows, _cfg(tmp_path))
+        _targets(TableTeacher(path), rows, tmp_path)
     msg = str(info.value)
     assert "ids are floats" in msg and "'30190.5'" in msg and "astype('Int64')" in msg
     assert "score those rows too" not in msg  # the rows are there, under float ids: not a missing-rows fix
@@ -85,7 +86,7 @@ def test_every_blank_or_non_finite_probability_is_named_by_its_row_id(tmp_path, 
     df.loc[6, "winner_model_b"] = np.inf
     path = _save(df, tmp_path / f"t{suffix}")
     with pytest.raises(ValueError) as info:
-        TableTeacher(path).targets(rows, _cfg(tmp_path))
+        _targets(TableTeacher(path), rows, tmp_path)
     msg = str(info.value)
     assert "not numeric" not in msg
     ids = list(rows["id"])
@@ -100,4 +101,4 @@ def test_text_in_a_probability_column_is_named_by_its_row_id(tmp_path, rows):
     df.loc[4, "winner_tie"] = "n/a"
     path = _save(df, tmp_path / "t.csv")
     with pytest.raises(ValueError, match=rf"id '{rows['id'][4]}' \(winner_tie 'n/a'\)"):
-        TableTeacher(path).targets(rows, _cfg(tmp_path))
+        _targets(TableTeacher(path), rows, tmp_path)

@@ -10,6 +10,7 @@ import pytest
 
 import kdq
 import kdq.models
+from kdq.config.io import merge
 from kdq.data import load_arena
 from kdq.distill.api import _training_table
 from kdq.distill.cache import cache_teacher_logits
@@ -46,8 +47,19 @@ def _table(rows, seed=0, scheme=LMSYS):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), template=TEMPLATE, cache_dir=str(tmp_path / "cache"), batch_size=8)
-    return kdq.DistillConfig(**{**base, **kw})
+    """A run of batches of 8 with its own teacher cache; ``kw`` fields (sections as dicts, merged into these)."""
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        template=TEMPLATE,
+        teacher_pass=dict(cache_dir=str(tmp_path / "cache")),
+        training=dict(batch_size=8),
+    )
+    return kdq.DistillConfig(**merge(base, kw))
+
+
+def _targets(teacher, rows, cfg):
+    """``teacher``'s outputs over ``rows`` under ``cfg``'s teacher pass and template."""
+    return teacher.targets(rows, cfg.teacher_pass, cfg.template)
 
 
 def test_as_teacher_builds_one_object_from_what_teacher_accepts(tmp_path, models):
@@ -78,27 +90,27 @@ def test_a_table_teacher_is_checked_and_the_first_bad_id_named(tmp_path):
     cfg = _cfg(tmp_path)
     lacking = df[df["id"] != rows["id"][3]]
     with pytest.raises(ValueError, match=rf"no row for id '{rows['id'][3]}'.*training or transfer"):
-        TableTeacher(lacking).targets(rows, cfg)
+        _targets(TableTeacher(lacking), rows, cfg)
     bad = df.copy()
     bad.loc[5, "winner_model_a"] += 0.01
     with pytest.raises(ValueError, match=rf"id '{rows['id'][5]}' has probabilities .*sum to 1 within 0.001"):
-        TableTeacher(bad).targets(rows, cfg)
+        _targets(TableTeacher(bad), rows, cfg)
     nan = df.copy()
     nan.loc[2, "winner_tie"] = np.nan
     with pytest.raises(ValueError, match=rf"id '{rows['id'][2]}'"):
-        TableTeacher(nan).targets(rows, cfg)
+        _targets(TableTeacher(nan), rows, cfg)
     with pytest.raises(
         ValueError, match=r"no column 'winner_tie'.*\['winner_model_a', 'winner_model_b', 'winner_tie'\]"
     ):
-        TableTeacher(df.drop(columns=["winner_tie"])).targets(rows, cfg)
+        _targets(TableTeacher(df.drop(columns=["winner_tie"])), rows, cfg)
     twice = pd.concat([df, df.iloc[[1]]])
     with pytest.raises(ValueError, match=rf"id '{rows['id'][1]}' appears twice"):
-        TableTeacher(twice).targets(rows, cfg)
+        _targets(TableTeacher(twice), rows, cfg)
     within = df.copy()
     within.loc[5, "winner_model_a"] += 5e-4  # inside the tolerance
-    TableTeacher(within).targets(rows, cfg)
+    _targets(TableTeacher(within), rows, cfg)
     with pytest.raises(ValueError, match="no 'id' column"):
-        TableTeacher(df.drop(columns=["id"])).targets(rows, cfg)
+        _targets(TableTeacher(df.drop(columns=["id"])), rows, cfg)
 
 
 @pytest.mark.parametrize("mode", [True, "paired"])
@@ -108,9 +120,9 @@ def test_table_targets_are_log_probabilities_and_swapped_copies_get_the_permuted
     rows = _rows()
     df, p = _table(rows.shuffle(seed=1))  # the table's order does not matter: rows are joined by id
     p = df.set_index("id").loc[list(rows["id"]), list(LMSYS.labels)].to_numpy()
-    cache = TableTeacher(df).targets(rows, _cfg(tmp_path))
+    cache = _targets(TableTeacher(df), rows, _cfg(tmp_path))
     np.testing.assert_allclose(np.exp(cache.logits), p, rtol=1e-6)
-    table = _training_table(rows, tiny_tokenizer, _cfg(tmp_path, swap_augment=mode), cache)
+    table = _training_table(rows, tiny_tokenizer, TEMPLATE, mode, cache)
     perm = list(swap_permutation(3))
     if mode is True:
         orig, swapped = np.asarray(table["teacher_logits"][:8]), np.asarray(table["teacher_logits"][8:])
@@ -137,12 +149,12 @@ def test_ensemble_averages_in_probability_space_by_hand(tmp_path, models):
     t1, p1 = _table(rows, seed=1)
     t2, p2 = _table(rows, seed=2)
     cfg = _cfg(tmp_path)
-    got = EnsembleTeacher([(t1, 1.0), (t2, 3.0)]).targets(rows, cfg)
+    got = _targets(EnsembleTeacher([(t1, 1.0), (t2, 3.0)]), rows, cfg)
     np.testing.assert_allclose(np.exp(got.logits), (p1 + 3 * p2) / 4, rtol=1e-5)
     # a model and a table: the model's cached distribution, weighted with the table's
-    mixed = as_teacher([(str(models / "teacher"), 2.0), (t1, 1.0)]).targets(rows, cfg)
+    mixed = _targets(as_teacher([(str(models / "teacher"), 2.0), (t1, 1.0)]), rows, cfg)
     alone = cache_teacher_logits(
-        ModelTeacher(str(models / "teacher")), rows, cache_dir=cfg.cache_dir, template=TEMPLATE
+        ModelTeacher(str(models / "teacher")), rows, cache_dir=cfg.teacher_pass.cache_dir, template=TEMPLATE
     )
     assert alone.computed == 0  # the ensemble cached its model member under the member's own fingerprint
     q = np.exp(alone.logits - alone.logits.max(1, keepdims=True))
@@ -150,7 +162,7 @@ def test_ensemble_averages_in_probability_space_by_hand(tmp_path, models):
     np.testing.assert_allclose(np.exp(mixed.logits), (2 * q + p1) / 3, rtol=1e-5)
     assert [m["weight"] for m in mixed.stats["members"]] == pytest.approx([2 / 3, 1 / 3])
     # two model members: each its own cache folder
-    two = as_teacher([str(models / "teacher"), str(models / "teacher2")]).targets(rows, cfg)
+    two = _targets(as_teacher([str(models / "teacher"), str(models / "teacher2")]), rows, cfg)
     paths = {m["path"] for m in two.stats["members"]}
     assert len(paths) == 2 and all(p for p in paths)
 
@@ -165,7 +177,7 @@ def test_distill_from_a_table_and_from_an_ensemble(tmp_path, models):
         train,
         teacher=str(tmp_path / "big-teacher.parquet"),
         transfer_data=transfer,
-        config=_cfg(tmp_path, max_steps=1),
+        config=_cfg(tmp_path, training={"max_steps": 1}),
     )
     assert res.metrics["teacher"]["kind"] == "table" and res.cache_path == tmp_path / "big-teacher.parquet"
     assert res.metrics["teacher_pass"]["computed"] == 0 and res.metrics["n_transfer"] == 6
@@ -176,13 +188,17 @@ def test_distill_from_a_table_and_from_an_ensemble(tmp_path, models):
         train,
         teacher=[str(models / "teacher"), (both, 2.0)],
         transfer_data=transfer,
-        config=_cfg(tmp_path / "e", max_steps=1, overwrite=True),
+        config=_cfg(tmp_path / "e", training={"max_steps": 1}, overwrite=True),
     )
     assert ens.metrics["teacher"]["kind"] == "ensemble" and ens.cache_path is None
     assert ens.metrics["teacher_pass"]["computed"] == 22  # the model member scored every row
     # a term that needs the teacher model itself is refused for tables and ensembles, before anything loads
     for teacher in (both, [str(models / "teacher"), both]):
-        for kw in ({"hidden_weight": 1.0}, {"feature_weight": 1.0}, {"teacher_logits": "live"}):
+        for kw in (
+            {"loss": {"hidden_weight": 1.0}},
+            {"loss": {"feature_weight": 1.0}},
+            {"teacher_pass": {"logits": "live"}},
+        ):
             with pytest.raises(ValueError, match="needs the teacher model's own forward pass"):
                 kdq.distill(str(models / "student"), train, teacher=teacher, config=_cfg(tmp_path / "x", **kw))
 
@@ -190,12 +206,12 @@ def test_distill_from_a_table_and_from_an_ensemble(tmp_path, models):
 def test_a_wsdm_table_teacher_names_its_classes(tmp_path):
     rows = load_arena(make_wsdm_rows(6, seed=2, max_words=20))
     df, p = _table(rows, scheme=WSDM)
-    cache = TableTeacher(df).targets(rows, _cfg(tmp_path))
+    cache = _targets(TableTeacher(df), rows, _cfg(tmp_path))
     assert cache.logits.shape == (6, 2)
     np.testing.assert_allclose(np.exp(cache.logits), p, rtol=1e-6)
     lmsys_table, _ = _table(rows)
     with pytest.raises(ValueError, match=r"no column 'model_a'"):
-        TableTeacher(lmsys_table).targets(rows, _cfg(tmp_path))
+        _targets(TableTeacher(lmsys_table), rows, _cfg(tmp_path))
 
 
 def test_one_load_of_the_teacher_serves_the_cache_pass_and_the_live_forward(tmp_path, models, monkeypatch):
@@ -209,7 +225,12 @@ def test_one_load_of_the_teacher_serves_the_cache_pass_and_the_live_forward(tmp_
         return real(src, *a, **k)
 
     monkeypatch.setattr(kdq.models, "load_classifier", counting)
-    cfg = _cfg(tmp_path, hidden_weight=1.0, max_steps=1, cache_dir=str(tmp_path / "own-cache"))
+    cfg = _cfg(
+        tmp_path,
+        loss={"hidden_weight": 1.0},
+        training={"max_steps": 1},
+        teacher_pass={"cache_dir": str(tmp_path / "own-cache")},
+    )
     res = kdq.distill(str(student), _rows(16, seed=8), teacher=teacher, config=cfg)
     assert res.metrics["teacher_pass"]["computed"] == 16
     assert len(loads) == 1, f"the teacher was loaded {len(loads)} times"
@@ -228,7 +249,7 @@ def test_the_cli_takes_tables_and_weighted_ensembles(tmp_path, models, capsys):
     pd.DataFrame(train).to_csv(tmp_path / "train.csv", index=False)
     table, _ = _table(load_arena(train), seed=4)
     table.to_csv(tmp_path / "t.csv", index=False)
-    common = ["--set", "template.max_length=48", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    common = ["--set", "template.max_length=48", "--set", f"teacher_pass.cache_dir={tmp_path / 'cache'}"]
     code = main(
         [
             "cache-teacher",
@@ -256,7 +277,7 @@ def test_the_cli_takes_tables_and_weighted_ensembles(tmp_path, models, capsys):
             "--output-dir",
             str(tmp_path / "run"),
             "--set",
-            "max_steps=1",
+            "training.max_steps=1",
             *common,
         ]
     )

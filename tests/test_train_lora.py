@@ -42,13 +42,13 @@ def test_dtype_rule_on_cpu():
         kdq.LoraSettings(quantize="int3")
     with pytest.raises(ValueError, match="LoraSettings.base_dtype"):
         kdq.LoraSettings(base_dtype="fp8")
-    with pytest.raises(ValueError, match="gradient_checkpointing must be true, false or null"):
-        kdq.DistillConfig(gradient_checkpointing="sometimes")
+    with pytest.raises(ValueError, match="TrainingSettings.gradient_checkpointing must be true, false or null"):
+        kdq.DistillConfig(training={"gradient_checkpointing": "sometimes"})
 
 
 def test_half_precision_base_freezes_in_bf16_and_trains_fp32(base_dir, one_torch_thread):
     cfg = kdq.DistillConfig(lora=kdq.LoraSettings(r=4, base_dtype="bf16"))
-    model = wrap_lora(load_student(str(base_dir), cfg, device="cpu").model, cfg.lora)
+    model = wrap_lora(load_student(str(base_dir), cfg.lora, device="cpu").model, cfg.lora)
     trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
@@ -65,7 +65,7 @@ def test_half_precision_base_freezes_in_bf16_and_trains_fp32(base_dir, one_torch
 
 def _nf4_model(base_dir, r=4):
     cfg = kdq.DistillConfig(lora=kdq.LoraSettings(r=r, quantize="nf4", dropout=0.0))
-    return wrap_lora(load_student(str(base_dir), cfg, device="cpu").model, cfg.lora)
+    return wrap_lora(load_student(str(base_dir), cfg.lora, device="cpu").model, cfg.lora)
 
 
 def test_qlora_quantizes_the_body_never_the_head(base_dir, one_torch_thread):
@@ -128,8 +128,25 @@ def test_qlora_merge_onto_the_dequantized_base_reloads_with_stock_transformers(b
     assert (trained - torch.full_like(trained, 1 / 3)).abs().max() > 1e-3  # it did train something
 
 
+def test_qlora_loads_through_load_classifier_and_refuses_what_it_cannot_load(base_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    nf4 = kdq.LoraSettings(quantize="nf4")
+    loaded = load_student(str(base_dir), nf4, device="cpu")
+    assert loaded.model.is_loaded_in_4bit and loaded.fingerprint == kdq.models.source_fingerprint(base_dir)
+    assert loaded.model.config.quantization_config.bnb_4bit_use_double_quant  # the registry's nf4 config
+    with pytest.raises(ValueError, match=r"loads the student in 4-bit from a model folder.*save_pretrained first"):
+        load_student(kdq.models.load_classifier(str(base_dir)).model, nf4, device="cpu")
+    adapter = get_peft_model(
+        kdq.models.load_classifier(str(base_dir)).model, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj"])
+    )
+    adapter.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"PEFT adapter folder; QLoRA needs a full model folder"):
+        load_student(str(tmp_path / "adapter"), nf4, device="cpu")
+
+
 def _dequantized_base(base_dir):
-    model = load_student(str(base_dir), kdq.DistillConfig(lora=kdq.LoraSettings(quantize="nf4")), device="cpu").model
+    model = load_student(str(base_dir), kdq.LoraSettings(quantize="nf4"), device="cpu").model
     return {
         f"{n}.weight": bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
         for n, m in model.named_modules()
@@ -144,10 +161,7 @@ def test_qlora_distill_trains_and_saves_a_plain_folder(base_dir, tmp_path, one_t
     cfg = kdq.DistillConfig(
         output_dir=str(tmp_path / "run"),
         template=TEMPLATE,
-        epochs=3,
-        batch_size=8,
-        learning_rate=3e-3,
-        logging_steps=2,
+        training=kdq.TrainingSettings(epochs=3, batch_size=8, learning_rate=3e-3, logging_steps=2),
         lora=kdq.LoraSettings(r=8, quantize="nf4"),
     )
     res = kdq.distill(

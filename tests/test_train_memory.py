@@ -108,9 +108,7 @@ def test_projection_matches_tensors_measured_on_cpu(tmp_path, method, checkpoint
         if method == "qlora":
             from kdq.testing import make_tokenizer
 
-            model = load_student(
-                str(tmp_path / "m"), kdq.DistillConfig(lora=lora), tokenizer=make_tokenizer(), device="cpu"
-            ).model
+            model = load_student(str(tmp_path / "m"), lora, tokenizer=make_tokenizer(), device="cpu").model
         else:
             model = LlamaForSequenceClassification(config)
         if lora is not None:
@@ -142,12 +140,15 @@ def _danube_folder(tmp_path):
 
 def test_plan_refuses_what_cannot_fit_and_names_what_would(tmp_path):
     folder, t4 = _danube_folder(tmp_path), train_device("t4-16gb")
-    cfg = kdq.DistillConfig(batch_size=4, template=kdq.TemplateConfig(max_length=1024), gradient_checkpointing=False)
+    cfg = kdq.DistillConfig(
+        training=kdq.TrainingSettings(batch_size=4, gradient_checkpointing=False),
+        template=kdq.TemplateConfig(max_length=1024),
+    )
     with pytest.raises(
         TrainingMemoryError, match=r"training would need \d+\.\d GB on t4-16gb.*Settings that fit:"
     ) as e:
         plan_training(folder, cfg, device=t4, log=lambda *_: None)
-    assert "lora.quantize=nf4" in str(e.value) or "gradient_checkpointing=True" in str(e.value)
+    assert "lora.quantize=nf4" in str(e.value) or "training.gradient_checkpointing=True" in str(e.value)
     # every alternative offered does fit
     spec = model_spec("danube3-4b")
     for alt in alternatives(spec, TrainSetup(method="full", batch_size=4, seq_len=1024), t4):
@@ -156,17 +157,20 @@ def test_plan_refuses_what_cannot_fit_and_names_what_would(tmp_path):
 
 def test_plan_turns_checkpointing_on_when_short_and_prints_it(tmp_path):
     folder, lines = _danube_folder(tmp_path), []
-    cfg = kdq.DistillConfig(batch_size=4, template=kdq.TemplateConfig(max_length=1024), lora=kdq.LoraSettings(r=16))
+    cfg = kdq.DistillConfig(
+        training=kdq.TrainingSettings(batch_size=4),
+        template=kdq.TemplateConfig(max_length=1024),
+        lora=kdq.LoraSettings(r=16),
+    )
     out, proj = plan_training(folder, cfg, device=train_device("t4-16gb"), log=lines.append)
-    assert out.gradient_checkpointing is True and proj["setup"]["checkpointing"] is True
+    assert out.training.gradient_checkpointing is True and proj["setup"]["checkpointing"] is True
     assert "gradient checkpointing on (auto" in lines[-1] and "fits" in lines[0] and "t4-16gb" in lines[0]
     # on an 80 GB card it fits without; a setting the user made is kept
     out, _ = plan_training(folder, cfg, device=train_device("h100-80gb"), log=lines.append)
-    assert out.gradient_checkpointing is False and "auto: fits without it" in lines[-1]
-    out, _ = plan_training(
-        folder, cfg.replace(gradient_checkpointing=True), device=train_device("h100-80gb"), log=lines.append
-    )
-    assert out.gradient_checkpointing is True and "set by you" in lines[-1]
+    assert out.training.gradient_checkpointing is False and "auto: fits without it" in lines[-1]
+    on = cfg.replace(training=cfg.training.replace(gradient_checkpointing=True))
+    out, _ = plan_training(folder, on, device=train_device("h100-80gb"), log=lines.append)
+    assert out.training.gradient_checkpointing is True and "set by you" in lines[-1]
     # on CPU (no device): printed, never refused, checkpointing stays off
-    out, proj = plan_training(folder, cfg.replace(batch_size=64), log=lines.append)
-    assert out.gradient_checkpointing is False and proj["peak"] > 16 * GB and "does NOT fit" not in lines[-2]
+    out, proj = plan_training(folder, cfg.replace(training={"batch_size": 64}), log=lines.append)
+    assert out.training.gradient_checkpointing is False and proj["peak"] > 16 * GB and "does NOT fit" not in lines[-2]

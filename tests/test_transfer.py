@@ -22,25 +22,32 @@ def test_distilled_student_is_closer_to_the_teacher_than_hard_label_student(tmp_
     held = load_arena(make_arena_rows(96, seed=21, max_words=40, id_offset=10_000))
     make_tiny_classifier(tmp_path / "t0", tiny_tokenizer, seed=4)
     make_tiny_classifier(tmp_path / "s0", tiny_tokenizer, seed=5, num_layers=1)
-    common = dict(template=TEMPLATE, batch_size=16, learning_rate=2e-3, logging_steps=50, seed=0)
+
+    def training(epochs):
+        return kdq.TrainingSettings(epochs=epochs, batch_size=16, learning_rate=2e-3, logging_steps=50, seed=0)
 
     teacher = kdq.distill(
         str(tmp_path / "t0"),
         train,
         teacher=None,
-        config=kdq.DistillConfig(output_dir=str(tmp_path / "teacher"), epochs=4, **common),
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "teacher"), template=TEMPLATE, training=training(4)),
     )
     hard = kdq.distill(
         str(tmp_path / "s0"),
         train,
         teacher=None,
-        config=kdq.DistillConfig(output_dir=str(tmp_path / "hard"), epochs=3, **common),
+        config=kdq.DistillConfig(output_dir=str(tmp_path / "hard"), template=TEMPLATE, training=training(3)),
     )
     soft = kdq.distill(
         str(tmp_path / "s0"),
         train,
         teacher=str(teacher.student_dir),
-        config=kdq.DistillConfig(output_dir=str(tmp_path / "kd"), epochs=3, alpha=0.1, temperature=1.0, **common),
+        config=kdq.DistillConfig(
+            output_dir=str(tmp_path / "kd"),
+            template=TEMPLATE,
+            training=training(3),
+            loss=kdq.LossSettings(alpha=0.1, temperature=1.0),
+        ),
     )
 
     t = held_out_logits(teacher.student_dir, held, TEMPLATE)

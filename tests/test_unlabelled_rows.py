@@ -70,8 +70,7 @@ def test_transfer_rows_with_blank_or_soft_winners_are_unlabelled(tiny_tokenizer,
     train = load_arena(make_arena_rows(8, seed=1, max_words=20), require_labels=True)
     extra = transfer_rows(make(), train, teacher="a teacher")
     assert extra["label"] == [-1] * 6
-    cfg = kdq.DistillConfig(template=TEMPLATE)
-    table = _training_table(scored_rows(train, extra), tiny_tokenizer, cfg, None)
+    table = _training_table(scored_rows(train, extra), tiny_tokenizer, TEMPLATE, False, None)
     labels = np.asarray(table["labels"])
     assert (labels[:8] >= 0).all() and (labels[8:] == -1).all()  # never a CE target
 
@@ -83,7 +82,10 @@ def test_distill_with_a_soft_transfer_set(tmp_path, models):
         teacher=str(models / "teacher"),
         transfer_data=pd.concat([_soft(4), _blank(4, offset=9200)]),
         config=kdq.DistillConfig(
-            output_dir=str(tmp_path / "run"), template=TEMPLATE, max_steps=1, batch_size=8, cache_dir=str(tmp_path)
+            output_dir=str(tmp_path / "run"),
+            template=TEMPLATE,
+            training=kdq.TrainingSettings(max_steps=1, batch_size=8),
+            teacher_pass=kdq.TeacherPassSettings(cache_dir=str(tmp_path)),
         ),
     )
     assert res.metrics["n_transfer"] == 8 and res.metrics["teacher_pass"]["computed"] == 24
@@ -96,7 +98,7 @@ def test_cli_transfer_and_cache_teacher_take_blank_and_soft_winners(tmp_path, mo
     pd.DataFrame(make_arena_rows(16, seed=6, max_words=20)).to_csv(train, index=False)
     _soft().to_csv(soft, index=False)
     _blank().to_csv(blank, index=False)
-    common = ["--set", "template.max_length=48", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    common = ["--set", "template.max_length=48", "--set", f"teacher_pass.cache_dir={tmp_path / 'cache'}"]
     assert main(["cache-teacher", "--teacher", str(models / "teacher"), "--data", str(soft), *common]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{\n") :])["rows"] == 6
@@ -115,7 +117,7 @@ def test_cli_transfer_and_cache_teacher_take_blank_and_soft_winners(tmp_path, mo
             "--output-dir",
             str(tmp_path / "run"),
             "--set",
-            "max_steps=1",
+            "training.max_steps=1",
             *common,
         ]
     )

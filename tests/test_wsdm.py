@@ -173,7 +173,9 @@ def wsdm_student(tmp_path_factory, tiny_model_dir, wsdm_data):
     train, held = wsdm_data
     out = tmp_path_factory.mktemp("wsdm-run")
     cfg = kdq.DistillConfig(
-        output_dir=str(out), template=TEMPLATE, max_steps=6, batch_size=8, swap_augment=True, logging_steps=1
+        output_dir=str(out),
+        template=TEMPLATE,
+        training=kdq.TrainingSettings(max_steps=6, batch_size=8, swap_augment=True, logging_steps=1),
     )
     with pytest.warns(UserWarning, match="re-initialises its classification head"):
         return kdq.distill(str(tiny_model_dir), train, eval_data=held, config=cfg)
@@ -197,11 +199,8 @@ def test_logit_kd_from_a_wsdm_teacher_caches_two_classes(
     cfg = kdq.DistillConfig(
         output_dir=str(tmp_path / "kd"),
         template=TEMPLATE,
-        max_steps=2,
-        batch_size=8,
-        teacher_tta=True,
-        swap_augment=True,
-        cache_dir=str(tmp_path / "cache"),
+        training=kdq.TrainingSettings(max_steps=2, batch_size=8, swap_augment=True),
+        teacher_pass=kdq.TeacherPassSettings(tta=True, cache_dir=str(tmp_path / "cache")),
     )
     kd = kdq.distill(str(tmp_path / "student"), train, teacher=str(wsdm_student.student_dir), config=cfg)
     fingerprint = json.loads((kd.cache_path / "fingerprint.json").read_text())

@@ -30,8 +30,8 @@ COMMANDS = (
             Arg(("--data",), "arena CSV/parquet (winner columns, if any, are ignored)", required=True),
             Arg(
                 ("--cache-dir",),
-                "cache root (config field cache_dir; default $KDQ_CACHE or ~/.cache/kdq/teacher-logits)",
-                field="cache_dir",
+                "cache root (config field teacher_pass.cache_dir; default $KDQ_CACHE or ~/.cache/kdq/teacher-logits)",
+                field="teacher_pass.cache_dir",
             ),
         ),
     ),

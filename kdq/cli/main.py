@@ -53,10 +53,14 @@ def teacher_of(values):
 
 
 def run_cache_teacher(args, cfg) -> int:
+    from ..distill.needs import teacher_needs
     from ..distill.teacher_pass import teacher_pass
 
     # the same teacher pass as kdq.distill: same cache key, same cache folder, teacher freed after
-    cache = teacher_pass(teacher_of(args.teacher), args.data, cfg)
+    features = teacher_needs(cfg, has_teacher=True).cached_features
+    cache = teacher_pass(
+        teacher_of(args.teacher), args.data, cfg.teacher_pass, template=cfg.template, features=features
+    )
     _print_json(
         {
             "cache": str(cache.path) if cache.path else None,

@@ -13,13 +13,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+from types import MappingProxyType
 
-from .fields import coerce_fields, dataclass_in, declared_types
+from .fields import coerce_fields, dataclass_in, declared_types, moved_error
 from .io import build_config
 
 
 class Config:
-    """Mixin for a frozen config dataclass: ``replace``, ``to_dict``, dicts for nested configs."""
+    """Mixin for a frozen config dataclass: ``replace``, ``to_dict``, dicts for nested configs.
+
+    ``MOVED`` (a class attribute, not a field): old field name -> its dotted new name, for fields that moved
+    into a nested section. Giving an old name (``DistillConfig(temperature=2.0)``, ``replace``, ``--set``, a
+    config file) is a ``ValueError`` that names the new spelling (:func:`kdq.config.fields.moved_error`),
+    not Python's "unexpected keyword argument".
+    """
+
+    MOVED = MappingProxyType({})
+
+    def __new__(cls, *args, **kwargs):
+        moved = [k for k in kwargs if k in cls.MOVED]
+        if moved:
+            raise moved_error(cls, moved)
+        return super().__new__(cls)
 
     def replace(self, **changes):
         """A copy with ``changes`` (validated again)."""

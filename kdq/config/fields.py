@@ -177,6 +177,28 @@ def coerce_fields(cls, data: dict) -> dict:
     return {k: coerce_text(cls, k, v, defaults.get(k)) for k, v in data.items()}
 
 
+def moved_error(cls, names) -> ValueError:
+    """The error for field ``names`` that config ``cls`` no longer has because they moved into a nested
+    section (``cls.MOVED``: old name -> dotted new name). It gives each one's new spelling in Python, on the
+    command line and in a config file::
+
+        DistillConfig(temperature=...) moved to DistillConfig(loss=LossSettings(temperature=...)); on the
+        command line --set loss.temperature=...; in a config file loss: {temperature: ...}
+    """
+    hints = declared_types(cls)
+    parts = []
+    for old in names:
+        new = cls.MOVED[old]
+        section, _, leaf = new.partition(".")
+        nested = dataclass_in(hints.get(section))
+        inner = f"{nested.__name__}({leaf}=...)" if nested is not None else "{" + f"{leaf!r}: ...}}"
+        parts.append(
+            f"{cls.__name__}({old}=...) moved to {cls.__name__}({section}={inner}); on the command line "
+            f"--set {new}=...; in a config file {section}: {{{leaf}: ...}}"
+        )
+    return ValueError(". ".join(parts) + f". ({cls.__name__}.MOVED lists every moved name.)")
+
+
 def dataclass_in(hint):
     """The dataclass in a type hint (``X``, ``X | None``), or ``None``: a nested config field."""
     return next((a for a in _members(hint) if dataclasses.is_dataclass(a)), None)

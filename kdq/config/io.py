@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .fields import coerce_fields, dataclass_in, declared_types, yaml_text
+from .fields import coerce_fields, dataclass_in, declared_types, moved_error, yaml_text
 
 
 # ---------------------------------------------------------------- files, flags and --set
@@ -86,6 +86,9 @@ def build_config(cls, data: dict, hint: str = ""):
     hints = declared_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]
+    if moved:  # a name from before the config had sections: say where it lives now
+        raise moved_error(cls, moved)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}")
     missing = [

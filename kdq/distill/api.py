@@ -21,6 +21,7 @@ from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
 from .lora import load_student, merge_checked, wrap_lora
+from .needs import TeacherNeeds, teacher_needs
 from .objective import projection_summary
 from .planning import plan_training
 from .teacher_pass import run_pass, scored_rows, transfer_rows
@@ -78,97 +79,176 @@ def distill(
     Returns:
         :class:`DistillResult`; ``student_dir`` is ``<output_dir>/student``, a full model
         folder (LoRA merged) that stock ``AutoModelForSequenceClassification`` loads.
+    Raises:
+        FileExistsError: ``<output_dir>/student`` exists without ``overwrite`` or ``resume``.
+        ImportError: ``training.report_to`` names a logger that is not installed (before anything runs).
+        ValueError: a setting the teacher cannot serve, rows that do not validate, a resumption under other
+            inputs (each named, with the fix).
     """
     from accelerate import PartialState
-    from transformers import set_seed
 
-    from .trainer import RunRecordCallback, checkpoint_step, resume_point, run_record, write_record
+    from .trainer import check_reporter, run_record
 
     cfg = config or DistillConfig()
+    check_reporter(cfg.training.report_to)
     teacher = as_teacher(teacher)
+    needs = teacher_needs(cfg, teacher is not None)  # the one rule: live, hidden states, cache, features
     if teacher is not None:
-        teacher.check_terms(cfg)  # a table or an ensemble cannot run live: say so before anything loads
+        teacher.check_terms(needs)  # a table or an ensemble cannot run live: say so before anything loads
     started = time.perf_counter()
     out = Path(cfg.output_dir)
-    student_dir = out / "student"
+    _check_output(cfg, out / "student")
+    # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
+    cfg, memory = plan_training(student, cfg, teacher=teacher.model_source if needs.reads_model else None)
+    # TrainingArguments sets up the (possibly distributed) process state; build it first so
+    # the teacher pass below can synchronise processes through the same state.
+    args = _training_args(cfg, out, has_eval=eval_data is not None)
+    state = PartialState()
+    rows = _load_rows(train_data, eval_data, transfer_data, teacher)
+    # what this run trains with; a checkpoint resumes only under the same (before the teacher pass: it may be long)
+    record = run_record(
+        cfg,
+        teacher=teacher.fingerprint if teacher is not None else None,
+        student=_init_fingerprint(student),
+        data=rows.fingerprints(),
+    )
+    resume_from = _resume_from(cfg, out, record)
+    metrics = {**rows.counts(), "train_memory": memory}
+    if teacher is not None:
+        metrics["teacher"] = {"kind": teacher.kind, "fingerprint": teacher.fingerprint}
+    cache = _teacher_targets(teacher, rows.scored, cfg, needs)
+    if cache is not None:
+        metrics["teacher_pass"] = cache.summary()
+    _start_run_folder(state, cfg, out, record)
+    run = _build_run(
+        student, rows, cfg, needs=needs, teacher=teacher, cache=cache, args=args, record=record, tokenizer=tokenizer
+    )
+    metrics.update(_train(run.trainer, resume_from))
+    metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
+    cache_path = cache.path if cache is not None else None
+    if state.is_main_process:
+        facts = {"metrics": metrics, "student_source": run.student_fingerprint, "teacher_cache": cache_path}
+        _save_student(run, out / "student", cfg, {**facts, "run": record, "resumed_from": _resumed_from(resume_from)})
+    state.wait_for_everyone()
+    return DistillResult(student_dir=out / "student", metrics=metrics, cache_path=cache_path, config=cfg)
+
+
+# --------------------------------------------------------------------------- the steps of a run
+@dataclass(frozen=True)
+class _Rows:
+    """A run's canonical rows: ``train`` (labelled), ``eval`` and ``transfer`` (``None`` when not given), the
+    label ``scheme`` of the training rows, and ``scored``: the training then the transfer rows (what the
+    teacher scores and the student trains on)."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    transfer: datasets.Dataset | None
+    scheme: object
+    scored: datasets.Dataset
+
+    def fingerprints(self) -> dict:
+        return {name: rows_fingerprint(getattr(self, name)) for name in ("train", "eval", "transfer")}
+
+    def counts(self) -> dict:
+        return {f"n_{name}": len(getattr(self, name) or ()) for name in ("train", "eval", "transfer")}
+
+
+@dataclass
+class _Run:
+    """What :func:`distill` trains and then saves: the trainer, the student's tokenizer and source fingerprint,
+    and the training table (its first rows probe the LoRA merge)."""
+
+    trainer: object
+    tokenizer: object
+    student_fingerprint: str
+    train_set: datasets.Dataset
+
+
+def _check_output(cfg: DistillConfig, student_dir: Path) -> None:
     if student_dir.exists() and not (cfg.overwrite or cfg.resume):
         raise FileExistsError(
             f"{student_dir} already exists; set DistillConfig(overwrite=True) to replace it, "
             "resume=True to continue a run, or choose another output_dir."
         )
-    # prints the training-memory projection, resolves gradient checkpointing, refuses what cannot fit
-    live = teacher.model_source if teacher is not None and _needs_teacher_terms(cfg) else None
-    cfg, memory = plan_training(student, cfg, teacher=live)
-    # TrainingArguments sets up the (possibly distributed) process state; build it first so
-    # the teacher pass below can synchronise processes through the same state.
-    args = _training_args(cfg, out, has_eval=eval_data is not None)
-    state = PartialState()
-    train_rows = load_arena(train_data, require_labels=True)
-    scheme = scheme_of_rows(train_rows)  # the rows' label scheme (LMSYS or WSDM) sets the classes
+
+
+def _load_rows(train_data, eval_data, transfer_data, teacher) -> _Rows:
+    """The rows, validated: training rows with labels; eval and transfer rows in their layout; a teacher that
+    speaks the rows' label scheme (LMSYS or WSDM: it sets the classes)."""
+    train = load_arena(train_data, require_labels=True)
+    scheme = scheme_of_rows(train)
     if teacher is not None:
         teacher.check_scheme(scheme)
     eval_rows = load_arena(eval_data, require_labels=True, scheme=scheme) if eval_data is not None else None
-    extra_rows = transfer_rows(transfer_data, train_rows, teacher) if transfer_data is not None else None
-    for name in ("hidden_weight", "feature_weight"):
-        if getattr(cfg, name) > 0 and teacher is None:
-            raise ValueError(
-                f"DistillConfig.{name} > 0 matches the teacher's hidden states and needs a teacher; "
-                f"pass teacher=... or set {name}=0."
-            )
-    # what this run trains with; a checkpoint resumes only under the same (before the teacher pass: it may be long)
-    data = {"train": train_rows, "eval": eval_rows, "transfer": extra_rows}
-    record = run_record(
-        cfg,
-        teacher=teacher.fingerprint if teacher is not None else None,
-        student=_init_fingerprint(student),
-        data={name: rows_fingerprint(rows) for name, rows in data.items()},
-    )
-    resume_from = resume_point(out / "checkpoints", record) if cfg.resume else None
-    metrics: dict = {
-        "n_train": len(train_rows),
-        "n_eval": len(eval_rows) if eval_rows is not None else 0,
-        "n_transfer": len(extra_rows) if extra_rows is not None else 0,
-        "train_memory": memory,
-    }
-    scored = scored_rows(train_rows, extra_rows)
+    extra = transfer_rows(transfer_data, train, teacher) if transfer_data is not None else None
+    return _Rows(train=train, eval=eval_rows, transfer=extra, scheme=scheme, scored=scored_rows(train, extra))
 
-    cache = None
-    if teacher is not None:
-        metrics["teacher"] = {"kind": teacher.kind, "fingerprint": teacher.fingerprint}
-    if teacher is not None and cfg.teacher_logits == "cache":
-        if isinstance(teacher, ModelTeacher):  # the pass's copy serves the live forward too: one load
-            teacher.keep_loaded = _needs_live_teacher(teacher, cfg) and cfg.teacher_quantize == "none"
-        # Every process scores its share of the missing rows and reads the merged cache; they wait on each
-        # other's done-files, never at a collective, however long a share takes.
-        cache = run_pass(teacher, scored, cfg, features=cfg.feature_weight > 0)
-        metrics["teacher_pass"] = cache.summary()
+
+def _resume_from(cfg: DistillConfig, out: Path, record: dict) -> Path | None:
+    from .trainer import resume_point
+
+    return resume_point(out / "checkpoints", record) if cfg.resume else None
+
+
+def _teacher_targets(teacher, rows, cfg: DistillConfig, needs: TeacherNeeds):
+    """The teacher pass over ``rows`` (a :class:`~kdq.distill.cache.TeacherCache`), or ``None`` when the run
+    caches nothing (no teacher, or live logits). Every process scores its share of the missing rows and reads
+    the merged cache; they wait on each other's done-files, never at a collective, however long a share takes."""
+    if not needs.cached_logits:
+        return None
+    if isinstance(teacher, ModelTeacher):  # the pass's copy serves the live forward too: one load
+        teacher.keep_loaded = needs.live and cfg.teacher_pass.quantize == "none"
+    return run_pass(teacher, rows, cfg.teacher_pass, cfg.template, features=needs.cached_features)
+
+
+def _start_run_folder(state, cfg: DistillConfig, out: Path, record: dict) -> None:
+    """On the main process: drop stale checkpoints of an overwritten run (they must not be resumed later) and
+    write the run record (before training: every checkpoint gets a copy); then every process goes on."""
+    from .trainer import write_record
 
     if state.is_main_process:
-        if cfg.overwrite:  # a stale checkpoint must not be resumed later
+        if cfg.overwrite:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        write_record(out / RUN_RECORD_FILE, record)  # before training: every checkpoint gets a copy
+        write_record(out / RUN_RECORD_FILE, record)
     state.wait_for_everyone()
-    # One seed fixes every random initialisation kdq causes: a new score head (load_student), LoRA
-    # matrices (wrap_lora) and projections (build_objective) are all drawn after this, before the
-    # Trainer seeds its own generators.
-    set_seed(cfg.seed, deterministic=cfg.deterministic)
-    loaded = load_student(student, cfg, tokenizer=tokenizer, scheme=scheme)  # dtype rule, QLoRA: kdq/distill/lora.py
+
+
+def _build_run(student, rows: _Rows, cfg: DistillConfig, *, needs, teacher, cache, args, record, tokenizer) -> _Run:
+    """Seed, load the student (dtype rule, QLoRA: :mod:`kdq.distill.lora`), render the tables, bring the live
+    teacher and build the trainer.
+
+    One seed fixes every random initialisation kdq causes: a new score head (load_student), LoRA matrices
+    (wrap_lora) and projections (build_objective) are all drawn after it, before the Trainer seeds its own
+    generators.
+    """
+    from transformers import set_seed
+
+    from .trainer import RunRecordCallback
+
+    set_seed(cfg.training.seed, deterministic=cfg.training.deterministic)
+    loaded = load_student(student, cfg.lora, tokenizer=tokenizer, scheme=rows.scheme)
     model, tok = loaded.model, loaded.tokenizer
     attach_template(model, cfg.template)
-    train_set = _training_table(scored, tok, cfg, cache)
-    eval_set = None
-    if eval_rows is not None:
-        eval_set = encode(eval_rows, tok, cfg.template, desc="render eval rows").rename_column("label", "labels")
-        eval_set = eval_set.select_columns(["input_ids", "labels", "length"])
-    teacher_model = _live_teacher(teacher, tok, cfg) if _needs_live_teacher(teacher, cfg) else None
-    trainer = _make_trainer(model, tok, train_set, eval_set, cfg, args, teacher_model, cache)
+    train_set = _training_table(rows.scored, tok, cfg.template, cfg.training.swap_augment, cache)
+    eval_set = _eval_table(rows.eval, tok, cfg.template)
+    teacher_model = _live_teacher(teacher, tok, cfg, needs) if needs.live else None
+    trainer = _make_trainer(
+        model, tok, (train_set, eval_set), cfg, needs=needs, args=args, teacher_model=teacher_model, cache=cache
+    )
     trainer.add_callback(RunRecordCallback(record))
+    return _Run(trainer=trainer, tokenizer=tok, student_fingerprint=loaded.fingerprint, train_set=train_set)
+
+
+def _train(trainer, resume_from: Path | None) -> dict:
+    """Train (from ``resume_from`` when given); the metrics of the run: time, Trainer's figures, the loss
+    history, the best eval epoch and checkpoint, the projections' identity."""
+    from .trainer import checkpoint_step
 
     if resume_from is not None:
         log.info("resuming from %s (step %d)", resume_from, checkpoint_step(resume_from))
     start = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-    metrics["train_seconds"] = time.perf_counter() - start
+    metrics: dict = {"train_seconds": time.perf_counter() - start}
     metrics["train"] = {k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))}
     metrics["history"] = [h for h in trainer.state.log_history if "eval_log_loss" in h or "ce" in h]
     evals = [h for h in trainer.state.log_history if "eval_log_loss" in h]
@@ -179,44 +259,39 @@ def distill(
         metrics["best_epoch"] = best.get("epoch")
     metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["projections"] = projection_summary(trainer.model)
-    metrics["wall_seconds"] = time.perf_counter() - started  # teacher pass, loading and training
-
-    if state.is_main_process:  # the student alone: projections never leave training
-        facts = {
-            "metrics": metrics,
-            "student_source": loaded.fingerprint,
-            "teacher_cache": str(cache.path) if cache and cache.path else None,
-            "run": record,
-            "resumed_from": _resumed_from(resume_from),
-        }
-        probe = train_set.select(range(min(MERGE_PROBE_ROWS, len(train_set))))["input_ids"]
-        _save_student(getattr(trainer.model, "student", trainer.model), tok, student_dir, cfg, facts, probe)
-    state.wait_for_everyone()
-    return DistillResult(student_dir=student_dir, metrics=metrics, cache_path=cache.path if cache else None, config=cfg)
+    return metrics
 
 
-def _training_table(rows, tokenizer, cfg: DistillConfig, cache) -> datasets.Dataset:
+def _training_table(rows, tokenizer, template, swap_augment, cache) -> datasets.Dataset:
     """``input_ids``, ``labels`` (-1: a transfer row), ``length`` and, with a cache, ``teacher_logits``
     (and ``teacher_features``) per row, joined in Arrow (no per-row Python lists).
 
-    With ``swap_augment`` the A/B-swapped copy of every row joins the table, its label and
-    teacher distribution permuted to match (a↔b; tie stays) and its features the swapped row's:
-    as rows of their own (``True``) or as ``*_swap`` columns of the same row (``"paired"``; the
-    collator unpacks them).
+    With ``swap_augment`` (``TrainingSettings.swap_augment``) the A/B-swapped copy of every row joins the
+    table, its label and teacher distribution permuted to match (a↔b; tie stays) and its features the
+    swapped row's: as rows of their own (``True``) or as ``*_swap`` columns of the same row (``"paired"``;
+    the collator unpacks them).
     """
     keep = ["input_ids", "labels", "length"]
-    table = encode(rows, tokenizer, cfg.template, desc="render train rows").rename_column("label", "labels")
+    table = encode(rows, tokenizer, template, desc="render train rows").rename_column("label", "labels")
     table = _with_teacher(table.select_columns(keep), cache, swapped=False)
-    if not cfg.swap_augment:
+    if not swap_augment:
         return table
-    swapped = encode(swap_ab(rows, id_suffix=":swap"), tokenizer, cfg.template, desc="render swapped rows")
+    swapped = encode(swap_ab(rows, id_suffix=":swap"), tokenizer, template, desc="render swapped rows")
     swapped = _with_teacher(swapped.rename_column("label", "labels").select_columns(keep), cache, swapped=True)
-    if cfg.swap_augment == "paired":  # the swapped copy's columns beside the row's, joined in Arrow
+    if swap_augment == "paired":  # the swapped copy's columns beside the row's, joined in Arrow
         paired = [c for c in swapped.column_names if c != "length"]
         return datasets.concatenate_datasets(
             [table, swapped.select_columns(paired).rename_columns({c: c + "_swap" for c in paired})], axis=1
         )
     return datasets.concatenate_datasets([table, swapped])
+
+
+def _eval_table(rows, tokenizer, template) -> datasets.Dataset | None:
+    """``input_ids``, ``labels`` and ``length`` of the eval rows (``None`` without them)."""
+    if rows is None:
+        return None
+    table = encode(rows, tokenizer, template, desc="render eval rows").rename_column("label", "labels")
+    return table.select_columns(["input_ids", "labels", "length"])
 
 
 def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.Dataset:
@@ -236,39 +311,27 @@ def _with_teacher(table: datasets.Dataset, cache, *, swapped: bool) -> datasets.
     return datasets.concatenate_datasets([table, teacher], axis=1)
 
 
-def _needs_teacher_terms(cfg: DistillConfig) -> bool:
-    """Whether a term reads the teacher beyond cached logits (what the memory plan must count)."""
-    return cfg.hidden_weight > 0 or cfg.feature_weight > 0 or cfg.teacher_logits == "live"
-
-
-def _needs_live_teacher(teacher, cfg: DistillConfig) -> bool:
-    """A teacher forward in every step: the hidden-state term, live logits, or live features."""
-    return teacher is not None and (
-        cfg.hidden_weight > 0
-        or cfg.teacher_logits == "live"
-        or (cfg.feature_weight > 0 and cfg.teacher_logits == "live")
-    )
-
-
-def _live_teacher(teacher, student_tokenizer, cfg: DistillConfig):
+def _live_teacher(teacher, student_tokenizer, cfg: DistillConfig, needs: TeacherNeeds):
     """The frozen teacher that runs in every training step, after checking it reads the student's token ids
     (the copy the teacher pass loaded, when it kept one: :meth:`ModelTeacher.live`)."""
     from ..utils.distributed import training_device
     from .teachers import check_same_tokenizer
 
-    loaded = teacher.live(cfg, training_device())
-    why = "DistillConfig.hidden_weight > 0" if cfg.hidden_weight > 0 else "a live teacher (teacher_logits='live')"
-    check_same_tokenizer(student_tokenizer, loaded.tokenizer, why)
+    loaded = teacher.live(cfg.teacher_pass.quantize, training_device())
+    check_same_tokenizer(student_tokenizer, loaded.tokenizer, " and ".join(needs.terms) or "a live teacher")
     return loaded.model
 
 
 def _training_args(cfg: DistillConfig, out: Path, *, has_eval: bool):
     from .trainer import training_arguments
 
-    return training_arguments(cfg, out / "checkpoints", has_eval=has_eval)
+    return training_arguments(cfg.training, out / "checkpoints", has_eval=has_eval)
 
 
-def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, args, teacher_model=None, cache=None):
+def _make_trainer(model, tokenizer, tables: tuple, cfg: DistillConfig, *, needs, args, teacher_model, cache):
+    """The :class:`~kdq.distill.trainer.KDTrainer` over ``tables`` (``(train, eval or None)``): the student
+    (LoRA-wrapped when asked), its objective (:func:`~kdq.distill.objective.build_objective`) and the live
+    teacher, if any."""
     from .objective import build_objective
     from .trainer import ArenaCollator, KDTrainer, compute_metrics
 
@@ -276,12 +339,20 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
         model = wrap_lora(model, cfg.lora)
     width = cache.feature_width if cache is not None and cache.has_features else None
     say = print if is_main_process() else (lambda *_: None)
-    objective, model = build_objective(cfg, model, teacher_model=teacher_model, teacher_width=width, log=say)
+    objective, model = build_objective(
+        cfg.loss,
+        needs,
+        model,
+        teacher_model=teacher_model,
+        teacher_width=width,
+        seed=cfg.training.seed,
+        log=say,
+    )
     return KDTrainer(
         model=model,
         args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=tables[0],
+        eval_dataset=tables[1],
         data_collator=ArenaCollator(tokenizer.pad_token_id),
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
@@ -289,15 +360,17 @@ def _make_trainer(model, tokenizer, train_set, eval_set, cfg: DistillConfig, arg
     )
 
 
-def _save_student(model, tokenizer, student_dir: Path, cfg: DistillConfig, facts: dict, probe: list) -> Path:
-    """Merge (LoRA / QLoRA: one plain folder that stock transformers loads; checked on ``probe``, token id lists)
-    and save the student with ``kdq-distill.json``: ``facts`` (metrics, sources, run record, resumption) and
-    the merge check."""
-    model, merge = merge_checked(model, cfg.lora, probe, tokenizer.pad_token_id)
+def _save_student(run: _Run, student_dir: Path, cfg: DistillConfig, facts: dict) -> Path:
+    """Merge (LoRA / QLoRA: one plain folder that stock transformers loads; checked on the first
+    :data:`MERGE_PROBE_ROWS` training rows) and save the student alone (projections never leave training) with
+    ``kdq-distill.json``: ``facts`` (metrics, sources, run record, resumption) and the merge check."""
+    probe = run.train_set.select(range(min(MERGE_PROBE_ROWS, len(run.train_set))))["input_ids"]
+    model = getattr(run.trainer.model, "student", run.trainer.model)
+    model, merge = merge_checked(model, cfg.lora, probe, run.tokenizer.pad_token_id)
     attach_template(model, cfg.template)
     with atomic_dir(student_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        run.tokenizer.save_pretrained(str(tmp))
         record = {
             FORMAT_KEY: DISTILL_RECORD_FORMAT,
             "config": cfg.to_dict(),

@@ -262,18 +262,65 @@ def cache_teacher_logits(
     folder = _open(cache_dir, cache_fingerprint(teacher.fingerprint, template, tta, scheme_of_rows(rows)))
     enc = encode(rows, tok, template, desc="render rows (teacher)")
     enc = enc.map(lambda b: {"row_hash": [_row_hash(x) for x in b["input_ids"]]}, batched=True, desc="hash rows")
-    hashes = column(enc, "row_hash")
-    lengths = column(enc, "length").to_numpy()
+    job = _Pass(
+        teacher=teacher,
+        rows=rows,
+        enc=enc,
+        folder=folder,
+        template=template,
+        tta=tta,
+        features=features,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        devices=list(devices) if devices else ([device] if device is not None else None),
+        report_every_s=report_every_s,
+    )
     rendered = time.perf_counter() - began
+    computed, stats = _run_rounds(job, announce)
+    stats["render_seconds"] = rendered
+    stats["pass_seconds"] = time.perf_counter() - began
+    return _read_back(job, computed, stats)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One teacher pass: what every round, share and shard of it reads. ``enc``: the rows rendered with the
+    teacher's tokenizer, with ``row_hash`` and ``length``; the rest as :func:`cache_teacher_logits` takes it."""
+
+    teacher: object
+    rows: datasets.Dataset
+    enc: datasets.Dataset
+    folder: Path
+    template: TemplateConfig
+    tta: bool
+    features: bool
+    batch_size: int
+    chunk_rows: int
+    devices: list | None
+    report_every_s: float
+
+    @property
+    def hashes(self) -> pa.ChunkedArray:
+        return column(self.enc, "row_hash")
+
+    def missing(self, skip: str | None = None) -> np.ndarray:
+        """Positions of the distinct rows no shard holds yet (shards named ``skip...`` not counted)."""
+        return _distinct_missing(self.hashes, _positions(self.hashes, _cached(self.folder, self.features, skip=skip)))
+
+
+def _run_rounds(job: _Pass, announce) -> tuple:
+    """Score what the cache lacks, in rounds: every process works out the same missing rows, scores every
+    ``W``-th of them longest first, then waits on the others' done-files (never at a collective) until nothing
+    is missing. Returns ``(rows computed, timing stats)``."""
+    lengths = column(job.enc, "length").to_numpy()
     world, me = world_size(), rank()
-    pass_key = call_key(f"teacher-pass-{folder.name}") if world > 1 else None
+    pass_key = call_key(f"teacher-pass-{job.folder.name}") if world > 1 else None
     stats = add_stats({}, {})  # zeros
     computed = 0
-    devices = list(devices) if devices else ([device] if device is not None else None)
     for round_ in range(1, PASS_ROUNDS + 1):
         tag = hashlib.sha1(f"{pass_key}/{round_}".encode()).hexdigest()[:16] if pass_key else None
         # the shards written before this round: every process works out the same missing rows
-        todo = _distinct_missing(hashes, _positions(hashes, _cached(folder, features, skip=f"part-{tag}-")))
+        todo = job.missing(skip=f"part-{tag}-")
         if not len(todo):
             break
         computed += len(todo)
@@ -282,48 +329,35 @@ def cache_teacher_logits(
             announce(lengths[order])
         share = order[me::world]
         if len(share):
-            part_stats = _score_rows(
-                teacher,
-                rows,
-                enc,
-                share,
-                folder,
-                template,
-                tta,
-                features,
-                batch_size,
-                chunk_rows,
-                devices,
-                tag,
-                total_rows=len(order),
-                report_every_s=report_every_s,
-            )
-            add_stats(stats, part_stats)
+            add_stats(stats, _score_rows(job, share, tag, total_rows=len(order)))
         if world == 1:
             break
         # the others' shares: wait on their done-files (or until nothing is missing), never at a collective
-        post(folder / "passes" / tag, me, {"rows": int(len(share)), "host": socket.gethostname(), "pid": os.getpid()})
-
-        def complete():
-            return not len(_distinct_missing(hashes, _positions(hashes, _cached(folder, features))))
-
+        post(
+            job.folder / "passes" / tag, me, {"rows": int(len(share)), "host": socket.gethostname(), "pid": os.getpid()}
+        )
         waited = time.perf_counter()
-        wait_for_all(folder / "passes" / tag, world, done=complete)
+        wait_for_all(job.folder / "passes" / tag, world, done=lambda: not len(job.missing()))
         stats["wait_seconds"] = stats.get("wait_seconds", 0.0) + time.perf_counter() - waited
-    cached = _cached(folder, features)
-    where = _positions(hashes, cached)
-    if (where < 0).any():
-        raise RuntimeError(f"teacher cache {folder}: {int((where < 0).sum())} rows are still missing after the pass")
-    keep = ["logits"] + (["features"] + (["features_swap"] if tta else []) if features else [])
     if world > 1:
         stats["processes"] = world
-    stats["render_seconds"] = rendered
-    stats["pass_seconds"] = time.perf_counter() - began
+    return computed, stats
+
+
+def _read_back(job: _Pass, computed: int, stats: dict) -> TeacherCache:
+    """The merged cache, aligned with the pass's rows; ``RuntimeError`` when a row is still missing."""
+    cached = _cached(job.folder, job.features)
+    where = _positions(job.hashes, cached)
+    if (where < 0).any():
+        raise RuntimeError(
+            f"teacher cache {job.folder}: {int((where < 0).sum())} rows are still missing after the pass"
+        )
+    keep = ["logits"] + (["features"] + (["features_swap"] if job.tta else []) if job.features else [])
     return TeacherCache(
-        path=folder,
-        ids=IdList(column(enc, "id")),
+        path=job.folder,
+        ids=IdList(column(job.enc, "id")),
         table=aligned(cached.select_columns(keep), where),
-        reused=len(enc) - computed,
+        reused=len(job.enc) - computed,
         computed=computed,
         stats=stats,
     )
@@ -391,81 +425,69 @@ def _shard_name(tag, who: int, k: int) -> str:
     return f"part-{tag}-r{who:05d}-{k:06d}" if tag else f"part-{time.time_ns():020d}-{os.getpid()}"
 
 
-def _score_rows(
-    teacher,
-    rows,
-    enc,
-    order,
-    folder,
-    template,
-    tta,
-    features,
-    batch_size,
-    chunk_rows,
-    devices,
-    tag,
-    *,
-    total_rows,
-    report_every_s,
-):
-    """Score rows ``order`` (positions in ``enc``, longest first), one atomic shard per ``chunk_rows``.
+def _score_rows(job: _Pass, order, tag, *, total_rows: int) -> dict:
+    """Score rows ``order`` (positions in ``job.enc``, longest first), one atomic shard per ``job.chunk_rows``.
     Returns the timing stats."""
     from tqdm.auto import tqdm
 
-    from ..runtime.predict import score_sharded
-
-    tok = teacher.tokenizer
-    models = scorers(teacher, devices)
+    models = scorers(job.teacher, job.devices)
     world, me = world_size(), rank()
-    per_row = 2 if tta else 1
+    per_row = 2 if job.tta else 1
     desc = "teacher logits" + (f" (rank {me}/{world})" if world > 1 else "")
     note = f" (this process's share, 1/{world} of {total_rows} rows: the shares are balanced)" if world > 1 else ""
     bar = tqdm(total=len(order) * per_row, desc=desc, unit="seq", dynamic_ncols=True)
-    sink = PassProgress(bar, len(order) * per_row, per_row, every_s=report_every_s, enabled=me == 0, note=note)
+    sink = PassProgress(bar, len(order) * per_row, per_row, every_s=job.report_every_s, enabled=me == 0, note=note)
     stats = add_stats({}, {})
-    ids, hashes, input_ids = column(enc, "id"), column(enc, "row_hash"), column(enc, "input_ids")
     try:
-        for k, start in enumerate(range(0, len(order), chunk_rows)):
-            chunk = order[start : start + chunk_rows]
-            take = pa.array(chunk)
-            seqs = pc.take(input_ids, take).to_pylist()  # one shard's rows at a time
-            swapped = (
-                list(encode(rows.select(chunk), tok, template, swap=True, desc="render swapped rows")["input_ids"])
-                if tta
-                else None
-            )
-            pooled = []
-
-            def score(s, pooled=pooled):  # kdq.runtime.tta: original and swapped rows in one length-sorted pass
-                st = {}
-                if len(models) == 1:
-                    device, model = models[0]
-                    out = predict_logits(
-                        model, s, tok.pad_token_id, batch_size, device, progress=sink, stats=st, return_pooled=features
-                    )
-                else:  # one thread per device, token-balanced, as predict.py splits rows over GPUs
-                    out = score_sharded(
-                        models, s, tok.pad_token_id, batch_size, progress=sink, stats=st, pooled=features
-                    )
-                add_stats(stats, st)
-                if features:
-                    out, feats = out
-                    pooled.append(feats)
-                return out
-
-            scored = score_tta(score, seqs, swapped, mode="full" if tta else "none")
-            columns = {
-                "id": pc.take(ids, take).combine_chunks(),
-                "row_hash": pc.take(hashes, take).combine_chunks(),
-                "logits": _fixed((scored.log_probs if tta else scored.logits).numpy().astype(np.float32)),
-            }
-            if features:
-                feats = pooled[0].numpy().astype(np.float16)
-                columns["features"] = _fixed(feats[: len(seqs)])
-                if tta:
-                    columns["features_swap"] = _fixed(feats[len(seqs) :])
-            with atomic_dir(folder / "shards" / _shard_name(tag, me, k)) as tmp:
+        for k, start in enumerate(range(0, len(order), job.chunk_rows)):
+            columns = _score_shard(job, models, order[start : start + job.chunk_rows], sink, stats)
+            with atomic_dir(job.folder / "shards" / _shard_name(tag, me, k)) as tmp:
                 datasets.Dataset(pa.table(columns)).save_to_disk(str(tmp))
     finally:
         bar.close()
     return stats
+
+
+def _score_shard(job: _Pass, models: list, chunk, sink, stats: dict) -> dict:
+    """One shard's columns (``id``, ``row_hash``, ``logits``; ``features`` and ``features_swap`` when asked) for
+    rows ``chunk`` of ``job.enc``, scored on ``models`` (``[(device, model)]``), progress to ``sink``."""
+    from ..runtime.predict import score_sharded
+
+    tok = job.teacher.tokenizer
+    take = pa.array(chunk)
+    seqs = pc.take(column(job.enc, "input_ids"), take).to_pylist()  # one shard's rows at a time
+    swapped = None
+    if job.tta:
+        swapped = encode(job.rows.select(chunk), tok, job.template, swap=True, desc="render swapped rows")
+        swapped = list(swapped["input_ids"])
+    pooled = []
+
+    def score(s):  # kdq.runtime.tta: original and swapped rows in one length-sorted pass
+        st = {}
+        if len(models) == 1:
+            device, model = models[0]
+            out = predict_logits(
+                model, s, tok.pad_token_id, job.batch_size, device, progress=sink, stats=st, return_pooled=job.features
+            )
+        else:  # one thread per device, token-balanced, as predict.py splits rows over GPUs
+            out = score_sharded(
+                models, s, tok.pad_token_id, job.batch_size, progress=sink, stats=st, pooled=job.features
+            )
+        add_stats(stats, st)
+        if job.features:
+            out, feats = out
+            pooled.append(feats)
+        return out
+
+    scored = score_tta(score, seqs, swapped, mode="full" if job.tta else "none")
+    columns = {
+        "id": pc.take(column(job.enc, "id"), take).combine_chunks(),
+        "row_hash": pc.take(job.hashes, take).combine_chunks(),
+        "logits": _fixed((scored.log_probs if job.tta else scored.logits).numpy().astype(np.float32)),
+    }
+    if job.features:
+        feats = pooled[0].numpy().astype(np.float16)
+        columns["features"] = _fixed(feats[: len(seqs)])
+        if job.tta:
+            columns["features_swap"] = _fixed(feats[len(seqs) :])
+    return columns

@@ -39,7 +39,7 @@ from ..quant_methods import HEAD_MODULES, load_time_config  # the head: never qu
 from ..runtime.dtypes import DTYPES, SHORT_NAMES, compute_in, resolve_dtype, restored_cast
 from ..utils.distributed import training_device
 from ..utils.errors import CheckFailed
-from .config import DistillConfig, LoraSettings
+from .config import LoraSettings
 
 
 def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
@@ -50,38 +50,37 @@ def base_dtype(lora: LoraSettings | None, device) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- loading and wrapping
-def load_student(student, cfg: DistillConfig, *, tokenizer=None, device=None, scheme=None):
+def load_student(student, lora: LoraSettings | None, *, tokenizer=None, device=None, scheme=None):
     """Load the model to train as the dtype rule says; a :class:`kdq.models.LoadedModel`.
 
-    QLoRA loads straight onto ``device`` through bitsandbytes (a folder or Hub id only: an
-    in-memory model cannot be re-loaded in 4-bit; save it first).
+    ``lora``: the run's :class:`LoraSettings` (``None``: full fine-tuning). A saved head of another size, or
+    none, is re-initialised for ``scheme`` (a warning). QLoRA loads straight onto ``device`` in the
+    registry's nf4 config (:func:`kdq.quant_methods.load_time_config`: double quantization, the head
+    skipped) through :func:`kdq.models.load_classifier`.
+
+    Raises:
+        ValueError: QLoRA of an in-memory model (it cannot be re-loaded in 4-bit: save it first) or of a PEFT
+            adapter folder (merge it first).
+        ImportError: QLoRA without bitsandbytes, naming the pip extra.
     """
     from ..models import load_classifier
 
     device = torch.device(device) if device is not None else training_device()
-    lora = cfg.lora
     dtype = base_dtype(lora, device)
+    common = dict(tokenizer=tokenizer, dtype=dtype, scheme=scheme, head="reinit", role="the student")
     if lora is not None and lora.quantize == "nf4":
-        return _load_nf4(student, tokenizer, dtype, device, scheme)
-    loaded = load_classifier(
-        student, tokenizer=tokenizer, dtype=dtype, scheme=scheme, head="reinit", role="the student"
-    )  # a saved head of another size, or none, is re-initialised (a warning)
+        _check_nf4_source(student)
+        qc = load_time_config("bnb-nf4", dtype)
+        return load_classifier(student, device=device, quantization_config=qc, **common)
+    loaded = load_classifier(student, **common)
     loaded.model.to(dtype)  # dtype= only reaches folders; cast objects too
     return loaded
 
 
-def _load_nf4(student, tokenizer, dtype, device, scheme=None):
-    from ..models import (
-        LoadedModel,
-        from_pretrained_classifier,
-        is_adapter_dir,
-        is_hub_id,
-        load_tokenizer,
-        prepare_classifier,
-        prepare_tokenizer,
-        scheme_of,
-        source_fingerprint,
-    )
+def _check_nf4_source(student) -> None:
+    """QLoRA loads a full model folder or Hub id in 4-bit, with bitsandbytes; else a ``ValueError`` (an
+    ``ImportError``) saying what to do."""
+    from ..models import is_adapter_dir, is_hub_id
     from ..utils.imports import require
 
     require("bitsandbytes", purpose="QLoRA (LoraSettings(quantize='nf4'))")
@@ -95,22 +94,6 @@ def _load_nf4(student, tokenizer, dtype, device, scheme=None):
             f"{student} is a PEFT adapter folder; QLoRA needs a full model folder. Merge it first "
             "(kdq.models.load_classifier(...).model.save_pretrained(DIR)) or pass its base."
         )
-    # the registry's nf4 config (double quantization, head skipped), as kdq.quantize would write it
-    qc = load_time_config("bnb-nf4", dtype)
-    model = from_pretrained_classifier(  # a saved head of another size, or none, is re-initialised (a warning)
-        student,
-        scheme or scheme_of(student),
-        head="reinit",
-        role="the student",
-        quantization_config=qc,
-        dtype=dtype,
-        device_map={"": str(device)},
-    )
-    tok = prepare_tokenizer(
-        tokenizer if hasattr(tokenizer, "pad_token_id") else load_tokenizer(tokenizer, str(student))
-    )
-    prepare_classifier(model, tok, scheme)
-    return LoadedModel(model=model, tokenizer=tok, source=str(student), fingerprint=source_fingerprint(student))
 
 
 def wrap_lora(model, lora: LoraSettings):

@@ -81,7 +81,7 @@ def prob_cosine(student_logits, teacher_logits, *, temperature: float = 1.0, bet
     """``T² · (1 − cos(p_S, p_T))`` on the probability vectors; bounded by ``T²``. ``(B,)``.
 
     The third term of the LMSYS 1st-place loss (CE + KL + cosine at T=1). Usable alone as a
-    divergence or, more usually, beside one through ``DistillConfig.cosine_weight``.
+    divergence or, more usually, beside one through ``DistillConfig.loss.cosine_weight``.
     """
     s = F.softmax(student_logits.float() / temperature, dim=-1)
     t = F.softmax(teacher_logits.float() / temperature, dim=-1)

@@ -18,7 +18,7 @@ folder holds the student alone. A projection starts at
 * the kept-channel scatter of a width-pruned student (:mod:`kdq.distill.width`): student
   channel ``j`` is teacher channel ``kept_channels[j]``, so at step 0 the projected student is
   exactly where pruning left it;
-* ``nn.Linear``'s default initialisation otherwise (seeded by ``DistillConfig.seed``).
+* ``nn.Linear``'s default initialisation otherwise (seeded by ``TrainingSettings.seed``).
 """
 
 from __future__ import annotations
@@ -56,16 +56,18 @@ def resolve_layer_map(setting, student_config, teacher_config) -> tuple:
     layer_map = list(setting)
     if len(layer_map) != n_s:
         raise ValueError(
-            f"DistillConfig.hidden_layer_map has {len(layer_map)} entries but the student has {n_s} layers: give one "
-            f"teacher layer (0..{n_t - 1}, or null for no match) per student layer, or 'auto'."
+            f"DistillConfig.loss.hidden_layer_map has {len(layer_map)} entries but the student has {n_s} layers: "
+            f"give one teacher layer (0..{n_t - 1}, or null for no match) per student layer, or 'auto'."
         )
     for k, t in enumerate(layer_map):
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_t):
             raise ValueError(
-                f"DistillConfig.hidden_layer_map[{k}] = {t!r}: must be a teacher layer in [0, {n_t - 1}] or null."
+                f"DistillConfig.loss.hidden_layer_map[{k}] = {t!r}: must be a teacher layer in [0, {n_t - 1}] or null."
             )
     if all(t is None for t in layer_map):
-        raise ValueError("DistillConfig.hidden_layer_map matches no layer; map at least one, or set hidden_weight=0.")
+        raise ValueError(
+            "DistillConfig.loss.hidden_layer_map matches no layer; map at least one, or set loss.hidden_weight=0."
+        )
     return layer_map, "explicit"
 
 
@@ -161,9 +163,11 @@ class DistillObjective:
     Args:
         divergence, alpha, temperature, beta, cosine_weight: the logit terms
             (:func:`~kdq.distill.losses.distillation_loss`).
-        teacher: the frozen teacher, run live under ``torch.no_grad()`` when a term needs it
-            (``live_logits``, the hidden term, or the feature term without cached features).
+        teacher: the frozen teacher, run live under ``torch.no_grad()`` in every training step
+            (:attr:`TeacherNeeds.live <kdq.distill.needs.TeacherNeeds.live>`), or ``None``.
         live_logits: take the KD targets from the live teacher's forward on exactly this batch.
+        teacher_states: the live forward returns hidden states (:attr:`TeacherNeeds.hidden_states
+            <kdq.distill.needs.TeacherNeeds.hidden_states>`: the hidden term, or live features).
         hidden_weight, hidden_loss, layer_map: the hidden-state term; ``layer_map[k]`` is the
             teacher layer of student layer ``k`` (``None``: not matched).
         feature_weight, feature_loss: the pooled-feature term, against cached teacher
@@ -177,6 +181,7 @@ class DistillObjective:
     cosine_weight: float = 0.0
     teacher: object = None
     live_logits: bool = False
+    teacher_states: bool = False
     hidden_weight: float = 0.0
     hidden_loss: str = "cosine"
     layer_map: list | None = None
@@ -187,12 +192,6 @@ class DistillObjective:
     def uses_student_states(self) -> bool:
         return self.hidden_weight > 0 or self.feature_weight > 0
 
-    def needs_teacher_forward(self, batch: dict) -> bool:
-        """Whether this training batch needs the live teacher's forward pass."""
-        return self.teacher is not None and (
-            self.live_logits or self.hidden_weight > 0 or (self.feature_weight > 0 and "teacher_features" not in batch)
-        )
-
     def __call__(self, outputs, batch: dict, labels: torch.Tensor, training: bool) -> tuple:
         """``(loss, {part: scalar or None})`` for one batch.
 
@@ -202,18 +201,17 @@ class DistillObjective:
             batch: the collated inputs: ``input_ids``, ``attention_mask`` and, when cached,
                 ``teacher_logits`` ``(B, C)`` and ``teacher_features`` ``(B, H_t)``.
             labels: ``(B,)`` class ids, ``-1`` for transfer rows.
-            training: only training batches get the teacher terms that need hidden states.
+            training: only training batches run the live teacher and get the terms that need hidden states.
         """
         teacher_logits = batch.get("teacher_logits")
         teacher_features = batch.get("teacher_features")
         t_out = None
-        if training and self.needs_teacher_forward(batch):
+        if training and self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
-                    output_hidden_states=self.hidden_weight > 0
-                    or (self.feature_weight > 0 and teacher_features is None),
+                    output_hidden_states=self.teacher_states,
                     use_cache=False,
                 )
             if teacher_logits is None or self.live_logits:
@@ -245,32 +243,38 @@ class DistillObjective:
         return loss, parts
 
 
-def build_objective(cfg, student_model, *, teacher_model=None, teacher_width: int | None = None, log=print):
+def build_objective(
+    loss, needs, student_model, *, teacher_model=None, teacher_width: int | None = None, seed: int = 0, log=print
+):
     """The run's :class:`DistillObjective`, and the model the Trainer trains.
 
     Args:
-        cfg: the :class:`~kdq.distill.config.DistillConfig`.
+        loss: the run's :class:`~kdq.distill.config.LossSettings`.
+        needs: the run's :class:`~kdq.distill.needs.TeacherNeeds` (live logits, which terms have a teacher).
         student_model: the student (LoRA-wrapped already, when LoRA is on).
-        teacher_model: the frozen live teacher, or ``None`` (hard labels, or cached targets only).
+        teacher_model: the frozen live teacher (``needs.live``), or ``None`` (hard labels, or cached
+            targets only).
         teacher_width: the teacher's hidden size for the feature term (the cached features' width
             when there is no live teacher).
+        seed: the run's seed (``TrainingSettings.seed``): projections are created under
+            ``torch.manual_seed(seed)``.
     Returns:
         ``(objective, model)``: ``model`` is ``student_model``, or a :class:`StudentWithProjections`
-        around it when a term reads the student's hidden states. Projections are created under
-        ``torch.manual_seed(cfg.seed)``.
+        around it when a term reads the student's hidden states.
     """
     objective = DistillObjective(
-        divergence=cfg.divergence,
-        alpha=cfg.alpha,
-        temperature=cfg.temperature,
-        beta=cfg.jsd_beta,
-        cosine_weight=cfg.cosine_weight,
+        divergence=loss.divergence,
+        alpha=loss.alpha,
+        temperature=loss.temperature,
+        beta=loss.jsd_beta,
+        cosine_weight=loss.cosine_weight,
         teacher=teacher_model,
-        live_logits=cfg.teacher_logits == "live" and teacher_model is not None,
-        hidden_weight=cfg.hidden_weight if teacher_model is not None else 0.0,
-        hidden_loss=cfg.hidden_loss,
-        feature_weight=cfg.feature_weight if (teacher_model is not None or teacher_width) else 0.0,
-        feature_loss=cfg.feature_loss,
+        live_logits=needs.live_logits and teacher_model is not None,
+        teacher_states=needs.hidden_states and teacher_model is not None,
+        hidden_weight=loss.hidden_weight if teacher_model is not None else 0.0,
+        hidden_loss=loss.hidden_loss,
+        feature_weight=loss.feature_weight if (teacher_model is not None or teacher_width) else 0.0,
+        feature_loss=loss.feature_loss,
     )
     if not objective.uses_student_states:
         return objective, student_model
@@ -278,15 +282,15 @@ def build_objective(cfg, student_model, *, teacher_model=None, teacher_width: in
     h_s = int(s_cfg.hidden_size)
 
     def make(h_t):
-        if h_s == h_t and cfg.hidden_projection == "auto":
+        if h_s == h_t and loss.hidden_projection == "auto":
             return nn.Identity()
         return projection(h_s, h_t, _kept_channels(s_cfg, h_t))
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     hidden, feature = None, None
     if objective.hidden_weight > 0:
         t_cfg = teacher_model.config
-        objective.layer_map, how = resolve_layer_map(cfg.hidden_layer_map, s_cfg, t_cfg)
+        objective.layer_map, how = resolve_layer_map(loss.hidden_layer_map, s_cfg, t_cfg)
         matched = [(k, t) for k, t in enumerate(objective.layer_map) if t is not None]
         hidden = nn.ModuleList([make(int(t_cfg.hidden_size)) for _ in matched])
         learned = sum(p.numel() for p in hidden.parameters())

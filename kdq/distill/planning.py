@@ -26,6 +26,7 @@ from ..costs.train_memory import (
 )
 from ..utils.distributed import is_main_process, training_device
 from .config import DistillConfig
+from .needs import teacher_needs
 
 
 class TrainingMemoryError(ValueError):
@@ -34,44 +35,35 @@ class TrainingMemoryError(ValueError):
 
 def student_spec(student) -> ModelSpec | None:
     """The student's shape from its config (folder, adapter folder, model object or Hub id), or ``None``."""
-    from ..models import _adapter_base, is_adapter_dir, is_hub_id
+    from ..models import is_hub_id, model_source, source_config
 
     try:
-        if isinstance(student, torch.nn.Module):
-            return ModelSpec.from_config(student.config)
-        path = Path(student)
-        if path.is_dir() and is_adapter_dir(path):
-            path = Path(_adapter_base(path))
-        if path.is_dir():
-            return ModelSpec.from_config(path)
-        if is_hub_id(student):
-            from transformers import AutoConfig
-
+        if not isinstance(student, torch.nn.Module) and is_hub_id(model_source(student)):
             from ..costs.train_memory import known_models, model_spec
 
-            if any(e["hub_id"] == str(student) for e in known_models().values()):  # no Hub needed
-                return model_spec(str(student))
-
-            return ModelSpec.from_config(AutoConfig.from_pretrained(str(student)))
+            hub_id = model_source(student)
+            if any(e["hub_id"] == hub_id for e in known_models().values()):  # no Hub needed
+                return model_spec(hub_id)
+        return ModelSpec.from_config(source_config(student))
     except (OSError, ValueError, TypeError):
         return None
-    return None
 
 
 def training_setup(cfg: DistillConfig, device, *, checkpointing: bool, student=None, teacher=None) -> TrainSetup:
     """The :class:`TrainSetup` a :class:`DistillConfig` trains with on ``device``.
 
-    With ``student`` and ``teacher`` :class:`ModelSpec` s it also counts what distillation adds:
-    the live teacher (in ``cfg.teacher_quantize``, half precision on CUDA, fp32 on CPU) when a
-    term runs it, its hidden states when a term keeps them, and the learned projections.
+    With ``student`` and ``teacher`` :class:`ModelSpec` s it also counts what distillation adds
+    (:func:`~kdq.distill.needs.teacher_needs`): the live teacher (in ``cfg.teacher_pass.quantize``, half
+    precision on CUDA, fp32 on CPU) when a term runs it, its hidden states when a term keeps them, and the
+    learned projections.
     """
     device = torch.device(device)
-    lora = cfg.lora
+    lora, training = cfg.lora, cfg.training
     if lora is not None and lora.base_dtype != "auto":
         half_base = lora.base_dtype != "fp32"
     else:  # the rule of base_dtype(), without asking a GPU we may be planning for from a CPU machine
         half_base = lora is not None and device.type == "cuda"
-    half = half_base or (device.type == "cuda" and cfg.precision != "fp32")
+    half = half_base or (device.type == "cuda" and training.precision != "fp32")
     method = "full" if lora is None else ("qlora" if lora.quantize == "nf4" else "lora")
     extra = (
         {}
@@ -86,7 +78,7 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool, student=N
         extra.update(_distillation_setup(cfg, device, student, teacher))
     return TrainSetup(
         method=method,
-        batch_size=cfg.batch_size,
+        batch_size=training.batch_size,
         seq_len=cfg.template.max_length,
         checkpointing=checkpointing,
         half=half,
@@ -95,20 +87,20 @@ def training_setup(cfg: DistillConfig, device, *, checkpointing: bool, student=N
 
 
 def _distillation_setup(cfg: DistillConfig, device, student: ModelSpec, teacher: ModelSpec) -> dict:
-    live = cfg.hidden_weight > 0 or cfg.teacher_logits == "live"
-    learned = student.hidden_size != teacher.hidden_size or cfg.hidden_projection == "linear"
+    needs, loss = teacher_needs(cfg, has_teacher=True), cfg.loss
+    learned = student.hidden_size != teacher.hidden_size or loss.hidden_projection == "linear"
     out = {"projection_width": teacher.hidden_size}
-    if live:
-        quantized = cfg.teacher_quantize != "none"
+    if needs.live:
+        quantize = cfg.teacher_pass.quantize
         out.update(
             teacher=teacher,
-            teacher_weights=cfg.teacher_quantize if quantized else ("half" if device.type == "cuda" else "full"),
-            teacher_states=cfg.hidden_weight > 0 or (cfg.feature_weight > 0 and cfg.teacher_logits == "live"),
+            teacher_weights=quantize if quantize != "none" else ("half" if device.type == "cuda" else "full"),
+            teacher_states=needs.hidden_states,
         )
-    if cfg.hidden_weight > 0 and learned:
-        layers = cfg.hidden_layer_map
+    if loss.hidden_weight > 0 and learned:
+        layers = loss.hidden_layer_map
         out["projections"] = student.num_layers if layers == "auto" else sum(x is not None for x in layers)
-    out["feature_projection"] = cfg.feature_weight > 0 and learned
+    out["feature_projection"] = loss.feature_weight > 0 and learned
     return out
 
 
@@ -119,11 +111,11 @@ def plan_training(student, cfg: DistillConfig, *, teacher=None, device: TrainDev
         student: what :func:`kdq.distill` will train (its config is read, never its weights).
         teacher: the run's teacher (a folder, adapter folder, Hub id or model; its config is read):
             the live teacher and the projections count too.
-        cfg: the run's config; ``cfg.gradient_checkpointing=None`` lets the projection decide.
+        cfg: the run's config; ``cfg.training.gradient_checkpointing=None`` lets the projection decide.
         device: the GPU to plan for; default: this process's CUDA GPU, or none on CPU (the
             projection is printed, nothing is refused).
     Returns:
-        ``(cfg, projection)``: ``cfg`` with ``gradient_checkpointing`` resolved to a bool;
+        ``(cfg, projection)``: ``cfg`` with ``training.gradient_checkpointing`` resolved to a bool;
         ``projection`` the :func:`~kdq.costs.train_memory.project_training` dict (or ``None``
         when the student's config is not Llama-like).
     Raises:
@@ -135,14 +127,14 @@ def plan_training(student, cfg: DistillConfig, *, teacher=None, device: TrainDev
     plan_device = "cuda" if device is not None else torch_device
     say = log if is_main_process() else (lambda *_: None)
     spec = student_spec(student)
-    user = cfg.gradient_checkpointing
+    user = cfg.training.gradient_checkpointing
     if spec is None:
         ckpt = bool(user)
         say(
             f"kdq: no training-memory projection (the student's config is not a Llama-like decoder); "
             f"gradient checkpointing {'on' if ckpt else 'off'}"
         )
-        return cfg.replace(gradient_checkpointing=ckpt), None
+        return _with_checkpointing(cfg, ckpt), None
     teacher_spec = student_spec(teacher) if teacher is not None else None
     setup = training_setup(cfg, plan_device, checkpointing=bool(user), student=spec, teacher=teacher_spec)
     why = "set by you"
@@ -169,7 +161,7 @@ def plan_training(student, cfg: DistillConfig, *, teacher=None, device: TrainDev
             f"training would need {proj['peak'] / GB:.1f} GB on {device.name}, which has {device.usable_gb:.1f} GB "
             f"usable ({setup.describe()}). Settings that fit: {hint}."
         )
-    return cfg.replace(gradient_checkpointing=setup.checkpointing), proj
+    return _with_checkpointing(cfg, setup.checkpointing), proj
 
 
 def _as_settings(option: TrainSetup, current: TrainSetup) -> str:
@@ -182,12 +174,17 @@ def _as_settings(option: TrainSetup, current: TrainSetup) -> str:
             else "lora=LoraSettings() (--set lora.r=16)"
         )
     if option.checkpointing != current.checkpointing:
-        out.append("gradient_checkpointing=True")
+        out.append("training.gradient_checkpointing=True")
     if option.batch_size != current.batch_size:
         factor = current.batch_size // option.batch_size
-        out.append(f"batch_size={option.batch_size} (grad_accum x{factor} keeps the effective batch)")
+        out.append(f"training.batch_size={option.batch_size} (training.grad_accum x{factor} keeps the effective batch)")
     if option.seq_len != current.seq_len:
         out.append(f"template.max_length={option.seq_len}")
     if option.teacher_weights != current.teacher_weights:
-        out.append(f"teacher_quantize='{option.teacher_weights}' (--set teacher_quantize={option.teacher_weights})")
+        weights = option.teacher_weights
+        out.append(f"teacher_pass.quantize='{weights}' (--set teacher_pass.quantize={weights})")
     return ", ".join(out)
+
+
+def _with_checkpointing(cfg: DistillConfig, on: bool) -> DistillConfig:
+    return cfg.replace(training=cfg.training.replace(gradient_checkpointing=on))

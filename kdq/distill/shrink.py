@@ -21,7 +21,7 @@ Width pruning (``ShrinkConfig`` ``hidden_size``, ``intermediate_size``, ``num_at
 
 The kept-layer map is saved in ``config.json`` under ``kdq_shrink`` (``kept_layers``: the
 teacher layer each student layer was copied from; ``width``: the kept channels, neurons and
-heads), which is what the hidden-state distillation term (``DistillConfig.hidden_weight``)
+heads), which is what the hidden-state distillation term (``DistillConfig.loss.hidden_weight``)
 reads: its layer map, and the initial projection of a narrower student into the teacher's width.
 """
 

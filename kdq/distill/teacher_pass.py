@@ -20,12 +20,22 @@ import datasets
 
 from ..data import core_columns, load_arena, scheme_of_rows
 from ..runtime.constants import DEFAULT_BUDGET_NAME
-from .config import DistillConfig
+from ..runtime.template import TemplateConfig
+from .config import TeacherPassSettings
 
 log = logging.getLogger("kdq.distill")
 
 
-def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None, features: bool = False, devices=None):
+def teacher_pass(
+    teacher,
+    rows,
+    settings: TeacherPassSettings | None = None,
+    *,
+    template: TemplateConfig | None = None,
+    transfer=None,
+    features: bool = False,
+    devices=None,
+):
     """Teacher outputs for ``rows`` (then ``transfer`` rows, if any) from the shared cache.
 
     Args:
@@ -33,10 +43,14 @@ def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None, feature
             id or model; a table of class probabilities (CSV, parquet, DataFrame); a list of teachers or
             ``(teacher, weight)`` pairs (an ensemble); or a :class:`~kdq.distill.teachers.Teacher`.
         rows: the training rows (anything :func:`kdq.data.load_arena` reads; labels, if any, are dropped).
-        config: the :class:`DistillConfig` of the run that will read the cache (template,
-            ``teacher_tta``, ``teacher_batch_size``, ``cache_dir``, ``budget``, ``gpu_check``).
+        settings: the :class:`~kdq.distill.config.TeacherPassSettings` of the run that will read the cache
+            (``DistillConfig.teacher_pass``: TTA, batch size, cache folder, budget, GPU check); default:
+            its defaults.
+        template: how rows become tokens, the run's ``DistillConfig.template`` (part of the cache key);
+            default: ``TemplateConfig()``.
         transfer: optional transfer rows (see :func:`transfer_rows`).
-        features: also cache the teacher's pooled final hidden state (the feature term's target).
+        features: also cache the teacher's pooled final hidden state (the feature term's target:
+            :attr:`TeacherNeeds.cached_features <kdq.distill.needs.TeacherNeeds.cached_features>`).
         devices: where this process scores (default: its own GPU under a launcher, else every GPU, else the CPU).
     Returns:
         :class:`kdq.distill.cache.TeacherCache` over ``rows`` then ``transfer``, in order.
@@ -50,10 +64,11 @@ def teacher_pass(teacher, rows, config: DistillConfig, *, transfer=None, feature
     extra = transfer_rows(transfer, rows, t) if transfer is not None else None
     scored = scored_rows(rows, extra)
     t.check_scheme(scheme_of_rows(scored))
-    return run_pass(t, scored, config, features=features, devices=devices)
+    settings = settings or TeacherPassSettings()
+    return run_pass(t, scored, settings, template or TemplateConfig(), features=features, devices=devices)
 
 
-def run_pass(teacher, rows, cfg: DistillConfig, *, features: bool = False, devices=None):
+def run_pass(teacher, rows, settings: TeacherPassSettings, template: TemplateConfig, *, features=False, devices=None):
     """:meth:`Teacher.targets <kdq.distill.teachers.Teacher.targets>` over canonical rows, printing the
     projection of each model teacher's pass first."""
     from .teachers import pass_devices
@@ -61,20 +76,20 @@ def run_pass(teacher, rows, cfg: DistillConfig, *, features: bool = False, devic
     devices = list(devices) if devices else pass_devices()
 
     def announce(member, lengths):  # called by each model teacher's pass, on the main process, before it scores
-        print(projection(member, lengths, cfg, devices), flush=True)
+        print(projection(member, lengths, settings, devices), flush=True)
 
-    return teacher.targets(rows, cfg, features=features, devices=devices, announce=announce)
+    return teacher.targets(rows, settings, template, features=features, devices=devices, announce=announce)
 
 
 # --------------------------------------------------------------------------- the projection
-def projection(teacher, lengths, cfg: DistillConfig, devices) -> str:
+def projection(teacher, lengths, settings: TeacherPassSettings, devices) -> str:
     """One line: the rows the pass will score and how long that should take on ``devices``.
 
     On CUDA GPUs: the FLOPs of the teacher's shape over the rows' length-sorted padded batches at the GPU's
     peak (``kdq/budgets/_gpu_peaks.json``) times the budget profile's compute efficiency, or the efficiency
-    ``bench/gpu_check.py`` measured (``DistillConfig.gpu_check``, else ``<kdq cache>/gpu_check.json`` when it
+    ``bench/gpu_check.py`` measured (``settings.gpu_check``, else ``<kdq cache>/gpu_check.json`` when it
     exists), split over every GPU of every process. On CPU there is no CPU model: the line gives the same
-    estimate for the budget profile's GPUs (``DistillConfig.budget``), and says so; the pass's own rows/s and
+    estimate for the budget profile's GPUs (``settings.budget``), and says so; the pass's own rows/s and
     ETA follow once it runs. Every figure is labelled an estimate.
     """
     import numpy as np
@@ -83,7 +98,7 @@ def projection(teacher, lengths, cfg: DistillConfig, devices) -> str:
     from ..utils.distributed import world_size
 
     lengths = np.asarray(lengths, dtype=np.int64)
-    tta = cfg.teacher_tta
+    tta = settings.tta
     head = (
         f"kdq: teacher pass: {len(lengths)} rows to score ({int(lengths.sum()) * (2 if tta else 1):,} tokens"
         + (", each row A/B-swapped too (TTA)" if tta else "")
@@ -92,32 +107,32 @@ def projection(teacher, lengths, cfg: DistillConfig, devices) -> str:
     world = world_size()
     cuda = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
     try:
-        estimate = _estimate(teacher, lengths, cfg, cuda, world)
+        estimate = _estimate(teacher, lengths, settings, cuda, world)
     except (ValueError, KeyError, OSError, TypeError) as err:
         estimate = f"no projection ({err})"
     where = f"{len(cuda) * world} GPU(s)" if cuda else f"CPU ({world} process{'es' if world > 1 else ''})"
     return f"{head} on {where}: {estimate}"
 
 
-def _estimate(teacher, lengths, cfg: DistillConfig, cuda, world) -> str:
+def _estimate(teacher, lengths, settings: TeacherPassSettings, cuda, world) -> str:
     import torch
 
     from ..costs.budget import GPU_PEAKS_FILE, gpu_peak_tflops, load_budget, measured_profile, project
     from ..costs.modelspec import weight_format_of
+    from ..models import source_config
     from ..utils.cachedir import cache_root
 
     spec = teacher.spec()
     if spec is None:
         return "no projection (the teacher's config is not a Llama-like decoder kdq can count FLOPs for)"
-    config = teacher.model_source.config if not teacher.is_path else _config_of(teacher.source)
-    fmt = weight_format_of(config)
-    profile = load_budget(cfg.budget or DEFAULT_BUDGET_NAME)
-    check = Path(cfg.gpu_check) if cfg.gpu_check else cache_root() / "gpu_check.json"
+    fmt = weight_format_of(source_config(teacher.model_source))
+    profile = load_budget(settings.budget or DEFAULT_BUDGET_NAME)
+    check = Path(settings.gpu_check) if settings.gpu_check else cache_root() / "gpu_check.json"
     basis = f"the compute efficiency {profile.compute_efficiency:g} assumed by the {profile.name} profile"
     if check.is_file():
         profile, _ = measured_profile(profile, check)
         basis = f"the compute efficiency {profile.compute_efficiency:.3f} measured by bench/gpu_check.py ({check})"
-    profile = dataclasses.replace(profile, batch_size=cfg.teacher_batch_size, rows=len(lengths), overhead_hours=0.0)
+    profile = dataclasses.replace(profile, batch_size=settings.batch_size, rows=len(lengths), overhead_hours=0.0)
     if cuda:
         name = torch.cuda.get_device_name(cuda[0].index or 0)
         key, peak = gpu_peak_tflops(name)
@@ -127,27 +142,14 @@ def _estimate(teacher, lengths, cfg: DistillConfig, cuda, world) -> str:
         profile = dataclasses.replace(
             profile, name=key, gpus=len(cuda) * world, gpu_name=name, peak_tflops=peak, bandwidth_gbs=bandwidth
         )
-        hours = project(spec, fmt, lengths, profile, tta=cfg.teacher_tta)["projected_hours"]
+        hours = project(spec, fmt, lengths, profile, tta=settings.tta)["projected_hours"]
         return f"about {_duration(hours * 3600)} (est.: the teacher's FLOPs at {key}'s fp16 peak and {basis})"
-    hours = project(spec, fmt, lengths, profile, tta=cfg.teacher_tta)["projected_hours"]
+    hours = project(spec, fmt, lengths, profile, tta=settings.tta)["projected_hours"]
     return (
         f"no estimate for a CPU; on {profile.name} ({profile.gpus} x {profile.gpu_name}) it would take about "
         f"{_duration(hours * 3600)} (est.: the teacher's FLOPs at {basis}). This machine's rows/s and ETA follow "
         "once the pass runs."
     )
-
-
-def _config_of(source) -> dict:
-    from ..models import _adapter_base, is_adapter_dir, is_hub_id
-
-    path = Path(source)
-    if path.is_dir() and is_adapter_dir(path):
-        path = Path(_adapter_base(path))
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text())
-    if is_hub_id(source):
-        return {}
-    raise ValueError(f"no config.json in {source}")
 
 
 def _duration(seconds: float) -> str:

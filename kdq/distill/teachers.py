@@ -7,15 +7,15 @@ terms take (:func:`as_teacher` turns anything ``teacher=`` accepts into one):
   cached over the rows (:mod:`kdq.distill.cache`), and it alone can run live in every training step (the
   hidden-state term, live logits, live features). It is loaded once: the pass loads it only when a row
   still needs scoring, and a run that also needs it live keeps the copy the pass loaded on the training
-  device (unless the live teacher is quantized: ``teacher_quantize``).
+  device (unless the live teacher is quantized: ``TeacherPassSettings.quantize``).
 * :class:`TableTeacher`: a CSV, parquet, DataFrame or Arrow table of ``id`` plus one probability column
   per class of the rows' label scheme (``winner_model_a``, ``winner_model_b``, ``winner_tie`` for LMSYS;
   ``model_a``, ``model_b`` for WSDM), e.g. big teachers scored elsewhere over folds. It is fingerprinted
   by content and checked (every row has an id, unique; every row the student trains on has an id in it, ids
   written as floats, ``30192.0``, matched as integers; every row of it sums to 1 within 1e-3, the first bad id
   named; every blank or non-finite probability named by its row's id), then used exactly as cached teacher
-  logits: log-probabilities, the swapped copies getting the scheme's permuted distribution. ``teacher_tta``
-  does not apply: the table's probabilities are used as they are.
+  logits: log-probabilities, the swapped copies getting the scheme's permuted distribution.
+  ``TeacherPassSettings.tta`` does not apply: the table's probabilities are used as they are.
 * :class:`EnsembleTeacher`: several teachers, averaged in probability space with their weights
   (normalised to sum to 1), each member cached under its own fingerprint.
 
@@ -36,7 +36,9 @@ import os
 from pathlib import Path
 
 from ..data.tables import TABLE_SUFFIXES
-from .config import DistillConfig
+from ..runtime.template import TemplateConfig
+from .config import TeacherPassSettings
+from .needs import TeacherNeeds
 
 log = logging.getLogger("kdq.distill")
 SUM_TOLERANCE = 1e-3  # how far from 1 a table row's probabilities may sum
@@ -83,13 +85,14 @@ def check_same_tokenizer(student_tok, teacher_tok, why: str) -> None:
         raise ValueError(
             f"{why} feeds the teacher the student's token ids, but their tokenizers differ: " + "; ".join(diffs) + ". "
             "Use a student that shares the teacher's tokenizer (e.g. one made by kdq.shrink, or the same model "
-            "family), or distil logits only: set hidden_weight=0, feature_weight=0 and teacher_logits='cache' "
-            "(the cache pass renders rows with the teacher's own tokenizer)."
+            "family), or distil logits only: set loss.hidden_weight=0, loss.feature_weight=0 and "
+            "teacher_pass.logits='cache' (the cache pass renders rows with the teacher's own tokenizer)."
         )
 
 
-def load_live_teacher(teacher, cfg: DistillConfig, device):
-    """The frozen teacher model for the live forward, in ``cfg.teacher_quantize`` on ``device``.
+def load_live_teacher(teacher, quantize: str, device):
+    """The frozen teacher model for the live forward, in ``quantize`` (``TeacherPassSettings.quantize``) on
+    ``device``.
 
     ``"none"``: fp16 on CUDA, fp32 on CPU; ``"int8"`` / ``"nf4"``: bitsandbytes, with the quantization
     registry's configs (the ``score`` head is never quantized), placed on ``device`` at load time.
@@ -98,34 +101,22 @@ def load_live_teacher(teacher, cfg: DistillConfig, device):
     from ..models import load_classifier, model_dtype_for
 
     dtype = model_dtype_for(device)
-    if cfg.teacher_quantize == "none":
+    if quantize == "none":
         return load_classifier(teacher, dtype=dtype, device=device, frozen=True, **TEACHER_HEAD)
     from ..quant_methods import get_quantizer, load_time_config
 
-    method = {"int8": "bnb-int8", "nf4": "bnb-nf4"}[cfg.teacher_quantize]
+    method = {"int8": "bnb-int8", "nf4": "bnb-nf4"}[quantize]
     get_quantizer(method).prepare_load(device)
     qc = load_time_config(method, dtype)
     if not isinstance(teacher, (str, os.PathLike)):
         raise ValueError(
-            f"DistillConfig.teacher_quantize={cfg.teacher_quantize!r} loads the teacher quantized from a folder; got a "
-            f"{type(teacher).__name__}. Save it with save_pretrained first, or set teacher_quantize='none'."
+            f"DistillConfig.teacher_pass.quantize={quantize!r} loads the teacher quantized from a folder; got a "
+            f"{type(teacher).__name__}. Save it with save_pretrained first, or set teacher_pass.quantize='none'."
         )
     return load_classifier(teacher, dtype=dtype, device=device, quantization_config=qc, **TEACHER_HEAD)
 
 
 # --------------------------------------------------------------------------- teachers as objects
-def live_terms(cfg: DistillConfig) -> list:
-    """The settings of ``cfg`` that need the teacher model itself (its forward pass or hidden states)."""
-    out = []
-    if cfg.hidden_weight > 0:
-        out.append("hidden_weight > 0 (the hidden-state term)")
-    if cfg.feature_weight > 0:
-        out.append("feature_weight > 0 (the pooled-feature term)")
-    if cfg.teacher_logits == "live":
-        out.append("teacher_logits='live'")
-    return out
-
-
 def pass_devices() -> list:
     """Where this process scores the teacher pass: its own device under a launcher (one per process), else
     every CUDA GPU (one thread each), else the CPU."""
@@ -174,21 +165,33 @@ class Teacher:
     def check_scheme(self, scheme) -> None:
         """Raise ``ValueError`` when this teacher does not speak the rows' label scheme."""
 
-    def check_terms(self, cfg: DistillConfig) -> None:
-        """Raise ``ValueError`` when ``cfg`` has a term this teacher cannot serve (only a model runs live)."""
-        needs = live_terms(cfg)
-        if needs and not self.runs_live:
+    def check_terms(self, needs: TeacherNeeds) -> None:
+        """Raise ``ValueError`` when the run (its :class:`~kdq.distill.needs.TeacherNeeds`) has a term this
+        teacher cannot serve (only a model runs live or has hidden states)."""
+        if needs.terms and not self.runs_live:
             raise ValueError(
-                f"DistillConfig: {needs[0]} needs the teacher model's own forward pass, which {self.describe()} "
-                "cannot give: it holds class probabilities only. Set hidden_weight=0, feature_weight=0 and "
-                "teacher_logits='cache', or pass one model teacher (a folder or a model)."
+                f"DistillConfig: {needs.terms[0]} needs the teacher model's own forward pass, which "
+                f"{self.describe()} cannot give: it holds class probabilities only. Set loss.hidden_weight=0, "
+                "loss.feature_weight=0 and teacher_pass.logits='cache', or pass one model teacher (a folder or a "
+                "model)."
             )
 
-    def targets(self, rows, cfg: DistillConfig, *, features: bool = False, devices=None, announce=None):
+    def targets(
+        self,
+        rows,
+        settings: TeacherPassSettings,
+        template: TemplateConfig,
+        *,
+        features: bool = False,
+        devices=None,
+        announce=None,
+    ):
         """The teacher's outputs over canonical ``rows``, aligned: a :class:`~kdq.distill.cache.TeacherCache`.
 
-        ``devices``: where a model scores; ``announce(model_teacher, lengths)``: called on the main process
-        before a model teacher scores, with the token lengths of the rows it will score."""
+        ``settings``: the run's teacher pass (a model reads its TTA, batch size and cache folder); ``template``:
+        how a model renders the rows; ``devices``: where a model scores; ``announce(model_teacher, lengths)``:
+        called on the main process before a model teacher scores, with the token lengths of the rows it will
+        score."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -236,10 +239,9 @@ class ModelTeacher(Teacher):
     def tokenizer(self):
         if self._tokenizer is None:
             if self.is_path:
-                from ..models import _adapter_base, is_adapter_dir, load_tokenizer, prepare_tokenizer
+                from ..models import source_tokenizer
 
-                base = _adapter_base(self.source) if is_adapter_dir(self.source) else None
-                self._tokenizer = prepare_tokenizer(load_tokenizer(self.source, base))
+                self._tokenizer = source_tokenizer(self.source)
             else:
                 self._tokenizer = self._adopt().tokenizer
         return self._tokenizer
@@ -315,7 +317,7 @@ class ModelTeacher(Teacher):
         """The model on this process's first device (loaded on first use)."""
         return self.models_on()[0][1]
 
-    def targets(self, rows, cfg: DistillConfig, *, features: bool = False, devices=None, announce=None):
+    def targets(self, rows, settings, template, *, features: bool = False, devices=None, announce=None):
         from ..utils.cachedir import default_cache_dir
         from .cache import cache_teacher_logits
 
@@ -323,11 +325,11 @@ class ModelTeacher(Teacher):
             cache = cache_teacher_logits(
                 self,
                 rows,
-                cache_dir=cfg.cache_dir or default_cache_dir(),
-                template=cfg.template,
-                tta=cfg.teacher_tta,
+                cache_dir=settings.cache_dir or default_cache_dir(),
+                template=template,
+                tta=settings.tta,
                 features=features,
-                batch_size=cfg.teacher_batch_size,
+                batch_size=settings.batch_size,
                 devices=devices or pass_devices(),
                 announce=(lambda lengths: announce(self, lengths)) if announce else None,
             )
@@ -344,20 +346,20 @@ class ModelTeacher(Teacher):
             )
         return cache
 
-    def live(self, cfg: DistillConfig, device):
-        """The frozen teacher model for the live forward on ``device`` (``cfg.teacher_quantize``): the copy the
-        pass loaded there when it is the same computation (no quantization), else a new load. Other devices'
-        copies are freed."""
+    def live(self, quantize: str, device):
+        """The frozen teacher model for the live forward on ``device``, in ``quantize``
+        (``TeacherPassSettings.quantize``): the copy the pass loaded there when it is the same computation (no
+        quantization), else a new load. Other devices' copies are freed."""
         import torch
 
         from ..models import LoadedModel
 
         key = str(torch.device(device))
-        model = self._models.get(key) if cfg.teacher_quantize == "none" else None
+        model = self._models.get(key) if quantize == "none" else None
         if model is None:
             if self.is_path:
                 self.loads += 1
-            model = load_live_teacher(self.model_source, cfg, device).model
+            model = load_live_teacher(self.model_source, quantize, device).model
         self._models = {key: model}
         self.keep_loaded = False
         return LoadedModel(model=model, tokenizer=self.tokenizer, source=None, fingerprint=self.fingerprint)
@@ -443,7 +445,7 @@ class TableTeacher(Teacher):
         table = self.table()
         return np.stack([_floats(table, c, self.name) for c in scheme.labels], axis=1)
 
-    def targets(self, rows, cfg: DistillConfig, *, features: bool = False, devices=None, announce=None):
+    def targets(self, rows, settings, template, *, features: bool = False, devices=None, announce=None):
         import pyarrow as pa
 
         from ..data import scheme_of_rows
@@ -451,8 +453,8 @@ class TableTeacher(Teacher):
 
         if features:
             raise ValueError(
-                f"the pooled-feature term (feature_weight > 0) needs the teacher's hidden states, which "
-                f"{self.describe()} does not have; set feature_weight=0 or pass a model teacher."
+                f"the pooled-feature term (loss.feature_weight > 0) needs the teacher's hidden states, which "
+                f"{self.describe()} does not have; set loss.feature_weight=0 or pass a model teacher."
             )
         scheme = scheme_of_rows(rows)
         self.check_scheme(scheme)
@@ -502,7 +504,7 @@ class EnsembleTeacher(Teacher):
         for m in self.members:
             m.check_scheme(scheme)
 
-    def targets(self, rows, cfg: DistillConfig, *, features: bool = False, devices=None, announce=None):
+    def targets(self, rows, settings, template, *, features: bool = False, devices=None, announce=None):
         import numpy as np
         import pyarrow as pa
 
@@ -510,12 +512,12 @@ class EnsembleTeacher(Teacher):
 
         if features:
             raise ValueError(
-                f"the pooled-feature term (feature_weight > 0) needs one teacher's hidden states; {self.describe()} "
-                "has none to give. Set feature_weight=0 or pass one model teacher."
+                f"the pooled-feature term (loss.feature_weight > 0) needs one teacher's hidden states; "
+                f"{self.describe()} has none to give. Set loss.feature_weight=0 or pass one model teacher."
             )
         mixed, members, first = None, [], None
         for m, w in zip(self.members, self.weights):
-            cache = m.targets(rows, cfg, devices=devices, announce=announce)
+            cache = m.targets(rows, settings, template, devices=devices, announce=announce)
             first = first or cache
             logits = cache.logits.astype(np.float64)
             p = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -14,6 +14,7 @@ output folder before training and into every checkpoint (:class:`RunRecordCallba
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from ..runtime.constants import FORMAT_KEY, RUN_RECORD_FILE
 from ..runtime.dtypes import SHORT_NAMES, resolve_dtype
 from ..utils.distributed import world_size
 from ..utils.jsonable import jsonable
-from .config import RESUMABLE_FIELDS, DistillConfig
+from .config import REPORTERS, RESUMABLE_FIELDS, DistillConfig, TrainingSettings
 from .objective import LOSS_PARTS, DistillObjective
 
 TEACHER_COLUMNS = ("teacher_logits", "teacher_features")  # per-row teacher targets a training table may carry
@@ -121,45 +122,57 @@ def compute_metrics(eval_pred):
     }
 
 
-def training_arguments(cfg: DistillConfig, checkpoint_dir, *, has_eval: bool) -> TrainingArguments:
-    """Map :class:`DistillConfig` onto ``TrainingArguments`` (one place, no kwargs soup)."""
+def check_reporter(report_to: str) -> None:
+    """Raise ``ImportError`` naming the pip package when ``report_to`` (``TrainingSettings.report_to``) needs
+    one that is not installed: checked before the teacher pass and training, not at ``Trainer``'s start."""
+    modules = REPORTERS[report_to]
+    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise ImportError(
+            f"TrainingSettings.report_to={report_to!r} logs through the {modules[0]} package, which is not "
+            f"installed. Install it with: pip install {modules[0]} (or set training.report_to='none')."
+        )
+
+
+def training_arguments(training: TrainingSettings, checkpoint_dir, *, has_eval: bool) -> TrainingArguments:
+    """Map :class:`TrainingSettings` onto ``TrainingArguments`` (one place, no kwargs soup)."""
     cuda = torch.cuda.is_available()
     # auto: fp16 AMP on GPUs without bf16 (T4), bf16 where it exists, fp32 on CPU (the runtime's rule)
-    precision = SHORT_NAMES[resolve_dtype(cfg.precision, "cuda" if cuda else "cpu", bf16=True)]
+    precision = SHORT_NAMES[resolve_dtype(training.precision, "cuda" if cuda else "cpu", bf16=True)]
     strategy = "epoch" if has_eval else "no"
+    paired = training.swap_augment == "paired"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         # "paired" swap: the collator turns each table row into two (the row and its swapped copy)
-        per_device_train_batch_size=cfg.batch_size // 2 if cfg.swap_augment == "paired" else cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
+        per_device_train_batch_size=training.batch_size // 2 if paired else training.batch_size,
+        per_device_eval_batch_size=training.eval_batch_size,
+        gradient_accumulation_steps=training.grad_accum,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_ratio,
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps,
         eval_strategy=strategy,
         save_strategy="epoch",
         load_best_model_at_end=has_eval,
         metric_for_best_model="log_loss" if has_eval else None,
         greater_is_better=False,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        full_determinism=cfg.deterministic,
+        save_total_limit=training.save_total_limit,
+        logging_steps=training.logging_steps,
+        seed=training.seed,
+        data_seed=training.seed,
+        full_determinism=training.deterministic,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not cuda,
         # CPU DDP (accelerate launch / torchrun without GPUs) needs gloo; naming a backend in a
         # single process would make accelerate look for a process group that does not exist.
         ddp_backend="gloo" if (not cuda and world_size() > 1) else None,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=training.gradient_checkpointing,
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         remove_unused_columns=False,
         label_names=["labels"],
-        report_to="none",
+        report_to=training.report_to,
         save_only_model=False,
         dataloader_num_workers=0,
     )

@@ -135,7 +135,7 @@ def rows_fingerprint(rows) -> str:
 def _resolve(model, config: EvalConfig, device):
     """Load or adopt the model; return ``(LoadedModel, size_bytes, size_source)``."""
 
-    from ..models import LoadedModel, is_adapter_dir, load_classifier
+    from ..models import LoadedModel, adapter_base, is_adapter_dir, load_classifier
     from ..quant_methods import quantization_config_of
     from ..runtime.dtypes import resolve_dtype
 
@@ -169,10 +169,8 @@ def _resolve(model, config: EvalConfig, device):
         src = Path(loaded.source)
         size = folder_weight_bytes(src)
         if is_adapter_dir(src):  # an adapter alone is not what ships: add its base's weights
-            import json
-
-            base = json.loads((src / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if base and Path(base).is_dir():
+            base = adapter_base(src)
+            if Path(base).is_dir():
                 size += folder_weight_bytes(base)
         return loaded, size, "disk"
     return loaded, module_bytes(loaded.model), "memory"
