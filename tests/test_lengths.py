@@ -194,7 +194,7 @@ def test_bad_inputs_are_named(tiny_model_dir, rows):
 def test_cli_sweep_lengths(tiny_model_dir, tmp_path, capsys):
     csv = write_arena_csv(tmp_path / "rows.csv", 12, seed=2, max_words=40)
     out = tmp_path / "report"
-    argv = ["sweep-lengths", f"tiny={tiny_model_dir}", "--rows", str(csv), "--lengths", "48,64", "--out", str(out)]
+    argv = ["sweep-lengths", f"tiny={tiny_model_dir}", "--data", str(csv), "--lengths", "48,64", "--out", str(out)]
     code = cli_main([*argv, "--set", "device=cpu", "--set", "progress=false", "--set", "tta=false"])
     assert code == 0
     text = capsys.readouterr().out

@@ -146,7 +146,7 @@ COMMANDS = (
         config="kdq.evaluate.config:EvalConfig",
         args=(
             Arg(("variant",), "a model folder, or NAME=FOLDER (one or more)", nargs="+", metavar="VARIANT"),
-            Arg(("--rows",), "labelled held-out arena CSV/parquet", required=True),
+            Arg(("--data",), "labelled held-out arena CSV/parquet", required=True),
             Arg(
                 ("--lengths",),
                 "comma-separated max_lengths (default 512,1024,1536,2048), or auto: fractions of the longest row",

@@ -1,6 +1,6 @@
 """The code of ``kdq sweep-lengths`` (its arguments are declared in :mod:`kdq.cli.commands`).
 
-``kdq sweep-lengths runs/student runs/student-gptq8 --rows holdout.csv --lengths 512,1024,2048 --out runs/lengths``
+``kdq sweep-lengths runs/student runs/student-gptq8 --data holdout.csv --lengths 512,1024,2048 --out runs/lengths``
 scores every variant at each max_length and writes the trade-off report (:func:`kdq.evaluate.sweep_lengths`).
 """
 
@@ -45,7 +45,7 @@ def run_sweep_lengths(args, cfg) -> int:
     lengths = lengths_of(args.lengths)
     result = sweep_lengths(
         variants_of(args.variant),
-        args.rows,
+        args.data,
         lengths=DEFAULT_LENGTHS if lengths is None else lengths,
         config=cfg,
         out_dir=args.out,
