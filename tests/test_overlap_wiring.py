@@ -72,3 +72,42 @@ def test_compare_resamples_groups_and_names_the_leak(tmp_path, tiny_model_dir, t
     # without repeated rows the resample unit is the row, as before
     single = compare({"plain": tiny_model_dir}, heldout, CFG, out_dir=tmp_path / "s")
     assert single.intervals["unit"] == "rows"
+
+
+def test_distill_checks_eval_rows_and_records_its_rows_for_evaluate_and_quantize(tmp_path, tiny_model_dir, heldout):
+    """kdq.distill warns (or refuses) on eval rows shared with the training or transfer rows, saves the keys of
+    the rows it learnt from with the student, and kdq.quantize carries them to the quantized folder."""
+    from kdq.data import read_group_keys
+    from kdq.quantize import QuantConfig
+
+    train = pd.DataFrame(make_arena_rows(16, seed=21, max_words=30, id_offset=500))
+    transfer = pd.DataFrame(make_arena_rows(8, seed=22, max_words=30, id_offset=900, labelled=False))
+    transfer.loc[0, "prompt"] = heldout.loc[4, "prompt"]  # one eval row's prompt, only in the transfer set
+    cfg = kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"),
+        template=kdq.TemplateConfig(max_length=64),
+        training={"max_steps": 1, "batch_size": 8},
+    )
+    with pytest.raises(ValueError, match=r"1 of the 12 eval rows"):
+        kdq.distill(
+            tiny_model_dir,
+            train,
+            eval_data=heldout,
+            teacher=tiny_model_dir,
+            transfer_data=transfer,
+            config=cfg.replace(strict_overlap=True),
+        )
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    with pytest.warns(LeakWarning, match=r"1 of the 12 eval rows"):
+        res = kdq.distill(
+            tiny_model_dir, train, eval_data=heldout, teacher=tiny_model_dir, transfer_data=transfer, config=cfg
+        )
+    assert res.metrics["overlap"]["leaked"] == 1 and res.metrics["overlap"]["example_ids"] == [str(heldout["id"][4])]
+    keys = read_group_keys(res.student_dir / TRAIN_GROUPS_FILE)
+    assert keys.n_rows == 24 and keys == group_keys([kdq.load_arena(train), kdq.load_arena(transfer)])
+    q = kdq.quantize(
+        res.student_dir, QuantConfig.from_name("bnb-int8", device="cpu"), calibration=train, out_dir=tmp_path / "q"
+    )
+    assert read_group_keys(q / TRAIN_GROUPS_FILE) == keys
+    with pytest.warns(LeakWarning, match=r"1 of the 12 held-out rows"):
+        evaluate(q, heldout, CFG)

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import datasets
 
-from ..data import encode, load_arena, scheme_of_rows, swap_ab
+from ..data import check_overlap, encode, group_keys, load_arena, scheme_of_rows, swap_ab, write_group_keys
 from ..models import attach_template
-from ..runtime.constants import DISTILL_RECORD_FILE, FORMAT_KEY, RUN_RECORD_FILE, swap_permutation
-from ..utils.atomic import atomic_dir
+from ..runtime.constants import (
+    DISTILL_RECORD_FILE,
+    FORMAT_KEY,
+    RUN_RECORD_FILE,
+    TRAIN_GROUPS_FILE,
+    swap_permutation,
+)
+from ..utils.atomic import atomic_dir, atomic_write_json
 from ..utils.distributed import is_main_process
 from ..utils.jsonable import jsonable
 from .config import DistillConfig
@@ -114,6 +120,9 @@ def distill(
     )
     resume_from = _resume_from(cfg, out, record)
     metrics = {**rows.counts(), "train_memory": memory}
+    trained = group_keys(rows.scored)  # the training and transfer rows' prompt / pair keys, saved with the student
+    if rows.eval is not None:  # a leak warns (or refuses, strict_overlap) before the teacher pass
+        metrics["overlap"] = check_overlap(trained, rows.eval, strict=cfg.strict_overlap, what="eval rows").to_dict()
     if teacher is not None:
         metrics["teacher"] = {"kind": teacher.kind, "fingerprint": teacher.fingerprint}
     cache = _teacher_targets(teacher, rows.scored, cfg, needs)
@@ -128,7 +137,8 @@ def distill(
     cache_path = cache.path if cache is not None else None
     if state.is_main_process:
         facts = {"metrics": metrics, "student_source": run.student_fingerprint, "teacher_cache": cache_path}
-        _save_student(run, out / "student", cfg, {**facts, "run": record, "resumed_from": _resumed_from(resume_from)})
+        facts.update(run=record, resumed_from=_resumed_from(resume_from))
+        _save_student(run, out / "student", cfg, facts, trained)
     state.wait_for_everyone()
     return DistillResult(student_dir=out / "student", metrics=metrics, cache_path=cache_path, config=cfg)
 
@@ -204,12 +214,11 @@ def _teacher_targets(teacher, rows, cfg: DistillConfig, needs: TeacherNeeds):
 def _start_run_folder(state, cfg: DistillConfig, out: Path, record: dict) -> None:
     """On the main process: drop stale checkpoints of an overwritten run (they must not be resumed later) and
     write the run record (before training: every checkpoint gets a copy); then every process goes on."""
-    from .trainer import write_record
 
     if state.is_main_process:
         if cfg.overwrite:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        write_record(out / RUN_RECORD_FILE, record)
+        atomic_write_json(out / RUN_RECORD_FILE, record)
     state.wait_for_everyone()
 
 
@@ -360,10 +369,12 @@ def _make_trainer(model, tokenizer, tables: tuple, cfg: DistillConfig, *, needs,
     )
 
 
-def _save_student(run: _Run, student_dir: Path, cfg: DistillConfig, facts: dict) -> Path:
+def _save_student(run: _Run, student_dir: Path, cfg: DistillConfig, facts: dict, trained) -> Path:
     """Merge (LoRA / QLoRA: one plain folder that stock transformers loads; checked on the first
     :data:`MERGE_PROBE_ROWS` training rows) and save the student alone (projections never leave training) with
-    ``kdq-distill.json``: ``facts`` (metrics, sources, run record, resumption) and the merge check."""
+    ``kdq-distill.json``: ``facts`` (metrics, sources, run record, resumption) and the merge check; and
+    ``kdq-train-groups.json``: ``trained``, the keys of the rows it learnt from (:class:`kdq.data.GroupKeys`),
+    which :func:`kdq.evaluate` checks held-out rows against."""
     probe = run.train_set.select(range(min(MERGE_PROBE_ROWS, len(run.train_set))))["input_ids"]
     model = getattr(run.trainer.model, "student", run.trainer.model)
     model, merge = merge_checked(model, cfg.lora, probe, run.tokenizer.pad_token_id)
@@ -378,6 +389,7 @@ def _save_student(run: _Run, student_dir: Path, cfg: DistillConfig, facts: dict)
             "merge": merge,
         }
         (tmp / DISTILL_RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+        write_group_keys(tmp / TRAIN_GROUPS_FILE, trained)
     return student_dir
 
 

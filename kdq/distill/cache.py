@@ -57,7 +57,7 @@ from ..runtime.batching import add_stats, predict_logits
 from ..runtime.constants import LMSYS, label_scheme
 from ..runtime.template import TemplateConfig
 from ..runtime.tta import score_tta
-from ..utils.atomic import atomic_dir
+from ..utils.atomic import atomic_dir, atomic_write_json
 from ..utils.distributed import call_key, post, rank, wait_for_all, world_size
 
 CACHE_FORMAT = 1
@@ -217,9 +217,7 @@ def _open(cache_dir, fp: dict) -> Path:
                 "it was edited by hand. Delete the folder to rebuild it."
             )
     else:
-        tmp = meta.with_name(meta.name + f".{time.time_ns()}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(fp, indent=2, sort_keys=True))
-        tmp.replace(meta)  # atomic: concurrent processes write the same content
+        atomic_write_json(meta, fp, sort_keys=True)  # concurrent processes write the same content
     return folder
 
 

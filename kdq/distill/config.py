@@ -334,6 +334,7 @@ RESUMABLE_FIELDS = frozenset(
         "output_dir",
         "overwrite",
         "resume",
+        "strict_overlap",
         "training.logging_steps",
         "training.save_total_limit",
         "training.report_to",
@@ -427,6 +428,13 @@ class DistillConfig(Config):
     lora: LoraSettings | None = field(default=None, metadata={"help": "LoRA / QLoRA settings; null: full fine-tuning"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output_dir"})
+    strict_overlap: bool = field(
+        default=False,
+        metadata={
+            "help": "refuse (true) rather than warn (false) when eval rows share a prompt or response pair with "
+            "the training or transfer rows (kdq.data.check_overlap)"
+        },
+    )
 
     def hard_labels_only(self, **changes) -> DistillConfig:
         """This config with every teacher term off (:meth:`LossSettings.hard_labels_only`): the no-distillation
@@ -455,5 +463,7 @@ class DistillConfig(Config):
                 "features only a cache pass with teacher_pass.tta=True scores. Set teacher_pass.tta=True, "
                 "training.swap_augment=False, or teacher_pass.logits='live'."
             )
+        if not isinstance(self.strict_overlap, bool):
+            raise ValueError(f"{cls}.strict_overlap must be True or False, got {self.strict_overlap!r}")
         if self.resume and self.overwrite:
             raise ValueError(f"{cls}: resume=True and overwrite=True contradict each other; pick one")

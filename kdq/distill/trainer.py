@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..runtime.batching import pad_batch
 from ..runtime.constants import FORMAT_KEY, RUN_RECORD_FILE
 from ..runtime.dtypes import SHORT_NAMES, resolve_dtype
+from ..utils.atomic import atomic_write_json
 from ..utils.distributed import world_size
 from ..utils.jsonable import jsonable
 from .config import REPORTERS, RESUMABLE_FIELDS, DistillConfig, TrainingSettings
@@ -218,23 +217,6 @@ def record_changes(old: dict, new: dict) -> list:
     ]
 
 
-def write_record(path, record: dict) -> None:
-    """Write ``record`` as JSON at ``path`` all or nothing: a temporary file beside it, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → what an ordinary open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def last_checkpoint(checkpoint_dir) -> Path | None:
     """The checkpoint ``Trainer`` would resume: the ``checkpoint-N`` folder with the largest ``N``."""
     folder = Path(checkpoint_dir)
@@ -290,5 +272,5 @@ class RunRecordCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_record(folder / RUN_RECORD_FILE, self.record)
+                atomic_write_json(folder / RUN_RECORD_FILE, self.record)
         return control
