@@ -291,7 +291,9 @@ def test_a_missing_logger_is_named_with_its_pip_package_before_anything_runs(
     hidden = {"wandb", "tensorboard", "tensorboardX"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     cfg = _cfg(tmp_path, training={"report_to": reporter})
-    with pytest.raises(ImportError, match=rf"report_to='{reporter}' .*pip install {package}"):
+    with pytest.raises(
+        ImportError, match=rf"report_to='{reporter}' .*pip install 'kdq\[{reporter}\]'.*pip install {package}"
+    ):
         kdq.distill(str(models / "student"), make_arena_rows(8, seed=24), teacher=str(models / "teacher"), config=cfg)
     assert not (tmp_path / "run").exists()  # refused before the teacher pass and the run folder
     from kdq.cli.main import main

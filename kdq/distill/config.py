@@ -230,6 +230,7 @@ class TeacherPassSettings(Config):
 
 #: ``TrainingSettings.report_to`` -> the modules that serve it, the first one the pip package that installs it
 #: (transformers' own check: ``tensorboard`` or ``tensorboardX``).
+# report_to -> the modules any one of which Trainer logs through; the kdq extra that installs it has the same name
 REPORTERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
@@ -275,7 +276,7 @@ class TrainingSettings(Config):
         default="none",
         metadata={
             "help": "where Trainer also logs: none, tensorboard (<output_dir>/checkpoints/runs; pip install "
-            "tensorboard) or wandb (pip install wandb)"
+            "'kdq[tensorboard]') or wandb (pip install 'kdq[wandb]')"
         },
     )
 

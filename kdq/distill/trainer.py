@@ -128,7 +128,8 @@ def check_reporter(report_to: str) -> None:
     if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
         raise ImportError(
             f"TrainingSettings.report_to={report_to!r} logs through the {modules[0]} package, which is not "
-            f"installed. Install it with: pip install {modules[0]} (or set training.report_to='none')."
+            f"installed. Install it with: pip install 'kdq[{report_to}]' (the kdq extra), or pip install {modules[0]}; "
+            "or set training.report_to='none'."
         )
 
 
