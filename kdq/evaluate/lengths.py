@@ -322,15 +322,46 @@ def sweep_lengths(
         :class:`LengthSweep`. ``ValueError`` for a bad length, a ``Metrics`` variant, unlabelled rows or a
         variant of another label scheme; ``FileExistsError`` for an existing ``out_dir``.
     """
-    from tqdm.auto import tqdm
-
     from ..costs.budget import load_budget
     from ..data import group_ids
-    from ..utils.atomic import atomic_dir
-    from ..utils.distributed import rank
     from .evaluate import _labelled_rows, rows_fingerprint
 
     config = EvalConfig() if config is None else config
+    wanted = _check_arguments(variants, lengths, config)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and out_dir.exists() and not overwrite:  # fail now, not after the scoring
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
+    rows, labels, scheme = _labelled_rows(rows)  # ValueError naming the first row without a label
+    headline = headline_of(scheme)
+    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
+    config = dataclasses.replace(config, budget=profile)
+    state = _SweepState(
+        rows=rows, labels=labels, scheme=scheme, config=config, profile=profile, fp=rows_fingerprint(rows)
+    )
+    metrics, extras, notes, wanted = _score_every_variant(variants, state, wanted)
+    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config, group_ids(rows))
+    notes += budget_notes((name, m) for name, by_len in metrics.items() for m in by_len.values())
+    result = LengthSweep(
+        table=table,
+        lengths=wanted,
+        metrics=metrics,
+        headline=headline.key,
+        scheme=scheme.name,
+        n_rows=len(rows),
+        rows_fingerprint=state.fp,
+        profile=profile,
+        tta_mode=config.tta_mode,
+        notes=notes,
+        intervals=intervals,
+    )
+    if out_dir is not None:
+        _write(result, out_dir, overwrite)
+    return result
+
+
+def _check_arguments(variants, lengths, config) -> tuple | None:
+    """The lengths to sweep (``None`` for ``"auto"``: chosen from the rows once tokenized); ``ValueError`` for a
+    config, variant or length that cannot be swept."""
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be a kdq.EvalConfig, got {type(config).__name__}")
     if not isinstance(variants, dict) or not variants:
@@ -341,25 +372,24 @@ def sweep_lengths(
                 f"variant {name!r} is a Metrics: a sweep re-scores every variant at each max_length, so pass its "
                 "model folder or model object instead."
             )
-    auto = isinstance(lengths, str) and lengths == "auto"
-    wanted = None if auto else check_lengths(lengths)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not overwrite:  # fail now, not after the scoring
-            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another out_dir.")
-    rows, labels, scheme = _labelled_rows(rows)  # ValueError naming the first row without a label
-    headline = headline_of(scheme)
-    profile = load_budget(config.budget) if config.budget is not None else None  # fail before the long part
-    config = dataclasses.replace(config, budget=profile)
-    fingerprint = rows_fingerprint(rows)
+    return None if isinstance(lengths, str) and lengths == "auto" else check_lengths(lengths)
 
-    state = _SweepState(rows=rows, labels=labels, scheme=scheme, config=config, profile=profile, fp=fingerprint)
-    metrics, extras, notes = {}, {}, []
-    bar = None
+
+def _score_every_variant(variants: dict, state: _SweepState, wanted) -> tuple:
+    """``(metrics, extras, notes, lengths)``: each variant checked against the rows it was trained on
+    (:func:`kdq.evaluate.evaluate._check_overlap`), loaded once and scored at every length; ``wanted=None``
+    ("auto") takes the lengths from the first variant's tokenized rows, none too short for their markers."""
+    from tqdm.auto import tqdm
+
+    from ..utils.distributed import rank
+    from .evaluate import _check_overlap
+
+    metrics, extras, notes, bar = {}, {}, [], None
     try:
         for name, model in variants.items():
+            _check_overlap(model, state.rows, state.config)
             with _Variant(name, model, state) as var:
-                if wanted is None:  # "auto": from the first variant's rows, none too short for their markers
+                if wanted is None:
                     floor = max(MIN_MAX_LENGTH, max(t.min_max_length for t in var.tokens))
                     wanted = suggest_lengths([t.uncut_length for t in var.tokens], floor=floor)
                 if bar is None:
@@ -367,36 +397,27 @@ def sweep_lengths(
                         total=len(variants) * len(wanted),
                         desc="max_length sweep",
                         unit="length",
-                        disable=not config.progress or rank() != 0,
+                        disable=not state.config.progress or rank() != 0,
                     )
                 metrics[name], extras[name] = var.sweep(wanted, bar, notes)
     finally:
         if bar is not None:
             bar.close()
+    return metrics, extras, notes, wanted
 
-    table, intervals, metrics = _table(metrics, extras, wanted, labels, headline, config, group_ids(rows))
-    notes += budget_notes((name, m) for name, by_len in metrics.items() for m in by_len.values())
-    result = LengthSweep(
-        table=table,
-        lengths=wanted,
-        metrics=metrics,
-        headline=headline.key,
-        scheme=scheme.name,
-        n_rows=len(rows),
-        rows_fingerprint=fingerprint,
-        profile=profile,
-        tta_mode=config.tta_mode,
-        notes=notes,
-        intervals=intervals,
-    )
-    if out_dir is not None:
-        if rank() == 0:  # under a launcher every process holds the same table; the first writes it
-            with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-                (tmp / EVAL_REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
-                (tmp / MD_FILE).write_text(result.to_markdown())
-                result.plot(tmp / PLOT_FILE)
-        result.paths = {"json": out_dir / EVAL_REPORT_FILE, "md": out_dir / MD_FILE, "png": out_dir / PLOT_FILE}
-    return result
+
+def _write(result: LengthSweep, out_dir: Path, overwrite: bool) -> None:
+    """report.json, report.md and report.png in ``out_dir``, atomically (the first process alone under a
+    launcher: every process holds the same table); sets ``result.paths``."""
+    from ..utils.atomic import atomic_dir
+    from ..utils.distributed import rank
+
+    if rank() == 0:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            (tmp / EVAL_REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+            (tmp / MD_FILE).write_text(result.to_markdown())
+            result.plot(tmp / PLOT_FILE)
+    result.paths = {"json": out_dir / EVAL_REPORT_FILE, "md": out_dir / MD_FILE, "png": out_dir / PLOT_FILE}
 
 
 @dataclass
