@@ -150,12 +150,12 @@ def _student(kind: str, teacher: Path, base: Path, train, out: Path, shape: str,
         if kind in ("width", "pretrained")
         else {}
     )
-    how = dict(num_layers=layers, strategy="block-influence", calibration=calib, **width)
+    how = kdq.ShrinkConfig(num_layers=layers, strategy="block-influence", **width)
     if kind != "pretrained":
-        kdq.shrink(str(teacher), out_dir=folder, **how)
+        kdq.shrink(str(teacher), folder, how, calibration=calib)
         return folder
     staged = out / f".{folder.name}.staged"  # gets the final name once the record is out of its config
-    kdq.shrink(str(base), out_dir=staged, overwrite=True, **how)
+    kdq.shrink(str(base), staged, how, calibration=calib, overwrite=True)
     config = json.loads((staged / "config.json").read_text())
     (staged / SHAPE_FILE).write_text(json.dumps(config.pop(SHRINK_KEY), indent=1))
     (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -202,14 +202,17 @@ def st_shrink(ctx):
     import kdq
 
     s = json.loads((ctx.m["500m"] / "config.json").read_text())
-    kdq.shrink(
-        str(ctx.m["4b"]),
+    config = kdq.ShrinkConfig(
         strategy="block-influence",
         num_layers=s["num_hidden_layers"],
         hidden_size=s["hidden_size"],
         intermediate_size=s["intermediate_size"],
         num_attention_heads=s["num_attention_heads"],
         num_key_value_heads=s["num_key_value_heads"],
+    )
+    kdq.shrink(
+        str(ctx.m["4b"]),
+        config=config,
         calibration=str(ctx.calib),
         out_dir=str(ctx.student),
         overwrite=True,

@@ -156,9 +156,8 @@ def shrink_student(teacher, train, out: Path, shape: dict, overwrite: bool = Fal
     """The student's starting point: ``shape``'s layers by block influence and width by Minitron importance,
     both measured on 128 train rows."""
     calib = {k: v[:128] for k, v in train.items()}
-    return kdq.shrink(
-        str(teacher), strategy="block-influence", calibration=calib, out_dir=out, overwrite=overwrite, **shape
-    )
+    config = kdq.ShrinkConfig(strategy="block-influence", **shape)
+    return kdq.shrink(str(teacher), out, config, calibration=calib, overwrite=overwrite)
 
 
 def student_config(size, seed: int, **changes) -> kdq.DistillConfig:

@@ -233,7 +233,7 @@ def test_config_errors_name_the_field():
 
 def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
     make_tiny_classifier(tmp_path / "t", tiny_tokenizer, seed=3, num_layers=7)
-    out = kdq.shrink(str(tmp_path / "t"), every=3, out_dir=tmp_path / "s")
+    out = kdq.shrink(str(tmp_path / "t"), tmp_path / "s", kdq.ShrinkConfig(every=3))
     m = AutoModelForSequenceClassification.from_pretrained(out)
     assert m.config.num_hidden_layers == 3
     assert getattr(m.config, SHRINK_KEY)["kept_layers"] == [0, 3, 6]
@@ -241,7 +241,7 @@ def test_shrink_keeps_every_third_layer_and_reloads(tmp_path, tiny_tokenizer):
     t = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t")
     assert torch.equal(m.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight)
     assert torch.equal(m.score.weight, t.score.weight)
-    full = kdq.shrink(t, keep=range(7))
+    full = kdq.shrink(t, config=kdq.ShrinkConfig(keep=range(7)))
     ids = torch.tensor([[1, 5, 9, 13]])
     assert torch.allclose(full(input_ids=ids).logits, t(input_ids=ids).logits)
     assert t.config.num_hidden_layers == 7  # the source object is untouched

@@ -166,25 +166,26 @@ def test_block_influence_drops_the_layers_that_do_nothing(tmp_path, tiny_tokeniz
     assert select_by_influence(scores, 6) == [0, 1, 3, 4, 6, 7]
     model.save_pretrained(tmp_path / "src")
     tiny_tokenizer.save_pretrained(tmp_path / "src")
-    out = kdq.shrink(
-        str(tmp_path / "src"), strategy="block-influence", num_layers=6, calibration=rows, out_dir=tmp_path / "student"
-    )
+    config = kdq.ShrinkConfig(strategy="block-influence", num_layers=6)
+    out = kdq.shrink(str(tmp_path / "src"), tmp_path / "student", config, calibration=rows)
     cfg = load_classifier(out).model.config
     assert cfg.num_hidden_layers == 6
     shrink_map = getattr(cfg, SHRINK_KEY)
     assert shrink_map["kept_layers"] == [0, 1, 3, 4, 6, 7] and shrink_map["strategy"] == "block-influence"
-    uniform = kdq.shrink(str(tmp_path / "src"), every=2)  # same depth by default: 0,2,4,6 + last
+    uniform = kdq.shrink(
+        str(tmp_path / "src"), config=kdq.ShrinkConfig(every=2)
+    )  # same depth by default: 0,2,4,6 + last
     assert getattr(uniform.config, SHRINK_KEY)["kept_layers"] == [0, 2, 4, 6, 7]
     with pytest.raises(ValueError, match="calibration"):
-        kdq.shrink(str(tmp_path / "src"), strategy="block-influence")
+        kdq.shrink(str(tmp_path / "src"), config=config.replace(num_layers=None))
     with pytest.raises(ValueError, match="strategy"):
-        kdq.shrink(str(tmp_path / "src"), strategy="random")
+        kdq.ShrinkConfig(strategy="random")
 
 
 def test_hidden_state_term_trains_a_shrunk_student(tmp_path, trained_teacher):
     d, teacher = trained_teacher
     rows = make_arena_rows(64, seed=12, max_words=30)
-    student = kdq.shrink(str(teacher), keep=[0, 3], out_dir=tmp_path / "s0")
+    student = kdq.shrink(str(teacher), tmp_path / "s0", kdq.ShrinkConfig(keep=[0, 3]))
     res = kdq.distill(
         str(student),
         rows,
@@ -251,7 +252,7 @@ def test_recipes_under_accelerate_launch_two_processes(tmp_path, trained_teacher
     os.symlink(teacher, tmp_path / "teacher")
     # a narrower student: the hidden term trains a learned projection on every process
     calib = make_arena_rows(16, seed=40, max_words=30)
-    kdq.shrink(str(teacher), keep=[0, 3], calibration=calib, hidden_size=48, out_dir=tmp_path / "student")
+    kdq.shrink(str(teacher), tmp_path / "student", kdq.ShrinkConfig(keep=[0, 3], hidden_size=48), calibration=calib)
     launch_two_processes("_ddp_recipes.py", tmp_path)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world_size"] == 2 for i in infos)

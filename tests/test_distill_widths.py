@@ -44,17 +44,15 @@ def _logits(model, tok, rows):
 
 # --------------------------------------------------------------------------- width pruning
 def test_width_pruned_folder_reloads_with_stock_transformers(tmp_path, teacher, calib, tiny_tokenizer):
-    out = kdq.shrink(
-        str(teacher),
+    config = kdq.ShrinkConfig(
         every=2,
         strategy="block-influence",
-        calibration=calib,
         hidden_size=48,
         intermediate_size=96,
         num_attention_heads=2,
         num_key_value_heads=1,
-        out_dir=tmp_path / "s",
     )
+    out = kdq.shrink(str(teacher), tmp_path / "s", config, calibration=calib)
     model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
     cfg = json.loads((out / "config.json").read_text())
@@ -70,17 +68,7 @@ def test_width_pruned_folder_reloads_with_stock_transformers(tmp_path, teacher, 
     assert [len(x) for x in width["kept_neurons"]] == [96] * 3 and all(len(h) == 2 for h in width["kept_heads"])
     # both kept query heads of a layer share its one kept KV head (a whole GQA group of the source)
     assert all(h[0] // 2 == h[1] // 2 == kv[0] for h, kv in zip(width["kept_heads"], width["kept_kv_heads"]))
-    in_memory = kdq.shrink(
-        str(teacher),
-        every=2,
-        strategy="block-influence",
-        calibration=calib,
-        hidden_size=48,
-        intermediate_size=96,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        verbose=False,
-    )
+    in_memory = kdq.shrink(str(teacher), config=config, calibration=calib, verbose=False)
     rows = make_arena_rows(8, seed=32, max_words=40)
     np.testing.assert_allclose(
         _logits(model, tiny_tokenizer, rows), _logits(in_memory, tiny_tokenizer, rows), atol=1e-5
@@ -97,16 +85,8 @@ def test_pruning_what_is_provably_unused_keeps_the_logits(tiny_tokenizer, calib)
             layer.mlp.up_proj.weight[:16] = 0
             layer.self_attn.v_proj.weight[16:32] = 0  # KV head 1, read by query heads 2 and 3
             layer.self_attn.o_proj.weight[:, 32:64] = 0
-    narrow = kdq.shrink(
-        model,
-        tokenizer=tiny_tokenizer,
-        every=1,
-        calibration=calib,
-        intermediate_size=112,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        verbose=False,
-    )
+    config = kdq.ShrinkConfig(every=1, intermediate_size=112, num_attention_heads=2, num_key_value_heads=1)
+    narrow = kdq.shrink(model, config=config, tokenizer=tiny_tokenizer, calibration=calib, verbose=False)
     width = narrow.config.kdq_shrink["width"]
     assert all(set(range(16)).isdisjoint(n) for n in width["kept_neurons"])
     assert width["kept_kv_heads"] == [[0]] * 4 and width["kept_heads"] == [[0, 1]] * 4
@@ -127,16 +107,17 @@ def test_pruning_what_is_provably_unused_keeps_the_logits(tiny_tokenizer, calib)
     ],
 )
 def test_sizes_that_cannot_be_honoured_name_the_valid_ones(teacher, calib, sizes, message):
+    config = kdq.ShrinkConfig(every=1, **sizes)
     if message is None:
-        kdq.shrink(str(teacher), every=1, calibration=calib, verbose=False, **sizes)
+        kdq.shrink(str(teacher), config=config, calibration=calib, verbose=False)
         return
     with pytest.raises(ValueError, match=message):
-        kdq.shrink(str(teacher), every=1, calibration=calib, verbose=False, **sizes)
+        kdq.shrink(str(teacher), config=config, calibration=calib, verbose=False)
 
 
 def test_width_pruning_needs_calibration_rows(teacher):
     with pytest.raises(ValueError, match="width importance is measured on calibration rows"):
-        kdq.shrink(str(teacher), hidden_size=32)
+        kdq.shrink(str(teacher), config=kdq.ShrinkConfig(hidden_size=32))
 
 
 # --------------------------------------------------------------------------- layer maps
@@ -217,7 +198,7 @@ def test_a_learned_projection_aligns_a_rotated_student_that_identity_matching_ca
 
 
 def test_cross_width_student_trains_saves_no_projection_and_resumes_exactly(tmp_path, teacher, calib):
-    student = kdq.shrink(str(teacher), every=2, calibration=calib, hidden_size=48, out_dir=tmp_path / "s")
+    student = kdq.shrink(str(teacher), tmp_path / "s", kdq.ShrinkConfig(every=2, hidden_size=48), calibration=calib)
     rows = make_arena_rows(32, seed=35, max_words=30)
 
     def run(name, epochs, **kw):
@@ -300,7 +281,7 @@ def test_cache_stores_the_pooled_features_the_score_head_reads(tmp_path, teacher
 
 @pytest.mark.parametrize("loss", ["cosine", "centered-cosine"])
 def test_feature_term_trains_from_the_cache_without_a_live_teacher(tmp_path, teacher, calib, monkeypatch, loss):
-    student = kdq.shrink(str(teacher), every=2, calibration=calib, hidden_size=48, out_dir=tmp_path / "s")
+    student = kdq.shrink(str(teacher), tmp_path / "s", kdq.ShrinkConfig(every=2, hidden_size=48), calibration=calib)
     rows = make_arena_rows(32, seed=38, max_words=30)
     api = importlib.import_module("kdq.distill.api")  # `import kdq.distill.api` meets the kdq.distill function
 

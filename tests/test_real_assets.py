@@ -53,7 +53,7 @@ def test_smollm2_gguf_becomes_a_shrinkable_classifier(tmp_path):
     folder = fetch_or_skip(lambda: smollm2_classifier(tmp_path / "smol"))
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 30 and "quantization_config" not in cfg
-    student = kdq.shrink(str(folder), every=10, out_dir=tmp_path / "small")
+    student = kdq.shrink(str(folder), tmp_path / "small", kdq.ShrinkConfig(every=10))
     m = AutoModelForSequenceClassification.from_pretrained(student)
     assert m.config.num_hidden_layers == 4  # layers 0, 10, 20 and the last, 29
     loaded = load_classifier(student)

@@ -1,7 +1,12 @@
 """ShrinkConfig and ``kdq shrink``: every depth and width option from Python, a config file, flags and ``--set``,
 and the README's width-pruned student cut from the command line."""
 
+import ast
+import inspect
 import json
+import re
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,18 +64,40 @@ def test_layer_choice_follows_the_config():
         choose_layers(kdq.ShrinkConfig(keep=(0, 5)), 5)
 
 
-def test_keywords_are_config_fields_and_unknown_ones_are_named(tiny_model_dir):
-    by_keyword = kdq.shrink(str(tiny_model_dir), keep=[1], verbose=False)
-    by_config = kdq.shrink(str(tiny_model_dir), config=kdq.ShrinkConfig(keep=(1,)), verbose=False)
-    assert by_keyword.config.kdq_shrink == by_config.config.kdq_shrink
-    assert by_keyword.config.kdq_shrink["kept_layers"] == [1]
-    # a keyword replaces the config's field; keep with block-influence needs no calibration rows
-    replaced = kdq.ShrinkConfig(strategy="block-influence", keep=(0,))
-    assert kdq.shrink(str(tiny_model_dir), config=replaced, keep=[1], verbose=False).config.num_hidden_layers == 1
-    with pytest.raises(ValueError, match=r"no option\(s\) \['layers'\]; the options are ShrinkConfig's fields"):
-        kdq.shrink(str(tiny_model_dir), layers=1)
+def test_config_fields_as_keywords_are_refused_with_the_config_call(tiny_model_dir):
+    """The options live in ShrinkConfig only: a field given as a keyword is never applied, and the error gives the
+    call to write instead; an unknown keyword lists the fields."""
+    student = kdq.shrink(str(tiny_model_dir), config=kdq.ShrinkConfig(keep=(1,)), verbose=False)
+    assert student.config.kdq_shrink["kept_layers"] == [1] and student.config.num_hidden_layers == 1
+    moved = r"kdq\.shrink\(\.\.\., every=3\) moved to kdq\.shrink\(\.\.\., config=ShrinkConfig\(every=3\)\)"
+    with pytest.raises(TypeError, match=moved):
+        kdq.shrink(str(tiny_model_dir), every=3)
+    with pytest.raises(TypeError, match=r"keep=\[1\], hidden_size=48\) moved to .*config=config\.replace\(keep="):
+        kdq.shrink(str(tiny_model_dir), config=kdq.ShrinkConfig(), keep=[1], hidden_size=48)
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword \['layers'\].*'calibration'.*ShrinkConfig's fields.*'every'"
+    ):
+        kdq.shrink(str(tiny_model_dir), layers=1, every=2)
     with pytest.raises(ValueError, match="config must be a kdq.ShrinkConfig, got dict"):
         kdq.shrink(str(tiny_model_dir), config={"keep": [0]})
+
+
+def test_docs_call_shrink_with_its_own_keywords_only():
+    """Every ``kdq.shrink(...)`` in the README's and docs' Python blocks passes options through ShrinkConfig: a
+    keyword that is a ShrinkConfig field would be refused (the test above)."""
+    own = {n for n, p in inspect.signature(kdq.shrink).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for doc in [root / "README.md", root / "BENCHMARKS.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
+            if "shrink(" not in block:
+                continue
+            for node in ast.walk(ast.parse(textwrap.dedent(block))):
+                func = getattr(node, "func", None)
+                if isinstance(node, ast.Call) and getattr(func, "attr", getattr(func, "id", None)) == "shrink":
+                    calls.append((doc.name, {k.arg for k in node.keywords}))
+    assert len(calls) >= 5, calls
+    assert all(keywords <= own for _, keywords in calls), [(d, k - own) for d, k in calls if not k <= own]
 
 
 def test_flags_file_and_set_reach_every_shrink_field(tmp_path):
@@ -112,7 +139,8 @@ def test_cli_cuts_the_readme_width_pruned_student(tmp_path, teacher, arena_csv):
 def test_calibration_rows_takes_the_first_rows(teacher):
     rows = make_arena_rows(12, seed=3, max_words=20)
     first = {k: v[:4] for k, v in rows.items()}
-    common = dict(strategy="block-influence", num_layers=3, verbose=False)
-    few = kdq.shrink(str(teacher), calibration=rows, calibration_rows=4, **common).config.kdq_shrink["scores"]
-    assert few == kdq.shrink(str(teacher), calibration=first, **common).config.kdq_shrink["scores"]
-    assert few != kdq.shrink(str(teacher), calibration=rows, **common).config.kdq_shrink["scores"]
+    cfg = kdq.ShrinkConfig(strategy="block-influence", num_layers=3)
+    few = kdq.shrink(str(teacher), config=cfg.replace(calibration_rows=4), calibration=rows, verbose=False)
+    scores = few.config.kdq_shrink["scores"]
+    assert scores == kdq.shrink(str(teacher), config=cfg, calibration=first, verbose=False).config.kdq_shrink["scores"]
+    assert scores != kdq.shrink(str(teacher), config=cfg, calibration=rows, verbose=False).config.kdq_shrink["scores"]

@@ -216,7 +216,7 @@ def test_a_wsdm_table_teacher_names_its_classes(tmp_path):
 
 def test_one_load_of_the_teacher_serves_the_cache_pass_and_the_live_forward(tmp_path, models, monkeypatch):
     teacher = str(models / "teacher")
-    student = kdq.shrink(teacher, keep=[0, 1], out_dir=tmp_path / "student")  # shares the teacher's tokenizer
+    student = kdq.shrink(teacher, tmp_path / "student", kdq.ShrinkConfig(keep=[0, 1]))  # shares the teacher's tokenizer
     real, loads = kdq.models.load_classifier, []
 
     def counting(src, *a, **k):

@@ -53,6 +53,7 @@ def _plan(model, channels, neurons, heads, kv_heads):
 
 IDS = torch.tensor([[5, 17, 33, 9, 120, 44, 7, 300, 2, 61], [8, 8, 91, 250, 13, 77, 3, 14, 0, 0]])
 MASK = (IDS != 0).long()
+NARROW = kdq.ShrinkConfig(every=1, hidden_size=48)  # every layer kept, 64 -> 48 channels
 
 
 def _out(model):
@@ -84,7 +85,7 @@ def test_dropped_channels_keep_the_source_layer0_input_on_the_kept_channels(fami
 def test_shrink_measures_and_prunes_a_gemma2_through_its_own_norms(tiny_tokenizer):
     model = tiny_model("gemma2", seed=2, vocab_size=len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id)
     rows = make_arena_rows(12, seed=50, max_words=25)
-    small = kdq.shrink(model, every=1, hidden_size=48, calibration=rows, tokenizer=tiny_tokenizer, verbose=False)
+    small = kdq.shrink(model, config=NARROW, calibration=rows, tokenizer=tiny_tokenizer, verbose=False)
     kept = small.config.kdq_shrink["width"]["kept_channels"]
     ids = IDS.clamp(max=len(tiny_tokenizer) - 1)
     with torch.no_grad():
@@ -102,4 +103,4 @@ def test_an_unchecked_family_is_refused_before_the_calibration_pass(tiny_tokeniz
     monkeypatch.setattr(importlib.import_module("kdq.distill.shrink"), "calibrate", calibrate)
     rows = make_arena_rows(4, seed=51, max_words=10)
     with pytest.raises(ValueError, match=r"width pruning of model_type 'olmo' is refused.*drop layers only"):
-        kdq.shrink(model, every=1, hidden_size=48, calibration=rows, tokenizer=tiny_tokenizer, verbose=False)
+        kdq.shrink(model, config=NARROW, calibration=rows, tokenizer=tiny_tokenizer, verbose=False)

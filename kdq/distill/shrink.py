@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def shrink(
     tokenizer=None,
     overwrite: bool = False,
     verbose: bool = True,
-    **fields,
+    **moved,
 ):
     """Return (or save) a copy of ``model`` with fewer decoder layers and/or narrower ones.
 
@@ -163,22 +164,25 @@ def shrink(
         tokenizer: tokenizer object or folder, when ``model`` has none saved with it.
         overwrite: replace an existing ``out_dir``.
         verbose: print what was kept.
-        **fields: :class:`ShrinkConfig` fields as keywords, the older spelling (``kdq.shrink(m, every=2)`` is
-            ``kdq.shrink(m, config=ShrinkConfig(every=2))``); given with ``config``, they replace its fields.
+        **moved: refused, never applied: it exists only to name the fix for the older spelling. The options live
+            in ``config``: ``kdq.shrink(m, every=2)`` is now ``kdq.shrink(m, config=ShrinkConfig(every=2))``
+            (with a config given, ``config=config.replace(every=2)``). Any keyword here raises ``TypeError``.
     Returns:
         the student (``*ForSequenceClassification``) or its folder. ``config.kdq_shrink`` records
         the source, the strategy, the kept-layer map (``kept_layers``: the teacher layer of each
         student layer), the block-influence scores and, when narrowed, ``width``: the source
         sizes, the new ones and the kept channels, neurons, query heads and KV heads.
     Raises:
-        ValueError: a keyword that is no ShrinkConfig field, missing calibration rows, bad layer indices, a
+        TypeError: any keyword beyond the ones above: a ShrinkConfig field (the message gives the
+            ``config=ShrinkConfig(...)`` call to use instead) or an unknown name (the message lists both).
+        ValueError: ``config`` that is no ShrinkConfig, missing calibration rows, bad layer indices, a
         width that cannot be honoured (the message names the nearest valid sizes), or width pruning of a model
         family it is not proven for (:data:`kdq.distill.width.WIDTH_FAMILIES`), before the calibration pass.
         CheckFailed: the saved folder does not reload to the student in memory (nothing is written).
     """
     from .width import check_width
 
-    cfg = _shrink_config(config, fields)
+    cfg = _shrink_config(config, moved)
     _require_calibration(cfg, calibration)
     calibration = _first_rows(calibration, cfg.calibration_rows)
     # Copy an object before load_classifier touches it (it merges adapters and sets pad ids in place).
@@ -234,19 +238,32 @@ def _save(student, tokenizer, out_dir: Path, calibration, cfg: ShrinkConfig, ove
     return out_dir
 
 
-def _shrink_config(config, fields: dict) -> ShrinkConfig:
-    """``config`` (default ``ShrinkConfig()``) with ``fields`` replaced; a keyword that is no field is named."""
+def _shrink_config(config, moved: dict) -> ShrinkConfig:
+    """``config`` (default ``ShrinkConfig()``), checked. ``moved``: the keywords :func:`shrink` was called with
+    beyond its own; any of them is refused with ``TypeError`` (never applied): a ShrinkConfig field names the
+    ``config=`` call that replaces it, another name lists shrink's keywords and the fields."""
+    if moved:
+        names = [f.name for f in dataclasses.fields(ShrinkConfig)]
+        fields = {k: v for k, v in moved.items() if k in names}
+        unknown = sorted(set(moved) - set(fields))
+        if unknown:
+            own = [n for n, p in inspect.signature(shrink).parameters.items() if p.kind is p.KEYWORD_ONLY]
+            raise TypeError(
+                f"kdq.shrink() got an unexpected keyword {unknown}: its keywords are model, out_dir, config, {own}; "
+                f"its options are ShrinkConfig's fields, given as config=ShrinkConfig(...): {names}"
+            )
+        given = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        target = f"config=config.replace({given})" if config is not None else f"config=ShrinkConfig({given})"
+        raise TypeError(
+            f"kdq.shrink(..., {given}) moved to kdq.shrink(..., {target}): the options are ShrinkConfig fields "
+            "(from kdq import ShrinkConfig)."
+        )
     if config is not None and not isinstance(config, ShrinkConfig):
         raise ValueError(
             f"shrink: config must be a kdq.ShrinkConfig, got {type(config).__name__}; "
             "e.g. ShrinkConfig(num_layers=16, hidden_size=1536)."
         )
-    names = [f.name for f in dataclasses.fields(ShrinkConfig)]
-    unknown = sorted(set(fields) - set(names))
-    if unknown:
-        raise ValueError(f"shrink: no option(s) {unknown}; the options are ShrinkConfig's fields: {names}")
-    config = config or ShrinkConfig()
-    return config.replace(**fields) if fields else config
+    return config or ShrinkConfig()
 
 
 def _require_calibration(cfg: ShrinkConfig, calibration) -> None:

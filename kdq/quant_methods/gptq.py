@@ -97,7 +97,7 @@ def check_widths(model_config, group_size: int) -> None:
 
     Every quantized linear layer's input width (``hidden_size`` for q/k/v/gate/up, heads x head_dim for
     o_proj, ``intermediate_size`` for down_proj) must be a multiple of 32, and of ``group_size`` where a
-    group fits in it. A width-pruned student (``kdq.shrink(hidden_size=...)``) may have neither.
+    group fits in it. A width-pruned student (``kdq.shrink`` with ``ShrinkConfig(hidden_size=...)``) may have neither.
 
     Raises:
         ValueError: naming each width and the fix.
@@ -113,8 +113,8 @@ def check_widths(model_config, group_size: int) -> None:
     if bad:
         unpackable = any(v % PACK_MULTIPLE for v in bad.values())
         fix = (
-            "width-prune to multiples of 32 (kdq.shrink hidden_size=..., intermediate_size=...), or use a "
-            "bitsandbytes method, which has no such constraint"
+            "width-prune to multiples of 32 (kdq.shrink with ShrinkConfig(hidden_size=..., intermediate_size=...)), "
+            "or use a bitsandbytes method, which has no such constraint"
             if unpackable
             else "pick a group_size that divides them (--set group_size=32, or -1 for one group per row)"
         )
