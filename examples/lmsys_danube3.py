@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import kdq
 from kdq.costs.train_memory import GB, cuda_train_device, fits, project_training, train_device
-from kdq.data import load_arena
+from kdq.data import grouped_split, load_arena
 from kdq.distill.needs import teacher_needs
 from kdq.distill.planning import student_spec, training_setup
 from kdq.pipeline import PipelineConfig, run_pipeline
@@ -39,19 +38,6 @@ STUDENT_BASE = "h2oai/h2o-danube3-500m-base"
 # Danube3-500M is narrower (1536 vs 3840) and shallower (16 vs 24 layers) than Danube3-4B and shares its
 # tokenizer: the recipe for such a student (kdq.recipes, BENCHMARKS.md "Distillation across widths")
 STUDENT_RECIPE = for_student("width-pruned").name
-
-
-def split_by_id(rows, eval_frac: float, test_frac: float):
-    """Deterministic split on a hash of the id: the same row always lands in the same split."""
-
-    def bucket(i):
-        return int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 16**8
-
-    buckets = [bucket(i) for i in rows["id"]]
-    test = [k for k, b in enumerate(buckets) if b < test_frac]
-    ev = [k for k, b in enumerate(buckets) if test_frac <= b < test_frac + eval_frac]
-    train = [k for k, b in enumerate(buckets) if b >= test_frac + eval_frac]
-    return rows.select(train), rows.select(ev), rows.select(test)
 
 
 def parse_args(argv=None):
@@ -166,8 +152,10 @@ def main(argv=None):
     rows = load_arena(args.train, require_labels=True)
     if args.rows:
         rows = rows.select(range(min(args.rows, len(rows))))
-    train, ev, test = split_by_id(rows, args.eval_frac, args.test_frac)
-    print(f"rows: {len(train)} train / {len(ev)} eval / {len(test)} held-out test")
+    # whole groups (rows sharing a prompt or a response pair) go to one side: arena data repeat both
+    split = grouped_split(rows, eval_size=args.eval_frac, test_size=args.test_frac, seed=0)
+    train, ev, test = split["train"], split["eval"], split.get("test", rows.select([]))
+    print(f"rows: {len(train)} train / {len(ev)} eval / {len(test)} held-out test (grouped: kdq.data.grouped_split)")
     lora = kdq.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r > 0 else None
     run = dict(  # the run's size; the loss and optimisation choices come from kdq.recipes
         template=kdq.TemplateConfig(max_length=args.max_length),

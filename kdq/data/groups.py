@@ -337,6 +337,35 @@ def read_group_keys(path) -> GroupKeys:
 # ---- the overlap check ------------------------------------------------------------------------------------------
 
 
+def recorded_group_keys(*models) -> GroupKeys | None:
+    """The training-row keys the model folders among ``models`` record (their ``TRAIN_GROUPS_FILE``, written by
+    :func:`kdq.distill`), united; ``None`` when none is a folder with a record (a model object, a Hub id, a model
+    trained elsewhere)."""
+    from ..runtime.constants import TRAIN_GROUPS_FILE
+
+    found = [
+        read_group_keys(Path(m, TRAIN_GROUPS_FILE))
+        for m in models
+        if isinstance(m, (str, os.PathLike)) and Path(m, TRAIN_GROUPS_FILE).is_file()
+    ]
+    if not found:
+        return None
+    keys = found[0]
+    for k in found[1:]:
+        keys = keys.union(k)
+    return keys
+
+
+def carry_group_keys(model, folder) -> None:
+    """Write the training-row keys ``model`` records (:func:`recorded_group_keys`) into ``folder``: a model made
+    from it (shrunk, quantized) learnt from the same rows, so held-out rows are checked against them too."""
+    from ..runtime.constants import TRAIN_GROUPS_FILE
+
+    keys = recorded_group_keys(model)
+    if keys is not None:
+        write_group_keys(Path(folder, TRAIN_GROUPS_FILE), keys)
+
+
 @dataclass(frozen=True)
 class OverlapReport:
     """How many held-out rows share a prompt key or a pair key with the training rows.

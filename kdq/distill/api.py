@@ -13,7 +13,16 @@ from pathlib import Path
 
 import datasets
 
-from ..data import check_overlap, encode, group_keys, load_arena, scheme_of_rows, swap_ab, write_group_keys
+from ..data import (
+    check_overlap,
+    encode,
+    group_keys,
+    load_arena,
+    recorded_group_keys,
+    scheme_of_rows,
+    swap_ab,
+    write_group_keys,
+)
 from ..models import attach_template
 from ..runtime.constants import (
     DISTILL_RECORD_FILE,
@@ -120,7 +129,7 @@ def distill(
     )
     resume_from = _resume_from(cfg, out, record)
     metrics = {**rows.counts(), "train_memory": memory}
-    trained = group_keys(rows.scored)  # the training and transfer rows' prompt / pair keys, saved with the student
+    trained = _trained_on(rows, student, teacher)  # saved with the student for kdq.evaluate's overlap check
     if rows.eval is not None:  # a leak warns (or refuses, strict_overlap) before the teacher pass
         metrics["overlap"] = check_overlap(trained, rows.eval, strict=cfg.strict_overlap, what="eval rows").to_dict()
     if teacher is not None:
@@ -192,6 +201,15 @@ def _load_rows(train_data, eval_data, transfer_data, teacher) -> _Rows:
     eval_rows = load_arena(eval_data, require_labels=True, scheme=scheme) if eval_data is not None else None
     extra = transfer_rows(transfer_data, train, teacher) if transfer_data is not None else None
     return _Rows(train=train, eval=eval_rows, transfer=extra, scheme=scheme, scored=scored_rows(train, extra))
+
+
+def _trained_on(rows: _Rows, student, teacher):
+    """The keys (:class:`kdq.data.GroupKeys`) of every row the student learns from: the training and transfer
+    rows, and those its initial weights (a distilled or shrunk folder) and a teacher folder record having seen."""
+    keys = group_keys(rows.scored)
+    folder = teacher.source if isinstance(teacher, ModelTeacher) and teacher.is_path else None  # never loads it
+    inherited = recorded_group_keys(student, folder)
+    return keys if inherited is None else keys.union(inherited)
 
 
 def _resume_from(cfg: DistillConfig, out: Path, record: dict) -> Path | None:

@@ -211,7 +211,7 @@ def shrink(
         print(f"kdq shrink: {_summary(record, sizes)}")
     if out_dir is None:
         return student
-    return _save(student, loaded.tokenizer, Path(out_dir), calibration, cfg, overwrite)
+    return _save(student, loaded.tokenizer, Path(out_dir), calibration, cfg, overwrite, source=model)
 
 
 def _measure(loaded, cfg: ShrinkConfig, calibration) -> tuple:
@@ -229,11 +229,15 @@ def _measure(loaded, cfg: ShrinkConfig, calibration) -> tuple:
     )
 
 
-def _save(student, tokenizer, out_dir: Path, calibration, cfg: ShrinkConfig, overwrite: bool) -> Path:
-    """Save the student and its tokenizer atomically, once the folder reloads to it (:func:`_check_reload`)."""
+def _save(student, tokenizer, out_dir: Path, calibration, cfg: ShrinkConfig, overwrite: bool, *, source) -> Path:
+    """Save the student and its tokenizer atomically, once the folder reloads to it (:func:`_check_reload`), with
+    the record of the rows its ``source`` was trained on (its weights are the source's)."""
+    from ..data import carry_group_keys
+
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         student.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        carry_group_keys(source, tmp)
         _check_reload(student, tokenizer, tmp, calibration, atol=cfg.reload_tolerance)
     return out_dir
 

@@ -660,14 +660,13 @@ def _check_overlap(model, rows, config: EvalConfig) -> dict | None:
     (:data:`~kdq.runtime.constants.TRAIN_GROUPS_FILE`, written by :func:`kdq.distill`): the
     :class:`~kdq.data.OverlapReport` as a dict (``None`` without a record). A leak warns
     (:class:`~kdq.data.LeakWarning`), or raises ``ValueError`` with ``config.strict_overlap``."""
-    from ..data import check_overlap, read_group_keys
+    from ..data import check_overlap, recorded_group_keys
     from ..models import LoadedModel
-    from ..runtime.constants import TRAIN_GROUPS_FILE
 
     source = model.source if isinstance(model, LoadedModel) else model
-    if not isinstance(source, (str, os.PathLike)) or not Path(source, TRAIN_GROUPS_FILE).is_file():
+    trained = recorded_group_keys(source)
+    if trained is None:
         return None
-    trained = read_group_keys(Path(source, TRAIN_GROUPS_FILE))
     report = check_overlap(trained, rows, strict=config.strict_overlap, what=f"held-out rows of {source}")
     return report.to_dict()
 

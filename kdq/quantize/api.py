@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import carry_group_keys
 from ..quant_methods import get_quantizer
 from .config import QuantConfig
 
@@ -112,7 +113,7 @@ def quantize(model, config: QuantConfig, *, calibration=None, out_dir, tokenizer
             run.stage(4)
             qmodel.save_pretrained(str(tmp))
             source.tokenizer.save_pretrained(str(tmp))
-            _carry_training_rows(model, tmp)
+            carry_group_keys(model, tmp)  # the rows it learnt from, which kdq.evaluate checks held-out rows against
             run.stage(5)
             measured.verify_start = time.perf_counter()
             measured.memory_logits = _probe_quantized(qmodel, rows, source.tokenizer.pad_token_id)
@@ -265,18 +266,6 @@ class _Source:
     template: object
     name: str | None  # the folder it came from, for the report
     weights_bytes: int
-
-
-def _carry_training_rows(model, folder: Path) -> None:
-    """Copy the source folder's record of the rows it was trained on (:data:`~kdq.runtime.constants.
-    TRAIN_GROUPS_FILE`, written by :func:`kdq.distill`): the quantized model learnt from the same rows, and
-    :func:`kdq.evaluate` checks held-out rows against it."""
-    import shutil
-
-    from ..runtime.constants import TRAIN_GROUPS_FILE
-
-    if isinstance(model, (str, os.PathLike)) and Path(model, TRAIN_GROUPS_FILE).is_file():
-        shutil.copy2(Path(model, TRAIN_GROUPS_FILE), folder / TRAIN_GROUPS_FILE)
 
 
 def _load_source(model, tokenizer, dtype, device, scratch: Path) -> _Source:
