@@ -100,6 +100,26 @@ def test_subset_comparison_speaks_the_headline():
     assert ll["difference"]["value"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_subset_intervals_resample_groups_of_repeated_rows():
+    """Rows repeated 4 times are one piece of evidence each: with their groups the cut-vs-uncut intervals are as
+    wide as on the rows taken once, and clearly wider than treating the copies as independent rows."""
+    rng = np.random.default_rng(0)
+    costs = rng.exponential(1.0, size=40)
+    mask = np.arange(40) < 20
+    once = subset_comparison(costs, mask, HEADLINES["log_loss"], n_resamples=2000, seed=3)
+    rep, rep_mask = np.repeat(costs, 4), np.repeat(mask, 4)
+    rows = subset_comparison(rep, rep_mask, HEADLINES["log_loss"], n_resamples=2000, seed=3)
+    grouped = subset_comparison(
+        rep, rep_mask, HEADLINES["log_loss"], n_resamples=2000, seed=3, groups=np.repeat(np.arange(40), 4)
+    )
+
+    def width(g):
+        return g["difference"]["high"] - g["difference"]["low"]
+
+    assert width(grouped) == pytest.approx(width(once), rel=1e-9)
+    assert width(rows) < 0.6 * width(grouped)
+
+
 # --------------------------------------------------------------------------- rendering
 @pytest.fixture(scope="module")
 def rows():
@@ -222,3 +242,6 @@ def test_recommend_notes_a_high_flip_rate_without_changing_the_pick(rows, metric
     loud = recommend({"a": biased, "b": calm}, rows, "full", n_resamples=200)
     assert quiet["notes"] == [] and loud["best"] == quiet["best"] and loud["ranking"] == quiet["ranking"]
     assert len(loud["notes"]) == 1 and loud["notes"][0].startswith("a: ") and f"{FLIP_RATE_WARN:g}" in loud["notes"][0]
+    # a rate over the gated rows only (the least confident ones) is not held to the all-rows bar
+    gated = dataclasses.replace(biased, position_bias={**biased.position_bias, "over": "the gated rows"})
+    assert recommend({"a": gated, "b": calm}, rows, "gated", n_resamples=200)["notes"] == []

@@ -245,6 +245,10 @@ def test_export_records_an_inference_max_length_predict_py_renders_at(tiny_model
     rows = load_arena(make_arena_rows(8, seed=4))
     ref = kdq.evaluate(str(folder), rows, _eval(budget=None, tta=False, template=TEMPLATE.replace(max_length=64)))
     np.testing.assert_allclose(got.numpy(), ref.probs, atol=1e-5)
+    # with no template of its own, kdq.evaluate scores an export as its predict.py does: at the recorded 64
+    as_shipped = kdq.evaluate(str(folder), rows, _eval(budget=None, tta=False, template=None))
+    assert as_shipped.max_length == 64 and as_shipped.lengths.max() == 64
+    np.testing.assert_allclose(as_shipped.probs, ref.probs, atol=1e-6)
     assert not np.allclose(got.numpy(), at_160.numpy(), atol=1e-5)
     kdq.verify(folder)  # the probe was scored at 64 and re-scores so
 
@@ -274,3 +278,18 @@ def test_demo_length_curve_covers_the_lengths_its_rows_reach(tiny_model_dir, tin
     assert curve.row("student", min(curve.lengths))["rows_cut"] > 0
     assert curve.row("student", max(curve.lengths))["rows_cut"] == 0
     assert (tmp_path / "lengths" / "report.png").is_file() and curve.paths["png"] == tmp_path / "lengths" / "report.png"
+
+
+def test_the_report_names_its_resample_unit_and_a_too_short_length_the_usable_one(
+    sweep, tiny_model_dir, rows, tiny_tokenizer
+):
+    saved = sweep.to_dict()["intervals"]
+    assert saved and all(v["unit"] == "rows" and v["n_units"] == len(rows) for v in saved.values())
+    assert "over the rows;" in sweep.to_markdown()
+    tokens = tokenize_rows(rows, tiny_tokenizer, TEMPLATE)
+    floor = max(t.min_max_length for t in tokens)
+    lengths = (max(MIN_MAX_LENGTH, floor - 1), floor + 32) if floor - 1 >= MIN_MAX_LENGTH else (floor + 32,)
+    if len(lengths) == 1:
+        pytest.skip("every row leaves room for text at the template's minimum")
+    with pytest.raises(ValueError, match=rf"shortest usable length is {floor}"):
+        sweep_lengths({"tiny": str(tiny_model_dir)}, rows, lengths=lengths, config=_eval(budget=None))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import kdq
-from kdq.data import LeakWarning, group_keys, write_group_keys
+from kdq.data import LeakWarning, group_keys, read_group_keys, write_group_keys
 from kdq.evaluate import EvalConfig, compare, evaluate
 from kdq.runtime.constants import TRAIN_GROUPS_FILE
 from kdq.testing import make_arena_rows
@@ -111,3 +111,24 @@ def test_distill_checks_eval_rows_and_records_its_rows_for_evaluate_and_quantize
     assert read_group_keys(q / TRAIN_GROUPS_FILE) == keys
     with pytest.warns(LeakWarning, match=r"1 of the 12 held-out rows"):
         evaluate(q, heldout, CFG)
+
+
+def test_the_training_record_follows_the_weights_through_shrink_and_distill(tmp_path, tiny_model_dir, heldout):
+    """A student shrunk from a teacher keeps the teacher's record; a run from that student adds its own rows to it."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, teacher)
+    seen = kdq.load_arena(heldout.iloc[[1, 3]].reset_index(drop=True))  # the teacher was trained on two of them
+    write_group_keys(teacher / TRAIN_GROUPS_FILE, group_keys(seen))
+    student = kdq.shrink(teacher, tmp_path / "student", kdq.ShrinkConfig(keep=[0]), verbose=False)
+    assert read_group_keys(student / TRAIN_GROUPS_FILE) == group_keys(seen)
+    train = pd.DataFrame(make_arena_rows(16, seed=31, max_words=30, id_offset=700))
+    cfg = kdq.DistillConfig(
+        output_dir=str(tmp_path / "run"),
+        template=kdq.TemplateConfig(max_length=64),
+        training={"max_steps": 1, "batch_size": 8},
+    )
+    res = kdq.distill(student, train, config=cfg)
+    keys = read_group_keys(res.student_dir / TRAIN_GROUPS_FILE)
+    assert keys == group_keys(kdq.load_arena(train)).union(group_keys(seen)) and keys.n_rows == 18
+    with pytest.warns(LeakWarning, match=r"2 of the 12 held-out rows"):
+        evaluate(res.student_dir, heldout, CFG)

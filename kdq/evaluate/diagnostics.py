@@ -25,15 +25,15 @@ FLIP_RATE_WARN = 0.2  # a swap flip rate above this is worth a sentence in the r
 
 
 # --------------------------------------------------------------------------- bootstrap of a subset mean
-def mean_interval(values, *, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
+def mean_interval(values, *, n_resamples: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> tuple:
     """The mean of ``values`` ``(n,)`` and its bootstrap percentile interval: ``(Interval, draws)``.
 
-    The rows of ``values`` alone are resampled with replacement ``n_resamples`` times
-    (:func:`~kdq.evaluate.stats.bootstrap_means`, ``seed``); ``draws`` ``(n_resamples,)`` are the resampled
-    means. ``ValueError`` on an empty ``values``.
+    The rows of ``values`` alone are resampled with replacement ``n_resamples`` times, whole ``groups`` at a time
+    when given (``(n,)`` group ids: :func:`~kdq.evaluate.stats.bootstrap_means`, ``seed``); ``draws``
+    ``(n_resamples,)`` are the resampled means. ``ValueError`` on an empty ``values``.
     """
     values = np.asarray(values, dtype=np.float64)
-    draws = bootstrap_means({"mean": values}, n_resamples, seed)["mean"]
+    draws = bootstrap_means({"mean": values}, n_resamples, seed, groups=groups)["mean"]
     return _percentile(float(values.mean()), draws, level), draws
 
 
@@ -53,13 +53,15 @@ def in_headline(iv: Interval | None, headline: Headline, *, difference: bool = F
 
 
 def subset_comparison(
-    costs, mask, headline: Headline, *, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+    costs, mask, headline: Headline, *, n_resamples: int = 2000, seed: int = 0, level: float = 0.95, groups=None
 ) -> dict:
     """The ``headline`` metric on the rows where ``mask`` holds and on the others, and the difference.
 
     Args:
         costs: ``(N,)`` per-row costs of the headline (``headline.row_costs(probs, labels)``).
         mask: ``(N,)`` booleans: the subset (e.g. the rows that were cut).
+        groups: ``None`` or ``(N,)`` group ids (:func:`kdq.data.group_ids`): each side resamples its rows' groups
+            whole, as the paired intervals do.
     Returns:
         ``{"in": {...} | None, "out": {...} | None, "difference": {...} | None}``: each group as
         ``{"rows", "value", "low", "high", "level"}`` in the headline metric with its ``level`` interval
@@ -70,19 +72,20 @@ def subset_comparison(
     """
     costs = np.asarray(costs, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    groups, draws = {}, {}
+    out, draws = {}, {}
     for k, (name, sel) in enumerate((("in", mask), ("out", ~mask))):
         if not sel.any():
-            groups[name] = None
+            out[name] = None
             continue
-        iv, draws[name] = mean_interval(costs[sel], n_resamples=n_resamples, seed=seed + k, level=level)
-        groups[name] = {"rows": int(sel.sum()), **in_headline(iv, headline).to_dict()}
-    groups["difference"] = None
+        part = None if groups is None else np.asarray(groups)[sel]
+        iv, draws[name] = mean_interval(costs[sel], n_resamples=n_resamples, seed=seed + k, level=level, groups=part)
+        out[name] = {"rows": int(sel.sum()), **in_headline(iv, headline).to_dict()}
+    out["difference"] = None
     if len(draws) == 2:
         point = float(costs[mask].mean() - costs[~mask].mean())
         iv = _percentile(point, draws["in"] - draws["out"], level)
-        groups["difference"] = in_headline(iv, headline, difference=True).to_dict()
-    return groups
+        out["difference"] = in_headline(iv, headline, difference=True).to_dict()
+    return out
 
 
 # --------------------------------------------------------------------------- truncation
@@ -92,7 +95,15 @@ def cut_rows(lost, dropped_turns) -> np.ndarray:
 
 
 def truncation_summary(
-    lost, dropped_turns, costs, headline: Headline, *, max_length: int, n_resamples: int = 2000, seed: int = 0
+    lost,
+    dropped_turns,
+    costs,
+    headline: Headline,
+    *,
+    max_length: int,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    groups=None,
 ) -> dict:
     """What rendering under ``max_length`` cut from the rows, and the headline metric on cut vs uncut rows.
 
@@ -101,6 +112,7 @@ def truncation_summary(
             (prompt, response_a, response_b), dropped turns included (:class:`kdq.runtime.template.Truncation`).
         dropped_turns: ``(N,)`` oldest turns each row lost whole.
         costs: ``(N,)`` per-row costs of the ``headline`` (log loss, or 1 − correct).
+        groups: ``None`` or ``(N,)`` group ids: the intervals resample groups (:func:`subset_comparison`).
     Returns:
         A JSON-able dict: ``rows``, ``max_length``, ``rows_cut``, ``cut_share``, ``rows_with_dropped_turns``,
         ``dropped_turns``; ``parts``: per part ``rows_cut`` (rows that lost tokens of it), ``tokens_lost``
@@ -120,7 +132,7 @@ def truncation_summary(
             "mean_tokens_lost": float(lost[:, j].mean()),
             "mean_tokens_lost_when_cut": float(lost[hit, j].mean()) if hit.any() else None,
         }
-    groups = subset_comparison(costs, cut, headline, n_resamples=n_resamples, seed=seed)
+    sides = subset_comparison(costs, cut, headline, n_resamples=n_resamples, seed=seed, groups=groups)
     return {
         "rows": int(len(cut)),
         "max_length": int(max_length),
@@ -130,9 +142,9 @@ def truncation_summary(
         "dropped_turns": int(dropped.sum()),
         "parts": parts,
         "headline": headline.key,
-        "cut": groups["in"],
-        "uncut": groups["out"],
-        "difference": groups["difference"],
+        "cut": sides["in"],
+        "uncut": sides["out"],
+        "difference": sides["difference"],
     }
 
 

@@ -431,9 +431,22 @@ class LoadedVariant:
         gc.collect()
 
 
+def _exported_template(source):
+    """The template an exported folder's predict.py renders rows with (its ``kdq-predict.json`` may set another
+    ``max_length`` than training's: ``ExportConfig.max_length``), or ``None`` for a folder that is no export."""
+    from ..runtime.constants import SETTINGS_FILE
+
+    if not isinstance(source, (str, os.PathLike)) or not Path(source, SETTINGS_FILE).is_file():
+        return None
+    from ..runtime.predict import read_settings
+
+    return read_settings(source)["template"]
+
+
 def load_variant(model, scheme, config: EvalConfig) -> LoadedVariant:
     """Load ``model`` on every device of ``config`` (:func:`eval_devices`); ``ValueError`` when it is a classifier
-    for another label ``scheme`` than the rows'."""
+    for another label ``scheme`` than the rows'. Rows are rendered with ``config.template``, else an exported
+    folder's (what its predict.py renders), else the model's recorded one, else the default."""
     from ..models import template_of
     from ..runtime.template import TemplateConfig
 
@@ -444,7 +457,7 @@ def load_variant(model, scheme, config: EvalConfig) -> LoadedVariant:
         loaded=loaded,
         models=_copies(model, loaded, config, devices),
         devices=devices,
-        template=config.template or template_of(loaded.model) or TemplateConfig(),
+        template=config.template or _exported_template(loaded.source) or template_of(loaded.model) or TemplateConfig(),
         size_bytes=int(size_bytes),
         size_source=size_source,
     )
@@ -555,7 +568,7 @@ def _cost(scoring: _Scoring) -> dict:
     }
 
 
-def _diagnostics(scoring: _Scoring, probs, probs_swap, labels, headline, config: EvalConfig) -> dict:
+def _diagnostics(scoring: _Scoring, probs, probs_swap, labels, headline, config: EvalConfig, groups) -> dict:
     """Truncation and position-bias fields of :class:`Metrics` (:mod:`kdq.evaluate.diagnostics`), with the
     per-row arrays behind them."""
     from .diagnostics import position_bias, truncation_summary
@@ -572,6 +585,7 @@ def _diagnostics(scoring: _Scoring, probs, probs_swap, labels, headline, config:
         max_length=scoring.template.max_length,
         n_resamples=config.bootstrap_samples,
         seed=config.bootstrap_seed,
+        groups=groups,
     )
     return {
         "truncation": truncation,
@@ -584,6 +598,7 @@ def _diagnostics(scoring: _Scoring, probs, probs_swap, labels, headline, config:
 
 def _metrics_of(scoring: _Scoring, rows, labels, scheme, config: EvalConfig) -> Metrics:
     """:class:`Metrics` of a scored variant, without its budget verdict."""
+    from ..data import group_ids
     from .metrics import headline_of
 
     probs, probs_tta, probs_swap = _probabilities(scoring, config.tta_mode)
@@ -604,7 +619,7 @@ def _metrics_of(scoring: _Scoring, rows, labels, scheme, config: EvalConfig) -> 
         probs_tta=probs_tta,
         lengths=lengths,
         scheme=scheme.name,
-        **_diagnostics(scoring, probs, probs_swap, labels, headline_of(scheme), config),
+        **_diagnostics(scoring, probs, probs_swap, labels, headline_of(scheme), config, group_ids(rows)),
     )
 
 

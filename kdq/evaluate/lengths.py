@@ -150,7 +150,8 @@ class LengthSweep:
             f"Every variant scored at max_length {', '.join(map(str, self.lengths))} (rows tokenized once, rendered "
             f"at each length by predict.py's rule), ranked by **{h.title}** "
             f"({'higher' if h.higher_is_better else 'lower'} is better). Δ is against the variant's longest length "
-            "(95% paired-bootstrap interval; one that contains 0 is no measurable difference).",
+            f"(95% paired-bootstrap interval over {self._resample_unit()}; one that contains 0 is no measurable "
+            "difference).",
             "",
         ]
         if p is not None:
@@ -191,6 +192,13 @@ class LengthSweep:
         )
         return "\n".join(lines) + "\n"
 
+    def _resample_unit(self) -> str:
+        """What the bootstrap drew: the rows, or the groups of rows sharing a prompt or a response pair."""
+        iv = next(iter(self.intervals.values()), None)
+        if iv and iv.get("unit") == "groups":
+            return f"the {iv['n_units']} groups of rows sharing a prompt or a response pair"
+        return "the rows"
+
     def to_dict(self) -> dict:
         """JSON-able: the table, the intervals, the profile and every (variant, length)'s scalar metrics."""
         return jsonable(
@@ -207,7 +215,10 @@ class LengthSweep:
                 "notes": self.notes,
                 "table": self.table,
                 "intervals": {
-                    k: {"delta": {n: iv.to_dict() for n, iv in v["delta"].items()}, "n_resamples": v["n_resamples"]}
+                    k: {
+                        "delta": {n: iv.to_dict() for n, iv in v["delta"].items()},
+                        **{key: v[key] for key in ("n_resamples", "seed", "unit", "n_units")},
+                    }
                     for k, v in self.intervals.items()
                 },
                 "metrics": {v: {str(n): m.to_dict() for n, m in by.items()} for v, by in self.metrics.items()},
@@ -383,15 +394,23 @@ def _score_every_variant(variants: dict, state: _SweepState, wanted) -> tuple:
 
     from ..utils.distributed import rank
     from .evaluate import _check_overlap
+    from .report import overlap_note
 
     metrics, extras, notes, bar = {}, {}, [], None
     try:
         for name, model in variants.items():
-            _check_overlap(model, state.rows, state.config)
+            overlap = _check_overlap(model, state.rows, state.config)
+            if overlap and overlap["leaked"]:
+                notes.append(overlap_note(name, overlap))
             with _Variant(name, model, state) as var:
+                floor = max(MIN_MAX_LENGTH, max(t.min_max_length for t in var.tokens))  # room for text in every row
                 if wanted is None:
-                    floor = max(MIN_MAX_LENGTH, max(t.min_max_length for t in var.tokens))
                     wanted = suggest_lengths([t.uncut_length for t in var.tokens], floor=floor)
+                elif min(wanted) < floor:
+                    raise ValueError(
+                        f"lengths: max_length {min(wanted)} leaves no room for text in some rows of variant {name!r} "
+                        f"(their template markers alone take more); the shortest usable length is {floor}."
+                    )
                 if bar is None:
                     bar = tqdm(
                         total=len(variants) * len(wanted),
@@ -410,13 +429,16 @@ def _write(result: LengthSweep, out_dir: Path, overwrite: bool) -> None:
     """report.json, report.md and report.png in ``out_dir``, atomically (the first process alone under a
     launcher: every process holds the same table); sets ``result.paths``."""
     from ..utils.atomic import atomic_dir
-    from ..utils.distributed import rank
+    from ..utils.distributed import exchange, rank, world_size
+    from .evaluate import sync_dir
 
     if rank() == 0:
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             (tmp / EVAL_REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
             (tmp / MD_FILE).write_text(result.to_markdown())
             result.plot(tmp / PLOT_FILE)
+    if world_size() > 1:  # the others return once the report is written (a file, not a barrier)
+        exchange(sync_dir(), "sweep-report", out_dir.name)
     result.paths = {"json": out_dir / EVAL_REPORT_FILE, "md": out_dir / MD_FILE, "png": out_dir / PLOT_FILE}
 
 
@@ -483,7 +505,8 @@ class _Variant:
             sig = _signature(rendered["input_ids"], rendered[SWAP_COLUMN] if both else [])
             if sig in scored:
                 base = scored[sig]
-                out[n] = dataclasses.replace(base, max_length=n, budget=None)
+                truncation = {**base.truncation, "max_length": n}  # the same rows, cut alike
+                out[n] = dataclasses.replace(base, max_length=n, budget=None, truncation=truncation)
                 longest = max(t.uncut_length for t in self.tokens)
                 notes.append(
                     f"{self.name}: max_length {n} renders every row as {base.max_length} does (its longest row has "

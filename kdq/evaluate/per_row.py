@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
 from ..runtime.constants import label_scheme
+from ..utils.atomic import atomic_write
 from .render import LOST_COLUMNS
 
 
@@ -57,7 +58,7 @@ def write_row_table(path, metrics: dict, rows) -> Path:
     did not record them). Probabilities are written in full (``repr``).
 
     Args:
-        path: the CSV file (written to a temporary sibling, then renamed).
+        path: the CSV file (written whole or not at all: :func:`kdq.utils.atomic.atomic_write`).
         metrics: name -> :class:`~kdq.evaluate.Metrics`, all scored on ``rows`` (checked by row count).
         rows: the canonical rows (:func:`kdq.load_arena`) they were scored on.
     Returns:
@@ -68,21 +69,15 @@ def write_row_table(path, metrics: dict, rows) -> Path:
     if len(schemes) != 1:
         raise ValueError(f"write_row_table: the variants are of different label schemes {sorted(schemes)}")
     names = label_scheme(next(iter(schemes))).labels
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            out = csv.writer(fh)
-            out.writerow(row_table_header(next(iter(schemes))))
-            for name, m in metrics.items():
-                if m.n_rows != len(ids):
-                    raise ValueError(
-                        f"write_row_table: variant {name!r} was scored on {m.n_rows} rows, these are {len(ids)}; "
-                        "pass the rows it was scored on."
-                    )
-                out.writerows(_variant_lines(name, m, ids, labels, names))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    for name, m in metrics.items():
+        if m.n_rows != len(ids):
+            raise ValueError(
+                f"write_row_table: variant {name!r} was scored on {m.n_rows} rows, these are {len(ids)}; "
+                "pass the rows it was scored on."
+            )
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(row_table_header(next(iter(schemes))))
+    for name, m in metrics.items():
+        out.writerows(_variant_lines(name, m, ids, labels, names))
+    return atomic_write(path, text.getvalue())

@@ -63,14 +63,16 @@ def recommend(metrics: dict, rows, tta_mode: str, *, n_resamples: int = 2000, se
 
 
 def position_notes(metrics: dict) -> list:
-    """A sentence for each variant whose swap flip rate (``Metrics.position_bias``) is above
-    :data:`~kdq.evaluate.diagnostics.FLIP_RATE_WARN`: its answer depends on the order of A and B."""
+    """A sentence for each variant whose swap flip rate (``Metrics.position_bias``) over every row is above
+    :data:`~kdq.evaluate.diagnostics.FLIP_RATE_WARN`: its answer depends on the order of A and B. A rate over the
+    gated rows only (the least confident ones, where flips are likeliest) is not held to that bar."""
     notes = []
     for name, m in metrics.items():
         bias = m.position_bias
-        if bias is not None and bias["flip_rate"] > FLIP_RATE_WARN:
+        if bias is not None and bias["over"] == "all rows" and bias["flip_rate"] > FLIP_RATE_WARN:
             notes.append(
                 f"{name}: {describe_position_bias(bias)}, above {FLIP_RATE_WARN:g}: its answer depends on which "
-                "response comes first; ship it with swap TTA (tta=full) or train with A/B-swap augmentation."
+                "response comes first; keep swap TTA (tta=full) in predict.py, or train with A/B-swap augmentation "
+                "(training.swap_augment)."
             )
     return notes

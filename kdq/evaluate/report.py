@@ -473,15 +473,19 @@ def _measurement_notes(metrics: dict) -> list:
     devices = sorted({m.device for m in metrics.values()})
     if len(devices) > 1:
         notes.append(f"variants were measured on different devices ({devices}): compare rows/s with care")
-    for name, m in metrics.items():
-        if m.overlap and m.overlap.get("leaked"):
-            o = m.overlap
-            notes.append(
-                f"{name}: {o['leaked']} of {o['n_heldout']} held-out rows share a prompt ({o['shared_prompt']}) or a "
-                f"response pair ({o['shared_pair']}) with its training rows; its figures may be optimistic "
-                "(split with kdq.data.grouped_split)"
-            )
+    notes += [overlap_note(name, m.overlap) for name, m in metrics.items() if m.overlap and m.overlap.get("leaked")]
     return notes + budget_notes(metrics.items())
+
+
+def overlap_note(name: str, overlap: dict) -> str:
+    """A report's note on a variant whose held-out rows share prompts or response pairs with its training rows
+    (``overlap``: :class:`kdq.data.OverlapReport` as a dict)."""
+    o = overlap
+    return (
+        f"{name}: {o['leaked']} of {o['n_heldout']} held-out rows share a prompt ({o['shared_prompt']}) or a "
+        f"response pair ({o['shared_pair']}) with its training rows; its figures may be optimistic "
+        "(split with kdq.data.grouped_split)"
+    )
 
 
 def _build_report(metrics: dict, rows, roles: Roles, config: EvalConfig) -> _Report:

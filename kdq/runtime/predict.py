@@ -104,7 +104,7 @@ def at_max_length(template: TemplateConfig, max_length, where: str) -> TemplateC
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < MIN_MAX_LENGTH:
         raise ValueError(
             f"{where}: {max_length!r} is not a max_length; give an int >= {MIN_MAX_LENGTH} (tokens per row, markers "
-            f"included; the model was trained at {template.max_length})."
+            f"included; without it rows are rendered at {template.max_length})."
         )
     return template.replace(max_length=max_length)
 
