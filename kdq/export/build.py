@@ -550,7 +550,9 @@ def _resolve_template(config: ExportConfig, model):
 def inference_template(config: ExportConfig, template):
     """The template predict.py renders rows with: the training ``template`` at ``config.max_length`` when that is
     set (kdq-predict.json ``max_length``), else ``template`` itself."""
-    return template if config.max_length is None else template.replace(max_length=config.max_length)
+    from ..runtime.predict import at_max_length  # predict.py's own rule, so the export checks what it will run
+
+    return at_max_length(template, config.max_length, "ExportConfig.max_length")
 
 
 def _finish_config_json(tmp: Path, template, tokenizer, scheme) -> str | None:
