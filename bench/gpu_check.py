@@ -588,8 +588,10 @@ def run(dry_run: bool, out: Path, wheels: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
+    from kdq.runtime.constants import GPU_CHECK_FILE  # standard library only, like the rest of the runtime
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="gpu_check.json", help="the JSON to write (default: %(default)s)")
+    p.add_argument("--out", default=GPU_CHECK_FILE, help="the JSON to write (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU (seconds; what the test suite runs)")
     p.add_argument(
         "--wheels",

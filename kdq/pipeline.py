@@ -119,6 +119,7 @@ class PipelineResult:
     report: object  # kdq.evaluate.CompareResult
     exports: dict  # name -> export folder
     distill_metrics: dict
+    recommendation: dict | None = None  # kdq.evaluate.recommend's ranking on the eval rows, when one was asked for
 
     def summary(self) -> str:
         r = self.report
@@ -137,6 +138,13 @@ class PipelineResult:
                 f"student layers: {shrink['strategy']} shrink kept teacher layers {shrink['kept_layers']} "
                 f"of {shrink['source_layers']}"
             )
+        sel = self.recommendation
+        if sel is not None:
+            ranked = ", ".join(sel["ranking"])
+            lines.append(
+                f"recommended on {sel['rows']} eval rows ({sel['metric']}, tta={sel['tta']}), best first: {ranked}"
+            )
+            lines += [f"note: {note}" for note in sel.get("notes", ())]
         lines += [f"export: {name} -> {path}" for name, path in self.exports.items()]
         return "\n".join(lines)
 
@@ -293,7 +301,9 @@ def _single_process_stages(config, out, base, train, eval_rows, test_rows, varia
                 indent=2,
             )
         )
-    return PipelineResult(variants=variants, report=report, exports=exports, distill_metrics=metrics)
+    return PipelineResult(
+        variants=variants, report=report, exports=exports, distill_metrics=metrics, recommendation=selection
+    )
 
 
 def _shrink_map(folder) -> dict | None:

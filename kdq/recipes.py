@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .config.io import merge  # standard library only
+
 STUDENT_KINDS = ("teacher", "any", "layer-dropped", "width-pruned")
 
 
@@ -52,7 +54,6 @@ class Recipe:
         (``output_dir``, ``template``, ``training={"epochs": 1, "batch_size": 16}``...) and may override the
         recipe's. A section given as a dict is merged into the recipe's key by key; a section object
         (``training=TrainingSettings(...)``) is refused, since it would drop the recipe's own values of it."""
-        from .config.io import merge
         from .distill.config import SECTIONS, DistillConfig
 
         objects = [k for k, v in run.items() if k in SECTIONS and k in self.settings and not isinstance(v, dict)]
@@ -71,11 +72,6 @@ _COMMON = {
     "teacher_pass": {"tta": True},
     "training": {"swap_augment": True, "warmup_ratio": 0.1},
 }
-
-
-def _with(base: dict, **sections) -> dict:
-    """``base`` with each section's fields updated (a recipe's settings from ``_COMMON``)."""
-    return {**base, **{name: {**base.get(name, {}), **fields} for name, fields in sections.items()}}
 
 
 RECIPES = {
@@ -101,21 +97,21 @@ RECIPES = {
             "logit-kd",
             "any",
             "cached swap-TTA teacher logits (forward KL, T = 1, alpha = 0.5) on labelled + transfer rows",
-            _with(_COMMON, training={"learning_rate": 2e-4}),
+            merge(_COMMON, {"training": {"learning_rate": 2e-4}}),
             evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "layer-dropped",
             "layer-dropped",
             "logit-kd plus the hidden-state term against the live teacher, layer by layer (identity map)",
-            _with(_COMMON, training={"learning_rate": 2e-4}, loss={"hidden_weight": 1.0}),
+            merge(_COMMON, {"training": {"learning_rate": 2e-4}, "loss": {"hidden_weight": 1.0}}),
             evidence="BENCHMARKS.md#distillation-recipes-on-real-weights-benchbench_kd_recipespy",
         ),
         Recipe(
             "cross-width",
             "width-pruned",
             "logit-kd plus the hidden-state term through learned projections into the teacher's width",
-            _with(_COMMON, training={"learning_rate": 2e-4}, loss={"hidden_weight": 1.0}),
+            merge(_COMMON, {"training": {"learning_rate": 2e-4}, "loss": {"hidden_weight": 1.0}}),
             evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),
         Recipe(
@@ -123,10 +119,12 @@ RECIPES = {
             "width-pruned",
             "logit-kd plus the pooled-feature term (centered cosine, weight 4) from the teacher cache: no live "
             "teacher in memory",
-            _with(
+            merge(
                 _COMMON,
-                training={"learning_rate": 2e-4},
-                loss={"feature_weight": 4.0, "feature_loss": "centered-cosine"},
+                {
+                    "training": {"learning_rate": 2e-4},
+                    "loss": {"feature_weight": 4.0, "feature_loss": "centered-cosine"},
+                },
             ),
             evidence="BENCHMARKS.md#distillation-across-widths-benchbench_kd_recipespy",
         ),

@@ -245,6 +245,33 @@ def test_every_flat_name_from_before_the_sections_names_its_new_spelling(tmp_pat
         build_config(kdq.DistillConfig, {"epoch": 1})
 
 
+def test_docs_table_of_moved_names_is_moved_fields():
+    """docs/distill.md's old -> new table (two pairs a line) holds exactly MOVED_FIELDS, in both directions."""
+    import re
+    from pathlib import Path
+
+    from kdq.distill.config import MOVED_FIELDS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distill.md").read_text()
+    start = text.index("| old | new | old | new |")
+    lines = text[start:].split("\n\n", 1)[0].splitlines()[2:]  # past the header and the |---| line
+    documented = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 4, line
+        for old, new in (cells[:2], cells[2:]):
+            if not old and not new:
+                continue
+            names = [re.fullmatch(r"`([\w.]+)`", c) for c in (old, new)]
+            assert all(names), f"docs/distill.md: not two `name` cells: {line}"
+            old, new = (m.group(1) for m in names)
+            assert old not in documented, f"docs/distill.md lists {old!r} twice"
+            documented[old] = new
+    assert set(documented) - set(MOVED_FIELDS) == set(), "in docs/distill.md, not in MOVED_FIELDS"
+    assert set(MOVED_FIELDS) - set(documented) == set(), "in MOVED_FIELDS, not in docs/distill.md"
+    assert documented == dict(MOVED_FIELDS)
+
+
 def test_nested_set_reaches_every_section():
     from kdq.config.io import resolve_config
 

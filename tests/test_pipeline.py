@@ -10,7 +10,7 @@ from _launch import launch_two_processes
 
 import kdq
 from kdq.evaluate.recommend import recommend
-from kdq.pipeline import PipelineConfig, _export_names
+from kdq.pipeline import PipelineConfig, PipelineResult, _export_names
 from kdq.quant_methods import get_quantizer, settings_fields, variant_names
 from kdq.testing import make_arena_rows, make_tiny_classifier
 
@@ -45,13 +45,14 @@ def test_every_registered_variant_is_a_pipeline_quant_method(variant):
     assert getattr(qc, "group_size", None) == (64 if "group_size" in settings_fields(quantizer.settings) else None)
 
 
-def _variant(probs, probs_tta=None, *, fits=True, hours=1.0, size=1e9):
+def _variant(probs, probs_tta=None, *, fits=True, hours=1.0, size=1e9, position_bias=None):
     return SimpleNamespace(
         probs=probs,
         probs_tta=probs_tta,
         rows_per_s=10.0,
         size_bytes=size,
         budget={"fits": fits, "projected_hours": hours},
+        position_bias=position_bias,
     )
 
 
@@ -89,6 +90,24 @@ def test_recommended_ties_within_the_interval_go_to_the_faster_smaller_variant(e
     assert recommend(metrics, eval_rows, "full")["ranking"][0] == "student"
     report = SimpleNamespace(metrics=dict.fromkeys(metrics, 0))
     assert _export_names(["recommended", "teacher"], report, sel) == [sel["ranking"], ["teacher"]]
+
+
+def test_summary_prints_the_recommendation_and_its_notes(eval_rows, tmp_path):
+    labels = np.asarray(eval_rows["label"])
+    bias = {"flips": 90, "rows": 300, "flip_rate": 0.3, "over": "all rows", "mean_disagreement": 0.2}
+    metrics = {
+        "teacher": _variant(_probs(labels, 0.70, 0), hours=2.0),
+        "student": _variant(_probs(labels, 0.40, 1), hours=0.5, position_bias=bias),  # order-dependent
+    }
+    sel = recommend(metrics, eval_rows, "none")
+    assert len(sel["notes"]) == 1 and sel["notes"][0].startswith("student: swapping A and B flips 90 of 300")
+    (tmp_path / "report.md").write_text("| variant |\n")
+    report = SimpleNamespace(paths={"md": tmp_path / "report.md", "png": tmp_path / "report.png"}, gap_closed=None)
+    result = PipelineResult(variants={}, report=report, exports={}, distill_metrics={}, recommendation=sel)
+    lines = result.summary().splitlines()
+    assert "recommended on 300 eval rows (log_loss, tta=none), best first: teacher, student" in lines
+    assert "note: " + sel["notes"][0] in lines
+    assert not any(line.startswith("note:") for line in PipelineResult({}, report, {}, {}).summary().splitlines())
 
 
 def test_ddp_teacher_pass_longer_than_the_group_timeout_passes(tmp_path, tiny_tokenizer):

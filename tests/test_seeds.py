@@ -1,4 +1,4 @@
-"""One seed fixes every random initialisation kdq causes: the same DistillConfig.seed in two
+"""One seed fixes every random initialisation kdq causes: the same DistillConfig.training.seed in two
 fresh processes gives byte-identical students, with LoRA (random A matrices) and with a new ``score`` head
 (a causal-LM base loaded as a classifier)."""
 

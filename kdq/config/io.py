@@ -56,7 +56,7 @@ def apply_overrides(data: dict, overrides=()) -> dict:
     data = merge({}, data)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected field=value, e.g. --set epochs=2")
+            raise ValueError(f"--set {item!r}: expected field=value, e.g. --set training.epochs=2")
         key, value = item.split("=", 1)
         node = data
         *parents, leaf = key.strip().split(".")

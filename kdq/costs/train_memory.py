@@ -41,13 +41,12 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from ..config.validate import check_choice, check_range
-from .budget import BUDGET_DIR
+from .budget import BUDGET_DIR, GB  # GB: decimal gigabytes, as datasheets say
 from .modelspec import LLAMA_LINEAR as LORA_TARGETS  # the Llama linear layers LoRA can target
 from .modelspec import ModelSpec, param_counts
 
 DEVICES_FILE = BUDGET_DIR / "_train_devices.json"
 MODELS_FILE = BUDGET_DIR / "_models.json"
-GB = 1e9
 METHODS = ("full", "lora", "qlora")
 # bytes per decoder weight of a live (frozen) teacher: "full" fp32 (CPU), "half" fp16/bf16, bitsandbytes int8
 # (one fp32 scale per output row, negligible) and nf4 with double quantization; its other weights stay fp16/fp32

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 
 from ..data import encode, scheme_of_rows
 from ..runtime.batching import add_stats, predict_logits
-from ..runtime.constants import LMSYS, label_scheme
+from ..runtime.constants import LMSYS, TEACHER_FINGERPRINT_FILE, label_scheme
 from ..runtime.template import TemplateConfig
 from ..runtime.tta import score_tta
 from ..utils.atomic import atomic_dir, atomic_write_json
@@ -209,7 +209,7 @@ def aligned(cached: datasets.Dataset, where: np.ndarray) -> datasets.Dataset:
 def _open(cache_dir, fp: dict) -> Path:
     folder = Path(cache_dir) / f"teacher-{_key(fp)}"
     folder.mkdir(parents=True, exist_ok=True)
-    meta = folder / "fingerprint.json"
+    meta = folder / TEACHER_FINGERPRINT_FILE
     if meta.exists():
         if json.loads(meta.read_text()) != fp:
             raise ValueError(

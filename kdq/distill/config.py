@@ -9,7 +9,7 @@ from types import MappingProxyType
 from ..config.base import Config
 from ..config.validate import check_choice, check_range
 from ..costs.modelspec import LLAMA_LINEAR
-from ..runtime.constants import DEFAULT_BUDGET_NAME
+from ..runtime.constants import DEFAULT_BUDGET_NAME, GPU_CHECK_FILE
 from ..runtime.template import TemplateConfig
 from .needs import teacher_needs
 
@@ -209,7 +209,7 @@ class TeacherPassSettings(Config):
         default=None,
         metadata={
             "help": "bench/gpu_check.py's JSON: its measured efficiency replaces the profile's in the projection; "
-            "null: <kdq cache>/gpu_check.json when it exists"
+            f"null: <kdq cache>/{GPU_CHECK_FILE} when it exists"
         },
     )
 
@@ -228,9 +228,8 @@ class TeacherPassSettings(Config):
         check_range(cls, "batch_size", self.batch_size, 1, kind=int)
 
 
-#: ``TrainingSettings.report_to`` -> the modules that serve it, the first one the pip package that installs it
-#: (transformers' own check: ``tensorboard`` or ``tensorboardX``).
-# report_to -> the modules any one of which Trainer logs through; the kdq extra that installs it has the same name
+#: ``TrainingSettings.report_to`` -> the modules any one of which Trainer logs through (transformers' own check:
+#: ``tensorboard`` or ``tensorboardX``); the kdq extra that installs them has the same name as the key.
 REPORTERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 

@@ -75,7 +75,9 @@ class ShrinkConfig(Config):
     template: TemplateConfig | None = field(
         default=None,
         metadata={
-            "help": "how calibration rows are rendered; null: the model's recorded kdq_template, else the default"
+            "help": "how calibration rows are rendered for the block-influence and width-importance pass "
+            "(null: the model's recorded kdq_template, else the default); the reload check does not use it "
+            "(its probe rows follow the model's recorded template)"
         },
     )
     reload_tolerance: float = field(

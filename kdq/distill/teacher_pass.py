@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from ..data import core_columns, load_arena, scheme_of_rows
-from ..runtime.constants import DEFAULT_BUDGET_NAME
+from ..runtime.constants import DEFAULT_BUDGET_NAME, GPU_CHECK_FILE
 from ..runtime.template import TemplateConfig
 from .config import TeacherPassSettings
 
@@ -127,7 +127,7 @@ def _estimate(teacher, lengths, settings: TeacherPassSettings, cuda, world) -> s
         return "no projection (the teacher's config is not a Llama-like decoder kdq can count FLOPs for)"
     fmt = weight_format_of(source_config(teacher.model_source))
     profile = load_budget(settings.budget or DEFAULT_BUDGET_NAME)
-    check = Path(settings.gpu_check) if settings.gpu_check else cache_root() / "gpu_check.json"
+    check = Path(settings.gpu_check) if settings.gpu_check else cache_root() / GPU_CHECK_FILE
     basis = f"the compute efficiency {profile.compute_efficiency:g} assumed by the {profile.name} profile"
     if check.is_file():
         profile, _ = measured_profile(profile, check)

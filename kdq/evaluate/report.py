@@ -9,7 +9,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.constants import EVAL_REPORT_FILE, EVAL_ROWS_FILE, FORMAT_KEY
+from ..runtime.constants import (
+    EVAL_REPORT_FILE,
+    EVAL_REPORT_MD_FILE,
+    EVAL_REPORT_PLOT_FILE,
+    EVAL_ROWS_FILE,
+    FORMAT_KEY,
+)
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
 from .diagnostics import describe_position_bias, describe_truncation, in_headline
@@ -548,17 +554,16 @@ def _write_report(report: _Report, rows, out_dir: Path, overwrite: bool) -> dict
 
     if rank() == 0:  # under a launcher every process holds the same table; the first writes it
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            (tmp / "report.md").write_text(_markdown(report))
+            (tmp / EVAL_REPORT_MD_FILE).write_text(_markdown(report))
             (tmp / EVAL_REPORT_FILE).write_text(json.dumps(_report_json(report), indent=2))
             write_row_table(tmp / EVAL_ROWS_FILE, report.metrics, rows)
             profile = report.profile
             title = f"{report.n_rows} held-out rows" + (f", budget {profile.name}" if profile else "")
-            _plot(report.table, tmp / "report.png", title, report.headline.key)
+            _plot(report.table, tmp / EVAL_REPORT_PLOT_FILE, title, report.headline.key)
     if world_size() > 1:  # the others return once the report is written (a file, not a barrier)
         exchange(sync_dir(), "compare-report", out_dir.name)
-    paths = {k: out_dir / f"report.{k}" for k in ("md", "json", "png")}
-    paths["rows"] = out_dir / EVAL_ROWS_FILE
-    return paths
+    names = {"md": EVAL_REPORT_MD_FILE, "json": EVAL_REPORT_FILE, "png": EVAL_REPORT_PLOT_FILE, "rows": EVAL_ROWS_FILE}
+    return {k: out_dir / name for k, name in names.items()}
 
 
 def _intervals(metrics: dict, rows, roles: Roles, config: EvalConfig, headline: Headline | None = None):

@@ -17,6 +17,7 @@ from ..quant_methods import prepare_to_load, quantization_config_of, runtime_set
 from ..runtime.constants import (
     DEFAULT_TTA_FRACTION,
     FORMAT_KEY,
+    KAGGLE_METADATA_FILE,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     QUANTIZE_REPORT_FILE,
@@ -32,7 +33,7 @@ from ..utils.errors import CheckFailed
 from ..utils.jsonable import jsonable
 from ..utils.versions import library_versions
 from .config import ExportConfig, dataset_metadata_problems, describe_rows
-from .files import CARD_FILE, METADATA_FILE, copy_model_files, list_files
+from .files import CARD_FILE, copy_model_files, list_files
 from .manifest import metrics_record, utc_now, write_json
 from .script import SCRIPT_NAME, copy_runtime, load_predict_module, render_script
 from .verify import VerificationError
@@ -701,7 +702,7 @@ def _write_card_and_manifest(tmp: Path, config: ExportConfig, built: _Built, pub
     problems = dataset_metadata_problems(meta)
     if problems:  # ExportConfig validates the same rules; this guards the file itself
         raise ExportError("dataset-metadata.json would be rejected by Kaggle: " + "; ".join(problems))
-    write_json(tmp / METADATA_FILE, meta)
+    write_json(tmp / KAGGLE_METADATA_FILE, meta)
     manifest = _manifest(tmp, config, facts, staged, published)
     write_json(tmp / MANIFEST_FILE, manifest)
 

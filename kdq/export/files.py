@@ -7,16 +7,22 @@ import shutil
 from pathlib import Path
 
 from ..runtime.checksums import sha256_file  # one implementation, also copied into the export
-from ..runtime.constants import MANIFEST_FILE, RUNTIME_DIR, SETTINGS_FILE, WHEELS_DIR
+from ..runtime.constants import (
+    KAGGLE_METADATA_FILE,
+    MANIFEST_FILE,
+    RUNTIME_DIR,
+    SETTINGS_FILE,
+    WEIGHT_INDEX_FILE,
+    WHEELS_DIR,
+)
 
-METADATA_FILE = "dataset-metadata.json"
 CARD_FILE = "README.md"
 
 # The model files the notebook needs, by role. Everything else in a model folder (optimizer
 # state, training args, checkpoints, logs, kdq-quantize.json) stays behind.
 MODEL_FILE_ROLES = {
     "*.safetensors": "weights",
-    "model.safetensors.index.json": "weights",
+    WEIGHT_INDEX_FILE: "weights",
     "config.json": "config",
     "generation_config.json": "config",
     "tokenizer.json": "tokenizer",
@@ -35,7 +41,7 @@ GENERATED_ROLES = {
     "predict.py": "script",
     SETTINGS_FILE: "settings",
     CARD_FILE: "card",
-    METADATA_FILE: "kaggle-metadata",
+    KAGGLE_METADATA_FILE: "kaggle-metadata",
 }
 # Roles a Kaggle download may legitimately lack: the Kaggle CLI reads dataset-metadata.json
 # but never uploads it.

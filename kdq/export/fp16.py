@@ -16,15 +16,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runtime.constants import WEIGHT_INDEX_FILE
+
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0**-14
-INDEX_FILE = "model.safetensors.index.json"
 # 512 MiB: host memory holds one shard at a time, twice while safetensors serialises it (its bytes, then the file)
 SHARD_BYTES = 512 * 1024**2
 
 
 def _weight_files(folder: Path) -> list:
-    index = folder / INDEX_FILE
+    index = folder / WEIGHT_INDEX_FILE
     if index.is_file():
         return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
     return sorted(folder.glob("*.safetensors"))
@@ -110,7 +111,7 @@ def convert_folder(folder, *, max_shard_bytes: int = SHARD_BYTES) -> dict:
     flush()
     for src in sources:
         src.unlink()
-    (folder / INDEX_FILE).unlink(missing_ok=True)
+    (folder / WEIGHT_INDEX_FILE).unlink(missing_ok=True)
     weight_map, total = {}, 0
     for i, (path, names) in enumerate(shards):
         final = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -120,7 +121,7 @@ def convert_folder(folder, *, max_shard_bytes: int = SHARD_BYTES) -> dict:
     staging.rmdir()
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (folder / WEIGHT_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["dtype"] = "float16"

@@ -171,10 +171,16 @@ SHRINK_KEY = "kdq_shrink"  # kdq.shrink's layer map: which teacher layer each st
 DISTILL_RECORD_FILE = "kdq-distill.json"  # kdq.distill: what was trained, from what, with what result
 RUN_RECORD_FILE = "kdq-run.json"  # kdq.distill: the run's fingerprints, in the folder and every checkpoint
 QUANTIZE_REPORT_FILE = "kdq-quantize.json"  # kdq.quantize: the method, its probe and reload check
-EVAL_REPORT_FILE = "report.json"  # kdq.evaluate / kdq.compare report folders
+EVAL_REPORT_FILE = "report.json"  # kdq.evaluate / kdq.compare / kdq.sweep_lengths report folders
+EVAL_REPORT_MD_FILE = "report.md"  # the same folders: the report for people (tables, verdicts, notes)
+EVAL_REPORT_PLOT_FILE = "report.png"  # the same folders: the report's plot
 EVAL_ROWS_FILE = "rows.csv"  # kdq.compare report folders: one line per (variant, row), probabilities and cuts
 PIPELINE_SUMMARY_FILE = "summary.json"  # kdq run
 TRAIN_GROUPS_FILE = "kdq-train-groups.json"  # kdq.distill: hashed prompt / response-pair keys of the rows it trained on
+TEACHER_FINGERPRINT_FILE = "fingerprint.json"  # kdq.distill's teacher cache: what its folder name hashes
+GPU_CHECK_FILE = "gpu_check.json"  # bench/gpu_check.py's measurements (read from the kdq cache when there)
+KAGGLE_METADATA_FILE = "dataset-metadata.json"  # kdq.export: what the Kaggle CLI reads to create the dataset
+WEIGHT_INDEX_FILE = "model.safetensors.index.json"  # a sharded model's tensor -> shard map (kdq.export writes it)
 # The notebook budget every stage projects against unless told otherwise (kdq/budgets/<name>.json).
 DEFAULT_BUDGET_NAME = "lmsys-2xt4"
 

@@ -20,5 +20,5 @@ def cache_root() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """The shared teacher-logit cache: ``DistillConfig.cache_dir`` when ``None``."""
+    """The shared teacher-logit cache: ``DistillConfig.teacher_pass.cache_dir`` when ``None``."""
     return cache_root() / "teacher-logits"
