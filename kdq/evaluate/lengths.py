@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.constants import EVAL_REPORT_FILE, FORMAT_KEY
+from ..runtime.constants import EVAL_REPORT_FILE, EVAL_REPORT_MD_FILE, EVAL_REPORT_PLOT_FILE, FORMAT_KEY
 from ..runtime.template import MIN_MAX_LENGTH, TemplateConfig, assemble
 from ..utils.jsonable import jsonable
 from .config import EvalConfig, Metrics
@@ -39,8 +39,6 @@ DEFAULT_LENGTHS = (512, 1024, 1536, 2048)
 # lengths="auto": these fractions of the longest row, rounded up to a multiple of LENGTH_STEP tokens
 AUTO_FRACTIONS = (3 / 8, 1 / 2, 3 / 4, 1)
 LENGTH_STEP = 16
-MD_FILE = Path(EVAL_REPORT_FILE).with_suffix(".md").name  # report.md, beside report.json
-PLOT_FILE = Path(EVAL_REPORT_FILE).with_suffix(".png").name  # report.png
 
 
 # --------------------------------------------------------------------------- rendering at a length
@@ -435,11 +433,15 @@ def _write(result: LengthSweep, out_dir: Path, overwrite: bool) -> None:
     if rank() == 0:
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             (tmp / EVAL_REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
-            (tmp / MD_FILE).write_text(result.to_markdown())
-            result.plot(tmp / PLOT_FILE)
+            (tmp / EVAL_REPORT_MD_FILE).write_text(result.to_markdown())
+            result.plot(tmp / EVAL_REPORT_PLOT_FILE)
     if world_size() > 1:  # the others return once the report is written (a file, not a barrier)
         exchange(sync_dir(), "sweep-report", out_dir.name)
-    result.paths = {"json": out_dir / EVAL_REPORT_FILE, "md": out_dir / MD_FILE, "png": out_dir / PLOT_FILE}
+    result.paths = {
+        "json": out_dir / EVAL_REPORT_FILE,
+        "md": out_dir / EVAL_REPORT_MD_FILE,
+        "png": out_dir / EVAL_REPORT_PLOT_FILE,
+    }
 
 
 @dataclass
