@@ -4,16 +4,18 @@
     kdq.compare({"teacher-fp16": path, ...}, rows, out_dir=..., teacher=..., baseline=..., student=...)
     kdq.sweep_lengths({"student": path, ...}, rows, lengths=(512, 1024, 2048), out_dir=...) -> LengthSweep
 
-Light on import: torch, transformers and matplotlib load only when a verb runs.
+* ``evaluate``: :func:`evaluate` in named steps (load the variant, render, score, metrics, verdict);
+* ``render``, ``diagnostics``, ``per_row``: rows rendered once with what ``max_length`` cut, the truncation and
+  position-bias diagnostics, the per-row table;
+* ``report``, ``recommend``, ``lengths``: :func:`compare`'s report, the pick to ship, :func:`sweep_lengths`;
+* ``config``, ``metrics``, ``stats``: :class:`EvalConfig` and :class:`Metrics`, the metrics, the paired bootstrap.
+
+The cost model (budget profiles, model specs, the projection) lives in :mod:`kdq.costs`; its public names are
+re-exported here for the evaluate verbs' users. Names load on first use (:mod:`kdq.utils.lazy`): torch,
+transformers and matplotlib load only when a verb runs.
 """
 
-from ..costs.budget import BudgetProfile, available_budgets, load_budget, project
-from ..costs.modelspec import ModelSpec, WeightFormat, flops_per_token, param_counts, weight_bytes, weight_format_of
-from .config import EvalConfig, Metrics
-from .evaluate import evaluate
-from .lengths import LengthSweep, sweep_lengths
-from .metrics import accuracy, ece, log_loss
-from .report import CompareResult, compare, gap_closed
+from ..utils.lazy import lazy_package
 
 __all__ = [
     "EvalConfig",
@@ -38,3 +40,25 @@ __all__ = [
     "accuracy",
     "ece",
 ]
+
+lazy_package(
+    __name__,
+    {
+        "EvalConfig": ".config",
+        "Metrics": ".config",
+        "evaluate": ".evaluate",
+        "compare": ".report",
+        "CompareResult": ".report",
+        "gap_closed": ".report",
+        "sweep_lengths": ".lengths",
+        "LengthSweep": ".lengths",
+        "log_loss": ".metrics",
+        "accuracy": ".metrics",
+        "ece": ".metrics",
+        **dict.fromkeys(("BudgetProfile", "load_budget", "available_budgets", "project"), "..costs.budget"),
+        **dict.fromkeys(
+            ("ModelSpec", "WeightFormat", "param_counts", "flops_per_token", "weight_bytes", "weight_format_of"),
+            "..costs.modelspec",
+        ),
+    },
+)
