@@ -166,6 +166,7 @@ def test_overlap_counts_planted_prompts_and_swapped_pairs_and_warns(caplog):
         "leaked": 3,
         "share": 0.15,
         "example_ids": ["h3", "h7", "h11"],
+        "instructions": 0,
     }
 
 
@@ -222,3 +223,31 @@ def test_group_keys_file_errors(tmp_path):
     path.write_text("not json")
     with pytest.raises(ValueError, match="not a JSON"):
         read_group_keys(path)
+
+
+def test_a_task_instruction_shared_by_many_rows_neither_groups_nor_leaks():
+    """The demo's VADER rows ask four instructions for 800 distinct response pairs: a prompt that many rows share
+    by design is no repeated conversation (kdq.data.groups, "Task instructions"); a repeated pair still is."""
+    from kdq.data import instruction_prompts
+
+    ask = ["Which sentence is more positive?"]
+    train = [_row(f"t{i}", ask, [f"good {i}"], [f"bad {i}"]) for i in range(120)]
+    held = [_row(f"h{i}", ask, [f"fine {i}"], [f"poor {i}"]) for i in range(30)]
+    held.append(_row("h-dup", ask, ["bad 7"], ["good 7"]))  # train row t7, A and B exchanged
+    held.append(_row("h-q", ["a rare question"], ["x"], ["y"]))
+    assert len(instruction_prompts(row_keys(train))) == 1
+    ids = group_ids(train + held)
+    assert len(set(ids)) == len(ids) - 1  # only h-dup joins a group (t7's)
+    with pytest.warns(LeakWarning, match=r"1 of the 32 .*1 prompt\(s\) shared by more than 5%"):
+        report = check_overlap(train, held)
+    assert report.leaked == 1 and report.shared_pair == 1 and report.shared_prompt == 0
+    assert report.example_ids == ("h-dup",) and report.instructions == 1
+    # below the bar (50 rows, 5%) a shared prompt still groups and leaks: a planted duplicate is caught
+    few = train[:40] + [_row("h-same", ask, ["new"], ["other"])]
+    assert instruction_prompts(row_keys(few)) == frozenset()
+    assert len(set(group_ids(few))) == 1
+    with pytest.warns(LeakWarning):
+        assert check_overlap(train[:40], [few[-1]]).shared_prompt == 1
+    # the record keeps the instructions: a folder's keys read back the same
+    keys = group_keys(train)
+    assert keys.instructions and not (keys.prompts & keys.instructions)

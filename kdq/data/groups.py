@@ -16,6 +16,12 @@ which conversation a row is.
 are one group. :func:`grouped_split` puts whole groups on one side (scikit-learn's ``GroupShuffleSplit``
 does the same for groups one already has); :func:`check_overlap` counts held-out rows whose prompt or pair
 a model trained on; :func:`kdq.evaluate.stats.paired_intervals` resamples whole groups.
+
+**Task instructions.** A prompt that many rows share by design ("Which response is more helpful?", the
+demo's four VADER instructions) says nothing about which conversation a row is: a prompt shared by more than
+:data:`INSTRUCTION_SHARE` of a row set's rows, and by more than :data:`INSTRUCTION_MIN_ROWS` of them, is read
+as an instruction (:func:`instruction_prompts`). It joins no rows into a group and counts as no overlap; the
+rows' pair keys still do. A repeated arena question ("hi", a popular puzzle) stays far below that share.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import logging
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +46,10 @@ KEY_CHARS = 16  # hex digits of the SHA-1 a key keeps
 TURN_SEPARATOR = "\x1f"  # between the turns of a part (whitespace to str.split, so never left in a turn)
 PAIR_SEPARATOR = "\x1e"  # between the two responses of a pair (likewise)
 MAX_EXAMPLE_IDS = 5
+# A prompt shared by more than this share of a row set's rows, and by more than INSTRUCTION_MIN_ROWS of them, is a
+# task instruction, not a repeated conversation (module doc).
+INSTRUCTION_SHARE = 0.05
+INSTRUCTION_MIN_ROWS = 50
 
 
 class LeakWarning(UserWarning):
@@ -128,7 +139,17 @@ def row_keys(rows) -> list:
     return _ids_and_keys(rows)[1]
 
 
+def instruction_prompts(keys) -> frozenset:
+    """The prompt keys of ``keys`` (:func:`row_keys`' list) shared by more than :data:`INSTRUCTION_SHARE` of the
+    rows and by more than :data:`INSTRUCTION_MIN_ROWS` of them: task instructions (module doc)."""
+    counts = Counter(p for p, _ in keys if p)
+    bar = max(INSTRUCTION_MIN_ROWS, INSTRUCTION_SHARE * len(keys))
+    return frozenset(p for p, c in counts.items() if c > bar)
+
+
 def _group_ids_of(keys) -> list:
+    instructions = instruction_prompts(keys)
+    keys = [("" if p in instructions else p, r) for p, r in keys]
     parent = list(range(len(keys)))
 
     def find(i):
@@ -155,7 +176,8 @@ def _group_ids_of(keys) -> list:
 
 def group_ids(rows) -> list:
     """One group id per row: rows sharing a prompt key or a pair key (:func:`row_keys`), transitively, form
-    one group (union-find). Ids are ``0, 1, ...`` in order of each group's first row: deterministic.
+    one group (union-find); a task instruction's prompt key (:func:`instruction_prompts`) joins no rows. Ids are
+    ``0, 1, ...`` in order of each group's first row: deterministic.
 
     Args:
         rows: as :func:`row_keys`.
@@ -243,17 +265,26 @@ def grouped_split(rows, *, eval_size: float = 0.1, test_size: float = 0.0, seed:
 class GroupKeys:
     """The prompt and pair keys (:func:`row_keys`) of the rows a model trained on, without their text.
 
-    ``prompts`` / ``pairs``: ``frozenset[str]`` of 16-hex-digit keys (blank parts left out);
-    ``n_rows``: how many rows they came from.
+    ``prompts`` / ``pairs``: ``frozenset[str]`` of 16-hex-digit keys (blank parts and task instructions left
+    out); ``n_rows``: how many rows they came from; ``instructions``: the prompt keys read as task instructions
+    (:func:`instruction_prompts`), which count as no overlap.
     """
 
     prompts: frozenset
     pairs: frozenset
     n_rows: int
+    instructions: frozenset = frozenset()
 
     def union(self, other: GroupKeys) -> GroupKeys:
-        """The keys of both row sets (a training set and its transfer set); ``n_rows`` adds up."""
-        return GroupKeys(self.prompts | other.prompts, self.pairs | other.pairs, self.n_rows + other.n_rows)
+        """The keys of both row sets (a training set and its transfer set); ``n_rows`` adds up; a prompt that is an
+        instruction in either set is one in both."""
+        instructions = self.instructions | other.instructions
+        return GroupKeys(
+            (self.prompts | other.prompts) - instructions,
+            self.pairs | other.pairs,
+            self.n_rows + other.n_rows,
+            instructions,
+        )
 
 
 def group_keys(rows) -> GroupKeys:
@@ -267,7 +298,9 @@ def group_keys(rows) -> GroupKeys:
             out = out.union(group_keys(table))
         return out
     keys = row_keys(rows)
-    return GroupKeys(frozenset(p for p, _ in keys if p), frozenset(r for _, r in keys if r), len(keys))
+    instructions = instruction_prompts(keys)
+    prompts = frozenset(p for p, _ in keys if p and p not in instructions)
+    return GroupKeys(prompts, frozenset(r for _, r in keys if r), len(keys), instructions)
 
 
 def _is_table_list(value) -> bool:
@@ -297,6 +330,7 @@ def write_group_keys(path, keys: GroupKeys) -> Path:
         "n_rows": int(keys.n_rows),
         "prompts": sorted(keys.prompts),
         "pairs": sorted(keys.pairs),
+        "instructions": sorted(keys.instructions),
     }
     atomic_write_json(path, record, indent=0)
     return path
@@ -324,14 +358,14 @@ def read_group_keys(path) -> GroupKeys:
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds JSON {type(record).__name__}, not a training-row key record.")
     check_format(record, GROUP_KEYS_FORMAT, str(path), "upgrade kdq to read it")
-    lists = {k: record.get(k) for k in ("prompts", "pairs")}
+    lists = {k: record.get(k, [] if k == "instructions" else None) for k in ("prompts", "pairs", "instructions")}
     for name, values in lists.items():
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ValueError(f"{path}: {name!r} must be a list of key strings; rewrite it with write_group_keys.")
     n_rows = record.get("n_rows")
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
         raise ValueError(f"{path}: 'n_rows' must be a count, got {n_rows!r}; rewrite it with write_group_keys.")
-    return GroupKeys(frozenset(lists["prompts"]), frozenset(lists["pairs"]), n_rows)
+    return GroupKeys(frozenset(lists["prompts"]), frozenset(lists["pairs"]), n_rows, frozenset(lists["instructions"]))
 
 
 # ---- the overlap check ------------------------------------------------------------------------------------------
@@ -371,7 +405,8 @@ class OverlapReport:
     """How many held-out rows share a prompt key or a pair key with the training rows.
 
     ``leaked``: rows sharing either (``shared_prompt`` / ``shared_pair`` count each on its own, so a row
-    may be in both); ``example_ids``: up to 5 leaked rows' ids, in row order.
+    may be in both); ``example_ids``: up to 5 leaked rows' ids, in row order; ``instructions``: the training
+    prompts read as task instructions (:func:`instruction_prompts`), which counted as no overlap.
     """
 
     what: str
@@ -381,6 +416,7 @@ class OverlapReport:
     shared_pair: int
     leaked: int
     example_ids: tuple
+    instructions: int = 0
 
     @property
     def share(self) -> float:
@@ -397,18 +433,25 @@ class OverlapReport:
             "leaked": self.leaked,
             "share": self.share,
             "example_ids": list(self.example_ids),
+            "instructions": self.instructions,
         }
 
     def __str__(self) -> str:
+        ignored = (
+            f" ({self.instructions} prompt(s) shared by more than {INSTRUCTION_SHARE:.0%} of the training rows read as "
+            "task instructions, not repeats)"
+            if self.instructions
+            else ""
+        )
         if not self.leaked:
             return (
                 f"none of the {self.n_heldout} {self.what} shares a prompt or a response pair with the "
-                f"{self.n_train} training rows."
+                f"{self.n_train} training rows{ignored}."
             )
         return (
             f"{self.leaked} of the {self.n_heldout} {self.what} ({self.share:.1%}) share a prompt or a response "
-            f"pair (A/B order ignored) with the {self.n_train} training rows ({self.shared_prompt} the prompt, "
-            f"{self.shared_pair} the pair), e.g. ids {list(self.example_ids)}: figures on them are optimistic. "
+            f"pair (A/B order ignored) with the {self.n_train} training rows{ignored} ({self.shared_prompt} the "
+            f"prompt, {self.shared_pair} the pair), e.g. ids {list(self.example_ids)}: figures on them are optimistic. "
             "Split by group so no prompt or response pair is on both sides: "
             "kdq.data.grouped_split(rows, eval_size=...), or drop these rows."
         )
@@ -443,6 +486,7 @@ def check_overlap(train, heldout, *, strict: bool = False, what: str = "held-out
         shared_pair=sum(pair),
         leaked=len(leaked),
         example_ids=tuple(leaked[:MAX_EXAMPLE_IDS]),
+        instructions=len(known.instructions),
     )
     if report.leaked:
         if strict:
